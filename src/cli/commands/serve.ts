@@ -1,0 +1,40 @@
+/** `sluice serve`: the HTTP server, plus the background services configured by env. */
+import type { Command } from 'commander';
+import { env, intEnv } from '../../config.ts';
+import { openDb } from '../../db/pool.ts';
+import { buildServer, isLoopback } from '../../http/server.ts';
+import { InvalidInputError } from '../../core/errors.ts';
+import { startServices, type Service } from '../../http/services.ts';
+
+/** Background services of `sluice serve`, in start order (each reads its own config). */
+const SERVICES: Service[] = [];
+
+export function registerServe(program: Command): void {
+  program
+    .command('serve')
+    .description('run the HTTP server (dashboard, API, /healthz, /metrics)')
+    .option('--port <port>', 'port to listen on (default SLUICE_PORT or 8080)')
+    .option('--host <host>', 'address to listen on (default SLUICE_HOST or 127.0.0.1)')
+    .action(async (opts: { port?: string; host?: string }) => {
+      const port = Number(opts.port ?? intEnv('SLUICE_PORT', 8080));
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidInputError(`invalid port: ${opts.port}`);
+      const host = opts.host ?? env('SLUICE_HOST') ?? '127.0.0.1';
+      const apiToken = env('SLUICE_API_TOKEN');
+      if (!isLoopback(host) && !apiToken) {
+        throw new InvalidInputError(`refusing to listen on ${host} without SLUICE_API_TOKEN (only loopback may run open)`);
+      }
+      const pool = await openDb({ max: intEnv('SLUICE_DB_POOL', 20) });
+      const ctx = { pool, apiToken };
+      const app = await buildServer(ctx, { logger: true });
+      const services = await startServices(SERVICES, ctx, app);
+      const stop = async () => {
+        await app.close();
+        await services.stop();
+        await pool.end();
+      };
+      process.once('SIGINT', () => void stop().then(() => process.exit(0)));
+      process.once('SIGTERM', () => void stop().then(() => process.exit(0)));
+      const address = await app.listen({ port, host });
+      process.stderr.write(`sluice: listening on ${address}\n`);
+    });
+}

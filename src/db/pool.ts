@@ -1,0 +1,73 @@
+/**
+ * Connections. `databaseUrl()` is DATABASE_URL when set, else the embedded server's URL
+ * (started on demand). `openDb()` returns a pool with migrations applied.
+ */
+import pg from 'pg';
+import { env } from '../config.ts';
+import { ensureEmbedded } from './embedded.ts';
+import { migrate } from './migrate.ts';
+
+// int8 (counts, ids) as JS numbers: every value Sluice stores is far below 2^53.
+pg.types.setTypeParser(20, (v) => Number(v));
+
+export type Pool = pg.Pool;
+export type Client = pg.PoolClient;
+
+let cachedUrl: string | undefined;
+
+/** The database URL: DATABASE_URL, else the embedded server's (database `sluice`). */
+export async function databaseUrl(): Promise<string> {
+  const fromEnv = env('DATABASE_URL');
+  if (fromEnv) return fromEnv;
+  if (cachedUrl) return cachedUrl;
+  const adminUrl = await ensureEmbedded();
+  await ensureDatabase(adminUrl, 'sluice');
+  cachedUrl = withDatabase(adminUrl, 'sluice');
+  return cachedUrl;
+}
+
+export function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+/** Creates `database` if missing (race-safe: a concurrent creator wins, we carry on). */
+export async function ensureDatabase(adminUrl: string, database: string, template?: string): Promise<void> {
+  const client = new pg.Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    const { rowCount } = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
+    if (rowCount) return;
+    const tmpl = template ? ` TEMPLATE ${client.escapeIdentifier(template)}` : '';
+    await client.query(`CREATE DATABASE ${client.escapeIdentifier(database)}${tmpl}`);
+  } catch (err) {
+    // 42P04 duplicate_database, 23505 when two creators race on the catalog.
+    const code = (err as { code?: string }).code;
+    if (code !== '42P04' && code !== '23505') throw err;
+  } finally {
+    await client.end();
+  }
+}
+
+export interface OpenDbOptions {
+  url?: string;
+  max?: number;
+  migrate?: boolean;
+  applicationName?: string;
+}
+
+/** A pool on the Sluice database, migrated unless `migrate: false`. */
+export async function openDb(options: OpenDbOptions = {}): Promise<Pool> {
+  const url = options.url ?? (await databaseUrl());
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.max ?? 10,
+    application_name: options.applicationName ?? 'sluice',
+  });
+  // An idle client that loses its connection must not crash the process; the next
+  // checkout gets a fresh one.
+  pool.on('error', () => {});
+  if (options.migrate !== false) await migrate(pool);
+  return pool;
+}

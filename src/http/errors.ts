@@ -1,0 +1,43 @@
+/**
+ * One place maps errors to HTTP: `{"error":{"code","message"}}` with a 4xx/5xx status.
+ * Raw database errors never reach a response: anything unknown is a 500 "internal error".
+ */
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { SluiceError, type ErrorCode } from '../core/errors.ts';
+
+const STATUS: Record<ErrorCode, number> = {
+  invalid_input: 400,
+  invalid_file: 400,
+  unauthorized: 401,
+  not_found: 404,
+  conflict: 409,
+  too_large: 413,
+  unavailable: 503,
+  internal: 500,
+};
+
+/** An error with an explicit HTTP status (hono's HTTPException). */
+export class HttpError extends SluiceError {
+  readonly status: number;
+  constructor(status: number, code: ErrorCode, message: string) {
+    super(code, message);
+    this.status = status;
+  }
+}
+
+export function errorBody(code: string, message: string) {
+  return { error: { code, message } };
+}
+
+export function handleError(err: FastifyError | Error, req: FastifyRequest, reply: FastifyReply) {
+  if (err instanceof HttpError) return reply.status(err.status).send(errorBody(err.code, err.message));
+  if (err instanceof SluiceError) return reply.status(STATUS[err.code]).send(errorBody(err.code, err.message));
+  const fe = err as FastifyError;
+  // Fastify's own client errors (bad JSON, body too large, bad content type...).
+  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
+    const code = fe.statusCode === 413 ? 'too_large' : fe.statusCode === 401 ? 'unauthorized' : 'invalid_input';
+    return reply.status(fe.statusCode).send(errorBody(code, fe.message));
+  }
+  req.log.error({ err }, 'request failed');
+  return reply.status(500).send(errorBody('internal', 'internal error'));
+}

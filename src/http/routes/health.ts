@@ -1,0 +1,19 @@
+/** GET /healthz (database reachable) and GET /metrics (Prometheus text format). */
+import type { FastifyInstance } from 'fastify';
+import { registry } from '../metrics.ts';
+import type { AppContext } from '../context.ts';
+
+export function healthRoutes(app: FastifyInstance, ctx: AppContext): void {
+  app.get('/healthz', async (_req, reply) => {
+    try {
+      await ctx.pool.query('SELECT 1');
+      return { status: 'ok' };
+    } catch {
+      return reply.status(503).send({ status: 'unavailable', error: { code: 'unavailable', message: 'database unreachable' } });
+    }
+  });
+  app.get('/metrics', async (_req, reply) => {
+    reply.header('content-type', registry.contentType);
+    return registry.metrics();
+  });
+}

@@ -1,0 +1,39 @@
+/**
+ * The HTTP server (`sluice serve`): Fastify with one error handler, the routes of each
+ * feature, and the background services (scheduled syncs, workers) that run beside it.
+ */
+import Fastify, { type FastifyInstance } from 'fastify';
+import { handleError } from './errors.ts';
+import { httpRequests } from './metrics.ts';
+import type { AppContext } from './context.ts';
+import { healthRoutes } from './routes/health.ts';
+
+export interface ServerOptions {
+  logger?: boolean;
+  /** Maximum request body in bytes for JSON bodies (uploads have their own limit). */
+  bodyLimit?: number;
+}
+
+/** Builds the app without listening (tests use `app.inject`). */
+export async function buildServer(ctx: AppContext, options: ServerOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    // Request logging stays off by default (SLUICE_LOG_LEVEL=info turns it on): at thousands
+    // of requests per second it would cost more than the requests.
+    logger: options.logger ? { level: process.env.SLUICE_LOG_LEVEL ?? 'warn', redact: ['req.headers.authorization'] } : false,
+    bodyLimit: options.bodyLimit ?? 1 << 20,
+  });
+  app.setErrorHandler(handleError);
+  app.setNotFoundHandler((req, reply) =>
+    reply.status(404).send({ error: { code: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` } }),
+  );
+  app.addHook('onResponse', async (req, reply) => {
+    httpRequests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
+  });
+  healthRoutes(app, ctx);
+  return app;
+}
+
+/** True for 127.0.0.0/8, ::1 and localhost. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
