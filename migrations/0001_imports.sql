@@ -25,10 +25,11 @@ CREATE INDEX imports_newest ON imports (created_at DESC, id DESC);
 -- A reject is a row (field IS NULL) or a single field (field = its column; the row itself
 -- was imported without that value) that Sluice refused, with the reason and the raw text.
 CREATE TABLE import_rejects (
+  id bigint GENERATED ALWAYS AS IDENTITY,
   import_id uuid NOT NULL REFERENCES imports (id) ON DELETE CASCADE,
   line bigint NOT NULL,
   field text,
   reason text NOT NULL,
   raw text NOT NULL
 );
-CREATE INDEX import_rejects_by_import ON import_rejects (import_id, line);
+CREATE INDEX import_rejects_by_import ON import_rejects (import_id, line, id);

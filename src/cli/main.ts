@@ -1,21 +1,33 @@
 /**
  * `sluice`: the command-line entry point. Each command lives in src/cli/commands/ and
- * registers itself on the program. Exit codes: 0 success, 1 the work failed, 2 bad usage.
+ * registers itself on the program. Only the modules of the command being run are loaded
+ * (an import should not pay for the HTTP server's dependencies in startup time and RSS).
+ * Exit codes: 0 success, 1 the work failed, 2 bad usage.
  */
 import { Command, CommanderError } from 'commander';
 import { SluiceError, errorMessage } from '../core/errors.ts';
-import { registerDb } from './commands/db.ts';
-import { registerServe } from './commands/serve.ts';
+
+type Register = (program: Command) => void;
+
+/** Top-level command name -> the registrations it needs. */
+const COMMANDS: Record<string, Array<() => Promise<Register>>> = {
+  serve: [async () => (await import('./commands/serve.ts')).registerServe],
+  db: [async () => (await import('./commands/db.ts')).registerDb],
+  import: [async () => (await import('./commands/import.ts')).registerImport],
+  inspect: [async () => (await import('./commands/inspect.ts')).registerInspect],
+  rejects: [async () => (await import('./commands/rejects.ts')).registerRejects],
+  gen: [async () => (await import('./commands/gen.ts')).registerGen],
+};
 
 const program = new Command('sluice')
   .description('Big, messy data in; clean, queryable and fast inside PostgreSQL.')
   .showHelpAfterError()
   .exitOverride();
 
-registerServe(program);
-registerDb(program);
-
 try {
+  const name = process.argv[2];
+  const wanted = name !== undefined && Object.hasOwn(COMMANDS, name) ? COMMANDS[name]! : Object.values(COMMANDS).flat();
+  for (const load of wanted) (await load())(program);
   await program.parseAsync(process.argv);
 } catch (err) {
   if (err instanceof CommanderError) {

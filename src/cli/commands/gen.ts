@@ -1,0 +1,46 @@
+/** `sluice gen leads|csv`: synthetic data for demos and benchmarks. */
+import type { Command } from 'commander';
+import { InvalidInputError } from '../../core/errors.ts';
+import { openDb } from '../../db/pool.ts';
+import { generateLeads, writeLeadsCsv } from '../../gen/leads.ts';
+
+function count(v: string): number {
+  const n = Number(v.replace(/_/g, ''));
+  if (!Number.isInteger(n) || n < 0) throw new InvalidInputError(`expected a whole number, got ${v}`);
+  return n;
+}
+
+export function registerGen(program: Command): void {
+  const gen = program.command('gen').description('generate synthetic data');
+  gen
+    .command('leads')
+    .description('insert n random leads into the base (set-based)')
+    .argument('<n>', 'number of leads')
+    .action(async (n: string) => {
+      const pool = await openDb({ max: 2 });
+      try {
+        const t = performance.now();
+        await generateLeads(pool, count(n), (done) => process.stderr.write(`  ${done} leads\n`));
+        process.stderr.write(`inserted ${count(n)} leads in ${((performance.now() - t) / 1000).toFixed(1)}s\n`);
+      } finally {
+        await pool.end();
+      }
+    });
+  gen
+    .command('csv')
+    .description('write a leads CSV in the original import format')
+    .argument('<n>', 'number of rows')
+    .option('--out <file>', 'output file', 'leads.csv')
+    .option('--existing <fraction>', 'fraction of emails taken from the base (0..1)', '0')
+    .action(async (n: string, flags: { out: string; existing: string }) => {
+      const f = Number(flags.existing);
+      if (!(f >= 0 && f <= 1)) throw new InvalidInputError('--existing must be between 0 and 1');
+      const pool = await openDb({ max: 2 });
+      try {
+        const r = await writeLeadsCsv(pool, count(n), flags.out, f);
+        process.stderr.write(`wrote ${flags.out}: ${r.existing} existing + ${r.fresh} new emails\n`);
+      } finally {
+        await pool.end();
+      }
+    });
+}

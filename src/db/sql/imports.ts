@@ -1,0 +1,91 @@
+/** Statements on `imports` and `import_rejects` (one function per statement). */
+import type { Pool, Client } from '../pool.ts';
+
+type Db = Pool | Client;
+
+export interface ImportRow {
+  id: string;
+  pipeline: string;
+  file_name: string | null;
+  file_bytes: number | null;
+  source: string;
+  status: 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+  error: string | null;
+  rows_read: number;
+  rows_inserted: number;
+  rows_updated: number;
+  rows_unchanged: number;
+  rows_rejected: number;
+  options: Record<string, unknown>;
+  timings: Record<string, number>;
+  created_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+}
+
+export async function createImport(
+  db: Db,
+  v: { pipeline: string; fileName: string | null; fileBytes: number | null; source: string; status: 'queued' | 'running'; options?: object },
+): Promise<string> {
+  const { rows } = await db.query<{ id: string }>(
+    `INSERT INTO imports (pipeline, file_name, file_bytes, source, status, options, started_at)
+     VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $5 = 'running' THEN now() END) RETURNING id`,
+    [v.pipeline, v.fileName, v.fileBytes, v.source, v.status, JSON.stringify(v.options ?? {})],
+  );
+  return rows[0]!.id;
+}
+
+export interface ImportOutcome {
+  status: 'completed' | 'failed' | 'cancelled';
+  error?: string | null;
+  read: number;
+  inserted: number;
+  updated: number;
+  unchanged: number;
+  rejected: number;
+  timings: Record<string, number>;
+}
+
+export async function finishImport(db: Db, id: string, o: ImportOutcome): Promise<void> {
+  await db.query(
+    `UPDATE imports SET status = $2, error = $3, rows_read = $4, rows_inserted = $5, rows_updated = $6,
+            rows_unchanged = $7, rows_rejected = $8, timings = timings || $9::jsonb,
+            finished_at = now(), updated_at = now()
+      WHERE id = $1`,
+    [id, o.status, o.error ?? null, o.read, o.inserted, o.updated, o.unchanged, o.rejected, JSON.stringify(o.timings)],
+  );
+}
+
+export async function getImport(db: Db, id: string): Promise<ImportRow | undefined> {
+  if (!/^[0-9a-f-]{36}$/i.test(id)) return undefined;
+  const { rows } = await db.query<ImportRow>('SELECT * FROM imports WHERE id = $1', [id]);
+  return rows[0];
+}
+
+export interface RejectRow {
+  id: number;
+  line: number;
+  field: string | null;
+  reason: string;
+  raw: string;
+}
+
+/** Rejects of an import in line order, `limit` at a time after the cursor (line, id). */
+export async function listRejects(db: Db, id: string, after: { line: number; id: number }, limit: number): Promise<RejectRow[]> {
+  const { rows } = await db.query<RejectRow>(
+    `SELECT id, line, field, reason, raw FROM import_rejects
+      WHERE import_id = $1 AND (line, id) > ($2, $3) ORDER BY line, id LIMIT $4`,
+    [id, after.line, after.id, limit],
+  );
+  return rows;
+}
+
+/** Reject counts by reason class (the text before the first colon). */
+export async function rejectsByReason(db: Db, id: string): Promise<Record<string, number>> {
+  const { rows } = await db.query<{ reason: string; n: number }>(
+    `SELECT split_part(reason, ':', 1) AS reason, count(*)::int AS n FROM import_rejects
+      WHERE import_id = $1 GROUP BY 1 ORDER BY 2 DESC`,
+    [id],
+  );
+  return Object.fromEntries(rows.map((r) => [r.reason, r.n]));
+}

@@ -1,0 +1,172 @@
+/**
+ * Maps parsed records to staging rows: header names -> pipeline columns (an allowlist:
+ * header text never reaches SQL), then per row the key and every column is validated and
+ * normalized, and the row is appended to the COPY buffer or becomes a reject.
+ */
+import { InvalidFileError } from '../core/errors.ts';
+import type { Pipeline, SourceColumn, CellResult } from './pipeline.ts';
+import { copyArray, copyValue } from '../load/copy-text.ts';
+import type { RejectSink } from '../load/rejects.ts';
+
+/** Header text compared case-, accent- and spacing-insensitively. */
+export function normalizeHeader(h: string): string {
+  return h
+    .normalize('NFD')
+    .replace(/[\u0300-\u036f]/g, '')
+    .trim()
+    .replace(/\s+/g, ' ')
+    .toLowerCase();
+}
+
+function matches(header: string, patterns: Array<string | RegExp>): boolean {
+  const norm = normalizeHeader(header);
+  return patterns.some((p) => (typeof p === 'string' ? normalizeHeader(p) === norm : p.test(header.trim())));
+}
+
+export interface ColumnMapping {
+  keyIndexes: number[];
+  /** For each pipeline column (same order as pipeline.columns), the header indexes feeding it. */
+  columnIndexes: number[][];
+  ignored: string[];
+  headerLength: number;
+}
+
+/** Maps a header row to the pipeline's columns; throws InvalidFileError on unusable headers. */
+export function mapHeader(pipeline: Pipeline, header: string[]): ColumnMapping {
+  const seen = new Map<string, number>();
+  header.forEach((h, i) => {
+    const n = normalizeHeader(h);
+    if (n === '') return;
+    const prev = seen.get(n);
+    if (prev !== undefined) {
+      throw new InvalidFileError(`invalid file: duplicate header name ${JSON.stringify(h.trim())} (columns ${prev + 1} and ${i + 1})`);
+    }
+    seen.set(n, i);
+  });
+  const keyIndexes: number[] = [];
+  const columnIndexes: number[][] = pipeline.columns.map(() => []);
+  const ignored: string[] = [];
+  header.forEach((h, i) => {
+    if (normalizeHeader(h) === '') return;
+    // A column's own names win over the key pattern: `Disponível para email` ends in
+    // "email" but is the mailing flag, not a key.
+    const named = pipeline.columns.findIndex((col) => matches(h, col.headers.filter((x) => typeof x === 'string')));
+    if (named >= 0) columnIndexes[named]!.push(i);
+    else if (matches(h, pipeline.key.headers)) keyIndexes.push(i);
+    else {
+      const c = pipeline.columns.findIndex((col) => matches(h, col.headers));
+      if (c >= 0) columnIndexes[c]!.push(i);
+      else ignored.push(h.trim());
+    }
+  });
+  if (keyIndexes.length === 0) throw new InvalidFileError(pipeline.key.missingMessage);
+  return { keyIndexes, columnIndexes, ignored, headerLength: header.length };
+}
+
+function firstNonBlank(fields: string[], indexes: number[]): string | undefined {
+  for (const i of indexes) {
+    const v = fields[i];
+    if (v !== undefined) {
+      const t = v.trim();
+      if (t !== '') return t;
+    }
+  }
+  return undefined;
+}
+
+function isError(r: CellResult): r is { error: string } {
+  return r !== null && typeof r === 'object';
+}
+
+/** The raw text of the current record, produced only when a reject needs it. */
+export interface RawText {
+  text(): string;
+}
+
+/** Validates and normalizes rows into COPY text for the staging table. */
+export class RowMapper {
+  private readonly pipeline: Pipeline;
+  private readonly mapping: ColumnMapping;
+  private readonly part: number;
+  private readonly rejects: RejectSink;
+  /** Data rows seen / accepted / rejected (field-level rejects do not count as rejected rows). */
+  read = 0;
+  accepted = 0;
+  rejected = 0;
+  hasKeyCandidates = false;
+
+  constructor(pipeline: Pipeline, mapping: ColumnMapping, part: number, rejects: RejectSink) {
+    this.pipeline = pipeline;
+    this.mapping = mapping;
+    this.part = part;
+    this.rejects = rejects;
+  }
+
+  /** Appends the staging line for one record to `out`, or records a reject. */
+  map(fields: string[], line: number, raw: RawText, out: string[]): void {
+    this.read++;
+    const m = this.mapping;
+    if (fields.length > m.headerLength) {
+      for (let i = m.headerLength; i < fields.length; i++) {
+        if (fields[i]!.trim() !== '') {
+          this.reject(line, `row has ${fields.length} fields, the header has ${m.headerLength}`, raw);
+          return;
+        }
+      }
+    }
+    const key = this.key(fields);
+    if (typeof key === 'string') {
+      this.reject(line, key, raw);
+      return;
+    }
+    let text = `${line}\t${this.part}\t${copyValue(key[0]!)}`;
+    const cols = this.pipeline.columns;
+    let fieldIssues: Array<{ field: string; reason: string }> | undefined;
+    for (let c = 0; c < cols.length; c++) {
+      const col = cols[c]!;
+      const v = firstNonBlank(fields, m.columnIndexes[c]!);
+      let value: CellResult = v === undefined ? null : col.parse ? col.parse(v) : v;
+      if (isError(value)) {
+        if ((col.onInvalid ?? 'row') === 'row') {
+          this.reject(line, `${col.name}: ${value.error}`, raw);
+          return;
+        }
+        (fieldIssues ??= []).push({ field: col.name, reason: value.error });
+        value = null;
+      }
+      text += `\t${copyTyped(value, col)}`;
+    }
+    text += key.length > 1 ? `\t${copyArray(key)}` : '\t\\N';
+    if (key.length > 1) this.hasKeyCandidates = true;
+    out.push(text);
+    this.accepted++;
+    if (fieldIssues) for (const f of fieldIssues) this.rejects.add(line, f.field, f.reason, raw.text());
+  }
+
+  /** Valid key candidates in header order, or the reason the row is rejected. */
+  private key(fields: string[]): string[] | string {
+    const k = this.pipeline.key;
+    const candidates: string[] = [];
+    let firstError: string | undefined;
+    for (const i of this.mapping.keyIndexes) {
+      const v = fields[i]?.trim();
+      if (!v) continue;
+      const r = k.parse ? k.parse(v) : v;
+      if (isError(r)) firstError ??= `${k.name}: ${r.error}`;
+      else if (typeof r === 'string' && !candidates.includes(r)) candidates.push(r);
+    }
+    if (candidates.length > 0) return candidates;
+    return firstError ?? k.blankReason;
+  }
+
+  private reject(line: number, reason: string, raw: RawText): void {
+    this.rejected++;
+    this.rejects.add(line, null, reason, raw.text());
+  }
+}
+
+function copyTyped(value: string | boolean | null, col: SourceColumn): string {
+  if (value === null) return '\\N';
+  if (typeof value === 'boolean') return value ? 't' : 'f';
+  return col.type === 'text' ? copyValue(value) : value;
+}

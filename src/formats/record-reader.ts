@@ -1,0 +1,103 @@
+/**
+ * Reads a text file as batches of records, whatever its format: detects binary content,
+ * the encoding (UTF-8, else Windows-1252) and, for CSV, the delimiter from the first bytes,
+ * then streams big chunks through the decoder and the parser. Memory stays bounded by the
+ * chunk size: the file is never held whole.
+ */
+import fs from 'node:fs';
+import { InvalidFileError } from '../core/errors.ts';
+import { CsvParser, type ParsedBatch } from './csv-parser.ts';
+import { createDecoder, detectEncoding, looksBinary, sniffDelimiter, type Encoding } from './sniff.ts';
+import { WhitespaceColumnsParser } from './whitespace-columns.ts';
+
+export type FormatKind = 'csv' | 'fixed-width';
+
+export interface ReaderOptions {
+  format: FormatKind;
+  encoding?: Encoding;
+  delimiter?: string;
+  /** Bytes per read (default 4 MiB). */
+  chunkBytes?: number;
+  maxRecordChars?: number;
+  /** Byte range of the file to read (parts of an import); default the whole file. */
+  start?: number;
+  end?: number;
+  /** Physical line number of the first line at `start` (default 1). */
+  firstLine?: number;
+}
+
+export interface FileMeta {
+  format: FormatKind;
+  encoding: Encoding;
+  bom: boolean;
+  delimiter: string | null;
+  bytes: number;
+}
+
+const SAMPLE_BYTES = 64 * 1024;
+
+/** Inspects the first bytes of a file: encoding, delimiter; throws on empty/binary files. */
+export function detectFile(path: string, format: FormatKind, overrides: { encoding?: Encoding; delimiter?: string } = {}): FileMeta {
+  const bytes = fs.statSync(path).size;
+  if (bytes === 0) throw new InvalidFileError('invalid file: the file is empty');
+  const fd = fs.openSync(path, 'r');
+  const sample = Buffer.alloc(Math.min(SAMPLE_BYTES, bytes));
+  try {
+    fs.readSync(fd, sample, 0, sample.length, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+  if (looksBinary(sample)) throw new InvalidFileError('invalid file: binary content (not a text file)');
+  const det = detectEncoding(sample);
+  const encoding = overrides.encoding ?? det.encoding;
+  let delimiter: string | null = null;
+  if (format === 'csv') {
+    const text = new TextDecoder(encoding).decode(sample);
+    delimiter = overrides.delimiter ?? sniffDelimiter(text);
+  }
+  return { format, encoding, bom: det.bom, delimiter, bytes };
+}
+
+export interface RecordProgress {
+  /** Bytes of the file consumed so far. */
+  bytes: number;
+}
+
+/** Streams the file's records as parser batches. */
+export async function* readRecords(
+  path: string,
+  meta: FileMeta,
+  options: ReaderOptions,
+  progress?: (p: RecordProgress) => void,
+): AsyncGenerator<ParsedBatch> {
+  const parser =
+    meta.format === 'csv'
+      ? new CsvParser({ delimiter: meta.delimiter ?? ',', maxRecordChars: options.maxRecordChars })
+      : new WhitespaceColumnsParser({ firstLine: options.firstLine ?? 1, maxRecordChars: options.maxRecordChars });
+  const csvLineOffset = (options.firstLine ?? 1) - 1;
+  const decoder = createDecoder(meta.encoding);
+  const stream = fs.createReadStream(path, {
+    highWaterMark: options.chunkBytes ?? 4 << 20,
+    start: options.start,
+    end: options.end === undefined ? undefined : options.end - 1,
+  });
+  let bytes = 0;
+  const shift = (b: ParsedBatch): ParsedBatch => {
+    if (meta.format !== 'csv' || csvLineOffset === 0) return b;
+    for (let i = 0; i < b.lines.length; i++) b.lines[i]! += csvLineOffset;
+    for (const e of b.errors) e.line += csvLineOffset;
+    return b;
+  };
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    bytes += chunk.length;
+    const text = decoder.write(chunk);
+    const batch = shift(parser.push(text));
+    progress?.({ bytes });
+    if (batch.rows.length > 0 || batch.errors.length > 0) yield batch;
+  }
+  const tail = decoder.end();
+  const last = tail ? parser.push(tail) : undefined;
+  if (last && (last.rows.length > 0 || last.errors.length > 0)) yield shift(last);
+  const end = shift(parser.end());
+  if (end.rows.length > 0 || end.errors.length > 0) yield end;
+}

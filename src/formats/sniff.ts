@@ -1,0 +1,216 @@
+/**
+ * Looking at the first bytes of an upload before parsing it: which encoding, is it text at
+ * all, which delimiter. Plus the streaming decoder that turns bytes into text for the
+ * CSV parser. Sluice reads two encodings: UTF-8 (what everything should be) and
+ * windows-1252 (what Excel and old ERPs still export in Western Europe and Brazil; it is a
+ * superset of Latin-1 for printable text, and WHATWG maps the label 'latin1' to it anyway).
+ */
+import { InvalidFileError } from '../core/errors.ts';
+
+/** The text encodings Sluice reads. */
+export type Encoding = 'utf-8' | 'windows-1252';
+
+/** UTF-8 (BOM or valid bytes; a sequence cut at the end of the sample is fine), else windows-1252. */
+export function detectEncoding(sample: Uint8Array): { encoding: Encoding; bom: boolean } {
+  if (sample.length >= 3 && sample[0] === 0xef && sample[1] === 0xbb && sample[2] === 0xbf) {
+    return { encoding: 'utf-8', bom: true };
+  }
+  return { encoding: invalidUtf8At(sample) < 0 ? 'utf-8' : 'windows-1252', bom: false };
+}
+
+/** True for NUL bytes or > 10% control bytes other than \t \n \r \f (UTF-16 counts as binary). */
+export function looksBinary(sample: Uint8Array): boolean {
+  let controls = 0;
+  for (let i = 0; i < sample.length; i++) {
+    const b = sample[i];
+    if (b === 0) return true;
+    if ((b < 0x20 && b !== 0x09 && b !== 0x0a && b !== 0x0c && b !== 0x0d) || b === 0x7f) controls++;
+  }
+  return controls * 10 > sample.length;
+}
+
+type Delimiter = ',' | ';' | '\t' | '|';
+/** In tie-break order. */
+const DELIMITERS: readonly Delimiter[] = [',', ';', '\t', '|'];
+const SNIFF_RECORDS = 20;
+
+/**
+ * The delimiter giving the most consistent field count (> 1) over the first ~20 records,
+ * counting only delimiters outside quotes; ties go to the most frequent, then , ; TAB |.
+ */
+export function sniffDelimiter(sampleText: string): Delimiter {
+  let best: Delimiter = ',';
+  let bestHits = 0; // records with the modal field count...
+  let bestTotal = 1; // ...out of this many records
+  let bestFreq = 0;
+  for (const delim of DELIMITERS) {
+    const { counts, freq } = fieldCounts(sampleText, delim.charCodeAt(0));
+    if (counts.length === 0) continue;
+    // The modal field count (the larger one on ties: more structure is the better guess).
+    const tally = new Map<number, number>();
+    let mode = 0;
+    let hits = 0;
+    for (const n of counts) {
+      const t = (tally.get(n) ?? 0) + 1;
+      tally.set(n, t);
+      if (t > hits || (t === hits && n > mode)) {
+        mode = n;
+        hits = t;
+      }
+    }
+    if (mode <= 1) continue;
+    // Compare hits / counts.length with bestHits / bestTotal without floating point.
+    const cmp = hits * bestTotal - bestHits * counts.length;
+    if (cmp > 0 || (cmp === 0 && freq > bestFreq)) {
+      best = delim;
+      bestHits = hits;
+      bestTotal = counts.length;
+      bestFreq = freq;
+    }
+  }
+  return best;
+}
+
+/**
+ * Field count of each of the first records, counting delimiters outside quotes. Quoted
+ * regions are found the same way for every candidate, so that a wrong candidate cannot
+ * turn a quoted value into separators (`"Silva, Ana";"SP, Brasil"` is two ';' fields,
+ * not two ',' ones): a `"` opens a quoted field at a line start or after any candidate
+ * delimiter (as the parser does for the right one) and `""` inside is data. A last record
+ * cut by the end of the sample is dropped unless it is the only one.
+ */
+function fieldCounts(text: string, d: number): { counts: number[]; freq: number } {
+  const counts: number[] = [];
+  let freq = 0;
+  let fields = 1;
+  let inQuote = false;
+  let atFieldStart = true;
+  let empty = true; // nothing on this line yet (empty lines are not records)
+  let i = text.charCodeAt(0) === 0xfeff ? 1 : 0;
+  for (; i < text.length && counts.length < SNIFF_RECORDS; i++) {
+    const c = text.charCodeAt(i);
+    if (inQuote) {
+      if (c === 0x22) {
+        if (text.charCodeAt(i + 1) === 0x22) i++;
+        else inQuote = false;
+      }
+      continue;
+    }
+    if (c === 0x0a || c === 0x0d) {
+      if (!empty) {
+        counts.push(fields);
+        freq += fields - 1;
+      }
+      fields = 1;
+      atFieldStart = empty = true;
+      continue;
+    }
+    empty = false;
+    if (c === d) fields++;
+    if (c === 0x2c || c === 0x3b || c === 0x09 || c === 0x7c) atFieldStart = true;
+    else {
+      if (c === 0x22 && atFieldStart) inQuote = true;
+      atFieldStart = false;
+    }
+  }
+  if (!empty && counts.length === 0) {
+    counts.push(fields);
+    freq += fields - 1;
+  }
+  return { counts, freq };
+}
+
+/** A streaming decoder; throws InvalidFileError ('invalid UTF-8 at byte offset N ...') on bad UTF-8. */
+export function createDecoder(encoding: Encoding): { write(chunk: Uint8Array): string; end(): string } {
+  if (encoding === 'windows-1252') {
+    // Single-byte: every byte decodes, nothing is ever pending between chunks.
+    const decoder = new TextDecoder('windows-1252');
+    return { write: (chunk) => decoder.decode(chunk, { stream: true }), end: () => decoder.decode() };
+  }
+  // fatal: a file sniffed as UTF-8 from its first KB can still hold Latin-1 bytes further
+  // on; failing loudly beats silently importing U+FFFD into the database.
+  const decoder = new TextDecoder('utf-8', { fatal: true });
+  let offset = 0; // bytes written so far
+  let pending: Uint8Array = new Uint8Array(0); // the incomplete sequence the decoder holds
+  return {
+    write(chunk) {
+      let text: string;
+      try {
+        text = decoder.decode(chunk, { stream: true });
+      } catch (err) {
+        // TextDecoder does not say where: re-validate the held bytes + this chunk to find out.
+        const bytes = concat(pending, chunk);
+        const at = Math.max(0, invalidUtf8At(bytes));
+        throw new InvalidFileError(
+          `invalid UTF-8 at byte offset ${offset - pending.length + at}: the file is not valid UTF-8 (is it Latin-1/windows-1252?)`,
+          { cause: err },
+        );
+      }
+      // An unfinished sequence is at most 3 bytes, so the last 3 bytes of the stream tell.
+      pending = incompleteTail(chunk.length >= 3 ? chunk.subarray(chunk.length - 3) : concat(pending, chunk));
+      offset += chunk.length;
+      return text;
+    },
+    end() {
+      try {
+        return decoder.decode();
+      } catch (err) {
+        throw new InvalidFileError(
+          `invalid UTF-8 at byte offset ${offset - pending.length}: the file ends in the middle of a multi-byte character`,
+          { cause: err },
+        );
+      }
+    },
+  };
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  if (a.length === 0) return b;
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/** Length of a UTF-8 sequence from its lead byte, 0 for a byte that cannot lead. */
+function seqLength(b: number): number {
+  return b < 0x80 ? 1 : b < 0xc2 ? 0 : b < 0xe0 ? 2 : b < 0xf0 ? 3 : b < 0xf5 ? 4 : 0;
+}
+
+/** The trailing bytes of valid UTF-8 that form an unfinished sequence (empty if none). */
+function incompleteTail(b: Uint8Array): Uint8Array {
+  for (let i = b.length - 1; i >= 0 && i >= b.length - 3; i--) {
+    if ((b[i] & 0xc0) === 0x80) continue; // continuation byte: keep looking for the lead
+    return seqLength(b[i]) > b.length - i ? b.slice(i) : new Uint8Array(0);
+  }
+  return new Uint8Array(0);
+}
+
+/**
+ * Offset of the first byte that starts an invalid UTF-8 sequence, or -1 when all is valid.
+ * A valid but unfinished sequence at the very end is accepted (a sample cuts anywhere).
+ * Follows Unicode Table 3-7: no overlongs, no surrogates, nothing above U+10FFFF.
+ */
+function invalidUtf8At(b: Uint8Array): number {
+  const n = b.length;
+  let i = 0;
+  while (i < n) {
+    const c = b[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    const len = seqLength(c);
+    if (len === 0) return i;
+    // The allowed range of the second byte depends on the lead (Table 3-7).
+    const lo = c === 0xe0 ? 0xa0 : c === 0xf0 ? 0x90 : 0x80;
+    const hi = c === 0xed ? 0x9f : c === 0xf4 ? 0x8f : 0xbf;
+    for (let k = 1; k < len; k++) {
+      if (i + k >= n) return -1; // cut by the end of the sample
+      const x = b[i + k];
+      if (k === 1 ? x < lo || x > hi : (x & 0xc0) !== 0x80) return i;
+    }
+    i += len;
+  }
+  return -1;
+}

@@ -1,0 +1,240 @@
+/**
+ * Generates the set-based merge of a pipeline: staging -> target tables, in statements that
+ * each touch every row once (no per-row round trips). Identifiers come from pipeline
+ * declarations, are checked against a strict pattern and always quoted.
+ *
+ * The statements, in order (all in one transaction, see merge.ts):
+ *  1. resolve the key of rows with several key columns (first value matching a record)
+ *  2. `m`: one row per key; rows sharing a key are folded in file order per merge policy
+ *  3. lookups: missing reference rows (states, cities...) created in bulk
+ *  4. one INSERT ... ON CONFLICT DO UPDATE of the target (the floor's statement), writing
+ *     only records whose merged values differ; ids of what it touched go to `sluice_ids`
+ *  5. ids of the untouched existing records (needed by the child table)
+ *  6. child upsert (e.g. lead_infos fill-if-blank) for all of them
+ *  7. counts: inserted / updated / unchanged rows
+ */
+import type { MergePolicy, Pipeline, StageType, TargetField } from '../engine/pipeline.ts';
+
+const IDENT = /^[a-z_][a-z0-9_]*$/;
+
+/** Quotes an identifier after checking it against the allowlist pattern. */
+export function ident(name: string): string {
+  if (!IDENT.test(name)) throw new Error(`invalid SQL identifier in pipeline declaration: ${JSON.stringify(name)}`);
+  return `"${name}"`;
+}
+
+const PG_TYPE: Record<StageType, string> = {
+  text: 'text',
+  boolean: 'boolean',
+  numeric: 'numeric',
+  date: 'date',
+  bigint: 'bigint',
+};
+
+export interface StageColumn {
+  name: string;
+  type: StageType;
+}
+
+/** Staging columns of a pipeline: line, part, key, [key candidates], then source columns. */
+export function stageColumns(p: Pipeline): StageColumn[] {
+  return [{ name: p.key.name, type: p.key.type }, ...p.columns.map((c) => ({ name: c.name, type: c.type }))];
+}
+
+export function createStageSql(p: Pipeline, stage: string): string {
+  const cols = stageColumns(p).map((c) => `${ident(c.name)} ${PG_TYPE[c.type]}`);
+  return `CREATE UNLOGGED TABLE IF NOT EXISTS ${ident(stage)} (line bigint NOT NULL, part integer NOT NULL, ${cols.join(', ')}, key_candidates text[])`;
+}
+
+/** Which merge policy folds each staging column across rows of one key. */
+function columnPolicies(p: Pipeline): Map<string, MergePolicy> {
+  const pol = new Map<string, MergePolicy>();
+  const set = (col: string, m: MergePolicy) => {
+    const prev = pol.get(col);
+    if (prev && prev !== m) throw new Error(`pipeline ${p.name}: staging column ${col} used with policies ${prev} and ${m}`);
+    pol.set(col, m);
+  };
+  for (const f of p.target.fields) set(f.from, f.merge);
+  for (const f of p.target.child?.fields ?? []) set(f.from, f.merge);
+  for (const l of p.target.lookups ?? []) {
+    for (const m of l.match) if (m.from) set(m.from, l.merge);
+    for (const c of l.create ?? []) set(c.from, l.merge);
+  }
+  return pol;
+}
+
+function fold(col: string, policy: MergePolicy): string {
+  const c = ident(col);
+  switch (policy) {
+    case 'overwrite':
+      return `(array_agg(${c} ORDER BY line DESC) FILTER (WHERE ${c} IS NOT NULL))[1] AS ${c}`;
+    case 'fill-if-blank':
+    case 'keep-first':
+      return `(array_agg(${c} ORDER BY line) FILTER (WHERE ${c} IS NOT NULL))[1] AS ${c}`;
+    case 'add-to-set':
+      return `string_agg(${c}, ',' ORDER BY line) AS ${c}`;
+  }
+}
+
+/**
+ * SET expression and "this changes the stored value" predicate for one field of an
+ * `INSERT ... ON CONFLICT DO UPDATE`: `incoming` is the EXCLUDED value, `stored` the row's.
+ */
+function assignment(merge: MergePolicy, incoming: string, stored: string, text: boolean): { set: string; changes: string } | undefined {
+  const blank = text ? `NULLIF(${stored}, '')` : stored;
+  switch (merge) {
+    case 'overwrite':
+      return {
+        set: `COALESCE(${incoming}, ${stored})`,
+        changes: `(${incoming} IS NOT NULL AND ${incoming} IS DISTINCT FROM ${stored})`,
+      };
+    case 'fill-if-blank':
+      return { set: `COALESCE(${blank}, ${incoming})`, changes: `(${blank} IS NULL AND ${incoming} IS NOT NULL)` };
+    case 'add-to-set':
+      // Staged sets are already de-duplicated (per row in Node, per key in the fold).
+      return {
+        set: `CASE WHEN ${incoming} <@ ${stored} THEN ${stored} ELSE ${stored} || ARRAY(SELECT x FROM unnest(${incoming}) WITH ORDINALITY u(x, i) WHERE x <> ALL (${stored}) ORDER BY i) END`,
+        changes: `NOT (${incoming} <@ ${stored})`,
+      };
+    case 'keep-first':
+      return undefined;
+  }
+}
+
+export interface MergeSql {
+  resolveKeys: string;
+  fold: string;
+  lookups: string[];
+  upsert: string;
+  missingIds: string | undefined;
+  childUpsert: string | undefined;
+  counts: string;
+}
+
+/** All statements of the merge of `stage` into the pipeline's target. */
+export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, StageType>): MergeSql {
+  const S = ident(stage);
+  const t = p.target;
+  const T = ident(t.table);
+  const K = ident(p.key.name);
+  const TK = ident(t.key);
+  const policies = columnPolicies(p);
+  const lookups = t.lookups ?? [];
+
+  const resolveKeys = `UPDATE ${S} s SET ${K} = r.k FROM (
+      SELECT s2.line, (SELECT u.k FROM unnest(s2.key_candidates) WITH ORDINALITY u(k, i)
+                        WHERE EXISTS (SELECT 1 FROM ${T} t WHERE t.${TK} = u.k) ORDER BY u.i LIMIT 1) AS k
+        FROM ${S} s2 WHERE cardinality(s2.key_candidates) > 1) r
+     WHERE s.line = r.line AND r.k IS NOT NULL AND r.k <> s.${K}`;
+
+  // m: one row per key. Keys on a single row (nearly all) are copied as they are; rows
+  // sharing a key fold in file order; add-to-set values are de-duplicated here.
+  const cols = [...policies.keys()];
+  const plain = cols.map((c) => ident(c)).join(', ');
+  const folded = cols.map((c) => fold(c, policies.get(c)!)).join(', ');
+  const outer = cols
+    .map((c) =>
+      policies.get(c) === 'add-to-set'
+        ? `(SELECT string_agg(x, ',' ORDER BY i) FROM (SELECT x, min(i) AS i FROM unnest(string_to_array(f.${ident(c)}, ',')) WITH ORDINALITY u(x, i) GROUP BY x) d) AS ${ident(c)}`
+        : `f.${ident(c)}`,
+    )
+    .join(', ');
+  const foldSql = `CREATE TEMP TABLE sluice_m ON COMMIT DROP AS
+    WITH d AS (SELECT ${K} FROM ${S} GROUP BY ${K} HAVING count(*) > 1)
+    SELECT ${K}, 1 AS n, ${plain} FROM ${S} s
+     WHERE NOT EXISTS (SELECT 1 FROM d WHERE d.${K} = s.${K})
+    UNION ALL
+    SELECT f.${K}, f.n, ${outer} FROM (
+      SELECT ${K}, count(*)::int AS n, ${folded} FROM ${S}
+       WHERE ${K} IN (SELECT ${K} FROM d) GROUP BY ${K}) f`;
+
+  // Lookups: create what is missing, then join to find ids (chained: a lookup may match on
+  // an earlier lookup's id, e.g. cities on state_id). Nulls compare equal through coalesce
+  // so the join stays hashable.
+  const lookupAlias = new Map<string, string>();
+  lookups.forEach((l, i) => lookupAlias.set(l.column, `l${i}`));
+  const lookupJoins: string[] = [];
+  const lookupSql: string[] = [];
+  lookups.forEach((l, i) => {
+    const alias = `l${i}`;
+    const L = ident(l.table);
+    const matchExpr = (m: { from?: string; lookup?: string }) =>
+      m.from ? `m.${ident(m.from)}` : `${lookupAlias.get(m.lookup!)}.id`;
+    const first = l.match[0]!;
+    const insertCols = [...l.match.map((m) => ident(m.column)), ...(l.create ?? []).map((c) => ident(c.column))];
+    const insertVals = [...l.match.map(matchExpr), ...(l.create ?? []).map((c) => `m.${ident(c.from)}`)];
+    lookupSql.push(`INSERT INTO ${L} (${insertCols.join(', ')})
+      SELECT DISTINCT ${insertVals.join(', ')} FROM sluice_m m ${lookupJoins.join(' ')}
+       WHERE ${matchExpr(first)} IS NOT NULL ON CONFLICT DO NOTHING`);
+    const on = l.match
+      .map((m) => (m.from ? `${alias}.${ident(m.column)} = ${matchExpr(m)}` : `coalesce(${alias}.${ident(m.column)}, -1) = coalesce(${matchExpr(m)}, -1)`))
+      .join(' AND ');
+    lookupJoins.push(`LEFT JOIN ${L} ${alias} ON ${on}`);
+  });
+
+  const isText = (col: string) => stageTypes.get(col) === 'text';
+  const value = (f: TargetField, alias: string) =>
+    f.merge === 'add-to-set'
+      ? `coalesce(string_to_array(${alias}.${ident(f.from)}, ','), '{}')`
+      : f.targetType
+        ? `${alias}.${ident(f.from)}::${f.targetType}`
+        : `${alias}.${ident(f.from)}`;
+  const main = [
+    ...t.fields.map((f) => ({ column: f.column, value: value(f, 'm'), merge: f.merge, text: isText(f.from) && !f.targetType })),
+    ...lookups.map((l) => ({ column: l.column, value: `${lookupAlias.get(l.column)}.id`, merge: l.merge, text: false })),
+  ];
+  const sets: string[] = [];
+  const changes: string[] = [];
+  for (const a of main) {
+    const r = assignment(a.merge, `EXCLUDED.${ident(a.column)}`, `t.${ident(a.column)}`, a.text);
+    if (!r) continue;
+    sets.push(`${ident(a.column)} = ${r.set}`);
+    changes.push(r.changes);
+  }
+  // One statement inserts new records and updates changed ones (unchanged rows are not
+  // written); `xmax = 0` tells a fresh insert from an update.
+  const upsert = `WITH up AS (
+      INSERT INTO ${T} AS t (${[TK, ...main.map((a) => ident(a.column))].join(', ')})
+      SELECT m.${K}, ${main.map((a) => a.value).join(', ')} FROM sluice_m m ${lookupJoins.join(' ')}
+      ON CONFLICT (${TK}) DO UPDATE SET ${sets.length ? `${sets.join(', ')}, ` : ''}updated_at = now()
+      WHERE ${changes.join(' OR ') || 'false'}
+      RETURNING t.id, t.${TK} AS key, (t.xmax = 0) AS inserted)
+    INSERT INTO sluice_ids (key, id, inserted, changed) SELECT key, id, inserted, true FROM up`;
+
+  const child = t.child;
+  let missingIds: string | undefined;
+  let childUpsert: string | undefined;
+  if (child) {
+    // Records the upsert left alone still need their id for the child table.
+    missingIds = `INSERT INTO sluice_ids (key, id, inserted, changed)
+      SELECT m.${K}, t.id, false, false FROM sluice_m m JOIN ${T} t ON t.${TK} = m.${K}
+       WHERE NOT EXISTS (SELECT 1 FROM sluice_ids i WHERE i.key = m.${K})`;
+    const C = ident(child.table);
+    const FK = ident(child.foreignKey);
+    const cf = child.fields;
+    const csets: string[] = [];
+    const cchanges: string[] = [];
+    for (const f of cf) {
+      const r = assignment(f.merge, `EXCLUDED.${ident(f.column)}`, `c.${ident(f.column)}`, isText(f.from) && !f.targetType);
+      if (!r) continue;
+      csets.push(`${ident(f.column)} = ${r.set}`);
+      cchanges.push(r.changes);
+    }
+    childUpsert = `WITH u AS (
+        INSERT INTO ${C} AS c (${FK}, ${cf.map((f) => ident(f.column)).join(', ')})
+        SELECT i.id, ${cf.map((f) => value(f, 'm')).join(', ')} FROM sluice_ids i JOIN sluice_m m ON m.${K} = i.key
+         WHERE ${cf.map((f) => `m.${ident(f.from)} IS NOT NULL`).join(' OR ')}
+        ON CONFLICT (${FK}) DO UPDATE SET ${csets.join(', ')}, updated_at = now()
+        WHERE ${cchanges.join(' OR ') || 'false'}
+        RETURNING c.${FK} AS id)
+      UPDATE sluice_ids i SET changed = true FROM u WHERE i.id = u.id AND NOT i.changed`;
+  }
+
+  const counts = `SELECT count(*) FILTER (WHERE i.inserted) AS inserted,
+      coalesce(sum(m.n - 1) FILTER (WHERE i.inserted), 0)
+        + coalesce(sum(m.n) FILTER (WHERE NOT i.inserted AND i.changed), 0) AS updated,
+      coalesce(sum(m.n) FILTER (WHERE i.id IS NULL OR NOT (i.inserted OR i.changed)), 0) AS unchanged
+    FROM sluice_m m LEFT JOIN sluice_ids i ON i.key = m.${K}`;
+
+  return { resolveKeys, fold: foldSql, lookups: lookupSql, upsert, missingIds, childUpsert, counts };
+}

@@ -1,0 +1,117 @@
+/**
+ * The CLI as a subprocess (`./bin/sluice`): import --json and exit codes, inspect, rejects,
+ * db url, gen leads and gen csv.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { repoRoot } from '../../src/config.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
+
+let db: TestDb;
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-cli-'));
+before(async () => {
+  db = await testDb();
+});
+after(async () => {
+  await db.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function sluice(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(path.join(repoRoot, 'bin', 'sluice'), args, {
+      env: { ...process.env, DATABASE_URL: db.url },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+function write(name: string, content: string): string {
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, content);
+  return file;
+}
+
+test('import --json prints one result object; exit 0 when completed', async () => {
+  const file = write('ok.csv', 'Email,Name\ncli1@example.com,One\ncli2@example.com,Two\nnope,Bad\n');
+  const r = await sluice(['import', file, '--pipeline', 'leads', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout);
+  assert.deepEqual(Object.keys(out), ['id', 'pipeline', 'status', 'rows', 'duration_ms']);
+  assert.equal(out.status, 'completed');
+  assert.deepEqual(out.rows, { read: 3, inserted: 2, updated: 0, unchanged: 0, rejected: 1 });
+  assert.match(r.stderr, /rows\/s/, 'progress goes to stderr');
+
+  const csv = await sluice(['rejects', out.id]);
+  assert.equal(csv.code, 0, csv.stderr);
+  assert.equal(csv.stdout, 'line,field,reason,raw\r\n4,,"email: not an email: ""nope""","nope,Bad"\r\n');
+  const nd = await sluice(['rejects', out.id, '--format', 'ndjson']);
+  assert.deepEqual(JSON.parse(nd.stdout.trim()), { line: 4, field: null, reason: 'email: not an email: "nope"', raw: 'nope,Bad' });
+});
+
+test('a failed import exits non-zero with the error in the JSON', async () => {
+  const file = write('nokey.csv', 'Name\nNo Email\n');
+  const r = await sluice(['import', file, '--pipeline', 'leads', '--json']);
+  assert.equal(r.code, 1);
+  const out = JSON.parse(r.stdout);
+  assert.equal(out.status, 'failed');
+  assert.equal(out.error, 'invalid file: email information missing');
+});
+
+test('usage errors exit 2 with a clear message', async () => {
+  const file = write('u.csv', 'Email\nx@example.com\n');
+  const unknown = await sluice(['import', file, '--pipeline', 'nope']);
+  assert.equal(unknown.code, 2);
+  assert.match(unknown.stderr, /unknown pipeline "nope" \(available: /);
+  const ratio = await sluice(['import', file, '--pipeline', 'leads', '--max-reject-ratio', '2']);
+  assert.equal(ratio.code, 2);
+  const missing = await sluice(['import', path.join(dir, 'missing.csv'), '--pipeline', 'leads']);
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /no such file/);
+});
+
+test('inspect --json shows what Sluice detects', async () => {
+  const file = write('inspect.csv', 'Email;Nome\n"a@example.com";"Silva; Ana"\n');
+  const r = await sluice(['inspect', file, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), {
+    format: 'csv',
+    delimiter: ';',
+    encoding: 'utf-8',
+    header: ['Email', 'Nome'],
+    rows: [['a@example.com', 'Silva; Ana']],
+  });
+});
+
+test('db url prints the connection URL', async () => {
+  const r = await sluice(['db', 'url']);
+  assert.equal(r.code, 0);
+  assert.equal(r.stdout.trim(), db.url);
+});
+
+test('gen leads inserts set-based; gen csv writes the original format with existing emails', async () => {
+  const g = await sluice(['gen', 'leads', '2000']);
+  assert.equal(g.code, 0, g.stderr);
+  const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM leads WHERE email LIKE 'lead-%'`);
+  assert.equal(rows[0].n, 2000);
+  const out = path.join(dir, 'gen.csv');
+  const c = await sluice(['gen', 'csv', '1000', '--out', out, '--existing', '0.3']);
+  assert.equal(c.code, 0, c.stderr);
+  const lines = fs.readFileSync(out, 'utf8').trimEnd().split('\n');
+  assert.equal(lines[0], 'Email,Nome,Twitter,Website,Facebook,Linkedin,Phone,City,State,Tags,Opportunity,Job Title,Available for mailing');
+  assert.equal(lines.length, 1001);
+  const imp = await sluice(['import', out, '--pipeline', 'leads', '--json', '--no-progress']);
+  const res = JSON.parse(imp.stdout);
+  assert.deepEqual(res.rows, { read: 1000, inserted: 700, updated: res.rows.updated, unchanged: res.rows.unchanged, rejected: 0 });
+  assert.equal(res.rows.updated + res.rows.unchanged, 300);
+});
