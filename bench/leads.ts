@@ -132,6 +132,7 @@ for (let i = 0; i < RUNS; i++) {
     await admin(url, (c) => c.query('CHECKPOINT'));
     if (which === 'sluice') {
       const r = await sluiceImport(url);
+      r.result.timings = await admin(url, async (c) => (await c.query('SELECT timings FROM imports WHERE id = $1', [r.result.id])).rows[0]?.timings);
       sluiceTimes.push(r.s);
       rss.push(r.rssMb);
       lastResult = r.result;
@@ -152,7 +153,7 @@ const perRowS = await perRow(withDatabase(server, perRowDb), sampleFile);
 await dropDatabase(server, perRowDb);
 const perRowExtrapolated = (perRowS / SAMPLE) * M;
 log(`per-row: ${SAMPLE} rows in ${perRowS.toFixed(2)}s -> ${perRowExtrapolated.toFixed(0)}s for ${M} rows`);
-await dropDatabase(server, TEMPLATE);
+if (!process.env.SLUICE_BENCH_KEEP) await dropDatabase(server, TEMPLATE);
 
 const sluiceS = median(sluiceTimes);
 const floorS = median(floorTimes);

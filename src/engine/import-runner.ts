@@ -107,7 +107,13 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
     }
     o.onProgress?.({ bytes: meta.bytes, totalBytes: meta.bytes, rows: mapper.read, phase: 'merging' });
     t = performance.now();
-    const counts = await mergeStage(client, o.pipeline, stage, mapper.hasKeyCandidates, timings);
+    const counts = await mergeStage(
+      client,
+      o.pipeline,
+      stage,
+      { rows: mapper.accepted, hasKeyCandidates: mapper.hasKeyCandidates, possibleDuplicates: mapper.possibleDuplicates() },
+      timings,
+    );
     mark('merge', t);
     timings.total = Math.round(performance.now() - t0);
     const outcome: ImportOutcome = { status: 'completed', read: mapper.read, rejected: mapper.rejected, ...counts, timings };

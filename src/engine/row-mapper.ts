@@ -78,6 +78,8 @@ function isError(r: CellResult): r is { error: string } {
   return r !== null && typeof r === 'object';
 }
 
+const MAX_SUSPECTS = 200_000;
+
 /** The raw text of the current record, produced only when a reject needs it. */
 export interface RawText {
   text(): string;
@@ -94,6 +96,13 @@ export class RowMapper {
   accepted = 0;
   rejected = 0;
   hasKeyCandidates = false;
+  /**
+   * Duplicate-key detection without holding the keys: a 64 Mbit bitmap of key hashes. A
+   * key whose bit is already set may be a duplicate (or a hash collision) and is listed;
+   * the merge checks only those. Past MAX_SUSPECTS the list is dropped (merge checks all).
+   */
+  private seen: Uint8Array | undefined = new Uint8Array(1 << 23);
+  private suspects: Set<string> | undefined = new Set();
 
   constructor(pipeline: Pipeline, mapping: ColumnMapping, part: number, rejects: RejectSink) {
     this.pipeline = pipeline;
@@ -140,6 +149,7 @@ export class RowMapper {
     if (key.length > 1) this.hasKeyCandidates = true;
     out.push(text);
     this.accepted++;
+    this.noteKey(key[0]!);
     if (fieldIssues) for (const f of fieldIssues) this.rejects.add(line, f.field, f.reason, raw.text());
   }
 
@@ -157,6 +167,28 @@ export class RowMapper {
     }
     if (candidates.length > 0) return candidates;
     return firstError ?? k.blankReason;
+  }
+
+  private noteKey(k: string): void {
+    const seen = this.seen;
+    if (!seen) return;
+    // FNV-1a, 32 bits, folded to 26 bits.
+    let h = 0x811c9dc5;
+    for (let i = 0; i < k.length; i++) h = Math.imul(h ^ k.charCodeAt(i), 0x01000193);
+    h = (h >>> 0) & 0x3ffffff;
+    const byte = h >>> 3;
+    const bit = 1 << (h & 7);
+    if ((seen[byte]! & bit) === 0) {
+      seen[byte] = seen[byte]! | bit;
+      return;
+    }
+    this.suspects!.add(k);
+    if (this.suspects!.size > MAX_SUSPECTS) this.seen = this.suspects = undefined;
+  }
+
+  /** Keys that may occur on several rows, or undefined when unknown. */
+  possibleDuplicates(): string[] | undefined {
+    return this.suspects ? [...this.suspects] : undefined;
   }
 
   private reject(line: number, reason: string, raw: RawText): void {

@@ -5,7 +5,7 @@
  *
  * The statements, in order (all in one transaction, see merge.ts):
  *  1. resolve the key of rows with several key columns (first value matching a record)
- *  2. `m`: one row per key; rows sharing a key are folded in file order per merge policy
+ *  2. rows sharing a key are folded in place in staging, in file order per merge policy
  *  3. lookups: missing reference rows (states, cities...) created in bulk
  *  4. one INSERT ... ON CONFLICT DO UPDATE of the target (the floor's statement), writing
  *     only records whose merged values differ; ids of what it touched go to `sluice_ids`
@@ -43,7 +43,8 @@ export function stageColumns(p: Pipeline): StageColumn[] {
 
 export function createStageSql(p: Pipeline, stage: string): string {
   const cols = stageColumns(p).map((c) => `${ident(c.name)} ${PG_TYPE[c.type]}`);
-  return `CREATE UNLOGGED TABLE IF NOT EXISTS ${ident(stage)} (line bigint NOT NULL, part integer NOT NULL, ${cols.join(', ')}, key_candidates text[])`;
+  // n: how many file rows a staged row stands for (1 until rows sharing a key are folded).
+  return `CREATE UNLOGGED TABLE IF NOT EXISTS ${ident(stage)} (line bigint NOT NULL, part integer NOT NULL, n integer NOT NULL DEFAULT 1, ${cols.join(', ')}, key_candidates text[])`;
 }
 
 /** Which merge policy folds each staging column across rows of one key. */
@@ -103,12 +104,18 @@ function assignment(merge: MergePolicy, incoming: string, stored: string, text: 
 
 export interface MergeSql {
   resolveKeys: string;
+  /** Keys on more than one row; with `known`, among the candidate keys in $1 only. */
+  duplicates: (known: boolean) => string;
+  /** Folds the rows of the keys in $1 into one row each. */
   fold: string;
   lookups: string[];
   upsert: string;
   missingIds: string | undefined;
+  childInsert: string | undefined;
   childUpsert: string | undefined;
+  childInsertMissing: string | undefined;
   counts: string;
+  countsSimple: string;
 }
 
 /** All statements of the merge of `stage` into the pipeline's target. */
@@ -127,10 +134,11 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
         FROM ${S} s2 WHERE cardinality(s2.key_candidates) > 1) r
      WHERE s.line = r.line AND r.k IS NOT NULL AND r.k <> s.${K}`;
 
-  // m: one row per key. Keys on a single row (nearly all) are copied as they are; rows
-  // sharing a key fold in file order; add-to-set values are de-duplicated here.
+  // Rows sharing a key are folded in place: deleted from staging and replaced by one row
+  // per key (line = the first, n = how many) merged in file order per policy, add-to-set
+  // values de-duplicated. Afterwards staging holds exactly one row per key, so every later
+  // statement reads it directly (no copy of the rows is materialized).
   const cols = [...policies.keys()];
-  const plain = cols.map((c) => ident(c)).join(', ');
   const folded = cols.map((c) => fold(c, policies.get(c)!)).join(', ');
   const outer = cols
     .map((c) =>
@@ -139,38 +147,45 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
         : `f.${ident(c)}`,
     )
     .join(', ');
-  const foldSql = `CREATE TEMP TABLE sluice_m ON COMMIT DROP AS
-    WITH d AS (SELECT ${K} FROM ${S} GROUP BY ${K} HAVING count(*) > 1)
-    SELECT ${K}, 1 AS n, ${plain} FROM ${S} s
-     WHERE NOT EXISTS (SELECT 1 FROM d WHERE d.${K} = s.${K})
-    UNION ALL
-    SELECT f.${K}, f.n, ${outer} FROM (
-      SELECT ${K}, count(*)::int AS n, ${folded} FROM ${S}
-       WHERE ${K} IN (SELECT ${K} FROM d) GROUP BY ${K}) f`;
+  const duplicates = (known: boolean) =>
+    `SELECT ${K} AS key FROM ${S} ${known ? `WHERE ${K} = ANY ($1::text[])` : ''} GROUP BY ${K} HAVING count(*) > 1`;
+  const foldSql = `WITH gone AS (DELETE FROM ${S} WHERE ${K} = ANY ($1::text[]) RETURNING *)
+    INSERT INTO ${S} (line, part, n, ${K}, ${cols.map(ident).join(', ')})
+    SELECT f.line, 0, f.n, f.${K}, ${outer} FROM (
+      SELECT ${K}, min(line) AS line, sum(n)::int AS n, ${folded} FROM gone GROUP BY ${K}) f`;
 
-  // Lookups: create what is missing, then join to find ids (chained: a lookup may match on
-  // an earlier lookup's id, e.g. cities on state_id). Nulls compare equal through coalesce
-  // so the join stays hashable.
-  const lookupAlias = new Map<string, string>();
-  lookups.forEach((l, i) => lookupAlias.set(l.column, `l${i}`));
-  const lookupJoins: string[] = [];
+  // Lookups work on the few distinct source values (sluice_lk), not on every row: create
+  // what is missing, then resolve each distinct combination to its ids. Chained lookups
+  // (cities on state_id) use the ids resolved before them. Staged text is never '' (blank
+  // is NULL), so coalesce(x, '') is a null-safe key that keeps the row join hashable.
+  const lkSources = [...new Set(lookups.flatMap((l) => [...l.match.flatMap((m) => (m.from ? [m.from] : [])), ...(l.create ?? []).map((c) => c.from)]))];
+  for (const c of lkSources) {
+    if (stageTypes.get(c) !== 'text') throw new Error(`pipeline ${p.name}: lookup source ${c} must be a text column`);
+  }
   const lookupSql: string[] = [];
-  lookups.forEach((l, i) => {
-    const alias = `l${i}`;
-    const L = ident(l.table);
-    const matchExpr = (m: { from?: string; lookup?: string }) =>
-      m.from ? `m.${ident(m.from)}` : `${lookupAlias.get(m.lookup!)}.id`;
-    const first = l.match[0]!;
-    const insertCols = [...l.match.map((m) => ident(m.column)), ...(l.create ?? []).map((c) => ident(c.column))];
-    const insertVals = [...l.match.map(matchExpr), ...(l.create ?? []).map((c) => `m.${ident(c.from)}`)];
-    lookupSql.push(`INSERT INTO ${L} (${insertCols.join(', ')})
-      SELECT DISTINCT ${insertVals.join(', ')} FROM sluice_m m ${lookupJoins.join(' ')}
-       WHERE ${matchExpr(first)} IS NOT NULL ON CONFLICT DO NOTHING`);
-    const on = l.match
-      .map((m) => (m.from ? `${alias}.${ident(m.column)} = ${matchExpr(m)}` : `coalesce(${alias}.${ident(m.column)}, -1) = coalesce(${matchExpr(m)}, -1)`))
-      .join(' AND ');
-    lookupJoins.push(`LEFT JOIN ${L} ${alias} ON ${on}`);
-  });
+  let lookupJoin = '';
+  if (lookups.length > 0) {
+    const idCols = lookups.map((_, i) => `NULL::bigint AS _l${i}`).join(', ');
+    lookupSql.push(`CREATE TEMP TABLE sluice_lk ON COMMIT DROP AS
+      SELECT DISTINCT ${lkSources.map(ident).join(', ')}, ${idCols} FROM ${S}`);
+    const resolved = new Map<string, string>();
+    lookups.forEach((l, i) => {
+      const L = ident(l.table);
+      const src = (m: { from?: string; lookup?: string }) => (m.from ? `lk.${ident(m.from)}` : `lk.${resolved.get(m.lookup!)}`);
+      const insertCols = [...l.match.map((m) => ident(m.column)), ...(l.create ?? []).map((c) => ident(c.column))];
+      const insertVals = [...l.match.map(src), ...(l.create ?? []).map((c) => `lk.${ident(c.from)}`)];
+      lookupSql.push(`INSERT INTO ${L} (${insertCols.join(', ')})
+        SELECT DISTINCT ${insertVals.join(', ')} FROM sluice_lk lk WHERE ${src(l.match[0]!)} IS NOT NULL ON CONFLICT DO NOTHING`);
+      const on = l.match
+        .map((m) => (m.from ? `r.${ident(m.column)} = ${src(m)}` : `r.${ident(m.column)} IS NOT DISTINCT FROM ${src(m)}`))
+        .join(' AND ');
+      lookupSql.push(`UPDATE sluice_lk lk SET _l${i} = r.id FROM ${L} r WHERE ${on}`);
+      resolved.set(l.column, `_l${i}`);
+    });
+    const on = lkSources.map((c) => `coalesce(lk.${ident(c)}, '') = coalesce(m.${ident(c)}, '')`).join(' AND ');
+    lookupJoin = `LEFT JOIN sluice_lk lk ON ${on}`;
+  }
+  const lookupValue = (i: number) => `lk._l${i}`;
 
   const isText = (col: string) => stageTypes.get(col) === 'text';
   const value = (f: TargetField, alias: string) =>
@@ -181,7 +196,7 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
         : `${alias}.${ident(f.from)}`;
   const main = [
     ...t.fields.map((f) => ({ column: f.column, value: value(f, 'm'), merge: f.merge, text: isText(f.from) && !f.targetType })),
-    ...lookups.map((l) => ({ column: l.column, value: `${lookupAlias.get(l.column)}.id`, merge: l.merge, text: false })),
+    ...lookups.map((l, i) => ({ column: l.column, value: lookupValue(i), merge: l.merge, text: false })),
   ];
   const sets: string[] = [];
   const changes: string[] = [];
@@ -195,7 +210,7 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   // written); `xmax = 0` tells a fresh insert from an update.
   const upsert = `WITH up AS (
       INSERT INTO ${T} AS t (${[TK, ...main.map((a) => ident(a.column))].join(', ')})
-      SELECT m.${K}, ${main.map((a) => a.value).join(', ')} FROM sluice_m m ${lookupJoins.join(' ')}
+      SELECT m.${K}, ${main.map((a) => a.value).join(', ')} FROM ${S} m ${lookupJoin}
       ON CONFLICT (${TK}) DO UPDATE SET ${sets.length ? `${sets.join(', ')}, ` : ''}updated_at = now()
       WHERE ${changes.join(' OR ') || 'false'}
       RETURNING t.id, t.${TK} AS key, (t.xmax = 0) AS inserted)
@@ -204,29 +219,44 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   const child = t.child;
   let missingIds: string | undefined;
   let childUpsert: string | undefined;
+  let childInsert: string | undefined;
+  let childInsertMissing: string | undefined;
   if (child) {
     // Records the upsert left alone still need their id for the child table.
+    // (Usually few: an index probe each, not a hash of the whole target.)
     missingIds = `INSERT INTO sluice_ids (key, id, inserted, changed)
-      SELECT m.${K}, t.id, false, false FROM sluice_m m JOIN ${T} t ON t.${TK} = m.${K}
+      SELECT m.${K}, (SELECT t.id FROM ${T} t WHERE t.${TK} = m.${K}), false, false FROM ${S} m
        WHERE NOT EXISTS (SELECT 1 FROM sluice_ids i WHERE i.key = m.${K})`;
     const C = ident(child.table);
     const FK = ident(child.foreignKey);
     const cf = child.fields;
-    const csets: string[] = [];
-    const cchanges: string[] = [];
+    // New records get their child rows by a plain INSERT (no speculative insertion: a third
+    // less WAL than ON CONFLICT).
+    const childCols = `${FK}, ${cf.map((f) => ident(f.column)).join(', ')}`;
+    const childSelect = `SELECT i.id, ${cf.map((f) => value(f, 'm')).join(', ')} FROM sluice_ids i JOIN ${S} m ON m.${K} = i.key`;
+    const anyValue = cf.map((f) => `m.${ident(f.from)} IS NOT NULL`).join(' OR ');
+    childInsert = `INSERT INTO ${C} (${childCols}) ${childSelect} WHERE i.inserted AND (${anyValue})`;
+    // Existing records: an UPDATE that writes (and locks) only rows it changes — ON CONFLICT
+    // DO UPDATE would lock, and so write, every conflicting row even when nothing changes —
+    // then child rows for existing records that had none.
+    const updSets: string[] = [];
+    const updChanges: string[] = [];
     for (const f of cf) {
-      const r = assignment(f.merge, `EXCLUDED.${ident(f.column)}`, `c.${ident(f.column)}`, isText(f.from) && !f.targetType);
+      const r = assignment(f.merge, value(f, 'm'), `c.${ident(f.column)}`, isText(f.from) && !f.targetType);
       if (!r) continue;
-      csets.push(`${ident(f.column)} = ${r.set}`);
-      cchanges.push(r.changes);
+      updSets.push(`${ident(f.column)} = ${r.set}`);
+      updChanges.push(r.changes);
     }
     childUpsert = `WITH u AS (
-        INSERT INTO ${C} AS c (${FK}, ${cf.map((f) => ident(f.column)).join(', ')})
-        SELECT i.id, ${cf.map((f) => value(f, 'm')).join(', ')} FROM sluice_ids i JOIN sluice_m m ON m.${K} = i.key
-         WHERE ${cf.map((f) => `m.${ident(f.from)} IS NOT NULL`).join(' OR ')}
-        ON CONFLICT (${FK}) DO UPDATE SET ${csets.join(', ')}, updated_at = now()
-        WHERE ${cchanges.join(' OR ') || 'false'}
+        UPDATE ${C} c SET ${updSets.join(', ')}, updated_at = now()
+          FROM sluice_ids i JOIN ${S} m ON m.${K} = i.key
+         WHERE c.${FK} = i.id AND NOT i.inserted AND (${updChanges.join(' OR ') || 'false'})
         RETURNING c.${FK} AS id)
+      UPDATE sluice_ids i SET changed = true FROM u WHERE i.id = u.id AND NOT i.changed`;
+    childInsertMissing = `WITH u AS (
+        INSERT INTO ${C} (${childCols}) ${childSelect}
+         WHERE NOT i.inserted AND (${anyValue}) AND NOT EXISTS (SELECT 1 FROM ${C} c WHERE c.${FK} = i.id)
+        RETURNING ${FK} AS id)
       UPDATE sluice_ids i SET changed = true FROM u WHERE i.id = u.id AND NOT i.changed`;
   }
 
@@ -234,7 +264,11 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
       coalesce(sum(m.n - 1) FILTER (WHERE i.inserted), 0)
         + coalesce(sum(m.n) FILTER (WHERE NOT i.inserted AND i.changed), 0) AS updated,
       coalesce(sum(m.n) FILTER (WHERE i.id IS NULL OR NOT (i.inserted OR i.changed)), 0) AS unchanged
-    FROM sluice_m m LEFT JOIN sluice_ids i ON i.key = m.${K}`;
+    FROM ${S} m LEFT JOIN sluice_ids i ON i.key = m.${K}`;
 
-  return { resolveKeys, fold: foldSql, lookups: lookupSql, upsert, missingIds, childUpsert, counts };
+    // Without duplicates every staged row is its own key: the counts come from sluice_ids.
+  const countsSimple = `SELECT count(*) FILTER (WHERE inserted) AS inserted,
+      count(*) FILTER (WHERE changed AND NOT inserted) AS updated FROM sluice_ids`;
+
+  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childUpsert, childInsertMissing, counts, countsSimple };
 }
