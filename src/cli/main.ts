@@ -17,6 +17,7 @@ const COMMANDS: Record<string, Array<() => Promise<Register>>> = {
   inspect: [async () => (await import('./commands/inspect.ts')).registerInspect],
   rejects: [async () => (await import('./commands/rejects.ts')).registerRejects],
   gen: [async () => (await import('./commands/gen.ts')).registerGen],
+  worker: [async () => (await import('./commands/worker.ts')).registerWorker],
 };
 
 const program = new Command('sluice')

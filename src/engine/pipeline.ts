@@ -45,6 +45,8 @@ export interface SourceColumn {
   parse?: (value: string) => CellResult;
   /** An invalid value rejects the whole row (default) or only this field (row still imports). */
   onInvalid?: 'row' | 'field';
+  /** `key`: derived from the key's raw cell (e.g. document_type from the CPF column). */
+  input?: 'key';
 }
 
 export interface KeyColumn extends SourceColumn {
@@ -100,6 +102,8 @@ export interface Pipeline {
   name: string;
   description: string;
   format: SourceFormat;
+  /** Reject rows whose field count differs from the header's (default: short rows padded). */
+  strictFieldCount?: boolean;
   key: KeyColumn;
   columns: SourceColumn[];
   target: Target;

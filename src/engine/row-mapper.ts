@@ -6,7 +6,7 @@
 import { InvalidFileError } from '../core/errors.ts';
 import type { Pipeline, SourceColumn, CellResult } from './pipeline.ts';
 import { copyArray, copyValue } from '../load/copy-text.ts';
-import type { RejectSink } from '../load/rejects.ts';
+import type { RejectCollector } from '../load/rejects.ts';
 
 /** Header text compared case-, accent- and spacing-insensitively. */
 export function normalizeHeader(h: string): string {
@@ -46,20 +46,22 @@ export function mapHeader(pipeline: Pipeline, header: string[]): ColumnMapping {
   const keyIndexes: number[] = [];
   const columnIndexes: number[][] = pipeline.columns.map(() => []);
   const ignored: string[] = [];
+  const indexesOf = (pick: (col: SourceColumn) => boolean) =>
+    pipeline.columns.flatMap((col, c) => (pick(col) ? [c] : []));
   header.forEach((h, i) => {
     if (normalizeHeader(h) === '') return;
     // A column's own names win over the key pattern: `Disponível para email` ends in
-    // "email" but is the mailing flag, not a key.
-    const named = pipeline.columns.findIndex((col) => matches(h, col.headers.filter((x) => typeof x === 'string')));
-    if (named >= 0) columnIndexes[named]!.push(i);
-    else if (matches(h, pipeline.key.headers)) keyIndexes.push(i);
-    else {
-      const c = pipeline.columns.findIndex((col) => matches(h, col.headers));
-      if (c >= 0) columnIndexes[c]!.push(i);
-      else ignored.push(h.trim());
-    }
+    // "email" but is the mailing flag, not a key. Several columns may read one header.
+    const named = indexesOf((col) => matches(h, col.headers.filter((x) => typeof x === 'string')));
+    const cols = named.length > 0 ? named : matches(h, pipeline.key.headers) ? [] : indexesOf((col) => matches(h, col.headers));
+    if (named.length === 0 && matches(h, pipeline.key.headers)) keyIndexes.push(i);
+    else if (cols.length > 0) for (const c of cols) columnIndexes[c]!.push(i);
+    else ignored.push(h.trim());
   });
   if (keyIndexes.length === 0) throw new InvalidFileError(pipeline.key.missingMessage);
+  pipeline.columns.forEach((col, c) => {
+    if (col.input === 'key') columnIndexes[c] = [...keyIndexes];
+  });
   return { keyIndexes, columnIndexes, ignored, headerLength: header.length };
 }
 
@@ -90,7 +92,7 @@ export class RowMapper {
   private readonly pipeline: Pipeline;
   private readonly mapping: ColumnMapping;
   private readonly part: number;
-  private readonly rejects: RejectSink;
+  private readonly rejects: RejectCollector;
   /** Data rows seen / accepted / rejected (field-level rejects do not count as rejected rows). */
   read = 0;
   accepted = 0;
@@ -104,7 +106,7 @@ export class RowMapper {
   private seen: Uint8Array | undefined = new Uint8Array(1 << 23);
   private suspects: Set<string> | undefined = new Set();
 
-  constructor(pipeline: Pipeline, mapping: ColumnMapping, part: number, rejects: RejectSink) {
+  constructor(pipeline: Pipeline, mapping: ColumnMapping, part: number, rejects: RejectCollector) {
     this.pipeline = pipeline;
     this.mapping = mapping;
     this.part = part;
@@ -115,6 +117,10 @@ export class RowMapper {
   map(fields: string[], line: number, raw: RawText, out: string[]): void {
     this.read++;
     const m = this.mapping;
+    if (this.pipeline.strictFieldCount && fields.length !== m.headerLength) {
+      this.reject(line, `expected ${m.headerLength} fields, found ${fields.length}`, raw);
+      return;
+    }
     if (fields.length > m.headerLength) {
       for (let i = m.headerLength; i < fields.length; i++) {
         if (fields[i]!.trim() !== '') {

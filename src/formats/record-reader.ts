@@ -39,7 +39,6 @@ const SAMPLE_BYTES = 64 * 1024;
 /** Inspects the first bytes of a file: encoding, delimiter; throws on empty/binary files. */
 export function detectFile(path: string, format: FormatKind, overrides: { encoding?: Encoding; delimiter?: string } = {}): FileMeta {
   const bytes = fs.statSync(path).size;
-  if (bytes === 0) throw new InvalidFileError('invalid file: the file is empty');
   const fd = fs.openSync(path, 'r');
   const sample = Buffer.alloc(Math.min(SAMPLE_BYTES, bytes));
   try {
@@ -47,6 +46,15 @@ export function detectFile(path: string, format: FormatKind, overrides: { encodi
   } finally {
     fs.closeSync(fd);
   }
+  return detectSample(sample, bytes, format, overrides);
+}
+
+/** Bytes to read before calling detectSample on a stream. */
+export const DETECT_SAMPLE_BYTES = SAMPLE_BYTES;
+
+/** Format detection on the first bytes of a file (`bytes`: its size, when known). */
+export function detectSample(sample: Buffer, bytes: number, format: FormatKind, overrides: { encoding?: Encoding; delimiter?: string } = {}): FileMeta {
+  if (sample.length === 0) throw new InvalidFileError('invalid file: the file is empty');
   if (looksBinary(sample)) throw new InvalidFileError('invalid file: binary content (not a text file)');
   const det = detectEncoding(sample);
   const encoding = overrides.encoding ?? det.encoding;

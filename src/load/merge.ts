@@ -47,6 +47,7 @@ export async function mergeStage(
   stage: string,
   hints: MergeHints,
   timings: MergeTimings = {},
+  beforeCommit?: (client: Client, counts: MergeCounts) => Promise<void>,
 ): Promise<MergeCounts> {
   const types = new Map<string, StageType>([[pipeline.key.name, pipeline.key.type]]);
   for (const c of pipeline.columns) types.set(c.name, c.type);
@@ -93,6 +94,8 @@ export async function mergeStage(
       const r = (await step('counts', sql.counts)).rows[0] as { inserted: number; updated: number; unchanged: number };
       counts = { inserted: Number(r.inserted), updated: Number(r.updated), unchanged: Number(r.unchanged) };
     }
+    // Recording the outcome in the same transaction makes a retried merge a no-op.
+    if (beforeCommit) await beforeCommit(client, counts);
     await step('commit', 'COMMIT');
     return counts;
   } catch (err) {

@@ -46,14 +46,16 @@ export interface ImportOutcome {
   timings: Record<string, number>;
 }
 
-export async function finishImport(db: Db, id: string, o: ImportOutcome): Promise<void> {
-  await db.query(
+/** Records the outcome; with `onlyIfRunning`, only while the import is queued/running. Returns whether it did. */
+export async function finishImport(db: Db, id: string, o: ImportOutcome, onlyIfRunning = false): Promise<boolean> {
+  const r = await db.query(
     `UPDATE imports SET status = $2, error = $3, rows_read = $4, rows_inserted = $5, rows_updated = $6,
             rows_unchanged = $7, rows_rejected = $8, timings = timings || $9::jsonb,
             finished_at = now(), updated_at = now()
-      WHERE id = $1`,
-    [id, o.status, o.error ?? null, o.read, o.inserted, o.updated, o.unchanged, o.rejected, JSON.stringify(o.timings)],
+      WHERE id = $1 AND (NOT $10 OR status IN ('queued', 'running'))`,
+    [id, o.status, o.error ?? null, o.read, o.inserted, o.updated, o.unchanged, o.rejected, JSON.stringify(o.timings), onlyIfRunning],
   );
+  return (r.rowCount ?? 0) > 0;
 }
 
 export async function getImport(db: Db, id: string): Promise<ImportRow | undefined> {

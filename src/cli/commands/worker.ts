@@ -1,0 +1,28 @@
+/** `sluice worker`: a process that takes import parts (and merges) from the queue. */
+import type { Command } from 'commander';
+import { InvalidInputError } from '../../core/errors.ts';
+import { databaseUrl, openDb } from '../../db/pool.ts';
+import { startWorkers } from '../../intake/worker.ts';
+import { startBoss } from '../../jobs/boss.ts';
+
+export function registerWorker(program: Command): void {
+  program
+    .command('worker')
+    .description('take import parts from the Postgres-backed queue (run as many as you like, on any machine)')
+    .option('--concurrency <n>', 'parts processed at once by this process', '2')
+    .action(async (flags: { concurrency: string }) => {
+      const concurrency = Number(flags.concurrency);
+      if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidInputError('--concurrency must be a positive whole number');
+      const pool = await openDb({ max: concurrency + 2, applicationName: 'sluice-worker' });
+      const boss = await startBoss(await databaseUrl());
+      const workers = await startWorkers({ pool, boss }, { concurrency });
+      process.stderr.write(`sluice worker: ready (pid ${process.pid}, concurrency ${concurrency})\n`);
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await workers.stop();
+      await boss.stop({ graceful: true, timeout: 10_000 });
+      await pool.end();
+    });
+}

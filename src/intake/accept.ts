@@ -1,0 +1,139 @@
+/**
+ * Accepting an upload: the body streams through the record splitter into parts stored in
+ * Postgres (never the whole file in memory: at most one part), each part enqueued as a
+ * job in the same transaction as its row, so workers start on part 0 while the rest of
+ * the file is still arriving. Bad files (empty, binary, unusable header, too big) fail the
+ * upload with a clear error and leave nothing behind.
+ */
+import type { Readable } from 'node:stream';
+import { InvalidFileError, SluiceError } from '../core/errors.ts';
+import { intEnv } from '../config.ts';
+import { createImport } from '../db/sql/imports.ts';
+import { claimMerge, insertPart, lockImport, setImportFormat, setPartsTotal } from '../db/sql/intake.ts';
+import { stageTableName } from '../engine/import-runner.ts';
+import { mapHeader } from '../engine/row-mapper.ts';
+import { CsvParser } from '../formats/csv-parser.ts';
+import { parseFixedWidthHeader } from '../formats/fixed-width.ts';
+import { DETECT_SAMPLE_BYTES, detectSample, type FileMeta } from '../formats/record-reader.ts';
+import { MERGE_QUEUE, PART_QUEUE, inTransaction } from '../jobs/boss.ts';
+import { createStageSql, ident } from '../load/merge-sql.ts';
+import { getPipeline } from '../pipelines/index.ts';
+import type { Pipeline } from '../engine/pipeline.ts';
+import type { IntakeContext } from './context.ts';
+import { RecordSplitter, type Part } from './splitter.ts';
+
+export interface AcceptOptions {
+  /** Upload limit in bytes (default SLUICE_MAX_UPLOAD_BYTES or 2 GiB). */
+  maxBytes?: number;
+  /** Records per part (default SLUICE_PART_ROWS or 10,000). */
+  partRows?: number;
+}
+
+export async function acceptUpload(
+  ctx: IntakeContext,
+  input: { pipeline: string; fileName: string | null; source: string; maxRejectRatio?: number },
+  body: Readable,
+  options: AcceptOptions = {},
+): Promise<{ id: string }> {
+  const pipeline = getPipeline(input.pipeline);
+  const maxBytes = options.maxBytes ?? intEnv('SLUICE_MAX_UPLOAD_BYTES', 2 ** 31);
+  const partRows = options.partRows ?? intEnv('SLUICE_PART_ROWS', 10_000);
+  const { pool, boss } = ctx;
+  if (!boss) throw new SluiceError('unavailable', 'the job queue is not running in this process');
+  const id = await createImport(pool, {
+    pipeline: pipeline.name, fileName: input.fileName, fileBytes: null, source: input.source, status: 'queued',
+    options: { maxRejectRatio: input.maxRejectRatio ?? 1, partRows },
+  });
+  const stage = stageTableName(id);
+  await pool.query(createStageSql(pipeline, stage));
+  const splitter = new RecordSplitter({ partRecords: partRows, quoted: pipeline.format.kind === 'csv' });
+  let meta: FileMeta | undefined;
+  let sample: Buffer[] = [];
+  let sampleBytes = 0;
+  let total = 0;
+  let parts = 0;
+  const store = async (part: Part) => {
+    if (part.n === 0) await describe(ctx, id, pipeline, meta!, splitter.header!, part.data);
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await insertPart(client, id, part);
+      await boss.send(PART_QUEUE, { importId: id, n: part.n }, inTransaction(client));
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      client.release();
+    }
+    parts++;
+  };
+  const feed = async (buf: Buffer) => {
+    for (const part of splitter.push(buf)) await store(part);
+  };
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      total += chunk.length;
+      if (total > maxBytes) throw new SluiceError('too_large', `upload larger than the limit of ${maxBytes} bytes`);
+      if (meta) {
+        await feed(chunk);
+        continue;
+      }
+      sample.push(chunk);
+      sampleBytes += chunk.length;
+      if (sampleBytes >= DETECT_SAMPLE_BYTES) {
+        const all = Buffer.concat(sample);
+        meta = detectSample(all.subarray(0, DETECT_SAMPLE_BYTES), 0, pipeline.format.kind);
+        sample = [];
+        await feed(all);
+      }
+    }
+    if (!meta) {
+      const all = Buffer.concat(sample);
+      meta = detectSample(all, all.length, pipeline.format.kind);
+      await feed(all);
+    }
+    const last = splitter.end();
+    if (last) await store(last);
+    if (parts === 0) throw new InvalidFileError('invalid file: no data rows after the header');
+    // The upload is complete: parts_total lets the last part to finish claim the merge.
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await lockImport(client, id);
+      await setPartsTotal(client, id, parts, total);
+      if (await claimMerge(client, id)) await boss.send(MERGE_QUEUE, { importId: id }, inTransaction(client));
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      client.release();
+    }
+    return { id };
+  } catch (err) {
+    // Nothing half-written: the import row (its parts cascade) and its staging go.
+    await pool.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1`, [id]).catch(() => {});
+    await pool.query(`DROP TABLE IF EXISTS ${ident(stage)}`).catch(() => {});
+    await pool.query('DELETE FROM imports WHERE id = $1', [id]).catch(() => {});
+    throw err;
+  }
+}
+
+/** Parses the header (with the first data line, for fixed-width) and records the format. */
+async function describe(ctx: IntakeContext, id: string, pipeline: Pipeline, meta: FileMeta, headerBytes: Buffer, firstPart: Buffer) {
+  const decoder = new TextDecoder(meta.encoding);
+  let header: string[];
+  if (meta.format === 'csv') {
+    const parser = new CsvParser({ delimiter: meta.delimiter ?? ',' });
+    const batch = parser.push(decoder.decode(headerBytes));
+    header = batch.rows[0] ?? parser.end().rows[0] ?? [];
+  } else {
+    const text = decoder.decode(headerBytes).replace(/^\uFEFF/, '').replace(/\r?\n$/, '');
+    const nl = firstPart.indexOf(0x0a);
+    const sample = decoder.decode(nl < 0 ? firstPart : firstPart.subarray(0, nl)).replace(/\r$/, '');
+    header = parseFixedWidthHeader(text, sample).names;
+  }
+  mapHeader(pipeline, header); // throws InvalidFileError on an unusable header
+  await setImportFormat(ctx.pool, id, { header, encoding: meta.encoding, delimiter: meta.delimiter });
+}

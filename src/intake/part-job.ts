@@ -1,0 +1,109 @@
+/**
+ * One part of an upload, on a worker: parse and validate its rows, then in ONE transaction
+ * replace whatever an earlier attempt staged for it (rows and rejects), COPY the new ones,
+ * mark it completed and, when it is the last, enqueue the merge. A worker killed at any
+ * point leaves either nothing or the whole part: re-running a part never duplicates rows.
+ */
+import { from as copyFrom } from 'pg-copy-streams';
+import { pipeline as streamPipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
+import { InvalidFileError, errorMessage } from '../core/errors.ts';
+import { finishImport } from '../db/sql/imports.ts';
+import {
+  claimMerge, completePart, failPart, importForWork, lockImport, startPart,
+} from '../db/sql/intake.ts';
+import { stageTableName } from '../engine/import-runner.ts';
+import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
+import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
+import type { Encoding } from '../formats/sniff.ts';
+import { WhitespaceColumnsParser } from '../formats/whitespace-columns.ts';
+import { MERGE_QUEUE, PART_RETRY_LIMIT, inTransaction } from '../jobs/boss.ts';
+import { ident, stageColumns } from '../load/merge-sql.ts';
+import { BufferedRejects, REJECTS_COPY } from '../load/rejects.ts';
+import { getPipeline } from '../pipelines/index.ts';
+import type { IntakeContext } from './context.ts';
+
+export type PartOutcome = 'completed' | 'skipped' | 'failed';
+
+function parse(kind: 'csv' | 'fixed-width', text: string, delimiter: string | null, firstLine: number): ParsedBatch[] {
+  if (kind === 'csv') {
+    const p = new CsvParser({ delimiter: delimiter ?? ',' });
+    const batches = [p.push(text), p.end()];
+    for (const b of batches) {
+      for (let i = 0; i < b.lines.length; i++) b.lines[i]! += firstLine - 1;
+      for (const e of b.errors) e.line += firstLine - 1;
+    }
+    return batches;
+  }
+  const p = new WhitespaceColumnsParser({ firstLine });
+  return [p.push(text), p.end()];
+}
+
+export async function runPart(ctx: IntakeContext, importId: string, n: number): Promise<PartOutcome> {
+  const { pool, boss } = ctx;
+  const imp = await importForWork(pool, importId);
+  if (!imp || !['queued', 'running'].includes(imp.status)) return 'skipped';
+  if (!imp.header || !imp.encoding) throw new Error(`import ${importId} has no recorded header yet`);
+  const work = await startPart(pool, importId, n);
+  if (!work) return 'skipped';
+  const pipeline = getPipeline(imp.pipeline);
+  try {
+    const rejects = new BufferedRejects(importId);
+    const mapper = new RowMapper(pipeline, mapHeader(pipeline, imp.header), n, rejects);
+    const text = new TextDecoder(imp.encoding as Encoding, { fatal: true }).decode(work.data);
+    const out: string[] = [];
+    for (const batch of parse(pipeline.format.kind, text, imp.delimiter, Number(work.first_line))) {
+      for (const e of batch.errors) {
+        mapper.read++;
+        mapper.rejected++;
+        rejects.add(e.line, null, e.reason, e.raw);
+      }
+      let current = 0;
+      const raw = { text: () => batch.raw(current) };
+      for (let i = 0; i < batch.rows.length; i++) {
+        current = i;
+        mapper.map(batch.rows[i]!, batch.lines[i]!, raw, out);
+      }
+    }
+    const stage = ident(stageTableName(importId));
+    const cols = ['line', 'part', ...stageColumns(pipeline).map((c) => c.name), 'key_candidates'].map(ident);
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(`DELETE FROM ${stage} WHERE part = $1`, [n]);
+      await client.query('DELETE FROM import_rejects WHERE import_id = $1 AND line BETWEEN $2 AND $3', [importId, work.first_line, work.last_line]);
+      if (out.length > 0) {
+        await streamPipeline(Readable.from([`${out.join('\n')}\n`]), client.query(copyFrom(`COPY ${stage} (${cols.join(', ')}) FROM STDIN`)));
+      }
+      if (rejects.lines.length > 0) await streamPipeline(Readable.from([rejects.lines.join('')]), client.query(copyFrom(REJECTS_COPY)));
+      // Serialize completions of this import so exactly one part sees "all done".
+      const locked = await lockImport(client, importId);
+      if (!locked || !['queued', 'running'].includes(locked.status)) {
+        await client.query('ROLLBACK');
+        return 'skipped';
+      }
+      await completePart(client, importId, n, {
+        read: mapper.read, accepted: mapper.accepted, rejected: mapper.rejected, keyCandidates: mapper.hasKeyCandidates,
+      });
+      if (await claimMerge(client, importId)) await boss!.send(MERGE_QUEUE, { importId }, inTransaction(client));
+      await client.query('COMMIT');
+      return 'completed';
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      client.release();
+    }
+  } catch (err) {
+    // Bad data (an unbalanced quote, undecodable bytes) will not get better: fail at once.
+    // Anything else (a dropped connection...) is retried by the queue with backoff.
+    const final = err instanceof InvalidFileError || err instanceof TypeError || work.attempts > PART_RETRY_LIMIT;
+    const message = `part ${n}: ${errorMessage(err)}`;
+    await failPart(pool, importId, n, message, final).catch(() => {});
+    if (!final) throw err;
+    await finishImport(pool, importId, {
+      status: 'failed', error: message, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {},
+    }, true).catch(() => {});
+    return 'failed';
+  }
+}

@@ -1,0 +1,111 @@
+/** The status of an import as the HTTP API and the dashboard show it. */
+import { NotFoundError } from '../core/errors.ts';
+import type { Pool } from '../db/pool.ts';
+import { rejectsByReason } from '../db/sql/imports.ts';
+
+export interface ImportStatus {
+  id: string;
+  pipeline: string;
+  file_name: string | null;
+  status: 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+  error: string | null;
+  parts: { total: number; completed: number; failed: number; running: number };
+  rows: { read: number; inserted: number; updated: number; unchanged: number; rejected: number };
+  rejects_by_reason: Record<string, number>;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  rows_per_s: number | null;
+  eta_s: number | null;
+  part_list: Array<{ n: number; status: string; rows: number; attempts: number; error: string | null }>;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+interface Row {
+  id: string;
+  pipeline: string;
+  file_name: string | null;
+  status: ImportStatus['status'];
+  error: string | null;
+  parts_total: number | null;
+  rows_read: number;
+  rows_inserted: number;
+  rows_updated: number;
+  rows_unchanged: number;
+  rows_rejected: number;
+  created_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+  part_list: ImportStatus['part_list'] | null;
+  parts_read: number;
+  parts_rejected: number;
+  now: Date;
+}
+
+const SELECT = `
+  SELECT i.id, i.pipeline, i.file_name, i.status, i.error, i.parts_total, i.rows_read, i.rows_inserted,
+         i.rows_updated, i.rows_unchanged, i.rows_rejected, i.created_at, i.started_at, i.finished_at, now() AS now,
+         (SELECT json_agg(json_build_object('n', p.n, 'status', p.status, 'rows', p.rows_read, 'attempts', p.attempts, 'error', p.error) ORDER BY p.n)
+            FROM import_parts p WHERE p.import_id = i.id) AS part_list,
+         (SELECT coalesce(sum(rows_read), 0)::bigint FROM import_parts p WHERE p.import_id = i.id) AS parts_read,
+         (SELECT coalesce(sum(rows_rejected), 0)::bigint FROM import_parts p WHERE p.import_id = i.id) AS parts_rejected
+    FROM imports i`;
+
+function toStatus(r: Row, byReason: Record<string, number>): ImportStatus {
+  const list = r.part_list ?? [];
+  const count = (s: string) => list.filter((p) => p.status === s).length;
+  const finished = r.status === 'completed' || r.status === 'failed' || r.status === 'cancelled';
+  // While parts run, progress comes from the parts; after the merge, from the import row.
+  const read = finished || list.length === 0 ? Number(r.rows_read) : Number(r.parts_read);
+  const rejected = finished || list.length === 0 ? Number(r.rows_rejected) : Number(r.parts_rejected);
+  const end = r.finished_at ?? r.now;
+  const secs = r.started_at ? (end.getTime() - r.started_at.getTime()) / 1000 : 0;
+  const rowsPerS = secs > 0 && read > 0 ? Math.round(read / secs) : null;
+  const total = r.parts_total ?? list.length;
+  const done = count('completed');
+  const eta = !finished && rowsPerS && done > 0 && total > done ? Math.round(((read / done) * (total - done)) / rowsPerS) : finished ? 0 : null;
+  return {
+    id: r.id,
+    pipeline: r.pipeline,
+    file_name: r.file_name,
+    status: r.status,
+    error: r.error,
+    parts: { total, completed: done, failed: count('failed'), running: count('running') },
+    rows: { read, inserted: Number(r.rows_inserted), updated: Number(r.rows_updated), unchanged: Number(r.rows_unchanged), rejected },
+    rejects_by_reason: byReason,
+    created_at: r.created_at.toISOString(),
+    started_at: r.started_at?.toISOString() ?? null,
+    finished_at: r.finished_at?.toISOString() ?? null,
+    rows_per_s: rowsPerS,
+    eta_s: eta,
+    part_list: list,
+  };
+}
+
+export async function importStatus(pool: Pool, id: string): Promise<ImportStatus | undefined> {
+  if (!UUID.test(id)) return undefined;
+  const { rows } = await pool.query<Row>(`${SELECT} WHERE i.id = $1`, [id]);
+  if (!rows[0]) return undefined;
+  return toStatus(rows[0], await rejectsByReason(pool, id));
+}
+
+/** Imports newest first; `cursor` is the opaque next_cursor of the previous page. */
+export async function listImports(pool: Pool, page: { cursor?: string | undefined; limit: number }): Promise<{ imports: ImportStatus[]; next_cursor: string | null }> {
+  let after: [string, string] | undefined;
+  if (page.cursor) {
+    const [ts, id] = Buffer.from(page.cursor, 'base64url').toString('utf8').split('|');
+    if (!ts || !id || !UUID.test(id) || Number.isNaN(Date.parse(ts))) throw new NotFoundError('invalid cursor');
+    after = [ts, id];
+  }
+  const { rows } = await pool.query<Row>(
+    `${SELECT} ${after ? 'WHERE (i.created_at, i.id) < ($2::timestamptz, $3::uuid)' : ''} ORDER BY i.created_at DESC, i.id DESC LIMIT $1`,
+    after ? [page.limit + 1, after[0], after[1]] : [page.limit + 1],
+  );
+  const more = rows.length > page.limit;
+  const pageRows = rows.slice(0, page.limit);
+  const imports = await Promise.all(pageRows.map(async (r) => toStatus(r, await rejectsByReason(pool, r.id))));
+  const last = pageRows[pageRows.length - 1];
+  const next = more && last ? Buffer.from(`${last.created_at.toISOString()}|${last.id}`).toString('base64url') : null;
+  return { imports, next_cursor: next };
+}
