@@ -7,12 +7,13 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { env, repoRoot } from '../src/config.ts';
-import { ensureEmbedded, stopEmbedded } from '../src/db/embedded.ts';
+import { embeddedRunning, ensureEmbedded, stopEmbedded } from '../src/db/embedded.ts';
 
 const home = path.join(repoRoot, '.sluice-test');
 process.env.SLUICE_HOME ??= home;
-const embedded = !env('DATABASE_URL');
-if (embedded) await ensureEmbedded(process.env.SLUICE_HOME);
+// Stop the server at the end only if this run started it (another run may be using it).
+const embedded = !env('DATABASE_URL') && !embeddedRunning(process.env.SLUICE_HOME);
+if (!env('DATABASE_URL')) await ensureEmbedded(process.env.SLUICE_HOME);
 
 const files = fs
   .globSync('test/**/*.test.ts', { cwd: repoRoot })

@@ -257,6 +257,12 @@ function urlOf(state: EmbeddedState): string {
   return `postgres://postgres:${encodeURIComponent(state.password)}@127.0.0.1:${state.port}/postgres`;
 }
 
+/** Whether the embedded server of SLUICE_HOME is running now. */
+export function embeddedRunning(home = sluiceHome()): boolean {
+  const state = readState(home);
+  return state !== undefined && running(state, pgUser());
+}
+
 /** Stops the embedded server of SLUICE_HOME if it runs. Returns whether it was running. */
 export function stopEmbedded(home = sluiceHome()): boolean {
   const state = readState(home);

@@ -68,6 +68,10 @@ export async function openDb(options: OpenDbOptions = {}): Promise<Pool> {
   // An idle client that loses its connection must not crash the process; the next
   // checkout gets a fresh one.
   pool.on('error', () => {});
+  // Same for a checked-out client (pg_terminate_backend, a server restart): without a
+  // listener its 'error' event would crash the process; the query in flight rejects anyway
+  // and the caller's retry logic takes over.
+  pool.on('connect', (client) => client.on('error', () => {}));
   if (options.migrate !== false) await migrate(pool);
   return pool;
 }

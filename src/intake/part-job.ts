@@ -23,6 +23,17 @@ import { BufferedRejects, REJECTS_COPY } from '../load/rejects.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
 
+/**
+ * Fault injection for the crash tests (test/intake/crash.test.ts): while the file named by
+ * SLUICE_FAULT_PAUSE_FILE exists, a part waits here with its rows COPYed but not committed.
+ */
+async function faultPause(): Promise<void> {
+  const file = process.env.SLUICE_FAULT_PAUSE_FILE;
+  if (!file) return;
+  const { existsSync } = await import('node:fs');
+  while (existsSync(file)) await new Promise((r) => setTimeout(r, 50));
+}
+
 export type PartOutcome = 'completed' | 'skipped' | 'failed';
 
 function parse(kind: 'csv' | 'fixed-width', text: string, delimiter: string | null, firstLine: number): ParsedBatch[] {
@@ -76,6 +87,7 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
         await streamPipeline(Readable.from([`${out.join('\n')}\n`]), client.query(copyFrom(`COPY ${stage} (${cols.join(', ')}) FROM STDIN`)));
       }
       if (rejects.lines.length > 0) await streamPipeline(Readable.from([rejects.lines.join('')]), client.query(copyFrom(REJECTS_COPY)));
+      await faultPause();
       // Serialize completions of this import so exactly one part sees "all done".
       const locked = await lockImport(client, importId);
       if (!locked || !['queued', 'running'].includes(locked.status)) {
