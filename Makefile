@@ -19,7 +19,9 @@ node_modules/.sluice-installed: package.json package-lock.json .tools/node/bin/n
 run: setup
 	./bin/sluice serve
 
+# The browser tests drive Debian's chromium (installed with apt-get when missing).
 test: setup
+	@bash scripts/ensure-chromium.sh
 	npm test
 
 typecheck: setup

@@ -18,6 +18,15 @@ const COMMANDS: Record<string, Array<() => Promise<Register>>> = {
   rejects: [async () => (await import('./commands/rejects.ts')).registerRejects],
   gen: [async () => (await import('./commands/gen.ts')).registerGen],
   worker: [async () => (await import('./commands/worker.ts')).registerWorker],
+  loadtest: [async () => (await import('./commands/loadtest.ts')).registerLoadtest],
+  sync: [
+    async () => (await import('./commands/sync-events.ts')).registerSyncEvents,
+    async () => (await import('./commands/sync-crm.ts')).registerSyncCrm,
+  ],
+  dev: [
+    async () => (await import('./commands/dev-provider.ts')).registerDevProvider,
+    async () => (await import('./commands/dev-pipedrive.ts')).registerDevPipedrive,
+  ],
 };
 
 const program = new Command('sluice')

@@ -88,17 +88,11 @@ export class WhitespaceColumnsParser {
   }
 }
 
-/** `line.trim().split(/\s+/)` without the regex (hot loop). */
+/**
+ * The whitespace-separated fields of a line. V8's native regexp split measured faster than
+ * a hand-written scan here (bench/purchases-parse.ts).
+ */
 export function splitWhitespace(line: string): string[] {
-  const fields: string[] = [];
-  const n = line.length;
-  let i = 0;
-  for (;;) {
-    while (i < n && line.charCodeAt(i) <= 32) i++;
-    if (i >= n) break;
-    const start = i;
-    while (i < n && line.charCodeAt(i) > 32) i++;
-    fields.push(line.slice(start, i));
-  }
-  return fields;
+  const t = line.trim();
+  return t === '' ? [] : t.split(/\s+/);
 }

@@ -7,6 +7,13 @@ import { handleError } from './errors.ts';
 import { httpRequests } from './metrics.ts';
 import type { AppContext } from './context.ts';
 import { healthRoutes } from './routes/health.ts';
+import { importsRoutes } from './routes/imports.ts';
+import { dashboardRoutes } from './routes/dashboard.ts';
+import { crmRoutes } from './routes/crm.ts';
+import { visitsRoutes } from './routes/visits.ts';
+import { liveRoutes } from './routes/live.ts';
+import { searchRoutes } from './routes/search.ts';
+import { openApiRoutes } from './openapi.ts';
 
 export interface ServerOptions {
   logger?: boolean;
@@ -30,6 +37,13 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
     httpRequests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
   });
   healthRoutes(app, ctx);
+  importsRoutes(app, ctx);
+  dashboardRoutes(app, ctx);
+  crmRoutes(app, ctx);
+  visitsRoutes(app, ctx);
+  liveRoutes(app, ctx);
+  searchRoutes(app, ctx);
+  openApiRoutes(app);
   return app;
 }
 

@@ -5,9 +5,13 @@ import { openDb } from '../../db/pool.ts';
 import { buildServer, isLoopback } from '../../http/server.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { startServices, type Service } from '../../http/services.ts';
+import { providerSyncService } from '../../pipelines/events/sync-service.ts';
+import { visitsMaintenanceService } from '../../pipelines/visits/maintenance.ts';
+import { crmSyncService } from '../../pipelines/crm/service.ts';
+import { intakeService } from '../../intake/service.ts';
 
 /** Background services of `sluice serve`, in start order (each reads its own config). */
-const SERVICES: Service[] = [];
+const SERVICES: Service[] = [intakeService, providerSyncService, visitsMaintenanceService, crmSyncService];
 
 export function registerServe(program: Command): void {
   program

@@ -1,0 +1,190 @@
+/**
+ * npm run bench:intake -- [--rows 2000000] [--workers 1,2,4] [--runs 3]
+ *
+ * The intake service end to end on loopback: `sluice serve` (no in-process workers) plus N
+ * `sluice worker` processes; each run uploads a purchases file over HTTP and waits for
+ * `completed`. Files: the real shared file (49,998 rows; skipped when ../shared is absent)
+ * and a generated file of --rows rows in the same format. Baseline in the same run: raw
+ * COPY of the same bytes into a one-text-column table. Last line: one JSON object.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import { repoRoot } from '../src/config.ts';
+import { databaseUrl, ensureDatabase, openDb, withDatabase } from '../src/db/pool.ts';
+import { dropDatabase, median } from './lib.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    rows: { type: 'string', default: '2000000' },
+    workers: { type: 'string', default: '1,2,4' },
+    runs: { type: 'string', default: '3' },
+  },
+});
+const ROWS = Number(args.rows);
+const WORKERS = args.workers!.split(',').map(Number);
+const RUNS = Number(args.runs);
+const log = (s: string) => process.stderr.write(`${s}\n`);
+
+const shared = path.resolve(repoRoot, '..', 'shared', 'data', 'neoway', 'base_teste.txt');
+const work = path.join(repoRoot, '.sluice', 'bench');
+fs.mkdirSync(work, { recursive: true });
+const generated = path.join(work, `purchases-${ROWS}.txt`);
+
+function cpf(seed: number): string {
+  const d = String(100_000_000 + (seed % 899_999_999)).slice(0, 9).split('').map(Number);
+  for (const len of [9, 10]) {
+    let sum = 0;
+    for (let i = 0; i < len; i++) sum += d[i]! * (len + 1 - i);
+    const r = (sum * 10) % 11;
+    d.push(r === 10 ? 0 : r);
+  }
+  const s = d.join('');
+  return `${s.slice(0, 3)}.${s.slice(3, 6)}.${s.slice(6, 9)}-${s.slice(9)}`;
+}
+
+/** A purchases file in the shared file's layout (header offsets 0,19,31,43,65,87,111,131). */
+function generate(file: string, rows: number): void {
+  if (fs.existsSync(file)) return;
+  const fd = fs.openSync(file, 'w');
+  const pad = (s: string, n: number) => s.padEnd(n);
+  fs.writeSync(fd, `${pad('CPF', 19)}${pad('PRIVATE', 12)}${pad('INCOMPLETO', 12)}${pad('DATA DA ÚLTIMA COMPRA', 22)}${pad('TICKET MÉDIO', 22)}${pad('TICKET DA ÚLTIMA COMPRA', 24)}${pad('LOJA MAIS FREQUÊNTE', 20)}LOJA DA ÚLTIMA COMPRA\n`);
+  let chunk = '';
+  for (let i = 1; i <= rows; i++) {
+    const full = i % 3 !== 0;
+    const date = `20${10 + (i % 10)}-${String(1 + (i % 12)).padStart(2, '0')}-${String(1 + (i % 28)).padStart(2, '0')}`;
+    const money = `${100 + (i % 900)},${String(i % 100).padStart(2, '0')}`;
+    chunk += `${pad(cpf(i * 7919), 19)}${pad(String(i % 2), 12)}${pad(String((i >> 1) % 2), 12)}${pad(full ? date : 'NULL', 22)}${pad(full ? money : 'NULL', 22)}${pad(full ? money : 'NULL', 24)}${pad(full ? '79.379.491/0008-50' : 'NULL', 20)}${full ? '79.379.491/0001-83' : 'NULL'}\n`;
+    if (i % 50_000 === 0) {
+      fs.writeSync(fd, chunk);
+      chunk = '';
+    }
+  }
+  fs.writeSync(fd, chunk);
+  fs.closeSync(fd);
+}
+
+function sluice(args: string[], env: Record<string, string>): ChildProcess {
+  return spawn(path.join(repoRoot, 'bin', 'sluice'), args, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
+function waitLine(p: ChildProcess, re: RegExp): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    p.stderr!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (re.test(out)) resolve();
+    });
+    p.once('exit', (code) => reject(new Error(`exited ${code}: ${out}`)));
+  });
+}
+
+function upload(port: number, file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, method: 'POST', path: '/imports?pipeline=purchases', headers: { 'content-type': 'text/plain' } },
+      (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d.toString()));
+        res.on('end', () => (res.statusCode === 202 ? resolve((JSON.parse(body) as { id: string }).id) : reject(new Error(body))));
+      },
+    );
+    req.on('error', reject);
+    fs.createReadStream(file).pipe(req);
+  });
+}
+
+async function status(port: number, id: string): Promise<{ status: string; rows: { read: number }; error: string | null }> {
+  const res = await fetch(`http://127.0.0.1:${port}/imports/${id}`);
+  return (await res.json()) as { status: string; rows: { read: number }; error: string | null };
+}
+
+const server = await databaseUrl();
+const DB = 'sluice_bench_intake';
+await dropDatabase(server, DB);
+await ensureDatabase(server, DB);
+const url = withDatabase(server, DB);
+const pool = await openDb({ url, max: 2 });
+
+async function rawCopy(file: string): Promise<number> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    await c.query('DROP TABLE IF EXISTS raw_copy; CREATE TABLE raw_copy (line text)');
+    const t = performance.now();
+    const copy = c.query(copyFrom(`COPY raw_copy FROM STDIN WITH (FORMAT text, DELIMITER E'\\x01')`));
+    await new Promise<void>((resolve, reject) => fs.createReadStream(file).pipe(copy).on('finish', resolve).on('error', reject));
+    const s = (performance.now() - t) / 1000;
+    await c.query('DROP TABLE raw_copy');
+    return s;
+  } finally {
+    await c.end();
+  }
+}
+
+/** One upload with `workers` worker processes; seconds from the first byte sent to completed. */
+async function timed(file: string, workers: number): Promise<number> {
+  await pool.query('TRUNCATE purchases');
+  await pool.query('CHECKPOINT');
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const env = { DATABASE_URL: url, SLUICE_WORKERS: '0' };
+  const srv = sluice(['serve', '--port', String(port)], env);
+  const procs = [srv, ...Array.from({ length: workers }, () => sluice(['worker', '--concurrency', '1'], env))];
+  await Promise.all([waitLine(srv, /listening/), ...procs.slice(1).map((p) => waitLine(p, /ready/))]);
+  try {
+    const t = performance.now();
+    const id = await upload(port, file);
+    for (;;) {
+      const s = await status(port, id);
+      if (s.status === 'completed') break;
+      if (s.status === 'failed' || s.status === 'cancelled') throw new Error(`import ${s.status}: ${s.error}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return (performance.now() - t) / 1000;
+  } finally {
+    for (const p of procs) p.kill('SIGTERM');
+    await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)))));
+  }
+}
+
+const results: Record<string, unknown> = {};
+const lines: string[] = ['| file | rows | workers | upload to completed (s, median) | raw COPY (s) | ratio |', '| --- | ---: | ---: | ---: | ---: | ---: |'];
+let sharedS: number | undefined;
+let sharedCopy: number | undefined;
+if (fs.existsSync(shared)) {
+  const times: number[] = [];
+  const copies: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    copies.push(await rawCopy(shared));
+    times.push(await timed(shared, 2));
+  }
+  sharedS = median(times);
+  sharedCopy = median(copies);
+  lines.push(`| base_teste.txt | 49998 | 2 | ${sharedS.toFixed(2)} | ${sharedCopy.toFixed(2)} | ${(sharedS / sharedCopy).toFixed(1)} |`);
+  log(`shared file: ${times.map((t) => t.toFixed(2)).join(', ')} s; raw copy ${copies.map((t) => t.toFixed(2)).join(', ')} s`);
+}
+generate(generated, ROWS);
+const genCopy = await rawCopy(generated);
+const byWorkers: Record<string, number> = {};
+for (const w of WORKERS) {
+  const s = await timed(generated, w);
+  byWorkers[String(w)] = Number(s.toFixed(2));
+  lines.push(`| generated | ${ROWS} | ${w} | ${s.toFixed(2)} | ${genCopy.toFixed(2)} | ${(s / genCopy).toFixed(1)} |`);
+  log(`generated ${ROWS} rows, ${w} workers: ${s.toFixed(2)} s`);
+}
+await pool.end();
+if (!process.env.SLUICE_BENCH_KEEP) await dropDatabase(server, DB);
+
+results.file_rows = 49998;
+results.upload_to_completed_s = sharedS === undefined ? null : Number(sharedS.toFixed(3));
+results.raw_copy_s = sharedCopy === undefined ? null : Number(sharedCopy.toFixed(3));
+results.ratio = sharedS && sharedCopy ? Number((sharedS / sharedCopy).toFixed(1)) : null;
+results.by_workers = { rows: ROWS, raw_copy_s: Number(genCopy.toFixed(2)), ...byWorkers };
+process.stdout.write(`${lines.join('\n')}\n`);
+process.stdout.write(`machine: ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}\n`);
+process.stdout.write(`${JSON.stringify(results)}\n`);

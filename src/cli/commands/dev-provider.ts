@@ -1,0 +1,64 @@
+/**
+ * `sluice dev provider`: the local provider simulator (src/dev/provider-simulator.ts).
+ * `devCommand(program)` is the shared `dev` parent for other development helpers.
+ */
+import fs from 'node:fs';
+import type { Command } from 'commander';
+import { InvalidInputError } from '../../core/errors.ts';
+import { SIMULATOR_MODES, startProviderSimulator, type SimulatorMode } from '../../dev/provider-simulator.ts';
+
+/** The `dev` command, created on first use. */
+export function devCommand(program: Command): Command {
+  return program.commands.find((c) => c.name() === 'dev') ?? program.command('dev').description('development helpers (simulators, generators)');
+}
+
+interface Opts {
+  port: string;
+  responses?: string;
+  generate?: string;
+  mode: string;
+  slowMs: string;
+}
+
+export function registerDevProvider(program: Command): void {
+  devCommand(program)
+    .command('provider')
+    .description('run a local provider feed simulator on 127.0.0.1 (see /_control for failures)')
+    .option('--port <port>', 'port to listen on (0: any free port)', '8090')
+    .option('--responses <files>', 'comma-separated XML files served in order (the last repeats)')
+    .option('--generate <NxM>', 'serve a generated feed of N events x M zones, e.g. 5000x200')
+    .option('--mode <mode>', `start in this mode: ${SIMULATOR_MODES.join(', ')}`, 'ok')
+    .option('--slow-ms <ms>', 'delay between chunks in slow mode', '1000')
+    .action(async (opts: Opts) => {
+      const port = Number(opts.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidInputError(`invalid port: ${opts.port}`);
+      if (!SIMULATOR_MODES.includes(opts.mode as SimulatorMode)) throw new InvalidInputError(`--mode must be one of ${SIMULATOR_MODES.join(', ')}`);
+      let generate: { events: number; zones: number } | undefined;
+      if (opts.generate) {
+        const m = /^(\d+)x(\d+)$/.exec(opts.generate);
+        if (!m) throw new InvalidInputError('--generate takes NxM, e.g. 5000x200');
+        generate = { events: Number(m[1]), zones: Number(m[2]) };
+      }
+      const responses = opts.responses?.split(',').map((f) => {
+        try {
+          return fs.readFileSync(f, 'utf8');
+        } catch (err) {
+          throw new InvalidInputError(`cannot read ${f}: ${(err as Error).message}`);
+        }
+      });
+      if (!generate && !responses) throw new InvalidInputError('give --responses <files> or --generate NxM');
+      const sim = await startProviderSimulator({
+        port,
+        slowMs: Number(opts.slowMs),
+        ...(responses ? { responses } : {}),
+        ...(generate ? { generate } : {}),
+      });
+      sim.setMode(opts.mode as SimulatorMode);
+      process.stderr.write(`sluice: provider simulator serving ${sim.url} (control: ${sim.url.replace(/\/feed$/, '/_control')})\n`);
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await sim.close();
+    });
+}

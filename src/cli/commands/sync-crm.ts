@@ -1,0 +1,79 @@
+/**
+ * `sluice sync crm --config <file> [--once] [--force] [--json]`: the CRM sync (issue 6).
+ * With --once: one run, then exit (0 completed or skipped, 1 failed, 2 bad config); with
+ * --json the summary is one JSON line on stdout. Without --once: runs on the config's
+ * schedule until interrupted.
+ */
+import type { Command } from 'commander';
+import { InvalidInputError } from '../../core/errors.ts';
+import { openDb } from '../../db/pool.ts';
+import { loadCrmConfig } from '../../pipelines/crm/config.ts';
+import { startSchedule } from '../../pipelines/crm/service.ts';
+import { CrmRunError, runCrmSync, type RunOutcome } from '../../pipelines/crm/sync.ts';
+import type { Counts } from '../../pipelines/crm/types.ts';
+import { syncCommand } from './sync-events.ts';
+
+interface Opts {
+  config?: string;
+  once?: boolean;
+  force?: boolean;
+  json?: boolean;
+}
+
+function line(c: Counts): string {
+  return `${c.created} created, ${c.updated} updated, ${c.unchanged} unchanged, ${c.failed} failed`;
+}
+
+function report(o: RunOutcome, json: boolean): void {
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ ...o.summary, run_id: o.runId, status: o.status, ...(o.error ? { error: o.error } : {}) })}\n`);
+  } else {
+    const s = o.summary;
+    const sources = Object.entries(o.sources)
+      .map(([k, v]) => `${k} ${v.reason}${v.rejected ? ` (${v.rejected} rejected)` : ''}`)
+      .join(', ');
+    process.stdout.write(
+      `run ${o.runId} ${o.status} in ${(s.duration_ms / 1000).toFixed(1)} s\n` +
+        `  sources:  ${sources}\n  persons:  ${line(s.persons)}\n  deals:    ${line(s.deals)}\n` +
+        `  requests: ${s.requests} (429 retries: ${s.retries_429})\n`,
+    );
+  }
+  for (const f of o.failures) process.stderr.write(`failed ${f.kind} ${f.key} (${f.operation}): ${f.error}\n`);
+  const failed = o.summary.persons.failed + o.summary.deals.failed;
+  if (failed > o.failures.length) process.stderr.write(`... ${failed - o.failures.length} more in crm_failures (run_id ${o.runId})\n`);
+}
+
+export function registerSyncCrm(program: Command): void {
+  syncCommand(program)
+    .command('crm')
+    .description('sync customers, orders and payments (CSV over HTTP or paths) into Pipedrive or Postgres')
+    .requiredOption('--config <file>', 'pipeline config (YAML), see examples/crm-sync.yaml')
+    .option('--once', 'run once and exit (default: run on the config schedule until interrupted)')
+    .option('--force', 'process even when no source changed since the last completed run')
+    .option('--json', 'print the run summary as one JSON line on stdout')
+    .action(async (opts: Opts) => {
+      if (!opts.config) throw new InvalidInputError('--config is required');
+      const config = loadCrmConfig(opts.config);
+      const pool = await openDb({ max: 6, applicationName: 'sluice sync crm' });
+      try {
+        if (opts.once) {
+          try {
+            report(await runCrmSync(pool, config, { trigger: 'cli', force: opts.force }), opts.json === true);
+          } catch (err) {
+            if (err instanceof CrmRunError) report(err.outcome, opts.json === true);
+            throw err;
+          }
+          return;
+        }
+        if (opts.force) throw new InvalidInputError('--force applies to --once runs');
+        const service = startSchedule(pool, config, { trigger: 'cli', onRun: (o) => report(o, opts.json === true) });
+        await new Promise<void>((resolve) => {
+          process.once('SIGINT', resolve);
+          process.once('SIGTERM', resolve);
+        });
+        await service.stop();
+      } finally {
+        await pool.end();
+      }
+    });
+}

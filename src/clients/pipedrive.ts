@@ -1,0 +1,384 @@
+/**
+ * A Pipedrive REST API v1 client that stays within the account's limits
+ * (https://pipedrive.readme.io/docs/core-api-concepts-rate-limiting, .../responses,
+ * .../pagination):
+ * - paces itself with a rolling window like the API's (80 requests per 2 s on the plan the
+ *   issue names), counted conservatively, so it does not provoke 429s and runs at the
+ *   allowed rate;
+ * - honours `429` + `Retry-After`, and `x-ratelimit-remaining: 0` + `x-ratelimit-reset` when
+ *   the server's count disagrees with its own (another client sharing the token);
+ * - bounds requests in flight, retries 5xx and network errors with full-jitter backoff,
+ *   and refuses to send past a daily request budget.
+ * A POST that failed ambiguously (5xx, reset connection: it may have been applied) is only
+ * repeated after `verify` found nothing, so retries never create duplicates.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { SluiceError } from '../core/errors.ts';
+
+export interface RateLimit {
+  limit: number;
+  windowMs: number;
+}
+
+export interface RetryPolicy {
+  maxAttempts: number;
+  baseMs: number;
+  maxMs: number;
+}
+
+export interface PipedriveClientOptions {
+  /** API root including `/v1`, e.g. https://api.pipedrive.com/v1. */
+  baseUrl: string;
+  token: string;
+  concurrency: number;
+  rateLimit: RateLimit;
+  retry: RetryPolicy;
+  timeoutMs: number;
+  /** Requests left today; undefined = no budget. Decremented per request sent. */
+  budget?: { remaining: number } | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+export interface ClientStats {
+  requests: number;
+  retries429: number;
+  retries5xx: number;
+  retriesNetwork: number;
+  /** Requests per "METHOD /path" with numeric ids replaced by `:id`. */
+  byRoute: Record<string, number>;
+}
+
+/** A request the API refused for good (4xx other than 429), or that kept failing. */
+export class PipedriveError extends Error {
+  readonly status: number | undefined;
+  constructor(message: string, status: number | undefined, options?: { cause?: unknown }) {
+    super(message, options);
+    this.status = status;
+    this.name = 'PipedriveError';
+  }
+}
+
+/** The daily request budget is spent: the run stops and resumes on the next day. */
+export class BudgetExhaustedError extends SluiceError {
+  constructor(message: string) {
+    super('unavailable', message);
+  }
+}
+
+export interface Pagination {
+  start?: number;
+  limit?: number;
+  more_items_in_collection?: boolean;
+  next_start?: number;
+}
+
+interface Envelope<T> {
+  success?: boolean;
+  data?: T;
+  error?: string;
+  error_info?: string;
+  additional_data?: { pagination?: Pagination } | null;
+}
+
+export interface CallOptions<T> {
+  query?: Record<string, string | number> | undefined;
+  body?: unknown;
+  /** For POSTs: looks for the record an ambiguous failure may have created. */
+  verify?: (() => Promise<T | undefined>) | undefined;
+}
+
+/** A small extra spacing on top of the window (clock granularity, timer lateness). */
+function baseMarginMs(windowMs: number): number {
+  return Math.max(5, windowMs * 0.005);
+}
+
+/**
+ * The rolling window as the server sees it, counted conservatively: a request occupies a
+ * slot from before it is sent until one window after its response arrived. The server
+ * counted it at some moment in between, so a slot never frees early, whatever delayed the
+ * request on its way (a new connection, a busy event loop, a noisy machine); the price is
+ * one round trip per window of throughput. A 429 the pacing did not expect (clock drift)
+ * still widens the margin, which relaxes again while all is well.
+ */
+class SlidingWindow {
+  /** Response times, nondecreasing; entries before `head` have left the window. */
+  private done: number[] = [];
+  private head = 0;
+  private inFlight = 0;
+  private pausedUntil = 0;
+  private tail: Promise<void> = Promise.resolve();
+  private wake: (() => void) | undefined;
+  private calm = 0;
+  limit: number;
+  readonly windowMs: number;
+  marginMs: number;
+
+  constructor(rate: RateLimit) {
+    this.limit = rate.limit;
+    this.windowMs = rate.windowMs;
+    this.marginMs = baseMarginMs(rate.windowMs);
+  }
+
+  private prune(now: number): void {
+    const edge = now - this.windowMs - this.marginMs;
+    while (this.head < this.done.length && (this.done[this.head] as number) <= edge) this.head++;
+    if (this.head > 4096 && this.head * 2 > this.done.length) {
+      this.done = this.done.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  /** Slots taken now: in flight, or answered within the last window. */
+  inWindow(now: number): number {
+    this.prune(now);
+    return this.done.length - this.head + this.inFlight;
+  }
+
+  lower(limit: number): void {
+    if (limit >= 1 && limit < this.limit) this.limit = limit;
+  }
+
+  pause(ms: number): void {
+    this.pausedUntil = Math.max(this.pausedUntil, performance.now() + ms);
+  }
+
+  /** A 429 we did not see coming: space sends wider (up to a quarter window). */
+  widen(): void {
+    this.marginMs = Math.min(this.windowMs * 0.25, this.marginMs * 2 + 5);
+    this.calm = 0;
+  }
+
+  /** After ten windows' worth of answers without a 429, narrow the margin again. */
+  relax(): void {
+    if (++this.calm < this.limit * 10) return;
+    this.calm = 0;
+    this.marginMs = Math.max(baseMarginMs(this.windowMs), this.marginMs * 0.8);
+  }
+
+  /** Waits for a free slot and takes it (FIFO). MUST be paired with `release()`. */
+  async acquire(signal?: AbortSignal): Promise<void> {
+    const prev = this.tail;
+    let done!: () => void;
+    this.tail = new Promise((r) => (done = r));
+    await prev;
+    try {
+      for (;;) {
+        signal?.throwIfAborted();
+        const now = performance.now();
+        const used = this.inWindow(now);
+        let wait = this.pausedUntil - now;
+        if (used >= this.limit) {
+          // The (used - limit)-th answered request must leave the window; if every slot is
+          // in flight, the next answer tells when.
+          const i = this.head + used - this.limit;
+          wait = Math.max(wait, i < this.done.length ? (this.done[i] as number) + this.windowMs + this.marginMs - now : Infinity);
+        }
+        if (wait <= 0) {
+          this.inFlight++;
+          return;
+        }
+        await this.sleep(wait, signal);
+      }
+    } finally {
+      done();
+    }
+  }
+
+  release(): void {
+    this.inFlight--;
+    this.done.push(performance.now());
+    this.wake?.();
+  }
+
+  private sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const finish = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', finish);
+        this.wake = undefined;
+        resolve();
+      };
+      const timer = ms === Infinity ? undefined : setTimeout(finish, Math.ceil(ms));
+      this.wake = finish;
+      signal?.addEventListener('abort', finish, { once: true });
+    });
+  }
+}
+
+/** Counting semaphore for requests in flight. */
+class Slots {
+  private free: number;
+  private waiting: Array<() => void> = [];
+  constructor(n: number) {
+    this.free = n;
+  }
+  async take(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiting.push(r));
+  }
+  give(): void {
+    const w = this.waiting.shift();
+    if (w) w();
+    else this.free++;
+  }
+}
+
+/** Seconds (or an HTTP date) to milliseconds; undefined when absent or unreadable. */
+function retryAfterMs(v: string | null): number | undefined {
+  if (!v) return undefined;
+  const n = Number(v);
+  if (Number.isFinite(n)) return Math.max(0, n * 1000);
+  const t = Date.parse(v);
+  return Number.isNaN(t) ? undefined : Math.max(0, t - Date.now());
+}
+
+/** Errors where the request surely never reached the server. */
+const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH']);
+
+function networkCode(err: unknown): string {
+  const e = err as { name?: string; cause?: { code?: string }; code?: string };
+  if (e.name === 'TimeoutError') return 'ETIMEDOUT';
+  return e.cause?.code ?? e.code ?? 'ENETWORK';
+}
+
+function routeOf(method: string, path: string): string {
+  return `${method} ${path.replace(/\/\d+(?=\/|$)/g, '/:id')}`;
+}
+
+export class PipedriveClient {
+  readonly stats: ClientStats = { requests: 0, retries429: 0, retries5xx: 0, retriesNetwork: 0, byRoute: {} };
+  private readonly window: SlidingWindow;
+  private readonly slots: Slots;
+  private readonly o: PipedriveClientOptions;
+
+  constructor(options: PipedriveClientOptions) {
+    this.o = options;
+    this.window = new SlidingWindow(options.rateLimit);
+    this.slots = new Slots(options.concurrency);
+  }
+
+  /** One API call with pacing and retries; resolves to the envelope's data and pagination. */
+  async call<T>(method: string, path: string, opts: CallOptions<T> = {}): Promise<{ data: T; pagination: Pagination | undefined }> {
+    const url = new URL(this.o.baseUrl + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) url.searchParams.set(k, String(v));
+    const { maxAttempts } = this.o.retry;
+    let failures = 0;
+    let limited = 0;
+    for (;;) {
+      let res: Response | undefined;
+      let envelope: Envelope<T> | undefined;
+      let netErr: unknown;
+      await this.slots.take();
+      let acquired = false;
+      try {
+        await this.window.acquire(this.o.signal);
+        acquired = true;
+        if (this.o.budget) {
+          if (this.o.budget.remaining <= 0) throw new BudgetExhaustedError('daily request budget exhausted');
+          this.o.budget.remaining--;
+        }
+        this.stats.requests++;
+        const route = routeOf(method, path);
+        this.stats.byRoute[route] = (this.stats.byRoute[route] ?? 0) + 1;
+        // One controller per request, its timer cleared on the answer: AbortSignal.timeout
+        // would keep a 30 s timer alive per request (tens of thousands at full speed).
+        const ac = new AbortController();
+        const timer = setTimeout(() => ac.abort(new DOMException('request timed out', 'TimeoutError')), this.o.timeoutMs);
+        const onAbort = () => ac.abort(this.o.signal?.reason);
+        this.o.signal?.addEventListener('abort', onAbort, { once: true });
+        try {
+          res = await fetch(url, {
+            method,
+            headers: {
+              'x-api-token': this.o.token,
+              accept: 'application/json',
+              ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
+            },
+            body: opts.body !== undefined ? JSON.stringify(opts.body) : null,
+            signal: ac.signal,
+          });
+          const text = await res.text();
+          try {
+            envelope = text ? (JSON.parse(text) as Envelope<T>) : {};
+          } catch {
+            envelope = { success: false, error: `non-JSON response: ${text.slice(0, 200)}` };
+          }
+        } catch (err) {
+          this.o.signal?.throwIfAborted();
+          netErr = err;
+        } finally {
+          clearTimeout(timer);
+          this.o.signal?.removeEventListener('abort', onAbort);
+        }
+      } finally {
+        if (acquired) this.window.release();
+        this.slots.give();
+      }
+      if (res) this.observe(res);
+      if (res && res.status !== 429) this.window.relax();
+
+      if (res && res.ok && envelope?.success !== false) {
+        return { data: envelope?.data as T, pagination: envelope?.additional_data?.pagination ?? undefined };
+      }
+      if (res && res.status === 429) {
+        // Not applied: wait as told, everyone pauses, and the request goes again.
+        this.stats.retries429++;
+        // Our pacing let this one through, so the server's clock saw our sends closer.
+        if (this.window.inWindow(performance.now()) >= this.window.limit * 0.75) this.window.widen();
+        if (++limited > 50) throw new PipedriveError(`${method} ${path}: still rate limited after 50 waits`, 429);
+        const wait = retryAfterMs(res.headers.get('retry-after')) ?? retryAfterMs(res.headers.get('x-ratelimit-reset')) ?? 1000;
+        this.window.pause(wait);
+        continue;
+      }
+      const status = res?.status;
+      const what = res ? `HTTP ${status}: ${envelope?.error ?? res.statusText}` : `network error ${networkCode(netErr)}`;
+      const transient = res ? status !== undefined && status >= 500 : true;
+      if (!transient) {
+        const info = envelope?.error_info ? ` (${envelope.error_info})` : '';
+        throw new PipedriveError(`${method} ${path}: ${what}${info}`, status);
+      }
+      if (++failures >= maxAttempts) {
+        throw new PipedriveError(`${method} ${path}: ${what} after ${failures} attempts`, status, { cause: netErr });
+      }
+      if (res) this.stats.retries5xx++;
+      else this.stats.retriesNetwork++;
+      const cap = Math.min(this.o.retry.maxMs, this.o.retry.baseMs * 2 ** (failures - 1));
+      await sleep(Math.random() * cap, undefined, this.o.signal ? { signal: this.o.signal } : undefined);
+      const ambiguous = method === 'POST' && !(netErr && NOT_SENT.has(networkCode(netErr)));
+      if (ambiguous && opts.verify) {
+        const found = await opts.verify();
+        if (found !== undefined) return { data: found, pagination: undefined };
+      }
+    }
+  }
+
+  /** Reads the rate-limit headers: a lower account limit, or a window spent by others. */
+  private observe(res: Response): void {
+    const limit = Number(res.headers.get('x-ratelimit-limit'));
+    if (Number.isInteger(limit) && limit > 0) this.window.lower(limit);
+    const remaining = res.headers.get('x-ratelimit-remaining');
+    if (remaining !== null && Number(remaining) <= 0 && res.status !== 429) {
+      // Our own sends spend the window too, and our pacing already covers them; the
+      // server's coarse reset (whole seconds) only matters when the count is not ours.
+      if (this.window.inWindow(performance.now()) < this.window.limit * 0.75) {
+        this.window.pause(retryAfterMs(res.headers.get('x-ratelimit-reset')) ?? 1000);
+      }
+    }
+  }
+
+  /** Every page of a list endpoint (`limit` <= 500), following additional_data.pagination. */
+  async *pages<T>(path: string, query: Record<string, string | number> = {}, limit = 500): AsyncGenerator<T[]> {
+    let start = 0;
+    for (;;) {
+      const { data, pagination } = await this.call<T[] | null>('GET', path, { query: { ...query, start, limit } });
+      yield data ?? [];
+      if (!pagination?.more_items_in_collection) return;
+      const next = pagination.next_start ?? start + limit;
+      if (next <= start) return;
+      start = next;
+    }
+  }
+}

@@ -1,0 +1,243 @@
+/**
+ * SQL of the CRM sync's destinations. The Pipedrive planner compares the desired persons
+ * and deals (src/db/sql/crm.ts) with a snapshot of the CRM (session temp tables filled
+ * from every page of the list endpoints) in one set-based pass; the Postgres destination
+ * upserts the same deals in one statement.
+ */
+import type pg from 'pg';
+import { DESIRED_DEALS, DESIRED_PERSONS } from './crm.ts';
+
+type Q = Pick<pg.ClientBase, 'query'>;
+
+/** Temp tables live as long as the run's dedicated connection; recreated per run. */
+export async function createSnapshotTables(q: Q): Promise<void> {
+  await q.query(`DROP TABLE IF EXISTS crm_remote_persons, crm_remote_deals, crm_plan_persons, crm_plan_deals`);
+  await q.query(`CREATE TEMP TABLE crm_remote_persons (crm_id bigint NOT NULL, key text, name text)`);
+  await q.query(`CREATE TEMP TABLE crm_remote_deals (crm_id bigint NOT NULL, key text, title text, value numeric,
+    currency text, person_id bigint, status text, expected_close_date date)`);
+}
+
+export interface RemotePerson {
+  crmId: number;
+  key: string | null;
+  name: string | null;
+}
+
+export interface RemoteDeal {
+  crmId: number;
+  key: string | null;
+  title: string | null;
+  value: number | null;
+  currency: string | null;
+  personId: number | null;
+  status: string | null;
+  expectedCloseDate: string | null;
+}
+
+export async function insertRemotePersons(q: Q, rows: RemotePerson[]): Promise<void> {
+  if (!rows.length) return;
+  await q.query(`INSERT INTO crm_remote_persons SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])`, [
+    rows.map((r) => r.crmId), rows.map((r) => r.key), rows.map((r) => r.name),
+  ]);
+}
+
+export async function insertRemoteDeals(q: Q, rows: RemoteDeal[]): Promise<void> {
+  if (!rows.length) return;
+  await q.query(
+    `INSERT INTO crm_remote_deals SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::text[],
+       $6::bigint[], $7::text[], $8::date[])`,
+    [
+      rows.map((r) => r.crmId), rows.map((r) => r.key), rows.map((r) => r.title), rows.map((r) => r.value),
+      rows.map((r) => r.currency), rows.map((r) => r.personId), rows.map((r) => r.status), rows.map((r) => r.expectedCloseDate),
+    ],
+  );
+}
+
+export interface PlanCounts {
+  create: number;
+  update: number;
+  unchanged: number;
+  fail: number;
+  /** Keys held by more than one CRM record (the lowest id is the one Sluice maintains). */
+  duplicates: number;
+}
+
+async function counts(q: Q, table: 'crm_plan_persons' | 'crm_plan_deals', remote: string): Promise<PlanCounts> {
+  const { rows } = await q.query<{ action: keyof PlanCounts; n: number }>(`SELECT action, count(*)::int AS n FROM ${table} GROUP BY action`);
+  const c: PlanCounts = { create: 0, update: 0, unchanged: 0, fail: 0, duplicates: 0 };
+  for (const r of rows) c[r.action] = r.n;
+  const d = await q.query<{ n: number }>(`SELECT count(*)::int AS n FROM (SELECT key FROM ${remote} WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1) k`);
+  c.duplicates = d.rows[0]?.n ?? 0;
+  return c;
+}
+
+/** Plans persons: create what the CRM lacks, update a differing name, leave the rest. */
+export async function planPersons(q: Q, pipeline: string): Promise<PlanCounts> {
+  // Autovacuum never analyzes temp tables: without statistics the planner may join a
+  // million-row snapshot by nested loop.
+  await q.query('ANALYZE crm_remote_persons, crm_remote_deals');
+  await q.query(
+    `CREATE TEMP TABLE crm_plan_persons AS
+     SELECT row_number() OVER (ORDER BY w.key) AS seq, w.key, w.name, r.crm_id, r.name AS remote_name,
+            CASE WHEN r.crm_id IS NULL THEN 'create'
+                 WHEN r.name IS DISTINCT FROM w.name THEN 'update'
+                 ELSE 'unchanged' END AS action
+       FROM (${DESIRED_PERSONS}) w
+       LEFT JOIN (SELECT DISTINCT ON (key) crm_id, key, name FROM crm_remote_persons
+                   WHERE key IS NOT NULL ORDER BY key, crm_id) r USING (key)`,
+    [pipeline],
+  );
+  await q.query('CREATE INDEX ON crm_plan_persons (seq)');
+  await q.query('ANALYZE crm_plan_persons');
+  return counts(q, 'crm_plan_persons', 'crm_remote_persons');
+}
+
+/**
+ * Plans deals against the person map (the snapshot plus the persons created in this run).
+ * `fail`: the order's customer is not in the source, or its person could not be created.
+ */
+export async function planDeals(q: Q, params: unknown[]): Promise<PlanCounts> {
+  await q.query('ANALYZE crm_remote_persons'); // now with the persons created in this run
+  await q.query(
+    `CREATE TEMP TABLE crm_plan_deals AS
+     SELECT row_number() OVER (ORDER BY w.key) AS seq, w.key, w.person_key, w.title, w.value, w.currency, w.status,
+            w.order_date, pm.crm_id AS person_crm_id, r.crm_id,
+            r.title AS r_title, r.value AS r_value, r.currency AS r_currency, r.person_id AS r_person_id,
+            r.status AS r_status, r.expected_close_date AS r_date,
+            CASE WHEN w.title IS NULL OR pm.crm_id IS NULL THEN 'fail'
+                 WHEN r.crm_id IS NULL THEN 'create'
+                 WHEN (r.title, r.value, r.currency, r.person_id, r.status, r.expected_close_date)
+                      IS NOT DISTINCT FROM (w.title, w.value, w.currency, pm.crm_id, w.status, w.order_date) THEN 'unchanged'
+                 ELSE 'update' END AS action
+       FROM (${DESIRED_DEALS}) w
+       LEFT JOIN (SELECT DISTINCT ON (key) key, crm_id FROM crm_remote_persons
+                   WHERE key IS NOT NULL ORDER BY key, crm_id) pm ON pm.key = w.person_key
+       LEFT JOIN (SELECT DISTINCT ON (key) * FROM crm_remote_deals
+                   WHERE key IS NOT NULL ORDER BY key, crm_id) r ON r.key = w.key`,
+    params,
+  );
+  await q.query('CREATE INDEX ON crm_plan_deals (seq)');
+  await q.query('ANALYZE crm_plan_deals');
+  return counts(q, 'crm_plan_deals', 'crm_remote_deals');
+}
+
+export interface PersonWork {
+  seq: number;
+  key: string;
+  name: string;
+  crm_id: number | null;
+  remote_name: string | null;
+  action: 'create' | 'update';
+}
+
+export interface DealWork {
+  seq: number;
+  key: string;
+  person_key: string;
+  title: string;
+  value: string;
+  currency: string;
+  status: string;
+  order_date: string | null;
+  person_crm_id: number;
+  crm_id: number | null;
+  r_title: string | null;
+  r_value: string | null;
+  r_currency: string | null;
+  r_person_id: number | null;
+  r_status: string | null;
+  r_date: string | null;
+  action: 'create' | 'update';
+}
+
+/** The next batch of creates and updates after `seq` (keyset over the plan's index). */
+export async function nextPersonWork(q: Q, afterSeq: number, limit: number): Promise<PersonWork[]> {
+  const { rows } = await q.query<PersonWork>(
+    `SELECT seq::int, key, name, crm_id, remote_name, action FROM crm_plan_persons
+      WHERE seq > $1 AND action IN ('create', 'update') ORDER BY seq LIMIT $2`,
+    [afterSeq, limit],
+  );
+  return rows;
+}
+
+export async function nextDealWork(q: Q, afterSeq: number, limit: number): Promise<DealWork[]> {
+  const { rows } = await q.query<DealWork>(
+    `SELECT seq::int, key, person_key, title, value::text, currency, status, to_char(order_date, 'YYYY-MM-DD') AS order_date,
+            person_crm_id, crm_id, r_title, r_value::text, r_currency, r_person_id, r_status,
+            to_char(r_date, 'YYYY-MM-DD') AS r_date, action
+       FROM crm_plan_deals WHERE seq > $1 AND action IN ('create', 'update') ORDER BY seq LIMIT $2`,
+    [afterSeq, limit],
+  );
+  return rows;
+}
+
+/** Records every deal the planner could not send, with its reason, in one statement. */
+export async function recordPlannedDealFailures(q: Q, runId: number): Promise<number> {
+  const r = await q.query(
+    `INSERT INTO crm_failures (run_id, kind, key, operation, error)
+     SELECT $1, 'deal', key, CASE WHEN crm_id IS NULL THEN 'create' ELSE 'update' END,
+            CASE WHEN title IS NULL THEN 'customer ' || person_key || ' is not in the customers source'
+                 ELSE 'person ' || person_key || ' is not in the CRM (its create failed)' END
+       FROM crm_plan_deals WHERE action = 'fail'`,
+    [runId],
+  );
+  return r.rowCount ?? 0;
+}
+
+// ---- Postgres destination ----------------------------------------------------------------
+
+export interface UpsertCounts {
+  created: number;
+  updated: number;
+  unchanged: number;
+  failed: number;
+}
+
+/** Upserts persons; only rows whose values differ are written. */
+export async function upsertPersons(q: Q, pipeline: string): Promise<UpsertCounts> {
+  const { rows } = await q.query<UpsertCounts>(
+    `WITH want AS (${DESIRED_PERSONS}),
+     up AS (
+       INSERT INTO crm_persons (pipeline, customer_id, name) SELECT $1, key, name FROM want
+       ON CONFLICT (pipeline, customer_id) DO UPDATE SET name = EXCLUDED.name, updated_at = now()
+        WHERE crm_persons.name IS DISTINCT FROM EXCLUDED.name
+       RETURNING (xmax = 0) AS inserted)
+     SELECT count(*) FILTER (WHERE inserted)::int AS created, count(*) FILTER (WHERE NOT inserted)::int AS updated,
+            ((SELECT count(*) FROM want) - count(*))::int AS unchanged, 0 AS failed FROM up`,
+    [pipeline],
+  );
+  return rows[0] as UpsertCounts;
+}
+
+/** Upserts deals (params of DESIRED_DEALS); orders without a customer are failures. */
+export async function upsertDeals(q: Q, params: unknown[]): Promise<UpsertCounts> {
+  const { rows } = await q.query<UpsertCounts>(
+    `WITH want AS (${DESIRED_DEALS}),
+     up AS (
+       INSERT INTO crm_deals (pipeline, order_id, customer_id, title, value, currency, status, order_status, order_date)
+       SELECT $1, key, person_key, title, value, currency, status, order_status, order_date FROM want WHERE title IS NOT NULL
+       ON CONFLICT (pipeline, order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, title = EXCLUDED.title,
+         value = EXCLUDED.value, currency = EXCLUDED.currency, status = EXCLUDED.status,
+         order_status = EXCLUDED.order_status, order_date = EXCLUDED.order_date, updated_at = now()
+        WHERE (crm_deals.customer_id, crm_deals.title, crm_deals.value, crm_deals.currency, crm_deals.status,
+               crm_deals.order_status, crm_deals.order_date)
+              IS DISTINCT FROM (EXCLUDED.customer_id, EXCLUDED.title, EXCLUDED.value, EXCLUDED.currency,
+               EXCLUDED.status, EXCLUDED.order_status, EXCLUDED.order_date)
+       RETURNING (xmax = 0) AS inserted)
+     SELECT count(*) FILTER (WHERE inserted)::int AS created, count(*) FILTER (WHERE NOT inserted)::int AS updated,
+            ((SELECT count(*) FROM want WHERE title IS NOT NULL) - count(*))::int AS unchanged,
+            (SELECT count(*) FROM want WHERE title IS NULL)::int AS failed FROM up`,
+    params,
+  );
+  return rows[0] as UpsertCounts;
+}
+
+/** The orders the Postgres destination could not write, as failures of the run. */
+export async function recordMissingCustomerFailures(q: Q, runId: number, params: unknown[]): Promise<void> {
+  await q.query(
+    `INSERT INTO crm_failures (run_id, kind, key, operation, error)
+     SELECT $7, 'deal', key, 'upsert', 'customer ' || person_key || ' is not in the customers source'
+       FROM (${DESIRED_DEALS}) w WHERE title IS NULL`,
+    [...params, runId],
+  );
+}

@@ -1,0 +1,260 @@
+/**
+ * SQL of the provider feed (migrations/0010_events.sql): sync records, the staging table a
+ * sync streams into, the set-based merge, and the /search query. Every statement is
+ * parameterised; nothing from the feed or a request becomes SQL text.
+ */
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import type { Client, Pool } from '../pool.ts';
+import type { FeedEvent, FeedReject } from '../../pipelines/events/feed-event.ts';
+
+type Queryable = Pool | Client | pg.Client;
+
+/** Channel a committed change is announced on (payload: the new feed version). */
+export const FEED_CHANNEL = 'sluice_provider_events';
+
+/** Serialises merges of concurrent syncs (several serve processes, a CLI run). */
+const MERGE_LOCK = 7_301_010;
+
+export type SyncTrigger = 'cli' | 'schedule' | 'api' | 'test';
+
+export interface SyncRecord {
+  id: number;
+  url: string;
+  trigger: SyncTrigger;
+  status: 'running' | 'completed' | 'failed';
+  attempts: number;
+  bytes: number;
+  events_seen: number;
+  events_new: number;
+  events_changed: number;
+  events_rejected: number;
+  error: string | null;
+  started_at: Date;
+  finished_at: Date | null;
+}
+
+export interface SyncCounts {
+  attempts: number;
+  bytes: number;
+  eventsSeen: number;
+  eventsNew: number;
+  eventsChanged: number;
+  eventsRejected: number;
+}
+
+export async function insertSync(db: Queryable, url: string, trigger: SyncTrigger): Promise<number> {
+  const { rows } = await db.query<{ id: number }>('INSERT INTO provider_syncs (url, trigger) VALUES ($1, $2) RETURNING id', [url, trigger]);
+  return rows[0]!.id;
+}
+
+/** Ends a sync record (completed inside the merge transaction, failed on its own). */
+export async function finishSync(db: Queryable, id: number, status: 'completed' | 'failed', c: SyncCounts, error?: string): Promise<void> {
+  await db.query(
+    `UPDATE provider_syncs
+        SET status = $2, attempts = $3, bytes = $4, events_seen = $5, events_new = $6,
+            events_changed = $7, events_rejected = $8, error = $9, finished_at = clock_timestamp()
+      WHERE id = $1`,
+    [id, status, c.attempts, c.bytes, c.eventsSeen, c.eventsNew, c.eventsChanged, c.eventsRejected, error ?? null],
+  );
+}
+
+export async function getSync(db: Queryable, id: number): Promise<SyncRecord | undefined> {
+  const { rows } = await db.query<SyncRecord>('SELECT * FROM provider_syncs WHERE id = $1', [id]);
+  return rows[0];
+}
+
+export async function listSyncs(db: Queryable, limit = 20): Promise<SyncRecord[]> {
+  const { rows } = await db.query<SyncRecord>('SELECT * FROM provider_syncs ORDER BY id DESC LIMIT $1', [limit]);
+  return rows;
+}
+
+export async function syncRejects(db: Queryable, syncId: number): Promise<FeedReject[]> {
+  const { rows } = await db.query<FeedReject>(
+    `SELECT line, base_event_id AS "baseEventId", event_id AS "eventId", reason, raw
+       FROM provider_sync_rejects WHERE sync_id = $1 ORDER BY line`,
+    [syncId],
+  );
+  return rows;
+}
+
+/** A staging table private to the sync's transaction (dropped at commit or rollback). */
+export async function createStage(client: Client): Promise<void> {
+  await client.query(`CREATE TEMP TABLE provider_events_stage (
+      seq integer NOT NULL, base_event_id text NOT NULL, event_id text NOT NULL, id uuid NOT NULL,
+      title text NOT NULL, sell_mode text NOT NULL, organizer_company_id text,
+      starts_at timestamp NOT NULL, ends_at timestamp NOT NULL, sell_from timestamp, sell_to timestamp,
+      sold_out boolean NOT NULL, min_price numeric NOT NULL, max_price numeric NOT NULL,
+      -- JSON as text, parsed only for the rows the merge writes; stored uncompressed (the
+      -- stage lives for one transaction: compressing it would cost more than it saves).
+      zones text STORAGE EXTERNAL NOT NULL, content_hash text NOT NULL
+    ) ON COMMIT DROP`);
+}
+
+/** COPY text format: backslash, tab, newline and carriage return escaped; null as \N. */
+function copyText(v: string | number | boolean | null): string {
+  if (v === null) return '\\N';
+  return String(v).replace(/[\\\t\n\r]/g, (c) => (c === '\\' ? '\\\\' : c === '\t' ? '\\t' : c === '\n' ? '\\n' : '\\r'));
+}
+
+/**
+ * Appends a batch of checked events to the stage with COPY: with hundreds of zones per
+ * event, COPY's text parsing is many times cheaper than JSON or array-literal parameters.
+ */
+export async function stageEvents(client: Client, events: FeedEvent[], firstSeq: number): Promise<void> {
+  if (events.length === 0) return;
+  const lines = events.map(
+    (e, i) =>
+      `${[
+        firstSeq + i, e.baseEventId, e.eventId, e.id, e.title, e.sellMode, e.organizerCompanyId, e.startsAt, e.endsAt,
+        e.sellFrom, e.sellTo, e.soldOut, e.minPrice, e.maxPrice, e.zonesJson, e.contentHash,
+      ]
+        .map(copyText)
+        .join('\t')}\n`,
+  );
+  await pipeline(Readable.from(lines), client.query(copyFrom('COPY provider_events_stage FROM STDIN')));
+}
+
+export async function insertRejects(db: Queryable, syncId: number, rejects: FeedReject[]): Promise<void> {
+  if (rejects.length === 0) return;
+  await db.query(
+    `INSERT INTO provider_sync_rejects (sync_id, line, base_event_id, event_id, reason, raw)
+     SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[])`,
+    [syncId, rejects.map((r) => r.line), rejects.map((r) => r.baseEventId), rejects.map((r) => r.eventId), rejects.map((r) => r.reason), rejects.map((r) => r.raw)],
+  );
+}
+
+export interface MergeResult {
+  eventsNew: number;
+  /** Rows written: new, updated from the feed, and absent events whose base event changed. */
+  eventsChanged: number;
+}
+
+/**
+ * Merges the stage into the store, in the caller's transaction. When a pair occurs twice in
+ * one feed the later occurrence wins; only rows whose values differ are written.
+ */
+export async function mergeStage(client: Client, syncId: number): Promise<MergeResult> {
+  await client.query('SELECT pg_advisory_xact_lock($1)', [MERGE_LOCK]);
+  await client.query('ANALYZE provider_events_stage');
+  // Base events: latest values; ever_online is sticky (online in any fetch, this one included).
+  await client.query(
+    `WITH latest AS (
+       SELECT DISTINCT ON (base_event_id) base_event_id, title, sell_mode, organizer_company_id
+         FROM provider_events_stage ORDER BY base_event_id, seq DESC
+     ), online AS (
+       SELECT base_event_id, bool_or(sell_mode = 'online') AS online FROM provider_events_stage GROUP BY 1
+     )
+     INSERT INTO provider_base_events AS b
+            (base_event_id, title, sell_mode, organizer_company_id, ever_online, first_sync_id, changed_sync_id)
+     SELECT l.base_event_id, l.title, l.sell_mode, l.organizer_company_id, o.online, $1, $1
+       FROM latest l JOIN online o USING (base_event_id)
+     ON CONFLICT (base_event_id) DO UPDATE
+        SET title = excluded.title, sell_mode = excluded.sell_mode,
+            organizer_company_id = excluded.organizer_company_id,
+            ever_online = b.ever_online OR excluded.ever_online,
+            changed_sync_id = $1, updated_at = now()
+      WHERE (b.title, b.sell_mode, b.organizer_company_id) IS DISTINCT FROM
+            (excluded.title, excluded.sell_mode, excluded.organizer_company_id)
+         OR (excluded.ever_online AND NOT b.ever_online)`,
+    [syncId],
+  );
+  // Only new or changed pairs reach the INSERT (and the costly JSON check of zones); when a pair
+  // occurs twice in the feed the later occurrence wins (anti-join on a narrow hash).
+  const { rows } = await client.query<{ new: number; changed: number }>(
+    `WITH latest AS (
+       SELECT s.* FROM provider_events_stage s
+        WHERE NOT EXISTS (SELECT 1 FROM provider_events_stage d
+                           WHERE d.base_event_id = s.base_event_id AND d.event_id = s.event_id AND d.seq > s.seq)
+     ), up AS (
+       INSERT INTO provider_events AS e
+              (base_event_id, event_id, id, title, ever_online, starts_at, ends_at, sell_from, sell_to,
+               sold_out, min_price, max_price, zones, content_hash, first_sync_id, changed_sync_id)
+       SELECT s.base_event_id, s.event_id, s.id, b.title, b.ever_online, s.starts_at, s.ends_at, s.sell_from,
+              s.sell_to, s.sold_out, s.min_price, s.max_price, s.zones::json, s.content_hash, $1, $1
+         FROM latest s
+         JOIN provider_base_events b USING (base_event_id)
+         LEFT JOIN provider_events cur ON cur.base_event_id = s.base_event_id AND cur.event_id = s.event_id
+        WHERE cur.base_event_id IS NULL OR cur.content_hash <> s.content_hash
+           OR cur.title <> b.title OR cur.ever_online <> b.ever_online
+       ON CONFLICT (base_event_id, event_id) DO UPDATE
+          SET title = excluded.title, ever_online = excluded.ever_online, starts_at = excluded.starts_at,
+              ends_at = excluded.ends_at, sell_from = excluded.sell_from, sell_to = excluded.sell_to,
+              sold_out = excluded.sold_out, min_price = excluded.min_price, max_price = excluded.max_price,
+              zones = excluded.zones, content_hash = excluded.content_hash, changed_sync_id = $1, updated_at = now()
+        WHERE e.content_hash <> excluded.content_hash OR e.title <> excluded.title
+           OR e.ever_online <> excluded.ever_online
+       RETURNING xmax = 0 AS inserted
+     )
+     SELECT (count(*) FILTER (WHERE inserted))::int AS new, count(*)::int AS changed FROM up`,
+    [syncId],
+  );
+  // Events absent from this fetch still follow their base event's title and online flag.
+  const propagated = await client.query(
+    `UPDATE provider_events e
+        SET title = b.title, ever_online = b.ever_online, changed_sync_id = $1, updated_at = now()
+       FROM provider_base_events b
+      WHERE b.changed_sync_id = $1 AND e.base_event_id = b.base_event_id
+        AND (e.title <> b.title OR e.ever_online <> b.ever_online)`,
+    [syncId],
+  );
+  return { eventsNew: rows[0]!.new, eventsChanged: rows[0]!.changed + (propagated.rowCount ?? 0) };
+}
+
+/** Bumps the feed version and announces it; both take effect when the transaction commits. */
+export async function bumpFeedVersion(client: Client): Promise<number> {
+  const { rows } = await client.query<{ version: number }>(
+    'UPDATE provider_feed_state SET version = version + 1, changed_at = now() RETURNING version',
+  );
+  const version = rows[0]!.version;
+  await client.query('SELECT pg_notify($1, $2)', [FEED_CHANNEL, String(version)]);
+  return version;
+}
+
+export async function feedVersion(db: Queryable): Promise<number> {
+  const { rows } = await db.query<{ version: number }>({ name: 'provider_feed_version', text: 'SELECT version FROM provider_feed_state' });
+  return rows[0]?.version ?? 0;
+}
+
+/**
+ * Claims the next scheduled sync slot for this process: true for exactly one of several
+ * serve processes per interval (the row update is atomic), false for the others.
+ */
+export async function claimSyncSlot(db: Queryable, intervalS: number): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `UPDATE provider_feed_state SET next_sync_at = now() + make_interval(secs => $1)
+      WHERE next_sync_at <= now()`,
+    [intervalS],
+  );
+  return rowCount === 1;
+}
+
+export interface SearchResult {
+  /** Feed version the rows were read at (same snapshot). */
+  version: number;
+  /** The events as a JSON array's inside: `{...},{...}` (empty string for none). */
+  eventsJson: string;
+}
+
+/**
+ * Events served by /search: base event online in some fetch, starting at or after
+ * `startsAt` and ending at or before `endsAt` (null = unbounded), by start. One statement,
+ * so the version and the rows come from one snapshot.
+ */
+export async function searchEvents(db: Queryable, startsAt: string | null, endsAt: string | null): Promise<SearchResult> {
+  const { rows } = await db.query<{ version: number; events: string }>({
+    name: 'provider_search_events',
+    text: `SELECT (SELECT version FROM provider_feed_state) AS version,
+                  coalesce(string_agg(search_json, ',' ORDER BY starts_at, ends_at, id), '') AS events
+             FROM provider_events
+            WHERE ever_online
+              AND starts_at >= coalesce($1::timestamp, '-infinity'::timestamp)
+              AND ends_at <= coalesce($2::timestamp, 'infinity'::timestamp)
+              -- Implied (an event ends after it starts), and it bounds the index range.
+              AND starts_at <= coalesce($2::timestamp, 'infinity'::timestamp)`,
+    values: [startsAt, endsAt],
+  });
+  return { version: rows[0]!.version, eventsJson: rows[0]!.events };
+}

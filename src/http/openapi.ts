@@ -1,0 +1,88 @@
+/**
+ * The OpenAPI 3.0 document the server publishes (GET /docs/openapi.json, rendered at
+ * /docs). Each feature adds its paths and schemas with `addOpenApi` next to its routes, so
+ * the document and the routes change together.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { repoRoot } from '../config.ts';
+
+type Json = Record<string, unknown>;
+
+export interface OpenApiPart {
+  paths?: Record<string, Json>;
+  schemas?: Record<string, Json>;
+  tags?: Array<{ name: string; description?: string }>;
+}
+
+const paths: Record<string, Json> = {};
+const schemas: Record<string, Json> = {};
+const tags = new Map<string, { name: string; description?: string }>();
+
+/** Adds paths, component schemas and tags (idempotent: re-adding replaces). */
+export function addOpenApi(part: OpenApiPart): void {
+  for (const [p, item] of Object.entries(part.paths ?? {})) paths[p] = { ...paths[p], ...item };
+  Object.assign(schemas, part.schemas);
+  for (const t of part.tags ?? []) tags.set(t.name, t);
+}
+
+function packageVersion(): string {
+  try {
+    return (JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version;
+  } catch {
+    return '0.0.0';
+  }
+}
+
+/** The whole document as registered so far. */
+export function openApiDocument(): Json {
+  const sortedPaths = Object.fromEntries(Object.entries(paths).sort(([a], [b]) => a.localeCompare(b)));
+  return {
+    openapi: '3.0.3',
+    info: {
+      title: 'Sluice API',
+      version: packageVersion(),
+      description: 'Big, messy data in; clean, queryable and fast inside PostgreSQL.',
+    },
+    tags: [...tags.values()],
+    paths: sortedPaths,
+    components: { schemas: { ...schemas } },
+  };
+}
+
+/** GET /docs/openapi.json and GET /docs (a dependency-free HTML rendering of it). */
+export function openApiRoutes(app: FastifyInstance): void {
+  app.get('/docs/openapi.json', async () => openApiDocument());
+  app.get('/docs', async (_req, reply) => {
+    reply.header('content-type', 'text/html; charset=utf-8');
+    return renderHtml(openApiDocument());
+  });
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function renderHtml(doc: Json): string {
+  const info = doc.info as { title: string; version: string; description?: string };
+  const ops: string[] = [];
+  for (const [p, item] of Object.entries(doc.paths as Record<string, Record<string, Json>>)) {
+    for (const [method, op] of Object.entries(item)) {
+      const params = ((op.parameters as Json[] | undefined) ?? [])
+        .map((x) => `<li><code>${escapeHtml(String(x.name))}</code> (${escapeHtml(String(x.in))}${x.required ? ', required' : ''}): ${escapeHtml(String(x.description ?? ''))}</li>`)
+        .join('');
+      const responses = Object.entries((op.responses as Record<string, Json>) ?? {})
+        .map(([code, r]) => `<li><code>${escapeHtml(code)}</code> ${escapeHtml(String(r.description ?? ''))}</li>`)
+        .join('');
+      ops.push(`<section><h2><code>${escapeHtml(method.toUpperCase())} ${escapeHtml(p)}</code></h2>
+<p>${escapeHtml(String(op.summary ?? ''))}</p><p>${escapeHtml(String(op.description ?? ''))}</p>
+${params ? `<h3>Parameters</h3><ul>${params}</ul>` : ''}<h3>Responses</h3><ul>${responses}</ul></section>`);
+    }
+  }
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(info.title)}</title>
+<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}code{background:#f3f3f3;padding:0 .2em}section{border-top:1px solid #ddd}</style>
+</head><body><h1>${escapeHtml(info.title)} <small>${escapeHtml(info.version)}</small></h1>
+<p>${escapeHtml(info.description ?? '')}</p><p>Machine-readable: <a href="/docs/openapi.json">/docs/openapi.json</a> (OpenAPI ${escapeHtml(String(doc.openapi))}).</p>
+${ops.join('\n')}</body></html>`;
+}

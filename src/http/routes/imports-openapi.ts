@@ -1,0 +1,200 @@
+/** The OpenAPI description of the intake routes (src/http/routes/imports.ts). */
+
+const error = (description: string) => ({
+  description,
+  content: { 'application/json': { schema: { $ref: '#/components/schemas/ApiError' } } },
+});
+
+const idParam = { in: 'path', name: 'id', required: true, description: 'The import id (a UUID)', schema: { type: 'string', format: 'uuid' } };
+const statusOk = {
+  description: 'The import',
+  content: { 'application/json': { schema: { $ref: '#/components/schemas/ImportStatus' } } },
+};
+const count = { type: 'integer', minimum: 0 };
+
+export const importsOpenApi = {
+  tags: [{ name: 'imports', description: 'File intake: upload a file, follow its import part by part, read its rejects.' }],
+  paths: {
+    '/imports': {
+      post: {
+        tags: ['imports'],
+        operationId: 'createImport',
+        summary: 'Uploads a file (or names a URL to fetch) and queues its import',
+        description:
+          'Three ways in: (a) multipart/form-data with a text field `pipeline` followed by a file field `file` (the field must come first; `?pipeline=` also works); ' +
+          '(b) any other content type (text/csv, text/plain, application/octet-stream) with the file as the raw body and `?pipeline=`; ' +
+          '(c) application/json `{"pipeline","url"}`: the server fetches the http(s) URL. The upload is streamed into parts stored in PostgreSQL and answered once stored; ' +
+          'workers import the parts in the background. File names are recorded, never used as paths. With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
+        parameters: [
+          { in: 'query', name: 'pipeline', required: false, description: 'The pipeline (leads, purchases); required for raw bodies', schema: { type: 'string' } },
+          { in: 'query', name: 'file_name', required: false, description: 'The file name to record for a raw body', schema: { type: 'string' } },
+        ],
+        requestBody: {
+          required: true,
+          content: {
+            'multipart/form-data': {
+              schema: {
+                type: 'object',
+                properties: { pipeline: { type: 'string' }, file: { type: 'string', format: 'binary' } },
+                required: ['file'],
+              },
+            },
+            'text/csv': { schema: { type: 'string', format: 'binary' } },
+            'application/octet-stream': { schema: { type: 'string', format: 'binary' } },
+            'application/json': {
+              schema: {
+                type: 'object',
+                properties: { pipeline: { type: 'string' }, url: { type: 'string', format: 'uri' } },
+                required: ['pipeline', 'url'],
+              },
+            },
+          },
+        },
+        responses: {
+          '202': {
+            description: 'Stored and queued; follow status_url',
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/ImportAccepted' } } },
+          },
+          '400': error('Unknown pipeline, missing field, empty, binary or unreadable file, bad URL'),
+          '401': error('Missing or wrong API token'),
+          '413': error('The upload is larger than SLUICE_MAX_UPLOAD_BYTES (code too_large)'),
+        },
+      },
+      get: {
+        tags: ['imports'],
+        operationId: 'listImports',
+        summary: 'Lists imports, newest first',
+        parameters: [
+          { in: 'query', name: 'limit', required: false, description: 'Imports per page, 1 to 100 (default 20)', schema: { type: 'integer', minimum: 1, maximum: 100 } },
+          { in: 'query', name: 'cursor', required: false, description: 'next_cursor of the previous page', schema: { type: 'string' } },
+        ],
+        responses: {
+          '200': {
+            description: 'A page of imports',
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/ImportList' } } },
+          },
+          '400': error('Bad limit or cursor'),
+        },
+      },
+    },
+    '/imports/{id}': {
+      get: {
+        tags: ['imports'],
+        operationId: 'getImport',
+        summary: 'The status of one import: counts, parts, rate and ETA',
+        parameters: [idParam],
+        responses: { '200': statusOk, '404': error('No such import (or not a UUID)') },
+      },
+    },
+    '/imports/{id}/rejects': {
+      get: {
+        tags: ['imports'],
+        operationId: 'getImportRejects',
+        summary: 'Streams the rows (and fields) the import rejected, in line order',
+        parameters: [
+          idParam,
+          { in: 'query', name: 'format', required: false, description: 'csv (default, as an attachment) or ndjson', schema: { type: 'string', enum: ['csv', 'ndjson'] } },
+          { in: 'query', name: 'limit', required: false, description: 'At most this many rejects (default all)', schema: { type: 'integer', minimum: 1 } },
+        ],
+        responses: {
+          '200': {
+            description: 'CSV with the header line,field,reason,raw, or one JSON object per line',
+            content: {
+              'text/csv': { schema: { type: 'string' } },
+              'application/x-ndjson': { schema: { $ref: '#/components/schemas/Reject' } },
+            },
+          },
+          '400': error('Bad format or limit'),
+          '404': error('No such import'),
+        },
+      },
+    },
+    '/imports/{id}/cancel': {
+      post: {
+        tags: ['imports'],
+        operationId: 'cancelImport',
+        summary: 'Cancels a queued or running import (no-op when it has finished)',
+        description: 'Parts not yet imported are dropped; nothing is merged. With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
+        parameters: [idParam],
+        responses: { '200': statusOk, '401': error('Missing or wrong API token'), '404': error('No such import') },
+      },
+    },
+  },
+  schemas: {
+    ApiError: {
+      type: 'object',
+      properties: {
+        error: {
+          type: 'object',
+          properties: { code: { type: 'string', example: 'invalid_input' }, message: { type: 'string' } },
+          required: ['code', 'message'],
+        },
+      },
+      required: ['error'],
+    },
+    ImportAccepted: {
+      type: 'object',
+      properties: { id: { type: 'string', format: 'uuid' }, status_url: { type: 'string', example: '/imports/0b6f…' } },
+      required: ['id', 'status_url'],
+    },
+    ImportStatus: {
+      type: 'object',
+      properties: {
+        id: { type: 'string', format: 'uuid' },
+        pipeline: { type: 'string' },
+        file_name: { type: 'string', nullable: true },
+        status: { type: 'string', enum: ['queued', 'running', 'completed', 'failed', 'cancelled'] },
+        error: { type: 'string', nullable: true },
+        parts: {
+          type: 'object',
+          properties: { total: count, completed: count, failed: count, running: count },
+          required: ['total', 'completed', 'failed', 'running'],
+        },
+        rows: {
+          type: 'object',
+          properties: { read: count, inserted: count, updated: count, unchanged: count, rejected: count },
+          required: ['read', 'inserted', 'updated', 'unchanged', 'rejected'],
+        },
+        rejects_by_reason: { type: 'object', additionalProperties: { type: 'integer' }, description: 'Reject counts by reason class' },
+        created_at: { type: 'string', format: 'date-time' },
+        started_at: { type: 'string', format: 'date-time', nullable: true },
+        finished_at: { type: 'string', format: 'date-time', nullable: true },
+        rows_per_s: { type: 'number', nullable: true },
+        eta_s: { type: 'number', nullable: true, description: 'Seconds left, estimated from the parts done so far' },
+        part_list: {
+          type: 'array',
+          items: {
+            type: 'object',
+            properties: {
+              n: { type: 'integer' },
+              status: { type: 'string' },
+              rows: count,
+              attempts: count,
+              error: { type: 'string', nullable: true },
+            },
+            required: ['n', 'status', 'rows', 'attempts', 'error'],
+          },
+        },
+      },
+      required: ['id', 'pipeline', 'file_name', 'status', 'error', 'parts', 'rows', 'rejects_by_reason', 'created_at', 'started_at', 'finished_at', 'rows_per_s', 'eta_s', 'part_list'],
+    },
+    ImportList: {
+      type: 'object',
+      properties: {
+        imports: { type: 'array', items: { $ref: '#/components/schemas/ImportStatus' } },
+        next_cursor: { type: 'string', nullable: true, description: 'Pass as ?cursor= for the next page; null on the last' },
+      },
+      required: ['imports', 'next_cursor'],
+    },
+    Reject: {
+      type: 'object',
+      properties: {
+        line: { type: 'integer' },
+        field: { type: 'string', nullable: true, description: 'The column when only that value was refused; null for a whole row' },
+        reason: { type: 'string' },
+        raw: { type: 'string' },
+      },
+      required: ['line', 'field', 'reason', 'raw'],
+    },
+  },
+};

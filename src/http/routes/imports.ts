@@ -1,0 +1,278 @@
+/**
+ * The intake API: upload a file (multipart form, raw body, or a URL to fetch), follow its
+ * import, page through imports, stream its rejects, cancel it. The heavy lifting (parts in
+ * Postgres, pg-boss jobs, workers, merge) is src/intake/; this file only turns HTTP into
+ * calls to it. Uploads are streamed end to end: no request body is ever buffered whole.
+ */
+import { Readable } from 'node:stream';
+import multipart from '@fastify/multipart';
+import client from 'prom-client';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { intEnv } from '../../config.ts';
+import { InvalidInputError, NotFoundError, SluiceError } from '../../core/errors.ts';
+import { getImport, listRejects } from '../../db/sql/imports.ts';
+import { acceptUpload, cancelImport, fetchRemote, importStatus, listImports } from '../../intake/index.ts';
+import { formatReject, rejectsCsvHeader, type RejectFormat } from '../../load/reject-format.ts';
+import type { Pool } from '../../db/pool.ts';
+import { requireApiToken } from '../auth.ts';
+import type { AppContext } from '../context.ts';
+import { registry } from '../metrics.ts';
+import { addOpenApi } from '../openapi.ts';
+import { importsOpenApi } from './imports-openapi.ts';
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024 ** 3;
+/** Rejects read from Postgres per round trip while streaming them out. */
+const REJECTS_PAGE = 5000;
+
+type Source = 'multipart' | 'raw' | 'url';
+
+const uploads = new client.Counter({
+  name: 'sluice_http_uploads_total',
+  help: 'Uploads received on POST /imports, by way in (multipart, raw, url) and outcome (accepted or the error code)',
+  labelNames: ['source', 'outcome'] as const,
+  registers: [registry],
+});
+
+export interface ImportsRouteOptions {
+  /** Largest upload in bytes (default SLUICE_MAX_UPLOAD_BYTES or 2 GiB); more is a 413. */
+  maxUploadBytes?: number;
+  /** Rows per part (default: the intake engine's). */
+  partRows?: number;
+}
+
+type Query = Record<string, unknown>;
+
+export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: ImportsRouteOptions = {}): void {
+  const maxBytes = options.maxUploadBytes ?? intEnv('SLUICE_MAX_UPLOAD_BYTES', DEFAULT_MAX_UPLOAD_BYTES);
+  if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) throw new InvalidInputError(`SLUICE_MAX_UPLOAD_BYTES must be a positive integer, got ${maxBytes}`);
+  const acceptOptions = { maxBytes, ...(options.partRows !== undefined ? { partRows: options.partRows } : {}) };
+  addOpenApi(importsOpenApi);
+
+  // An encapsulated scope: the raw-body parser and the token hook below apply to these
+  // routes only, never to the rest of the server.
+  app.register(async (scope) => {
+    // onRequest rather than preHandler: an unauthorised upload is refused before a byte of
+    // its body is read.
+    scope.addHook('onRequest', requireApiToken(ctx));
+    await scope.register(multipart, {
+      // One more byte than allowed, so the engine (which counts) sees the excess and answers
+      // 413 itself instead of busboy silently truncating the file at the limit.
+      limits: { fileSize: maxBytes + 1, files: 1, fields: 10, fieldSize: 4096, fieldNameSize: 100, parts: 20, headerPairs: 50 },
+    });
+    // Every other content type (text/csv, text/plain, application/octet-stream, none) is
+    // the file itself: hand over the request stream untouched, unbuffered and unlimited
+    // by bodyLimit (acceptUpload enforces maxBytes while it reads).
+    scope.removeContentTypeParser('text/plain');
+    scope.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
+
+    scope.post('/imports', async (req: FastifyRequest<{ Querystring: Query }>, reply) => {
+      const source: Source = req.isMultipart() ? 'multipart' : isJson(req) ? 'url' : 'raw';
+      try {
+        const { id } =
+          source === 'multipart' ? await fromMultipart(ctx, req, acceptOptions)
+          : source === 'url' ? await fromUrl(ctx, req.body, acceptOptions)
+          : await fromRawBody(ctx, req, acceptOptions);
+        uploads.inc({ source, outcome: 'accepted' });
+        return reply
+          .status(202)
+          .header('location', `/imports/${id}`)
+          .send({ id, status_url: `/imports/${id}` });
+      } catch (err) {
+        uploads.inc({ source, outcome: err instanceof SluiceError ? err.code : 'error' });
+        throw err;
+      }
+    });
+
+    scope.get('/imports', async (req: FastifyRequest<{ Querystring: Query }>) => {
+      const limit = intParam(req.query, 'limit', { min: 1, max: 100 }) ?? 20;
+      const cursor = stringParam(req.query, 'cursor');
+      try {
+        return await listImports(ctx.pool, { cursor, limit });
+      } catch (err) {
+        // The engine reports a cursor it cannot decode as not found; for the client it is
+        // a bad parameter (400), not a missing resource.
+        if (err instanceof NotFoundError) throw new InvalidInputError(`cursor: ${err.message}`, { cause: err });
+        throw err;
+      }
+    });
+
+    scope.get('/imports/:id', async (req: FastifyRequest<{ Params: { id: string } }>) => {
+      const id = importId(req.params.id);
+      const status = await importStatus(ctx.pool, id);
+      if (!status) throw new NotFoundError(`no import ${id}`);
+      return status;
+    });
+
+    scope.get('/imports/:id/rejects', async (req: FastifyRequest<{ Params: { id: string }; Querystring: Query }>, reply) => {
+      const id = importId(req.params.id);
+      const format = stringParam(req.query, 'format') ?? 'csv';
+      if (format !== 'csv' && format !== 'ndjson') throw new InvalidInputError('format must be csv or ndjson');
+      const limit = intParam(req.query, 'limit', { min: 1, max: Number.MAX_SAFE_INTEGER });
+      if (!(await getImport(ctx.pool, id))) throw new NotFoundError(`no import ${id}`);
+      if (format === 'csv') {
+        reply
+          .header('content-type', 'text/csv; charset=utf-8')
+          .header('content-disposition', `attachment; filename="rejects-${id}.csv"`);
+      } else {
+        reply.header('content-type', 'application/x-ndjson; charset=utf-8');
+      }
+      return reply.send(Readable.from(rejectChunks(ctx.pool, id, format, limit)));
+    });
+
+    scope.post('/imports/:id/cancel', async (req: FastifyRequest<{ Params: { id: string } }>) => {
+      return cancelImport(ctx, importId(req.params.id));
+    });
+  });
+}
+
+interface AcceptOptions {
+  maxBytes: number;
+  partRows?: number;
+}
+
+/**
+ * multipart/form-data: the text field `pipeline`, then the file field `file`. The form is
+ * read in order and the file is streamed as it arrives, so `pipeline` must come first (the
+ * dashboard's form does); `?pipeline=` works too.
+ */
+async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring: Query }>, o: AcceptOptions) {
+  // Parts are taken strictly in arrival order (not from the plugin's `fields`, which may
+  // already hold fields sent after the file when the body arrives in one chunk), so the
+  // rule "pipeline before the file" holds whatever the file's size.
+  const parts = req.parts();
+  let fromForm: string | undefined;
+  for (;;) {
+    const next = await parts.next().catch((err: unknown) => {
+      throw clientError(err, 'malformed multipart body');
+    });
+    if (next.done) throw new InvalidInputError('the form has no file: send the file in a field named "file"');
+    const part = next.value;
+    if (part.type === 'field') {
+      if (part.fieldname === 'pipeline') fromForm = String(part.value);
+      continue;
+    }
+    if (part.fieldname !== 'file') {
+      part.file.resume();
+      throw new InvalidInputError(`the file must be sent in a field named "file", not ${JSON.stringify(part.fieldname)}`);
+    }
+    const pipeline = fromForm || stringParam(req.query, 'pipeline');
+    if (!pipeline) {
+      part.file.resume();
+      throw new InvalidInputError('pipeline is required: a form field "pipeline" before the file, or ?pipeline=');
+    }
+    try {
+      return await acceptUpload(ctx, { pipeline, fileName: recordedName(part.filename), source: 'http' }, part.file, o);
+    } finally {
+      // Unread bytes (a refused upload) are drained so the parser reaches the end of the form.
+      if (!part.file.readableEnded) part.file.resume();
+    }
+  }
+}
+
+/** Any other content type: the body is the file, `?pipeline=` names the pipeline. */
+async function fromRawBody(ctx: AppContext, req: FastifyRequest<{ Querystring: Query }>, o: AcceptOptions) {
+  const pipeline = stringParam(req.query, 'pipeline');
+  if (!pipeline) throw new InvalidInputError('pipeline is required: POST /imports?pipeline=<name> with the file as the body');
+  // No body at all (no content type, no length) leaves req.body undefined: hand the engine an
+  // empty stream so it answers as for any empty file.
+  const body = req.body instanceof Readable ? req.body : Readable.from([]);
+  const fileName = recordedName(stringParam(req.query, 'file_name'));
+  return acceptUpload(ctx, { pipeline, fileName, source: 'http' }, body, o);
+}
+
+/** application/json `{"pipeline": "...", "url": "https://..."}`: the server fetches the file. */
+async function fromUrl(ctx: AppContext, body: unknown, o: AcceptOptions) {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new InvalidInputError('the JSON body must be an object {"pipeline": "...", "url": "..."}');
+  }
+  const { pipeline, url } = body as Record<string, unknown>;
+  if (typeof pipeline !== 'string' || pipeline === '') throw new InvalidInputError('"pipeline" must be a non-empty string');
+  if (typeof url !== 'string' || url === '') throw new InvalidInputError('"url" must be a non-empty string');
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new InvalidInputError(`"url" is not a URL: ${JSON.stringify(url.slice(0, 200))}`);
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new InvalidInputError('"url" must be http or https');
+  const stream = await fetchRemote(url, o.maxBytes);
+  try {
+    return await acceptUpload(ctx, { pipeline, fileName: urlFileName(parsed), source: 'url' }, stream, o);
+  } finally {
+    stream.destroy();
+  }
+}
+
+/** Rejects in line order, a page at a time, formatted; stops after `limit` when given. */
+async function* rejectChunks(pool: Pool, id: string, format: RejectFormat, limit: number | undefined): AsyncGenerator<string> {
+  if (format === 'csv') yield rejectsCsvHeader;
+  let left = limit ?? Number.MAX_SAFE_INTEGER;
+  let after = { line: 0, id: 0 };
+  while (left > 0) {
+    const want = Math.min(REJECTS_PAGE, left);
+    const page = await listRejects(pool, id, after, want);
+    if (page.length === 0) return;
+    yield page.map((r) => formatReject(r, format)).join('');
+    left -= page.length;
+    const last = page[page.length - 1]!;
+    after = { line: last.line, id: last.id };
+    if (page.length < want) return;
+  }
+}
+
+function isJson(req: FastifyRequest): boolean {
+  return /^application\/json\s*(;|$)/i.test(req.headers['content-type'] ?? '');
+}
+
+/** 404 for anything but a UUID, so a malformed id never reaches SQL as a cast error. */
+function importId(raw: string): string {
+  if (!UUID.test(raw)) throw new NotFoundError(`no import ${JSON.stringify(raw.slice(0, 64))}`);
+  return raw.toLowerCase();
+}
+
+function stringParam(query: Query, name: string): string | undefined {
+  const v = query[name];
+  if (v === undefined || v === '') return undefined;
+  if (typeof v !== 'string') throw new InvalidInputError(`${name} must be given once`);
+  return v;
+}
+
+function intParam(query: Query, name: string, range: { min: number; max: number }): number | undefined {
+  const v = stringParam(query, name);
+  if (v === undefined) return undefined;
+  const n = /^\d{1,16}$/.test(v) ? Number(v) : NaN;
+  if (!(n >= range.min && n <= range.max)) {
+    throw new InvalidInputError(range.max === Number.MAX_SAFE_INTEGER ? `${name} must be an integer >= ${range.min}` : `${name} must be an integer from ${range.min} to ${range.max}`);
+  }
+  return n;
+}
+
+/**
+ * The name a file is recorded under: the client's, as text only (it is never used as a
+ * path), without control characters and at most 255 characters.
+ */
+function recordedName(name: string | undefined): string | null {
+  // eslint-disable-next-line no-control-regex
+  const clean = (name ?? '').replace(/[\u0000-\u001f\u007f]/g, '').trim().slice(0, 255);
+  return clean === '' ? null : clean;
+}
+
+/** The last path segment of a URL (never its query, which may carry credentials). */
+function urlFileName(url: URL): string | null {
+  const last = url.pathname.split('/').filter(Boolean).pop();
+  let name = last;
+  try {
+    name = last === undefined ? undefined : decodeURIComponent(last);
+  } catch {
+    // keep the encoded form
+  }
+  return recordedName(name ?? url.hostname);
+}
+
+/** Errors of the multipart parser: its own 4xx errors pass, anything else is a 400. */
+function clientError(err: unknown, what: string): unknown {
+  const status = (err as { statusCode?: unknown }).statusCode;
+  if (typeof status === 'number' && status >= 400 && status < 500) return err;
+  return new InvalidInputError(`${what}: ${(err as Error).message}`, { cause: err });
+}

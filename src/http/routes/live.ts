@@ -1,0 +1,100 @@
+/**
+ * The live page: GET /live (static HTML, src/web/live.html), GET /live/stream (Server-Sent
+ * Events, one snapshot a second, pushed) and GET /live/snapshot (the same snapshot as JSON,
+ * for scripts and tests). Read-only, so open like /healthz.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { intEnv, repoRoot } from '../../config.ts';
+import { LiveHub } from '../../pipelines/visits/live-view.ts';
+import type { AppContext } from '../context.ts';
+import { HttpError } from '../errors.ts';
+
+const PAGE = path.join(repoRoot, 'src', 'web', 'live.html');
+/** Slow viewers are dropped rather than buffered without bound (about 100 snapshots). */
+const MAX_BUFFERED_BYTES = 1 << 20;
+
+export interface LiveRouteOptions {
+  /** Most concurrent /live/stream connections of this process (default SLUICE_LIVE_MAX_STREAMS or 1,000). */
+  maxStreams?: number;
+}
+
+export function liveRoutes(app: FastifyInstance, ctx: AppContext, options: LiveRouteOptions = {}): void {
+  const maxStreams = options.maxStreams ?? intEnv('SLUICE_LIVE_MAX_STREAMS', 1000);
+  const page = loadPage();
+
+  app.register(async (scope) => {
+    const hub = new LiveHub(ctx.pool);
+    // Streams never end by themselves: end them before the server waits for its connections.
+    scope.addHook('preClose', async () => hub.close());
+
+    scope.get('/live', async (_req, reply) => {
+      return reply
+        .header('content-type', 'text/html; charset=utf-8')
+        .header('content-security-policy', page.csp)
+        .header('cache-control', 'no-cache')
+        .send(page.html);
+    });
+
+    scope.get('/live/snapshot', async () => hub.snapshot());
+
+    scope.get('/live/stream', async (req, reply) => {
+      if (hub.size >= maxStreams) throw new HttpError(503, 'unavailable', 'too many live viewers on this instance');
+      reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache, no-transform',
+        connection: 'keep-alive',
+        // Proxies (nginx) must pass events through as they come.
+        'x-accel-buffering': 'no',
+      });
+      res.write('retry: 2000\n\n');
+      const unsubscribe = hub.subscribe({
+        send(data) {
+          if (res.writableLength > MAX_BUFFERED_BYTES) {
+            res.destroy();
+            return;
+          }
+          res.write(`data: ${data}\n\n`);
+        },
+        end() {
+          res.end();
+        },
+      });
+      res.on('close', unsubscribe);
+      req.raw.on('error', unsubscribe);
+    });
+  });
+}
+
+interface Page {
+  html: string;
+  csp: string;
+}
+
+/**
+ * Reads the page once. Its inline script and style are allowed by hash, so the
+ * Content-Security-Policy forbids every other script: page paths and visitor ids come
+ * from the public and must never run (the page also only writes them as text).
+ */
+function loadPage(): Page {
+  const html = fs.readFileSync(PAGE, 'utf8');
+  const hashes = (tag: string) =>
+    [...html.matchAll(new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`, 'g'))]
+      .map((m) => `'sha256-${createHash('sha256').update(m[1]!).digest('base64')}'`)
+      .join(' ');
+  const csp = [
+    "default-src 'none'",
+    `script-src ${hashes('script')}`,
+    `style-src ${hashes('style')}`,
+    "connect-src 'self'",
+    "img-src 'self' data:",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+  ].join('; ');
+  return { html, csp };
+}

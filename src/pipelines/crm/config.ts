@@ -1,0 +1,302 @@
+/**
+ * The CRM sync pipeline's configuration: a YAML file, validated in full so one run reports
+ * every mistake at once, each with its path (`value.multiplier: expected a number`).
+ * Secrets never live in the file: the Pipedrive token comes from PIPEDRIVE_API_TOKEN only.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { env } from '../../config.ts';
+import { InvalidInputError, errorMessage } from '../../core/errors.ts';
+import { parseSchedule, type Schedule } from './schedule.ts';
+
+export const SOURCE_NAMES = ['customers', 'orders', 'payments'] as const;
+export type SourceName = (typeof SOURCE_NAMES)[number];
+
+export type DealStatus = 'open' | 'won' | 'lost';
+const DEAL_STATUSES: readonly string[] = ['open', 'won', 'lost'];
+
+export interface RateLimit {
+  limit: number;
+  windowMs: number;
+}
+
+export interface RetryPolicy {
+  /** Attempts per request, the first included (default 6). */
+  maxAttempts: number;
+  /** First backoff, doubled per attempt, with full jitter (default 250 ms). */
+  baseMs: number;
+  /** Backoff ceiling (default 10 s). */
+  maxMs: number;
+}
+
+export interface PipedriveDestinationConfig {
+  type: 'pipedrive';
+  /** API root including `/v1`; config, else PIPEDRIVE_BASE_URL, else api.pipedrive.com. */
+  baseUrl: string;
+  personKeyField: string;
+  dealKeyField: string;
+  /** Requests in flight at most (default 8). */
+  concurrency: number;
+  /** The account's limit (default 80 per 2 s); lowered at run time if the API says less. */
+  rateLimit: RateLimit;
+  /** Requests allowed per UTC day for this pipeline, all runs together (default none). */
+  dailyRequestBudget: number | undefined;
+  retry: RetryPolicy;
+  timeoutMs: number;
+}
+
+export interface PostgresDestinationConfig {
+  type: 'postgres';
+}
+
+export interface CrmConfig {
+  /** Pipeline name: keys staging, runs and links (default `crm`). */
+  name: string;
+  file: string | undefined;
+  /** http(s) URLs or absolute local paths. */
+  sources: Record<SourceName, string>;
+  schedule: Schedule | undefined;
+  value: { multiplier: number; currency: string; decimals: number };
+  statusMap: Record<string, DealStatus>;
+  defaultStatus: DealStatus;
+  destination: PipedriveDestinationConfig | PostgresDestinationConfig;
+}
+
+/** Jaffle's order statuses: shipped and pending returns are still open business. */
+export const DEFAULT_STATUS_MAP: Record<string, DealStatus> = {
+  placed: 'open',
+  shipped: 'open',
+  completed: 'won',
+  return_pending: 'open',
+  returned: 'lost',
+};
+
+export const DEFAULT_BASE_URL = 'https://api.pipedrive.com/v1';
+
+type Obj = Record<string, unknown>;
+
+/** Collects every problem with its path, then throws them together. */
+class Problems {
+  readonly list: string[] = [];
+  add(where: string, what: string): void {
+    this.list.push(`${where}: ${what}`);
+  }
+}
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function checkKeys(o: Obj, where: string, allowed: string[], p: Problems): void {
+  for (const k of Object.keys(o)) {
+    if (k === 'api_token' || k === 'token') {
+      p.add(`${where}${k}`, 'secrets do not belong in the config file; set PIPEDRIVE_API_TOKEN in the environment');
+    } else if (!allowed.includes(k)) {
+      p.add(`${where}${k}`, `unknown key (allowed: ${allowed.join(', ')})`);
+    }
+  }
+}
+
+function num(o: Obj, key: string, where: string, p: Problems, def: number, min: number, integer = false): number {
+  const v = o[key];
+  if (v === undefined || v === null) return def;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || (integer && !Number.isInteger(v))) {
+    p.add(`${where}${key}`, `expected ${integer ? 'an integer' : 'a number'} >= ${min}, got ${JSON.stringify(v)}`);
+    return def;
+  }
+  return v;
+}
+
+function str(o: Obj, key: string, where: string, p: Problems, def?: string): string | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return def;
+  if (typeof v !== 'string' || v.trim() === '') {
+    p.add(`${where}${key}`, `expected a non-empty string, got ${JSON.stringify(v)}`);
+    return def;
+  }
+  return v.trim();
+}
+
+/** `80/2s` -> 80 requests per 2000 ms. */
+export function parseRateLimit(text: string): RateLimit | undefined {
+  const m = /^\s*(\d+)\s*\/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m)?\s*$/.exec(text);
+  if (!m) return undefined;
+  const limit = Number(m[1]);
+  const amount = m[2] === undefined ? 1 : Number(m[2]);
+  const unit = m[3] ?? 's';
+  const windowMs = amount * (unit === 'ms' ? 1 : unit === 's' ? 1000 : 60_000);
+  if (limit < 1 || windowMs <= 0) return undefined;
+  return { limit, windowMs };
+}
+
+function resolveSource(v: string, baseDir: string): string | undefined {
+  if (/^https?:\/\//i.test(v)) {
+    try {
+      return new URL(v).toString();
+    } catch {
+      return undefined;
+    }
+  }
+  if (/^file:\/\//i.test(v)) return new URL(v).pathname;
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(v)) return undefined;
+  return path.resolve(baseDir, v);
+}
+
+function validDestination(raw: unknown, p: Problems): CrmConfig['destination'] {
+  const where = 'destination.';
+  const d: Obj = isObj(raw) ? raw : {};
+  if (raw !== undefined && !isObj(raw)) p.add('destination', 'expected a mapping');
+  const type = str(d, 'type', where, p, 'pipedrive');
+  if (type === 'postgres') {
+    checkKeys(d, where, ['type'], p);
+    return { type: 'postgres' };
+  }
+  if (type !== 'pipedrive') p.add(`${where}type`, `expected "pipedrive" or "postgres", got ${JSON.stringify(type)}`);
+  checkKeys(
+    d,
+    where,
+    ['type', 'base_url', 'person_key_field', 'deal_key_field', 'concurrency', 'rate_limit', 'daily_request_budget', 'retry', 'timeout_ms'],
+    p,
+  );
+  const baseUrl = str(d, 'base_url', where, p) ?? env('PIPEDRIVE_BASE_URL') ?? DEFAULT_BASE_URL;
+  if (!/^https?:\/\/[^/]+/i.test(baseUrl)) p.add(`${where}base_url`, `expected an http(s) URL, got ${JSON.stringify(baseUrl)}`);
+  let rateLimit: RateLimit = { limit: 80, windowMs: 2000 };
+  if (d.rate_limit !== undefined) {
+    const r = typeof d.rate_limit === 'string' ? parseRateLimit(d.rate_limit) : undefined;
+    if (r) rateLimit = r;
+    else p.add(`${where}rate_limit`, `expected "<requests>/<seconds>s" like "80/2s", got ${JSON.stringify(d.rate_limit)}`);
+  }
+  const retryRaw = d.retry ?? {};
+  if (!isObj(retryRaw)) p.add(`${where}retry`, 'expected a mapping');
+  const r: Obj = isObj(retryRaw) ? retryRaw : {};
+  checkKeys(r, `${where}retry.`, ['max_attempts', 'base_ms', 'max_ms'], p);
+  const budget = d.daily_request_budget;
+  return {
+    type: 'pipedrive',
+    baseUrl: baseUrl.replace(/\/+$/, ''),
+    personKeyField: str(d, 'person_key_field', where, p, 'CustomerID') as string,
+    dealKeyField: str(d, 'deal_key_field', where, p, 'OrderID') as string,
+    concurrency: num(d, 'concurrency', where, p, 8, 1, true),
+    rateLimit,
+    dailyRequestBudget: budget === undefined || budget === null ? undefined : num(d, 'daily_request_budget', where, p, 0, 1, true),
+    retry: {
+      maxAttempts: num(r, 'max_attempts', `${where}retry.`, p, 6, 1, true),
+      baseMs: num(r, 'base_ms', `${where}retry.`, p, 250, 0),
+      maxMs: num(r, 'max_ms', `${where}retry.`, p, 10_000, 0),
+    },
+    timeoutMs: num(d, 'timeout_ms', where, p, 30_000, 1),
+  };
+}
+
+/** Validates a parsed document; `file` names it in errors and anchors relative paths. */
+export function validateCrmConfig(doc: unknown, file?: string): CrmConfig {
+  const p = new Problems();
+  const o: Obj = isObj(doc) ? doc : {};
+  if (!isObj(doc)) p.add('(top)', 'expected a YAML mapping');
+  checkKeys(o, '', ['name', 'sources', 'schedule', 'value', 'status_map', 'default_status', 'destination'], p);
+  const name = str(o, 'name', '', p, 'crm') as string;
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) p.add('name', `expected letters, digits, "_", "-" or "." (1-64), got ${JSON.stringify(name)}`);
+
+  const baseDir = file ? path.dirname(path.resolve(file)) : process.cwd();
+  const sources = {} as Record<SourceName, string>;
+  const s: Obj = isObj(o.sources) ? o.sources : {};
+  if (!isObj(o.sources)) p.add('sources', 'required: a mapping with customers, orders and payments (URLs or paths)');
+  else checkKeys(s, 'sources.', [...SOURCE_NAMES], p);
+  for (const k of SOURCE_NAMES) {
+    const v = s[k];
+    if (!isObj(o.sources)) break;
+    if (typeof v !== 'string' || v.trim() === '') {
+      p.add(`sources.${k}`, 'required: an http(s) URL or a file path');
+      continue;
+    }
+    const resolved = resolveSource(v.trim(), baseDir);
+    if (!resolved) p.add(`sources.${k}`, `expected an http(s) URL or a file path, got ${JSON.stringify(v)}`);
+    else sources[k] = resolved;
+  }
+
+  let schedule: Schedule | undefined;
+  if (o.schedule !== undefined && o.schedule !== null) {
+    const sc: Obj = isObj(o.schedule) ? o.schedule : {};
+    if (!isObj(o.schedule)) p.add('schedule', 'expected a mapping with `cron` or `interval`');
+    checkKeys(sc, 'schedule.', ['cron', 'interval'], p);
+    if ((sc.cron === undefined) === (sc.interval === undefined)) {
+      p.add('schedule', 'set exactly one of `cron` ("0 3 * * *") or `interval` ("24h")');
+    } else {
+      const key = sc.cron !== undefined ? 'cron' : 'interval';
+      try {
+        schedule = parseSchedule(key, String(sc[key]));
+      } catch (err) {
+        p.add(`schedule.${key}`, errorMessage(err));
+      }
+    }
+  }
+
+  const vr: Obj = isObj(o.value) ? o.value : {};
+  if (o.value !== undefined && !isObj(o.value)) p.add('value', 'expected a mapping');
+  checkKeys(vr, 'value.', ['rule', 'multiplier', 'currency', 'decimals'], p);
+  const rule = str(vr, 'rule', 'value.', p, 'total_paid');
+  if (rule !== 'total_paid') p.add('value.rule', `only "total_paid" (sum of the order's payments, in currency units) is known, got ${JSON.stringify(rule)}`);
+  const currency = str(vr, 'currency', 'value.', p, 'USD') as string;
+  if (!/^[A-Z]{3}$/.test(currency)) p.add('value.currency', `expected an ISO 4217 code like "USD", got ${JSON.stringify(currency)}`);
+  const value = {
+    multiplier: num(vr, 'multiplier', 'value.', p, 1, 0),
+    currency,
+    decimals: num(vr, 'decimals', 'value.', p, 2, 0, true),
+  };
+  if (value.decimals > 6) p.add('value.decimals', `expected at most 6, got ${value.decimals}`);
+
+  const statusMap = { ...DEFAULT_STATUS_MAP };
+  if (o.status_map !== undefined) {
+    if (!isObj(o.status_map)) p.add('status_map', 'expected a mapping of order status to open, won or lost');
+    else {
+      for (const [k, v] of Object.entries(o.status_map)) {
+        if (typeof v === 'string' && DEAL_STATUSES.includes(v)) statusMap[k] = v as DealStatus;
+        else p.add(`status_map.${k}`, `expected open, won or lost, got ${JSON.stringify(v)}`);
+      }
+    }
+  }
+  const defaultStatus = str(o, 'default_status', '', p, 'open') as string;
+  if (!DEAL_STATUSES.includes(defaultStatus)) p.add('default_status', `expected open, won or lost, got ${JSON.stringify(defaultStatus)}`);
+
+  const destination = validDestination(o.destination, p);
+  if (p.list.length) {
+    const label = file ? `config ${file}` : 'config';
+    throw new InvalidInputError(`${label} is invalid:\n  ${p.list.join('\n  ')}`);
+  }
+  return { name, file, sources, schedule, value, statusMap, defaultStatus: defaultStatus as DealStatus, destination };
+}
+
+/** Reads and validates a YAML config file. */
+export function loadCrmConfig(file: string): CrmConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new InvalidInputError(`cannot read config ${file}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`, { cause: err });
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw new InvalidInputError(`config ${file} is not valid YAML: ${errorMessage(err)}`, { cause: err });
+  }
+  return validateCrmConfig(doc, file);
+}
+
+/**
+ * A fingerprint of everything that shapes the output: when it changes (a new multiplier,
+ * another account), unchanged sources are processed again.
+ */
+export function configHash(c: CrmConfig): string {
+  const d = c.destination;
+  const shape = {
+    sources: c.sources,
+    value: c.value,
+    statusMap: c.statusMap,
+    defaultStatus: c.defaultStatus,
+    destination: d.type === 'pipedrive' ? [d.type, d.baseUrl, d.personKeyField, d.dealKeyField] : [d.type],
+  };
+  return createHash('sha256').update(JSON.stringify(shape)).digest('hex').slice(0, 16);
+}

@@ -1,0 +1,347 @@
+/**
+ * The Pipedrive destination (API v1). Per run:
+ * 1. find the key fields by name in /personFields and /dealFields (their keys are per-account
+ *    40-hex hashes), creating them if missing;
+ * 2. read every page of persons and deals into a snapshot (temp tables);
+ * 3. plan persons set-based in Postgres, then create the missing and update the differing;
+ * 4. plan deals against the person map (snapshot + persons just created), same way.
+ * Nothing is sent for unchanged records. Every create is journaled (crm_links) as it
+ * happens; a killed run leaves the CRM as the truth for the next snapshot, so it creates
+ * no duplicates. A record the API refuses is stored in crm_failures and the run goes on.
+ */
+import { env } from '../../config.ts';
+import { InvalidInputError } from '../../core/errors.ts';
+import { PipedriveClient, PipedriveError } from '../../clients/pipedrive.ts';
+import type { Client } from '../../db/pool.ts';
+import { desiredParams, insertFailures, insertLinks, type Failure, type Link } from '../../db/sql/crm.ts';
+import {
+  createSnapshotTables,
+  insertRemoteDeals,
+  insertRemotePersons,
+  nextDealWork,
+  nextPersonWork,
+  planDeals,
+  planPersons,
+  recordPlannedDealFailures,
+  type DealWork,
+  type PersonWork,
+} from '../../db/sql/crm-plan.ts';
+import type { PipedriveDestinationConfig } from './config.ts';
+import { zeroCounts, type Destination, type DestinationResult, type DestinationRun } from './types.ts';
+
+type Rec = Record<string, unknown> & { id: number };
+
+interface PdField {
+  id: number;
+  key: string;
+  name: string;
+}
+
+function keyOf(rec: Rec, fieldKey: string): string | null {
+  const v = rec[fieldKey];
+  return v === null || v === undefined || v === '' ? null : String(v);
+}
+
+/** v1 deals carry `person_id` as an object (`{value: id, name, ...}`) or a bare id. */
+function personIdOf(v: unknown): number | null {
+  if (typeof v === 'number') return v;
+  if (v && typeof v === 'object' && typeof (v as { value?: unknown }).value === 'number') return (v as { value: number }).value;
+  return null;
+}
+
+/**
+ * A refusal of this one record (a 4xx, or retries exhausted): stored, and the run goes on.
+ * A rejected token (401/403) would fail every record alike, so it ends the run instead.
+ */
+function permanent(err: unknown): err is PipedriveError {
+  return err instanceof PipedriveError && err.status !== 401 && err.status !== 403;
+}
+
+/**
+ * Writes creates to crm_links as they happen (group commit: one write in flight, the next
+ * takes everything that arrived meanwhile) and failures every 250 ms.
+ */
+class Journal {
+  private links: Link[] = [];
+  private writing = false;
+  private failures: Failure[] = [];
+  private chain: Promise<void> = Promise.resolve();
+  private readonly timer: NodeJS.Timeout;
+  private readonly run: DestinationRun;
+  private readonly db: Client;
+
+  constructor(run: DestinationRun, db: Client, onTick: () => void) {
+    this.run = run;
+    this.db = db;
+    this.timer = setInterval(() => {
+      void this.flush().catch(() => {});
+      onTick();
+    }, 250);
+  }
+
+  /** Journals a create at once; creates that land while a write is in flight join the next. */
+  link(l: Link): void {
+    this.links.push(l);
+    if (this.writing) return;
+    this.writing = true;
+    const write = (): void => {
+      void this.flush()
+        .catch(() => {})
+        .then(() => (this.links.length ? write() : (this.writing = false)));
+    };
+    write();
+  }
+
+  fail(f: Failure): void {
+    this.failures.push(f);
+  }
+
+  /** Writes what is buffered; serialised so batches land in order. */
+  flush(): Promise<void> {
+    const links = this.links.splice(0);
+    const failures = this.failures.splice(0);
+    const { pool, config, runId } = this.run;
+    this.chain = this.chain.then(async () => {
+      await insertLinks(pool, config.name, runId, links);
+      const persons = links.filter((l) => l.kind === 'person');
+      // Persons created in this run join the snapshot: the deal plan maps them.
+      await insertRemotePersons(this.db, persons.map((l) => ({ crmId: l.crmId, key: l.key, name: null })));
+      await insertFailures(pool, runId, failures);
+    });
+    return this.chain;
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
+
+/** Runs `fn` over every planned row with `workers` in parallel; stops all on a fatal error. */
+async function drain<W extends { seq: number }>(
+  fetch: (after: number, limit: number) => Promise<W[]>,
+  workers: number,
+  fn: (w: W) => Promise<void>,
+): Promise<void> {
+  let stopped = false;
+  async function* rows(): AsyncGenerator<W> {
+    let after = 0;
+    for (;;) {
+      const batch = await fetch(after, 1000);
+      if (!batch.length) return;
+      yield* batch;
+      after = (batch[batch.length - 1] as W).seq;
+    }
+  }
+  const it = rows();
+  const results = await Promise.allSettled(
+    Array.from({ length: workers }, async () => {
+      while (!stopped) {
+        const r = await it.next();
+        if (r.done) return;
+        try {
+          await fn(r.value);
+        } catch (err) {
+          stopped = true;
+          throw err;
+        }
+      }
+    }),
+  );
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+}
+
+export class PipedriveDestination implements Destination {
+  readonly type = 'pipedrive';
+
+  async sync(run: DestinationRun): Promise<DestinationResult> {
+    const cfg = run.config.destination as PipedriveDestinationConfig;
+    const token = env('PIPEDRIVE_API_TOKEN');
+    if (!token) throw new InvalidInputError('PIPEDRIVE_API_TOKEN is not set (the Pipedrive token is read from the environment only)');
+    const client = new PipedriveClient({
+      baseUrl: cfg.baseUrl,
+      token,
+      concurrency: cfg.concurrency,
+      rateLimit: cfg.rateLimit,
+      retry: cfg.retry,
+      timeoutMs: cfg.timeoutMs,
+      budget: run.budgetLeft === undefined ? undefined : { remaining: run.budgetLeft },
+      signal: run.signal,
+    });
+    const result: DestinationResult = { persons: zeroCounts(), deals: zeroCounts(), requests: 0, retries_429: 0, details: {} };
+    const snapshot = () => {
+      result.requests = client.stats.requests;
+      result.retries_429 = client.stats.retries429;
+      result.details.retries_5xx = client.stats.retries5xx;
+      result.details.retries_network = client.stats.retriesNetwork;
+      result.details.by_route = client.stats.byRoute;
+      return result;
+    };
+    const db = await run.pool.connect();
+    const journal = new Journal(run, db, () => run.progress(snapshot()));
+    const timings: Record<string, number> = {};
+    result.details.timings_ms = timings;
+    let mark = performance.now();
+    const step = (name: string) => {
+      const now = performance.now();
+      timings[name] = Math.round(now - mark);
+      mark = now;
+    };
+    try {
+      const [personKey, dealKey] = await Promise.all([
+        this.ensureField(client, '/personFields', cfg.personKeyField),
+        this.ensureField(client, '/dealFields', cfg.dealKeyField),
+      ]);
+      result.details.fields = { person: personKey, deal: dealKey };
+      step('fields');
+      await createSnapshotTables(db);
+      await Promise.all([this.readPersons(client, db, personKey), this.readDeals(client, db, dealKey)]);
+      step('read');
+
+      const pPlan = await planPersons(db, run.config.name);
+      result.persons.unchanged = pPlan.unchanged;
+      step('plan_persons');
+      await drain((a, l) => nextPersonWork(db, a, l), cfg.concurrency, (w) => this.person(client, journal, result, personKey, w));
+      await journal.flush();
+      step('persons');
+
+      const v = run.config.value;
+      const dPlan = await planDeals(
+        db,
+        desiredParams({ pipeline: run.config.name, ...v, statusMap: run.config.statusMap, defaultStatus: run.config.defaultStatus }),
+      );
+      result.details.plan = { persons: pPlan, deals: dPlan };
+      result.deals.unchanged = dPlan.unchanged;
+      result.deals.failed += await recordPlannedDealFailures(db, run.runId);
+      step('plan_deals');
+      await drain((a, l) => nextDealWork(db, a, l), cfg.concurrency, (w) => this.deal(client, journal, result, dealKey, w));
+      step('deals');
+      return snapshot();
+    } finally {
+      journal.stop();
+      // MUST flush before releasing: the journal is what a re-run after a crash trusts.
+      await journal.flush().catch(() => {});
+      run.progress(snapshot());
+      await db.query('DROP TABLE IF EXISTS crm_remote_persons, crm_remote_deals, crm_plan_persons, crm_plan_deals').catch(() => {});
+      db.release();
+    }
+  }
+
+  /** The key of the custom field named `name` (exact name first, then case-insensitive). */
+  private async ensureField(client: PipedriveClient, path: string, name: string): Promise<string> {
+    const find = async () => {
+      const all: PdField[] = [];
+      for await (const page of client.pages<PdField>(path)) all.push(...page);
+      return all.find((f) => f.name === name) ?? all.find((f) => f.name.toLowerCase() === name.toLowerCase());
+    };
+    const found = await find();
+    if (found) return found.key;
+    const { data } = await client.call<PdField>('POST', path, {
+      body: { name, field_type: 'varchar' },
+      verify: find,
+    });
+    return data.key;
+  }
+
+  private async readPersons(client: PipedriveClient, db: Client, key: string): Promise<void> {
+    let pending = Promise.resolve();
+    for await (const page of client.pages<Rec>('/persons')) {
+      await pending; // one insert in flight while the next page downloads
+      pending = insertRemotePersons(db, page.map((p) => ({ crmId: p.id, key: keyOf(p, key), name: (p.name as string) ?? null })));
+    }
+    await pending;
+  }
+
+  private async readDeals(client: PipedriveClient, db: Client, key: string): Promise<void> {
+    let pending = Promise.resolve();
+    for await (const page of client.pages<Rec>('/deals', { status: 'all_not_deleted' })) {
+      await pending;
+      pending = insertRemoteDeals(
+        db,
+        page.map((d) => ({
+          crmId: d.id,
+          key: keyOf(d, key),
+          title: (d.title as string) ?? null,
+          value: typeof d.value === 'number' ? d.value : d.value == null ? null : Number(d.value),
+          currency: (d.currency as string) ?? null,
+          personId: personIdOf(d.person_id),
+          status: (d.status as string) ?? null,
+          expectedCloseDate: (d.expected_close_date as string) || null,
+        })),
+      );
+    }
+    await pending;
+  }
+
+  /** Finds a record by its key field after an ambiguous create (exact-match search). */
+  private verifier(client: PipedriveClient, resource: '/persons' | '/deals', fieldKey: string, key: string) {
+    return async (): Promise<Rec | undefined> => {
+      const { data } = await client.call<{ items?: Array<{ item: { id: number } }> }>('GET', `${resource}/search`, {
+        query: { term: key, fields: 'custom_fields', exact_match: 'true' },
+      });
+      for (const { item } of data?.items ?? []) {
+        const { data: rec } = await client.call<Rec>('GET', `${resource}/${item.id}`);
+        if (keyOf(rec, fieldKey) === key) return rec;
+      }
+      return undefined;
+    };
+  }
+
+  private async person(client: PipedriveClient, journal: Journal, result: DestinationResult, fieldKey: string, w: PersonWork): Promise<void> {
+    try {
+      if (w.action === 'create') {
+        const { data } = await client.call<Rec>('POST', '/persons', {
+          body: { name: w.name, [fieldKey]: w.key },
+          verify: this.verifier(client, '/persons', fieldKey, w.key),
+        });
+        journal.link({ kind: 'person', key: w.key, crmId: data.id });
+        result.persons.created++;
+      } else {
+        await client.call('PUT', `/persons/${w.crm_id}`, { body: { name: w.name } });
+        result.persons.updated++;
+      }
+    } catch (err) {
+      if (!permanent(err)) throw err;
+      journal.fail({ kind: 'person', key: w.key, operation: w.action, error: err.message });
+      result.persons.failed++;
+    }
+  }
+
+  private async deal(client: PipedriveClient, journal: Journal, result: DestinationResult, fieldKey: string, w: DealWork): Promise<void> {
+    const want: Record<string, unknown> = {
+      title: w.title,
+      value: Number(w.value),
+      currency: w.currency,
+      person_id: w.person_crm_id,
+      status: w.status,
+      expected_close_date: w.order_date,
+    };
+    try {
+      if (w.action === 'create') {
+        const { data } = await client.call<Rec>('POST', '/deals', {
+          body: { ...want, [fieldKey]: w.key },
+          verify: this.verifier(client, '/deals', fieldKey, w.key),
+        });
+        journal.link({ kind: 'deal', key: w.key, crmId: data.id });
+        result.deals.created++;
+      } else {
+        // Only the fields that differ: a smaller request, and no clobbering of the rest.
+        const have: Record<string, unknown> = {
+          title: w.r_title,
+          value: w.r_value === null ? null : Number(w.r_value),
+          currency: w.r_currency,
+          person_id: w.r_person_id,
+          status: w.r_status,
+          expected_close_date: w.r_date,
+        };
+        const body = Object.fromEntries(Object.entries(want).filter(([k, v]) => have[k] !== v));
+        await client.call('PUT', `/deals/${w.crm_id}`, { body });
+        result.deals.updated++;
+      }
+    } catch (err) {
+      if (!permanent(err)) throw err;
+      journal.fail({ kind: 'deal', key: w.key, operation: w.action, error: err.message });
+      result.deals.failed++;
+    }
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * Sources: the three CSV files, over HTTP or from local paths, streamed straight into
+ * Postgres (COPY) so a million orders never sit in memory. What was fetched is remembered
+ * (ETag, Last-Modified, content hash): an unchanged source is not re-processed unless
+ * forced. HTTP uses conditional requests (RFC 9110 §13: If-None-Match, If-Modified-Since);
+ * a local file's validator is its mtime and size.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { from as copyFrom } from 'pg-copy-streams';
+import { InvalidFileError, SluiceError, errorMessage } from '../../core/errors.ts';
+import type { Pool } from '../../db/pool.ts';
+import {
+  copyLoadTable,
+  createLoadTable,
+  getSourceState,
+  replaceStaged,
+  saveSourceState,
+  type SourceState,
+} from '../../db/sql/crm.ts';
+import { SOURCE_NAMES, type CrmConfig, type SourceName } from './config.ts';
+
+export interface SourceReport {
+  location: string;
+  changed: boolean;
+  /** new | changed | forced: staged again; not_modified | same_content: kept as staged. */
+  reason: 'new' | 'changed' | 'forced' | 'not_modified' | 'same_content';
+  rows: number;
+  rejected: number;
+  bytes: number;
+  samples?: Array<{ line: number; reason: string }>;
+}
+
+interface Opened {
+  stream: Readable;
+  etag: string | null;
+  lastModified: string | null;
+}
+
+function isHttp(location: string): boolean {
+  return /^https?:\/\//i.test(location);
+}
+
+/** Opens the source, or returns undefined when its validators say it is unchanged. */
+async function open(name: SourceName, location: string, prev: SourceState | undefined, conditional: boolean, signal?: AbortSignal): Promise<Opened | undefined> {
+  if (isHttp(location)) {
+    const headers: Record<string, string> = {};
+    if (conditional && prev?.etag) headers['if-none-match'] = prev.etag;
+    if (conditional && prev?.last_modified) headers['if-modified-since'] = prev.last_modified;
+    let res: Response;
+    try {
+      res = await fetch(location, { headers, ...(signal ? { signal } : {}) });
+    } catch (err) {
+      throw new SluiceError('unavailable', `source ${name}: cannot fetch ${location}: ${errorMessage((err as { cause?: unknown }).cause ?? err)}`, { cause: err });
+    }
+    if (res.status === 304) return undefined;
+    if (!res.ok || !res.body) {
+      await res.body?.cancel();
+      throw new SluiceError('unavailable', `source ${name}: HTTP ${res.status} from ${location}`);
+    }
+    return {
+      stream: Readable.fromWeb(res.body as unknown as WebReadableStream<Uint8Array>),
+      etag: res.headers.get('etag'),
+      lastModified: res.headers.get('last-modified'),
+    };
+  }
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(location);
+  } catch (err) {
+    throw new InvalidFileError(`source ${name}: cannot read ${location}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`, { cause: err });
+  }
+  const validator = `${st.mtimeMs}-${st.size}`;
+  if (conditional && prev?.last_modified === validator) return undefined;
+  return { stream: fs.createReadStream(location), etag: null, lastModified: validator };
+}
+
+/**
+ * CRLF and lone CR to LF: COPY wants one newline style per file, and exports mix them
+ * (jaffle's orders file is CRLF, its payments file LF). A CR at a chunk's end is held
+ * until the next chunk says whether an LF follows.
+ */
+export function newlinesToLf(): Transform {
+  let pendingCr = false;
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      const parts: Buffer[] = [];
+      let start = 0;
+      if (pendingCr && chunk[0] === 0x0a) start = 1; // the LF of a CRLF split across chunks
+      pendingCr = false;
+      for (let i = chunk.indexOf(0x0d, start); i >= 0; i = chunk.indexOf(0x0d, start)) {
+        parts.push(chunk.subarray(start, i), LF);
+        if (i + 1 === chunk.length) pendingCr = true;
+        start = chunk[i + 1] === 0x0a ? i + 2 : i + 1;
+      }
+      parts.push(chunk.subarray(start));
+      cb(null, parts.length === 1 ? parts[0] : Buffer.concat(parts));
+    },
+  });
+}
+
+const LF = Buffer.from('\n');
+
+/** Fetches one source and, when it changed (or `force`), replaces its staged rows. */
+export async function refreshSource(
+  pool: Pool,
+  pipelineName: string,
+  name: SourceName,
+  location: string,
+  force: boolean,
+  signal?: AbortSignal,
+): Promise<SourceReport> {
+  const prev = await getSourceState(pool, pipelineName, name);
+  const sameLocation = prev?.location === location;
+  const opened = await open(name, location, prev, !force && sameLocation, signal);
+  if (!opened) {
+    return { location, changed: false, reason: 'not_modified', rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0, bytes: 0 };
+  }
+  const client = await pool.connect();
+  try {
+    await client.query('BEGIN');
+    await client.query(createLoadTable(name));
+    const hash = createHash('sha256');
+    let bytes = 0;
+    const hasher = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        hash.update(chunk);
+        bytes += chunk.length;
+        cb(null, chunk);
+      },
+    });
+    await pipeline(opened.stream, hasher, newlinesToLf(), client.query(copyFrom(copyLoadTable(name))));
+    const sha256 = hash.digest('hex');
+    const state = { location, etag: opened.etag, last_modified: opened.lastModified, sha256, rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0 };
+    if (!force && sameLocation && prev?.sha256 === sha256) {
+      // Same bytes under new validators (a re-upload, a server without ETags): keep the
+      // staged rows, remember the new validators so the next fetch can be a 304.
+      await client.query('ROLLBACK');
+      await saveSourceState(pool, pipelineName, name, state, false);
+      return { location, changed: false, reason: 'same_content', rows: state.rows, rejected: state.rejected, bytes };
+    }
+    const staged = await replaceStaged(client, pipelineName, name);
+    await saveSourceState(client, pipelineName, name, { ...state, rows: staged.rows, rejected: staged.rejected }, true);
+    await client.query('COMMIT');
+    return {
+      location,
+      changed: true,
+      reason: force && prev ? 'forced' : prev ? 'changed' : 'new',
+      rows: staged.rows,
+      rejected: staged.rejected,
+      bytes,
+      ...(staged.samples.length ? { samples: staged.samples } : {}),
+    };
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => {});
+    opened.stream.destroy();
+    const pgErr = err as { code?: string; where?: string };
+    if (typeof pgErr.code === 'string' && /^22/.test(pgErr.code)) {
+      // COPY's own refusals: header mismatch, missing or extra columns, bad quoting.
+      const where = pgErr.where ? ` (${pgErr.where.replace(/^COPY crm_load, /, '')})` : '';
+      throw new InvalidFileError(`source ${name} (${location}): ${errorMessage(err)}${where}`, { cause: err });
+    }
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+/** Refreshes the three sources concurrently. */
+export async function refreshSources(pool: Pool, config: CrmConfig, force: boolean, signal?: AbortSignal): Promise<Record<SourceName, SourceReport>> {
+  const reports = await Promise.all(SOURCE_NAMES.map((n) => refreshSource(pool, config.name, n, config.sources[n], force, signal)));
+  return Object.fromEntries(SOURCE_NAMES.map((n, i) => [n, reports[i]])) as Record<SourceName, SourceReport>;
+}

@@ -1,0 +1,145 @@
+/**
+ * One CRM sync run: lock the pipeline, refresh the sources, decide whether there is work
+ * (a source changed, the config changed, or the last run left failures), hand the desired
+ * state to the destination, and record the run. Used by `sluice sync crm` and the
+ * scheduled service inside `sluice serve`.
+ */
+import { SluiceError, errorMessage } from '../../core/errors.ts';
+import { BudgetExhaustedError } from '../../clients/pipedrive.ts';
+import type { Pool } from '../../db/pool.ts';
+import {
+  failInterruptedRuns,
+  finishRun,
+  insertRun,
+  lastCompletedRun,
+  listFailures,
+  requestsToday,
+  tryLockPipeline,
+  unlockPipeline,
+  updateRunProgress,
+  type Failure,
+} from '../../db/sql/crm.ts';
+import { configHash, type CrmConfig, type SourceName } from './config.ts';
+import { crmRuns } from './metrics.ts';
+import { PipedriveDestination } from './pipedrive-destination.ts';
+import { PostgresDestination } from './postgres-destination.ts';
+import { refreshSources, type SourceReport } from './sources.ts';
+import { zeroCounts, type Destination, type DestinationResult, type SyncSummary } from './types.ts';
+
+export interface RunOptions {
+  trigger: 'cli' | 'schedule' | 'api';
+  /** Process even when no source changed since the last completed run. */
+  force?: boolean | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+export interface RunOutcome {
+  runId: number;
+  status: 'completed' | 'skipped' | 'failed';
+  summary: SyncSummary;
+  sources: Partial<Record<SourceName, SourceReport>>;
+  /** Destination facts: plan sizes, requests per route, retries, step timings. */
+  details: Record<string, unknown>;
+  /** The first failed records (all of them are in crm_failures). */
+  failures: Failure[];
+  error?: string;
+}
+
+/** A failed run: the error, with the run's id and what it had done. */
+export class CrmRunError extends SluiceError {
+  readonly outcome: RunOutcome;
+  constructor(cause: unknown, outcome: RunOutcome) {
+    super(cause instanceof SluiceError ? cause.code : 'internal', errorMessage(cause), { cause });
+    this.outcome = outcome;
+  }
+}
+
+export function destinationFor(config: CrmConfig): Destination {
+  return config.destination.type === 'postgres' ? new PostgresDestination() : new PipedriveDestination();
+}
+
+function summaryOf(r: DestinationResult | undefined, startedAt: number): SyncSummary {
+  return {
+    persons: r?.persons ?? zeroCounts(),
+    deals: r?.deals ?? zeroCounts(),
+    requests: r?.requests ?? 0,
+    retries_429: r?.retries_429 ?? 0,
+    duration_ms: Math.round(performance.now() - startedAt),
+  };
+}
+
+export async function runCrmSync(pool: Pool, config: CrmConfig, options: RunOptions): Promise<RunOutcome> {
+  const startedAt = performance.now();
+  const lock = await pool.connect();
+  try {
+    if (!(await tryLockPipeline(lock, config.name))) {
+      throw new SluiceError('conflict', `a sync of pipeline "${config.name}" is already running`);
+    }
+    try {
+      return await locked(pool, config, options, startedAt);
+    } finally {
+      await unlockPipeline(lock, config.name).catch(() => {});
+    }
+  } finally {
+    lock.release();
+  }
+}
+
+async function locked(pool: Pool, config: CrmConfig, options: RunOptions, startedAt: number): Promise<RunOutcome> {
+  const hash = configHash(config);
+  const force = options.force === true;
+  // We hold the pipeline's lock: a run still marked running belongs to a dead process.
+  await failInterruptedRuns(pool, config.name);
+  const runId = await insertRun(pool, { pipeline: config.name, trigger: options.trigger, destination: config.destination.type, forced: force, configHash: hash });
+  let sources: RunOutcome['sources'] = {};
+  let partial: DestinationResult | undefined;
+  let written = Promise.resolve();
+  let lastWrite = 0;
+  const outcome = (status: RunOutcome['status'], failures: Failure[], error?: string): RunOutcome => ({
+    runId, status, summary: summaryOf(partial, startedAt), sources, details: partial?.details ?? {}, failures, ...(error ? { error } : {}),
+  });
+  try {
+    sources = await refreshSources(pool, config, force, options.signal);
+    const changed = Object.values(sources).some((s) => s.changed);
+    const last = await lastCompletedRun(pool, config.name);
+    if (!force && !changed && last && last.config_hash === hash && last.failed === 0 && !last.staged_since) {
+      const o = outcome('skipped', []);
+      await finishRun(pool, runId, { status: 'skipped', requests: 0, retries429: 0, summary: o.summary, sources, details: {}, error: null });
+      crmRuns.inc({ pipeline: config.name, status: 'skipped' });
+      return o;
+    }
+    let budgetLeft: number | undefined;
+    if (config.destination.type === 'pipedrive' && config.destination.dailyRequestBudget !== undefined) {
+      budgetLeft = config.destination.dailyRequestBudget - (await requestsToday(pool, config.name));
+      if (budgetLeft <= 0) throw new BudgetExhaustedError(`daily request budget of ${config.destination.dailyRequestBudget} is spent; the next run after midnight UTC continues`);
+    }
+    partial = await destinationFor(config).sync({
+      pool,
+      config,
+      runId,
+      signal: options.signal,
+      budgetLeft,
+      progress(r) {
+        partial = r;
+        const now = performance.now();
+        if (now - lastWrite < 1000) return;
+        lastWrite = now;
+        const s = summaryOf(r, startedAt);
+        written = written.then(() => updateRunProgress(pool, runId, s.requests, s.retries_429, s)).catch(() => {});
+      },
+    });
+    await written;
+    const failures = await listFailures(pool, runId, 20);
+    const o = outcome('completed', failures);
+    await finishRun(pool, runId, { status: 'completed', requests: o.summary.requests, retries429: o.summary.retries_429, summary: o.summary, sources, details: o.details, error: null });
+    crmRuns.inc({ pipeline: config.name, status: 'completed' });
+    return o;
+  } catch (err) {
+    await written;
+    const failures = await listFailures(pool, runId, 20).catch(() => []);
+    const o = outcome('failed', failures, errorMessage(err));
+    await finishRun(pool, runId, { status: 'failed', requests: o.summary.requests, retries429: o.summary.retries_429, summary: o.summary, sources, details: o.details, error: o.error ?? null });
+    crmRuns.inc({ pipeline: config.name, status: 'failed' });
+    throw new CrmRunError(err, o);
+  }
+}

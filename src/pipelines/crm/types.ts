@@ -1,0 +1,57 @@
+/**
+ * Terminology of the CRM sync:
+ * - source: one of the three CSV files (customers, orders, payments), staged in Postgres.
+ * - desired state: one person per customer, one deal per order (value = the order's
+ *   payments summed, in currency units, times the multiplier), computed set-based.
+ * - destination: where persons and deals go (Pipedrive, or a Postgres table).
+ * - plan: desired state compared with the destination: create, update, unchanged, fail.
+ * - run: one sync, recorded in crm_runs with its summary; failures in crm_failures.
+ * - link: a CRM record Sluice created, journaled in crm_links as it happens.
+ */
+import type { Pool } from '../../db/pool.ts';
+import type { CrmConfig } from './config.ts';
+
+export interface Counts {
+  created: number;
+  updated: number;
+  unchanged: number;
+  failed: number;
+}
+
+/** The summary the CLI prints with `--json` (and crm_runs.summary holds). */
+export interface SyncSummary {
+  persons: Counts;
+  deals: Counts;
+  requests: number;
+  retries_429: number;
+  duration_ms: number;
+}
+
+export interface DestinationResult {
+  persons: Counts;
+  deals: Counts;
+  requests: number;
+  retries_429: number;
+  /** Destination-specific facts for the run record (plan sizes, requests per route...). */
+  details: Record<string, unknown>;
+}
+
+export interface DestinationRun {
+  pool: Pool;
+  config: CrmConfig;
+  runId: number;
+  signal?: AbortSignal | undefined;
+  /** Requests the daily budget still allows (undefined: no budget). */
+  budgetLeft: number | undefined;
+  /** Called now and then with partial counts, for the run record. */
+  progress(partial: DestinationResult): void;
+}
+
+export interface Destination {
+  readonly type: string;
+  sync(run: DestinationRun): Promise<DestinationResult>;
+}
+
+export function zeroCounts(): Counts {
+  return { created: 0, updated: 0, unchanged: 0, failed: 0 };
+}

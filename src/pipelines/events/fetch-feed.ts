@@ -1,0 +1,90 @@
+/**
+ * Fetching the provider feed as a stream of chunks, with the timeouts a remote service
+ * needs: one until the response headers and between two chunks (a stalled provider), one
+ * for the whole body (a trickling one), and a size limit.
+ */
+import { SluiceError } from '../../core/errors.ts';
+
+export interface FetchFeedOptions {
+  /** Whole request, headers to last byte (default 120 s). */
+  timeoutMs?: number;
+  /** Until the headers, and between two chunks of the body (default 15 s). */
+  idleTimeoutMs?: number;
+  /** Largest body accepted (default 1 GiB). */
+  maxBytes?: number;
+  /** Aborts the fetch (service shutdown). */
+  signal?: AbortSignal;
+}
+
+/** A failed fetch. `retryable` says whether the same request may succeed later. */
+export class ProviderError extends SluiceError {
+  readonly retryable: boolean;
+  constructor(message: string, retryable: boolean, options?: { cause?: unknown }) {
+    super('unavailable', message, options);
+    this.retryable = retryable;
+  }
+}
+
+/** HTTP statuses worth retrying: the provider's trouble, not our request's. */
+function retryableStatus(status: number): boolean {
+  return status >= 500 || status === 408 || status === 429;
+}
+
+/**
+ * The feed's body, chunk by chunk. Throws ProviderError on a bad status, a timeout, a
+ * network failure or an oversized body; the request is aborted when the caller stops
+ * iterating.
+ */
+export async function* fetchFeed(url: string, options: FetchFeedOptions = {}): AsyncGenerator<Uint8Array> {
+  const timeoutMs = options.timeoutMs ?? 120_000;
+  const idleMs = options.idleTimeoutMs ?? 15_000;
+  const maxBytes = options.maxBytes ?? 1 << 30;
+  const ctrl = new AbortController();
+  let reason = '';
+  const abort = (why: string) => {
+    reason ||= why;
+    ctrl.abort();
+  };
+  const total = setTimeout(() => abort(`no complete response within ${timeoutMs} ms`), timeoutMs);
+  let idle = setTimeout(() => abort(`no response headers within ${idleMs} ms`), idleMs);
+  const onOuterAbort = () => abort('sync stopped');
+  options.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  if (options.signal?.aborted) onOuterAbort();
+  try {
+    let res: Response;
+    try {
+      res = await fetch(url, { signal: ctrl.signal, headers: { accept: 'application/xml, text/xml' }, redirect: 'follow' });
+    } catch (err) {
+      throw new ProviderError(`provider unreachable: ${reason || causeMessage(err)}`, true, { cause: err });
+    }
+    if (res.status !== 200) {
+      await res.body?.cancel().catch(() => {});
+      throw new ProviderError(`provider answered HTTP ${res.status}`, retryableStatus(res.status));
+    }
+    if (!res.body) return;
+    let bytes = 0;
+    try {
+      for await (const chunk of res.body) {
+        clearTimeout(idle);
+        idle = setTimeout(() => abort(`the body stalled for ${idleMs} ms`), idleMs);
+        bytes += chunk.byteLength;
+        if (bytes > maxBytes) throw new ProviderError(`the feed exceeds ${maxBytes} bytes`, false);
+        yield chunk;
+      }
+    } catch (err) {
+      if (err instanceof SluiceError) throw err;
+      throw new ProviderError(`reading the feed failed: ${reason || causeMessage(err)}`, true, { cause: err });
+    }
+  } finally {
+    clearTimeout(total);
+    clearTimeout(idle);
+    options.signal?.removeEventListener('abort', onOuterAbort);
+    // Stops the download when the consumer gave up early (a parse error, a failed merge).
+    ctrl.abort();
+  }
+}
+
+function causeMessage(err: unknown): string {
+  const e = err as { message?: string; cause?: { message?: string; code?: string } };
+  return e.cause?.code ?? e.cause?.message ?? e.message ?? String(err);
+}

@@ -1,0 +1,108 @@
+/**
+ * The scheduled provider sync inside `sluice serve`, enabled by SLUICE_PROVIDER_URL.
+ * Every SLUICE_PROVIDER_INTERVAL_S seconds (default 60) each serve process tries to claim
+ * the feed's next slot in the database; one process per interval wins and syncs, so N
+ * processes do not fetch N times. A circuit breaker (per process) rests a failing provider.
+ */
+import { EventEmitter } from 'node:events';
+import type { FastifyInstance } from 'fastify';
+import { env, intEnv, redactUrl } from '../../config.ts';
+import type { Pool } from '../../db/pool.ts';
+import { claimSyncSlot } from '../../db/sql/events.ts';
+import type { Service } from '../../http/services.ts';
+import { CircuitBreaker, type CircuitBreakerOptions } from './circuit-breaker.ts';
+import { providerBreakerOpen, providerSyncs } from './metrics.ts';
+import { syncEvents, type SyncOptions, type SyncResult } from './sync.ts';
+
+export interface SchedulerOptions extends Omit<SyncOptions, 'trigger' | 'signal'> {
+  intervalS: number;
+  breaker?: CircuitBreakerOptions;
+}
+
+/** Emits `sync` (SyncResult) after each sync and `skip` (reason) for a skipped tick. */
+export class SyncScheduler extends EventEmitter<{ sync: [SyncResult]; skip: [string] }> {
+  readonly breaker: CircuitBreaker;
+  private readonly pool: Pool;
+  private readonly options: SchedulerOptions;
+  private readonly stopper = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+  private current: Promise<void> | undefined;
+
+  constructor(pool: Pool, options: SchedulerOptions) {
+    super();
+    this.pool = pool;
+    this.options = options;
+    this.breaker = new CircuitBreaker(options.breaker);
+  }
+
+  /** Ticks now, then every interval. */
+  start(): void {
+    const tick = () => {
+      this.current = this.tick().finally(() => {
+        this.current = undefined;
+        if (!this.stopper.signal.aborted) this.timer = setTimeout(tick, this.options.intervalS * 1000);
+      });
+    };
+    tick();
+  }
+
+  /** Stops the timer and aborts a running sync (recorded as failed), then waits for it. */
+  async stop(): Promise<void> {
+    this.stopper.abort();
+    clearTimeout(this.timer);
+    await this.current;
+  }
+
+  private async tick(): Promise<void> {
+    try {
+      if (!this.breaker.allow()) {
+        providerSyncs.inc({ status: 'skipped' });
+        this.emit('skip', 'circuit open');
+        return;
+      }
+      // Claim slightly less than the interval so this process's own next tick can claim again.
+      if (!(await claimSyncSlot(this.pool, this.options.intervalS * 0.9))) {
+        this.emit('skip', 'another process holds this interval');
+        return;
+      }
+      const result = await syncEvents(this.pool, { ...this.options, trigger: 'schedule', signal: this.stopper.signal });
+      if (result.status === 'completed') this.breaker.success();
+      else this.breaker.failure();
+      providerBreakerOpen.set(this.breaker.state === 'closed' ? 0 : 1);
+      this.emit('sync', result);
+    } catch (err) {
+      // The database itself is unreachable: nothing to record; the next tick tries again.
+      this.emit('skip', `sync not run: ${(err as Error).message}`);
+    }
+  }
+}
+
+/** Reads the scheduler's configuration; undefined when SLUICE_PROVIDER_URL is not set. */
+export function schedulerOptionsFromEnv(): SchedulerOptions | undefined {
+  const url = env('SLUICE_PROVIDER_URL');
+  if (!url) return undefined;
+  return {
+    url,
+    intervalS: intEnv('SLUICE_PROVIDER_INTERVAL_S', 60),
+    timeoutMs: intEnv('SLUICE_PROVIDER_TIMEOUT_S', 120) * 1000,
+    idleTimeoutMs: intEnv('SLUICE_PROVIDER_IDLE_TIMEOUT_S', 15) * 1000,
+    retries: intEnv('SLUICE_PROVIDER_RETRIES', 2),
+  };
+}
+
+export const providerSyncService: Service = {
+  name: 'provider-sync',
+  async start(ctx, app: FastifyInstance) {
+    const options = schedulerOptionsFromEnv();
+    if (!options) return undefined;
+    const scheduler = new SyncScheduler(ctx.pool, options);
+    scheduler.on('sync', (r) => {
+      if (r.status === 'failed') app.log.warn({ sync: r.syncId, error: r.error }, 'provider sync failed');
+      else app.log.info({ sync: r.syncId, seen: r.eventsSeen, changed: r.eventsChanged, rejected: r.eventsRejected }, 'provider sync');
+    });
+    scheduler.on('skip', (reason) => app.log.debug({ reason }, 'provider sync skipped'));
+    app.log.info({ url: redactUrl(options.url), intervalS: options.intervalS }, 'provider sync scheduled');
+    scheduler.start();
+    return { stop: () => scheduler.stop() };
+  },
+};

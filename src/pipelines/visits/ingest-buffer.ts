@@ -1,0 +1,151 @@
+/**
+ * The group-commit buffer: requests add their visits and wait; one flush at a time commits
+ * everything buffered in a single transaction and then releases every waiting request.
+ * Throughput therefore grows with load (the batch is whatever arrived during the previous
+ * flush) while each request is acknowledged only once its visits are durable.
+ *
+ * Scheduling: a flush starts `flushIntervalMs` after the oldest waiting visit arrived, or
+ * at once when `maxBatch` visits wait, as long as fewer than `concurrency` flushes of this
+ * process are running. Flushes take no row locks from each other (see
+ * src/db/sql/visits.ts), so a second one can COPY while the first waits for its fsync.
+ */
+import { SluiceError } from '../../core/errors.ts';
+import { intEnv } from '../../config.ts';
+import type { Pool } from '../../db/pool.ts';
+import { VisitFlusher } from './flush.ts';
+import { countCommitted, pendingVisits, visitsRejected } from './metrics.ts';
+import type { Visit } from './visit.ts';
+
+export interface IngestOptions {
+  /** Longest wait of a visit before its flush starts (default SLUICE_VISITS_FLUSH_MS or 50 ms). */
+  flushIntervalMs?: number;
+  /** Most visits in one flush; reaching it flushes at once (default 20,000). */
+  maxBatch?: number;
+  /** Most visits waiting before new requests get 503 (default SLUICE_VISITS_MAX_PENDING or 200,000). */
+  maxPending?: number;
+  /** Flushes running at once (default SLUICE_VISITS_FLUSHES or 2). */
+  concurrency?: number;
+  /** Called after each committed flush (the visitor applier listens). */
+  onFlushed?: () => void;
+}
+
+interface Entry {
+  visits: readonly Visit[];
+  at: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+export class IngestBuffer {
+  private readonly flusher: VisitFlusher;
+  private readonly interval: number;
+  private readonly maxBatch: number;
+  private readonly maxPending: number;
+  private readonly concurrency: number;
+  private readonly onFlushed: () => void;
+  private queue: Entry[] = [];
+  private queued = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly flushing = new Set<Promise<void>>();
+  private closed = false;
+
+  constructor(pool: Pool, options: IngestOptions = {}) {
+    this.flusher = new VisitFlusher(pool);
+    this.interval = options.flushIntervalMs ?? intEnv('SLUICE_VISITS_FLUSH_MS', 50);
+    this.maxBatch = options.maxBatch ?? 20_000;
+    this.maxPending = options.maxPending ?? intEnv('SLUICE_VISITS_MAX_PENDING', 200_000);
+    this.concurrency = Math.max(1, options.concurrency ?? intEnv('SLUICE_VISITS_FLUSHES', 2));
+    this.onFlushed = options.onFlushed ?? (() => {});
+  }
+
+  /** Visits waiting for a flush. */
+  get pending(): number {
+    return this.queued;
+  }
+
+  /** Resolves once `visits` are committed; rejects (503) when they cannot be taken or stored. */
+  add(visits: readonly Visit[]): Promise<void> {
+    if (this.closed) {
+      visitsRejected.inc({ reason: 'closing' }, visits.length);
+      return Promise.reject(new SluiceError('unavailable', 'the server is shutting down; retry on another instance'));
+    }
+    if (this.queued + visits.length > this.maxPending) {
+      visitsRejected.inc({ reason: 'overloaded' }, visits.length);
+      return Promise.reject(new SluiceError('unavailable', 'too many visits waiting to be stored; retry shortly'));
+    }
+    const done = new Promise<void>((resolve, reject) => {
+      this.queue.push({ visits, at: Date.now(), resolve, reject });
+    });
+    this.queued += visits.length;
+    pendingVisits.inc(visits.length);
+    this.schedule();
+    return done;
+  }
+
+  /** Stops taking visits and flushes every waiting one (call on shutdown). */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    while (this.flushing.size > 0 || this.queued > 0) {
+      this.schedule();
+      if (this.flushing.size === 0) break;
+      await Promise.race(this.flushing);
+    }
+  }
+
+  private schedule(): void {
+    if (this.queued === 0 || this.flushing.size >= this.concurrency) return;
+    if (this.queued >= this.maxBatch || this.closed) {
+      this.start();
+      return;
+    }
+    if (this.timer) return;
+    const wait = Math.max(0, this.queue[0]!.at + this.interval - Date.now());
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.start();
+    }, wait);
+  }
+
+  /** Starts one flush of the oldest waiting requests, whole requests only. */
+  private start(): void {
+    if (this.queued === 0 || this.flushing.size >= this.concurrency) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    // Whole requests: a request is acknowledged by exactly one transaction.
+    let take = 0;
+    let count = 0;
+    while (take < this.queue.length && (take === 0 || count + this.queue[take]!.visits.length <= this.maxBatch)) {
+      count += this.queue[take]!.visits.length;
+      take++;
+    }
+    const entries = this.queue.splice(0, take);
+    this.queued -= count;
+    const batch: Visit[] = entries.length === 1 ? (entries[0]!.visits as Visit[]) : entries.flatMap((e) => e.visits);
+    const flush: Promise<void> = this.flushEntries(entries, batch).finally(() => {
+      this.flushing.delete(flush);
+      pendingVisits.dec(count);
+      this.schedule();
+    });
+    this.flushing.add(flush);
+    // More than a batch waiting: start the next flush too, if allowed.
+    this.schedule();
+  }
+
+  private async flushEntries(entries: Entry[], batch: Visit[]): Promise<void> {
+    try {
+      await this.flusher.flush(batch, (committedAt) => {
+        countCommitted(batch.length, committedAt);
+        for (const e of entries) e.resolve();
+      });
+      this.onFlushed();
+    } catch (err) {
+      visitsRejected.inc({ reason: 'failed' }, batch.length);
+      const failure = new SluiceError('unavailable', 'the visits could not be stored (database unavailable); nothing was acknowledged, retry', {
+        cause: err,
+      });
+      for (const e of entries) e.reject(failure);
+    }
+  }
+}

@@ -1,0 +1,257 @@
+/**
+ * The imports API in-process (app.inject) against real Postgres and the real job queue,
+ * without workers (so accepted imports stay queued): the three ways in, every way an
+ * upload is refused (400, 413), lookups (404), pagination, rejects streaming, cancel, and
+ * the OpenAPI document describing what the routes answer.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { after, before, test } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { buildServer } from '../../src/http/server.ts';
+import { checkSchema } from '../events/openapi-check.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
+import { leadsCsv, multipart, startIntake, type Intake } from './http-helpers.ts';
+
+let db: TestDb;
+let intake: Intake;
+let app: FastifyInstance;
+before(async () => {
+  db = await testDb();
+  intake = await startIntake(db);
+  app = await buildServer(intake.ctx);
+});
+after(async () => {
+  await app.close();
+  await intake.stop();
+  await db.close();
+});
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+function assertError(res: { statusCode: number; json(): unknown }, status: number, code: string, message?: RegExp) {
+  assert.equal(res.statusCode, status, JSON.stringify(res.json()));
+  const body = res.json() as { error: { code: string; message: string } };
+  assert.deepEqual(Object.keys(body), ['error']);
+  assert.equal(body.error.code, code);
+  assert.equal(typeof body.error.message, 'string');
+  if (message) assert.match(body.error.message, message);
+}
+
+async function importCount(): Promise<number> {
+  const { rows } = await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM imports');
+  return rows[0]!.n;
+}
+
+test('multipart upload: 202 with the status URL; the import is queued with its parts', async () => {
+  const form = multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'first.csv', content: leadsCsv(30, 2) }]);
+  const res = await app.inject({ method: 'POST', url: '/imports', ...form });
+  assert.equal(res.statusCode, 202, res.body);
+  const body = res.json();
+  assert.match(body.id, UUID);
+  assert.deepEqual(body, { id: body.id, status_url: `/imports/${body.id}` });
+  assert.equal(res.headers.location, `/imports/${body.id}`);
+
+  const status = await app.inject({ method: 'GET', url: body.status_url });
+  assert.equal(status.statusCode, 200);
+  const s = status.json();
+  assert.equal(s.id, body.id);
+  assert.equal(s.pipeline, 'leads');
+  assert.equal(s.file_name, 'first.csv');
+  assert.equal(s.status, 'queued');
+  assert.equal(s.parts.total, 1);
+  assert.equal(s.part_list.length, 1);
+});
+
+test('raw bodies: text/csv, text/plain and application/octet-stream with ?pipeline=', async () => {
+  for (const type of ['text/csv', 'text/plain; charset=utf-8', 'application/octet-stream']) {
+    const res = await app.inject({
+      method: 'POST', url: '/imports?pipeline=leads&file_name=raw.csv', headers: { 'content-type': type }, payload: leadsCsv(5, 0, 'raw'),
+    });
+    assert.equal(res.statusCode, 202, `${type}: ${res.body}`);
+    const s = (await app.inject({ method: 'GET', url: `/imports/${res.json().id}` })).json();
+    assert.equal(s.file_name, 'raw.csv');
+    assert.equal(s.status, 'queued');
+  }
+});
+
+test('multipart: ?pipeline= works when the form has no pipeline field', async () => {
+  const form = multipart([{ name: 'file', filename: 'q.csv', content: leadsCsv(3) }]);
+  const res = await app.inject({ method: 'POST', url: '/imports?pipeline=leads', ...form });
+  assert.equal(res.statusCode, 202, res.body);
+});
+
+test('file names are recorded as text only: no directories, no control characters', async () => {
+  const form = multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: '../../etc/pass\twd.csv', content: leadsCsv(2) }]);
+  const res = await app.inject({ method: 'POST', url: '/imports', ...form });
+  assert.equal(res.statusCode, 202, res.body);
+  const s = (await app.inject({ method: 'GET', url: `/imports/${res.json().id}` })).json();
+  assert.equal(s.file_name, 'passwd.csv');
+});
+
+test('bad uploads are refused with 400 and leave no import behind', async () => {
+  const before = await importCount();
+  const raw = (url: string, payload: string | Buffer, type = 'text/csv') =>
+    app.inject({ method: 'POST', url, headers: { 'content-type': type }, payload });
+
+  assertError(await raw('/imports?pipeline=leads', ''), 400, 'invalid_file');
+  assertError(await app.inject({ method: 'POST', url: '/imports?pipeline=leads' }), 400, 'invalid_file');
+  assertError(await raw('/imports?pipeline=nope', leadsCsv(3)), 400, 'invalid_input', /unknown pipeline/);
+  assertError(await raw('/imports', leadsCsv(3)), 400, 'invalid_input', /pipeline is required/);
+  assertError(await raw('/imports?pipeline=leads&pipeline=leads', leadsCsv(3)), 400, 'invalid_input', /once/);
+  // Garbage: random bytes (NULs and all) are not a text file.
+  assertError(await raw('/imports?pipeline=leads', randomBytes(64 * 1024), 'application/octet-stream'), 400, 'invalid_file');
+  // A header and no rows; a file without the key column.
+  assertError(await raw('/imports?pipeline=leads', 'Email,Name\n'), 400, 'invalid_file');
+  assertError(await raw('/imports?pipeline=leads', 'Name,City\nAna,Recife\n'), 400, 'invalid_file', /email/);
+
+  const form = (parts: Parameters<typeof multipart>[0]) => app.inject({ method: 'POST', url: '/imports', ...multipart(parts) });
+  assertError(await form([{ name: 'pipeline', value: 'leads' }]), 400, 'invalid_input', /no file/);
+  assertError(await form([{ name: 'file', filename: 'a.csv', content: leadsCsv(2) }, { name: 'pipeline', value: 'leads' }]), 400, 'invalid_input', /before the file/);
+  assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'upload', filename: 'a.csv', content: leadsCsv(2) }]), 400, 'invalid_input', /named "file"/);
+  assertError(await form([{ name: 'pipeline', value: 'shoes' }, { name: 'file', filename: 'a.csv', content: leadsCsv(2) }]), 400, 'invalid_input', /unknown pipeline/);
+  assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'a.bin', content: randomBytes(4096) }]), 400, 'invalid_file');
+  const broken = await app.inject({
+    method: 'POST', url: '/imports', headers: { 'content-type': 'multipart/form-data; boundary=xyz' }, payload: 'this is not multipart',
+  });
+  assert.equal(broken.statusCode, 400, broken.body);
+
+  const json = (payload: unknown) => app.inject({ method: 'POST', url: '/imports', payload: payload as object, headers: { 'content-type': 'application/json' } });
+  assertError(await json({ pipeline: 'leads' }), 400, 'invalid_input', /url/);
+  assertError(await json({ pipeline: 'leads', url: 'ftp://127.0.0.1/x.csv' }), 400, 'invalid_input', /http/);
+  assertError(await json({ pipeline: 'leads', url: 'not a url' }), 400, 'invalid_input');
+  assertError(await json([1, 2]), 400, 'invalid_input');
+  assertError(await app.inject({ method: 'POST', url: '/imports', headers: { 'content-type': 'application/json' }, payload: '{nope' }), 400, 'invalid_input');
+
+  assert.equal(await importCount(), before, 'refused uploads leave no import rows');
+});
+
+test('uploads above SLUICE_MAX_UPLOAD_BYTES get 413 too_large (raw and multipart)', async () => {
+  process.env.SLUICE_MAX_UPLOAD_BYTES = '2000';
+  const small = await buildServer(intake.ctx);
+  delete process.env.SLUICE_MAX_UPLOAD_BYTES;
+  try {
+    const before = await importCount();
+    const big = leadsCsv(200);
+    assert.ok(big.length > 2000);
+    const raw = await small.inject({ method: 'POST', url: '/imports?pipeline=leads', headers: { 'content-type': 'text/csv' }, payload: big });
+    assertError(raw, 413, 'too_large');
+    const form = await small.inject({
+      method: 'POST', url: '/imports', ...multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'big.csv', content: big }]),
+    });
+    assertError(form, 413, 'too_large');
+    // Under the limit still passes.
+    const ok = await small.inject({ method: 'POST', url: '/imports?pipeline=leads', headers: { 'content-type': 'text/csv' }, payload: leadsCsv(5, 0, 'small') });
+    assert.equal(ok.statusCode, 202, ok.body);
+    assert.equal(await importCount(), before + 1);
+  } finally {
+    await small.close();
+  }
+});
+
+test('GET /imports/:id: 404 for an unknown id and for anything not a UUID', async () => {
+  assertError(await app.inject({ method: 'GET', url: `/imports/${randomUUID()}` }), 404, 'not_found');
+  assertError(await app.inject({ method: 'GET', url: '/imports/123' }), 404, 'not_found');
+  assertError(await app.inject({ method: 'GET', url: "/imports/'%3B%20drop%20table%20imports" }), 404, 'not_found');
+  assertError(await app.inject({ method: 'GET', url: `/imports/${randomUUID()}/rejects` }), 404, 'not_found');
+  assertError(await app.inject({ method: 'POST', url: `/imports/${randomUUID()}/cancel` }), 404, 'not_found');
+  assertError(await app.inject({ method: 'POST', url: '/imports/nope/cancel' }), 404, 'not_found');
+});
+
+test('GET /imports pages newest first with an opaque cursor; limit is 1..100, default 20', async () => {
+  await db.pool.query(
+    `INSERT INTO imports (pipeline, file_name, status, created_at)
+     SELECT 'leads', 'page-' || g, 'completed', now() - g * interval '1 minute' FROM generate_series(1, 45) g`,
+  );
+  const { rows } = await db.pool.query<{ id: string }>('SELECT id FROM imports ORDER BY created_at DESC, id DESC');
+  const first = await app.inject({ method: 'GET', url: '/imports' });
+  assert.equal(first.statusCode, 200);
+  assert.equal(first.json().imports.length, 20);
+
+  const seen: string[] = [];
+  let cursor: string | null = null;
+  let pages = 0;
+  do {
+    const url: string = `/imports?limit=7${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
+    const res = await app.inject({ method: 'GET', url });
+    assert.equal(res.statusCode, 200, res.body);
+    const page = res.json() as { imports: Array<{ id: string }>; next_cursor: string | null };
+    assert.ok(page.imports.length <= 7);
+    seen.push(...page.imports.map((i) => i.id));
+    cursor = page.next_cursor;
+    pages++;
+  } while (cursor && pages < 100);
+  assert.deepEqual(seen, rows.map((r) => r.id), 'every import once, newest first');
+
+  for (const bad of ['0', '101', '-1', 'ten', '1.5']) {
+    assertError(await app.inject({ method: 'GET', url: `/imports?limit=${bad}` }), 400, 'invalid_input', /limit/);
+  }
+  assert.equal((await app.inject({ method: 'GET', url: '/imports?limit=100' })).json().imports.length, 100 > rows.length ? rows.length : 100);
+  assertError(await app.inject({ method: 'GET', url: '/imports?cursor=garbage' }), 400, 'invalid_input', /cursor/);
+});
+
+test('GET /imports/:id/rejects streams every reject in line order as CSV or NDJSON', async () => {
+  const { rows } = await db.pool.query<{ id: string }>(`INSERT INTO imports (pipeline, status) VALUES ('leads', 'completed') RETURNING id`);
+  const id = rows[0]!.id;
+  // 12,001 rejects: more than two pages of the route's 5,000-row reads; inserted out of order.
+  await db.pool.query(
+    `INSERT INTO import_rejects (import_id, line, field, reason, raw)
+     SELECT $1, g, CASE WHEN g % 2 = 0 THEN 'state' END, 'email: not an email: "x' || g || '"', 'x' || g || ',"a, b"'
+       FROM generate_series(12002, 2, -1) g`,
+    [id],
+  );
+  const csv = await app.inject({ method: 'GET', url: `/imports/${id}/rejects` });
+  assert.equal(csv.statusCode, 200);
+  assert.match(csv.headers['content-type'] as string, /^text\/csv/);
+  assert.equal(csv.headers['content-disposition'], `attachment; filename="rejects-${id}.csv"`);
+  const lines = csv.body.split('\r\n');
+  assert.equal(lines[0], 'line,field,reason,raw');
+  assert.equal(lines.length, 1 + 12_001 + 1, 'header, rows, trailing empty');
+  assert.equal(lines[1], '2,state,"email: not an email: ""x2""","x2,""a, b"""');
+  assert.equal(lines[2], '3,,"email: not an email: ""x3""","x3,""a, b"""');
+  assert.equal(lines[12_001]!.split(',')[0], '12002');
+
+  const nd = await app.inject({ method: 'GET', url: `/imports/${id}/rejects?format=ndjson&limit=100` });
+  assert.equal(nd.statusCode, 200);
+  assert.match(nd.headers['content-type'] as string, /^application\/x-ndjson/);
+  assert.equal(nd.headers['content-disposition'], undefined);
+  const objs = nd.body.trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(objs.length, 100);
+  assert.deepEqual(objs[0], { line: 2, field: 'state', reason: 'email: not an email: "x2"', raw: 'x2,"a, b"' });
+  assert.equal(objs[99].line, 101);
+
+  const all = await app.inject({ method: 'GET', url: `/imports/${id}/rejects?format=ndjson` });
+  assert.equal(all.body.trim().split('\n').length, 12_001);
+  assertError(await app.inject({ method: 'GET', url: `/imports/${id}/rejects?format=xml` }), 400, 'invalid_input', /format/);
+  assertError(await app.inject({ method: 'GET', url: `/imports/${id}/rejects?limit=0` }), 400, 'invalid_input', /limit/);
+});
+
+test('POST /imports/:id/cancel cancels a queued import; again is a no-op', async () => {
+  const form = multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'cancel-me.csv', content: leadsCsv(10) }]);
+  const { id } = (await app.inject({ method: 'POST', url: '/imports', ...form })).json();
+  const res = await app.inject({ method: 'POST', url: `/imports/${id}/cancel` });
+  assert.equal(res.statusCode, 200, res.body);
+  assert.equal(res.json().id, id);
+  assert.equal(res.json().status, 'cancelled');
+  const again = await app.inject({ method: 'POST', url: `/imports/${id}/cancel` });
+  assert.equal(again.statusCode, 200);
+  assert.equal(again.json().status, 'cancelled');
+});
+
+test('the OpenAPI document describes the routes, and their answers conform to it', async () => {
+  const doc = (await app.inject({ method: 'GET', url: '/docs/openapi.json' })).json();
+  for (const p of ['/imports', '/imports/{id}', '/imports/{id}/rejects', '/imports/{id}/cancel']) assert.ok(doc.paths[p], p);
+  assert.ok(doc.paths['/imports'].post && doc.paths['/imports'].get);
+  const list = (await app.inject({ method: 'GET', url: '/imports?limit=5' })).json();
+  assert.deepEqual(checkSchema(doc, { $ref: '#/components/schemas/ImportList' }, list), []);
+  const one = (await app.inject({ method: 'GET', url: `/imports/${list.imports[0].id}` })).json();
+  assert.deepEqual(checkSchema(doc, { $ref: '#/components/schemas/ImportStatus' }, one), []);
+  const err = (await app.inject({ method: 'GET', url: `/imports/${randomUUID()}` })).json();
+  assert.deepEqual(checkSchema(doc, { $ref: '#/components/schemas/ApiError' }, err), []);
+});
+
+test('upload counters reach /metrics', async () => {
+  const res = await app.inject({ method: 'GET', url: '/metrics' });
+  assert.match(res.body, /sluice_http_uploads_total\{source="multipart",outcome="accepted"\} \d+/);
+  assert.match(res.body, /sluice_http_uploads_total\{source="raw",outcome="invalid_file"\} \d+/);
+});
