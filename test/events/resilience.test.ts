@@ -21,7 +21,7 @@ before(async () => {
   db = await testDb();
   app = await buildServer({ pool: db.pool });
   base = await app.listen({ port: 0, host: '127.0.0.1' });
-  sim = await startProviderSimulator({ responses: [RESPONSE_1], slowMs: 5000 });
+  sim = await startProviderSimulator({ responses: [RESPONSE_1], slowMs: 30_000 }); // slower than the idle timeout below
 });
 after(async () => {
   await app.close();

@@ -9,9 +9,12 @@ import { DESIRED_DEALS, DESIRED_PERSONS } from './crm.ts';
 
 type Q = Pick<pg.ClientBase, 'query'>;
 
+/** A run's session tables (dropped at its end, and before it starts, to be sure). */
+export const RUN_TABLES = 'crm_remote_persons, crm_remote_deals, crm_want_persons, crm_want_deals, crm_plan_persons, crm_plan_deals';
+
 /** Temp tables live as long as the run's dedicated connection; recreated per run. */
 export async function createSnapshotTables(q: Q): Promise<void> {
-  await q.query(`DROP TABLE IF EXISTS crm_remote_persons, crm_remote_deals, crm_plan_persons, crm_plan_deals`);
+  await q.query(`DROP TABLE IF EXISTS ${RUN_TABLES}`);
   await q.query(`CREATE TEMP TABLE crm_remote_persons (crm_id bigint NOT NULL, key text, name text)`);
   await q.query(`CREATE TEMP TABLE crm_remote_deals (crm_id bigint NOT NULL, key text, title text, value numeric,
     currency text, person_id bigint, status text, expected_close_date date)`);
@@ -71,8 +74,18 @@ async function counts(q: Q, table: 'crm_plan_persons' | 'crm_plan_deals', remote
   return c;
 }
 
+/**
+ * The desired persons and deals, materialised once the sources are staged (while the CRM
+ * is still being read): the plan then joins two small-per-row temp tables.
+ */
+export async function createDesiredTables(q: Q, params: unknown[]): Promise<void> {
+  await q.query(`CREATE TEMP TABLE crm_want_persons AS ${DESIRED_PERSONS}`, [params[0]]);
+  await q.query(`CREATE TEMP TABLE crm_want_deals AS ${DESIRED_DEALS}`, params);
+  await q.query('ANALYZE crm_want_persons, crm_want_deals');
+}
+
 /** Plans persons: create what the CRM lacks, update a differing name, leave the rest. */
-export async function planPersons(q: Q, pipeline: string): Promise<PlanCounts> {
+export async function planPersons(q: Q): Promise<PlanCounts> {
   // Autovacuum never analyzes temp tables: without statistics the planner may join a
   // million-row snapshot by nested loop.
   await q.query('ANALYZE crm_remote_persons, crm_remote_deals');
@@ -82,13 +95,11 @@ export async function planPersons(q: Q, pipeline: string): Promise<PlanCounts> {
             CASE WHEN r.crm_id IS NULL THEN 'create'
                  WHEN r.name IS DISTINCT FROM w.name THEN 'update'
                  ELSE 'unchanged' END AS action
-       FROM (${DESIRED_PERSONS}) w
+       FROM crm_want_persons w
        LEFT JOIN (SELECT DISTINCT ON (key) crm_id, key, name FROM crm_remote_persons
                    WHERE key IS NOT NULL ORDER BY key, crm_id) r USING (key)`,
-    [pipeline],
   );
   await q.query('CREATE INDEX ON crm_plan_persons (seq)');
-  await q.query('ANALYZE crm_plan_persons');
   return counts(q, 'crm_plan_persons', 'crm_remote_persons');
 }
 
@@ -96,7 +107,7 @@ export async function planPersons(q: Q, pipeline: string): Promise<PlanCounts> {
  * Plans deals against the person map (the snapshot plus the persons created in this run).
  * `fail`: the order's customer is not in the source, or its person could not be created.
  */
-export async function planDeals(q: Q, params: unknown[]): Promise<PlanCounts> {
+export async function planDeals(q: Q): Promise<PlanCounts> {
   await q.query('ANALYZE crm_remote_persons'); // now with the persons created in this run
   await q.query(
     `CREATE TEMP TABLE crm_plan_deals AS
@@ -109,15 +120,13 @@ export async function planDeals(q: Q, params: unknown[]): Promise<PlanCounts> {
                  WHEN (r.title, r.value, r.currency, r.person_id, r.status, r.expected_close_date)
                       IS NOT DISTINCT FROM (w.title, w.value, w.currency, pm.crm_id, w.status, w.order_date) THEN 'unchanged'
                  ELSE 'update' END AS action
-       FROM (${DESIRED_DEALS}) w
+       FROM crm_want_deals w
        LEFT JOIN (SELECT DISTINCT ON (key) key, crm_id FROM crm_remote_persons
                    WHERE key IS NOT NULL ORDER BY key, crm_id) pm ON pm.key = w.person_key
        LEFT JOIN (SELECT DISTINCT ON (key) * FROM crm_remote_deals
                    WHERE key IS NOT NULL ORDER BY key, crm_id) r ON r.key = w.key`,
-    params,
   );
   await q.query('CREATE INDEX ON crm_plan_deals (seq)');
-  await q.query('ANALYZE crm_plan_deals');
   return counts(q, 'crm_plan_deals', 'crm_remote_deals');
 }
 

@@ -291,3 +291,12 @@ export async function tryLockPipeline(q: Q, pipeline: string): Promise<boolean> 
 export async function unlockPipeline(q: Q, pipeline: string): Promise<void> {
   await q.query(`SELECT pg_advisory_unlock(7301030, hashtext($1))`, [pipeline]);
 }
+
+/** How big the CRM was at the end of the pipeline's last run that said (list paging hint). */
+export async function lastCrmSize(q: Q, pipeline: string): Promise<{ persons: number; deals: number } | undefined> {
+  const { rows } = await q.query<{ size: { persons: number; deals: number } }>(
+    `SELECT details -> 'crm_size' AS size FROM crm_runs WHERE pipeline = $1 AND details ? 'crm_size' ORDER BY id DESC LIMIT 1`,
+    [pipeline],
+  );
+  return rows[0]?.size;
+}

@@ -13,8 +13,10 @@ import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { PipedriveClient, PipedriveError } from '../../clients/pipedrive.ts';
 import type { Client } from '../../db/pool.ts';
-import { desiredParams, insertFailures, insertLinks, type Failure, type Link } from '../../db/sql/crm.ts';
+import { desiredParams, insertFailures, insertLinks, lastCrmSize, type Failure, type Link } from '../../db/sql/crm.ts';
 import {
+  RUN_TABLES,
+  createDesiredTables,
   createSnapshotTables,
   insertRemoteDeals,
   insertRemotePersons,
@@ -169,7 +171,7 @@ export class PipedriveDestination implements Destination {
       signal: run.signal,
     });
     const result: DestinationResult = { persons: zeroCounts(), deals: zeroCounts(), requests: 0, retries_429: 0, details: {} };
-    const snapshot = () => {
+    const snapshotOf = () => {
       result.requests = client.stats.requests;
       result.retries_429 = client.stats.retries429;
       result.details.retries_5xx = client.stats.retries5xx;
@@ -178,10 +180,11 @@ export class PipedriveDestination implements Destination {
       return result;
     };
     const db = await run.pool.connect();
-    const journal = new Journal(run, db, () => run.progress(snapshot()));
+    const journal = new Journal(run, db, () => run.progress(snapshotOf()));
     const timings: Record<string, number> = {};
     result.details.timings_ms = timings;
     let mark = performance.now();
+    let desired: Promise<void> = Promise.resolve();
     const step = (name: string) => {
       const now = performance.now();
       timings[name] = Math.round(now - mark);
@@ -195,34 +198,44 @@ export class PipedriveDestination implements Destination {
       result.details.fields = { person: personKey, deal: dealKey };
       step('fields');
       await createSnapshotTables(db);
-      await Promise.all([this.readPersons(client, db, personKey), this.readDeals(client, db, dealKey)]);
+      // Read the CRM while the sources are staged and the desired state is computed: all on
+      // one connection, page inserts queue behind the desired-state queries without
+      // holding the reads up.
+      const v = run.config.value;
+      const params = desiredParams({ pipeline: run.config.name, ...v, statusMap: run.config.statusMap, defaultStatus: run.config.defaultStatus });
+      desired = run.staged.then(() => createDesiredTables(db, params));
+      desired.catch(() => {});
+      const size = (await lastCrmSize(db, run.config.name)) ?? { persons: 0, deals: 0 };
+      const snapshot = { persons: 0, deals: 0 };
+      await this.read(client, db, personKey, dealKey, size, snapshot);
+      result.details.snapshot = snapshot;
       step('read');
+      await desired;
+      step('staged');
 
-      const pPlan = await planPersons(db, run.config.name);
+      const pPlan = await planPersons(db);
       result.persons.unchanged = pPlan.unchanged;
       step('plan_persons');
       await drain((a, l) => nextPersonWork(db, a, l), cfg.concurrency, (w) => this.person(client, journal, result, personKey, w));
       await journal.flush();
       step('persons');
 
-      const v = run.config.value;
-      const dPlan = await planDeals(
-        db,
-        desiredParams({ pipeline: run.config.name, ...v, statusMap: run.config.statusMap, defaultStatus: run.config.defaultStatus }),
-      );
+      const dPlan = await planDeals(db);
       result.details.plan = { persons: pPlan, deals: dPlan };
       result.deals.unchanged = dPlan.unchanged;
       result.deals.failed += await recordPlannedDealFailures(db, run.runId);
       step('plan_deals');
       await drain((a, l) => nextDealWork(db, a, l), cfg.concurrency, (w) => this.deal(client, journal, result, dealKey, w));
       step('deals');
-      return snapshot();
+      result.details.crm_size = { persons: snapshot.persons + result.persons.created, deals: snapshot.deals + result.deals.created };
+      return snapshotOf();
     } finally {
       journal.stop();
+      await desired.catch(() => {}); // queued on `db`: it MUST finish before `db` is released
       // MUST flush before releasing: the journal is what a re-run after a crash trusts.
       await journal.flush().catch(() => {});
-      run.progress(snapshot());
-      await db.query('DROP TABLE IF EXISTS crm_remote_persons, crm_remote_deals, crm_plan_persons, crm_plan_deals').catch(() => {});
+      run.progress(snapshotOf());
+      await db.query(`DROP TABLE IF EXISTS ${RUN_TABLES}`).catch(() => {});
       db.release();
     }
   }
@@ -243,34 +256,45 @@ export class PipedriveDestination implements Destination {
     return data.key;
   }
 
-  private async readPersons(client: PipedriveClient, db: Client, key: string): Promise<void> {
-    let pending = Promise.resolve();
-    for await (const page of client.pages<Rec>('/persons')) {
-      await pending; // one insert in flight while the next page downloads
-      pending = insertRemotePersons(db, page.map((p) => ({ crmId: p.id, key: keyOf(p, key), name: (p.name as string) ?? null })));
-    }
-    await pending;
-  }
-
-  private async readDeals(client: PipedriveClient, db: Client, key: string): Promise<void> {
-    let pending = Promise.resolve();
-    for await (const page of client.pages<Rec>('/deals', { status: 'all_not_deleted' })) {
-      await pending;
-      pending = insertRemoteDeals(
-        db,
-        page.map((d) => ({
-          crmId: d.id,
-          key: keyOf(d, key),
-          title: (d.title as string) ?? null,
-          value: typeof d.value === 'number' ? d.value : d.value == null ? null : Number(d.value),
-          currency: (d.currency as string) ?? null,
-          personId: personIdOf(d.person_id),
-          status: (d.status as string) ?? null,
-          expectedCloseDate: (d.expected_close_date as string) || null,
-        })),
+  /** Every page of persons and deals into the snapshot tables; counts what it saw. */
+  private async read(
+    client: PipedriveClient,
+    db: Client,
+    personKey: string,
+    dealKey: string,
+    expected: { persons: number; deals: number },
+    seen: { persons: number; deals: number },
+  ): Promise<void> {
+    const inserts: Array<Promise<void>> = [];
+    const queue = (p: Promise<void>) => {
+      p.catch(() => {}); // observed below, with the others
+      inserts.push(p);
+    };
+    const persons = client.forEachPage<Rec>('/persons', {}, expected.persons, (page) => {
+      seen.persons += page.length;
+      queue(insertRemotePersons(db, page.map((p) => ({ crmId: p.id, key: keyOf(p, personKey), name: (p.name as string) ?? null }))));
+    });
+    const deals = client.forEachPage<Rec>('/deals', { status: 'all_not_deleted' }, expected.deals, (page) => {
+      seen.deals += page.length;
+      queue(
+        insertRemoteDeals(
+          db,
+          page.map((d) => ({
+            crmId: d.id,
+            key: keyOf(d, dealKey),
+            title: (d.title as string) ?? null,
+            value: typeof d.value === 'number' ? d.value : d.value == null ? null : Number(d.value),
+            currency: (d.currency as string) ?? null,
+            personId: personIdOf(d.person_id),
+            status: (d.status as string) ?? null,
+            expectedCloseDate: (d.expected_close_date as string) || null,
+          })),
+        ),
       );
-    }
-    await pending;
+    });
+    const reads = await Promise.allSettled([persons, deals]);
+    await Promise.all(inserts);
+    for (const r of reads) if (r.status === 'rejected') throw r.reason;
   }
 
   /** Finds a record by its key field after an ambiguous create (exact-match search). */

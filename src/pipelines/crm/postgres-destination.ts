@@ -12,6 +12,7 @@ export class PostgresDestination implements Destination {
 
   async sync(run: DestinationRun): Promise<DestinationResult> {
     const { config } = run;
+    await run.staged;
     const params = desiredParams({ pipeline: config.name, ...config.value, statusMap: config.statusMap, defaultStatus: config.defaultStatus });
     const client = await run.pool.connect();
     try {

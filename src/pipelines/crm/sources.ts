@@ -104,21 +104,38 @@ export function newlinesToLf(): Transform {
 
 const LF = Buffer.from('\n');
 
-/** Fetches one source and, when it changed (or `force`), replaces its staged rows. */
-export async function refreshSource(
+/** A source after its conditional request: `opened` is undefined when it is unchanged. */
+export interface Probe {
+  pipeline: string;
+  name: SourceName;
+  location: string;
+  force: boolean;
+  prev: SourceState | undefined;
+  opened: Opened | undefined;
+}
+
+/** Asks whether a source changed (304, same mtime) and opens its body when it may have. */
+export async function probeSource(
   pool: Pool,
   pipelineName: string,
   name: SourceName,
   location: string,
   force: boolean,
   signal?: AbortSignal,
-): Promise<SourceReport> {
+): Promise<Probe> {
   const prev = await getSourceState(pool, pipelineName, name);
-  const sameLocation = prev?.location === location;
-  const opened = await open(name, location, prev, !force && sameLocation, signal);
+  const conditional = !force && prev?.location === location;
+  const opened = await open(name, location, prev, conditional, signal);
+  return { pipeline: pipelineName, name, location, force, prev, opened };
+}
+
+/** Streams an opened source into staging, unless its bytes are the ones already staged. */
+export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport> {
+  const { pipeline: pipelineName, name, location, force, prev, opened } = probe;
   if (!opened) {
     return { location, changed: false, reason: 'not_modified', rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0, bytes: 0 };
   }
+  const sameLocation = prev?.location === location;
   const client = await pool.connect();
   try {
     await client.query('BEGIN');
@@ -169,8 +186,33 @@ export async function refreshSource(
   }
 }
 
-/** Refreshes the three sources concurrently. */
-export async function refreshSources(pool: Pool, config: CrmConfig, force: boolean, signal?: AbortSignal): Promise<Record<SourceName, SourceReport>> {
-  const reports = await Promise.all(SOURCE_NAMES.map((n) => refreshSource(pool, config.name, n, config.sources[n], force, signal)));
-  return Object.fromEntries(SOURCE_NAMES.map((n, i) => [n, reports[i]])) as Record<SourceName, SourceReport>;
+/** Fetches one source and, when it changed (or `force`), replaces its staged rows. */
+export async function refreshSource(
+  pool: Pool,
+  pipelineName: string,
+  name: SourceName,
+  location: string,
+  force: boolean,
+  signal?: AbortSignal,
+): Promise<SourceReport> {
+  return loadSource(pool, await probeSource(pool, pipelineName, name, location, force, signal));
+}
+
+/** Probes the three sources concurrently; a failure closes the bodies already opened. */
+export async function probeSources(pool: Pool, config: CrmConfig, force: boolean, signal?: AbortSignal): Promise<Probe[]> {
+  const settled = await Promise.allSettled(SOURCE_NAMES.map((n) => probeSource(pool, config.name, n, config.sources[n], force, signal)));
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed) {
+    for (const r of settled) if (r.status === 'fulfilled') r.value.opened?.stream.destroy();
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  return settled.map((r) => (r as PromiseFulfilledResult<Probe>).value);
+}
+
+/** Loads the probed sources concurrently. */
+export async function loadSources(pool: Pool, probes: Probe[]): Promise<Partial<Record<SourceName, SourceReport>>> {
+  const settled = await Promise.allSettled(probes.map((p) => loadSource(pool, p)));
+  const failed = settled.find((r) => r.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return Object.fromEntries(probes.map((p, i) => [p.name, (settled[i] as PromiseFulfilledResult<SourceReport>).value]));
 }

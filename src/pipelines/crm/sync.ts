@@ -23,7 +23,7 @@ import { configHash, type CrmConfig, type SourceName } from './config.ts';
 import { crmRuns } from './metrics.ts';
 import { PipedriveDestination } from './pipedrive-destination.ts';
 import { PostgresDestination } from './postgres-destination.ts';
-import { refreshSources, type SourceReport } from './sources.ts';
+import { loadSources, probeSources, type SourceReport } from './sources.ts';
 import { zeroCounts, type Destination, type DestinationResult, type SyncSummary } from './types.ts';
 
 export interface RunOptions {
@@ -98,11 +98,13 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
   const outcome = (status: RunOutcome['status'], failures: Failure[], error?: string): RunOutcome => ({
     runId, status, summary: summaryOf(partial, startedAt), sources, details: partial?.details ?? {}, failures, ...(error ? { error } : {}),
   });
+  let staged: Promise<void> = Promise.resolve();
   try {
-    sources = await refreshSources(pool, config, force, options.signal);
-    const changed = Object.values(sources).some((s) => s.changed);
+    const probes = await probeSources(pool, config, force, options.signal);
     const last = await lastCompletedRun(pool, config.name);
-    if (!force && !changed && last && last.config_hash === hash && last.failed === 0 && !last.staged_since) {
+    const mustRun = force || !last || last.config_hash !== hash || last.failed > 0 || last.staged_since;
+    if (!mustRun && probes.every((p) => !p.opened)) {
+      sources = await loadSources(pool, probes); // all "not_modified": nothing to read
       const o = outcome('skipped', []);
       await finishRun(pool, runId, { status: 'skipped', requests: 0, retries429: 0, summary: o.summary, sources, details: {}, error: null });
       crmRuns.inc({ pipeline: config.name, status: 'skipped' });
@@ -111,14 +113,24 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
     let budgetLeft: number | undefined;
     if (config.destination.type === 'pipedrive' && config.destination.dailyRequestBudget !== undefined) {
       budgetLeft = config.destination.dailyRequestBudget - (await requestsToday(pool, config.name));
-      if (budgetLeft <= 0) throw new BudgetExhaustedError(`daily request budget of ${config.destination.dailyRequestBudget} is spent; the next run after midnight UTC continues`);
+      if (budgetLeft <= 0) {
+        for (const p of probes) p.opened?.stream.destroy();
+        throw new BudgetExhaustedError(`daily request budget of ${config.destination.dailyRequestBudget} is spent; the next run after midnight UTC continues`);
+      }
     }
+    // The changed sources stream into staging while the destination reads the CRM (the
+    // rate limit, not Postgres, sets the pace); it plans once they are staged.
+    staged = loadSources(pool, probes).then((r) => {
+      sources = r;
+    });
+    staged.catch(() => {}); // awaited by the destination, and below
     partial = await destinationFor(config).sync({
       pool,
       config,
       runId,
       signal: options.signal,
       budgetLeft,
+      staged,
       progress(r) {
         partial = r;
         const now = performance.now();
@@ -128,6 +140,7 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
         written = written.then(() => updateRunProgress(pool, runId, s.requests, s.retries_429, s)).catch(() => {});
       },
     });
+    await staged;
     await written;
     const failures = await listFailures(pool, runId, 20);
     const o = outcome('completed', failures);
@@ -135,6 +148,7 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
     crmRuns.inc({ pipeline: config.name, status: 'completed' });
     return o;
   } catch (err) {
+    await staged.catch(() => {});
     await written;
     const failures = await listFailures(pool, runId, 20).catch(() => []);
     const o = outcome('failed', failures, errorMessage(err));

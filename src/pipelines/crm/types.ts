@@ -41,6 +41,8 @@ export interface DestinationRun {
   config: CrmConfig;
   runId: number;
   signal?: AbortSignal | undefined;
+  /** Resolves when the sources are staged: read the CRM meanwhile, plan after. */
+  staged: Promise<unknown>;
   /** Requests the daily budget still allows (undefined: no budget). */
   budgetLeft: number | undefined;
   /** Called now and then with partial counts, for the run record. */
