@@ -57,6 +57,9 @@ export async function acceptUpload(
     const client = await pool.connect();
     try {
       await client.query('BEGIN');
+      // No fsync per part: the upload is acknowledged (202) only after the final,
+      // synchronous commit below, which makes every earlier part durable with it.
+      await client.query('SET LOCAL synchronous_commit = off');
       await insertPart(client, id, part);
       await boss.send(PART_QUEUE, { importId: id, n: part.n }, inTransaction(client));
       await client.query('COMMIT');

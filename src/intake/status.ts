@@ -1,5 +1,5 @@
 /** The status of an import as the HTTP API and the dashboard show it. */
-import { NotFoundError } from '../core/errors.ts';
+import { InvalidInputError } from '../core/errors.ts';
 import type { Pool } from '../db/pool.ts';
 import { rejectsByReason } from '../db/sql/imports.ts';
 
@@ -95,7 +95,7 @@ export async function listImports(pool: Pool, page: { cursor?: string | undefine
   let after: [string, string] | undefined;
   if (page.cursor) {
     const [ts, id] = Buffer.from(page.cursor, 'base64url').toString('utf8').split('|');
-    if (!ts || !id || !UUID.test(id) || Number.isNaN(Date.parse(ts))) throw new NotFoundError('invalid cursor');
+    if (!ts || !id || !UUID.test(id) || Number.isNaN(Date.parse(ts))) throw new InvalidInputError('invalid cursor');
     after = [ts, id];
   }
   const { rows } = await pool.query<Row>(

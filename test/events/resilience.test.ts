@@ -82,10 +82,11 @@ test('provider down, timing out, slow or sending garbage: /search answers 200 qu
       await waiting;
       sim.setMode('ok');
       assert.ok(answers.every((a) => a.status === 200 && a.events === 3), `${mode}: every answer 200 with the 3 events`);
-      // A sanity bound only: this machine is shared, so wall-clock times carry its load.
+      // A sanity bound only (a /search waiting on the provider would take the 10 s idle
+      // timeout): this machine is shared, so wall-clock times carry its load.
       const times = answers.map((a) => a.ms).sort((a, b) => a - b);
       const median = times[Math.floor(times.length / 2)]!;
-      assert.ok(median < 500, `${mode}: median /search took ${median.toFixed(1)} ms`);
+      assert.ok(median < 2000, `${mode}: median /search took ${median.toFixed(1)} ms`);
     }
   } finally {
     await scheduler.stop();

@@ -87,14 +87,8 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
     scope.get('/imports', async (req: FastifyRequest<{ Querystring: Query }>) => {
       const limit = intParam(req.query, 'limit', { min: 1, max: 100 }) ?? 20;
       const cursor = stringParam(req.query, 'cursor');
-      try {
-        return await listImports(ctx.pool, { cursor, limit });
-      } catch (err) {
-        // The engine reports a cursor it cannot decode as not found; for the client it is
-        // a bad parameter (400), not a missing resource.
-        if (err instanceof NotFoundError) throw new InvalidInputError(`cursor: ${err.message}`, { cause: err });
-        throw err;
-      }
+      // A cursor that cannot be decoded is an InvalidInputError (400) from the engine.
+      return listImports(ctx.pool, { cursor, limit });
     });
 
     scope.get('/imports/:id', async (req: FastifyRequest<{ Params: { id: string } }>) => {
