@@ -101,7 +101,8 @@ async function step(target: string, url: string, rate: number, batch: number, po
   steps.push(s);
   log(
     `  ${target.padEnd(14)} ${String(rate).padStart(7)}/s  achieved ${String(result.achievedRps * batch).padStart(7)}/s  ` +
-      `p50 ${result.latency.p50} p99 ${result.latency.p99} ms  errors ${result.failed}  conns ${result.maxConnections}  ${pass ? 'ok' : 'FAIL'}`,
+      `p50 ${result.latency.p50} p99 ${result.latency.p99} ms  errors ${result.failed}  conns ${result.maxConnections}  ` +
+      `generator busy ${Math.round(result.generatorBusy * 100)}%  ${pass ? 'ok' : 'FAIL'}`,
   );
   // Let the server settle (GC, autovacuum, connection teardown) before the next step.
   await delay(1500);

@@ -83,6 +83,11 @@ export interface OpenLoopResult {
   maxConnections: number;
   /** Up to 5 distinct error bodies or messages, for the report. */
   sampleErrors: string[];
+  /**
+   * Share of the run this process's event loop was busy (0..1). Near 1, the generator
+   * itself was the bottleneck and the latencies measure it, not the server.
+   */
+  generatorBusy: number;
 }
 
 interface Job {
@@ -306,6 +311,7 @@ export async function runOpenLoop(opts: OpenLoopOptions): Promise<OpenLoopResult
   while (connecting > 0) await new Promise<void>((r) => (wake = r));
   start = performance.now();
   scheduleEnd = start + opts.durationMs;
+  const elu = performance.eventLoopUtilization();
 
   if (total === 0) stopScheduling();
   else tick();
@@ -329,6 +335,7 @@ export async function runOpenLoop(opts: OpenLoopOptions): Promise<OpenLoopResult
     latency: latency.summary(),
     maxConnections: peakConns,
     sampleErrors: [...sampleErrors],
+    generatorBusy: Math.round(performance.eventLoopUtilization(elu).utilization * 100) / 100,
   };
 }
 

@@ -121,8 +121,16 @@ export function crmState(sim: PipedriveSimulator, personField = 'CustomerID', de
   return { persons, deals, pKey, dKey };
 }
 
+const tmpDirs: string[] = [];
+process.once('exit', () => {
+  for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A scratch directory, removed when the test process exits. */
 export function tmpDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-crm-'));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-crm-'));
+  tmpDirs.push(d);
+  return d;
 }
 
 /** Writes a config file; `over` is merged over a jaffle-over-HTTP Pipedrive config. */

@@ -1,11 +1,11 @@
 /** The Pipedrive simulator speaks API v1: envelope, pagination, errors, fields, limits. */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { PipedriveSimulator } from '../../src/dev/pipedrive-simulator.ts';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import path from 'node:path';
+import { after, before, test } from 'node:test';
 import { repoRoot } from '../../src/config.ts';
+import { PipedriveSimulator } from '../../src/dev/pipedrive-simulator.ts';
 
 let sim: PipedriveSimulator;
 let api: string;

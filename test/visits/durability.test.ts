@@ -6,31 +6,31 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { runOpenLoop } from '../../src/loadgen/open-loop.ts';
-import { startServe, type ServeProcess } from '../../src/loadgen/serve-process.ts';
+import { startServe } from '../../src/loadgen/serve-process.ts';
 import { applyAllVisitorBatches } from '../../src/pipelines/visits/visitor-applier.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
 let db: TestDb;
-let server: ServeProcess | undefined;
 before(async () => {
   db = await testDb();
 });
 after(async () => {
-  await server?.kill();
   await db.close();
 });
 
 test('kill -9 during load loses no acknowledged visit', async (t) => {
-  server = await startServe({ env: { DATABASE_URL: db.url } });
+  const server = await startServe({ env: { DATABASE_URL: db.url } });
+  t.after(() => server.kill());
   const acknowledged: number[] = [];
   let failed = 0;
   let killed: Promise<void> | undefined;
   const stop = new AbortController();
+  // A modest rate: the point is having requests in flight at the kill, on a shared machine.
   const result = await runOpenLoop({
     url: server.url,
-    rate: 1500,
-    durationMs: 30_000,
-    timeoutMs: 5_000,
+    rate: 500,
+    durationMs: 60_000,
+    timeoutMs: 10_000,
     signal: stop.signal,
     request: (seq) => ({
       path: '/visits',
@@ -41,8 +41,8 @@ test('kill -9 during load loses no acknowledged visit', async (t) => {
       if (o.status === 202) acknowledged.push(o.seq);
       else failed++;
       // Kill in the middle of the stream, with requests buffered and a flush in flight.
-      if (!killed && acknowledged.length >= 2000) {
-        killed = server!.kill();
+      if (!killed && acknowledged.length >= 1000) {
+        killed = server.kill();
         void killed.then(() => setImmediate(() => stop.abort()));
       }
     },
@@ -73,8 +73,9 @@ test('kill -9 during load loses no acknowledged visit', async (t) => {
   t.diagnostic(`${acknowledged.length} acknowledged, ${failed} failed at the kill, ${s.visits - acknowledged.length} stored but never acknowledged`);
 });
 
-test('a restarted server takes visits again on the same tables', async () => {
-  server = await startServe({ env: { DATABASE_URL: db.url } });
+test('a restarted server takes visits again on the same tables', async (t) => {
+  const server = await startServe({ env: { DATABASE_URL: db.url } });
+  t.after(() => server.stop());
   const res = await fetch(`${server.url}/visits`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -83,6 +84,4 @@ test('a restarted server takes visits again on the same tables', async () => {
   assert.equal(res.status, 202);
   const { rows } = await db.pool.query("SELECT 1 FROM visits WHERE visitor_id = 'k9-restart'");
   assert.equal(rows.length, 1);
-  await server.stop();
-  server = undefined;
 });

@@ -139,7 +139,10 @@ async function loadtestVisits(o: RunOptions): Promise<number> {
     const l = result.latency;
     say(`achieved ${result.achievedRps * o.batch} visits/s (${result.achievedRps} requests/s) of ${o.rate} targeted`);
     say(`latency ms: p50 ${l.p50}  p90 ${l.p90}  p99 ${l.p99}  p99.9 ${l.p999}  max ${l.max}  (from scheduled send time)`);
-    say(`requests: ${result.sent} sent, ${result.succeeded} acknowledged (202), ${result.failed} failed; peak connections ${result.maxConnections}`);
+    say(
+      `requests: ${result.sent} sent, ${result.succeeded} acknowledged (202), ${result.failed} failed; ` +
+        `peak connections ${result.maxConnections}; generator busy ${Math.round(result.generatorBusy * 100)}%`,
+    );
     if (result.failed) say(`errors: ${JSON.stringify({ ...result.errors, ...statusErrors(result.statuses) })}; e.g. ${result.sampleErrors.join(' | ')}`);
     if (stored !== null) {
       const verdict =

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { env } from '../../config.ts';
 import { InvalidInputError, errorMessage } from '../../core/errors.ts';
+import type { RateLimit, RetryPolicy } from '../../clients/pipedrive.ts';
 import { parseSchedule, type Schedule } from './schedule.ts';
 
 export const SOURCE_NAMES = ['customers', 'orders', 'payments'] as const;
@@ -17,19 +18,7 @@ export type SourceName = (typeof SOURCE_NAMES)[number];
 export type DealStatus = 'open' | 'won' | 'lost';
 const DEAL_STATUSES: readonly string[] = ['open', 'won', 'lost'];
 
-export interface RateLimit {
-  limit: number;
-  windowMs: number;
-}
-
-export interface RetryPolicy {
-  /** Attempts per request, the first included (default 6). */
-  maxAttempts: number;
-  /** First backoff, doubled per attempt, with full jitter (default 250 ms). */
-  baseMs: number;
-  /** Backoff ceiling (default 10 s). */
-  maxMs: number;
-}
+export type { RateLimit, RetryPolicy };
 
 export interface PipedriveDestinationConfig {
   type: 'pipedrive';
@@ -43,6 +32,7 @@ export interface PipedriveDestinationConfig {
   rateLimit: RateLimit;
   /** Requests allowed per UTC day for this pipeline, all runs together (default none). */
   dailyRequestBudget: number | undefined;
+  /** 5xx/network retries: attempts (6), first backoff (250 ms, doubled, full jitter), ceiling (10 s). */
   retry: RetryPolicy;
   timeoutMs: number;
 }

@@ -13,6 +13,9 @@ import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { PipedriveClient, PipedriveError } from '../../clients/pipedrive.ts';
 import type { Client } from '../../db/pool.ts';
+
+/** What the run's SQL needs of its connection. */
+type Db = Pick<Client, 'query'>;
 import { desiredParams, insertFailures, insertLinks, lastCrmSize, type Failure, type Link } from '../../db/sql/crm.ts';
 import {
   RUN_TABLES,
@@ -52,6 +55,20 @@ function personIdOf(v: unknown): number | null {
 }
 
 /**
+ * The run's connection, one statement at a time: page inserts, journal writes and plan
+ * reads come from concurrent tasks, and pg (9) will not queue them on one client itself.
+ */
+function serialized(client: Client): Db {
+  let tail: Promise<unknown> = Promise.resolve();
+  const query = (...args: unknown[]) => {
+    const run = tail.then(() => (client.query as (...a: unknown[]) => Promise<unknown>)(...args));
+    tail = run.catch(() => {});
+    return run;
+  };
+  return { query } as unknown as Db;
+}
+
+/**
  * A refusal of this one record (a 4xx, or retries exhausted): stored, and the run goes on.
  * A rejected token (401/403) would fail every record alike, so it ends the run instead.
  */
@@ -70,9 +87,9 @@ class Journal {
   private chain: Promise<void> = Promise.resolve();
   private readonly timer: NodeJS.Timeout;
   private readonly run: DestinationRun;
-  private readonly db: Client;
+  private readonly db: Db;
 
-  constructor(run: DestinationRun, db: Client, onTick: () => void) {
+  constructor(run: DestinationRun, db: Db, onTick: () => void) {
     this.run = run;
     this.db = db;
     this.timer = setInterval(() => {
@@ -179,7 +196,8 @@ export class PipedriveDestination implements Destination {
       result.details.by_route = client.stats.byRoute;
       return result;
     };
-    const db = await run.pool.connect();
+    const conn = await run.pool.connect();
+    const db = serialized(conn);
     const journal = new Journal(run, db, () => run.progress(snapshotOf()));
     const timings: Record<string, number> = {};
     result.details.timings_ms = timings;
@@ -236,7 +254,7 @@ export class PipedriveDestination implements Destination {
       await journal.flush().catch(() => {});
       run.progress(snapshotOf());
       await db.query(`DROP TABLE IF EXISTS ${RUN_TABLES}`).catch(() => {});
-      db.release();
+      conn.release();
     }
   }
 
@@ -259,7 +277,7 @@ export class PipedriveDestination implements Destination {
   /** Every page of persons and deals into the snapshot tables; counts what it saw. */
   private async read(
     client: PipedriveClient,
-    db: Client,
+    db: Db,
     personKey: string,
     dealKey: string,
     expected: { persons: number; deals: number },
