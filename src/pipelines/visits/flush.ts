@@ -92,15 +92,23 @@ export class VisitFlusher {
     }
   }
 
-  /** Lag is advisory: failing to record it must not fail the (already committed) flush. */
+  /**
+   * Lag is advisory: failing to record it must not fail the (already committed) flush.
+   * The visits of one request share their receipt time and sit next to each other in the
+   * batch, so the histogram gets one observation per request, not per visit.
+   */
   private async recordLag(batch: readonly Visit[], committedAt: number): Promise<void> {
     let sum = 0;
     let max = 0;
-    for (const v of batch) {
-      const lag = committedAt - v.receivedAt;
-      sum += lag;
+    for (let i = 0; i < batch.length; ) {
+      const receivedAt = batch[i]!.receivedAt;
+      let j = i + 1;
+      while (j < batch.length && batch[j]!.receivedAt === receivedAt) j++;
+      const lag = committedAt - receivedAt;
+      sum += lag * (j - i);
       if (lag > max) max = lag;
       ingestLag.observe(lag / 1000);
+      i = j;
     }
     const second = new Date(committedAt - (committedAt % 1000)).toISOString();
     await addLag(this.pool, { second, visits: batch.length, sumMs: sum, maxMs: max }).catch(() => {});
