@@ -112,8 +112,10 @@ export interface MergeSql {
   upsert: string;
   missingIds: string | undefined;
   childInsert: string | undefined;
+  childSource: string | undefined;
   childUpsert: string | undefined;
   childInsertMissing: string | undefined;
+  childFlag: string | undefined;
   counts: string;
   countsSimple: string;
 }
@@ -221,6 +223,8 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   let childUpsert: string | undefined;
   let childInsert: string | undefined;
   let childInsertMissing: string | undefined;
+  let childSource: string | undefined;
+  let childFlag: string | undefined;
   if (child) {
     // Records the upsert left alone still need their id for the child table.
     // (Usually few: an index probe each, not a hash of the whole target.)
@@ -247,17 +251,25 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
       updSets.push(`${ident(f.column)} = ${r.set}`);
       updChanges.push(r.changes);
     }
+    // The existing records' child work runs from a small table of their ids and values
+    // joined to the child by its key with index probes (see merge.ts): a hash join would
+    // scan the whole child table, millions of rows, for a file of thousands.
+    childSource = `CREATE TEMP TABLE sluice_child ON COMMIT DROP AS
+      SELECT i.id, ${cf.map((f) => `m.${ident(f.from)}`).join(', ')} FROM sluice_ids i JOIN ${S} m ON m.${K} = i.key
+       WHERE NOT i.inserted AND (${anyValue})`;
     childUpsert = `WITH u AS (
         UPDATE ${C} c SET ${updSets.join(', ')}, updated_at = now()
-          FROM sluice_ids i JOIN ${S} m ON m.${K} = i.key
-         WHERE c.${FK} = i.id AND NOT i.inserted AND (${updChanges.join(' OR ') || 'false'})
+          FROM sluice_child m
+         WHERE c.${FK} = m.id AND (${updChanges.join(' OR ') || 'false'})
         RETURNING c.${FK} AS id)
-      UPDATE sluice_ids i SET changed = true FROM u WHERE i.id = u.id AND NOT i.changed`;
+      INSERT INTO sluice_child_changed SELECT id FROM u`;
     childInsertMissing = `WITH u AS (
-        INSERT INTO ${C} (${childCols}) ${childSelect}
-         WHERE NOT i.inserted AND (${anyValue}) AND NOT EXISTS (SELECT 1 FROM ${C} c WHERE c.${FK} = i.id)
+        INSERT INTO ${C} (${childCols})
+        SELECT m.id, ${cf.map((f) => value(f, 'm')).join(', ')} FROM sluice_child m
+         WHERE NOT EXISTS (SELECT 1 FROM ${C} c WHERE c.${FK} = m.id)
         RETURNING ${FK} AS id)
-      UPDATE sluice_ids i SET changed = true FROM u WHERE i.id = u.id AND NOT i.changed`;
+      INSERT INTO sluice_child_changed SELECT id FROM u`;
+    childFlag = `UPDATE sluice_ids i SET changed = true FROM sluice_child_changed u WHERE i.id = u.id AND NOT i.changed`;
   }
 
   const counts = `SELECT count(*) FILTER (WHERE i.inserted) AS inserted,
@@ -270,5 +282,5 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   const countsSimple = `SELECT count(*) FILTER (WHERE inserted) AS inserted,
       count(*) FILTER (WHERE changed AND NOT inserted) AS updated FROM sluice_ids`;
 
-  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childUpsert, childInsertMissing, counts, countsSimple };
+  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple };
 }

@@ -84,8 +84,19 @@ export async function mergeStage(
     // Statistics for the planner: hash joins, not sorts, on hundreds of thousands of ids.
     await step('analyze', 'ANALYZE sluice_ids');
     if (sql.childInsert) await step('child_insert', sql.childInsert);
-    if (sql.childUpsert) await step('child_update', sql.childUpsert);
-    if (sql.childInsertMissing) await step('child_insert_missing', sql.childInsertMissing);
+    if (sql.childSource && sql.childUpsert && sql.childInsertMissing && sql.childFlag) {
+      await step('child_source', sql.childSource);
+      await client.query('CREATE TEMP TABLE sluice_child_changed (id bigint) ON COMMIT DROP');
+      // Only the child-table join is left in these two statements: probe its primary key
+      // per row instead of hashing the whole child table.
+      await client.query('SET LOCAL enable_hashjoin = off');
+      await client.query('SET LOCAL enable_mergejoin = off');
+      await step('child_update', sql.childUpsert);
+      await step('child_insert_missing', sql.childInsertMissing);
+      await client.query('SET LOCAL enable_hashjoin = on');
+      await client.query('SET LOCAL enable_mergejoin = on');
+      await step('child_flag', sql.childFlag);
+    }
     let counts: MergeCounts;
     if (dupKeys.length === 0) {
       const r = (await step('counts', sql.countsSimple)).rows[0] as { inserted: number; updated: number };
