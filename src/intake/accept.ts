@@ -71,8 +71,16 @@ export async function acceptUpload(
     }
     parts++;
   };
+  // One part is stored while the next one arrives (never more than one in flight, so
+  // memory stays at two parts and part n is enqueued before part n + 1).
+  let inFlight: Promise<void> = Promise.resolve();
+  const enqueue = async (part: Part) => {
+    await inFlight;
+    inFlight = store(part);
+    inFlight.catch(() => {}); // awaited by the next enqueue or at the end
+  };
   const feed = async (buf: Buffer) => {
-    for (const part of splitter.push(buf)) await store(part);
+    for (const part of splitter.push(buf)) await enqueue(part);
   };
   try {
     for await (const chunk of body as AsyncIterable<Buffer>) {
@@ -97,7 +105,8 @@ export async function acceptUpload(
       await feed(all);
     }
     const last = splitter.end();
-    if (last) await store(last);
+    if (last) await enqueue(last);
+    await inFlight;
     if (parts === 0) throw new InvalidFileError('invalid file: no data rows after the header');
     // The upload is complete: parts_total lets the last part to finish claim the merge.
     const client = await pool.connect();
@@ -115,6 +124,7 @@ export async function acceptUpload(
     }
     return { id };
   } catch (err) {
+    await inFlight.catch(() => {});
     // Nothing half-written: the import row (its parts cascade) and its staging go.
     await pool.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1`, [id]).catch(() => {});
     await pool.query(`DROP TABLE IF EXISTS ${ident(stage)}`).catch(() => {});
