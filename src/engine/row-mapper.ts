@@ -80,7 +80,7 @@ function isError(r: CellResult): r is { error: string } {
   return r !== null && typeof r === 'object';
 }
 
-const MAX_SUSPECTS = 200_000;
+const MAX_SUSPECTS = 50_000;
 
 /** The raw text of the current record, produced only when a reject needs it. */
 export interface RawText {
