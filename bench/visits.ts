@@ -11,7 +11,8 @@
  *
  * Every Sluice step counts its visits in the database afterwards: `lost` is the number of
  * acknowledged visits not stored (must be 0). Options: --quick (short steps, for
- * development), --step <s> (seconds per step, default 10). Ends with one JSON line.
+ * development), --step <s> (seconds per step, default 10), --only bare,sluice,batch,lag
+ * (a subset, for development). Ends with one JSON line.
  */
 import { spawn } from 'node:child_process';
 import path from 'node:path';
@@ -31,6 +32,8 @@ const quick = process.argv.includes('--quick');
 const stepArg = process.argv.indexOf('--step');
 const STEP_MS = (stepArg > 0 ? Number(process.argv[stepArg + 1]) : quick ? 3 : 10) * 1000;
 const LAG_MS = quick ? 10_000 : 30_000;
+const onlyArg = process.argv.indexOf('--only');
+const ONLY = new Set(onlyArg > 0 ? process.argv[onlyArg + 1]!.split(',') : ['bare', 'sluice', 'batch', 'lag']);
 const P99_LIMIT_MS = 300;
 const DB_NAME = 'sluice_bench_visits';
 
@@ -202,11 +205,11 @@ try {
   await runOpenLoop({ url: sluice.url, rate: 2000, durationMs: 2000, request: visitsWorkload().request });
   await runOpenLoop({ url: sluice.url, rate: 20, durationMs: 2000, request: visitsWorkload({ batch: 1000 }).request });
 
-  const bareBest = await highestRate('bare node', bare.url, quick ? 8000 : 6000, 1);
+  const bareBest = ONLY.has('bare') ? await highestRate('bare node', bare.url, quick ? 8000 : 6000, 1) : undefined;
   bare.stop();
-  const sluiceBest = await highestRate('sluice', sluice.url, quick ? 4000 : 3000, 1, pool);
-  const batchBest = await highestRate('sluice batch', sluice.url, 20_000, 1000, pool);
-  const lag = await liveLag(sluice.url, pool, 1000);
+  const sluiceBest = ONLY.has('sluice') ? await highestRate('sluice', sluice.url, quick ? 4000 : 3000, 1, pool) : undefined;
+  const batchBest = ONLY.has('batch') ? await highestRate('sluice batch', sluice.url, 20_000, 1000, pool) : undefined;
+  const lag = ONLY.has('lag') ? await liveLag(sluice.url, pool, 1000) : { p50: NaN, p99: NaN, max: NaN, dbMaxMs: null };
 
   const visitsRps = sluiceBest ? sluiceBest.result.achievedRps : 0;
   const bareRps = bareBest ? bareBest.result.achievedRps : 0;
