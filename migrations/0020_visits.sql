@@ -5,15 +5,19 @@
 
 -- Partitioned by UTC day of visited_at: old days can be detached or dropped whole, and a
 -- day's rows stay together. Partitions are created on demand by visits_ensure_partition.
--- The primary key must contain the partition key; `id` alone orders "most recent".
+-- No B-tree index: `id` is unique by construction (identity), nothing looks visits up by
+-- id, and a primary key (which would have to be (id, visited_at)) made each COPYed row cost
+-- 60 % more in PostgreSQL (measured: 5.3 vs 3.3 us per row). A BRIN index on visited_at
+-- costs nothing per row and narrows time ranges within a day; the live page's "most
+-- recent" list has its own small table (recent_visits).
 CREATE TABLE visits (
   id bigint GENERATED ALWAYS AS IDENTITY,
   visited_at timestamptz NOT NULL,
   visitor_id text NOT NULL,
   page_path text NOT NULL,
-  received_at timestamptz NOT NULL,
-  PRIMARY KEY (id, visited_at)
+  received_at timestamptz NOT NULL
 ) PARTITION BY RANGE (visited_at);
+CREATE INDEX visits_visited_at ON visits USING brin (visited_at);
 
 -- Creates the partition of one UTC day if missing. Serialised by an advisory lock so two
 -- processes that meet a new day at the same moment do not race on the catalog.
@@ -99,6 +103,17 @@ CREATE TABLE visitor_seconds (
   visitors bigint NOT NULL
 );
 CREATE INDEX visitor_seconds_second ON visitor_seconds (second);
+
+-- The newest visits: each flush appends its own newest 20 (in the flush's transaction), so
+-- the newest 20 of all processes are always here; maintenance keeps the last 1,000 rows.
+CREATE TABLE recent_visits (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  received_at timestamptz NOT NULL,
+  visited_at timestamptz NOT NULL,
+  visitor_id text NOT NULL,
+  page_path text NOT NULL
+);
+CREATE INDEX recent_visits_newest ON recent_visits (received_at DESC, id DESC);
 
 -- Ingestion lag (receipt to committed, i.e. visible) per second of commit.
 CREATE TABLE visit_lag_seconds (

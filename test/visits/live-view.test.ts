@@ -138,9 +138,12 @@ test('compaction merges appended rollup rows without changing what the page show
   hub.close();
 });
 
-test('maintenance creates the next partitions and drops stale rollup rows', async () => {
+test('maintenance creates the next partitions and drops stale rows', async () => {
   await db.pool.query("INSERT INTO visitor_seconds VALUES (now() - interval '1 hour', 5)");
+  await db.pool.query("INSERT INTO recent_visits (received_at, visited_at, visitor_id, page_path) SELECT now(), now(), 'r', '/r' FROM generate_series(1, 1500)");
   await maintainVisits(db.pool);
+  const recent = await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM recent_visits');
+  assert.ok(recent.rows[0]!.n <= 1000, `recent_visits keeps its newest 1,000 rows, has ${recent.rows[0]!.n}`);
   const tomorrow = new Date(Date.now() + 86_400_000).toISOString().slice(0, 10).replaceAll('-', '');
   const { rows } = await db.pool.query('SELECT to_regclass($1) AS t', [`visits_${tomorrow}`]);
   assert.ok(rows[0].t, 'tomorrow has a partition');

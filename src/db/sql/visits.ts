@@ -61,7 +61,12 @@ export async function appendRollups(client: Client, r: BatchRollup): Promise<voi
   await client.query(
     `WITH s AS (INSERT INTO visit_seconds (second, visits) SELECT * FROM unnest($1::timestamptz[], $2::bigint[])),
           m AS (INSERT INTO visit_minutes (minute, visits) SELECT * FROM unnest($3::timestamptz[], $4::bigint[])),
-          p AS (INSERT INTO page_minutes (minute, page_path, visits) SELECT * FROM unnest($5::timestamptz[], $6::text[], $7::bigint[]))
+          p AS (INSERT INTO page_minutes (minute, page_path, visits) SELECT * FROM unnest($5::timestamptz[], $6::text[], $7::bigint[])),
+          r AS (INSERT INTO recent_visits (received_at, visited_at, visitor_id, page_path)
+                SELECT received_at, visited_at, visitor_id, page_path
+                  FROM unnest($12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[])
+                       WITH ORDINALITY AS t(received_at, visited_at, visitor_id, page_path, n)
+                 ORDER BY n)
      INSERT INTO visitor_batches (visitor_ids, first_ms, last_ms, visits) VALUES ($8::text[], $9::float8[], $10::float8[], $11::int[])`,
     [
       r.seconds.at,
@@ -75,6 +80,10 @@ export async function appendRollups(client: Client, r: BatchRollup): Promise<voi
       numberArray(r.visitors.first),
       numberArray(r.visitors.last),
       numberArray(r.visitors.visits),
+      r.recent.received,
+      r.recent.visited,
+      r.recent.visitor,
+      r.recent.path,
     ],
   );
 }
@@ -150,14 +159,14 @@ export interface LiveRow {
   current_visitors: number;
   visits_today: number;
   top_pages: Array<{ page_path: string; visits: number }>;
-  recent: Array<{ id: number; visited_at: string; visitor_id: string; page_path: string; received_at: string }>;
+  recent: Array<{ visited_at: string; visitor_id: string; page_path: string; received_at: string }>;
   lag: { visits: number; avg_ms: number | null; max_ms: number | null };
 }
 
 /**
  * The live view in one statement. It reads the rollup rows of the windows (one per key
  * once compacted, plus the rows appended since the last compaction) and the 20 newest
- * visits (a backward index scan per day partition): its cost does not grow with traffic.
+ * rows of recent_visits: its cost does not grow with traffic.
  * `now` bounds every window so that all processes agree on what "the last 5 minutes" is.
  */
 export async function liveSnapshot(db: Queryable, now: Date, windowSeconds: number, topPages: number): Promise<LiveRow> {
@@ -181,9 +190,10 @@ export async function liveSnapshot(db: Queryable, now: Date, windowSeconds: numb
                   FROM page_minutes
                  WHERE minute >= $5::timestamptz AND minute <= $1::timestamptz
                  GROUP BY page_path ORDER BY visits DESC, page_path LIMIT $4) t) AS top_pages,
-       (SELECT coalesce(json_agg(json_build_object('id', id, 'visited_at', visited_at, 'visitor_id', visitor_id,
-                                                   'page_path', page_path, 'received_at', received_at) ORDER BY id DESC), '[]')
-          FROM (SELECT id, visited_at, visitor_id, page_path, received_at FROM visits ORDER BY id DESC LIMIT 20) t) AS recent,
+       (SELECT coalesce(json_agg(json_build_object('visited_at', visited_at, 'visitor_id', visitor_id,
+                                                   'page_path', page_path, 'received_at', received_at) ORDER BY received_at DESC, id DESC), '[]')
+          FROM (SELECT id, visited_at, visitor_id, page_path, received_at FROM recent_visits
+                 ORDER BY received_at DESC, id DESC LIMIT 20) t) AS recent,
        (SELECT json_build_object('visits', coalesce(sum(visits), 0),
                                  'avg_ms', round(sum(lag_ms_sum)::numeric / nullif(sum(visits), 0)),
                                  'max_ms', max(lag_ms_max))
@@ -259,15 +269,18 @@ export async function compactRollups(pool: Pool, from: Date, to: Date): Promise<
 /**
  * Deletes rollup rows no live view reads again. visitor_seconds keeps 15 minutes (more than
  * the 10 minutes applyVisitorBatches still moves visitors out of); the per-second tables a
- * day; page_minutes a week. visits and visit_minutes are kept.
+ * day; page_minutes a week; recent_visits its newest 1,000 rows. visits and visit_minutes
+ * are kept.
  */
 export async function deleteOldRollups(db: Queryable, now: Date): Promise<number> {
   const { rows } = await db.query<{ n: number }>(
     `WITH a AS (DELETE FROM visitor_seconds WHERE second < $1::timestamptz - interval '15 minutes' RETURNING 1),
           b AS (DELETE FROM visit_seconds WHERE second < $1::timestamptz - interval '1 day' RETURNING 1),
           c AS (DELETE FROM visit_lag_seconds WHERE second < $1::timestamptz - interval '1 day' RETURNING 1),
-          d AS (DELETE FROM page_minutes WHERE minute < $1::timestamptz - interval '7 days' RETURNING 1)
-     SELECT ((SELECT count(*) FROM a) + (SELECT count(*) FROM b) + (SELECT count(*) FROM c) + (SELECT count(*) FROM d))::bigint AS n`,
+          d AS (DELETE FROM page_minutes WHERE minute < $1::timestamptz - interval '7 days' RETURNING 1),
+          e AS (DELETE FROM recent_visits WHERE id <= (SELECT max(id) FROM recent_visits) - 1000 RETURNING 1)
+     SELECT ((SELECT count(*) FROM a) + (SELECT count(*) FROM b) + (SELECT count(*) FROM c) + (SELECT count(*) FROM d)
+             + (SELECT count(*) FROM e))::bigint AS n`,
     [now.toISOString()],
   );
   return rows[0]!.n;

@@ -14,7 +14,12 @@ export interface BatchRollup {
   visitors: { id: string[]; first: number[]; last: number[]; visits: number[] };
   /** UTC days (YYYY-MM-DD) that need a partition of `visits`. */
   days: string[];
+  /** The batch's newest visits (its last ones: batches are in arrival order), oldest first. */
+  recent: { received: string[]; visited: string[]; visitor: string[]; path: string[] };
 }
+
+/** Visits per flush kept for the live page's "most recent" list. */
+export const RECENT_PER_FLUSH = 20;
 
 interface VisitorAgg {
   first: number;
@@ -74,7 +79,15 @@ export function rollup(batch: readonly Visit[]): BatchRollup {
     pages: { at: [], path: [], visits: [] },
     visitors: { id: [], first: [], last: [], visits: [] },
     days: [...days].sort((a, b) => a - b).map((d) => new Date(d * 86_400_000).toISOString().slice(0, 10)),
+    recent: { received: [], visited: [], visitor: [], path: [] },
   };
+  for (let i = Math.max(0, batch.length - RECENT_PER_FLUSH); i < batch.length; i++) {
+    const v = batch[i]!;
+    out.recent.received.push(iso(v.receivedAt));
+    out.recent.visited.push(iso(v.visitedAt));
+    out.recent.visitor.push(v.visitorId);
+    out.recent.path.push(v.pagePath);
+  }
   for (const [at, n] of seconds) {
     out.seconds.at.push(iso(at));
     out.seconds.visits.push(n);

@@ -13,8 +13,8 @@ import { applyVisitorBatches } from '../../db/sql/visits.ts';
 
 /** Visitors are moved out of visitor_seconds only within this horizon (see applyVisitorBatches). */
 const MOVE_HORIZON_MS = 10 * 60_000;
-/** Batches merged per statement. */
-const BATCHES_PER_APPLY = 50;
+/** Batches merged per statement (2 s of flushes of two processes, at 20 flushes/s each). */
+const BATCHES_PER_APPLY = 100;
 
 /** Applies every queued batch (tests, shutdown); returns how many batches were applied. */
 export async function applyAllVisitorBatches(pool: Pool): Promise<number> {
@@ -27,7 +27,7 @@ export async function applyAllVisitorBatches(pool: Pool): Promise<number> {
 }
 
 export interface ApplierOptions {
-  /** Wait after a flush before applying, to merge flushes (default SLUICE_VISITS_APPLY_MS or 1,000 ms). */
+  /** Wait after a flush before applying, to merge flushes (default SLUICE_VISITS_APPLY_MS or 2,000 ms). */
   delayMs?: number;
   /** Also look for left-over batches this often (default 5 s). */
   sweepMs?: number;
@@ -43,7 +43,7 @@ export class VisitorApplier {
 
   constructor(pool: Pool, options: ApplierOptions = {}) {
     this.pool = pool;
-    this.delayMs = options.delayMs ?? intEnv('SLUICE_VISITS_APPLY_MS', 1000);
+    this.delayMs = options.delayMs ?? intEnv('SLUICE_VISITS_APPLY_MS', 2000);
     this.sweep = setInterval(() => this.poke(), options.sweepMs ?? 5000);
     this.sweep.unref();
   }
