@@ -9,6 +9,8 @@
  * 4. live lag at 1,000 visits/s: from a visit's send time until a /live/stream subscriber
  *    receives a snapshot that counts it
  *
+ * Each search climbs by x1.25 from 3,000/s (20,000/s for batches) until a step fails twice
+ * in a row (one retry absorbs a stall of the shared machine), then bisects twice.
  * Every Sluice step counts its visits in the database afterwards: `lost` is the number of
  * acknowledged visits not stored (must be 0). Options: --quick (short steps, for
  * development), --step <s> (seconds per step, default 10), --only bare,sluice,batch,lag
@@ -119,14 +121,24 @@ async function step(target: string, url: string, rate: number, batch: number, po
   return s;
 }
 
-/** Highest passing rate: climb by x1.25 until a step fails, then bisect twice. */
+/**
+ * A step at `rate`, run a second time when the first fails: on a machine shared with other
+ * work, one stall (another process's burst, a GC) can sink a 10 s step. Both targets get
+ * the same second chance, and the table lists every attempt.
+ */
+async function attempt(target: string, url: string, rate: number, batch: number, pool?: Pool): Promise<Step> {
+  const first = await step(target, url, rate, batch, pool);
+  return first.pass ? first : step(target, url, rate, batch, pool);
+}
+
+/** Highest passing rate: climb by x1.25 until a step fails (twice), then bisect twice. */
 async function highestRate(target: string, url: string, start: number, batch: number, pool?: Pool): Promise<Step | undefined> {
   log(`${target}: searching the highest rate with p99 < ${P99_LIMIT_MS} ms and no errors (${STEP_MS / 1000} s steps)`);
   let best: Step | undefined;
   let rate = start;
   let failed: number | undefined;
   for (let i = 0; i < 14; i++) {
-    const s = await step(target, url, rate, batch, pool);
+    const s = await attempt(target, url, rate, batch, pool);
     if (!s.pass) {
       failed = rate;
       break;
@@ -139,7 +151,7 @@ async function highestRate(target: string, url: string, start: number, batch: nu
   let high = failed;
   for (let i = 0; i < 2 && high - low > batch; i++) {
     const mid = Math.round((low + high) / 2 / batch) * batch;
-    const s = await step(target, url, mid, batch, pool);
+    const s = await attempt(target, url, mid, batch, pool);
     if (s.pass) {
       best = s;
       low = mid;
@@ -151,12 +163,21 @@ async function highestRate(target: string, url: string, start: number, batch: nu
 }
 
 /** Send-to-shown lag at `rate` visits/s, measured by a live page subscriber. */
-async function liveLag(url: string, pool: Pool, rate: number): Promise<{ p50: number; p99: number; max: number; dbMaxMs: number | null }> {
+interface LagResult {
+  p50: number;
+  p99: number;
+  max: number;
+  /** Receipt to commit during the run, from visit_lag_seconds: mean and maximum. */
+  commitAvgMs: number | null;
+  commitMaxMs: number | null;
+}
+
+async function liveLag(url: string, pool: Pool, rate: number): Promise<LagResult> {
   log(`live lag: ${rate} visits/s for ${LAG_MS / 1000} s, watched over /live/stream`);
-  const snapshots: Array<{ at: number; today: number; dbMax: number | null }> = [];
+  const snapshots: Array<{ at: number; today: number }> = [];
   const sub = subscribeSse(`${url}/live/stream`, (data, at) => {
     const s = JSON.parse(data) as LiveSnapshot;
-    if (typeof s.visits_today === 'number') snapshots.push({ at, today: s.visits_today, dbMax: s.lag.max_ms });
+    if (typeof s.visits_today === 'number') snapshots.push({ at, today: s.visits_today });
   });
   while (snapshots.length < 2) await delay(50);
   const base = snapshots[snapshots.length - 1]!.today;
@@ -182,9 +203,18 @@ async function liveLag(url: string, pool: Pool, rate: number): Promise<{ p50: nu
   }
   lags.sort((a, b) => a - b);
   const q = (p: number) => Math.round(lags[Math.min(lags.length - 1, Math.ceil(p * lags.length) - 1)] ?? NaN);
-  const dbMax = Math.max(...snapshots.map((s) => s.dbMax ?? 0));
-  const out = { p50: q(0.5), p99: q(0.99), max: q(1), dbMaxMs: Number.isFinite(dbMax) ? dbMax : null };
-  log(`  shown ${lags.length} of ${result.succeeded} acknowledged; lag p50 ${out.p50} p99 ${out.p99} max ${out.max} ms (receipt to commit max ${out.dbMaxMs} ms)`);
+  // Receipt to commit over exactly this run's commit-seconds (the page's own figure covers
+  // the last 60 s, which would reach back into the previous steps).
+  const { rows } = await pool.query<{ avg: number | null; max: number | null }>(
+    `SELECT round(sum(lag_ms_sum)::numeric / nullif(sum(visits), 0))::int AS avg, max(lag_ms_max) AS max
+       FROM visit_lag_seconds WHERE second >= $1 AND second <= $2`,
+    [new Date(start).toISOString(), new Date(start + LAG_MS + 2000).toISOString()],
+  );
+  const out = { p50: q(0.5), p99: q(0.99), max: q(1), commitAvgMs: rows[0]!.avg, commitMaxMs: rows[0]!.max };
+  log(
+    `  shown ${lags.length} of ${result.succeeded} acknowledged; lag p50 ${out.p50} p99 ${out.p99} max ${out.max} ms ` +
+      `(receipt to commit: mean ${out.commitAvgMs} ms, max ${out.commitMaxMs} ms)`,
+  );
   return out;
 }
 
@@ -205,18 +235,20 @@ try {
   await runOpenLoop({ url: sluice.url, rate: 2000, durationMs: 2000, request: visitsWorkload().request });
   await runOpenLoop({ url: sluice.url, rate: 20, durationMs: 2000, request: visitsWorkload({ batch: 1000 }).request });
 
-  const bareBest = ONLY.has('bare') ? await highestRate('bare node', bare.url, quick ? 8000 : 6000, 1) : undefined;
+  const bareBest = ONLY.has('bare') ? await highestRate('bare node', bare.url, 3000, 1) : undefined;
   bare.stop();
-  const sluiceBest = ONLY.has('sluice') ? await highestRate('sluice', sluice.url, quick ? 4000 : 3000, 1, pool) : undefined;
+  const sluiceBest = ONLY.has('sluice') ? await highestRate('sluice', sluice.url, 3000, 1, pool) : undefined;
   const batchBest = ONLY.has('batch') ? await highestRate('sluice batch', sluice.url, 20_000, 1000, pool) : undefined;
-  const lag = ONLY.has('lag') ? await liveLag(sluice.url, pool, 1000) : { p50: NaN, p99: NaN, max: NaN, dbMaxMs: null };
+  const lag: LagResult = ONLY.has('lag')
+    ? await liveLag(sluice.url, pool, 1000)
+    : { p50: Number.NaN, p99: Number.NaN, max: Number.NaN, commitAvgMs: null, commitMaxMs: null };
 
   const visitsRps = sluiceBest ? sluiceBest.result.achievedRps : 0;
   const bareRps = bareBest ? bareBest.result.achievedRps : 0;
   process.stdout.write(`\n${table()}\n\n`);
   process.stdout.write(
     `live lag at 1,000 visits/s (send to shown on /live/stream): p50 ${lag.p50} ms, p99 ${lag.p99} ms, max ${lag.max} ms; ` +
-      `receipt to commit max ${lag.dbMaxMs} ms\n`,
+      `receipt to commit mean ${lag.commitAvgMs} ms, max ${lag.commitMaxMs} ms\n`,
   );
   process.stdout.write(
     `${JSON.stringify({

@@ -1,8 +1,8 @@
 /**
- * The group-commit buffer: requests add their visits and wait; one flush at a time commits
- * everything buffered in a single transaction and then releases every waiting request.
- * Throughput therefore grows with load (the batch is whatever arrived during the previous
- * flush) while each request is acknowledged only once its visits are durable.
+ * The group-commit buffer: requests add their visits and wait; a flush commits everything
+ * buffered in a single transaction and then releases every request it carried. Throughput
+ * therefore grows with load (a flush takes whatever arrived since the previous one) while
+ * each request is acknowledged only once its visits are durable.
  *
  * Scheduling: a flush starts `flushIntervalMs` after the oldest waiting visit arrived, or
  * at once when `maxBatch` visits wait, as long as fewer than `concurrency` flushes of this

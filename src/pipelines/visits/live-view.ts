@@ -83,10 +83,13 @@ export class LiveHub {
     }
     this.subscribers.add(sub);
     liveSubscribers.inc();
-    if (this.latest) sub.send(this.latest);
-    if (!this.timer) {
-      // The first viewer should not wait for the next tick.
-      if (!this.latest) void this.tick();
+    if (this.timer) {
+      // The ticker runs, so the last snapshot is at most a second old.
+      if (this.latest) sub.send(this.latest);
+    } else {
+      // The first viewer after a pause should neither wait for the next tick nor see an
+      // old snapshot.
+      void this.tick();
       this.arm();
     }
     return () => {
