@@ -3,14 +3,13 @@
  * Events, one snapshot a second, pushed) and GET /live/snapshot (the same snapshot as JSON,
  * for scripts and tests). Read-only, so open like /healthz.
  */
-import { createHash } from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { intEnv, repoRoot } from '../../config.ts';
 import { LiveHub } from '../../pipelines/visits/live-view.ts';
 import type { AppContext } from '../context.ts';
 import { HttpError } from '../errors.ts';
+import { loadStaticPage } from './dashboard.ts';
 
 const PAGE = path.join(repoRoot, 'src', 'web', 'live.html');
 /** Slow viewers are dropped rather than buffered without bound (about 100 snapshots). */
@@ -23,7 +22,9 @@ export interface LiveRouteOptions {
 
 export function liveRoutes(app: FastifyInstance, ctx: AppContext, options: LiveRouteOptions = {}): void {
   const maxStreams = options.maxStreams ?? intEnv('SLUICE_LIVE_MAX_STREAMS', 1000);
-  const page = loadPage();
+  // Inline script and style allowed by hash only: page paths and visitor ids come from the
+  // public and must never run (the page also writes them only as text).
+  const page = loadStaticPage(PAGE);
 
   app.register(async (scope) => {
     const hub = new LiveHub(ctx.pool);
@@ -70,31 +71,4 @@ export function liveRoutes(app: FastifyInstance, ctx: AppContext, options: LiveR
   });
 }
 
-interface Page {
-  html: string;
-  csp: string;
-}
 
-/**
- * Reads the page once. Its inline script and style are allowed by hash, so the
- * Content-Security-Policy forbids every other script: page paths and visitor ids come
- * from the public and must never run (the page also only writes them as text).
- */
-function loadPage(): Page {
-  const html = fs.readFileSync(PAGE, 'utf8');
-  const hashes = (tag: string) =>
-    [...html.matchAll(new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`, 'g'))]
-      .map((m) => `'sha256-${createHash('sha256').update(m[1]!).digest('base64')}'`)
-      .join(' ');
-  const csp = [
-    "default-src 'none'",
-    `script-src ${hashes('script')}`,
-    `style-src ${hashes('style')}`,
-    "connect-src 'self'",
-    "img-src 'self' data:",
-    "base-uri 'none'",
-    "form-action 'none'",
-    "frame-ancestors 'none'",
-  ].join('; ');
-  return { html, csp };
-}
