@@ -11,6 +11,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { InvalidFileError, InvalidInputError, errorMessage } from '../core/errors.ts';
 import type { Client, Pool } from '../db/pool.ts';
 import { createImport, finishImport, type ImportOutcome } from '../db/sql/imports.ts';
+import type { ParsedBatch } from '../formats/csv-parser.ts';
 import { detectFile, readRecords, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { importRows } from '../http/metrics.ts';
@@ -72,7 +73,6 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
   } catch (err) {
     if (!(err instanceof InvalidFileError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new InvalidInputError(`no such file: ${o.file}`);
-    meta = undefined;
     const id = await createImport(o.pool, {
       pipeline: o.pipeline.name, fileName: o.fileName ?? path.basename(o.file), fileBytes: null,
       source: o.source ?? 'cli', status: 'running',
@@ -164,6 +164,11 @@ async function fail(
   };
 }
 
+/** The batch without its first record (the header). */
+function withoutFirstRow(b: ParsedBatch): ParsedBatch {
+  return { rows: b.rows.slice(1), lines: b.lines.slice(1), raw: (i) => b.raw(i + 1), errors: b.errors };
+}
+
 /** Parses the file and COPYs accepted rows into `stage`; returns the mapper with counts. */
 async function stageFile(
   client: Client,
@@ -182,29 +187,28 @@ async function stageFile(
   try {
     for await (const batch of readRecords(o.file, meta, { format: meta.format, chunkBytes: 1 << 20 }, (p) => (bytes = p.bytes))) {
       const out: string[] = [];
-      for (const e of batch.errors) {
-        // Records the parser could not delimit (e.g. over-long lines) are row rejects.
-        if (mapper) mapper.read++, mapper.rejected++;
-        rejects.add(e.line, null, e.reason, e.raw);
+      if (!mapper && batch.rows.length === 0) {
+        // Records rejected by the parser before any header: kept as rejects.
+        for (const e of batch.errors) rejects.add(e.line, null, e.reason, e.raw);
+        continue;
       }
-      // One reusable accessor per batch instead of a closure per row (less garbage).
-      let current = 0;
-      const raw = { text: () => batch.raw(current) };
-      for (let i = 0; i < batch.rows.length; i++) {
-        current = i;
-        if (!mapper) {
-          const mapping = mapHeader(o.pipeline, batch.rows[i]!);
-          mapper = new RowMapper(o.pipeline, mapping, 0, rejects);
-          onHeader(mapper, mapping.ignored);
-          continue;
-        }
-        mapper.map(batch.rows[i]!, batch.lines[i]!, raw, out);
+      if (!mapper) {
+        // The first record is the header; the rest of the batch is data.
+        const mapping = mapHeader(o.pipeline, batch.rows[0]!);
+        mapper = new RowMapper(o.pipeline, mapping, 0, rejects);
+        onHeader(mapper, mapping.ignored);
+        mapper.mapBatch(withoutFirstRow(batch), out);
+      } else {
+        mapper.mapBatch(batch, out);
       }
       rows = mapper?.read ?? 0;
       if (out.length > 0 && !copy.write(`${out.join('\n')}\n`)) {
         await new Promise<void>((resolve, reject) => {
-          copy.once('drain', resolve);
           copy.once('error', reject);
+          copy.once('drain', () => {
+            copy.off('error', reject);
+            resolve();
+          });
         });
       }
       const now = performance.now();

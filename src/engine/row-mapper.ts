@@ -7,6 +7,7 @@ import { InvalidFileError } from '../core/errors.ts';
 import type { Pipeline, SourceColumn, CellResult } from './pipeline.ts';
 import { copyArray, copyValue } from '../load/copy-text.ts';
 import type { RejectCollector } from '../load/rejects.ts';
+import type { ParsedBatch } from '../formats/csv-parser.ts';
 
 /** Header text compared case-, accent- and spacing-insensitively. */
 export function normalizeHeader(h: string): string {
@@ -173,6 +174,26 @@ export class RowMapper {
     }
     if (candidates.length > 0) return candidates;
     return firstError ?? k.blankReason;
+  }
+
+  /**
+   * Maps every record of a parser batch (records the parser itself rejected count as read
+   * and rejected rows), appending staging lines to `out`. Shared by the CLI import and the
+   * intake workers.
+   */
+  mapBatch(batch: ParsedBatch, out: string[]): void {
+    for (const e of batch.errors) {
+      this.read++;
+      this.rejected++;
+      this.rejects.add(e.line, null, e.reason, e.raw);
+    }
+    // One reusable accessor per batch instead of a closure per row (less garbage).
+    let current = 0;
+    const raw = { text: () => batch.raw(current) };
+    for (let i = 0; i < batch.rows.length; i++) {
+      current = i;
+      this.map(batch.rows[i]!, batch.lines[i]!, raw, out);
+    }
   }
 
   private noteKey(k: string): void {

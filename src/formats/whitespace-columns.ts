@@ -31,7 +31,7 @@ export class WhitespaceColumnsParser {
       const nl = data.indexOf('\n', pos);
       if (nl < 0) break;
       const end = nl > pos && data.charCodeAt(nl - 1) === 13 ? nl - 1 : nl;
-      this.#take(data.slice(pos, end), rows, lines, raws, errors);
+      this.#take(data.slice(pos, end), rows, lines, raws);
       pos = nl + 1;
     }
     this.#tail = data.slice(pos);
@@ -45,7 +45,7 @@ export class WhitespaceColumnsParser {
 
   #skipRest = false;
 
-  #take(line: string, rows: string[][], lines: number[], raws: string[], errors: ParsedBatch['errors']): void {
+  #take(line: string, rows: string[][], lines: number[], raws: string[]): void {
     const n = this.#line++;
     if (this.#skipRest) {
       // The remainder of an over-long line (already rejected).
@@ -65,7 +65,6 @@ export class WhitespaceColumnsParser {
       this.#pendingHeader = undefined;
       this.#needHeader = false;
     }
-    void errors;
     rows.push(splitWhitespace(line));
     lines.push(n);
     raws.push(line);
@@ -76,7 +75,7 @@ export class WhitespaceColumnsParser {
     const lines: number[] = [];
     const raws: string[] = [];
     const errors: ParsedBatch['errors'] = [];
-    if (this.#tail !== '') this.#take(this.#tail, rows, lines, raws, errors);
+    if (this.#tail !== '') this.#take(this.#tail, rows, lines, raws);
     this.#tail = '';
     if (this.#pendingHeader !== undefined) {
       rows.push(parseFixedWidthHeader(this.#pendingHeader).names);

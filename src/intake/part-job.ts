@@ -64,17 +64,7 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
     const text = new TextDecoder(imp.encoding as Encoding, { fatal: true }).decode(work.data);
     const out: string[] = [];
     for (const batch of parse(pipeline.format.kind, text, imp.delimiter, Number(work.first_line))) {
-      for (const e of batch.errors) {
-        mapper.read++;
-        mapper.rejected++;
-        rejects.add(e.line, null, e.reason, e.raw);
-      }
-      let current = 0;
-      const raw = { text: () => batch.raw(current) };
-      for (let i = 0; i < batch.rows.length; i++) {
-        current = i;
-        mapper.map(batch.rows[i]!, batch.lines[i]!, raw, out);
-      }
+      mapper.mapBatch(batch, out);
     }
     const stage = ident(stageTableName(importId));
     const cols = ['line', 'part', ...stageColumns(pipeline).map((c) => c.name), 'key_candidates'].map(ident);

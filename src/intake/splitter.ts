@@ -27,16 +27,13 @@ export class RecordSplitter {
   private line = 1;
   private partStartLine = 1;
   private n = 0;
-  /** Bytes of the first record (the header), once complete; `headerLines` two for fixed-width. */
+  /** Bytes of the first record (the header), once complete. */
   header: Buffer | undefined;
-  private readonly headerLines: number;
-  private headerSeen = 0;
 
   /** `quoted`: honour CSV quotes (false for line-based formats). */
   constructor(options: { partRecords: number; quoted: boolean }) {
     this.partRecords = options.partRecords;
     this.quoted = options.quoted;
-    this.headerLines = 1;
   }
 
   /** Feeds bytes; returns the parts completed by them. */
@@ -50,15 +47,12 @@ export class RecordSplitter {
         this.line++;
         if (this.inQuote) continue;
         if (this.header === undefined) {
-          this.headerSeen++;
-          if (this.headerSeen >= this.headerLines) {
-            this.chunks.push(buf.subarray(start, i + 1));
-            this.header = Buffer.concat(this.chunks);
-            this.chunks = [];
-            this.bytes = 0;
-            start = i + 1;
-            this.partStartLine = this.line;
-          }
+          this.chunks.push(buf.subarray(start, i + 1));
+          this.header = Buffer.concat(this.chunks);
+          this.chunks = [];
+          this.bytes = 0;
+          start = i + 1;
+          this.partStartLine = this.line;
           continue;
         }
         this.records++;
