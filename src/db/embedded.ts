@@ -168,6 +168,7 @@ const SERVER_SETTINGS: Record<string, string> = {
   max_connections: '300',
   shared_buffers: "'1GB'",
   work_mem: "'64MB'",
+  temp_buffers: "'128MB'", // a merge's id tables stay in memory (default 8MB spills to disk)
   maintenance_work_mem: "'512MB'",
   max_wal_size: "'8GB'",
   checkpoint_timeout: "'30min'",

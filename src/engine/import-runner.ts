@@ -1,8 +1,11 @@
 /**
- * Runs one file through a pipeline: detect -> parse -> validate/normalize -> COPY into an
- * unlogged staging table -> set-based merge in one transaction. Parsing in Node and COPY
- * in Postgres overlap (the COPY stream applies backpressure). Bad input fails the import
- * with a clear error and leaves the target tables untouched; rejects are kept for review.
+ * Runs one file through a pipeline: detect -> parse -> validate/normalize -> COPY into
+ * staging -> set-based merge, all in one transaction. Pipelined: the file is merged in
+ * chunks of CHUNK_ROWS rows, Postgres merging one chunk while Node parses the next (both
+ * cores busy). A chunk holds the first row of each of its keys; a row whose key may have
+ * been met before is kept for a last merge, so every key's rows still apply in file order.
+ * Bad input fails the import with a clear error and leaves the target tables untouched
+ * (the transaction rolls back); rejects are kept for review.
  */
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -15,8 +18,9 @@ import type { ParsedBatch } from '../formats/csv-parser.ts';
 import { detectFile, readRecords, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { importRows } from '../http/metrics.ts';
-import { mergeStage } from '../load/merge.ts';
+import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { createStageSql, ident, stageColumns } from '../load/merge-sql.ts';
+import { env } from '../config.ts';
 import { RejectSink } from '../load/rejects.ts';
 import type { Pipeline } from './pipeline.ts';
 import { mapHeader, RowMapper } from './row-mapper.ts';
@@ -89,32 +93,17 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
   let mapper: RowMapper | undefined;
   let ignored: string[] = [];
   try {
-    let t = performance.now();
+    const t = performance.now();
     await client.query(createStageSql(o.pipeline, stage));
-    mapper = await stageFile(client, o, meta, stage, rejects, (m, ig) => {
+    const staged = await stageAndMerge(client, o, meta, stage, rejects, timings, (m, ig) => {
       mapper = m;
       ignored = ig;
     });
-    mark('parse_and_copy', t);
-    await rejects.flush();
-    if (mapper.read === 0) throw new InvalidFileError('invalid file: no data rows after the header');
-    const ratio = mapper.rejected / mapper.read;
-    const max = o.maxRejectRatio ?? 1;
-    if (ratio > max) {
-      throw new InvalidFileError(
-        `rejected ${mapper.rejected} of ${mapper.read} rows (${(ratio * 100).toFixed(1)}%), above --max-reject-ratio ${max}: nothing was imported`,
-      );
-    }
-    o.onProgress?.({ bytes: meta.bytes, totalBytes: meta.bytes, rows: mapper.read, phase: 'merging' });
-    t = performance.now();
-    const counts = await mergeStage(
-      client,
-      o.pipeline,
-      stage,
-      { rows: mapper.accepted, hasKeyCandidates: mapper.hasKeyCandidates, possibleDuplicates: mapper.possibleDuplicates() },
-      timings,
-    );
-    mark('merge', t);
+    mapper = staged.mapper;
+    const counts = staged.counts;
+    mark('parse_and_merge', t);
+    // merge: the part of the merge after the last row was parsed (the rest overlapped it).
+    timings.merge = timings.parse_and_merge! - (timings.parse ?? 0);
     timings.total = Math.round(performance.now() - t0);
     const outcome: ImportOutcome = { status: 'completed', read: mapper.read, rejected: mapper.rejected, ...counts, timings };
     await finishImport(o.pool, id, outcome);
@@ -169,24 +158,114 @@ function withoutFirstRow(b: ParsedBatch): ParsedBatch {
   return { rows: b.rows.slice(1), lines: b.lines.slice(1), raw: (i) => b.raw(i + 1), errors: b.errors };
 }
 
-/** Parses the file and COPYs accepted rows into `stage`; returns the mapper with counts. */
-async function stageFile(
+/**
+ * Bytes parsed between two turns of the event loop: small, so that the statements of the
+ * chunk being merged are sent as soon as the previous one returns (Postgres idles while
+ * Node is in a batch).
+ */
+const BATCH_BYTES = 128 << 10;
+
+/** Rows per merged chunk (SLUICE_CHUNK_ROWS): big enough for set-based statements to pay off. */
+function chunkRows(): number {
+  const n = Number(env('SLUICE_CHUNK_ROWS') ?? 25_000);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidInputError(`SLUICE_CHUNK_ROWS must be a positive integer, got ${env('SLUICE_CHUNK_ROWS')}`);
+  return n;
+}
+
+/** COPYs staging lines into `table`. */
+async function copyLines(client: Client, table: string, cols: string, lines: string[]): Promise<void> {
+  const copy = client.query(copyFrom(`COPY ${ident(table)} (${cols}) FROM STDIN`)) as Writable;
+  const done = finished(copy);
+  // Written in slices: one string of a whole chunk would be a second copy of it.
+  for (let i = 0; i < lines.length; i += 5000) {
+    if (!copy.write(`${lines.slice(i, i + 5000).join('\n')}\n`)) await new Promise<void>((r) => copy.once('drain', r));
+  }
+  copy.end();
+  await done;
+}
+
+
+/**
+ * Parses the file and merges it in one transaction: chunks of first-met keys while the
+ * parse goes on, then the rows of keys met before (in `stage`). Returns the mapper (row
+ * counts) and the merge counts; throws, after rolling back, on bad input.
+ */
+async function stageAndMerge(
   client: Client,
   o: ImportOptions,
   meta: FileMeta,
   stage: string,
   rejects: RejectSink,
+  timings: Record<string, number>,
   onHeader: (m: RowMapper, ignored: string[]) => void,
-): Promise<RowMapper> {
-  const cols = ['line', 'part', ...stageColumns(o.pipeline).map((c) => c.name), 'key_candidates'].map(ident);
-  const copy = client.query(copyFrom(`COPY ${ident(stage)} (${cols.join(', ')}) FROM STDIN`)) as Writable;
+): Promise<{ mapper: RowMapper; counts: MergeCounts }> {
+  const cols = ['line', 'part', ...stageColumns(o.pipeline).map((c) => c.name), 'key_candidates'].map(ident).join(', ');
+  const size = chunkRows();
+  const session = new MergeSession(client, o.pipeline, timings, true);
+  // An unlogged table like the stage (shared buffers): a temporary one would spill past
+  // temp_buffers and be read back from disk by every statement of the chunk's merge.
+  const CHUNK = `${stage}_chunk`;
+  const total: MergeCounts = { inserted: 0, updated: 0, unchanged: 0 };
+  const add = (c: MergeCounts) => {
+    total.inserted += c.inserted;
+    total.updated += c.updated;
+    total.unchanged += c.unchanged;
+  };
   let mapper: RowMapper | undefined;
-  let rows = 0;
+  let chunk: string[] = [];
+  let later: string[] = [];
+  let laterRows = 0;
+  let merging: Promise<MergeCounts> | undefined;
   let lastProgress = 0;
   let bytes = 0;
+  // Several key columns: a row's key is resolved against existing records, so every row
+  // waits for the last merge (no chunks).
+  let allLater = false;
+  const timed = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
+    const t0 = performance.now();
+    try {
+      return await f();
+    } finally {
+      timings[name] = Math.round((timings[name] ?? 0) + performance.now() - t0);
+    }
+  };
+  /** Waits for the chunk being merged (if any); the connection is then free. */
+  const settle = async () => {
+    if (!merging) return;
+    const m = merging;
+    merging = undefined;
+    add(await timed('wait_for_merge', () => m));
+  };
+  const flushLater = async () => {
+    if (later.length === 0) return;
+    await settle();
+    laterRows += later.length;
+    const lines = later;
+    later = [];
+    await timed('copy', () => copyLines(client, stage, cols, lines));
+  };
+  /** Starts the merge of the next chunk (at most `size` rows); with `wait`, waits for it. */
+  const flushChunk = async (wait: boolean) => {
+    if (chunk.length === 0) return;
+    await settle();
+    const lines = chunk.length <= size ? chunk : chunk.slice(0, size);
+    chunk = chunk.length <= size ? [] : chunk.slice(size);
+    await timed('copy', async () => {
+      await client.query(`TRUNCATE ${ident(CHUNK)}`);
+      await copyLines(client, CHUNK, cols, lines);
+    });
+    // Each key occurs once in a chunk: no duplicates to fold.
+    merging = session.mergeChunk(CHUNK, lines.length);
+    // An unobserved rejection would crash the process before settle() sees it.
+    merging.catch(() => {});
+    if (wait) await settle();
+  };
+
+  const t0 = performance.now();
+  await session.begin();
   try {
-    for await (const batch of readRecords(o.file, meta, { format: meta.format, chunkBytes: 1 << 20 }, (p) => (bytes = p.bytes))) {
-      const out: string[] = [];
+    await client.query(createStageSql(o.pipeline, CHUNK));
+    for await (const batch of readRecords(o.file, meta, { format: meta.format, chunkBytes: BATCH_BYTES }, (p) => (bytes = p.bytes))) {
       if (!mapper && batch.rows.length === 0) {
         // Records rejected by the parser before any header: kept as rejects.
         for (const e of batch.errors) rejects.add(e.line, null, e.reason, e.raw);
@@ -196,34 +275,45 @@ async function stageFile(
         // The first record is the header; the rest of the batch is data.
         const mapping = mapHeader(o.pipeline, batch.rows[0]!);
         mapper = new RowMapper(o.pipeline, mapping, 0, rejects);
+        allLater = mapping.keyIndexes.length > 1;
         onHeader(mapper, mapping.ignored);
-        mapper.mapBatch(withoutFirstRow(batch), out);
+        mapper.mapBatch(withoutFirstRow(batch), allLater ? later : chunk, later);
       } else {
-        mapper.mapBatch(batch, out);
+        mapper.mapBatch(batch, allLater ? later : chunk, later);
       }
-      rows = mapper?.read ?? 0;
-      if (out.length > 0 && !copy.write(`${out.join('\n')}\n`)) {
-        await new Promise<void>((resolve, reject) => {
-          copy.once('error', reject);
-          copy.once('drain', () => {
-            copy.off('error', reject);
-            resolve();
-          });
-        });
-      }
+      while (chunk.length >= size) await flushChunk(false);
+      if (later.length >= size) await flushLater();
       const now = performance.now();
       if (o.onProgress && now - lastProgress > 200) {
         lastProgress = now;
-        o.onProgress({ bytes, totalBytes: meta.bytes, rows, phase: 'parsing' });
+        o.onProgress({ bytes, totalBytes: meta.bytes, rows: mapper?.read ?? 0, phase: 'parsing' });
       }
     }
     if (!mapper) throw new InvalidFileError('invalid file: no header row');
-    copy.end();
-    await finished(copy);
-    return mapper;
+    timings.parse = Math.round(performance.now() - t0);
+    // Nothing is committed before the whole file is read and checked.
+    while (chunk.length > 0) await flushChunk(true);
+    await flushLater();
+    await rejects.flush();
+    if (mapper.read === 0) throw new InvalidFileError('invalid file: no data rows after the header');
+    const ratio = mapper.rejected / mapper.read;
+    const max = o.maxRejectRatio ?? 1;
+    if (ratio > max) {
+      throw new InvalidFileError(
+        `rejected ${mapper.rejected} of ${mapper.read} rows (${(ratio * 100).toFixed(1)}%), above --max-reject-ratio ${max}: nothing was imported`,
+      );
+    }
+    o.onProgress?.({ bytes: meta.bytes, totalBytes: meta.bytes, rows: mapper.read, phase: 'merging' });
+    if (laterRows > 0) {
+      add(await session.mergeStaged(stage, { rows: laterRows, hasKeyCandidates: mapper.hasKeyCandidates }, true));
+    }
+    await session.commit();
+    return { mapper, counts: total };
   } catch (err) {
-    copy.destroy(err as Error);
-    await finished(copy).catch(() => {});
+    await merging?.catch(() => {});
+    await session.rollback();
     throw err;
+  } finally {
+    await client.query(`DROP TABLE IF EXISTS ${ident(CHUNK)}`).catch(() => {});
   }
 }

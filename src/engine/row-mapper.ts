@@ -114,8 +114,12 @@ export class RowMapper {
     this.rejects = rejects;
   }
 
-  /** Appends the staging line for one record to `out`, or records a reject. */
-  map(fields: string[], line: number, raw: RawText, out: string[]): void {
+  /**
+   * Appends the staging line for one record to `out`, or records a reject. With `later`,
+   * a row whose key may have been met before goes there instead (a pipelined import merges
+   * those last, see import-runner.ts).
+   */
+  map(fields: string[], line: number, raw: RawText, out: string[], later?: string[]): void {
     this.read++;
     const m = this.mapping;
     if (this.pipeline.strictFieldCount && fields.length !== m.headerLength) {
@@ -154,9 +158,9 @@ export class RowMapper {
     }
     text += key.length > 1 ? `\t${copyArray(key)}` : '\t\\N';
     if (key.length > 1) this.hasKeyCandidates = true;
-    out.push(text);
     this.accepted++;
-    this.noteKey(key[0]!);
+    if (this.noteKey(key[0]!) && later) later.push(text);
+    else out.push(text);
     if (fieldIssues) for (const f of fieldIssues) this.rejects.add(line, f.field, f.reason, raw.text());
   }
 
@@ -181,7 +185,7 @@ export class RowMapper {
    * and rejected rows), appending staging lines to `out`. Shared by the CLI import and the
    * intake workers.
    */
-  mapBatch(batch: ParsedBatch, out: string[]): void {
+  mapBatch(batch: ParsedBatch, out: string[], later?: string[]): void {
     for (const e of batch.errors) {
       this.read++;
       this.rejected++;
@@ -192,13 +196,14 @@ export class RowMapper {
     const raw = { text: () => batch.raw(current) };
     for (let i = 0; i < batch.rows.length; i++) {
       current = i;
-      this.map(batch.rows[i]!, batch.lines[i]!, raw, out);
+      this.map(batch.rows[i]!, batch.lines[i]!, raw, out, later);
     }
   }
 
-  private noteKey(k: string): void {
+  /** Notes key `k`; true when it may have been met before (always, once the bitmap is dropped). */
+  private noteKey(k: string): boolean {
     const seen = this.seen;
-    if (!seen) return;
+    if (!seen) return true;
     // FNV-1a, 32 bits, folded to 26 bits.
     let h = 0x811c9dc5;
     for (let i = 0; i < k.length; i++) h = Math.imul(h ^ k.charCodeAt(i), 0x01000193);
@@ -207,10 +212,11 @@ export class RowMapper {
     const bit = 1 << (h & 7);
     if ((seen[byte]! & bit) === 0) {
       seen[byte] = seen[byte]! | bit;
-      return;
+      return false;
     }
     this.suspects!.add(k);
     if (this.suspects!.size > MAX_SUSPECTS) this.seen = this.suspects = undefined;
+    return true;
   }
 
   /** Keys that may occur on several rows, or undefined when unknown. */

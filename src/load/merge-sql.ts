@@ -118,6 +118,8 @@ export interface MergeSql {
   childFlag: string | undefined;
   counts: string;
   countsSimple: string;
+  /** Counts of a stage merged after chunks of the same import (see merge.ts, MergeSession). */
+  countsAfterChunks: string;
 }
 
 /** All statements of the merge of `stage` into the pipeline's target. */
@@ -168,6 +170,7 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   let lookupJoin = '';
   if (lookups.length > 0) {
     const idCols = lookups.map((_, i) => `NULL::bigint AS _l${i}`).join(', ');
+    lookupSql.push('DROP TABLE IF EXISTS sluice_lk');
     lookupSql.push(`CREATE TEMP TABLE sluice_lk ON COMMIT DROP AS
       SELECT DISTINCT ${lkSources.map(ident).join(', ')}, ${idCols} FROM ${S}`);
     const resolved = new Map<string, string>();
@@ -282,5 +285,25 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   const countsSimple = `SELECT count(*) FILTER (WHERE inserted) AS inserted,
       count(*) FILTER (WHERE changed AND NOT inserted) AS updated FROM sluice_ids`;
 
-  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple };
+  // The stage holds the later rows of keys first met in an earlier chunk (a: that chunk's
+  // outcome, in sluice_ids_all) and keys first met here. Counted as if all rows of a key had
+  // been merged at once: a key created by this import gives 1 inserted, its other rows
+  // updated; an existing key changed by any of its rows gives all its rows updated (the
+  // earlier chunk counted its row unchanged if that row alone changed nothing: moved here).
+  const countsAfterChunks = `SELECT
+      count(*) FILTER (WHERE a.key IS NULL AND i.inserted) AS inserted,
+      coalesce(sum(CASE
+        WHEN a.key IS NOT NULL AND (a.inserted OR a.changed) THEN m.n
+        WHEN a.key IS NOT NULL AND coalesce(i.changed, false) THEN m.n + 1
+        WHEN a.key IS NULL AND i.inserted THEN m.n - 1
+        WHEN a.key IS NULL AND i.changed THEN m.n
+        ELSE 0 END), 0) AS updated,
+      coalesce(sum(CASE
+        WHEN a.key IS NOT NULL AND (a.inserted OR a.changed) THEN 0
+        WHEN a.key IS NOT NULL AND coalesce(i.changed, false) THEN -1
+        WHEN a.key IS NULL AND coalesce(i.inserted OR i.changed, false) THEN 0
+        ELSE m.n END), 0) AS unchanged
+    FROM ${S} m LEFT JOIN sluice_ids i ON i.key = m.${K} LEFT JOIN sluice_ids_all a ON a.key = m.${K}`;
+
+  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple, countsAfterChunks };
 }

@@ -1,0 +1,111 @@
+/**
+ * The pipelined import merges a file in chunks while it parses (import-runner.ts). Whatever
+ * the chunk size, the tables and the counts must be those of merging the whole file at once:
+ * rows of one key apply in file order even when they fall in different chunks.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { runImport } from '../../src/engine/import-runner.ts';
+import { leads } from '../../src/pipelines/leads.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-chunks-'));
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+const HEADER = 'Email,Nome,Twitter,Website,Facebook,Linkedin,Phone,City,State,Tags,Opportunity,Job Title,Available for mailing';
+const ROWS = [
+  'new1@x.com,Name A,@a1,,,,,,,t1,,,', // 2: creates new1
+  'old1@x.com,,@o1,,,,,,,,,,', // 3: fills old1's blank twitter (its only change)
+  'new1@x.com,Name B,,w.com,,,,,,t2,,,', // 4: later row of new1
+  'old2@x.com,Same,,,,,,,,,,,', // 5: changes nothing by itself...
+  'old2@x.com,Changed,,,,,,,,,,,', // 6: ...but this later row does: both count as updated
+  'not-an-email,X,,,,,,,,,,,', // 7: rejected
+  'old3@x.com,N3,,,,,,,XYZ,,,,', // 8: name changed, state rejected for the field only
+  'new2@x.com,,,,,,,Campinas,SP,,,,', // 9: new lead with city and state
+  'new3@x.com,One,,,,,,,,,,,', // 10-13: one new email on four rows: 1 inserted, 3 updated
+  'new3@x.com,Two,,,,,,,,,,,',
+  'new3@x.com,,,,,,,,,a,,,',
+  'new3@x.com,Four,,,,,,,,b,,,',
+  'old1@x.com,,@other,,,,,,,,,,', // 14: twitter already filled by line 3: unchanged field
+  'old4@x.com,Four,,,,,,,,,,,', // 15: existing, nothing changes
+];
+
+async function seed(db: TestDb): Promise<void> {
+  await db.pool.query(`INSERT INTO leads (email, name) VALUES ('old1@x.com', 'One'), ('old2@x.com', 'Same'), ('old3@x.com', 'Old3'), ('old4@x.com', 'Four')`);
+  await db.pool.query(`INSERT INTO lead_infos (lead_id, facebook) SELECT id, 'fb' FROM leads WHERE email = 'old1@x.com'`);
+}
+
+async function snapshot(db: TestDb) {
+  const { rows } = await db.pool.query(
+    `SELECT l.email, l.name, l.job_title, l.opportunity, l.available_for_mailing, l.tags,
+            c.name AS city, s.acronym AS state,
+            li.twitter, li.facebook, li.linkedin, li.website, li.mobile_phone, li.lead_id IS NOT NULL AS has_info
+       FROM leads l LEFT JOIN lead_infos li ON li.lead_id = l.id
+       LEFT JOIN cities c ON c.id = l.city_id LEFT JOIN states s ON s.id = l.state_id
+      ORDER BY l.email`,
+  );
+  return rows;
+}
+
+async function importWithChunks(size: number) {
+  const db = await testDb();
+  try {
+    await seed(db);
+    const file = path.join(dir, `chunks-${size}.csv`);
+    fs.writeFileSync(file, `${HEADER}\n${ROWS.join('\n')}\n`);
+    process.env.SLUICE_CHUNK_ROWS = String(size);
+    const r = await runImport({ pool: db.pool, pipeline: leads, file });
+    assert.equal(r.status, 'completed', r.error);
+    return { rows: r.rows, table: await snapshot(db) };
+  } finally {
+    delete process.env.SLUICE_CHUNK_ROWS;
+    await db.close();
+  }
+}
+
+test('chunk sizes from 1 row to the whole file give the same tables and counts', async () => {
+  const whole = await importWithChunks(1000);
+  assert.deepEqual(whole.rows, { read: 14, inserted: 3, updated: 9, unchanged: 1, rejected: 1 });
+  const by = new Map(whole.table.map((r: { email: string }) => [r.email, r]));
+  const get = (e: string) => by.get(e) as Record<string, unknown>;
+  assert.equal(get('new1@x.com').name, 'Name B');
+  assert.deepEqual(get('new1@x.com').tags, ['t1', 't2']);
+  assert.equal(get('new1@x.com').twitter, 'a1');
+  assert.equal(get('new1@x.com').website, 'http://w.com');
+  assert.equal(get('old1@x.com').twitter, 'o1');
+  assert.equal(get('old1@x.com').facebook, 'fb');
+  assert.equal(get('old2@x.com').name, 'Changed');
+  assert.equal(get('old3@x.com').name, 'N3');
+  assert.equal(get('old3@x.com').state, null);
+  assert.equal(get('new2@x.com').city, 'Campinas');
+  assert.equal(get('new2@x.com').state, 'SP');
+  assert.equal(get('new3@x.com').name, 'Four');
+  assert.deepEqual(get('new3@x.com').tags, ['a', 'b']);
+  for (const size of [1, 2, 3, 5]) {
+    const r = await importWithChunks(size);
+    assert.deepEqual(r.rows, whole.rows, `counts with ${size}-row chunks`);
+    assert.deepEqual(r.table, whole.table, `tables with ${size}-row chunks`);
+  }
+});
+
+test('a failed import leaves no chunk merged', async () => {
+  const db = await testDb();
+  try {
+    await seed(db);
+    const before = await snapshot(db);
+    const file = path.join(dir, 'fail.csv');
+    // Valid rows first (merged in chunks), then too many rejects: nothing may remain.
+    fs.writeFileSync(file, `${HEADER}\n${ROWS.slice(0, 5).join('\n')}\n${Array.from({ length: 20 }, (_, i) => `bad${i},X,,,,,,,,,,,`).join('\n')}\n`);
+    process.env.SLUICE_CHUNK_ROWS = '2';
+    const r = await runImport({ pool: db.pool, pipeline: leads, file, maxRejectRatio: 0.5 });
+    assert.equal(r.status, 'failed');
+    assert.match(r.error!, /nothing was imported/);
+    assert.deepEqual(await snapshot(db), before);
+  } finally {
+    delete process.env.SLUICE_CHUNK_ROWS;
+    await db.close();
+  }
+});
