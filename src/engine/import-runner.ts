@@ -172,18 +172,31 @@ function chunkRows(): number {
   return n;
 }
 
+/**
+ * Staging lines waiting for their COPY, as Buffers: strings kept across many batches would
+ * be promoted to V8's old generation and grow the heap; Buffers live outside it.
+ */
+class Lines {
+  pieces: Buffer[] = [];
+  rows = 0;
+
+  add(lines: string[], from = 0, to = lines.length): void {
+    if (to <= from) return;
+    this.pieces.push(Buffer.from(`${lines.slice(from, to).join('\n')}\n`));
+    this.rows += to - from;
+  }
+}
+
 /** COPYs staging lines into `table`. */
-async function copyLines(client: Client, table: string, cols: string, lines: string[]): Promise<void> {
+async function copyLines(client: Client, table: string, cols: string, lines: Lines): Promise<void> {
   const copy = client.query(copyFrom(`COPY ${ident(table)} (${cols}) FROM STDIN`)) as Writable;
   const done = finished(copy);
-  // Written in slices: one string of a whole chunk would be a second copy of it.
-  for (let i = 0; i < lines.length; i += 5000) {
-    if (!copy.write(`${lines.slice(i, i + 5000).join('\n')}\n`)) await new Promise<void>((r) => copy.once('drain', r));
+  for (const piece of lines.pieces) {
+    if (!copy.write(piece)) await new Promise<void>((r) => copy.once('drain', r));
   }
   copy.end();
   await done;
 }
-
 
 /**
  * Parses the file and merges it in one transaction: chunks of first-met keys while the
@@ -212,8 +225,8 @@ async function stageAndMerge(
     total.unchanged += c.unchanged;
   };
   let mapper: RowMapper | undefined;
-  let chunk: string[] = [];
-  let later: string[] = [];
+  let chunk = new Lines();
+  let later = new Lines();
   let laterRows = 0;
   let merging: Promise<MergeCounts> | undefined;
   let lastProgress = 0;
@@ -237,25 +250,25 @@ async function stageAndMerge(
     add(await timed('wait_for_merge', () => m));
   };
   const flushLater = async () => {
-    if (later.length === 0) return;
+    if (later.rows === 0) return;
     await settle();
-    laterRows += later.length;
+    laterRows += later.rows;
     const lines = later;
-    later = [];
+    later = new Lines();
     await timed('copy', () => copyLines(client, stage, cols, lines));
   };
-  /** Starts the merge of the next chunk (at most `size` rows); with `wait`, waits for it. */
+  /** Starts the merge of the chunk; with `wait`, waits for it. */
   const flushChunk = async (wait: boolean) => {
-    if (chunk.length === 0) return;
+    if (chunk.rows === 0) return;
     await settle();
-    const lines = chunk.length <= size ? chunk : chunk.slice(0, size);
-    chunk = chunk.length <= size ? [] : chunk.slice(size);
+    const lines = chunk;
+    chunk = new Lines();
     await timed('copy', async () => {
       await client.query(`TRUNCATE ${ident(CHUNK)}`);
       await copyLines(client, CHUNK, cols, lines);
     });
     // Each key occurs once in a chunk: no duplicates to fold.
-    merging = session.mergeChunk(CHUNK, lines.length);
+    merging = session.mergeChunk(CHUNK, lines.rows);
     // An unobserved rejection would crash the process before settle() sees it.
     merging.catch(() => {});
     if (wait) await settle();
@@ -271,18 +284,26 @@ async function stageAndMerge(
         for (const e of batch.errors) rejects.add(e.line, null, e.reason, e.raw);
         continue;
       }
+      const out: string[] = [];
+      const outLater: string[] = [];
       if (!mapper) {
         // The first record is the header; the rest of the batch is data.
         const mapping = mapHeader(o.pipeline, batch.rows[0]!);
         mapper = new RowMapper(o.pipeline, mapping, 0, rejects);
         allLater = mapping.keyIndexes.length > 1;
         onHeader(mapper, mapping.ignored);
-        mapper.mapBatch(withoutFirstRow(batch), allLater ? later : chunk, later);
+        mapper.mapBatch(withoutFirstRow(batch), allLater ? outLater : out, outLater);
       } else {
-        mapper.mapBatch(batch, allLater ? later : chunk, later);
+        mapper.mapBatch(batch, allLater ? outLater : out, outLater);
       }
-      while (chunk.length >= size) await flushChunk(false);
-      if (later.length >= size) await flushLater();
+      for (let i = 0; i < out.length; ) {
+        const n = Math.min(size - chunk.rows, out.length - i);
+        chunk.add(out, i, i + n);
+        i += n;
+        if (chunk.rows >= size) await flushChunk(false);
+      }
+      later.add(outLater);
+      if (later.rows >= size) await flushLater();
       const now = performance.now();
       if (o.onProgress && now - lastProgress > 200) {
         lastProgress = now;
@@ -292,7 +313,7 @@ async function stageAndMerge(
     if (!mapper) throw new InvalidFileError('invalid file: no header row');
     timings.parse = Math.round(performance.now() - t0);
     // Nothing is committed before the whole file is read and checked.
-    while (chunk.length > 0) await flushChunk(true);
+    await flushChunk(true);
     await flushLater();
     await rejects.flush();
     if (mapper.read === 0) throw new InvalidFileError('invalid file: no data rows after the header');
