@@ -169,10 +169,11 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   const lookupSql: string[] = [];
   let lookupJoin = '';
   if (lookups.length > 0) {
-    const idCols = lookups.map((_, i) => `NULL::bigint AS _l${i}`).join(', ');
-    lookupSql.push('DROP TABLE IF EXISTS sluice_lk');
-    lookupSql.push(`CREATE TEMP TABLE sluice_lk ON COMMIT DROP AS
-      SELECT DISTINCT ${lkSources.map(ident).join(', ')}, ${idCols} FROM ${S}`);
+    const idCols = lookups.map(() => 'NULL::bigint').join(', ');
+    // Created once per transaction, refilled per merge (a pipelined import merges chunks).
+    lookupSql.push(`CREATE TEMP TABLE IF NOT EXISTS sluice_lk (${lkSources.map((c) => `${ident(c)} text`).join(', ')}, ${lookups.map((_, i) => `_l${i} bigint`).join(', ')}) ON COMMIT DROP`);
+    lookupSql.push('TRUNCATE sluice_lk');
+    lookupSql.push(`INSERT INTO sluice_lk SELECT DISTINCT ${lkSources.map(ident).join(', ')}, ${idCols} FROM ${S}`);
     const resolved = new Map<string, string>();
     lookups.forEach((l, i) => {
       const L = ident(l.table);
@@ -256,10 +257,14 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     }
     // The existing records' child work runs from a small table of their ids and values
     // joined to the child by its key with index probes (see merge.ts): a hash join would
-    // scan the whole child table, millions of rows, for a file of thousands.
-    childSource = `CREATE TEMP TABLE sluice_child ON COMMIT DROP AS
-      SELECT i.id, ${cf.map((f) => `m.${ident(f.from)}`).join(', ')} FROM sluice_ids i JOIN ${S} m ON m.${K} = i.key
-       WHERE NOT i.inserted AND (${anyValue})`;
+    // scan the whole child table, millions of rows, for a file of thousands. In id order,
+    // so the probes walk the child's key index and heap forwards.
+    childSource = [
+      `CREATE TEMP TABLE IF NOT EXISTS sluice_child (id bigint, ${cf.map((f) => `${ident(f.from)} ${PG_TYPE[stageTypes.get(f.from)!]}`).join(', ')}) ON COMMIT DROP`,
+      'TRUNCATE sluice_child',
+      `INSERT INTO sluice_child SELECT i.id, ${cf.map((f) => `m.${ident(f.from)}`).join(', ')} FROM sluice_ids i JOIN ${S} m ON m.${K} = i.key
+       WHERE NOT i.inserted AND (${anyValue}) ORDER BY i.id`,
+    ].join(';\n');
     childUpsert = `WITH u AS (
         UPDATE ${C} c SET ${updSets.join(', ')}, updated_at = now()
           FROM sluice_child m

@@ -114,7 +114,6 @@ export class MergeSession {
     await step('analyze', 'ANALYZE sluice_ids');
     if (sql.childInsert) await step('child_insert', sql.childInsert);
     if (sql.childSource && sql.childUpsert && sql.childInsertMissing && sql.childFlag) {
-      await client.query('DROP TABLE IF EXISTS sluice_child');
       await client.query('TRUNCATE sluice_child_changed');
       await step('child_source', sql.childSource);
       // Only the child-table join is left in these two statements: probe its primary key
@@ -155,14 +154,13 @@ export class MergeSession {
     let t0 = performance.now();
     const r1 = (await this.client.query(first.join(';\n'))) as unknown as QueryResult[];
     this.timings.chunk_upsert = Math.round((this.timings.chunk_upsert ?? 0) + performance.now() - t0);
-    const upserted = r1[first.length - 2]!.rowCount ?? 0;
+    const upserted = r1[r1.length - 2]!.rowCount ?? 0;
     const rest: string[] = [];
     if (sql.missingIds && upserted < rows) rest.push(sql.missingIds);
     rest.push('ANALYZE sluice_ids');
     if (sql.childInsert) rest.push(sql.childInsert);
     if (sql.childSource && sql.childUpsert && sql.childInsertMissing && sql.childFlag) {
       rest.push(
-        'DROP TABLE IF EXISTS sluice_child',
         'TRUNCATE sluice_child_changed',
         sql.childSource,
         'SET LOCAL enable_hashjoin = off',
@@ -178,7 +176,7 @@ export class MergeSession {
     t0 = performance.now();
     const r2 = (await this.client.query(rest.join(';\n'))) as unknown as QueryResult[];
     this.timings.chunk_rest = Math.round((this.timings.chunk_rest ?? 0) + performance.now() - t0);
-    const c = r2[rest.length - 2]!.rows[0] as { inserted: number; updated: number };
+    const c = r2[r2.length - 2]!.rows[0] as { inserted: number; updated: number };
     return { inserted: c.inserted, updated: c.updated, unchanged: rows - c.inserted - c.updated };
   }
 
