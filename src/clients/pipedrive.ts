@@ -184,9 +184,17 @@ class SlidingWindow {
     }
   }
 
-  release(): void {
+  /**
+   * Frees the slot one window after `answeredAt` (when the response's headers arrived: the
+   * server had counted the request by then; reading and parsing the body is not its time).
+   * Answers come back out of order: the list stays sorted.
+   */
+  release(answeredAt = performance.now()): void {
     this.inFlight--;
-    this.done.push(performance.now());
+    let i = this.done.length;
+    while (i > this.head && (this.done[i - 1] as number) > answeredAt) i--;
+    if (i === this.done.length) this.done.push(answeredAt);
+    else this.done.splice(i, 0, answeredAt);
     this.wake?.();
   }
 
@@ -273,6 +281,7 @@ export class PipedriveClient {
       let netErr: unknown;
       await this.slots.take();
       let acquired = false;
+      let answeredAt: number | undefined;
       try {
         await this.window.acquire(this.o.signal);
         acquired = true;
@@ -300,6 +309,7 @@ export class PipedriveClient {
             body: opts.body !== undefined ? JSON.stringify(opts.body) : null,
             signal: ac.signal,
           });
+          answeredAt = performance.now();
           const text = await res.text();
           try {
             envelope = text ? (JSON.parse(text) as Envelope<T>) : {};
@@ -314,7 +324,7 @@ export class PipedriveClient {
           this.o.signal?.removeEventListener('abort', onAbort);
         }
       } finally {
-        if (acquired) this.window.release();
+        if (acquired) this.window.release(answeredAt);
         this.slots.give();
       }
       if (res) this.observe(res);

@@ -5,40 +5,15 @@
  * daily request budget, pacing at the account's rate, and a missing token.
  */
 import assert from 'node:assert/strict';
-import { after, before, beforeEach, test } from 'node:test';
+import { test } from 'node:test';
 import { PipedriveSimulator } from '../../src/dev/pipedrive-simulator.ts';
-import { validateCrmConfig } from '../../src/pipelines/crm/config.ts';
 import { CrmRunError, runCrmSync } from '../../src/pipelines/crm/sync.ts';
-import { testDb, type TestDb } from '../helpers/db.ts';
-import { JAFFLE, crmState, expectedJaffle } from './helpers.ts';
+import { crmState, expectedJaffle, inProcessCrm } from './helpers.ts';
 
-let db: TestDb;
-let sim: PipedriveSimulator;
-let apiUrl: string;
-let n = 0;
+const crm = inProcessCrm('faults', { retry: { max_attempts: 6, base_ms: 5, max_ms: 40 } });
+const { sim, config } = crm;
 const want = expectedJaffle();
 const TOTAL = 2 + 2 + 2 + want.persons.size + want.deals.size;
-
-before(async () => {
-  db = await testDb();
-  sim = new PipedriveSimulator();
-  apiUrl = await sim.listen();
-  process.env.PIPEDRIVE_API_TOKEN = 'faults-token';
-});
-beforeEach(() => sim.reset());
-after(async () => {
-  await sim.close();
-  await db.close();
-});
-
-/** A config on the local jaffle files, with a fresh pipeline name per call. */
-function config(destination: Record<string, unknown> = {}, name = `faults${++n}`) {
-  return validateCrmConfig({
-    name,
-    sources: { customers: `${JAFFLE}/raw_customers.csv`, orders: `${JAFFLE}/raw_orders.csv`, payments: `${JAFFLE}/raw_payments.csv` },
-    destination: { base_url: apiUrl, concurrency: 4, rate_limit: '10000/1s', retry: { max_attempts: 6, base_ms: 5, max_ms: 40 }, ...destination },
-  });
-}
 
 function assertNoDuplicatesAndComplete(): void {
   const crm = crmState(sim);
@@ -56,7 +31,7 @@ test('a 429 storm is waited out (Retry-After honoured by every request) and the 
   const onRequest = (r: { status: number }) => times.push({ t: performance.now(), status: r.status });
   sim.on('request', onRequest);
   sim.addFault({ status: 429, count: 8, method: 'POST', path: '/v1/deals', retryAfter: 1 });
-  const o = await runCrmSync(db.pool, config(), { trigger: 'cli' });
+  const o = await runCrmSync(crm.db.pool, config(), { trigger: 'cli' });
   sim.off('request', onRequest);
   assert.equal(o.status, 'completed');
   assert.equal(o.summary.retries_429, 8);
@@ -79,7 +54,7 @@ test('5xx bursts and dropped connections are retried; ambiguous creates never du
   sim.addFault({ status: 500, count: 3, method: 'POST', path: '/v1/deals', afterCommit: true });
   sim.addFault({ status: 0, count: 2, method: 'POST', path: '/v1/persons', afterCommit: true });
   sim.addFault({ status: 0, count: 2, method: 'GET', path: '/v1/deals' });
-  const o = await runCrmSync(db.pool, config(), { trigger: 'cli' });
+  const o = await runCrmSync(crm.db.pool, config(), { trigger: 'cli' });
   assert.equal(o.status, 'completed');
   assert.deepEqual(o.summary.persons, { created: 100, updated: 0, unchanged: 0, failed: 0 });
   assert.deepEqual(o.summary.deals, { created: 99, updated: 0, unchanged: 0, failed: 0 });
@@ -93,14 +68,14 @@ test('records refused for good are stored with their error, the run goes on, the
   assert.ok(ofMichael.length > 0);
   sim.addFault({ status: 400, count: -1, method: 'POST', path: '/v1/deals', match: { title: 'P. Michael' }, error: 'Deal title is on a blocklist' });
   sim.addFault({ status: 422, count: 1, method: 'POST', path: '/v1/persons', match: { name: 'Shawn M.' }, error: 'Unprocessable person' });
-  const o = await runCrmSync(db.pool, cfg, { trigger: 'cli' });
+  const o = await runCrmSync(crm.db.pool, cfg, { trigger: 'cli' });
   assert.equal(o.status, 'completed');
   assert.equal(o.summary.persons.failed, 1);
   // Shawn's deals cannot be created without his person: failed too, without a request.
   const ofShawn = [...want.deals.values()].filter((d) => d.personKey === '2').length;
   assert.equal(o.summary.deals.failed, ofMichael.length + ofShawn);
   assert.equal(o.summary.deals.created, 99 - ofMichael.length - ofShawn);
-  const { rows } = await db.pool.query<{ kind: string; key: string; error: string }>(
+  const { rows } = await crm.db.pool.query<{ kind: string; key: string; error: string }>(
     'SELECT kind, key, error FROM crm_failures WHERE run_id = $1 ORDER BY kind, key', [o.runId],
   );
   assert.equal(rows.length, 1 + ofMichael.length + ofShawn);
@@ -109,7 +84,7 @@ test('records refused for good are stored with their error, the run goes on, the
   assert.ok(o.failures.length > 0, 'the outcome reports failures');
 
   sim.clearFaults();
-  const again = await runCrmSync(db.pool, cfg, { trigger: 'cli' });
+  const again = await runCrmSync(crm.db.pool, cfg, { trigger: 'cli' });
   assert.equal(again.status, 'completed', 'a run that left failures is followed by a real run');
   assert.equal(again.summary.persons.created, 1);
   assert.equal(again.summary.deals.created, ofMichael.length + ofShawn);
@@ -118,22 +93,22 @@ test('records refused for good are stored with their error, the run goes on, the
 
 test('the daily request budget stops the run; the next day continues without duplicates', async () => {
   const cfg = config({ daily_request_budget: 60 });
-  await assert.rejects(runCrmSync(db.pool, cfg, { trigger: 'cli' }), (err: unknown) => {
+  await assert.rejects(runCrmSync(crm.db.pool, cfg, { trigger: 'cli' }), (err: unknown) => {
     assert.ok(err instanceof CrmRunError);
     assert.match(err.message, /daily request budget exhausted/);
     assert.equal(err.outcome.summary.requests, 60);
     return true;
   });
   assert.equal(sim.stats.requests, 60);
-  await assert.rejects(runCrmSync(db.pool, cfg, { trigger: 'cli' }), /budget of 60 is spent/);
+  await assert.rejects(runCrmSync(crm.db.pool, cfg, { trigger: 'cli' }), /budget of 60 is spent/);
   assert.equal(sim.stats.requests, 60, 'a spent budget sends nothing');
   // Each "next day" the budget renews and the run continues where the CRM stands.
   let days = 0;
   for (;;) {
-    await db.pool.query(`UPDATE crm_runs SET started_at = started_at - interval '1 day' WHERE pipeline = $1`, [cfg.name]);
+    await crm.db.pool.query(`UPDATE crm_runs SET started_at = started_at - interval '1 day' WHERE pipeline = $1`, [cfg.name]);
     days++;
     try {
-      const o = await runCrmSync(db.pool, cfg, { trigger: 'cli' });
+      const o = await runCrmSync(crm.db.pool, cfg, { trigger: 'cli' });
       assert.equal(o.status, 'completed');
       break;
     } catch (err) {
@@ -143,7 +118,7 @@ test('the daily request budget stops the run; the next day continues without dup
   }
   assert.ok(days >= 3, `${days} days`);
   assertNoDuplicatesAndComplete();
-  const { rows } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM crm_links WHERE pipeline = $1`, [cfg.name]);
+  const { rows } = await crm.db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM crm_links WHERE pipeline = $1`, [cfg.name]);
   assert.equal(rows[0]?.n, want.persons.size + want.deals.size, 'every create was journaled');
 });
 
@@ -152,7 +127,7 @@ test('paced at the account rate: (almost) no 429 and close to the rate bound', a
   const url = await slow.listen();
   try {
     const t0 = performance.now();
-    const o = await runCrmSync(db.pool, config({ base_url: url, rate_limit: '40/1s' }), { trigger: 'cli' });
+    const o = await runCrmSync(crm.db.pool, config({ base_url: url, rate_limit: '40/1s' }), { trigger: 'cli' });
     const wall = performance.now() - t0;
     assert.equal(o.status, 'completed');
     // The server counts arrivals: on a loaded machine one request may arrive late enough
@@ -173,7 +148,7 @@ test('paced at the account rate: (almost) no 429 and close to the rate bound', a
 test('without PIPEDRIVE_API_TOKEN the run fails with a clear error', async () => {
   delete process.env.PIPEDRIVE_API_TOKEN;
   try {
-    await assert.rejects(runCrmSync(db.pool, config(), { trigger: 'cli' }), (err: unknown) => {
+    await assert.rejects(runCrmSync(crm.db.pool, config(), { trigger: 'cli' }), (err: unknown) => {
       assert.ok(err instanceof CrmRunError);
       assert.equal(err.code, 'invalid_input');
       assert.match(err.message, /PIPEDRIVE_API_TOKEN is not set/);

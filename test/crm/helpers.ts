@@ -10,9 +10,12 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { after, before, beforeEach } from 'node:test';
 import { stringify } from 'yaml';
 import { repoRoot } from '../../src/config.ts';
-import type { PipedriveSimulator } from '../../src/dev/pipedrive-simulator.ts';
+import { PipedriveSimulator } from '../../src/dev/pipedrive-simulator.ts';
+import { validateCrmConfig } from '../../src/pipelines/crm/config.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
 
 export const JAFFLE = path.join(repoRoot, 'test/fixtures/jaffle');
 export const FILES = ['raw_customers.csv', 'raw_orders.csv', 'raw_payments.csv'] as const;
@@ -179,4 +182,36 @@ export async function until<T>(check: () => T | Promise<T>, what: string, ms = 3
     await new Promise((r) => setImmediate(r));
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * For in-process tests: the file's database and a simulator (reset before each test), the
+ * token `${prefix}-token` in the environment, and `config()`: a pipeline on the local
+ * jaffle files with a fresh name per call.
+ */
+export function inProcessCrm(prefix: string, defaults: Record<string, unknown> = {}) {
+  let n = 0;
+  const ctx = {
+    db: undefined as unknown as TestDb,
+    sim: new PipedriveSimulator(),
+    apiUrl: '',
+    config(destination: Record<string, unknown> = {}, name = `${prefix}${++n}`) {
+      return validateCrmConfig({
+        name,
+        sources: { customers: `${JAFFLE}/raw_customers.csv`, orders: `${JAFFLE}/raw_orders.csv`, payments: `${JAFFLE}/raw_payments.csv` },
+        destination: { base_url: ctx.apiUrl, concurrency: 4, rate_limit: '10000/1s', ...defaults, ...destination },
+      });
+    },
+  };
+  before(async () => {
+    ctx.db = await testDb();
+    ctx.apiUrl = await ctx.sim.listen();
+    process.env.PIPEDRIVE_API_TOKEN = `${prefix}-token`;
+  });
+  beforeEach(() => ctx.sim.reset());
+  after(async () => {
+    await ctx.sim.close();
+    await ctx.db.close();
+  });
+  return ctx;
 }

@@ -35,9 +35,15 @@ test('HTTP: ETag remembered, an unchanged source answers 304 and is not re-proce
   assert.equal(second.reason, 'not_modified');
   assert.equal(second.changed, false);
   assert.equal(files.hits.notModified, 1);
+  // Forced, the source is fetched again; the same bytes keep the rows already staged.
   const forced = await refreshSource(db.pool, 'http', 'orders', url, true);
-  assert.equal(forced.reason, 'forced');
-  assert.equal(forced.changed, true);
+  assert.equal(forced.reason, 'same_content');
+  assert.equal(forced.changed, false);
+  assert.equal(files.hits.notModified, 1, 'forced: not a conditional request');
+  files.set('raw_orders.csv', files.text('raw_orders.csv').replace('1,1,2018-01-01,returned', '1,1,2018-01-01,completed'));
+  const forcedChanged = await refreshSource(db.pool, 'http', 'orders', url, true);
+  assert.equal(forcedChanged.reason, 'forced');
+  assert.equal(forcedChanged.changed, true);
   files.set('raw_orders.csv', `${files.text('raw_orders.csv')}100,1,2018-04-10,placed\r\n`);
   const changed = await refreshSource(db.pool, 'http', 'orders', url, false);
   assert.equal(changed.reason, 'changed');

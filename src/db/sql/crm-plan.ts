@@ -15,8 +15,8 @@ export const RUN_TABLES = 'crm_remote_persons, crm_remote_deals, crm_want_person
 /** Temp tables live as long as the run's dedicated connection; recreated per run. */
 export async function createSnapshotTables(q: Q): Promise<void> {
   await q.query(`DROP TABLE IF EXISTS ${RUN_TABLES}`);
-  await q.query(`CREATE TEMP TABLE crm_remote_persons (crm_id bigint NOT NULL, key text, name text)`);
-  await q.query(`CREATE TEMP TABLE crm_remote_deals (crm_id bigint NOT NULL, key text, title text, value numeric,
+  await q.query(`CREATE TEMP TABLE crm_remote_persons (crm_id bigint NOT NULL, key text NOT NULL, name text)`);
+  await q.query(`CREATE TEMP TABLE crm_remote_deals (crm_id bigint NOT NULL, key text NOT NULL, title text, value numeric,
     currency text, person_id bigint, status text, expected_close_date date)`);
 }
 
@@ -37,14 +37,19 @@ export interface RemoteDeal {
   expectedCloseDate: string | null;
 }
 
-export async function insertRemotePersons(q: Q, rows: RemotePerson[]): Promise<void> {
+/** Records without a key are not Sluice's: left out of the snapshot. */
+const keyed = <R extends { key: string | null }>(rows: R[]) => rows.filter((r): r is R & { key: string } => r.key !== null);
+
+export async function insertRemotePersons(q: Q, page: RemotePerson[]): Promise<void> {
+  const rows = keyed(page);
   if (!rows.length) return;
   await q.query(`INSERT INTO crm_remote_persons SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])`, [
     rows.map((r) => r.crmId), rows.map((r) => r.key), rows.map((r) => r.name),
   ]);
 }
 
-export async function insertRemoteDeals(q: Q, rows: RemoteDeal[]): Promise<void> {
+export async function insertRemoteDeals(q: Q, page: RemoteDeal[]): Promise<void> {
+  const rows = keyed(page);
   if (!rows.length) return;
   await q.query(
     `INSERT INTO crm_remote_deals SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::text[],
@@ -56,6 +61,20 @@ export async function insertRemoteDeals(q: Q, rows: RemoteDeal[]): Promise<void>
   );
 }
 
+/**
+ * Keys held by several CRM records (made by hand, or by the old job): only the lowest id
+ * stays in the snapshot, so the plan is a plain hash join. One hash aggregate, no sort;
+ * returns how many keys had copies.
+ */
+async function dropDuplicates(q: Q, remote: 'crm_remote_persons' | 'crm_remote_deals'): Promise<number> {
+  const { rows } = await q.query<{ keys: number }>(
+    `WITH d AS (SELECT key, min(crm_id) AS keep FROM ${remote} GROUP BY key HAVING count(*) > 1),
+          gone AS (DELETE FROM ${remote} r USING d WHERE r.key = d.key AND r.crm_id > d.keep)
+     SELECT count(*)::int AS keys FROM d`,
+  );
+  return rows[0]?.keys ?? 0;
+}
+
 export interface PlanCounts {
   create: number;
   update: number;
@@ -65,12 +84,14 @@ export interface PlanCounts {
   duplicates: number;
 }
 
-async function counts(q: Q, table: 'crm_plan_persons' | 'crm_plan_deals', remote: string): Promise<PlanCounts> {
-  const { rows } = await q.query<{ action: keyof PlanCounts; n: number }>(`SELECT action, count(*)::int AS n FROM ${table} GROUP BY action`);
-  const c: PlanCounts = { create: 0, update: 0, unchanged: 0, fail: 0, duplicates: 0 };
-  for (const r of rows) c[r.action] = r.n;
-  const d = await q.query<{ n: number }>(`SELECT count(*)::int AS n FROM (SELECT key FROM ${remote} WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1) k`);
-  c.duplicates = d.rows[0]?.n ?? 0;
+/** The plan tables hold only the work (create, update, fail); unchanged = desired - work. */
+async function counts(q: Q, table: 'crm_plan_persons' | 'crm_plan_deals', want: string, duplicates: number): Promise<PlanCounts> {
+  const { rows } = await q.query<{ action: keyof PlanCounts; n: number }>(
+    `SELECT action, count(*)::int AS n FROM ${table} GROUP BY action
+     UNION ALL SELECT 'unchanged', (SELECT count(*) FROM ${want}) - (SELECT count(*) FROM ${table})`,
+  );
+  const c: PlanCounts = { create: 0, update: 0, unchanged: 0, fail: 0, duplicates };
+  for (const r of rows) c[r.action] = Number(r.n);
   return c;
 }
 
@@ -84,23 +105,25 @@ export async function createDesiredTables(q: Q, params: unknown[]): Promise<void
   await q.query('ANALYZE crm_want_persons, crm_want_deals');
 }
 
-/** Plans persons: create what the CRM lacks, update a differing name, leave the rest. */
+/**
+ * Plans persons: create what the CRM lacks, update a differing name; the unchanged are
+ * only counted. Runs as soon as every page of persons is in (the deals may still be read).
+ */
 export async function planPersons(q: Q): Promise<PlanCounts> {
   // Autovacuum never analyzes temp tables: without statistics the planner may join a
   // million-row snapshot by nested loop.
-  await q.query('ANALYZE crm_remote_persons, crm_remote_deals');
+  await q.query('ANALYZE crm_remote_persons');
+  const duplicates = await dropDuplicates(q, 'crm_remote_persons');
   await q.query(
     `CREATE TEMP TABLE crm_plan_persons AS
      SELECT row_number() OVER (ORDER BY w.key) AS seq, w.key, w.name, r.crm_id, r.name AS remote_name,
-            CASE WHEN r.crm_id IS NULL THEN 'create'
-                 WHEN r.name IS DISTINCT FROM w.name THEN 'update'
-                 ELSE 'unchanged' END AS action
+            CASE WHEN r.crm_id IS NULL THEN 'create' ELSE 'update' END AS action
        FROM crm_want_persons w
-       LEFT JOIN (SELECT DISTINCT ON (key) crm_id, key, name FROM crm_remote_persons
-                   WHERE key IS NOT NULL ORDER BY key, crm_id) r USING (key)`,
+       LEFT JOIN crm_remote_persons r USING (key)
+      WHERE r.crm_id IS NULL OR r.name IS DISTINCT FROM w.name`,
   );
   await q.query('CREATE INDEX ON crm_plan_persons (seq)');
-  return counts(q, 'crm_plan_persons', 'crm_remote_persons');
+  return counts(q, 'crm_plan_persons', 'crm_want_persons', duplicates);
 }
 
 /**
@@ -108,26 +131,27 @@ export async function planPersons(q: Q): Promise<PlanCounts> {
  * `fail`: the order's customer is not in the source, or its person could not be created.
  */
 export async function planDeals(q: Q): Promise<PlanCounts> {
-  await q.query('ANALYZE crm_remote_persons'); // now with the persons created in this run
+  await q.query('ANALYZE crm_remote_persons, crm_remote_deals'); // persons: with those created in this run
+  const duplicates = await dropDuplicates(q, 'crm_remote_deals');
   await q.query(
     `CREATE TEMP TABLE crm_plan_deals AS
-     SELECT row_number() OVER (ORDER BY w.key) AS seq, w.key, w.person_key, w.title, w.value, w.currency, w.status,
-            w.order_date, pm.crm_id AS person_crm_id, r.crm_id,
-            r.title AS r_title, r.value AS r_value, r.currency AS r_currency, r.person_id AS r_person_id,
-            r.status AS r_status, r.expected_close_date AS r_date,
-            CASE WHEN w.title IS NULL OR pm.crm_id IS NULL THEN 'fail'
-                 WHEN r.crm_id IS NULL THEN 'create'
-                 WHEN (r.title, r.value, r.currency, r.person_id, r.status, r.expected_close_date)
-                      IS NOT DISTINCT FROM (w.title, w.value, w.currency, pm.crm_id, w.status, w.order_date) THEN 'unchanged'
-                 ELSE 'update' END AS action
-       FROM crm_want_deals w
-       LEFT JOIN (SELECT DISTINCT ON (key) key, crm_id FROM crm_remote_persons
-                   WHERE key IS NOT NULL ORDER BY key, crm_id) pm ON pm.key = w.person_key
-       LEFT JOIN (SELECT DISTINCT ON (key) * FROM crm_remote_deals
-                   WHERE key IS NOT NULL ORDER BY key, crm_id) r ON r.key = w.key`,
+     SELECT row_number() OVER (ORDER BY key) AS seq, * FROM (
+       SELECT w.key, w.person_key, w.title, w.value, w.currency, w.status,
+              w.order_date, pm.crm_id AS person_crm_id, r.crm_id,
+              r.title AS r_title, r.value AS r_value, r.currency AS r_currency, r.person_id AS r_person_id,
+              r.status AS r_status, r.expected_close_date AS r_date,
+              CASE WHEN w.title IS NULL OR pm.crm_id IS NULL THEN 'fail'
+                   WHEN r.crm_id IS NULL THEN 'create'
+                   WHEN (r.title, r.value, r.currency, r.person_id, r.status, r.expected_close_date)
+                        IS NOT DISTINCT FROM (w.title, w.value, w.currency, pm.crm_id, w.status, w.order_date) THEN 'unchanged'
+                   ELSE 'update' END AS action
+         FROM crm_want_deals w
+         LEFT JOIN crm_remote_persons pm ON pm.key = w.person_key
+         LEFT JOIN crm_remote_deals r ON r.key = w.key) j
+      WHERE action <> 'unchanged'`,
   );
   await q.query('CREATE INDEX ON crm_plan_deals (seq)');
-  return counts(q, 'crm_plan_deals', 'crm_remote_deals');
+  return counts(q, 'crm_plan_deals', 'crm_want_deals', duplicates);
 }
 
 export interface PersonWork {

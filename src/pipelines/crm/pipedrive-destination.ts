@@ -30,6 +30,7 @@ import {
   recordPlannedDealFailures,
   type DealWork,
   type PersonWork,
+  type PlanCounts,
 } from '../../db/sql/crm-plan.ts';
 import type { PipedriveDestinationConfig } from './config.ts';
 import { zeroCounts, type Destination, type DestinationResult, type DestinationRun } from './types.ts';
@@ -140,6 +141,7 @@ async function drain<W extends { seq: number }>(
   fetch: (after: number, limit: number) => Promise<W[]>,
   workers: number,
   fn: (w: W) => Promise<void>,
+  halt: () => boolean = () => false,
 ): Promise<void> {
   let stopped = false;
   async function* rows(): AsyncGenerator<W> {
@@ -154,7 +156,7 @@ async function drain<W extends { seq: number }>(
   const it = rows();
   const results = await Promise.allSettled(
     Array.from({ length: workers }, async () => {
-      while (!stopped) {
+      while (!stopped && !halt()) {
         const r = await it.next();
         if (r.done) return;
         try {
@@ -199,57 +201,75 @@ export class PipedriveDestination implements Destination {
     const conn = await run.pool.connect();
     const db = serialized(conn);
     const journal = new Journal(run, db, () => run.progress(snapshotOf()));
+    // Step durations; persons and deals overlap (see below), so they do not add up.
     const timings: Record<string, number> = {};
     result.details.timings_ms = timings;
-    let mark = performance.now();
-    let desired: Promise<void> = Promise.resolve();
-    const step = (name: string) => {
-      const now = performance.now();
-      timings[name] = Math.round(now - mark);
-      mark = now;
+    const t0 = performance.now();
+    const timed = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+      const t = performance.now();
+      try {
+        return await fn();
+      } finally {
+        timings[name] = Math.round(performance.now() - t);
+      }
     };
+    let desired: Promise<void> = Promise.resolve();
+    let persons: Promise<void> = Promise.resolve();
     try {
-      const [personKey, dealKey] = await Promise.all([
-        this.ensureField(client, '/personFields', cfg.personKeyField),
-        this.ensureField(client, '/dealFields', cfg.dealKeyField),
-      ]);
+      const [personKey, dealKey] = await timed('fields', () =>
+        Promise.all([this.ensureField(client, '/personFields', cfg.personKeyField), this.ensureField(client, '/dealFields', cfg.dealKeyField)]),
+      );
       result.details.fields = { person: personKey, deal: dealKey };
-      step('fields');
       await createSnapshotTables(db);
       // Read the CRM while the sources are staged and the desired state is computed: all on
       // one connection, page inserts queue behind the desired-state queries without
       // holding the reads up.
       const v = run.config.value;
       const params = desiredParams({ pipeline: run.config.name, ...v, statusMap: run.config.statusMap, defaultStatus: run.config.defaultStatus });
-      desired = run.staged.then(() => createDesiredTables(db, params));
+      desired = run.staged.then(() => timed('desired', () => createDesiredTables(db, params)));
       desired.catch(() => {});
       const size = (await lastCrmSize(db, run.config.name)) ?? { persons: 0, deals: 0 };
       const snapshot = { persons: 0, deals: 0 };
-      await this.read(client, db, personKey, dealKey, size, snapshot);
       result.details.snapshot = snapshot;
-      step('read');
-      await desired;
-      step('staged');
-
-      const pPlan = await planPersons(db);
-      result.persons.unchanged = pPlan.unchanged;
-      step('plan_persons');
-      await drain((a, l) => nextPersonWork(db, a, l), cfg.concurrency, (w) => this.person(client, journal, result, personKey, w));
-      await journal.flush();
-      step('persons');
-
-      const dPlan = await planDeals(db);
+      // Persons first: their plan and their requests go while the deals are still read, so
+      // neither the persons' plan nor the Postgres time after the last person page adds to
+      // the run (the rate limit, shared by both, sets the pace).
+      let pPlan: PlanCounts | undefined;
+      let stop = false; // the deals' read failed: no more person requests
+      const personsRead = this.readPersons(client, db, personKey, size.persons, snapshot);
+      personsRead.fetched.catch(() => {}); // awaited below
+      persons = (async () => {
+        await timed('read_persons', () => personsRead.stored);
+        await desired;
+        pPlan = await timed('plan_persons', () => planPersons(db));
+        result.persons.unchanged = pPlan.unchanged;
+        await timed('persons', async () => {
+          await drain((a, l) => nextPersonWork(db, a, l), cfg.concurrency, (w) => this.person(client, journal, result, personKey, w), () => stop);
+          await journal.flush();
+        });
+      })();
+      persons.catch(() => {}); // awaited below
+      // The deal pages go as soon as the last person page has answered (its insert may
+      // still wait behind the desired-state queries on the connection).
+      await personsRead.fetched;
+      await timed('read_deals', () => this.readDeals(client, db, dealKey, size.deals, snapshot).stored).catch((err: unknown) => {
+        stop = true;
+        throw err;
+      });
+      await persons;
+      const dPlan = await timed('plan_deals', () => planDeals(db));
       result.details.plan = { persons: pPlan, deals: dPlan };
       result.deals.unchanged = dPlan.unchanged;
       result.deals.failed += await recordPlannedDealFailures(db, run.runId);
-      step('plan_deals');
-      await drain((a, l) => nextDealWork(db, a, l), cfg.concurrency, (w) => this.deal(client, journal, result, dealKey, w));
-      step('deals');
+      await timed('deals', () => drain((a, l) => nextDealWork(db, a, l), cfg.concurrency, (w) => this.deal(client, journal, result, dealKey, w)));
+      timings.total = Math.round(performance.now() - t0);
       result.details.crm_size = { persons: snapshot.persons + result.persons.created, deals: snapshot.deals + result.deals.created };
       return snapshotOf();
     } finally {
       journal.stop();
-      await desired.catch(() => {}); // queued on `db`: it MUST finish before `db` is released
+      // Both queue on `db`: they MUST finish before `db` is released.
+      await desired.catch(() => {});
+      await persons.catch(() => {});
       // MUST flush before releasing: the journal is what a re-run after a crash trusts.
       await journal.flush().catch(() => {});
       run.progress(snapshotOf());
@@ -274,45 +294,57 @@ export class PipedriveDestination implements Destination {
     return data.key;
   }
 
-  /** Every page of persons and deals into the snapshot tables; counts what it saw. */
-  private async read(
+  /**
+   * Reads every page of `path`, `insert`ing each into the snapshot as it arrives. `fetched`:
+   * every page has answered; `stored`: and is in Postgres.
+   */
+  private readAll(
     client: PipedriveClient,
-    db: Db,
-    personKey: string,
-    dealKey: string,
-    expected: { persons: number; deals: number },
-    seen: { persons: number; deals: number },
-  ): Promise<void> {
+    path: string,
+    query: Record<string, string>,
+    expected: number,
+    insert: (page: Rec[]) => Promise<void>,
+  ): { fetched: Promise<void>; stored: Promise<void> } {
     const inserts: Array<Promise<void>> = [];
-    const queue = (p: Promise<void>) => {
-      p.catch(() => {}); // observed below, with the others
+    const fetched = client.forEachPage<Rec>(path, query, expected, (page) => {
+      const p = insert(page);
+      p.catch(() => {}); // observed in `stored`
       inserts.push(p);
-    };
-    const persons = client.forEachPage<Rec>('/persons', {}, expected.persons, (page) => {
-      seen.persons += page.length;
-      queue(insertRemotePersons(db, page.map((p) => ({ crmId: p.id, key: keyOf(p, personKey), name: (p.name as string) ?? null }))));
     });
-    const deals = client.forEachPage<Rec>('/deals', { status: 'all_not_deleted' }, expected.deals, (page) => {
+    const stored = fetched.then(
+      () => Promise.all(inserts).then(() => {}),
+      async (err: unknown) => {
+        await Promise.allSettled(inserts);
+        throw err;
+      },
+    );
+    return { fetched, stored };
+  }
+
+  private readPersons(client: PipedriveClient, db: Db, personKey: string, expected: number, seen: { persons: number }) {
+    return this.readAll(client, '/persons', {}, expected, (page) => {
+      seen.persons += page.length;
+      return insertRemotePersons(db, page.map((p) => ({ crmId: p.id, key: keyOf(p, personKey), name: (p.name as string) ?? null })));
+    });
+  }
+
+  private readDeals(client: PipedriveClient, db: Db, dealKey: string, expected: number, seen: { deals: number }) {
+    return this.readAll(client, '/deals', { status: 'all_not_deleted' }, expected, (page) => {
       seen.deals += page.length;
-      queue(
-        insertRemoteDeals(
-          db,
-          page.map((d) => ({
-            crmId: d.id,
-            key: keyOf(d, dealKey),
-            title: (d.title as string) ?? null,
-            value: typeof d.value === 'number' ? d.value : d.value == null ? null : Number(d.value),
-            currency: (d.currency as string) ?? null,
-            personId: personIdOf(d.person_id),
-            status: (d.status as string) ?? null,
-            expectedCloseDate: (d.expected_close_date as string) || null,
-          })),
-        ),
+      return insertRemoteDeals(
+        db,
+        page.map((d) => ({
+          crmId: d.id,
+          key: keyOf(d, dealKey),
+          title: (d.title as string) ?? null,
+          value: typeof d.value === 'number' ? d.value : d.value == null ? null : Number(d.value),
+          currency: (d.currency as string) ?? null,
+          personId: personIdOf(d.person_id),
+          status: (d.status as string) ?? null,
+          expectedCloseDate: (d.expected_close_date as string) || null,
+        })),
       );
     });
-    const reads = await Promise.allSettled([persons, deals]);
-    await Promise.all(inserts);
-    for (const r of reads) if (r.status === 'rejected') throw r.reason;
   }
 
   /** Finds a record by its key field after an ambiguous create (exact-match search). */

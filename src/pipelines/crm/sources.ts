@@ -26,7 +26,7 @@ import { SOURCE_NAMES, type CrmConfig, type SourceName } from './config.ts';
 export interface SourceReport {
   location: string;
   changed: boolean;
-  /** new | changed | forced: staged again; not_modified | same_content: kept as staged. */
+  /** new | changed | forced (different bytes): staged again; not_modified | same_content: kept as staged. */
   reason: 'new' | 'changed' | 'forced' | 'not_modified' | 'same_content';
   rows: number;
   rejected: number;
@@ -152,9 +152,11 @@ export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport
     await pipeline(opened.stream, hasher, newlinesToLf(), client.query(copyFrom(copyLoadTable(name))));
     const sha256 = hash.digest('hex');
     const state = { location, etag: opened.etag, last_modified: opened.lastModified, sha256, rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0 };
-    if (!force && sameLocation && prev?.sha256 === sha256) {
-      // Same bytes under new validators (a re-upload, a server without ETags): keep the
-      // staged rows, remember the new validators so the next fetch can be a 304.
+    if (sameLocation && prev?.sha256 === sha256) {
+      // Same bytes under new validators (a re-upload, a server without ETags), or fetched
+      // again by a forced run: the staged rows are what these bytes give, so keep them (a
+      // forced run still plans against the CRM; re-staging 1M rows would only compete
+      // with it for the CPU). Remember the new validators so the next fetch can be a 304.
       await client.query('ROLLBACK');
       await saveSourceState(pool, pipelineName, name, state, false);
       return { location, changed: false, reason: 'same_content', rows: state.rows, rejected: state.rejected, bytes };
