@@ -1,5 +1,5 @@
 /**
- * npm run bench:intake -- [--rows 2000000] [--workers 1,2,4] [--runs 3]
+ * npm run bench:intake -- [--rows 2000000] [--workers 1,2,4] [--runs 3]   (--rows 0: the shared file only)
  *
  * The intake service end to end on loopback: `sluice serve` (no in-process workers) plus N
  * `sluice worker` processes; each run uploads a purchases file over HTTP and waits for
@@ -104,6 +104,7 @@ async function status(port: number, id: string): Promise<{ status: string; rows:
   return (await res.json()) as { status: string; rows: { read: number }; error: string | null };
 }
 
+const loadStart = os.loadavg().map((l) => l.toFixed(2)).join(' ');
 const server = await databaseUrl();
 const DB = 'sluice_bench_intake';
 await dropDatabase(server, DB);
@@ -128,7 +129,61 @@ async function rawCopy(file: string): Promise<number> {
 }
 
 /** One upload with `workers` worker processes; seconds from the first byte sent to completed. */
-async function timed(file: string, workers: number): Promise<number> {
+/**
+ * Where one import's time went, in ms after the request was sent (`t0`, epoch ms), from the
+ * timestamps Sluice stores: 202 answered, each part (worker start -> end), merge job queued ->
+ * taken -> import finished, and the merge's own step timings.
+ */
+async function timeline(id: string, t0: number, acceptedAt: number): Promise<string> {
+  const ms = (d: Date | null) => (d ? Math.round(d.getTime() - t0) : '-');
+  const imp = (await pool.query(`SELECT created_at, started_at, finished_at, timings FROM imports WHERE id = $1`, [id])).rows[0];
+  const parts = (await pool.query(`SELECT n, rows_read, started_at, finished_at, attempts, timings FROM import_parts WHERE import_id = $1 ORDER BY n`, [id])).rows;
+  const merge = (await pool.query(`SELECT created_on, started_on FROM pgboss.job WHERE name = 'sluice-merge' AND data->>'importId' = $1`, [id])).rows[0];
+  const t = (j: Record<string, number> | null) => (j ? ` ${['start', 'parse', 'copy', 'lock'].map((k) => j[k] ?? '-').join('/')}` : '');
+  const p = parts.map((r) => `${r.n}:${ms(r.started_at)}-${ms(r.finished_at)}${t(r.timings)}${r.attempts > 1 ? ` (x${r.attempts})` : ''}`).join(', ');
+  return `created ${ms(imp.created_at)} | 202 ${Math.round(acceptedAt - t0)} | parts (start-end start/parse/copy/lock ms) ${p} | merge queued ${ms(merge?.created_on ?? null)} taken ${ms(merge?.started_on ?? null)} | finished ${ms(imp.finished_at)} | timings ${JSON.stringify(imp.timings)}`;
+}
+
+/** CPU ticks (user + system) of each pid, from /proc (Linux; empty elsewhere). */
+function cpuTicks(pids: number[]): Map<number, number> {
+  const m = new Map<number, number>();
+  for (const pid of pids) {
+    try {
+      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      m.set(pid, Number(f[11]) + Number(f[12]));
+    } catch {
+      // gone, or no /proc
+    }
+  }
+  return m;
+}
+
+/** Every Postgres process (backends and background) by pid, with what it serves. */
+async function pgProcesses(): Promise<Map<number, string>> {
+  const { rows } = await pool.query<{ pid: number; who: string }>(
+    `SELECT pid, CASE WHEN backend_type = 'client backend' THEN coalesce(nullif(application_name, ''), 'client') ELSE backend_type END AS who
+       FROM pg_stat_activity`,
+  );
+  return new Map(rows.map((r) => [r.pid, `pg:${r.who}`]));
+}
+
+/**
+ * CPU seconds spent between two samples by each group of processes (Sluice's processes by
+ * role, Postgres backends by application_name): less sensitive to what else runs on the
+ * machine than the elapsed time, and it shows who does the work.
+ */
+function cpuSpent(before: Map<number, number>, after: Map<number, number>, who: Map<number, string>): Record<string, number> {
+  const hz = 100; // USER_HZ
+  const out: Record<string, number> = {};
+  for (const [pid, t] of after) {
+    const k = who.get(pid) ?? '?';
+    out[k] = (out[k] ?? 0) + (t - (before.get(pid) ?? 0)) / hz;
+  }
+  for (const k of Object.keys(out)) out[k] = Number(out[k]!.toFixed(2));
+  return out;
+}
+
+async function timed(file: string, workers: number, explain = false): Promise<number> {
   await pool.query('TRUNCATE purchases');
   await pool.query('CHECKPOINT');
   const port = 20000 + Math.floor(Math.random() * 20000);
@@ -137,15 +192,27 @@ async function timed(file: string, workers: number): Promise<number> {
   const procs = [srv, ...Array.from({ length: workers }, () => sluice(['worker', '--concurrency', '1'], env))];
   await Promise.all([waitLine(srv, /listening/), ...procs.slice(1).map((p) => waitLine(p, /ready/))]);
   try {
+    const who = new Map<number, string>(procs.map((p, i) => [p.pid!, i === 0 ? 'serve' : 'workers']));
+    const cpuPids = async () => {
+      for (const [pid, w] of await pgProcesses()) who.set(pid, w);
+      return [...who.keys()];
+    };
+    const cpu0 = cpuTicks(await cpuPids());
     const t = performance.now();
+    const t0 = Date.now();
     const id = await upload(port, file);
+    const acceptedAt = Date.now();
     for (;;) {
       const s = await status(port, id);
       if (s.status === 'completed') break;
       if (s.status === 'failed' || s.status === 'cancelled') throw new Error(`import ${s.status}: ${s.error}`);
       await new Promise((r) => setTimeout(r, 20));
     }
-    return (performance.now() - t) / 1000;
+    const secs = (performance.now() - t) / 1000;
+    const cpu = cpuSpent(cpu0, cpuTicks(await cpuPids()), who);
+    const total = Object.values(cpu).reduce((a, b) => a + b, 0);
+    if (explain) log(`  ${secs.toFixed(3)} s (load ${os.loadavg()[0]!.toFixed(2)}; cpu s ${total.toFixed(2)} ${JSON.stringify(cpu)}): ${await timeline(id, t0, acceptedAt)}`);
+    return secs;
   } finally {
     for (const p of procs) p.kill('SIGTERM');
     await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)))));
@@ -161,18 +228,17 @@ if (fs.existsSync(shared)) {
   const copies: number[] = [];
   for (let i = 0; i < RUNS; i++) {
     copies.push(await rawCopy(shared));
-    times.push(await timed(shared, 2));
+    times.push(await timed(shared, 2, true));
   }
   sharedS = median(times);
   sharedCopy = median(copies);
   lines.push(`| base_teste.txt | 49998 | 2 | ${sharedS.toFixed(2)} | ${sharedCopy.toFixed(2)} | ${(sharedS / sharedCopy).toFixed(1)} |`);
   log(`shared file: ${times.map((t) => t.toFixed(2)).join(', ')} s; raw copy ${copies.map((t) => t.toFixed(2)).join(', ')} s`);
 }
-generate(generated, ROWS);
-const genCopy = await rawCopy(generated);
 const byWorkers: Record<string, number> = {};
-for (const w of WORKERS) {
-  const s = await timed(generated, w);
+const genCopy = ROWS > 0 ? (generate(generated, ROWS), await rawCopy(generated)) : 0;
+for (const w of ROWS > 0 ? WORKERS : []) {
+  const s = await timed(generated, w, ROWS <= 100_000);
   byWorkers[String(w)] = Number(s.toFixed(2));
   lines.push(`| generated | ${ROWS} | ${w} | ${s.toFixed(2)} | ${genCopy.toFixed(2)} | ${(s / genCopy).toFixed(1)} |`);
   log(`generated ${ROWS} rows, ${w} workers: ${s.toFixed(2)} s`);
@@ -186,5 +252,6 @@ results.raw_copy_s = sharedCopy === undefined ? null : Number(sharedCopy.toFixed
 results.ratio = sharedS && sharedCopy ? Number((sharedS / sharedCopy).toFixed(1)) : null;
 results.by_workers = { rows: ROWS, raw_copy_s: Number(genCopy.toFixed(2)), ...byWorkers };
 process.stdout.write(`${lines.join('\n')}\n`);
+process.stdout.write(`load average at start ${loadStart}, at end ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}\n`);
 process.stdout.write(`machine: ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}\n`);
 process.stdout.write(`${JSON.stringify(results)}\n`);

@@ -15,7 +15,7 @@ import { mapHeader } from '../engine/row-mapper.ts';
 import { CsvParser } from '../formats/csv-parser.ts';
 import { parseFixedWidthHeader } from '../formats/fixed-width.ts';
 import { DETECT_SAMPLE_BYTES, detectSample, type FileMeta } from '../formats/record-reader.ts';
-import { MERGE_QUEUE, PART_QUEUE, inTransaction } from '../jobs/boss.ts';
+import { MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
 import { createStageSql, ident } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
@@ -56,12 +56,11 @@ export async function acceptUpload(
     if (part.n === 0) await describe(ctx, id, pipeline, meta!, splitter.header!, part.data);
     const client = await pool.connect();
     try {
-      await client.query('BEGIN');
       // No fsync per part: the upload is acknowledged (202) only after the final,
       // synchronous commit below, which makes every earlier part durable with it.
-      await client.query('SET LOCAL synchronous_commit = off');
+      await client.query('BEGIN; SET LOCAL synchronous_commit = off');
       await insertPart(client, id, part);
-      await boss.send(PART_QUEUE, { importId: id, n: part.n }, inTransaction(client));
+      await sendJob(boss, client, PART_QUEUE, { importId: id, n: part.n });
       await client.query('COMMIT');
     } catch (err) {
       await client.query('ROLLBACK').catch(() => {});
@@ -114,7 +113,7 @@ export async function acceptUpload(
       await client.query('BEGIN');
       await lockImport(client, id);
       await setPartsTotal(client, id, parts, total);
-      if (await claimMerge(client, id)) await boss.send(MERGE_QUEUE, { importId: id }, inTransaction(client));
+      if (await claimMerge(client, id)) await sendJob(boss, client, MERGE_QUEUE, { importId: id });
       await client.query('COMMIT');
     } catch (err) {
       await client.query('ROLLBACK').catch(() => {});

@@ -5,7 +5,7 @@
  */
 import { errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
-import { dropPartData, importForWork, partTotals } from '../db/sql/intake.ts';
+import { dropPartData, finishMerged, importForWork, mergeWork } from '../db/sql/intake.ts';
 import { stageTableName } from '../engine/import-runner.ts';
 import { importRows } from '../http/metrics.ts';
 import { mergeStage } from '../load/merge.ts';
@@ -15,10 +15,9 @@ import type { IntakeContext } from './context.ts';
 
 export async function runMerge(ctx: IntakeContext, importId: string): Promise<'completed' | 'failed' | 'skipped'> {
   const { pool } = ctx;
-  const imp = await importForWork(pool, importId);
-  if (!imp || !['queued', 'running'].includes(imp.status)) return 'skipped';
-  const pipeline = getPipeline(imp.pipeline);
-  const totals = await partTotals(pool, importId);
+  const totals = await mergeWork(pool, importId);
+  if (!totals || !['queued', 'running'].includes(totals.status)) return 'skipped';
+  const pipeline = getPipeline(totals.pipeline);
   const read = Number(totals.read);
   const rejected = Number(totals.rejected);
   const stage = stageTableName(importId);
@@ -29,7 +28,7 @@ export async function runMerge(ctx: IntakeContext, importId: string): Promise<'c
     return 'failed' as const;
   };
   if (read === 0) return fail('invalid file: no data rows after the header');
-  const max = imp.options.maxRejectRatio ?? 1;
+  const max = totals.options.maxRejectRatio ?? 1;
   if (rejected / read > max) {
     return fail(`rejected ${rejected} of ${read} rows (${((rejected / read) * 100).toFixed(1)}%), above max-reject-ratio ${max}: nothing was imported`);
   }
@@ -43,17 +42,21 @@ export async function runMerge(ctx: IntakeContext, importId: string): Promise<'c
       { rows: Number(totals.accepted), hasKeyCandidates: totals.key_candidates },
       timings,
       async (c, counts) => {
-        timings.merge = Math.round(performance.now() - t0);
-        const done = await finishImport(c, importId, { status: 'completed', read, rejected, ...counts, timings }, true);
-        if (!done) throw new Error('import was cancelled during the merge');
+        let t = performance.now();
         await dropPartData(c, importId);
+        // In the transaction: whoever sees the import completed finds its staging gone.
+        await c.query(`DROP TABLE IF EXISTS ${ident(stage)}`);
+        timings.cleanup = Math.round(performance.now() - t);
+        t = performance.now();
+        timings.merge = Math.round(t - t0);
+        const done = await finishMerged(c, importId, { read, rejected, ...counts, timings });
+        if (!done) throw new Error('import was cancelled during the merge');
       },
     );
     importRows.inc({ pipeline: pipeline.name, outcome: 'inserted' }, counts.inserted);
     importRows.inc({ pipeline: pipeline.name, outcome: 'updated' }, counts.updated);
     importRows.inc({ pipeline: pipeline.name, outcome: 'unchanged' }, counts.unchanged);
     importRows.inc({ pipeline: pipeline.name, outcome: 'rejected' }, rejected);
-    await client.query(`DROP TABLE IF EXISTS ${ident(stage)}`);
     return 'completed';
   } catch (err) {
     const now = await importForWork(pool, importId);

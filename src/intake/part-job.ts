@@ -1,23 +1,23 @@
 /**
  * One part of an upload, on a worker: parse and validate its rows, then in ONE transaction
- * replace whatever an earlier attempt staged for it (rows and rejects), COPY the new ones,
- * mark it completed and, when it is the last, enqueue the merge. A worker killed at any
- * point leaves either nothing or the whole part: re-running a part never duplicates rows.
+ * COPY them (and its rejects) into staging, mark the part completed and, when it is the
+ * last, enqueue the merge. A worker killed at any point leaves either nothing or the whole
+ * part: re-running a part never duplicates rows. Where the time went (ms) is kept in
+ * import_parts.timings: start (claim + bytes), parse (decode, parse, validate), copy, lock
+ * (waiting for the import row), the rest is commit.
  */
 import { from as copyFrom } from 'pg-copy-streams';
 import { pipeline as streamPipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { InvalidFileError, errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
-import {
-  claimMerge, completePart, failPart, importForWork, lockImport, startPart,
-} from '../db/sql/intake.ts';
+import { completePart, failPart, lockImport, startPart } from '../db/sql/intake.ts';
 import { stageTableName } from '../engine/import-runner.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
 import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { WhitespaceColumnsParser } from '../formats/whitespace-columns.ts';
-import { MERGE_QUEUE, PART_RETRY_LIMIT, inTransaction } from '../jobs/boss.ts';
+import { MERGE_QUEUE, PART_RETRY_LIMIT, sendJob } from '../jobs/boss.ts';
 import { ident, stageColumns } from '../load/merge-sql.ts';
 import { BufferedRejects, REJECTS_COPY } from '../load/rejects.ts';
 import { getPipeline } from '../pipelines/index.ts';
@@ -52,31 +52,45 @@ function parse(kind: 'csv' | 'fixed-width', text: string, delimiter: string | nu
 
 export async function runPart(ctx: IntakeContext, importId: string, n: number): Promise<PartOutcome> {
   const { pool, boss } = ctx;
-  const imp = await importForWork(pool, importId);
-  if (!imp || !['queued', 'running'].includes(imp.status)) return 'skipped';
-  if (!imp.header || !imp.encoding) throw new Error(`import ${importId} has no recorded header yet`);
+  const t0 = performance.now();
+  const timings: Record<string, number> = {};
+  const mark = (name: string, since: number) => {
+    const now = performance.now();
+    timings[name] = Math.round(now - since);
+    return now;
+  };
+  // One round trip: the import's format, the part claimed (attempts + 1) and its bytes.
   const work = await startPart(pool, importId, n);
-  if (!work) return 'skipped';
-  const pipeline = getPipeline(imp.pipeline);
+  if (!work || work.attempts === null) return 'skipped';
+  if (!work.header || !work.encoding) throw new Error(`import ${importId} has no recorded header yet`);
+  let t = mark('start', t0);
+  const pipeline = getPipeline(work.pipeline);
   try {
     const rejects = new BufferedRejects(importId);
-    const mapper = new RowMapper(pipeline, mapHeader(pipeline, imp.header), n, rejects);
-    const text = new TextDecoder(imp.encoding as Encoding, { fatal: true }).decode(work.data);
+    const mapper = new RowMapper(pipeline, mapHeader(pipeline, work.header), n, rejects);
+    const text = new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(work.data);
     const out: string[] = [];
-    for (const batch of parse(pipeline.format.kind, text, imp.delimiter, Number(work.first_line))) {
+    for (const batch of parse(pipeline.format.kind, text, work.delimiter, Number(work.first_line))) {
       mapper.mapBatch(batch, out);
     }
+    t = mark('parse', t);
     const stage = ident(stageTableName(importId));
     const cols = ['line', 'part', ...stageColumns(pipeline).map((c) => c.name), 'key_candidates'].map(ident);
     const client = await pool.connect();
     try {
       await client.query('BEGIN');
-      await client.query(`DELETE FROM ${stage} WHERE part = $1`, [n]);
-      await client.query('DELETE FROM import_rejects WHERE import_id = $1 AND line BETWEEN $2 AND $3', [importId, work.first_line, work.last_line]);
+      if (work.attempts > 1) {
+        // An earlier attempt's transaction rolled back (it would have completed the part
+        // otherwise), so nothing of it should be left; cleared anyway, in case. Skipped on a
+        // first attempt: the DELETE scans the whole staging table.
+        await client.query(`DELETE FROM ${stage} WHERE part = $1`, [n]);
+        await client.query('DELETE FROM import_rejects WHERE import_id = $1 AND line BETWEEN $2 AND $3', [importId, work.first_line, work.last_line]);
+      }
       if (out.length > 0) {
         await streamPipeline(Readable.from([`${out.join('\n')}\n`]), client.query(copyFrom(`COPY ${stage} (${cols.join(', ')}) FROM STDIN`)));
       }
       if (rejects.lines.length > 0) await streamPipeline(Readable.from([rejects.lines.join('')]), client.query(copyFrom(REJECTS_COPY)));
+      t = mark('copy', t);
       await faultPause();
       // Serialize completions of this import so exactly one part sees "all done".
       const locked = await lockImport(client, importId);
@@ -84,10 +98,11 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
         await client.query('ROLLBACK');
         return 'skipped';
       }
-      await completePart(client, importId, n, {
-        read: mapper.read, accepted: mapper.accepted, rejected: mapper.rejected, keyCandidates: mapper.hasKeyCandidates,
+      timings.lock = Math.round(performance.now() - t);
+      const last = await completePart(client, importId, n, {
+        read: mapper.read, accepted: mapper.accepted, rejected: mapper.rejected, keyCandidates: mapper.hasKeyCandidates, timings,
       });
-      if (await claimMerge(client, importId)) await boss!.send(MERGE_QUEUE, { importId }, inTransaction(client));
+      if (last) await sendJob(boss!, client, MERGE_QUEUE, { importId });
       await client.query('COMMIT');
       return 'completed';
     } catch (err) {

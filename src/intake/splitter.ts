@@ -40,29 +40,42 @@ export class RecordSplitter {
   push(buf: Buffer): Part[] {
     const parts: Part[] = [];
     let start = 0;
-    for (let i = 0; i < buf.length; i++) {
-      const c = buf[i]!;
-      if (c === QUOTE && this.quoted) this.inQuote = !this.inQuote;
-      else if (c === LF) {
-        this.line++;
-        if (this.inQuote) continue;
-        if (this.header === undefined) {
-          this.chunks.push(buf.subarray(start, i + 1));
-          this.header = Buffer.concat(this.chunks);
-          this.chunks = [];
-          this.bytes = 0;
-          start = i + 1;
-          this.partStartLine = this.line;
-          continue;
-        }
-        this.records++;
-        if (this.records >= this.partRecords) {
-          this.chunks.push(buf.subarray(start, i + 1));
-          this.bytes += i + 1 - start;
-          parts.push(this.cut(this.line - 1));
-          start = i + 1;
-        }
+    // Jumps from LF to LF with indexOf (memchr), not byte by byte: the server splits
+    // every upload, at several hundred MB/s this way. With quoting, the quotes between two
+    // LFs flip the state; `quote` is the next quote at or after the scan position.
+    let quote = this.quoted ? buf.indexOf(QUOTE) : -1;
+    let pos = 0;
+    for (;;) {
+      const i = buf.indexOf(LF, pos);
+      if (i < 0) break;
+      while (quote >= 0 && quote < i) {
+        this.inQuote = !this.inQuote;
+        quote = buf.indexOf(QUOTE, quote + 1);
       }
+      pos = i + 1;
+      this.line++;
+      if (this.inQuote) continue;
+      if (this.header === undefined) {
+        this.chunks.push(buf.subarray(start, i + 1));
+        this.header = Buffer.concat(this.chunks);
+        this.chunks = [];
+        this.bytes = 0;
+        start = i + 1;
+        this.partStartLine = this.line;
+        continue;
+      }
+      this.records++;
+      if (this.records >= this.partRecords) {
+        this.chunks.push(buf.subarray(start, i + 1));
+        this.bytes += i + 1 - start;
+        parts.push(this.cut(this.line - 1));
+        start = i + 1;
+      }
+    }
+    // Quotes after the last LF still count for the state the next buffer starts in.
+    while (quote >= 0) {
+      this.inQuote = !this.inQuote;
+      quote = buf.indexOf(QUOTE, quote + 1);
     }
     if (start < buf.length) {
       // Copy: the caller's buffer may be reused by the stream.

@@ -5,12 +5,16 @@
  * Each loop fetches the next job itself (pg-boss `fetch`: SELECT ... FOR UPDATE SKIP LOCKED)
  * as soon as the previous one is settled. pg-boss's own `work()` waits out its polling
  * interval between jobs (2 s with NOTIFY on), which for 10,000-row parts taking ~0.1 s
- * would leave the workers idle 95% of the time. While a job runs, its heartbeat is sent
- * every 4 s: a worker that dies stops sending, and the job is retried elsewhere.
+ * would leave the workers idle 95% of the time. An idle loop sleeps until a job is sent
+ * (NOTIFY, see jobs/boss.ts) or, as a backstop for retries that become due later and for a
+ * lost LISTEN connection, until its poll interval (50 ms doubling to 1 s) runs out. While a
+ * job runs, its heartbeat is sent every 4 s: a worker that dies stops sending, and the job
+ * is retried elsewhere.
  */
 import type { Job } from 'pg-boss';
 import { errorMessage } from '../core/errors.ts';
-import { MERGE_QUEUE, PART_QUEUE, type Boss } from '../jobs/boss.ts';
+import { databaseUrl } from '../db/pool.ts';
+import { MERGE_QUEUE, PART_QUEUE, listenForJobs, type Boss } from '../jobs/boss.ts';
 import type { IntakeContext } from './context.ts';
 import { runMerge } from './merge-job.ts';
 import { runPart } from './part-job.ts';
@@ -24,15 +28,31 @@ const IDLE_MIN_MS = 50;
 const IDLE_MAX_MS = 1000;
 
 interface Loop {
+  queue: string;
   stopped: boolean;
   done: Promise<void>;
+  /** Ends the current idle wait at once (a job was sent, or the loop is stopping). */
+  wake: () => void;
+  /** A wake-up arrived while the loop was busy: fetch again before sleeping. */
+  woken: boolean;
 }
 
 function startLoop<T>(boss: Boss, queue: string, handle: (data: T) => Promise<unknown>): Loop {
-  const loop: Loop = { stopped: false, done: Promise.resolve() };
+  const loop: Loop = { queue, stopped: false, done: Promise.resolve(), wake: () => void (loop.woken = true), woken: false };
+  const idleWait = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        loop.wake = () => void (loop.woken = true);
+        resolve();
+      }
+      loop.wake = done;
+    });
   loop.done = (async () => {
     let idle = IDLE_MIN_MS;
     while (!loop.stopped) {
+      loop.woken = false;
       let job: Job<T> | undefined;
       try {
         job = (await boss.fetch<T>(queue, { batchSize: 1 }))[0];
@@ -40,7 +60,8 @@ function startLoop<T>(boss: Boss, queue: string, handle: (data: T) => Promise<un
         // The database is unreachable for now: wait and try again.
       }
       if (!job) {
-        await new Promise((r) => setTimeout(r, idle));
+        if (loop.woken || loop.stopped) continue;
+        await idleWait(idle);
         idle = Math.min(IDLE_MAX_MS, idle * 2);
         continue;
       }
@@ -69,11 +90,18 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
     ),
     startLoop<{ importId: string }>(boss, MERGE_QUEUE, (d) => runMerge(ctx, d.importId)),
   ];
+  const listener = listenForJobs(ctx.pool.options.connectionString ?? (await databaseUrl()), (queue) => {
+    for (const l of loops) if (l.queue === queue) l.wake();
+  });
   return {
     /** Stops fetching and waits for the jobs in hand to settle. */
     async stop() {
-      for (const l of loops) l.stopped = true;
+      for (const l of loops) {
+        l.stopped = true;
+        l.wake();
+      }
       await Promise.all(loops.map((l) => l.done));
+      await listener.close();
     },
   };
 }

@@ -6,9 +6,9 @@
  */
 import type { CellResult, Pipeline } from '../engine/pipeline.ts';
 import { isValidCnpj } from '../validate/cnpj.ts';
-import { parseDocument } from '../validate/document.ts';
+import { parseDocument, type ParsedDocument } from '../validate/document.ts';
 import { digitsOnly, sanitizeText } from '../validate/sanitize.ts';
-import { parseBit, parseDecimalComma, parseIsoDate } from '../validate/values.ts';
+import { isValueError, parseBit, parseDecimalComma, parseIsoDate } from '../validate/values.ts';
 
 const PLAIN = /^[\x21-\x60\x7b-\x7e]*$/; // printable ASCII without lower-case letters
 
@@ -18,22 +18,68 @@ function clean(v: string): string {
 }
 
 function isNull(v: string): boolean {
-  return clean(v) === 'NULL';
+  return v === 'NULL' || clean(v) === 'NULL';
 }
 
-function document(v: string): CellResult {
-  if (isNull(v)) return { error: 'document is NULL' };
-  const d = digitsOnly(v);
-  return d === '' ? { error: `document has no digits: ${JSON.stringify(v)}` } : d;
+/**
+ * A value parser applied to the raw text first: a value it accepts is made of digits and
+ * punctuation only (or is exactly `NULL`), which sanitizing leaves as it is, so the result
+ * is the same as parsing the sanitized text, without the sanitizing pass. Only a value it
+ * refuses is sanitized and parsed again (`null` -> `NULL`, full-width forms...).
+ */
+function sanitized<T>(parse: (v: string) => T | { error: string }): (v: string) => T | { error: string } {
+  return (v) => {
+    const r = parse(v);
+    return isValueError(r) ? parse(clean(v)) : r;
+  };
 }
 
-function store(v: string): CellResult {
-  return isNull(v) ? null : digitsOnly(v) || { error: `store has no digits: ${JSON.stringify(v)}` };
+/**
+ * The key column is read three times per row (the key, its type, its validity): its
+ * parse is computed once, for the last raw value seen.
+ */
+let lastDocRaw: string | undefined;
+let lastDoc: { key: CellResult; type: CellResult; valid: CellResult } = { key: null, type: null, valid: null };
+
+function documentOf(v: string) {
+  if (v === lastDocRaw) return lastDoc;
+  let key: CellResult;
+  let parsed: ParsedDocument;
+  if (isNull(v)) {
+    key = { error: 'document is NULL' };
+    parsed = parseDocument(v);
+  } else {
+    parsed = parseDocument(v);
+    key = parsed.digits === '' ? { error: `document has no digits: ${JSON.stringify(v)}` } : parsed.digits;
+  }
+  lastDocRaw = v;
+  lastDoc = { key, type: parsed.type, valid: parsed.valid };
+  return lastDoc;
 }
 
-function storeValid(v: string): CellResult {
-  return isNull(v) ? null : isValidCnpj(digitsOnly(v));
+/**
+ * Store CNPJs repeat across rows (a file names a few thousand stores at most): their
+ * digits and validity are cached per raw string, the cache emptied when it gets large.
+ */
+const STORE_CACHE_MAX = 10_000;
+const stores = new Map<string, { digits: CellResult; valid: CellResult }>();
+
+function storeOf(v: string): { digits: CellResult; valid: CellResult } {
+  let r = stores.get(v);
+  if (r) return r;
+  if (isNull(v)) r = { digits: null, valid: null };
+  else {
+    const d = digitsOnly(v);
+    r = { digits: d || { error: `store has no digits: ${JSON.stringify(v)}` }, valid: isValidCnpj(d) };
+  }
+  if (stores.size >= STORE_CACHE_MAX) stores.clear();
+  stores.set(v, r);
+  return r;
 }
+
+const bit = sanitized(parseBit);
+const isoDate = sanitized(parseIsoDate);
+const decimalComma = sanitized(parseDecimalComma);
 
 export const purchases: Pipeline = {
   name: 'purchases',
@@ -47,20 +93,20 @@ export const purchases: Pipeline = {
     multiple: 'first-existing',
     missingMessage: 'invalid file: document (CPF/CNPJ) column missing',
     blankReason: 'document is blank',
-    parse: document,
+    parse: (v) => documentOf(v).key,
   },
   columns: [
-    { name: 'document_type', input: 'key', headers: [], type: 'text', parse: (v) => parseDocument(v).type },
-    { name: 'document_valid', input: 'key', headers: [], type: 'boolean', parse: (v) => parseDocument(v).valid },
-    { name: 'private', headers: ['private', 'privado'], type: 'boolean', parse: (v) => parseBit(clean(v)) },
-    { name: 'incomplete', headers: ['incompleto', 'incomplete'], type: 'boolean', parse: (v) => parseBit(clean(v)) },
-    { name: 'last_purchase_date', headers: ['data da ultima compra', 'last purchase date'], type: 'date', parse: (v) => parseIsoDate(clean(v)) },
-    { name: 'avg_ticket', headers: ['ticket medio', 'average ticket'], type: 'numeric', parse: (v) => parseDecimalComma(clean(v)) },
-    { name: 'last_ticket', headers: ['ticket da ultima compra', 'last ticket'], type: 'numeric', parse: (v) => parseDecimalComma(clean(v)) },
-    { name: 'most_frequent_store', headers: ['loja mais frequente', 'most frequent store'], type: 'text', parse: store },
-    { name: 'most_frequent_store_valid', headers: ['loja mais frequente', 'most frequent store'], type: 'boolean', parse: storeValid },
-    { name: 'last_store', headers: ['loja da ultima compra', 'last store'], type: 'text', parse: store },
-    { name: 'last_store_valid', headers: ['loja da ultima compra', 'last store'], type: 'boolean', parse: storeValid },
+    { name: 'document_type', input: 'key', headers: [], type: 'text', parse: (v) => documentOf(v).type },
+    { name: 'document_valid', input: 'key', headers: [], type: 'boolean', parse: (v) => documentOf(v).valid },
+    { name: 'private', headers: ['private', 'privado'], type: 'boolean', parse: bit },
+    { name: 'incomplete', headers: ['incompleto', 'incomplete'], type: 'boolean', parse: bit },
+    { name: 'last_purchase_date', headers: ['data da ultima compra', 'last purchase date'], type: 'date', parse: isoDate },
+    { name: 'avg_ticket', headers: ['ticket medio', 'average ticket'], type: 'numeric', parse: decimalComma },
+    { name: 'last_ticket', headers: ['ticket da ultima compra', 'last ticket'], type: 'numeric', parse: decimalComma },
+    { name: 'most_frequent_store', headers: ['loja mais frequente', 'most frequent store'], type: 'text', parse: (v) => storeOf(v).digits },
+    { name: 'most_frequent_store_valid', headers: ['loja mais frequente', 'most frequent store'], type: 'boolean', parse: (v) => storeOf(v).valid },
+    { name: 'last_store', headers: ['loja da ultima compra', 'last store'], type: 'text', parse: (v) => storeOf(v).digits },
+    { name: 'last_store_valid', headers: ['loja da ultima compra', 'last store'], type: 'boolean', parse: (v) => storeOf(v).valid },
   ],
   target: {
     table: 'purchases',

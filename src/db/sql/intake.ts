@@ -25,37 +25,69 @@ export async function setPartsTotal(db: Db, id: string, total: number, bytes: nu
 }
 
 export interface PartWork {
-  attempts: number;
+  /** The import's status; the part was claimed only if it is queued or running. */
+  status: string;
+  pipeline: string;
+  header: string[] | null;
+  encoding: string | null;
+  delimiter: string | null;
+  /** Undefined (null) when the part was not claimed: already completed, or the import is over. */
+  attempts: number | null;
   first_line: number;
   last_line: number;
   data: Buffer;
 }
 
-/** Claims a part for processing (attempts + 1); undefined when it is already completed. */
+/**
+ * Claims a part for processing (attempts + 1) and marks the import running, in one round
+ * trip; returns the import's format with the part's bytes, `attempts` null when the part is
+ * not to be worked on (completed already, or the import is finished or cancelled), or
+ * undefined for an unknown import.
+ */
 export async function startPart(db: Db, importId: string, n: number): Promise<PartWork | undefined> {
   const { rows } = await db.query<PartWork>(
-    `UPDATE import_parts SET status = 'running', attempts = attempts + 1, started_at = now(), error = NULL
-      WHERE import_id = $1 AND n = $2 AND status IN ('queued', 'running', 'failed')
-      RETURNING attempts, first_line, last_line, data`,
+    `WITH imp AS (
+       SELECT status, pipeline, header, encoding, delimiter FROM imports WHERE id = $1
+     ), part AS (
+       UPDATE import_parts SET status = 'running', attempts = attempts + 1, started_at = clock_timestamp(), error = NULL
+        WHERE import_id = $1 AND n = $2 AND status IN ('queued', 'running', 'failed')
+          AND (SELECT status FROM imp) IN ('queued', 'running')
+       RETURNING attempts, first_line, last_line, data
+     ), started AS (
+       UPDATE imports SET status = 'running', started_at = coalesce(started_at, clock_timestamp()), updated_at = now()
+        WHERE id = $1 AND status = 'queued' AND EXISTS (SELECT 1 FROM part)
+     )
+     SELECT imp.*, part.* FROM imp LEFT JOIN part ON true`,
     [importId, n],
   );
-  await db.query(`UPDATE imports SET status = 'running', started_at = coalesce(started_at, now()), updated_at = now()
-                   WHERE id = $1 AND status = 'queued'`, [importId]);
   return rows[0];
 }
 
+/**
+ * Marks part `n` completed and, when it is the last part of a fully received upload, the
+ * merge as due; true for exactly one caller, who enqueues the merge. The caller MUST hold
+ * the import row lock (lockImport) taken in an earlier statement of its transaction: this
+ * statement's snapshot then sees every part completed before it.
+ */
 export async function completePart(
   db: Db,
   importId: string,
   n: number,
-  c: { read: number; accepted: number; rejected: number; keyCandidates: boolean },
-): Promise<void> {
-  await db.query(
-    `UPDATE import_parts SET status = 'completed', rows_read = $3, rows_accepted = $4, rows_rejected = $5,
-            key_candidates = $6, finished_at = now(), error = NULL
-      WHERE import_id = $1 AND n = $2`,
-    [importId, n, c.read, c.accepted, c.rejected, c.keyCandidates],
+  c: { read: number; accepted: number; rejected: number; keyCandidates: boolean; timings: Record<string, number> },
+): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `WITH done AS (
+       UPDATE import_parts SET status = 'completed', rows_read = $3, rows_accepted = $4, rows_rejected = $5,
+              key_candidates = $6, timings = $7, finished_at = clock_timestamp(), error = NULL
+        WHERE import_id = $1 AND n = $2
+       RETURNING n)
+     UPDATE imports SET merge_enqueued = true
+      WHERE id = $1 AND NOT merge_enqueued AND parts_total IS NOT NULL AND status IN ('queued', 'running')
+        AND parts_total = (SELECT count(*) FROM import_parts WHERE import_id = $1 AND status = 'completed' AND n <> $2)
+                          + (SELECT count(*) FROM done)`,
+    [importId, n, c.read, c.accepted, c.rejected, c.keyCandidates, JSON.stringify(c.timings)],
   );
+  return (rowCount ?? 0) > 0;
 }
 
 export async function failPart(db: Db, importId: string, n: number, error: string, final: boolean): Promise<void> {
@@ -86,21 +118,47 @@ export async function claimMerge(db: Db, id: string): Promise<boolean> {
   return (rowCount ?? 0) > 0;
 }
 
-export interface PartTotals {
+export interface MergeWork {
+  pipeline: string;
+  status: string;
+  options: { maxRejectRatio?: number };
   read: number;
   accepted: number;
   rejected: number;
   key_candidates: boolean;
 }
 
-export async function partTotals(db: Db, id: string): Promise<PartTotals> {
-  const { rows } = await db.query<PartTotals>(
-    `SELECT coalesce(sum(rows_read), 0)::bigint AS read, coalesce(sum(rows_accepted), 0)::bigint AS accepted,
-            coalesce(sum(rows_rejected), 0)::bigint AS rejected, coalesce(bool_or(key_candidates), false) AS key_candidates
-       FROM import_parts WHERE import_id = $1`,
+/** What the merge needs: the import's pipeline, status and options, and its parts' totals. */
+export async function mergeWork(db: Db, id: string): Promise<MergeWork | undefined> {
+  const { rows } = await db.query<MergeWork>(
+    `SELECT i.pipeline, i.status, i.options, t.* FROM imports i, LATERAL (
+       SELECT coalesce(sum(rows_read), 0)::bigint AS read, coalesce(sum(rows_accepted), 0)::bigint AS accepted,
+              coalesce(sum(rows_rejected), 0)::bigint AS rejected, coalesce(bool_or(key_candidates), false) AS key_candidates
+         FROM import_parts WHERE import_id = i.id) t
+      WHERE i.id = $1`,
     [id],
   );
-  return rows[0]!;
+  return rows[0];
+}
+
+/**
+ * Records the merged import's outcome (in the merge's transaction, so a retried merge finds
+ * it done); false when the import is no longer queued or running (cancelled meanwhile).
+ * finished_at is the clock at this statement, not the start of the merge's transaction.
+ */
+export async function finishMerged(
+  db: Db,
+  id: string,
+  o: { read: number; inserted: number; updated: number; unchanged: number; rejected: number; timings: Record<string, number> },
+): Promise<boolean> {
+  const r = await db.query(
+    `UPDATE imports SET status = 'completed', error = NULL, rows_read = $2, rows_inserted = $3, rows_updated = $4,
+            rows_unchanged = $5, rows_rejected = $6, timings = timings || $7::jsonb,
+            finished_at = clock_timestamp(), updated_at = clock_timestamp()
+      WHERE id = $1 AND status IN ('queued', 'running')`,
+    [id, o.read, o.inserted, o.updated, o.unchanged, o.rejected, JSON.stringify(o.timings)],
+  );
+  return (r.rowCount ?? 0) > 0;
 }
 
 export async function dropPartData(db: Db, id: string): Promise<void> {
