@@ -17,7 +17,6 @@ import { createImport, finishImport, type ImportOutcome } from '../db/sql/import
 import type { ParsedBatch } from '../formats/csv-parser.ts';
 import { detectFile, readRecords, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
-import { importRows } from '../http/metrics.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { createStageSql, ident, stageColumns } from '../load/merge-sql.ts';
 import { env } from '../config.ts';
@@ -107,10 +106,6 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
     timings.total = Math.round(performance.now() - t0);
     const outcome: ImportOutcome = { status: 'completed', read: mapper.read, rejected: mapper.rejected, ...counts, timings };
     await finishImport(o.pool, id, outcome);
-    importRows.inc({ pipeline: o.pipeline.name, outcome: 'inserted' }, counts.inserted);
-    importRows.inc({ pipeline: o.pipeline.name, outcome: 'updated' }, counts.updated);
-    importRows.inc({ pipeline: o.pipeline.name, outcome: 'unchanged' }, counts.unchanged);
-    importRows.inc({ pipeline: o.pipeline.name, outcome: 'rejected' }, mapper.rejected);
     o.onProgress?.({ bytes: meta.bytes, totalBytes: meta.bytes, rows: mapper.read, phase: 'done' });
     return {
       id,
