@@ -25,8 +25,28 @@ import { RecordSplitter, type Part } from './splitter.ts';
 export interface AcceptOptions {
   /** Upload limit in bytes (default SLUICE_MAX_UPLOAD_BYTES or 2 GiB). */
   maxBytes?: number;
-  /** Records per part (default SLUICE_PART_ROWS or 10,000). */
+  /** Records per part at most (default SLUICE_PART_ROWS or 10,000). */
   partRows?: number;
+  /** The upload's size when known in advance (Content-Length): small files get smaller parts. */
+  expectedBytes?: number | undefined;
+}
+
+/** A file of known size is cut into at least this many parts, so every worker gets some... */
+const TARGET_PARTS = 8;
+/** ...but no part is made smaller than this (below it, per-part overhead dominates). */
+const MIN_PART_ROWS = 1000;
+
+/**
+ * Records per part: `max`, or fewer for a file whose size is known, estimated from the
+ * records of the first bytes (the sample), so that it makes about TARGET_PARTS parts.
+ */
+export function partRowsFor(max: number, expectedBytes: number | undefined, sample: Buffer): number {
+  if (!expectedBytes || expectedBytes <= sample.length) return max;
+  let lines = 0;
+  for (let i = sample.indexOf(0x0a); i >= 0; i = sample.indexOf(0x0a, i + 1)) lines++;
+  if (lines < 2) return max;
+  const estimatedRows = expectedBytes / (sample.length / lines);
+  return Math.min(max, Math.max(MIN_PART_ROWS, Math.ceil(estimatedRows / TARGET_PARTS)));
 }
 
 export async function acceptUpload(
@@ -94,6 +114,7 @@ export async function acceptUpload(
       if (sampleBytes >= DETECT_SAMPLE_BYTES) {
         const all = Buffer.concat(sample);
         meta = detectSample(all.subarray(0, DETECT_SAMPLE_BYTES), 0, pipeline.format.kind);
+        splitter.partRecords = partRowsFor(partRows, options.expectedBytes, all);
         sample = [];
         await feed(all);
       }

@@ -1,6 +1,6 @@
 /** Cancelling an import: queued and running parts stop being worked on; nothing is merged. */
 import { NotFoundError } from '../core/errors.ts';
-import { cancelImportRow } from '../db/sql/intake.ts';
+import { cancelImportRow, notifyImportFinished } from '../db/sql/intake.ts';
 import { stageTableName } from '../engine/import-runner.ts';
 import { ident } from '../load/merge-sql.ts';
 import type { IntakeContext } from './context.ts';
@@ -10,6 +10,7 @@ export async function cancelImport(ctx: IntakeContext, id: string): Promise<Impo
   const before = await importStatus(ctx.pool, id);
   if (!before) throw new NotFoundError(`no import ${id}`);
   if (await cancelImportRow(ctx.pool, id)) {
+    await notifyImportFinished(ctx.pool, id);
     // Workers check the status before each step; a merge in flight rolls back on its own.
     await ctx.pool.query(`DROP TABLE IF EXISTS ${ident(stageTableName(id))}`).catch(() => {});
   }

@@ -5,7 +5,7 @@
  */
 import { errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
-import { dropPartData, finishMerged, importForWork, mergeWork } from '../db/sql/intake.ts';
+import { dropPartData, finishMerged, importForWork, mergeWork, notifyImportFinished } from '../db/sql/intake.ts';
 import { stageTableName } from '../engine/import-runner.ts';
 import { importRows } from '../http/metrics.ts';
 import { mergeStage } from '../load/merge.ts';
@@ -24,6 +24,7 @@ export async function runMerge(ctx: IntakeContext, importId: string): Promise<'c
   const timings: Record<string, number> = {};
   const fail = async (message: string) => {
     await finishImport(pool, importId, { status: 'failed', error: message, read, inserted: 0, updated: 0, unchanged: 0, rejected, timings }, true);
+    await notifyImportFinished(pool, importId);
     await pool.query(`DROP TABLE IF EXISTS ${ident(stage)}`);
     return 'failed' as const;
   };
@@ -51,6 +52,7 @@ export async function runMerge(ctx: IntakeContext, importId: string): Promise<'c
         timings.merge = Math.round(t - t0);
         const done = await finishMerged(c, importId, { read, rejected, ...counts, timings });
         if (!done) throw new Error('import was cancelled during the merge');
+        await notifyImportFinished(c, importId);
       },
     );
     importRows.inc({ pipeline: pipeline.name, outcome: 'inserted' }, counts.inserted);

@@ -11,7 +11,7 @@ import { pipeline as streamPipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { InvalidFileError, errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
-import { completePart, failPart, lockImport, startPart } from '../db/sql/intake.ts';
+import { completePart, failPart, lockImport, notifyImportFinished, startPart } from '../db/sql/intake.ts';
 import { stageTableName } from '../engine/import-runner.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
 import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
@@ -121,6 +121,7 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
     await finishImport(pool, importId, {
       status: 'failed', error: message, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {},
     }, true).catch(() => {});
+    await notifyImportFinished(pool, importId).catch(() => {});
     return 'failed';
   }
 }

@@ -18,7 +18,8 @@ const LF = 0x0a;
 const QUOTE = 0x22;
 
 export class RecordSplitter {
-  private readonly partRecords: number;
+  /** Records per part; may be changed before the first part is cut. */
+  partRecords: number;
   private readonly quoted: boolean;
   private chunks: Buffer[] = [];
   private bytes = 0;
@@ -94,7 +95,9 @@ export class RecordSplitter {
       return undefined;
     }
     if (this.bytes === 0 || Buffer.concat(this.chunks).toString('latin1').trim() === '') return undefined;
-    if (this.chunks.length > 0) this.records++;
+    // A last record without its LF (or inside an unclosed quote) was not counted yet.
+    const tail = this.chunks[this.chunks.length - 1]!;
+    if (this.inQuote || tail[tail.length - 1] !== LF) this.records++;
     return this.cut(this.line);
   }
 

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { repoRoot } from '../../src/config.ts';
 import { runImport } from '../../src/engine/import-runner.ts';
+import { IMPORTS_CHANNEL } from '../../src/db/sql/intake.ts';
 import { acceptUpload, importStatus, type ImportStatus } from '../../src/intake/index.ts';
 import { startBoss, type Boss } from '../../src/jobs/boss.ts';
 import { purchases } from '../../src/pipelines/purchases.ts';
@@ -91,12 +92,23 @@ async function heldPart(db: TestDb, id: string) {
   }, 'a worker to hold a part');
 }
 
-test('an import spread over three worker processes', async () => {
+test('an import spread over three worker processes; its end is announced (NOTIFY sluice_imports)', async () => {
   const { db, ctx } = await setup();
   const workers = [worker(db), worker(db), worker(db)];
   await Promise.all(workers.map((w) => w.waitFor(/ready/)));
-  const id = await upload(ctx);
-  await assertSameTable(db, await finished(db, id));
+  const listener = await db.pool.connect();
+  try {
+    await listener.query(`LISTEN ${IMPORTS_CHANNEL}`);
+    const announced = new Promise<string>((resolve) => listener.on('notification', (m) => resolve(m.payload ?? '')));
+    const id = await upload(ctx);
+    assert.equal(await announced, id);
+    const status = await importStatus(db.pool, id);
+    assert.ok(status);
+    await assertSameTable(db, status);
+  } finally {
+    await listener.query('UNLISTEN *');
+    listener.release();
+  }
   await Promise.all(workers.map((w) => w.kill()));
 });
 

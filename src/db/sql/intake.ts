@@ -161,6 +161,17 @@ export async function finishMerged(
   return (r.rowCount ?? 0) > 0;
 }
 
+/** NOTIFY channel whose payload is the id of an import that just finished (any outcome). */
+export const IMPORTS_CHANNEL = 'sluice_imports';
+
+/**
+ * Tells listeners that import `id` is finished; inside the transaction that records the
+ * outcome, it is delivered at its COMMIT (a client can wait for it instead of polling).
+ */
+export async function notifyImportFinished(db: Db, id: string): Promise<void> {
+  await db.query('SELECT pg_notify($1, $2)', [IMPORTS_CHANNEL, id]);
+}
+
 export async function dropPartData(db: Db, id: string): Promise<void> {
   await db.query(`UPDATE import_parts SET data = NULL WHERE import_id = $1`, [id]);
 }

@@ -1,0 +1,75 @@
+/**
+ * Wake-ups on real Postgres: a job sent in a transaction is announced to listening workers
+ * at COMMIT and never for a rollback; a listener whose connection is killed comes back on
+ * its own and then wakes every queue (notifications may have been missed meanwhile).
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { MERGE_QUEUE, PART_QUEUE, listenForJobs, sendJob, startBoss, type Boss, type JobListener } from '../../src/jobs/boss.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
+
+let db: TestDb;
+let boss: Boss;
+const listeners: JobListener[] = [];
+
+before(async () => {
+  db = await testDb();
+  boss = await startBoss(db.url, { supervise: false });
+});
+
+after(async () => {
+  for (const l of listeners) await l.close();
+  await boss.stop({ graceful: false });
+  await db.close();
+});
+
+/** A listener recording payloads, with a way to wait for the next one matching `want`. */
+function listen() {
+  const seen: string[] = [];
+  let waiter: { want: (p: string) => boolean; resolve: () => void } | undefined;
+  const l = listenForJobs(db.url, (p) => {
+    seen.push(p);
+    if (waiter?.want(p)) waiter.resolve();
+  });
+  listeners.push(l);
+  const next = (want: (p: string) => boolean) =>
+    new Promise<void>((resolve) => {
+      waiter = { want, resolve };
+    });
+  return { seen, next };
+}
+
+test('a job is announced at COMMIT, and never when its transaction rolls back', async () => {
+  const { seen, next } = listen();
+  // Connected: a (re)connect wakes every queue.
+  await next((p) => p === MERGE_QUEUE);
+  seen.length = 0;
+  const client = await db.pool.connect();
+  try {
+    await client.query('BEGIN');
+    await sendJob(boss, client, PART_QUEUE, { importId: 'rolled-back', n: 0 });
+    await client.query('ROLLBACK');
+    const announced = next((p) => p === PART_QUEUE);
+    await client.query('BEGIN');
+    await sendJob(boss, client, PART_QUEUE, { importId: 'committed', n: 0 });
+    assert.deepEqual(seen, [], 'nothing before COMMIT');
+    await client.query('COMMIT');
+    await announced;
+  } finally {
+    client.release();
+  }
+  assert.deepEqual(seen, [PART_QUEUE], 'one announcement: the committed job');
+  const jobs = await boss.fetch<{ importId: string }>(PART_QUEUE, { batchSize: 10 });
+  assert.deepEqual(jobs.map((j) => j.data.importId), ['committed']);
+});
+
+test('a listener whose connection is killed reconnects and wakes every queue', async () => {
+  const { next } = listen();
+  await next((p) => p === MERGE_QUEUE);
+  const woken = Promise.all([next((p) => p === MERGE_QUEUE)]);
+  const { rowCount } = await db.pool.query(
+    `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'sluice-listen' AND datname = current_database()`,
+  );
+  assert.ok((rowCount ?? 0) >= 1, 'the listening connection was found');
+  await woken;
+});

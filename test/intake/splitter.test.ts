@@ -1,0 +1,97 @@
+/**
+ * The record splitter (parts of an upload) against a byte-by-byte reference, over random
+ * bytes full of quotes, LFs and CRs fed in random slices; and the part size chosen for an
+ * upload of known size.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { partRowsFor } from '../../src/intake/accept.ts';
+import { RecordSplitter, type Part } from '../../src/intake/splitter.ts';
+
+/** The obvious splitter: one byte at a time (the shipped one jumps from LF to LF). */
+function reference(data: Buffer, partRecords: number, quoted: boolean): { header: string | undefined; parts: Array<Omit<Part, 'data'> & { data: string }> } {
+  let inQuote = false;
+  let line = 1;
+  let header: Buffer | undefined;
+  let start = 0;
+  let records = 0;
+  let partStart = 1;
+  const parts: Array<Omit<Part, 'data'> & { data: string }> = [];
+  const cut = (end: number, lastLine: number) => {
+    parts.push({ n: parts.length, firstLine: partStart, lastLine, records, data: data.subarray(start, end).toString('latin1') });
+    start = end;
+    records = 0;
+    partStart = lastLine + 1;
+  };
+  for (let i = 0; i < data.length; i++) {
+    const c = data[i]!;
+    if (c === 0x22 && quoted) inQuote = !inQuote;
+    else if (c === 0x0a) {
+      line++;
+      if (inQuote) continue;
+      if (!header) {
+        header = data.subarray(0, i + 1);
+        start = i + 1;
+        partStart = line;
+        continue;
+      }
+      if (++records >= partRecords) cut(i + 1, line - 1);
+    }
+  }
+  if (!header) return { header: data.length > 0 ? data.toString('latin1') : undefined, parts };
+  const rest = data.subarray(start);
+  if (rest.length > 0 && rest.toString('latin1').trim() !== '') {
+    if (inQuote || rest[rest.length - 1] !== 0x0a) records++;
+    cut(data.length, line);
+  }
+  return { header: header.toString('latin1'), parts };
+}
+
+function random(seed: number) {
+  let x = seed;
+  return () => {
+    x = (Math.imul(x, 1103515245) + 12345) & 0x7fffffff;
+    return x;
+  };
+}
+
+test('the splitter cuts random bytes exactly like a byte-by-byte scan, whatever the slices', () => {
+  const alphabet = Buffer.from('ab",\n\r é');
+  for (let seed = 1; seed <= 300; seed++) {
+    const next = random(seed);
+    const data = Buffer.from(Array.from({ length: 1 + (next() % 3000) }, () => alphabet[next() % alphabet.length]!));
+    for (const quoted of [true, false]) {
+      for (const partRecords of [1, 3, 50]) {
+        const s = new RecordSplitter({ partRecords, quoted });
+        const parts: Part[] = [];
+        for (let i = 0; i < data.length; ) {
+          const k = 1 + (next() % 200);
+          parts.push(...s.push(data.subarray(i, i + k)));
+          i += k;
+        }
+        const last = s.end();
+        if (last) parts.push(last);
+        const want = reference(data, partRecords, quoted);
+        const got = { header: s.header?.toString('latin1'), parts: parts.map((p) => ({ ...p, data: p.data.toString('latin1') })) };
+        assert.deepEqual(got, want, `seed ${seed}, quoted ${quoted}, ${partRecords} records per part`);
+      }
+    }
+  }
+});
+
+test('a quoted LF does not end a record; line numbers count it', () => {
+  const s = new RecordSplitter({ partRecords: 1, quoted: true });
+  const parts = [...s.push(Buffer.from('h\n"a\nb",1\nc,2\n')), s.end()].filter((p) => p !== undefined);
+  assert.deepEqual(parts.map((p) => [p.firstLine, p.lastLine, p.data.toString()]), [[2, 3, '"a\nb",1\n'], [4, 4, 'c,2\n']]);
+});
+
+test('part size: the configured maximum, or about 8 parts for a smaller file of known size', () => {
+  const lines = Buffer.from(Array.from({ length: 500 }, () => 'y'.repeat(99)).join('\n') + '\n'); // 100 bytes a line
+  assert.equal(partRowsFor(10_000, undefined, lines), 10_000, 'size unknown');
+  assert.equal(partRowsFor(10_000, 7_400_000, lines), 9_250, '74,000 rows: 8 parts');
+  assert.equal(partRowsFor(10_000, 5_000_000, lines), 6_250, '50,000 rows: 8 parts');
+  assert.equal(partRowsFor(10_000, 200_000_000, lines), 10_000, 'a big file: the maximum');
+  assert.equal(partRowsFor(10_000, 300_000, lines), 1_000, 'never below 1,000 rows');
+  assert.equal(partRowsFor(200, 5_000_000, lines), 200, 'a smaller maximum wins');
+  assert.equal(partRowsFor(10_000, 5_000_000, Buffer.from('no line feed')), 10_000, 'no line in the sample');
+});
