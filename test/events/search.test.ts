@@ -5,55 +5,24 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
-import { startProviderSimulator, type ProviderSimulator } from '../../src/dev/provider-simulator.ts';
-import { openDb, withDatabase, type Pool } from '../../src/db/pool.ts';
+import { openDb, withDatabase } from '../../src/db/pool.ts';
 import { buildServer } from '../../src/http/server.ts';
 import { syncEvents } from '../../src/pipelines/events/sync.ts';
-import { testDb, type TestDb } from '../helpers/db.ts';
-import { feedXml, titles, type BaseSpec } from './feeds.ts';
+import { feedXml, titles } from './feeds.ts';
 import { checkSchema } from './openapi-check.ts';
+import { SEARCH_FEED, searchStore, zone, type SearchStore } from './search-store.ts';
 
-let db: TestDb;
+let store: SearchStore;
 let app: FastifyInstance;
-let sim: ProviderSimulator;
-/** A second pool, standing for another process that syncs. */
-let other: Pool;
-const queries: string[] = [];
-
-const zone = (price: string) => [{ zone_id: '1', price }];
-const FEED: BaseSpec[] = [
-  {
-    base_event_id: '10',
-    sell_mode: 'online',
-    title: 'Evening',
-    events: [
-      { event_id: '1', start: '2021-06-30T21:00:00', end: '2021-06-30T22:00:00', zones: zone('10.50') },
-      { event_id: '2', start: '2021-06-30T21:00:00', end: '2021-06-30T21:30:00', zones: zone('8') },
-    ],
-  },
-  { base_event_id: '11', sell_mode: 'online', title: 'Morning "quoted" \\ ñ', events: [{ event_id: '1', start: '2021-06-30T09:00:00', end: '2021-06-30T12:00:00', zones: zone('0') }] },
-  { base_event_id: '12', sell_mode: 'online', title: 'Next year', events: [{ event_id: '1', start: '2022-01-01T00:00:00', end: '2022-01-02T00:00:00', zones: zone('99.99') }] },
-];
+const FEED = SEARCH_FEED;
 
 before(async () => {
-  db = await testDb();
-  other = await openDb({ url: db.url, migrate: false, max: 2 });
-  sim = await startProviderSimulator({ responses: [feedXml(FEED)] });
-  await syncEvents(other, { url: sim.url, trigger: 'test' });
-  app = await buildServer({ pool: db.pool });
-  // A spy on the pool: which statements reach Postgres.
-  const query = db.pool.query.bind(db.pool) as (...args: unknown[]) => unknown;
-  (db.pool as unknown as { query: unknown }).query = (...args: unknown[]) => {
-    const q = args[0] as string | { name?: string; text: string };
-    queries.push(typeof q === 'string' ? q : (q.name ?? q.text));
-    return query(...args);
-  };
+  store = await searchStore(FEED);
+  app = await buildServer({ pool: store.db.pool });
 });
 after(async () => {
   await app.close();
-  await sim.close();
-  await other.end();
-  await db.close();
+  await store.close();
 });
 
 async function get(url: string) {
@@ -129,7 +98,7 @@ test('the OpenAPI document publishes /search, and the responses match it (200, 4
   assert.notDeepEqual(checkSchema(doc, schemaOf('200'), { data: { events: [{ id: 'x', min_price: '1' }] }, error: null }), []);
 
   // A 500: a server whose database does not exist; the cause stays out of the response.
-  const broken = await openDb({ url: withDatabase(db.url, 'sluice_no_such_db'), migrate: false, max: 1 });
+  const broken = await openDb({ url: withDatabase(store.db.url, 'sluice_no_such_db'), migrate: false, max: 1 });
   const brokenApp = await buildServer({ pool: broken });
   try {
     const res = await brokenApp.inject({ method: 'GET', url: '/search' });
@@ -151,19 +120,19 @@ test('the OpenAPI document publishes /search, and the responses match it (200, 4
 test('cache: repeated searches do not query the events; a sync committed elsewhere shows at once', async () => {
   const url = '/search?starts_at=2021-06-30T00:00:00&ends_at=2021-07-01T00:00:00';
   await get(url);
-  queries.length = 0;
+  store.statements.length = 0;
   const answers = await Promise.all(Array.from({ length: 50 }, () => get(url)));
   assert.ok(answers.every((a) => a.status === 200 && a.body.data.events.length === 3));
-  assert.equal(queries.filter((q) => q === 'provider_search_events').length, 0, 'no search query on hits');
+  assert.equal(store.statements.filter((q) => q === 'provider_search_batch').length, 0, 'no search query on hits');
   // Strict mode checks the version, but 50 concurrent requests share a few checks.
-  const checks = queries.filter((q) => q === 'provider_feed_version').length;
+  const checks = store.statements.filter((q) => q === 'provider_feed_version').length;
   assert.ok(checks >= 1 && checks < 10, `${checks} version checks`);
 
   // "Another process" commits a sync: the very next request sees it.
   const changed = structuredClone(FEED);
   changed[0]!.events[0]!.zones = zone('3');
-  sim.setResponses([feedXml(changed)]);
-  const r = await syncEvents(other, { url: sim.url, trigger: 'test' });
+  store.sim.setResponses([feedXml(changed)]);
+  const r = await syncEvents(store.other, { url: store.sim.url, trigger: 'test' });
   assert.equal(r.eventsChanged, 1);
   const after = await get(url);
   assert.deepEqual(after.body.data.events.map((e: { min_price: number }) => e.min_price), [0, 8, 3]);
@@ -171,21 +140,21 @@ test('cache: repeated searches do not query the events; a sync committed elsewhe
 
 test('cache in notify mode: no database work on hits; a NOTIFY from another process invalidates', async () => {
   process.env.SLUICE_SEARCH_CACHE = 'notify';
-  const notifyApp = await buildServer({ pool: db.pool });
+  const notifyApp = await buildServer({ pool: store.db.pool });
   delete process.env.SLUICE_SEARCH_CACHE;
   try {
     await notifyApp.ready();
     const url = '/search?ends_at=2021-07-01T00:00:00';
     const read = async () => (await notifyApp.inject({ method: 'GET', url })).json().data.events.map((e: { min_price: number }) => e.min_price);
     assert.deepEqual(await read(), [0, 8, 3]);
-    queries.length = 0;
+    store.statements.length = 0;
     for (let i = 0; i < 20; i++) await read();
-    assert.deepEqual(queries, [], 'hits touch no database');
+    assert.deepEqual(store.statements, [], 'hits touch no database');
 
     const changed = structuredClone(FEED);
     changed[0]!.events[0]!.zones = zone('4');
-    sim.setResponses([feedXml(changed)]);
-    await syncEvents(other, { url: sim.url, trigger: 'test' });
+    store.sim.setResponses([feedXml(changed)]);
+    await syncEvents(store.other, { url: store.sim.url, trigger: 'test' });
     // The notification arrives asynchronously (sub-millisecond here): poll with a deadline.
     const deadline = Date.now() + 5000;
     let prices = await read();

@@ -231,30 +231,50 @@ export async function claimSyncSlot(db: Queryable, intervalS: number): Promise<b
   return rowCount === 1;
 }
 
-export interface SearchResult {
-  /** Feed version the rows were read at (same snapshot). */
+/** One /search range; null is unbounded on that side. */
+export interface SearchRange {
+  startsAt: string | null;
+  endsAt: string | null;
+}
+
+export interface SearchBatchResult {
+  /** Feed version the rows were read at (the same snapshot for every range). */
   version: number;
-  /** The events as a JSON array's inside: `{...},{...}` (empty string for none). */
-  eventsJson: string;
+  /** Per range, in the order given: the whole 200 response body, `{"data":{"events":[...]},"error":null}`. */
+  bodies: string[];
 }
 
 /**
- * Events served by /search: base event online in some fetch, starting at or after
- * `startsAt` and ending at or before `endsAt` (null = unbounded), by start. One statement,
- * so the version and the rows come from one snapshot.
+ * Events served by /search for several ranges in one statement (src/pipelines/events/
+ * search-batcher.ts gathers concurrent searches into it): base event online in some fetch,
+ * starting at or after `startsAt` and ending at or before `endsAt`, by start, then end,
+ * then id. Postgres renders each whole response body from the stored `search_json`, so
+ * Node only forwards text. One statement, so the version and every range share one snapshot.
+ *
+ * The statement text is constant and the ranges are arrays (unbounded sides become
+ * +/-infinity), so every request shape shares one prepared statement. Its ranges are walked
+ * with generate_subscripts, whose row estimate does not depend on the array (unnest's does,
+ * for a constant array): the custom and generic plans then cost the same, and after its first
+ * five executions on a connection Postgres runs the generic plan instead of planning each time.
  */
-export async function searchEvents(db: Queryable, startsAt: string | null, endsAt: string | null): Promise<SearchResult> {
-  const { rows } = await db.query<{ version: number; events: string }>({
-    name: 'provider_search_events',
-    text: `SELECT (SELECT version FROM provider_feed_state) AS version,
-                  coalesce(string_agg(search_json, ',' ORDER BY starts_at, ends_at, id), '') AS events
-             FROM provider_events
-            WHERE ever_online
-              AND starts_at >= coalesce($1::timestamp, '-infinity'::timestamp)
-              AND ends_at <= coalesce($2::timestamp, 'infinity'::timestamp)
-              -- Implied (an event ends after it starts), and it bounds the index range.
-              AND starts_at <= coalesce($2::timestamp, 'infinity'::timestamp)`,
-    values: [startsAt, endsAt],
+export async function searchEventsBatch(db: Queryable, ranges: readonly SearchRange[]): Promise<SearchBatchResult> {
+  const starts = ranges.map((r) => r.startsAt ?? '-infinity');
+  const ends = ranges.map((r) => r.endsAt ?? 'infinity');
+  const { rows } = await db.query<{ i: number; version: number; body: string }>({
+    name: 'provider_search_batch',
+    text: `SELECT q.i, (SELECT version FROM provider_feed_state) AS version, r.body
+             FROM generate_subscripts($1::timestamp[], 1) AS q(i)
+             CROSS JOIN LATERAL (
+               SELECT '{"data":{"events":[' || coalesce(string_agg(p.search_json, ',' ORDER BY p.starts_at, p.ends_at, p.id), '')
+                      || ']},"error":null}' AS body
+                 FROM provider_events p
+                WHERE p.ever_online AND p.starts_at >= ($1::timestamp[])[q.i] AND p.ends_at <= ($2::timestamp[])[q.i]
+                  -- Implied (an event ends after it starts), and it bounds the index range.
+                  AND p.starts_at <= ($2::timestamp[])[q.i]
+             ) r`,
+    values: [starts, ends],
   });
-  return { version: rows[0]!.version, eventsJson: rows[0]!.events };
+  const bodies = new Array<string>(ranges.length);
+  for (const row of rows) bodies[row.i - 1] = row.body;
+  return { version: rows[0]?.version ?? 0, bodies };
 }

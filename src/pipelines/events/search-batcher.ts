@@ -1,0 +1,121 @@
+/**
+ * Gathers concurrent /search reads into few statements, as group commit does for writes.
+ *
+ * Why: on loopback a query's cost is not its execution (a range scan of ~0.1 ms) but the
+ * round trip around it: writes and wake-ups of the server and a Postgres backend, and the
+ * backend's per-statement work. Under load those dominate, so every search that misses the
+ * cache (or every search with the cache off) paying its own round trip caps throughput far
+ * below what the data work allows.
+ *
+ * How: at most `concurrency` statements are in flight. A search arriving while a slot is
+ * free is sent at once (after the current I/O callbacks, so searches parsed together go
+ * together); otherwise it waits in the pending batch, which is sent, whole, as soon as a
+ * statement returns. Identical ranges in one batch are read once.
+ *
+ * Freshness: a search only ever joins a batch that has not been sent yet, so the snapshot
+ * it is answered from is taken after it arrived: it sees every sync committed before it,
+ * exactly as a query of its own would.
+ */
+import type { Pool } from '../../db/pool.ts';
+import { searchEventsBatch, type SearchRange } from '../../db/sql/events.ts';
+
+export interface SearchBatcherOptions {
+  /** Statements in flight at once (default 2: one executing while the next is gathered, on 2 cores). */
+  concurrency?: number;
+  /** Distinct ranges per statement (default 256); more wait for the next statement. */
+  maxBatch?: number;
+}
+
+/** A search's answer: the feed version it was read at and the response body (shared by identical searches of a batch). */
+export interface SearchAnswer {
+  version: number;
+  body: Buffer;
+}
+
+interface Waiter {
+  range: SearchRange;
+  resolve: (answer: SearchAnswer) => void;
+  reject: (err: unknown) => void;
+  /** Same range, same batch: answered together. */
+  joined: Array<Pick<Waiter, 'resolve' | 'reject'>>;
+}
+
+export class SearchBatcher {
+  private readonly pool: Pool;
+  private readonly concurrency: number;
+  private readonly maxBatch: number;
+  private pending = new Map<string, Waiter>();
+  private inFlight = 0;
+  private scheduled = false;
+
+  constructor(pool: Pool, options: SearchBatcherOptions = {}) {
+    this.pool = pool;
+    this.concurrency = Math.max(1, options.concurrency ?? 2);
+    this.maxBatch = Math.max(1, options.maxBatch ?? 256);
+  }
+
+  /** The events in `range` as a response body, read from a snapshot taken after this call. */
+  search(range: SearchRange, key = `${range.startsAt ?? ''}|${range.endsAt ?? ''}`): Promise<SearchAnswer> {
+    return new Promise((resolve, reject) => {
+      const same = this.pending.get(key);
+      if (same) same.joined.push({ resolve, reject });
+      else this.pending.set(key, { range, resolve, reject, joined: [] });
+      this.schedule();
+    });
+  }
+
+  /** Sends the pending batch once the current I/O callbacks ran, if a slot is free. */
+  private schedule(): void {
+    if (this.scheduled || this.inFlight >= this.concurrency) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.send();
+    });
+  }
+
+  private send(): void {
+    while (this.pending.size > 0 && this.inFlight < this.concurrency) {
+      let batch: Waiter[];
+      if (this.pending.size <= this.maxBatch) {
+        batch = [...this.pending.values()];
+        this.pending = new Map();
+      } else {
+        batch = [];
+        for (const [key, w] of this.pending) {
+          if (batch.length === this.maxBatch) break;
+          batch.push(w);
+          this.pending.delete(key);
+        }
+      }
+      this.inFlight++;
+      searchEventsBatch(
+        this.pool,
+        batch.map((w) => w.range),
+      ).then(
+        (r) => {
+          this.settled();
+          for (let i = 0; i < batch.length; i++) {
+            const w = batch[i]!;
+            const answer = { version: r.version, body: Buffer.from(r.bodies[i]!) };
+            w.resolve(answer);
+            for (const j of w.joined) j.resolve(answer);
+          }
+        },
+        (err: unknown) => {
+          this.settled();
+          for (const w of batch) {
+            w.reject(err);
+            for (const j of w.joined) j.reject(err);
+          }
+        },
+      );
+    }
+  }
+
+  private settled(): void {
+    this.inFlight--;
+    // Whatever gathered meanwhile goes now, in one statement.
+    if (this.pending.size > 0) this.send();
+  }
+}
