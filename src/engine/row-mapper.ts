@@ -100,11 +100,12 @@ export class RowMapper {
   rejected = 0;
   hasKeyCandidates = false;
   /**
-   * Duplicate-key detection without holding the keys: a 64 Mbit bitmap of key hashes. A
-   * key whose bit is already set may be a duplicate (or a hash collision) and is listed;
-   * the merge checks only those. Past MAX_SUSPECTS the list is dropped (merge checks all).
+   * Duplicate-key detection without holding the keys: a blocked Bloom filter (128 Mbit,
+   * 6 probes in one 64-byte block; a few hundred false "met before" in 5M distinct keys). A key it has seen may be a duplicate (or
+   * a false positive) and is listed; the merge checks only those. Past MAX_SUSPECTS the
+   * list is dropped (the merge then checks every key); the filter stays.
    */
-  private seen: Uint8Array | undefined = new Uint8Array(1 << 23);
+  private seen = new Uint8Array(1 << 24);
   private suspects: Set<string> | undefined = new Set();
 
   constructor(pipeline: Pipeline, mapping: ColumnMapping, part: number, rejects: RejectCollector) {
@@ -200,22 +201,34 @@ export class RowMapper {
     }
   }
 
-  /** Notes key `k`; true when it may have been met before (always, once the bitmap is dropped). */
+  /** Notes key `k`; true when it may have been met before. */
   private noteKey(k: string): boolean {
     const seen = this.seen;
-    if (!seen) return true;
-    // FNV-1a, 32 bits, folded to 26 bits.
-    let h = 0x811c9dc5;
-    for (let i = 0; i < k.length; i++) h = Math.imul(h ^ k.charCodeAt(i), 0x01000193);
-    h = (h >>> 0) & 0x3ffffff;
-    const byte = h >>> 3;
-    const bit = 1 << (h & 7);
-    if ((seen[byte]! & bit) === 0) {
-      seen[byte] = seen[byte]! | bit;
-      return false;
+    // Two 32-bit hashes in one pass (FNV-1a and a multiply-xor), probes h1 + i*h2.
+    let h1 = 0x811c9dc5;
+    let h2 = 0x9747b28c;
+    for (let i = 0; i < k.length; i++) {
+      const c = k.charCodeAt(i);
+      h1 = Math.imul(h1 ^ c, 0x01000193);
+      h2 = Math.imul(h2 ^ c, 0x5bd1e995);
+      h2 ^= h2 >>> 15;
     }
-    this.suspects!.add(k);
-    if (this.suspects!.size > MAX_SUSPECTS) this.seen = this.suspects = undefined;
+    // Blocked: the 6 probes fall in one 64-byte block (one cache miss per key).
+    const base = ((h1 >>> 14) & 0x3ffff) << 6;
+    const step = (h1 & 0x3fff) | 1;
+    let met = true;
+    for (let i = 0; i < 6; i++) {
+      const b = (h2 + Math.imul(i, step)) & 511;
+      const byte = base + (b >>> 3);
+      const bit = 1 << (b & 7);
+      if ((seen[byte]! & bit) === 0) {
+        seen[byte] = seen[byte]! | bit;
+        met = false;
+      }
+    }
+    if (!met || !this.suspects) return met;
+    this.suspects.add(k);
+    if (this.suspects.size > MAX_SUSPECTS) this.suspects = undefined;
     return true;
   }
 
