@@ -176,7 +176,9 @@ async function timeline(id: string, t0: number, acceptedAt: number): Promise<str
   const parts = (await pool.query(`SELECT n, rows_read, started_at, finished_at, attempts, to_jsonb(p) -> 'timings' AS timings FROM import_parts p WHERE import_id = $1 ORDER BY n`, [id])).rows;
   const merge = (await pool.query(`SELECT created_on, started_on FROM pgboss.job WHERE name = 'sluice-merge' AND data->>'importId' = $1`, [id])).rows[0];
   const t = (j: Record<string, number> | null) => (j ? ` ${['start', 'parse', 'copy', 'lock'].map((k) => j[k] ?? '-').join('/')}` : '');
-  const p = parts.map((r) => `${r.n}:${ms(r.started_at)}-${ms(r.finished_at)}${t(r.timings)}${r.attempts > 1 ? ` (x${r.attempts})` : ''}`).join(', ');
+  const one = (r: (typeof parts)[number]) => `${r.n}:${ms(r.started_at)}-${ms(r.finished_at)}${t(r.timings)}${r.attempts > 1 ? ` (x${r.attempts})` : ''}`;
+  // A long part list is cut to its first and last three.
+  const p = parts.length <= 12 ? parts.map(one).join(', ') : `${parts.slice(0, 3).map(one).join(', ')} ... (${parts.length} parts) ... ${parts.slice(-3).map(one).join(', ')}`;
   return `created ${ms(imp.created_at)} | 202 ${Math.round(acceptedAt - t0)} | parts (start-end start/parse/copy/lock ms) ${p} | merge queued ${ms(merge?.created_on ?? null)} taken ${ms(merge?.started_on ?? null)} | finished ${ms(imp.finished_at)} | timings ${JSON.stringify(imp.timings)}`;
 }
 
@@ -277,7 +279,7 @@ if (fs.existsSync(shared)) {
 const byWorkers: Record<string, number> = {};
 const genCopy = ROWS > 0 ? (generate(generated, ROWS), await rawCopy(generated)) : 0;
 for (const w of ROWS > 0 ? WORKERS : []) {
-  const s = await timed(generated, w, ROWS <= 100_000);
+  const s = await timed(generated, w, true);
   byWorkers[String(w)] = Number(s.toFixed(2));
   lines.push(`| generated | ${ROWS} | ${w} | ${s.toFixed(2)} | ${genCopy.toFixed(2)} | ${(s / genCopy).toFixed(1)} |`);
   log(`generated ${ROWS} rows, ${w} workers: ${s.toFixed(2)} s`);

@@ -2,25 +2,27 @@
  * Accepting an upload: the body streams through the record splitter into parts stored in
  * Postgres (never the whole file in memory: at most one part), each part enqueued as a
  * job in the same transaction as its row, so workers start on part 0 while the rest of
- * the file is still arriving. Bad files (empty, binary, unusable header, too big) fail the
+ * the file is still arriving; the merge job goes with part 0 and merges the parts as they
+ * are staged (merge-job.ts). Bad files (empty, binary, unusable header, too big) fail the
  * upload with a clear error and leave nothing behind.
  */
 import type { Readable } from 'node:stream';
 import { InvalidFileError, SluiceError } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
 import { createImport } from '../db/sql/imports.ts';
-import { claimMerge, insertPart, lockImport, setImportFormat, setPartsTotal } from '../db/sql/intake.ts';
+import { claimMerge, insertPart, lockImport, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { stageTableName } from '../engine/import-runner.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
 import { CsvParser } from '../formats/csv-parser.ts';
 import { parseFixedWidthHeader } from '../formats/fixed-width.ts';
 import { DETECT_SAMPLE_BYTES, detectSample, type FileMeta } from '../formats/record-reader.ts';
 import { MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
-import { createStageSql, ident } from '../load/merge-sql.ts';
+import { createStageSql } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
 import type { IntakeContext } from './context.ts';
 import { RecordSplitter, type Part } from './splitter.ts';
+import { dropStaging } from './staging.ts';
 
 export interface AcceptOptions {
   /** Upload limit in bytes (default SLUICE_MAX_UPLOAD_BYTES or 2 GiB). */
@@ -81,6 +83,11 @@ export async function acceptUpload(
       await client.query('BEGIN; SET LOCAL synchronous_commit = off');
       await insertPart(client, id, part);
       await sendJob(boss, client, PART_QUEUE, { importId: id, n: part.n });
+      if (part.n === 0) {
+        // The merge starts with the first part and takes each part as soon as it is staged.
+        await setMergeEnqueued(client, id);
+        await sendJob(boss, client, MERGE_QUEUE, { importId: id });
+      }
       await client.query('COMMIT');
     } catch (err) {
       await client.query('ROLLBACK').catch(() => {});
@@ -147,7 +154,7 @@ export async function acceptUpload(
     await inFlight.catch(() => {});
     // Nothing half-written: the import row (its parts cascade) and its staging go.
     await pool.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1`, [id]).catch(() => {});
-    await pool.query(`DROP TABLE IF EXISTS ${ident(stage)}`).catch(() => {});
+    await dropStaging(pool, id).catch(() => {});
     await pool.query('DELETE FROM imports WHERE id = $1', [id]).catch(() => {});
     throw err;
   }

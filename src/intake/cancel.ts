@@ -1,9 +1,8 @@
 /** Cancelling an import: queued and running parts stop being worked on; nothing is merged. */
 import { NotFoundError } from '../core/errors.ts';
 import { cancelImportRow, notifyImportFinished } from '../db/sql/intake.ts';
-import { stageTableName } from '../engine/import-runner.ts';
-import { ident } from '../load/merge-sql.ts';
 import type { IntakeContext } from './context.ts';
+import { dropStaging } from './staging.ts';
 import { importStatus, type ImportStatus } from './status.ts';
 
 export async function cancelImport(ctx: IntakeContext, id: string): Promise<ImportStatus> {
@@ -12,7 +11,7 @@ export async function cancelImport(ctx: IntakeContext, id: string): Promise<Impo
   if (await cancelImportRow(ctx.pool, id)) {
     await notifyImportFinished(ctx.pool, id);
     // Workers check the status before each step; a merge in flight rolls back on its own.
-    await ctx.pool.query(`DROP TABLE IF EXISTS ${ident(stageTableName(id))}`).catch(() => {});
+    await dropStaging(ctx.pool, id).catch(() => {});
   }
   return (await importStatus(ctx.pool, id))!;
 }

@@ -1,73 +1,249 @@
 /**
- * The merge of an uploaded import, once every part is staged: one transaction folds the
- * staging table into the targets AND records the outcome, so a merge retried after a crash
- * either finds the import completed (and does nothing) or starts again from scratch.
+ * The merge of an uploaded import, pipelined with its parts. The merge job is sent with
+ * the first part and opens ONE transaction (a MergeSession: the target's lock is taken at
+ * the start), then takes each part in file order as soon as it is staged, while the
+ * workers stage the next ones: the part's rows whose key this import has not met before
+ * are merged at once (a chunk, straight from the part's table); rows of keys that may have
+ * been met before (KeyFilter) wait in `later`, merged last, so every key's rows apply in
+ * file order and the counts are those of one merge of the whole file (src/load/merge.ts).
+ * When the last part is in, the later rows are merged and the outcome is recorded in the
+ * same transaction, so a merge retried after a crash either finds the import completed
+ * (and does nothing) or starts again from scratch. A failed or cancelled import, or too
+ * many rejects, roll everything back.
+ *
+ * Files with several key columns (keys resolved against the records that existed before
+ * the import) are merged whole once every part is staged.
  */
 import { errorMessage } from '../core/errors.ts';
+import type { Client } from '../db/pool.ts';
 import { finishImport } from '../db/sql/imports.ts';
-import { dropPartData, finishMerged, importForWork, mergeWork, notifyImportFinished } from '../db/sql/intake.ts';
-import { stageTableName } from '../engine/import-runner.ts';
+import { dropPartData, finishMerged, importForWork, mergerState, mergeWork, notifyImportFinished } from '../db/sql/intake.ts';
+import type { Pipeline } from '../engine/pipeline.ts';
+import { mapHeader } from '../engine/row-mapper.ts';
 import { importRows } from '../http/metrics.ts';
-import { mergeStage } from '../load/merge.ts';
+import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { ident } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
+import { KeyFilter } from './key-filter.ts';
+import { dropStaging, partTableName, partTables, stageTableName } from './staging.ts';
 
-export async function runMerge(ctx: IntakeContext, importId: string): Promise<'completed' | 'failed' | 'skipped'> {
+/** Tells a merge that a part of its import may have been staged (a notification or a timeout). */
+export interface PartSignal {
+  wait(): Promise<void>;
+  close(): void;
+}
+
+const pollOnly = (): PartSignal => ({ wait: () => new Promise((r) => setTimeout(r, 250)), close: () => {} });
+
+const LATER = 'sluice_intake_later';
+
+/**
+ * Up to this many parts, the staging tables are dropped inside the merge's transaction
+ * (whoever sees the import completed finds them gone); beyond, after its commit, so one
+ * transaction never holds thousands of table locks (max_locks_per_transaction).
+ */
+const DROP_IN_TRANSACTION_MAX_PARTS = 500;
+
+const active = (status: string | undefined) => status === 'queued' || status === 'running';
+
+/** Ends the merge by rolling back: the import is over (skipped) or fails with a reason. */
+class Rollback {
+  readonly outcome: 'skipped' | { fail: string };
+  constructor(outcome: 'skipped' | { fail: string }) {
+    this.outcome = outcome;
+  }
+}
+
+interface Merged {
+  counts: MergeCounts;
+  read: number;
+  rejected: number;
+  parts: number;
+}
+
+export async function runMerge(
+  ctx: IntakeContext,
+  importId: string,
+  follow: (importId: string) => PartSignal = pollOnly,
+): Promise<'completed' | 'failed' | 'skipped'> {
+  const signal = follow(importId);
+  try {
+    return await merge(ctx, importId, signal);
+  } finally {
+    signal.close();
+  }
+}
+
+async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): Promise<'completed' | 'failed' | 'skipped'> {
   const { pool } = ctx;
-  const totals = await mergeWork(pool, importId);
-  if (!totals || !['queued', 'running'].includes(totals.status)) return 'skipped';
-  const pipeline = getPipeline(totals.pipeline);
-  const read = Number(totals.read);
-  const rejected = Number(totals.rejected);
+  const start = await mergeWork(pool, importId);
+  if (!start || !active(start.status)) return 'skipped';
+  const pipeline = getPipeline(start.pipeline);
   const stage = stageTableName(importId);
   const timings: Record<string, number> = {};
-  const fail = async (message: string) => {
-    await finishImport(pool, importId, { status: 'failed', error: message, read, inserted: 0, updated: 0, unchanged: 0, rejected, timings }, true);
-    await notifyImportFinished(pool, importId);
-    await pool.query(`DROP TABLE IF EXISTS ${ident(stage)}`);
-    return 'failed' as const;
-  };
-  if (read === 0) return fail('invalid file: no data rows after the header');
-  const max = totals.options.maxRejectRatio ?? 1;
-  if (rejected / read > max) {
-    return fail(`rejected ${rejected} of ${read} rows (${((rejected / read) * 100).toFixed(1)}%), above max-reject-ratio ${max}: nothing was imported`);
-  }
   const client = await pool.connect();
+  let broken = false;
   try {
+    // Told apart from the part workers' connections in pg_stat_activity.
+    await client.query(`SET application_name = 'sluice-merge'`);
     const t0 = performance.now();
-    const counts = await mergeStage(
-      client,
-      pipeline,
-      stage,
-      { rows: Number(totals.accepted), hasKeyCandidates: totals.key_candidates },
-      timings,
-      async (c, counts) => {
-        let t = performance.now();
-        await dropPartData(c, importId);
-        // In the transaction: whoever sees the import completed finds its staging gone.
-        await c.query(`DROP TABLE IF EXISTS ${ident(stage)}`);
-        timings.cleanup = Math.round(performance.now() - t);
-        t = performance.now();
-        timings.merge = Math.round(t - t0);
-        const done = await finishMerged(c, importId, { read, rejected, ...counts, timings });
-        if (!done) throw new Error('import was cancelled during the merge');
-        await notifyImportFinished(c, importId);
-      },
-    );
-    importRows.inc({ pipeline: pipeline.name, outcome: 'inserted' }, counts.inserted);
-    importRows.inc({ pipeline: pipeline.name, outcome: 'updated' }, counts.updated);
-    importRows.inc({ pipeline: pipeline.name, outcome: 'unchanged' }, counts.unchanged);
-    importRows.inc({ pipeline: pipeline.name, outcome: 'rejected' }, rejected);
+    // Rows in the import's main staging table come from a version that staged there: such
+    // an import is merged whole, as are files with several key columns.
+    const legacy = (await client.query(`SELECT EXISTS (SELECT 1 FROM ${ident(stage)}) AS rows`)).rows[0].rows as boolean;
+    const chunked = !legacy && (!start.header || mapHeader(pipeline, start.header).keyIndexes.length <= 1);
+    const session = new MergeSession(client, pipeline, timings, chunked);
+    await session.begin();
+    let merged: Merged;
+    try {
+      merged = await followParts(client, session, { pipeline, importId, stage, chunked }, timings, signal);
+      const t = performance.now();
+      await dropPartData(client, importId);
+      if (merged.parts <= DROP_IN_TRANSACTION_MAX_PARTS) await dropStaging(client, importId);
+      timings.cleanup = Math.round(performance.now() - t);
+      timings.merge = Math.round(performance.now() - t0);
+      if (!(await finishMerged(client, importId, { read: merged.read, rejected: merged.rejected, ...merged.counts, timings }))) {
+        throw new Rollback('skipped');
+      }
+      await notifyImportFinished(client, importId);
+      await session.commit();
+    } catch (err) {
+      await session.rollback();
+      throw err;
+    }
+    if (merged.parts > DROP_IN_TRANSACTION_MAX_PARTS) await dropStaging(pool, importId).catch(() => {});
+    importRows.inc({ pipeline: pipeline.name, outcome: 'inserted' }, merged.counts.inserted);
+    importRows.inc({ pipeline: pipeline.name, outcome: 'updated' }, merged.counts.updated);
+    importRows.inc({ pipeline: pipeline.name, outcome: 'unchanged' }, merged.counts.unchanged);
+    importRows.inc({ pipeline: pipeline.name, outcome: 'rejected' }, merged.rejected);
     return 'completed';
   } catch (err) {
-    const now = await importForWork(pool, importId);
+    if (err instanceof Rollback) {
+      if (err.outcome === 'skipped') {
+        if ((await importForWork(pool, importId))?.status === 'cancelled') await dropStaging(pool, importId).catch(() => {});
+        return 'skipped';
+      }
+      const totals = await mergeWork(pool, importId);
+      await finishImport(pool, importId, {
+        status: 'failed', error: err.outcome.fail, read: totals?.read ?? 0, inserted: 0, updated: 0, unchanged: 0, rejected: totals?.rejected ?? 0, timings,
+      }, true);
+      await notifyImportFinished(pool, importId);
+      await dropStaging(pool, importId).catch(() => {});
+      return 'failed';
+    }
+    broken = true;
+    const now = await importForWork(pool, importId).catch(() => undefined);
     if (now?.status === 'cancelled') {
-      await pool.query(`DROP TABLE IF EXISTS ${ident(stage)}`).catch(() => {});
+      await dropStaging(pool, importId).catch(() => {});
       return 'skipped';
     }
+    if (!now) return 'skipped'; // the upload failed and took its import with it
     throw new Error(`merge failed: ${errorMessage(err)}`, { cause: err });
   } finally {
-    client.release();
+    if (!broken) await client.query('RESET application_name').catch(() => (broken = true));
+    // A connection that failed mid-merge is not handed back to the pool.
+    client.release(broken || undefined);
   }
+}
+
+/**
+ * Inside the open session: follows the parts in file order, merging each as it is staged
+ * (chunked) or all at the end; returns the counts and the parts' totals. Throws Rollback
+ * when the import is over (failed, cancelled, deleted) or must fail.
+ */
+async function followParts(
+  client: Client,
+  session: MergeSession,
+  o: { pipeline: Pipeline; importId: string; stage: string; chunked: boolean },
+  timings: Record<string, number>,
+  signal: PartSignal,
+): Promise<Merged> {
+  const counts: MergeCounts = { inserted: 0, updated: 0, unchanged: 0 };
+  const add = (c: MergeCounts) => {
+    counts.inserted += c.inserted;
+    counts.updated += c.updated;
+    counts.unchanged += c.unchanged;
+  };
+  const key = ident(o.pipeline.key.name);
+  const later = ident(LATER);
+  const filter = o.chunked ? new KeyFilter() : undefined;
+  if (o.chunked) await client.query(`CREATE TEMP TABLE ${later} (LIKE ${ident(o.stage)} INCLUDING DEFAULTS) ON COMMIT DROP`);
+
+  /**
+   * Merges part `n` as a chunk, after moving to `later` the rows whose key may have been met
+   * before: in an earlier part (KeyFilter) or earlier in this part. Keys are compared by
+   * their hashtext; two keys sharing one are both moved, which is safe.
+   */
+  const mergePart = async (n: number) => {
+    const t = performance.now();
+    const table = ident(partTableName(o.importId, n));
+    const list = (await client.query(`SELECT string_agg(hashtext(${key}::text)::text, ',') AS h FROM ${table}`)).rows[0].h as string | null;
+    const hashes = list ? list.split(',').map(Number) : [];
+    const inPart = new Set<number>();
+    const suspects = new Set<number>();
+    for (const h of hashes) {
+      if (inPart.has(h)) suspects.add(h);
+      else {
+        inPart.add(h);
+        if (filter!.add(h)) suspects.add(h);
+      }
+    }
+    let rows = hashes.length;
+    if (suspects.size > 0) {
+      const moved = await client.query(
+        `WITH moved AS (DELETE FROM ${table} WHERE hashtext(${key}::text) = ANY ($1::int[]) RETURNING *) INSERT INTO ${later} SELECT * FROM moved`,
+        [[...suspects]],
+      );
+      rows -= moved.rowCount ?? 0;
+    }
+    timings.split = Math.round((timings.split ?? 0) + performance.now() - t);
+    if (rows > 0) add(await session.mergeChunk(partTableName(o.importId, n), rows));
+  };
+
+  let next = 0;
+  let waited = 0;
+  let parts = 0;
+  for (;;) {
+    const state = await mergerState(client, o.importId, next);
+    if (!state || !active(state.status)) throw new Rollback('skipped');
+    for (const p of state.done) {
+      if (p.n !== next) break;
+      if (o.chunked && p.accepted > 0) await mergePart(p.n);
+      next++;
+    }
+    if (state.parts_total !== null && next >= state.parts_total) {
+      parts = state.parts_total;
+      break;
+    }
+    const t = performance.now();
+    await signal.wait();
+    waited += performance.now() - t;
+  }
+  timings.wait_for_parts = Math.round(waited);
+  // Every part is staged: their totals decide whether anything is merged at all.
+  const work = await mergeWork(client, o.importId);
+  if (!work || !active(work.status)) throw new Rollback('skipped');
+  const read = Number(work.read);
+  const rejected = Number(work.rejected);
+  if (read === 0) throw new Rollback({ fail: 'invalid file: no data rows after the header' });
+  const max = work.options.maxRejectRatio ?? 1;
+  if (rejected / read > max) {
+    throw new Rollback({ fail: `rejected ${rejected} of ${read} rows (${((rejected / read) * 100).toFixed(1)}%), above max-reject-ratio ${max}: nothing was imported` });
+  }
+  if (o.chunked) {
+    const waiting = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${later}`)).rows[0].n);
+    if (waiting > 0) add(await session.mergeStaged(LATER, { rows: waiting, hasKeyCandidates: false }, true));
+  } else {
+    // The whole file at once, from one table: the parts are gathered into the staging table.
+    const t = performance.now();
+    const tables = await partTables(client, o.importId);
+    for (let i = 0; i < tables.length; i += 100) {
+      const from = tables.slice(i, i + 100).map((name) => `SELECT * FROM ${ident(name)}`);
+      await client.query(`INSERT INTO ${ident(o.stage)} ${from.join(' UNION ALL ')}`);
+    }
+    timings.gather = Math.round(performance.now() - t);
+    const accepted = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${ident(o.stage)}`)).rows[0].n);
+    add(await session.mergeStaged(o.stage, { rows: accepted, hasKeyCandidates: work.key_candidates }));
+  }
+  return { counts, read, rejected, parts };
 }

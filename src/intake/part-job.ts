@@ -1,7 +1,8 @@
 /**
  * One part of an upload, on a worker: parse and validate its rows, then in ONE transaction
- * COPY them (and its rejects) into staging, mark the part completed and, when it is the
- * last, enqueue the merge. A worker killed at any point leaves either nothing or the whole
+ * COPY them into the part's own staging table (and its rejects), mark the part completed
+ * and wake the merge (or, for an import whose merge was not sent with its first part,
+ * enqueue it when this is the last part). A worker killed at any point leaves either nothing or the whole
  * part: re-running a part never duplicates rows. Where the time went (ms) is kept in
  * import_parts.timings: start (claim + bytes), parse (decode, parse, validate), copy, lock
  * (waiting for the import row), the rest is commit.
@@ -11,17 +12,17 @@ import { pipeline as streamPipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { InvalidFileError, errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
-import { completePart, failPart, lockImport, notifyImportFinished, startPart } from '../db/sql/intake.ts';
-import { stageTableName } from '../engine/import-runner.ts';
+import { completePart, failPart, lockImport, notifyImportFinished, notifyPartDone, startPart } from '../db/sql/intake.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
 import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { WhitespaceColumnsParser } from '../formats/whitespace-columns.ts';
-import { MERGE_QUEUE, PART_RETRY_LIMIT, sendJob } from '../jobs/boss.ts';
+import { JOBS_CHANNEL, MERGE_QUEUE, PART_RETRY_LIMIT, sendJob } from '../jobs/boss.ts';
 import { ident, stageColumns } from '../load/merge-sql.ts';
 import { BufferedRejects, REJECTS_COPY } from '../load/rejects.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
+import { createPartTable } from './staging.ts';
 
 /**
  * Fault injection for the crash tests (test/intake/crash.test.ts): while the file named by
@@ -74,20 +75,18 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
       mapper.mapBatch(batch, out);
     }
     t = mark('parse', t);
-    const stage = ident(stageTableName(importId));
     const cols = ['line', 'part', ...stageColumns(pipeline).map((c) => c.name), 'key_candidates'].map(ident);
     const client = await pool.connect();
     try {
       await client.query('BEGIN');
+      // The part's own table, (re)created in this transaction: whatever an earlier attempt
+      // left is replaced, and nothing is left if this one does not commit.
+      const table = await createPartTable(client, importId, n);
       if (work.attempts > 1) {
-        // An earlier attempt's transaction rolled back (it would have completed the part
-        // otherwise), so nothing of it should be left; cleared anyway, in case. Skipped on a
-        // first attempt: the DELETE scans the whole staging table.
-        await client.query(`DELETE FROM ${stage} WHERE part = $1`, [n]);
         await client.query('DELETE FROM import_rejects WHERE import_id = $1 AND line BETWEEN $2 AND $3', [importId, work.first_line, work.last_line]);
       }
       if (out.length > 0) {
-        await streamPipeline(Readable.from([`${out.join('\n')}\n`]), client.query(copyFrom(`COPY ${stage} (${cols.join(', ')}) FROM STDIN`)));
+        await streamPipeline(Readable.from([`${out.join('\n')}\n`]), client.query(copyFrom(`COPY ${table} (${cols.join(', ')}) FROM STDIN`)));
       }
       if (rejects.lines.length > 0) await streamPipeline(Readable.from([rejects.lines.join('')]), client.query(copyFrom(REJECTS_COPY)));
       t = mark('copy', t);
@@ -103,6 +102,8 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
         read: mapper.read, accepted: mapper.accepted, rejected: mapper.rejected, keyCandidates: mapper.hasKeyCandidates, timings,
       });
       if (last) await sendJob(boss!, client, MERGE_QUEUE, { importId });
+      // Wakes the merge, which takes the parts in file order as they are staged.
+      await notifyPartDone(client, JOBS_CHANNEL, importId);
       await client.query('COMMIT');
       return 'completed';
     } catch (err) {

@@ -1,6 +1,8 @@
 /**
  * Queue workers: part jobs (staged in parallel, `concurrency` at a time per process) and
- * merge jobs. Used by `sluice worker` and, unless SLUICE_WORKERS=0, inside `sluice serve`.
+ * merge jobs (one at a time per process; a merge follows its import's parts as they are
+ * staged, woken by their notifications). Used by `sluice worker` and, unless
+ * SLUICE_WORKERS=0, inside `sluice serve`.
  *
  * Each loop fetches the next job itself (pg-boss `fetch`: SELECT ... FOR UPDATE SKIP LOCKED)
  * as soon as the previous one is settled. pg-boss's own `work()` waits out its polling
@@ -14,9 +16,10 @@
 import type { Job } from 'pg-boss';
 import { errorMessage } from '../core/errors.ts';
 import { databaseUrl } from '../db/pool.ts';
+import { PART_DONE } from '../db/sql/intake.ts';
 import { MERGE_QUEUE, PART_QUEUE, listenForJobs, type Boss } from '../jobs/boss.ts';
 import type { IntakeContext } from './context.ts';
-import { runMerge } from './merge-job.ts';
+import { runMerge, type PartSignal } from './merge-job.ts';
 import { runPart } from './part-job.ts';
 
 export interface RunningWorkers {
@@ -36,6 +39,52 @@ interface Loop {
   /** A wake-up arrived while the loop was busy: fetch again before sleeping. */
   woken: boolean;
 }
+
+/**
+ * Part-staged signals for the merges running in this process: a signal that arrives while
+ * its merge is busy is kept, so its next wait returns at once.
+ */
+class PartSignals {
+  private readonly open = new Map<string, { pending: boolean; wake: (() => void) | undefined }>();
+
+  follow(importId: string, backstopMs: number): PartSignal {
+    const s = { pending: false, wake: undefined as (() => void) | undefined };
+    this.open.set(importId, s);
+    return {
+      wait: () =>
+        new Promise<void>((resolve) => {
+          if (s.pending) {
+            s.pending = false;
+            return resolve();
+          }
+          const timer = setTimeout(done, backstopMs);
+          function done() {
+            clearTimeout(timer);
+            s.wake = undefined;
+            resolve();
+          }
+          s.wake = done;
+        }),
+      close: () => {
+        if (this.open.get(importId) === s) this.open.delete(importId);
+      },
+    };
+  }
+
+  signal(importId: string): void {
+    const s = this.open.get(importId);
+    if (!s) return;
+    if (s.wake) s.wake();
+    else s.pending = true;
+  }
+
+  signalAll(): void {
+    for (const id of this.open.keys()) this.signal(id);
+  }
+}
+
+/** Backstop of a merge's wait for parts when no notification comes (listener down). */
+const PART_WAIT_MS = 250;
 
 function startLoop<T>(boss: Boss, queue: string, handle: (data: T) => Promise<unknown>): Loop {
   const loop: Loop = { queue, stopped: false, done: Promise.resolve(), wake: () => void (loop.woken = true), woken: false };
@@ -84,14 +133,18 @@ function startLoop<T>(boss: Boss, queue: string, handle: (data: T) => Promise<un
 export async function startWorkers(ctx: IntakeContext, options: { concurrency: number }): Promise<RunningWorkers> {
   const boss = ctx.boss;
   if (!boss) throw new Error('startWorkers needs the job queue (ctx.boss)');
+  const signals = new PartSignals();
   const loops = [
     ...Array.from({ length: options.concurrency }, () =>
       startLoop<{ importId: string; n: number }>(boss, PART_QUEUE, (d) => runPart(ctx, d.importId, d.n)),
     ),
-    startLoop<{ importId: string }>(boss, MERGE_QUEUE, (d) => runMerge(ctx, d.importId)),
+    startLoop<{ importId: string }>(boss, MERGE_QUEUE, (d) => runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS))),
   ];
-  const listener = listenForJobs(ctx.pool.options.connectionString ?? (await databaseUrl()), (queue) => {
-    for (const l of loops) if (l.queue === queue) l.wake();
+  const listener = listenForJobs(ctx.pool.options.connectionString ?? (await databaseUrl()), (payload) => {
+    if (payload.startsWith(PART_DONE)) return signals.signal(payload.slice(PART_DONE.length));
+    for (const l of loops) if (l.queue === payload) l.wake();
+    // After a reconnect (every queue woken): notifications may have been missed.
+    if (payload === MERGE_QUEUE) signals.signalAll();
   });
   return {
     /** Stops fetching and waits for the jobs in hand to settle. */

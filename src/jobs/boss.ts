@@ -65,12 +65,14 @@ export interface JobListener {
 }
 
 /**
- * LISTENs on JOBS_CHANNEL on a connection of its own and calls `onJob(queue)` for every
- * job sent. A lost connection is re-established with backoff; after each (re)connect
- * `onJob` is called for every queue, since notifications sent meanwhile were missed. While
- * it is down the loops still find jobs by polling: a NOTIFY only makes them look sooner.
+ * LISTENs on JOBS_CHANNEL on a connection of its own and calls `onJob(payload)` for every
+ * notification: a queue name when a job is sent (other payloads are the caller's, e.g. the
+ * intake's part-staged signal). A lost connection is re-established with backoff; after
+ * each (re)connect `onJob` is called for every queue, since notifications sent meanwhile
+ * were missed. While it is down the loops still find jobs by polling: a NOTIFY only makes
+ * them look sooner.
  */
-export function listenForJobs(url: string, onJob: (queue: string) => void): JobListener {
+export function listenForJobs(url: string, onJob: (payload: string) => void): JobListener {
   let closed = false;
   let client: pg.Client | undefined;
   let retry: NodeJS.Timeout | undefined;

@@ -121,6 +121,7 @@ export async function claimMerge(db: Db, id: string): Promise<boolean> {
 export interface MergeWork {
   pipeline: string;
   status: string;
+  header: string[] | null;
   options: { maxRejectRatio?: number };
   read: number;
   accepted: number;
@@ -131,7 +132,7 @@ export interface MergeWork {
 /** What the merge needs: the import's pipeline, status and options, and its parts' totals. */
 export async function mergeWork(db: Db, id: string): Promise<MergeWork | undefined> {
   const { rows } = await db.query<MergeWork>(
-    `SELECT i.pipeline, i.status, i.options, t.* FROM imports i, LATERAL (
+    `SELECT i.pipeline, i.status, i.header, i.options, t.* FROM imports i, LATERAL (
        SELECT coalesce(sum(rows_read), 0)::bigint AS read, coalesce(sum(rows_accepted), 0)::bigint AS accepted,
               coalesce(sum(rows_rejected), 0)::bigint AS rejected, coalesce(bool_or(key_candidates), false) AS key_candidates
          FROM import_parts WHERE import_id = i.id) t
@@ -159,6 +160,39 @@ export async function finishMerged(
     [id, o.read, o.inserted, o.updated, o.unchanged, o.rejected, JSON.stringify(o.timings)],
   );
   return (r.rowCount ?? 0) > 0;
+}
+
+/** Marks the merge of an import as enqueued (it is sent with the first part). */
+export async function setMergeEnqueued(db: Db, id: string): Promise<void> {
+  await db.query('UPDATE imports SET merge_enqueued = true WHERE id = $1', [id]);
+}
+
+/**
+ * What a merge following the parts needs: the import's status, its parts_total (null while
+ * the upload goes on) and the staged (completed) parts from `from` on, in order, with their
+ * accepted rows.
+ */
+export async function mergerState(
+  db: Db,
+  id: string,
+  from: number,
+): Promise<{ status: string; parts_total: number | null; done: Array<{ n: number; accepted: number }> } | undefined> {
+  const { rows } = await db.query(
+    `SELECT i.status, i.parts_total,
+            coalesce((SELECT json_agg(json_build_object('n', n, 'accepted', rows_accepted) ORDER BY n)
+                        FROM import_parts WHERE import_id = i.id AND n >= $2 AND status = 'completed'), '[]') AS done
+       FROM imports i WHERE i.id = $1`,
+    [id, from],
+  );
+  return rows[0] as { status: string; parts_total: number | null; done: Array<{ n: number; accepted: number }> } | undefined;
+}
+
+/** Payload prefix of a part-staged notification on the jobs channel (then the import id). */
+export const PART_DONE = 'part-done:';
+
+/** Wakes a merge waiting for the parts of `importId` (in the part's transaction: at COMMIT). */
+export async function notifyPartDone(db: Db, channel: string, importId: string): Promise<void> {
+  await db.query('SELECT pg_notify($1, $2)', [channel, `${PART_DONE}${importId}`]);
 }
 
 /** NOTIFY channel whose payload is the id of an import that just finished (any outcome). */

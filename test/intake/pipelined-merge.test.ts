@@ -1,0 +1,121 @@
+/**
+ * The intake merges each part as soon as it is staged, in one transaction (merge-job.ts).
+ * Whatever the part size, and with parts staged by two workers in any order, the tables and
+ * the counts must be those of merging the whole file at once: rows of one key apply in file
+ * order even when they fall in different parts. Real Postgres, real queue, in-process
+ * workers.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { after, test } from 'node:test';
+import { runImport } from '../../src/engine/import-runner.ts';
+import { acceptUpload, importStatus, type ImportStatus } from '../../src/intake/index.ts';
+import { leads } from '../../src/pipelines/leads.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
+import { startIntake, waitFor } from './http-helpers.ts';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-intake-order-'));
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+// The rows of test/leads/chunked-merge.test.ts: keys repeated across and within parts,
+// existing leads changed by a later row only, a rejected row, lookups and a child table.
+const HEADER = 'Email,Nome,Twitter,Website,Facebook,Linkedin,Phone,City,State,Tags,Opportunity,Job Title,Available for mailing';
+const ROWS = [
+  'new1@x.com,Name A,@a1,,,,,,,t1,,,',
+  'old1@x.com,,@o1,,,,,,,,,,',
+  'new1@x.com,Name B,,w.com,,,,,,t2,,,',
+  'old2@x.com,Same,,,,,,,,,,,',
+  'old2@x.com,Changed,,,,,,,,,,,',
+  'not-an-email,X,,,,,,,,,,,',
+  'old3@x.com,N3,,,,,,,XYZ,,,,',
+  'new2@x.com,,,,,,,Campinas,SP,,,,',
+  'new3@x.com,One,,,,,,,,,,,',
+  'new3@x.com,Two,,,,,,,,,,,',
+  'new3@x.com,,,,,,,,,a,,,',
+  'new3@x.com,Four,,,,,,,,b,,,',
+  'old1@x.com,,@other,,,,,,,,,,',
+  'old4@x.com,Four,,,,,,,,,,,',
+];
+const CSV = `${HEADER}\n${ROWS.join('\n')}\n`;
+
+/** Existing leads: old1 (with a facebook in lead_infos), old2, old3, old4. */
+async function seed(db: TestDb): Promise<void> {
+  await db.pool.query(
+    `WITH l AS (
+       INSERT INTO leads (email, name) SELECT * FROM (VALUES ('old1@x.com', 'One'), ('old2@x.com', 'Same'), ('old3@x.com', 'Old3'), ('old4@x.com', 'Four')) v
+       RETURNING id, email)
+     INSERT INTO lead_infos (lead_id, facebook) SELECT id, 'fb' FROM l WHERE email = 'old1@x.com'`,
+  );
+}
+
+/** Every column of every lead and its lead_infos row, ids and timestamps aside, references by name. */
+async function snapshot(db: TestDb) {
+  const { rows } = await db.pool.query(
+    `SELECT to_jsonb(l) - 'id' - 'created_at' - 'updated_at' - 'city_id' - 'state_id'
+              || jsonb_build_object('city', (SELECT name FROM cities WHERE id = l.city_id),
+                                    'state', (SELECT acronym FROM states WHERE id = l.state_id),
+                                    'info', (SELECT to_jsonb(i) - 'lead_id' - 'created_at' - 'updated_at' FROM lead_infos i WHERE i.lead_id = l.id)) AS lead
+       FROM leads l ORDER BY l.email`,
+  );
+  return rows.map((r) => r.lead);
+}
+
+/** The reference: the CLI import of the file, whose 14 rows are one chunk (merged at once). */
+async function reference() {
+  const db = await testDb();
+  await seed(db);
+  const file = path.join(dir, 'whole.csv');
+  fs.writeFileSync(file, CSV);
+  const r = await runImport({ pool: db.pool, pipeline: leads, file });
+  const table = await snapshot(db);
+  await db.close();
+  assert.equal(r.status, 'completed', r.error);
+  return { rows: r.rows, table };
+}
+
+async function intake(partRows: number, body: string, maxRejectRatio?: number): Promise<{ status: ImportStatus; table: unknown[] }> {
+  const db = await testDb();
+  const running = await startIntake(db, { workers: 2 });
+  try {
+    await seed(db);
+    const { id } = await acceptUpload(running.ctx, { pipeline: 'leads', fileName: 'order.csv', source: 'test', maxRejectRatio }, Readable.from([Buffer.from(body)]), { partRows });
+    const status = await waitFor(`import with ${partRows}-row parts`, async () => {
+      const s = await importStatus(db.pool, id);
+      return s && ['completed', 'failed', 'cancelled'].includes(s.status) ? s : undefined;
+    });
+    const staging = await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`);
+    assert.equal(staging.rows[0].n, 0, 'the staging tables are dropped with the merge');
+    return { status, table: await snapshot(db) };
+  } finally {
+    await running.stop();
+    await db.close();
+  }
+}
+
+test('parts of 1 to 14 rows, staged by two workers, merge like the whole file at once', async () => {
+  const whole = await reference();
+  assert.deepEqual(whole.rows, { read: 14, inserted: 3, updated: 9, unchanged: 1, rejected: 1 });
+  for (const partRows of [1, 2, 3, 5, 14]) {
+    const { status, table } = await intake(partRows, CSV);
+    assert.equal(status.status, 'completed', status.error ?? '');
+    assert.deepEqual(status.rows, whole.rows, `counts with ${partRows}-row parts`);
+    assert.deepEqual(table, whole.table, `tables with ${partRows}-row parts`);
+  }
+});
+
+test('too many rejects: the parts merged so far are rolled back, nothing remains', async () => {
+  const db = await testDb();
+  const before = await (async () => {
+    await seed(db);
+    return snapshot(db);
+  })();
+  await db.close();
+  const bad = Array.from({ length: 20 }, (_, i) => `bad${i},X,,,,,,,,,,,`).join('\n');
+  const { status, table } = await intake(2, `${HEADER}\n${ROWS.slice(0, 5).join('\n')}\n${bad}\n`, 0.5);
+  assert.equal(status.status, 'failed');
+  assert.match(status.error ?? '', /nothing was imported/);
+  assert.deepEqual(table, before);
+});
