@@ -17,10 +17,17 @@ export function partTableName(importId: string, n: number): string {
   return `${stageTableName(importId)}_p${n}`;
 }
 
-/** (Re)creates part `n`'s table, empty, inside the caller's transaction. */
+/**
+ * (Re)creates part `n`'s table, empty, inside the caller's transaction. Autovacuum is off
+ * for it: the table lives seconds, and an auto-analyze holding it made the merge's DROP
+ * wait up to deadlock_timeout (1 s) for autovacuum to give way.
+ */
 export async function createPartTable(db: Client, importId: string, n: number): Promise<string> {
   const table = ident(partTableName(importId, n));
-  await db.query(`DROP TABLE IF EXISTS ${table}; CREATE UNLOGGED TABLE ${table} (LIKE ${ident(stageTableName(importId))} INCLUDING DEFAULTS)`);
+  await db.query(
+    `DROP TABLE IF EXISTS ${table};
+     CREATE UNLOGGED TABLE ${table} (LIKE ${ident(stageTableName(importId))} INCLUDING DEFAULTS) WITH (autovacuum_enabled = false)`,
+  );
   return table;
 }
 
