@@ -17,7 +17,10 @@
 import { errorMessage } from '../core/errors.ts';
 import type { Client } from '../db/pool.ts';
 import { finishImport } from '../db/sql/imports.ts';
-import { dropPartData, finishMerged, importForWork, mergerState, mergeWork, notifyImportFinished } from '../db/sql/intake.ts';
+import {
+  completedParts, dropPartData, finishMerged, importForWork, mergerState, mergeWork, notifyImportFinished, requeuePart,
+} from '../db/sql/intake.ts';
+import { PART_QUEUE, sendJob, type Boss } from '../jobs/boss.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
 import { importRows } from '../http/metrics.ts';
@@ -62,6 +65,18 @@ interface Merged {
   parts: number;
 }
 
+/**
+ * A staged part has fewer rows than it was completed with: its unlogged table was emptied
+ * by a Postgres crash (crash recovery resets unlogged tables). The merge rolls back, the
+ * part is staged again from its stored bytes, and the merge starts over.
+ */
+class PartLost {
+  readonly n: number;
+  constructor(n: number) {
+    this.n = n;
+  }
+}
+
 export async function runMerge(
   ctx: IntakeContext,
   importId: string,
@@ -69,10 +84,34 @@ export async function runMerge(
 ): Promise<'completed' | 'failed' | 'skipped'> {
   const signal = follow(importId);
   try {
-    return await merge(ctx, importId, signal);
+    for (;;) {
+      try {
+        return await merge(ctx, importId, signal);
+      } catch (err) {
+        // The lost parts were sent again (restageLostParts): wait for them from scratch.
+        if (!(err instanceof PartLost)) throw err;
+      }
+    }
   } finally {
     signal.close();
   }
+}
+
+/**
+ * Sends again every completed part whose staging table lost rows (or is gone), in one
+ * transaction on the merge's connection (a failure here drops the connection: see merge).
+ */
+async function restageLostParts(boss: Boss, client: Client, importId: string): Promise<void> {
+  await client.query('BEGIN');
+  const tables = new Set(await partTables(client, importId));
+  for (const p of await completedParts(client, importId)) {
+    const name = partTableName(importId, p.n);
+    const staged = tables.has(name) ? Number((await client.query(`SELECT count(*)::bigint AS n FROM ${ident(name)}`)).rows[0].n) : -1;
+    if (staged === p.accepted) continue;
+    await requeuePart(client, importId, p.n);
+    await sendJob(boss, client, PART_QUEUE, { importId, n: p.n });
+  }
+  await client.query('COMMIT');
 }
 
 async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): Promise<'completed' | 'failed' | 'skipped'> {
@@ -109,6 +148,7 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
       await session.commit();
     } catch (err) {
       await session.rollback();
+      if (err instanceof PartLost) await restageLostParts(ctx.boss!, client, importId);
       throw err;
     }
     if (merged.parts > DROP_IN_TRANSACTION_MAX_PARTS) await dropStaging(pool, importId).catch(() => {});
@@ -118,6 +158,7 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
     importRows.inc({ pipeline: pipeline.name, outcome: 'rejected' }, merged.rejected);
     return 'completed';
   } catch (err) {
+    if (err instanceof PartLost) throw err;
     if (err instanceof Rollback) {
       if (err.outcome === 'skipped') {
         if ((await importForWork(pool, importId))?.status === 'cancelled') await dropStaging(pool, importId).catch(() => {});
@@ -174,11 +215,12 @@ async function followParts(
    * before: in an earlier part (KeyFilter) or earlier in this part. Keys are compared by
    * their hashtext; two keys sharing one are both moved, which is safe.
    */
-  const mergePart = async (n: number) => {
+  const mergePart = async (n: number, accepted: number) => {
     const t = performance.now();
     const table = ident(partTableName(o.importId, n));
     const list = (await client.query(`SELECT string_agg(hashtext(${key}::text)::text, ',') AS h FROM ${table}`)).rows[0].h as string | null;
     const hashes = list ? list.split(',').map(Number) : [];
+    if (hashes.length !== accepted) throw new PartLost(n);
     const inPart = new Set<number>();
     const suspects = new Set<number>();
     for (const h of hashes) {
@@ -208,7 +250,7 @@ async function followParts(
     if (!state || !active(state.status)) throw new Rollback('skipped');
     for (const p of state.done) {
       if (p.n !== next) break;
-      if (o.chunked && p.accepted > 0) await mergePart(p.n);
+      if (o.chunked && p.accepted > 0) await mergePart(p.n, p.accepted);
       next++;
     }
     if (state.parts_total !== null && next >= state.parts_total) {
@@ -243,6 +285,7 @@ async function followParts(
     }
     timings.gather = Math.round(performance.now() - t);
     const accepted = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${ident(o.stage)}`)).rows[0].n);
+    if (accepted !== Number(work.accepted)) throw new PartLost(-1);
     add(await session.mergeStaged(o.stage, { rows: accepted, hasKeyCandidates: work.key_candidates }));
   }
   return { counts, read, rejected, parts };

@@ -2,8 +2,8 @@
  * The intake merges each part as soon as it is staged, in one transaction (merge-job.ts).
  * Whatever the part size, and with parts staged by two workers in any order, the tables and
  * the counts must be those of merging the whole file at once: rows of one key apply in file
- * order even when they fall in different parts. Real Postgres, real queue, in-process
- * workers.
+ * order even when they fall in different parts; a part whose staged rows vanished is staged
+ * again. Real Postgres, real queue, in-process workers.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -13,6 +13,9 @@ import { Readable } from 'node:stream';
 import { after, test } from 'node:test';
 import { runImport } from '../../src/engine/import-runner.ts';
 import { acceptUpload, importStatus, type ImportStatus } from '../../src/intake/index.ts';
+import { runMerge } from '../../src/intake/merge-job.ts';
+import { runPart } from '../../src/intake/part-job.ts';
+import { partTableName } from '../../src/intake/staging.ts';
 import { leads } from '../../src/pipelines/leads.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { startIntake, waitFor } from './http-helpers.ts';
@@ -118,4 +121,31 @@ test('too many rejects: the parts merged so far are rolled back, nothing remains
   assert.equal(status.status, 'failed');
   assert.match(status.error ?? '', /nothing was imported/);
   assert.deepEqual(table, before);
+});
+
+test('a part whose staged rows vanished (crash recovery empties unlogged tables) is staged again: nothing is lost', async () => {
+  const whole = await reference();
+  const db = await testDb();
+  const running = await startIntake(db, { workers: 0 });
+  try {
+    await seed(db);
+    const ctx = running.ctx;
+    const { id } = await acceptUpload(ctx, { pipeline: 'leads', fileName: 'lost.csv', source: 'test' }, Readable.from([Buffer.from(CSV)]), { partRows: 2 });
+    for (let n = 0; n < 7; n++) assert.equal(await runPart(ctx, id, n), 'completed');
+    await db.pool.query(`TRUNCATE ${partTableName(id, 3)}`);
+    const merged = runMerge(ctx, id);
+    // The merge finds part 3 short, puts it back in the queue and waits for it.
+    await waitFor('part 3 to be queued again', async () => {
+      const { rows } = await db.pool.query(`SELECT status FROM import_parts WHERE import_id = $1 AND n = 3`, [id]);
+      return rows[0].status === 'queued' ? true : undefined;
+    });
+    assert.equal(await runPart(ctx, id, 3), 'completed');
+    assert.equal(await merged, 'completed');
+    const status = await importStatus(db.pool, id);
+    assert.deepEqual(status?.rows, whole.rows);
+    assert.deepEqual(await snapshot(db), whole.table);
+  } finally {
+    await running.stop();
+    await db.close();
+  }
 });
