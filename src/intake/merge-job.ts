@@ -165,11 +165,12 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
         return 'skipped';
       }
       const totals = await mergeWork(pool, importId);
+      // Staging first: whoever sees the import failed finds it gone.
+      await dropStaging(pool, importId).catch(() => {});
       await finishImport(pool, importId, {
         status: 'failed', error: err.outcome.fail, read: totals?.read ?? 0, inserted: 0, updated: 0, unchanged: 0, rejected: totals?.rejected ?? 0, timings,
       }, true);
       await notifyImportFinished(pool, importId);
-      await dropStaging(pool, importId).catch(() => {});
       return 'failed';
     }
     broken = true;
