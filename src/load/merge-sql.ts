@@ -120,6 +120,8 @@ export interface MergeSql {
   countsSimple: string;
   /** Counts of a stage merged after chunks of the same import (see merge.ts, MergeSession). */
   countsAfterChunks: string;
+  /** Keys the upsert left alone, without their ids (pipelines without a child table). */
+  untouchedKeys: string;
 }
 
 /** All statements of the merge of `stage` into the pipeline's target. */
@@ -310,5 +312,8 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
         ELSE m.n END), 0) AS unchanged
     FROM ${S} m LEFT JOIN sluice_ids i ON i.key = m.${K} LEFT JOIN sluice_ids_all a ON a.key = m.${K}`;
 
-  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple, countsAfterChunks };
+  const untouchedKeys = `INSERT INTO sluice_ids (key, id, inserted, changed)
+      SELECT m.${K}, NULL, false, false FROM ${S} m WHERE NOT EXISTS (SELECT 1 FROM sluice_ids i WHERE i.key = m.${K})`;
+
+  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple, countsAfterChunks, untouchedKeys };
 }

@@ -108,8 +108,12 @@ export class MergeSession {
     const up = await step('upsert', sql.upsert);
     await client.query('SET LOCAL enable_mergejoin = on');
     const keys = hints.rows - (dups.rows.length > 0 ? await stagedFolded(client, stage) : 0);
-    // Every key the upsert did not touch is an existing, unchanged record.
-    if (sql.missingIds && (up.rowCount ?? 0) < keys) await step('missing_ids', sql.missingIds);
+    // Every key the upsert did not touch is an existing, unchanged record. A chunked session
+    // records every key (a later merge's counts need to know the key was met unchanged).
+    if ((up.rowCount ?? 0) < keys) {
+      if (sql.missingIds) await step('missing_ids', sql.missingIds);
+      else if (this.chunked && !afterChunks) await step('missing_ids', sql.untouchedKeys);
+    }
     // Statistics for the planner: hash joins, not sorts, on hundreds of thousands of ids.
     await step('analyze', 'ANALYZE sluice_ids');
     if (sql.childInsert) await step('child_insert', sql.childInsert);
@@ -156,7 +160,7 @@ export class MergeSession {
     this.timings.chunk_upsert = Math.round((this.timings.chunk_upsert ?? 0) + performance.now() - t0);
     const upserted = r1[r1.length - 2]!.rowCount ?? 0;
     const rest: string[] = [];
-    if (sql.missingIds && upserted < rows) rest.push(sql.missingIds);
+    if (upserted < rows) rest.push(sql.missingIds ?? sql.untouchedKeys);
     rest.push('ANALYZE sluice_ids');
     if (sql.childInsert) rest.push(sql.childInsert);
     if (sql.childSource && sql.childUpsert && sql.childInsertMissing && sql.childFlag) {

@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { runImport } from '../../src/engine/import-runner.ts';
+import type { Pipeline } from '../../src/engine/pipeline.ts';
 import { leads } from '../../src/pipelines/leads.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
@@ -107,5 +108,33 @@ test('a failed import leaves no chunk merged', async () => {
   } finally {
     delete process.env.SLUICE_CHUNK_ROWS;
     await db.close();
+  }
+});
+
+/** A pipeline without a child table: the upsert alone decides the counts. */
+const leadsNoChild: Pipeline = {
+  ...leads,
+  name: 'leads_names',
+  columns: leads.columns.filter((c) => c.name === 'name'),
+  target: { table: 'leads', key: 'email', fields: [{ column: 'name', from: 'name', merge: 'overwrite' }] },
+};
+
+test('without a child table, a key met unchanged then changed by a later row counts both rows updated', async () => {
+  for (const size of [1, 1000]) {
+    const db = await testDb();
+    try {
+      await db.pool.query(`INSERT INTO leads (email, name) VALUES ('k@x.com', 'Same'), ('u@x.com', 'U')`);
+      const file = path.join(dir, `nochild-${size}.csv`);
+      fs.writeFileSync(file, 'Email,Name\nk@x.com,Same\nu@x.com,U\nk@x.com,Other\nn@x.com,New\n');
+      process.env.SLUICE_CHUNK_ROWS = String(size);
+      const r = await runImport({ pool: db.pool, pipeline: leadsNoChild, file });
+      assert.equal(r.status, 'completed', r.error);
+      assert.deepEqual(r.rows, { read: 4, inserted: 1, updated: 2, unchanged: 1, rejected: 0 }, `${size}-row chunks`);
+      const { rows } = await db.pool.query(`SELECT name FROM leads WHERE email = 'k@x.com'`);
+      assert.equal(rows[0].name, 'Other');
+    } finally {
+      delete process.env.SLUICE_CHUNK_ROWS;
+      await db.close();
+    }
   }
 });
