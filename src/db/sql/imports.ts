@@ -81,13 +81,3 @@ export async function listRejects(db: Db, id: string, after: { line: number; id:
   );
   return rows;
 }
-
-/** Reject counts by reason class (the text before the first colon). */
-export async function rejectsByReason(db: Db, id: string): Promise<Record<string, number>> {
-  const { rows } = await db.query<{ reason: string; n: number }>(
-    `SELECT split_part(reason, ':', 1) AS reason, count(*)::int AS n FROM import_rejects
-      WHERE import_id = $1 GROUP BY 1 ORDER BY 2 DESC`,
-    [id],
-  );
-  return Object.fromEntries(rows.map((r) => [r.reason, r.n]));
-}
