@@ -105,14 +105,18 @@ export class RowMapper {
    * a false positive) and is listed; the merge checks only those. Past MAX_SUSPECTS the
    * list is dropped (the merge then checks every key); the filter stays.
    */
-  private seen = new Uint8Array(1 << 24);
+  private readonly seen: Uint8Array | undefined;
   private suspects: Set<string> | undefined = new Set();
 
-  constructor(pipeline: Pipeline, mapping: ColumnMapping, part: number, rejects: RejectCollector) {
+  /** `trackKeys: false`: no duplicate-key filter (a caller that detects duplicates itself). */
+  constructor(pipeline: Pipeline, mapping: ColumnMapping, part: number, rejects: RejectCollector, options: { trackKeys?: boolean } = {}) {
     this.pipeline = pipeline;
     this.mapping = mapping;
     this.part = part;
     this.rejects = rejects;
+    const track = options.trackKeys ?? true;
+    this.seen = track ? new Uint8Array(1 << 24) : undefined;
+    if (!track) this.suspects = undefined;
   }
 
   /**
@@ -204,6 +208,7 @@ export class RowMapper {
   /** Notes key `k`; true when it may have been met before. */
   private noteKey(k: string): boolean {
     const seen = this.seen;
+    if (!seen) return false;
     // Two 32-bit hashes in one pass (FNV-1a and a multiply-xor), probes h1 + i*h2.
     let h1 = 0x811c9dc5;
     let h2 = 0x9747b28c;

@@ -68,7 +68,8 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
   const pipeline = getPipeline(work.pipeline);
   try {
     const rejects = new BufferedRejects(importId);
-    const mapper = new RowMapper(pipeline, mapHeader(pipeline, work.header), n, rejects);
+    // The merge job detects repeated keys itself (intake/key-filter.ts).
+    const mapper = new RowMapper(pipeline, mapHeader(pipeline, work.header), n, rejects, { trackKeys: false });
     const text = new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(work.data);
     const out: string[] = [];
     for (const batch of parse(pipeline.format.kind, text, work.delimiter, Number(work.first_line))) {
