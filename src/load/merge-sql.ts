@@ -116,10 +116,10 @@ export interface MergeSql {
   childUpsert: string | undefined;
   childInsertMissing: string | undefined;
   childFlag: string | undefined;
+  /** Counts of the stage, its keys possibly folded or met in earlier chunks (see merge.ts). */
   counts: string;
+  /** Counts when every staged row is a key met only here. */
   countsSimple: string;
-  /** Counts of a stage merged after chunks of the same import (see merge.ts, MergeSession). */
-  countsAfterChunks: string;
   /** Keys the upsert left alone, without their ids (pipelines without a child table). */
   untouchedKeys: string;
 }
@@ -282,22 +282,16 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     childFlag = `UPDATE sluice_ids i SET changed = true FROM sluice_child_changed u WHERE i.id = u.id AND NOT i.changed`;
   }
 
-  const counts = `SELECT count(*) FILTER (WHERE i.inserted) AS inserted,
-      coalesce(sum(m.n - 1) FILTER (WHERE i.inserted), 0)
-        + coalesce(sum(m.n) FILTER (WHERE NOT i.inserted AND i.changed), 0) AS updated,
-      coalesce(sum(m.n) FILTER (WHERE i.id IS NULL OR NOT (i.inserted OR i.changed)), 0) AS unchanged
-    FROM ${S} m LEFT JOIN sluice_ids i ON i.key = m.${K}`;
-
-    // Without duplicates every staged row is its own key: the counts come from sluice_ids.
   const countsSimple = `SELECT count(*) FILTER (WHERE inserted) AS inserted,
       count(*) FILTER (WHERE changed AND NOT inserted) AS updated FROM sluice_ids`;
 
-  // The stage holds the later rows of keys first met in an earlier chunk (a: that chunk's
-  // outcome, in sluice_ids_all) and keys first met here. Counted as if all rows of a key had
-  // been merged at once: a key created by this import gives 1 inserted, its other rows
-  // updated; an existing key changed by any of its rows gives all its rows updated (the
-  // earlier chunk counted its row unchanged if that row alone changed nothing: moved here).
-  const countsAfterChunks = `SELECT
+  // Each staged row stands for n file rows of its key (folded). Keys may have been met in an
+  // earlier chunk of this transaction (a: that chunk's outcome, in sluice_ids_all; empty
+  // when there were none). Counted as if all rows of a key had been merged at once: a key
+  // created by this import gives 1 inserted, its other rows updated; an existing key
+  // changed by any of its rows gives all its rows updated (an earlier chunk counted its
+  // row unchanged if that row alone changed nothing: moved here); else all unchanged.
+  const counts = `SELECT
       count(*) FILTER (WHERE a.key IS NULL AND i.inserted) AS inserted,
       coalesce(sum(CASE
         WHEN a.key IS NOT NULL AND (a.inserted OR a.changed) THEN m.n
@@ -315,5 +309,5 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   const untouchedKeys = `INSERT INTO sluice_ids (key, id, inserted, changed)
       SELECT m.${K}, NULL, false, false FROM ${S} m WHERE NOT EXISTS (SELECT 1 FROM sluice_ids i WHERE i.key = m.${K})`;
 
-  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple, countsAfterChunks, untouchedKeys };
+  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple, untouchedKeys };
 }

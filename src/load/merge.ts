@@ -7,7 +7,7 @@
 import type { QueryResult } from 'pg';
 import type { Client } from '../db/pool.ts';
 import type { Pipeline, StageType } from '../engine/pipeline.ts';
-import { ident, mergeSql } from './merge-sql.ts';
+import { ident, mergeSql, type MergeSql } from './merge-sql.ts';
 
 export interface MergeCounts {
   inserted: number;
@@ -48,12 +48,18 @@ function lockKey(table: string): string {
  * each chunk holds the first row of each of its keys; later rows of a key seen before go
  * to a final stage merged last with `afterChunks`, so every key's rows apply in file order.
  */
+/** One statement of a merge; `name` times it (imports.timings), settings have none. */
+interface Statement {
+  name?: string;
+  text: string;
+}
+
 export class MergeSession {
   private readonly client: Client;
   private readonly pipeline: Pipeline;
   private readonly timings: MergeTimings;
   private readonly types: Map<string, StageType>;
-  /** Keep each merge's ids (sluice_ids_all) for a final afterChunks merge. */
+  /** Chunks of one import: every merge keeps its keys' outcome (sluice_ids_all) for the next. */
   private readonly chunked: boolean;
 
   constructor(client: Client, pipeline: Pipeline, timings: MergeTimings = {}, chunked = false) {
@@ -79,12 +85,72 @@ export class MergeSession {
     return r;
   }
 
+  /**
+   * Runs statements and returns the last one's result: one per round trip, each timed, or
+   * with `batch` all in one round trip timed as `batch` (SLUICE_EXPLAIN: one by one).
+   */
+  private async run(statements: Statement[], batch?: string): Promise<QueryResult> {
+    if (batch && process.env.SLUICE_EXPLAIN !== '1') {
+      const t0 = performance.now();
+      const r = (await this.client.query(statements.map((x) => x.text).join(';\n'))) as unknown as QueryResult | QueryResult[];
+      this.timings[batch] = Math.round((this.timings[batch] ?? 0) + performance.now() - t0);
+      return Array.isArray(r) ? r[r.length - 1]! : r;
+    }
+    let last: QueryResult | undefined;
+    for (const x of statements) last = x.name ? await this.step(x.name, x.text) : await this.client.query(x.text);
+    return last!;
+  }
+
   async begin(): Promise<void> {
     await this.client.query('BEGIN');
     await this.step('lock', `SELECT pg_advisory_xact_lock(hashtext('${lockKey(this.pipeline.target.table)}'))`);
-    await this.client.query('CREATE TEMP TABLE sluice_ids (key text, id bigint, inserted boolean, changed boolean) ON COMMIT DROP');
-    if (this.pipeline.target.child) await this.client.query('CREATE TEMP TABLE sluice_child_changed (id bigint) ON COMMIT DROP');
-    if (this.chunked) await this.client.query('CREATE TEMP TABLE sluice_ids_all (key text, inserted boolean, changed boolean) ON COMMIT DROP');
+    await this.client.query(`CREATE TEMP TABLE sluice_ids (key text, id bigint, inserted boolean, changed boolean) ON COMMIT DROP;
+      CREATE TEMP TABLE sluice_ids_all (key text, inserted boolean, changed boolean) ON COMMIT DROP
+      ${this.pipeline.target.child ? '; CREATE TEMP TABLE sluice_child_changed (id bigint) ON COMMIT DROP' : ''}`);
+  }
+
+  /** Lookups, then the target's upsert (last: its result is the run's). */
+  private upsertStatements(sql: MergeSql): Statement[] {
+    return [
+      { text: 'TRUNCATE sluice_ids' },
+      ...sql.lookups.map((text) => ({ name: 'lookups', text })),
+      // A hash of the few distinct lookup values, probed per row: not a sort of every row.
+      { text: 'SET LOCAL enable_mergejoin = off' },
+      { name: 'upsert', text: sql.upsert },
+    ];
+  }
+
+  /**
+   * After the upsert: ids of the keys it left alone (`untouched`), the child table, the
+   * chunk's outcome kept for later merges (`keep`), then the counts (last).
+   */
+  private restStatements(sql: MergeSql, untouched: boolean, keep: boolean, counts: string): Statement[] {
+    const s: Statement[] = [{ text: 'SET LOCAL enable_mergejoin = on' }];
+    // Every key the upsert did not touch is an existing, unchanged record: the child table
+    // needs its id; a later chunk's counts need to know it was met.
+    const missing = sql.missingIds ?? (keep ? sql.untouchedKeys : undefined);
+    if (untouched && missing) s.push({ name: 'missing_ids', text: missing });
+    // Statistics for the planner: hash joins, not sorts, on hundreds of thousands of ids.
+    s.push({ name: 'analyze', text: 'ANALYZE sluice_ids' });
+    if (sql.childInsert) s.push({ name: 'child_insert', text: sql.childInsert });
+    if (sql.childSource && sql.childUpsert && sql.childInsertMissing && sql.childFlag) {
+      s.push(
+        { text: 'TRUNCATE sluice_child_changed' },
+        { name: 'child_source', text: sql.childSource },
+        // Only the child-table join is left in these two statements: probe its primary key
+        // per row instead of hashing the whole child table.
+        { text: 'SET LOCAL enable_hashjoin = off' },
+        { text: 'SET LOCAL enable_mergejoin = off' },
+        { name: 'child_update', text: sql.childUpsert },
+        { name: 'child_insert_missing', text: sql.childInsertMissing },
+        { text: 'SET LOCAL enable_hashjoin = on' },
+        { text: 'SET LOCAL enable_mergejoin = on' },
+        { name: 'child_flag', text: sql.childFlag },
+      );
+    }
+    if (keep) s.push({ name: 'ids', text: 'INSERT INTO sluice_ids_all SELECT key, inserted, changed FROM sluice_ids' });
+    s.push({ name: 'counts', text: counts });
+    return s;
   }
 
   /**
@@ -92,96 +158,34 @@ export class MergeSession {
    * `afterChunks`, its keys may have been met in earlier merges of this session.
    */
   async mergeStaged(stage: string, hints: MergeHints, afterChunks = false): Promise<MergeCounts> {
-    const client = this.client;
     const step = this.step.bind(this);
     const sql = mergeSql(this.pipeline, stage, this.types);
-    await client.query('TRUNCATE sluice_ids');
     if (hints.hasKeyCandidates) await step('resolve_keys', sql.resolveKeys);
     // Key resolution can create duplicates the stager could not see: check them all then.
     const known = hints.possibleDuplicates !== undefined && !hints.hasKeyCandidates;
     const dups = await step('duplicates', sql.duplicates(known), known ? [hints.possibleDuplicates] : undefined);
     const dupKeys = dups.rows.map((r: { key: string }) => r.key);
     if (dupKeys.length > 0) await step('fold', sql.fold, [dupKeys]);
-    for (const l of sql.lookups) await step('lookups', l);
-    // A hash of the few distinct lookup values, probed per row: not a sort of every row.
-    await client.query('SET LOCAL enable_mergejoin = off');
-    const up = await step('upsert', sql.upsert);
-    await client.query('SET LOCAL enable_mergejoin = on');
-    const keys = hints.rows - (dups.rows.length > 0 ? await stagedFolded(client, stage) : 0);
-    // Every key the upsert did not touch is an existing, unchanged record. A chunked session
-    // records every key (a later merge's counts need to know the key was met unchanged).
-    if ((up.rowCount ?? 0) < keys) {
-      if (sql.missingIds) await step('missing_ids', sql.missingIds);
-      else if (this.chunked && !afterChunks) await step('missing_ids', sql.untouchedKeys);
-    }
-    // Statistics for the planner: hash joins, not sorts, on hundreds of thousands of ids.
-    await step('analyze', 'ANALYZE sluice_ids');
-    if (sql.childInsert) await step('child_insert', sql.childInsert);
-    if (sql.childSource && sql.childUpsert && sql.childInsertMissing && sql.childFlag) {
-      await client.query('TRUNCATE sluice_child_changed');
-      await step('child_source', sql.childSource);
-      // Only the child-table join is left in these two statements: probe its primary key
-      // per row instead of hashing the whole child table.
-      await client.query('SET LOCAL enable_hashjoin = off');
-      await client.query('SET LOCAL enable_mergejoin = off');
-      await step('child_update', sql.childUpsert);
-      await step('child_insert_missing', sql.childInsertMissing);
-      await client.query('SET LOCAL enable_hashjoin = on');
-      await client.query('SET LOCAL enable_mergejoin = on');
-      await step('child_flag', sql.childFlag);
-    }
-    let counts: MergeCounts;
-    if (afterChunks) {
-      const r = (await step('counts', sql.countsAfterChunks)).rows[0] as { inserted: number; updated: number; unchanged: number };
-      counts = { inserted: Number(r.inserted), updated: Number(r.updated), unchanged: Number(r.unchanged) };
-    } else if (dupKeys.length === 0) {
-      const r = (await step('counts', sql.countsSimple)).rows[0] as { inserted: number; updated: number };
-      counts = { inserted: r.inserted, updated: r.updated, unchanged: hints.rows - r.inserted - r.updated };
-    } else {
-      const r = (await step('counts', sql.counts)).rows[0] as { inserted: number; updated: number; unchanged: number };
-      counts = { inserted: Number(r.inserted), updated: Number(r.updated), unchanged: Number(r.unchanged) };
-    }
-    if (this.chunked && !afterChunks) await step('ids', 'INSERT INTO sluice_ids_all SELECT key, inserted, changed FROM sluice_ids');
-    return counts;
+    const up = await this.run(this.upsertStatements(sql));
+    const keys = hints.rows - (dupKeys.length > 0 ? await stagedFolded(this.client, stage) : 0);
+    const simple = dupKeys.length === 0 && !afterChunks;
+    const c = await this.run(this.restStatements(sql, (up.rowCount ?? 0) < keys, this.chunked && !afterChunks, simple ? sql.countsSimple : sql.counts));
+    const r = c.rows[0] as { inserted: number; updated: number; unchanged?: number };
+    return { inserted: r.inserted, updated: r.updated, unchanged: r.unchanged ?? hints.rows - r.inserted - r.updated };
   }
 
   /**
    * Merges one chunk of a pipelined import: a staging table whose keys are all distinct
-   * and first met in this import. The same statements as mergeStaged, sent in two round
-   * trips instead of one per statement: Node is parsing the next chunk meanwhile, and each
-   * round trip would wait for it to reach the event loop.
+   * and first met in this import. mergeStaged's statements in two round trips instead of
+   * one per statement: Node is parsing the next chunk meanwhile, and each round trip would
+   * wait for it to reach the event loop.
    */
   async mergeChunk(stage: string, rows: number): Promise<MergeCounts> {
-    if (process.env.SLUICE_EXPLAIN === '1') return this.mergeStaged(stage, { rows, hasKeyCandidates: false, possibleDuplicates: [] });
     const sql = mergeSql(this.pipeline, stage, this.types);
-    const first = ['TRUNCATE sluice_ids', ...sql.lookups, 'SET LOCAL enable_mergejoin = off', sql.upsert, 'SET LOCAL enable_mergejoin = on'];
-    let t0 = performance.now();
-    const r1 = (await this.client.query(first.join(';\n'))) as unknown as QueryResult[];
-    this.timings.chunk_upsert = Math.round((this.timings.chunk_upsert ?? 0) + performance.now() - t0);
-    const upserted = r1[r1.length - 2]!.rowCount ?? 0;
-    const rest: string[] = [];
-    if (upserted < rows) rest.push(sql.missingIds ?? sql.untouchedKeys);
-    rest.push('ANALYZE sluice_ids');
-    if (sql.childInsert) rest.push(sql.childInsert);
-    if (sql.childSource && sql.childUpsert && sql.childInsertMissing && sql.childFlag) {
-      rest.push(
-        'TRUNCATE sluice_child_changed',
-        sql.childSource,
-        'SET LOCAL enable_hashjoin = off',
-        'SET LOCAL enable_mergejoin = off',
-        sql.childUpsert,
-        sql.childInsertMissing,
-        'SET LOCAL enable_hashjoin = on',
-        'SET LOCAL enable_mergejoin = on',
-        sql.childFlag,
-      );
-    }
-    rest.push(sql.countsSimple, 'INSERT INTO sluice_ids_all SELECT key, inserted, changed FROM sluice_ids');
-    t0 = performance.now();
-    const r2 = (await this.client.query(rest.join(';\n'))) as unknown as QueryResult[];
-    this.timings.chunk_rest = Math.round((this.timings.chunk_rest ?? 0) + performance.now() - t0);
-    const c = r2[r2.length - 2]!.rows[0] as { inserted: number; updated: number };
-    return { inserted: c.inserted, updated: c.updated, unchanged: rows - c.inserted - c.updated };
+    const up = await this.run(this.upsertStatements(sql), 'chunk_upsert');
+    const c = await this.run(this.restStatements(sql, (up.rowCount ?? 0) < rows, true, sql.countsSimple), 'chunk_rest');
+    const r = c.rows[0] as { inserted: number; updated: number };
+    return { inserted: r.inserted, updated: r.updated, unchanged: rows - r.inserted - r.updated };
   }
 
   async commit(): Promise<void> {
