@@ -18,7 +18,7 @@ import type { ParsedBatch } from '../formats/csv-parser.ts';
 import { detectFile, readRecords, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
-import { createStageSql, ident, stageColumns } from '../load/merge-sql.ts';
+import { createStageSql, ident, stageCopySql } from '../load/merge-sql.ts';
 import { env } from '../config.ts';
 import { RejectSink } from '../load/rejects.ts';
 import type { Pipeline } from './pipeline.ts';
@@ -183,8 +183,8 @@ class Lines {
 }
 
 /** COPYs staging lines into `table`. */
-async function copyLines(client: Client, table: string, cols: string, lines: Lines): Promise<void> {
-  const copy = client.query(copyFrom(`COPY ${ident(table)} (${cols}) FROM STDIN`)) as Writable;
+async function copyLines(client: Client, pipeline: Pipeline, table: string, lines: Lines): Promise<void> {
+  const copy = client.query(copyFrom(stageCopySql(pipeline, table))) as Writable;
   const done = finished(copy);
   for (const piece of lines.pieces) {
     if (!copy.write(piece)) await new Promise<void>((r) => copy.once('drain', r));
@@ -207,7 +207,6 @@ async function stageAndMerge(
   timings: Record<string, number>,
   onHeader: (m: RowMapper, ignored: string[]) => void,
 ): Promise<{ mapper: RowMapper; counts: MergeCounts }> {
-  const cols = ['line', 'part', ...stageColumns(o.pipeline).map((c) => c.name), 'key_candidates'].map(ident).join(', ');
   const size = chunkRows();
   const session = new MergeSession(client, o.pipeline, timings, true);
   // An unlogged table like the stage (shared buffers): a temporary one would spill past
@@ -250,7 +249,7 @@ async function stageAndMerge(
     laterRows += later.rows;
     const lines = later;
     later = new Lines();
-    await timed('copy', () => copyLines(client, stage, cols, lines));
+    await timed('copy', () => copyLines(client, o.pipeline, stage, lines));
   };
   /** Starts the merge of the chunk; with `wait`, waits for it. */
   const flushChunk = async (wait: boolean) => {
@@ -260,7 +259,7 @@ async function stageAndMerge(
     chunk = new Lines();
     await timed('copy', async () => {
       await client.query(`TRUNCATE ${ident(CHUNK)}`);
-      await copyLines(client, CHUNK, cols, lines);
+      await copyLines(client, o.pipeline, CHUNK, lines);
     });
     // Each key occurs once in a chunk: no duplicates to fold.
     merging = session.mergeChunk(CHUNK, lines.rows);

@@ -101,12 +101,13 @@ export class RowMapper {
   hasKeyCandidates = false;
   /**
    * Duplicate-key detection without holding the keys: a blocked Bloom filter (128 Mbit,
-   * 6 probes in one 64-byte block; a few hundred false "met before" in 5M distinct keys). A key it has seen may be a duplicate (or
-   * a false positive) and is listed; the merge checks only those. Past MAX_SUSPECTS the
-   * list is dropped (the merge then checks every key); the filter stays.
+   * 6 probes in one 64-byte block; a few hundred false "met before" in 5M distinct keys).
+   * A key it has seen may be a duplicate (or a false positive) and is listed; the merge
+   * checks only those. Past MAX_SUSPECTS the list is dropped (the merge then checks every
+   * key); the filter stays.
    */
   private readonly seen: Uint8Array | undefined;
-  private suspects: Set<string> | undefined = new Set();
+  private suspects: Set<string> | undefined;
 
   /** `trackKeys: false`: no duplicate-key filter (a caller that detects duplicates itself). */
   constructor(pipeline: Pipeline, mapping: ColumnMapping, part: number, rejects: RejectCollector, options: { trackKeys?: boolean } = {}) {
@@ -114,9 +115,10 @@ export class RowMapper {
     this.mapping = mapping;
     this.part = part;
     this.rejects = rejects;
-    const track = options.trackKeys ?? true;
-    this.seen = track ? new Uint8Array(1 << 24) : undefined;
-    if (!track) this.suspects = undefined;
+    if (options.trackKeys ?? true) {
+      this.seen = new Uint8Array(1 << 24);
+      this.suspects = new Set();
+    }
   }
 
   /**

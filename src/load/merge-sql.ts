@@ -47,6 +47,12 @@ export function createStageSql(p: Pipeline, stage: string): string {
   return `CREATE UNLOGGED TABLE IF NOT EXISTS ${ident(stage)} (line bigint NOT NULL, part integer NOT NULL, n integer NOT NULL DEFAULT 1, ${cols.join(', ')}, key_candidates text[])`;
 }
 
+/** `COPY ... FROM STDIN` (text format) into a staging table, columns in the row mapper's order. */
+export function stageCopySql(p: Pipeline, stage: string): string {
+  const cols = ['line', 'part', ...stageColumns(p).map((c) => c.name), 'key_candidates'].map(ident);
+  return `COPY ${ident(stage)} (${cols.join(', ')}) FROM STDIN`;
+}
+
 /** Which merge policy folds each staging column across rows of one key. */
 function columnPolicies(p: Pipeline): Map<string, MergePolicy> {
   const pol = new Map<string, MergePolicy>();
