@@ -18,8 +18,6 @@ export type SourceName = (typeof SOURCE_NAMES)[number];
 export type DealStatus = 'open' | 'won' | 'lost';
 const DEAL_STATUSES: readonly string[] = ['open', 'won', 'lost'];
 
-export type { RateLimit, RetryPolicy };
-
 export interface PipedriveDestinationConfig {
   type: 'pipedrive';
   /** API root including `/v1`; config, else PIPEDRIVE_BASE_URL, else api.pipedrive.com. */
