@@ -116,7 +116,7 @@ export async function planPersons(q: Q): Promise<PlanCounts> {
   const duplicates = await dropDuplicates(q, 'crm_remote_persons');
   await q.query(
     `CREATE TEMP TABLE crm_plan_persons AS
-     SELECT row_number() OVER (ORDER BY w.key) AS seq, w.key, w.name, r.crm_id, r.name AS remote_name,
+     SELECT row_number() OVER (ORDER BY w.key) AS seq, w.key, w.name, r.crm_id,
             CASE WHEN r.crm_id IS NULL THEN 'create' ELSE 'update' END AS action
        FROM crm_want_persons w
        LEFT JOIN crm_remote_persons r USING (key)
@@ -159,7 +159,6 @@ export interface PersonWork {
   key: string;
   name: string;
   crm_id: number | null;
-  remote_name: string | null;
   action: 'create' | 'update';
 }
 
@@ -185,9 +184,9 @@ export interface DealWork {
 
 /** The next batch of creates and updates after `seq` (keyset over the plan's index). */
 export async function nextPersonWork(q: Q, afterSeq: number, limit: number): Promise<PersonWork[]> {
+  // The person plan holds only creates and updates (a deal plan also holds its fails).
   const { rows } = await q.query<PersonWork>(
-    `SELECT seq::int, key, name, crm_id, remote_name, action FROM crm_plan_persons
-      WHERE seq > $1 AND action IN ('create', 'update') ORDER BY seq LIMIT $2`,
+    `SELECT seq::int, key, name, crm_id, action FROM crm_plan_persons WHERE seq > $1 ORDER BY seq LIMIT $2`,
     [afterSeq, limit],
   );
   return rows;
