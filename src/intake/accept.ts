@@ -10,7 +10,7 @@ import type { Readable } from 'node:stream';
 import { InvalidFileError, SluiceError } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
 import { createImport } from '../db/sql/imports.ts';
-import { claimMerge, insertPart, lockImport, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
+import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { stageTableName } from '../engine/import-runner.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
 import { CsvParser } from '../formats/csv-parser.ts';
@@ -135,20 +135,9 @@ export async function acceptUpload(
     if (last) await enqueue(last);
     await inFlight;
     if (parts === 0) throw new InvalidFileError('invalid file: no data rows after the header');
-    // The upload is complete: parts_total lets the last part to finish claim the merge.
-    const client = await pool.connect();
-    try {
-      await client.query('BEGIN');
-      await lockImport(client, id);
-      await setPartsTotal(client, id, parts, total);
-      if (await claimMerge(client, id)) await sendJob(boss, client, MERGE_QUEUE, { importId: id });
-      await client.query('COMMIT');
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
-      throw err;
-    } finally {
-      client.release();
-    }
+    // The upload is complete: parts_total tells the merge (sent with part 0) where the file
+    // ends. This synchronous commit is what makes the parts durable before the 202.
+    await setPartsTotal(pool, id, parts, total);
     return { id };
   } catch (err) {
     await inFlight.catch(() => {});

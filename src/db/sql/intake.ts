@@ -64,8 +64,9 @@ export async function startPart(db: Db, importId: string, n: number): Promise<Pa
 }
 
 /**
- * Marks part `n` completed and, when it is the last part of a fully received upload, the
- * merge as due; true for exactly one caller, who enqueues the merge. The caller MUST hold
+ * Marks part `n` completed and, when it is the last part of a fully received upload whose
+ * merge was not sent with its part 0 (accepted by an earlier version), the merge as due;
+ * true for exactly one caller, who enqueues the merge. The caller MUST hold
  * the import row lock (lockImport) taken in an earlier statement of its transaction: this
  * statement's snapshot then sees every part completed before it.
  */
@@ -102,20 +103,6 @@ export async function failPart(db: Db, importId: string, n: number, error: strin
 export async function lockImport(db: Db, id: string): Promise<{ status: string; parts_total: number | null } | undefined> {
   const { rows } = await db.query(`SELECT status, parts_total FROM imports WHERE id = $1 FOR UPDATE`, [id]);
   return rows[0] as { status: string; parts_total: number | null } | undefined;
-}
-
-/**
- * Marks the merge as due when every part is completed and the upload is finished; true for
- * exactly one caller (the import row is locked by the caller).
- */
-export async function claimMerge(db: Db, id: string): Promise<boolean> {
-  const { rowCount } = await db.query(
-    `UPDATE imports SET merge_enqueued = true
-      WHERE id = $1 AND NOT merge_enqueued AND parts_total IS NOT NULL AND status IN ('queued', 'running')
-        AND parts_total = (SELECT count(*) FROM import_parts WHERE import_id = $1 AND status = 'completed')`,
-    [id],
-  );
-  return (rowCount ?? 0) > 0;
 }
 
 export interface MergeWork {
