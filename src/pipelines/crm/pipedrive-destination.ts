@@ -2,8 +2,9 @@
  * The Pipedrive destination (API v1). Per run:
  * 1. find the key fields by name in /personFields and /dealFields (their keys are per-account
  *    40-hex hashes), creating them if missing;
- * 2. read every page of persons and deals into a snapshot (temp tables);
- * 3. plan persons set-based in Postgres, then create the missing and update the differing;
+ * 2. read every page of persons, then of deals, into a snapshot (temp tables);
+ * 3. once the persons are in, plan them set-based in Postgres and create the missing and
+ *    update the differing, while the deal pages are still being read;
  * 4. plan deals against the person map (snapshot + persons just created), same way.
  * Nothing is sent for unchanged records. Every create is journaled (crm_links) as it
  * happens; a killed run leaves the CRM as the truth for the next snapshot, so it creates
@@ -13,9 +14,6 @@ import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { PipedriveClient, PipedriveError } from '../../clients/pipedrive.ts';
 import type { Client } from '../../db/pool.ts';
-
-/** What the run's SQL needs of its connection. */
-type Db = Pick<Client, 'query'>;
 import { desiredParams, insertFailures, insertLinks, lastCrmSize, type Failure, type Link } from '../../db/sql/crm.ts';
 import {
   RUN_TABLES,
@@ -36,6 +34,9 @@ import type { PipedriveDestinationConfig } from './config.ts';
 import { zeroCounts, type Destination, type DestinationResult, type DestinationRun } from './types.ts';
 
 type Rec = Record<string, unknown> & { id: number };
+
+/** What the run's SQL needs of its connection. */
+type Db = Pick<Client, 'query'>;
 
 interface PdField {
   id: number;
