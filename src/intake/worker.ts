@@ -140,12 +140,15 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
     ),
     startLoop<{ importId: string }>(boss, MERGE_QUEUE, (d) => runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS))),
   ];
-  const listener = listenForJobs(ctx.pool.options.connectionString ?? (await databaseUrl()), (payload) => {
-    if (payload.startsWith(PART_DONE)) return signals.signal(payload.slice(PART_DONE.length));
-    for (const l of loops) if (l.queue === payload) l.wake();
-    // After a reconnect (every queue woken): notifications may have been missed.
-    if (payload === MERGE_QUEUE) signals.signalAll();
-  });
+  const listener = listenForJobs(
+    ctx.pool.options.connectionString ?? (await databaseUrl()),
+    (payload) => {
+      if (payload.startsWith(PART_DONE)) return signals.signal(payload.slice(PART_DONE.length));
+      for (const l of loops) if (l.queue === payload) l.wake();
+    },
+    // After a reconnect, part-staged notifications may have been missed.
+    () => signals.signalAll(),
+  );
   return {
     /** Stops fetching and waits for the jobs in hand to settle. */
     async stop() {

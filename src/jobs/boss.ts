@@ -68,11 +68,11 @@ export interface JobListener {
  * LISTENs on JOBS_CHANNEL on a connection of its own and calls `onJob(payload)` for every
  * notification: a queue name when a job is sent (other payloads are the caller's, e.g. the
  * intake's part-staged signal). A lost connection is re-established with backoff; after
- * each (re)connect `onJob` is called for every queue, since notifications sent meanwhile
- * were missed. While it is down the loops still find jobs by polling: a NOTIFY only makes
- * them look sooner.
+ * each (re)connect `onJob` is called for every queue, then `onConnect`, since notifications
+ * sent meanwhile were missed. While it is down the loops still find jobs by polling: a
+ * NOTIFY only makes them look sooner.
  */
-export function listenForJobs(url: string, onJob: (payload: string) => void): JobListener {
+export function listenForJobs(url: string, onJob: (payload: string) => void, onConnect?: () => void): JobListener {
   let closed = false;
   let client: pg.Client | undefined;
   let retry: NodeJS.Timeout | undefined;
@@ -115,6 +115,7 @@ export function listenForJobs(url: string, onJob: (payload: string) => void): Jo
     client = c;
     backoff = 250;
     wakeAll();
+    onConnect?.();
   };
   void connect();
   return {

@@ -26,17 +26,22 @@ after(async () => {
 /** A listener recording payloads, with a way to wait for the next one matching `want`. */
 function listen() {
   const seen: string[] = [];
+  const connects = { n: 0 };
   let waiter: { want: (p: string) => boolean; resolve: () => void } | undefined;
-  const l = listenForJobs(db.url, (p) => {
-    seen.push(p);
-    if (waiter?.want(p)) waiter.resolve();
-  });
+  const l = listenForJobs(
+    db.url,
+    (p) => {
+      seen.push(p);
+      if (waiter?.want(p)) waiter.resolve();
+    },
+    () => connects.n++,
+  );
   listeners.push(l);
   const next = (want: (p: string) => boolean) =>
     new Promise<void>((resolve) => {
       waiter = { want, resolve };
     });
-  return { seen, next };
+  return { seen, next, connects };
 }
 
 test('a job is announced at COMMIT, and never when its transaction rolls back', async () => {
@@ -64,12 +69,16 @@ test('a job is announced at COMMIT, and never when its transaction rolls back', 
 });
 
 test('a listener whose connection is killed reconnects and wakes every queue', async () => {
-  const { next } = listen();
+  const { seen, next, connects } = listen();
   await next((p) => p === MERGE_QUEUE);
-  const woken = Promise.all([next((p) => p === MERGE_QUEUE)]);
+  assert.equal(connects.n, 1, 'onConnect after the first connect');
+  seen.length = 0;
+  const woken = next((p) => p === MERGE_QUEUE);
   const { rowCount } = await db.pool.query(
     `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'sluice-listen' AND datname = current_database()`,
   );
   assert.ok((rowCount ?? 0) >= 1, 'the listening connection was found');
   await woken;
+  assert.deepEqual(seen, [PART_QUEUE, MERGE_QUEUE], 'every queue woken after the reconnect');
+  assert.equal(connects.n, 2, 'onConnect after the reconnect (the merges re-check their parts)');
 });
