@@ -30,14 +30,51 @@ const HEARTBEAT_MS = 4000;
 const IDLE_MIN_MS = 50;
 const IDLE_MAX_MS = 1000;
 
+/**
+ * A wait that ends at a wake-up or after a timeout. A wake-up that comes while nobody waits
+ * is kept: the next wait returns at once (unless `clear`ed first).
+ */
+class Wakeup {
+  private pending = false;
+  private end: (() => void) | undefined;
+
+  /** Resolves true when woken, false when `ms` ran out. */
+  wait(ms: number): Promise<boolean> {
+    if (this.pending) {
+      this.pending = false;
+      return Promise.resolve(true);
+    }
+    return new Promise((resolve) => {
+      const finish = (woken: boolean) => {
+        clearTimeout(timer);
+        this.end = undefined;
+        resolve(woken);
+      };
+      const timer = setTimeout(finish, ms, false);
+      this.end = () => finish(true);
+    });
+  }
+
+  wake(): void {
+    if (this.end) this.end();
+    else this.pending = true;
+  }
+
+  /** Forgets a wake-up kept while nobody waited. */
+  clear(): void {
+    this.pending = false;
+  }
+}
+
 interface Loop {
   queue: string;
   stopped: boolean;
   done: Promise<void>;
-  /** Ends the current idle wait at once (a job was sent, or the loop is stopping). */
-  wake: () => void;
-  /** A wake-up arrived while the loop was busy: fetch again before sleeping. */
-  woken: boolean;
+  /**
+   * Ends the idle wait at once (a job was sent, or the loop is stopping); a wake-up that
+   * comes while the loop fetches makes it fetch again before sleeping.
+   */
+  wakeup: Wakeup;
 }
 
 /**
@@ -45,41 +82,25 @@ interface Loop {
  * its merge is busy is kept, so its next wait returns at once.
  */
 class PartSignals {
-  private readonly open = new Map<string, { pending: boolean; wake: (() => void) | undefined }>();
+  private readonly open = new Map<string, Wakeup>();
 
   follow(importId: string, backstopMs: number): PartSignal {
-    const s = { pending: false, wake: undefined as (() => void) | undefined };
-    this.open.set(importId, s);
+    const w = new Wakeup();
+    this.open.set(importId, w);
     return {
-      wait: () =>
-        new Promise<void>((resolve) => {
-          if (s.pending) {
-            s.pending = false;
-            return resolve();
-          }
-          const timer = setTimeout(done, backstopMs);
-          function done() {
-            clearTimeout(timer);
-            s.wake = undefined;
-            resolve();
-          }
-          s.wake = done;
-        }),
+      wait: async () => void (await w.wait(backstopMs)),
       close: () => {
-        if (this.open.get(importId) === s) this.open.delete(importId);
+        if (this.open.get(importId) === w) this.open.delete(importId);
       },
     };
   }
 
   signal(importId: string): void {
-    const s = this.open.get(importId);
-    if (!s) return;
-    if (s.wake) s.wake();
-    else s.pending = true;
+    this.open.get(importId)?.wake();
   }
 
   signalAll(): void {
-    for (const id of this.open.keys()) this.signal(id);
+    for (const w of this.open.values()) w.wake();
   }
 }
 
@@ -87,21 +108,12 @@ class PartSignals {
 const PART_WAIT_MS = 250;
 
 function startLoop<T>(boss: Boss, queue: string, handle: (data: T) => Promise<unknown>): Loop {
-  const loop: Loop = { queue, stopped: false, done: Promise.resolve(), wake: () => void (loop.woken = true), woken: false };
-  const idleWait = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        loop.wake = () => void (loop.woken = true);
-        resolve();
-      }
-      loop.wake = done;
-    });
+  const loop: Loop = { queue, stopped: false, done: Promise.resolve(), wakeup: new Wakeup() };
   loop.done = (async () => {
     let idle = IDLE_MIN_MS;
     while (!loop.stopped) {
-      loop.woken = false;
+      // A wake-up from before this fetch is answered by it.
+      loop.wakeup.clear();
       let job: Job<T> | undefined;
       try {
         job = (await boss.fetch<T>(queue, { batchSize: 1 }))[0];
@@ -109,9 +121,9 @@ function startLoop<T>(boss: Boss, queue: string, handle: (data: T) => Promise<un
         // The database is unreachable for now: wait and try again.
       }
       if (!job) {
-        if (loop.woken || loop.stopped) continue;
-        await idleWait(idle);
-        idle = Math.min(IDLE_MAX_MS, idle * 2);
+        if (loop.stopped) continue;
+        // Woken (during the fetch or the wait): look again at the same pace; else back off.
+        if (!(await loop.wakeup.wait(idle))) idle = Math.min(IDLE_MAX_MS, idle * 2);
         continue;
       }
       idle = IDLE_MIN_MS;
@@ -144,7 +156,7 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
     ctx.pool.options.connectionString ?? (await databaseUrl()),
     (payload) => {
       if (payload.startsWith(PART_DONE)) return signals.signal(payload.slice(PART_DONE.length));
-      for (const l of loops) if (l.queue === payload) l.wake();
+      for (const l of loops) if (l.queue === payload) l.wakeup.wake();
     },
     // After a reconnect, part-staged notifications may have been missed.
     () => signals.signalAll(),
@@ -154,7 +166,7 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
     async stop() {
       for (const l of loops) {
         l.stopped = true;
-        l.wake();
+        l.wakeup.wake();
       }
       await Promise.all(loops.map((l) => l.done));
       await listener.close();
