@@ -18,6 +18,7 @@
  */
 import type { Pool } from '../../db/pool.ts';
 import { searchEventsBatch, type SearchRange } from '../../db/sql/events.ts';
+import type { Loaded } from './search-cache.ts';
 
 export interface SearchBatcherOptions {
   /** Statements in flight at once (default 2: one executing while the next is gathered, on 2 cores). */
@@ -26,15 +27,9 @@ export interface SearchBatcherOptions {
   maxBatch?: number;
 }
 
-/** A search's answer: the feed version it was read at and the response body (shared by identical searches of a batch). */
-export interface SearchAnswer {
-  version: number;
-  body: Buffer;
-}
-
 interface Waiter {
   range: SearchRange;
-  resolve: (answer: SearchAnswer) => void;
+  resolve: (answer: Loaded) => void;
   reject: (err: unknown) => void;
   /** Same range, same batch: answered together. */
   joined: Array<Pick<Waiter, 'resolve' | 'reject'>>;
@@ -54,8 +49,12 @@ export class SearchBatcher {
     this.maxBatch = Math.max(1, options.maxBatch ?? 256);
   }
 
-  /** The events in `range` as a response body, read from a snapshot taken after this call. */
-  search(range: SearchRange, key = `${range.startsAt ?? ''}|${range.endsAt ?? ''}`): Promise<SearchAnswer> {
+  /**
+   * The events in `range` as a response body with the feed version it was read at (what
+   * SearchCache loads), from a snapshot taken after this call. Identical searches of one
+   * batch share the body.
+   */
+  search(range: SearchRange, key = `${range.startsAt ?? ''}|${range.endsAt ?? ''}`): Promise<Loaded> {
     return new Promise((resolve, reject) => {
       const same = this.pending.get(key);
       if (same) same.joined.push({ resolve, reject });
