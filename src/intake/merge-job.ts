@@ -18,7 +18,7 @@ import { errorMessage } from '../core/errors.ts';
 import type { Client } from '../db/pool.ts';
 import { finishImport } from '../db/sql/imports.ts';
 import {
-  completedParts, dropPartData, finishMerged, importForWork, mergerState, mergeWork, notifyImportFinished, requeuePart,
+  dropPartData, finishMerged, importForWork, mergerState, mergeWork, notifyImportFinished, requeuePart,
 } from '../db/sql/intake.ts';
 import { PART_QUEUE, sendJob, type Boss } from '../jobs/boss.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
@@ -104,7 +104,7 @@ export async function runMerge(
 async function restageLostParts(boss: Boss, client: Client, importId: string): Promise<void> {
   await client.query('BEGIN');
   const tables = new Set(await partTables(client, importId));
-  for (const p of await completedParts(client, importId)) {
+  for (const p of (await mergerState(client, importId, 0))?.done ?? []) {
     const name = partTableName(importId, p.n);
     const staged = tables.has(name) ? Number((await client.query(`SELECT count(*)::bigint AS n FROM ${ident(name)}`)).rows[0].n) : -1;
     if (staged === p.accepted) continue;

@@ -174,15 +174,6 @@ export async function mergerState(
   return rows[0] as { status: string; parts_total: number | null; done: Array<{ n: number; accepted: number }> } | undefined;
 }
 
-/** The completed parts of an import with their accepted rows, in order. */
-export async function completedParts(db: Db, id: string): Promise<Array<{ n: number; accepted: number }>> {
-  const { rows } = await db.query<{ n: number; accepted: number }>(
-    `SELECT n, rows_accepted AS accepted FROM import_parts WHERE import_id = $1 AND status = 'completed' ORDER BY n`,
-    [id],
-  );
-  return rows;
-}
-
 /** Puts a completed part back in the queue's hands (its bytes are kept until the merge commits). */
 export async function requeuePart(db: Db, id: string, n: number): Promise<void> {
   await db.query(`UPDATE import_parts SET status = 'queued', finished_at = NULL WHERE import_id = $1 AND n = $2`, [id, n]);
