@@ -9,7 +9,7 @@ import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import type { SearchRange } from '../../db/sql/events.ts';
 import { realDateTime } from '../../pipelines/events/feed-event.ts';
-import { SearchBatcher } from '../../pipelines/events/search-batcher.ts';
+import { SearchBatcher, searchKey } from '../../pipelines/events/search-batcher.ts';
 import { SearchCache, type CacheMode } from '../../pipelines/events/search-cache.ts';
 import type { AppContext } from '../context.ts';
 import { addOpenApi } from '../openapi.ts';
@@ -56,12 +56,8 @@ function parseSearch(startsAtParam: unknown, endsAtParam: unknown): ParsedSearch
   const startsAt = parseSearchBound('starts_at', startsAtParam);
   const endsAt = parseSearchBound('ends_at', endsAtParam);
   if (startsAt && endsAt && startsAt > endsAt) throw new InvalidInputError('starts_at must not be after ends_at');
-  return {
-    rawStartsAt: startsAtParam as string | undefined,
-    rawEndsAt: endsAtParam as string | undefined,
-    range: { startsAt, endsAt },
-    key: `${startsAt ?? ''}|${endsAt ?? ''}`,
-  };
+  const range = { startsAt, endsAt };
+  return { rawStartsAt: startsAtParam as string | undefined, rawEndsAt: endsAtParam as string | undefined, range, key: searchKey(range) };
 }
 
 /**

@@ -27,6 +27,11 @@ export interface SearchBatcherOptions {
   maxBatch?: number;
 }
 
+/** A range's key: equal for identical ranges (also the /search cache key). */
+export function searchKey(range: SearchRange): string {
+  return `${range.startsAt ?? ''}|${range.endsAt ?? ''}`;
+}
+
 interface Waiter {
   range: SearchRange;
   resolve: (answer: Loaded) => void;
@@ -54,7 +59,7 @@ export class SearchBatcher {
    * SearchCache loads), from a snapshot taken after this call. Identical searches of one
    * batch share the body.
    */
-  search(range: SearchRange, key = `${range.startsAt ?? ''}|${range.endsAt ?? ''}`): Promise<Loaded> {
+  search(range: SearchRange, key = searchKey(range)): Promise<Loaded> {
     return new Promise((resolve, reject) => {
       const same = this.pending.get(key);
       if (same) same.joined.push({ resolve, reject });
