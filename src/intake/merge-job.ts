@@ -52,8 +52,8 @@ const active = (status: string | undefined) => status === 'queued' || status ===
 
 /** Ends the merge by rolling back: the import is over (skipped) or fails with a reason. */
 class Rollback {
-  readonly outcome: 'skipped' | { fail: string };
-  constructor(outcome: 'skipped' | { fail: string }) {
+  readonly outcome: 'skipped' | { fail: string; read: number; rejected: number };
+  constructor(outcome: 'skipped' | { fail: string; read: number; rejected: number }) {
     this.outcome = outcome;
   }
 }
@@ -164,11 +164,10 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
         if ((await importForWork(pool, importId))?.status === 'cancelled') await dropStaging(pool, importId).catch(() => {});
         return 'skipped';
       }
-      const totals = await mergeWork(pool, importId);
       // Staging first: whoever sees the import failed finds it gone.
       await dropStaging(pool, importId).catch(() => {});
       await finishImport(pool, importId, {
-        status: 'failed', error: err.outcome.fail, read: totals?.read ?? 0, inserted: 0, updated: 0, unchanged: 0, rejected: totals?.rejected ?? 0, timings,
+        status: 'failed', error: err.outcome.fail, read: err.outcome.read, inserted: 0, updated: 0, unchanged: 0, rejected: err.outcome.rejected, timings,
       }, true);
       await notifyImportFinished(pool, importId);
       return 'failed';
@@ -268,10 +267,10 @@ async function followParts(
   if (!work || !active(work.status)) throw new Rollback('skipped');
   const read = Number(work.read);
   const rejected = Number(work.rejected);
-  if (read === 0) throw new Rollback({ fail: 'invalid file: no data rows after the header' });
+  if (read === 0) throw new Rollback({ fail: 'invalid file: no data rows after the header', read, rejected });
   const max = work.options.maxRejectRatio ?? 1;
   if (rejected / read > max) {
-    throw new Rollback({ fail: `rejected ${rejected} of ${read} rows (${((rejected / read) * 100).toFixed(1)}%), above max-reject-ratio ${max}: nothing was imported` });
+    throw new Rollback({ fail: `rejected ${rejected} of ${read} rows (${((rejected / read) * 100).toFixed(1)}%), above max-reject-ratio ${max}: nothing was imported`, read, rejected });
   }
   if (o.chunked) {
     const waiting = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${later}`)).rows[0].n);

@@ -120,6 +120,7 @@ test('too many rejects: the parts merged so far are rolled back, nothing remains
   const { status, table } = await intake(2, `${HEADER}\n${ROWS.slice(0, 5).join('\n')}\n${bad}\n`, 0.5);
   assert.equal(status.status, 'failed');
   assert.match(status.error ?? '', /nothing was imported/);
+  assert.deepEqual([status.rows.read, status.rows.rejected], [25, 20], 'the failed import keeps its row counts');
   assert.deepEqual(table, before);
 });
 
