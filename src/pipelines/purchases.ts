@@ -6,7 +6,7 @@
  */
 import type { CellResult, Pipeline } from '../engine/pipeline.ts';
 import { isValidCnpj } from '../validate/cnpj.ts';
-import { parseDocument, type ParsedDocument } from '../validate/document.ts';
+import { parseDocument } from '../validate/document.ts';
 import { digitsOnly, sanitizeText } from '../validate/sanitize.ts';
 import { isValueError, parseBit, parseDecimalComma, parseIsoDate } from '../validate/values.ts';
 
@@ -43,15 +43,10 @@ let lastDoc: { key: CellResult; type: CellResult; valid: CellResult } = { key: n
 
 function documentOf(v: string) {
   if (v === lastDocRaw) return lastDoc;
-  let key: CellResult;
-  let parsed: ParsedDocument;
-  if (isNull(v)) {
-    key = { error: 'document is NULL' };
-    parsed = parseDocument(v);
-  } else {
-    parsed = parseDocument(v);
-    key = parsed.digits === '' ? { error: `document has no digits: ${JSON.stringify(v)}` } : parsed.digits;
-  }
+  const parsed = parseDocument(v);
+  const key: CellResult = isNull(v) ? { error: 'document is NULL' }
+    : parsed.digits === '' ? { error: `document has no digits: ${JSON.stringify(v)}` }
+    : parsed.digits;
   lastDocRaw = v;
   lastDoc = { key, type: parsed.type, valid: parsed.valid };
   return lastDoc;
