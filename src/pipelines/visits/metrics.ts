@@ -31,7 +31,7 @@ export const flushDuration = new client.Histogram({
 
 export const ingestLag = new client.Histogram({
   name: 'sluice_visits_lag_seconds',
-  help: 'Ingestion lag, receipt to committed (visible to the live view), one observation per request',
+  help: 'Ingestion lag, receipt to committed (visible to the live view), one observation per receipt millisecond of a flush',
   buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5],
   registers: [registry],
 });
