@@ -12,7 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { from as copyFrom } from 'pg-copy-streams';
 import type { Client, Pool } from '../pool.ts';
 import { BinaryCopyWriter } from '../../pipelines/visits/copy-binary.ts';
-import type { BatchRollup } from '../../pipelines/visits/rollup.ts';
+import { RECENT_PER_FLUSH, type BatchRollup } from '../../pipelines/visits/rollup.ts';
 import type { Visit } from '../../pipelines/visits/visit.ts';
 
 type Queryable = Pool | Client;
@@ -165,8 +165,9 @@ export interface LiveRow {
 
 /**
  * The live view in one statement. It reads the rollup rows of the windows (one per key
- * once compacted, plus the rows appended since the last compaction) and the 20 newest
- * rows of recent_visits: its cost does not grow with traffic.
+ * once compacted, plus the rows appended since the last compaction) and the newest
+ * RECENT_PER_FLUSH rows of recent_visits (each flush appends its own newest that many, so
+ * those are the newest of all processes): its cost does not grow with traffic.
  * `now` bounds every window so that all processes agree on what "the last 5 minutes" is.
  */
 export async function liveSnapshot(db: Queryable, now: Date, windowSeconds: number, topPages: number): Promise<LiveRow> {
@@ -193,13 +194,13 @@ export async function liveSnapshot(db: Queryable, now: Date, windowSeconds: numb
        (SELECT coalesce(json_agg(json_build_object('visited_at', visited_at, 'visitor_id', visitor_id,
                                                    'page_path', page_path, 'received_at', received_at) ORDER BY received_at DESC, id DESC), '[]')
           FROM (SELECT id, visited_at, visitor_id, page_path, received_at FROM recent_visits
-                 ORDER BY received_at DESC, id DESC LIMIT 20) t) AS recent,
+                 ORDER BY received_at DESC, id DESC LIMIT $6) t) AS recent,
        (SELECT json_build_object('visits', coalesce(sum(visits), 0),
                                  'avg_ms', round(sum(lag_ms_sum)::numeric / nullif(sum(visits), 0)),
                                  'max_ms', max(lag_ms_max))
           FROM visit_lag_seconds
          WHERE second > $1::timestamptz - interval '60 seconds') AS lag`,
-    [now.toISOString(), windowSeconds, dayStart.toISOString(), topPages, firstMinute.toISOString()],
+    [now.toISOString(), windowSeconds, dayStart.toISOString(), topPages, firstMinute.toISOString(), RECENT_PER_FLUSH],
   );
   return rows[0]!;
 }

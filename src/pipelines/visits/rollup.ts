@@ -18,7 +18,7 @@ export interface BatchRollup {
   recent: { received: string[]; visited: string[]; visitor: string[]; path: string[] };
 }
 
-/** Visits per flush kept for the live page's "most recent" list. */
+/** Visits per flush kept for the live page's "most recent" list, which shows this many. */
 export const RECENT_PER_FLUSH = 20;
 
 interface VisitorAgg {
