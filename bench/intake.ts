@@ -164,7 +164,6 @@ async function rawCopy(file: string): Promise<number> {
   }
 }
 
-/** One upload with `workers` worker processes; seconds from the first byte sent to completed. */
 /**
  * Where one import's time went, in ms after the request was sent (`t0`, epoch ms), from the
  * timestamps Sluice stores: 202 answered, each part (worker start -> end), merge job queued ->
@@ -221,7 +220,11 @@ function cpuSpent(before: Map<number, number>, after: Map<number, number>, who: 
   return out;
 }
 
-async function timed(file: string, workers: number, explain = false): Promise<number> {
+/**
+ * One upload with `workers` worker processes; seconds from the first byte sent to completed.
+ * Logs (stderr) the CPU seconds by process and the import's timeline.
+ */
+async function timed(file: string, workers: number): Promise<number> {
   await pool.query('TRUNCATE purchases');
   await pool.query('CHECKPOINT');
   const port = 20000 + Math.floor(Math.random() * 20000);
@@ -252,7 +255,7 @@ async function timed(file: string, workers: number, explain = false): Promise<nu
     const cpu = cpuSpent(cpu0, cpuTicks(await cpuPids()), who);
     const total = Object.values(cpu).reduce((a, b) => a + b, 0);
     for (const k of Object.keys(cpu)) if (cpu[k] === 0) delete cpu[k];
-    if (explain) log(`  ${secs.toFixed(3)} s (load ${os.loadavg()[0]!.toFixed(2)}; cpu s ${total.toFixed(2)} ${JSON.stringify(cpu)}): ${await timeline(id, t0, acceptedAt)}`);
+    log(`  ${secs.toFixed(3)} s (load ${os.loadavg()[0]!.toFixed(2)}; cpu s ${total.toFixed(2)} ${JSON.stringify(cpu)}): ${await timeline(id, t0, acceptedAt)}`);
     return secs;
   } finally {
     for (const p of procs) p.kill('SIGTERM');
@@ -269,7 +272,7 @@ if (fs.existsSync(shared)) {
   const copies: number[] = [];
   for (let i = 0; i < RUNS; i++) {
     copies.push(await rawCopy(shared));
-    times.push(await timed(shared, 2, true));
+    times.push(await timed(shared, 2));
   }
   sharedS = median(times);
   sharedCopy = median(copies);
@@ -279,7 +282,7 @@ if (fs.existsSync(shared)) {
 const byWorkers: Record<string, number> = {};
 const genCopy = ROWS > 0 ? (generate(generated, ROWS), await rawCopy(generated)) : 0;
 for (const w of ROWS > 0 ? WORKERS : []) {
-  const s = await timed(generated, w, true);
+  const s = await timed(generated, w);
   byWorkers[String(w)] = Number(s.toFixed(2));
   lines.push(`| generated | ${ROWS} | ${w} | ${s.toFixed(2)} | ${genCopy.toFixed(2)} | ${(s / genCopy).toFixed(1)} |`);
   log(`generated ${ROWS} rows, ${w} workers: ${s.toFixed(2)} s`);
