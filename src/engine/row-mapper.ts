@@ -8,6 +8,7 @@ import type { Pipeline, SourceColumn, CellResult } from './pipeline.ts';
 import { copyArray, copyValue } from '../load/copy-text.ts';
 import type { RejectCollector } from '../load/rejects.ts';
 import type { ParsedBatch } from '../formats/csv-parser.ts';
+import { KeyFilter } from './key-filter.ts';
 
 /** Header text compared case-, accent- and spacing-insensitively. */
 export function normalizeHeader(h: string): string {
@@ -100,13 +101,11 @@ export class RowMapper {
   rejected = 0;
   hasKeyCandidates = false;
   /**
-   * Duplicate-key detection without holding the keys: a blocked Bloom filter (128 Mbit,
-   * 6 probes in one 64-byte block; a few hundred false "met before" in 5M distinct keys).
-   * A key it has seen may be a duplicate (or a false positive) and is listed; the merge
-   * checks only those. Past MAX_SUSPECTS the list is dropped (the merge then checks every
-   * key); the filter stays.
+   * Duplicate-key detection without holding the keys (KeyFilter). A key it may have met is
+   * listed; the merge checks only those. Past MAX_SUSPECTS the list is dropped (the merge
+   * then checks every key); the filter stays.
    */
-  private readonly seen: Uint8Array | undefined;
+  private readonly seen: KeyFilter | undefined;
   private suspects: Set<string> | undefined;
 
   /** `trackKeys: false`: no duplicate-key filter (a caller that detects duplicates itself). */
@@ -116,7 +115,7 @@ export class RowMapper {
     this.part = part;
     this.rejects = rejects;
     if (options.trackKeys ?? true) {
-      this.seen = new Uint8Array(1 << 24);
+      this.seen = new KeyFilter();
       this.suspects = new Set();
     }
   }
@@ -209,31 +208,8 @@ export class RowMapper {
 
   /** Notes key `k`; true when it may have been met before. */
   private noteKey(k: string): boolean {
-    const seen = this.seen;
-    if (!seen) return false;
-    // Two 32-bit hashes in one pass (FNV-1a and a multiply-xor), probes h1 + i*h2.
-    let h1 = 0x811c9dc5;
-    let h2 = 0x9747b28c;
-    for (let i = 0; i < k.length; i++) {
-      const c = k.charCodeAt(i);
-      h1 = Math.imul(h1 ^ c, 0x01000193);
-      h2 = Math.imul(h2 ^ c, 0x5bd1e995);
-      h2 ^= h2 >>> 15;
-    }
-    // Blocked: the 6 probes fall in one 64-byte block (one cache miss per key).
-    const base = ((h1 >>> 14) & 0x3ffff) << 6;
-    const step = (h1 & 0x3fff) | 1;
-    let met = true;
-    for (let i = 0; i < 6; i++) {
-      const b = (h2 + Math.imul(i, step)) & 511;
-      const byte = base + (b >>> 3);
-      const bit = 1 << (b & 7);
-      if ((seen[byte]! & bit) === 0) {
-        seen[byte] = seen[byte]! | bit;
-        met = false;
-      }
-    }
-    if (!met || !this.suspects) return met;
+    if (!this.seen?.addKey(k)) return false;
+    if (!this.suspects) return true;
     this.suspects.add(k);
     if (this.suspects.size > MAX_SUSPECTS) this.suspects = undefined;
     return true;

@@ -28,7 +28,7 @@ import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { ident } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
-import { KeyFilter } from './key-filter.ts';
+import { KeyFilter } from '../engine/key-filter.ts';
 import { dropStaging, partTableName, partTables, stageTableName } from './staging.ts';
 
 /** Tells a merge that a part of its import may have been staged (a notification or a timeout). */
@@ -227,7 +227,7 @@ async function followParts(
       if (inPart.has(h)) suspects.add(h);
       else {
         inPart.add(h);
-        if (filter!.add(h)) suspects.add(h);
+        if (filter!.addHash(h)) suspects.add(h);
       }
     }
     let rows = hashes.length;

@@ -18,11 +18,11 @@ import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { WhitespaceColumnsParser } from '../formats/whitespace-columns.ts';
 import { JOBS_CHANNEL, MERGE_QUEUE, PART_RETRY_LIMIT, sendJob } from '../jobs/boss.ts';
-import { ident, stageColumns } from '../load/merge-sql.ts';
+import { stageCopySql } from '../load/merge-sql.ts';
 import { BufferedRejects, REJECTS_COPY } from '../load/rejects.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
-import { createPartTable } from './staging.ts';
+import { createPartTable, partTableName } from './staging.ts';
 
 /**
  * Fault injection for the crash tests (test/intake/crash.test.ts): while the file named by
@@ -68,7 +68,7 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
   const pipeline = getPipeline(work.pipeline);
   try {
     const rejects = new BufferedRejects(importId);
-    // The merge job detects repeated keys itself (intake/key-filter.ts).
+    // The merge job detects repeated keys itself (engine/key-filter.ts, over hashtext).
     const mapper = new RowMapper(pipeline, mapHeader(pipeline, work.header), n, rejects, { trackKeys: false });
     const text = new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(work.data);
     const out: string[] = [];
@@ -76,18 +76,17 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
       mapper.mapBatch(batch, out);
     }
     t = mark('parse', t);
-    const cols = ['line', 'part', ...stageColumns(pipeline).map((c) => c.name), 'key_candidates'].map(ident);
     const client = await pool.connect();
     try {
       await client.query('BEGIN');
       // The part's own table, (re)created in this transaction: whatever an earlier attempt
       // left is replaced, and nothing is left if this one does not commit.
-      const table = await createPartTable(client, importId, n);
+      await createPartTable(client, importId, n);
       if (work.attempts > 1) {
         await client.query('DELETE FROM import_rejects WHERE import_id = $1 AND line BETWEEN $2 AND $3', [importId, work.first_line, work.last_line]);
       }
       if (out.length > 0) {
-        await streamPipeline(Readable.from([`${out.join('\n')}\n`]), client.query(copyFrom(`COPY ${table} (${cols.join(', ')}) FROM STDIN`)));
+        await streamPipeline(Readable.from([`${out.join('\n')}\n`]), client.query(copyFrom(stageCopySql(pipeline, partTableName(importId, n)))));
       }
       if (rejects.lines.length > 0) await streamPipeline(Readable.from([rejects.lines.join('')]), client.query(copyFrom(REJECTS_COPY)));
       t = mark('copy', t);

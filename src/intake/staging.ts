@@ -22,13 +22,12 @@ export function partTableName(importId: string, n: number): string {
  * for it: the table lives seconds, and an auto-analyze holding it made the merge's DROP
  * wait up to deadlock_timeout (1 s) for autovacuum to give way.
  */
-export async function createPartTable(db: Client, importId: string, n: number): Promise<string> {
+export async function createPartTable(db: Client, importId: string, n: number): Promise<void> {
   const table = ident(partTableName(importId, n));
   await db.query(
     `DROP TABLE IF EXISTS ${table};
      CREATE UNLOGGED TABLE ${table} (LIKE ${ident(stageTableName(importId))} INCLUDING DEFAULTS) WITH (autovacuum_enabled = false)`,
   );
-  return table;
 }
 
 /** The part tables of an import that exist (an import begun by an older version has none for its first parts). */
