@@ -70,5 +70,3 @@ export function liveRoutes(app: FastifyInstance, ctx: AppContext, options: LiveR
     });
   });
 }
-
-
