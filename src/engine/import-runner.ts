@@ -212,12 +212,6 @@ async function stageAndMerge(
   // An unlogged table like the stage (shared buffers): a temporary one would spill past
   // temp_buffers and be read back from disk by every statement of the chunk's merge.
   const CHUNK = `${stage}_chunk`;
-  const total: MergeCounts = { inserted: 0, updated: 0, unchanged: 0 };
-  const add = (c: MergeCounts) => {
-    total.inserted += c.inserted;
-    total.updated += c.updated;
-    total.unchanged += c.unchanged;
-  };
   let mapper: RowMapper | undefined;
   let chunk = new Lines();
   let later = new Lines();
@@ -241,7 +235,7 @@ async function stageAndMerge(
     if (!merging) return;
     const m = merging;
     merging = undefined;
-    add(await timed('wait_for_merge', () => m));
+    await timed('wait_for_merge', () => m);
   };
   const flushLater = async () => {
     if (later.rows === 0) return;
@@ -320,10 +314,10 @@ async function stageAndMerge(
     }
     o.onProgress?.({ bytes: meta.bytes, totalBytes: meta.bytes, rows: mapper.read, phase: 'merging' });
     if (laterRows > 0) {
-      add(await session.mergeStaged(stage, { rows: laterRows, hasKeyCandidates: mapper.hasKeyCandidates }, true));
+      await session.mergeStaged(stage, { rows: laterRows, hasKeyCandidates: mapper.hasKeyCandidates }, true);
     }
     await session.commit();
-    return { mapper, counts: total };
+    return { mapper, counts: session.total };
   } catch (err) {
     await merging?.catch(() => {});
     await session.rollback();

@@ -61,6 +61,15 @@ export class MergeSession {
   private readonly types: Map<string, StageType>;
   /** Chunks of one import: every merge keeps its keys' outcome (sluice_ids_all) for the next. */
   private readonly chunked: boolean;
+  /** The counts of every merge of this session so far. */
+  readonly total: MergeCounts = { inserted: 0, updated: 0, unchanged: 0 };
+
+  private count(c: MergeCounts): MergeCounts {
+    this.total.inserted += c.inserted;
+    this.total.updated += c.updated;
+    this.total.unchanged += c.unchanged;
+    return c;
+  }
 
   constructor(client: Client, pipeline: Pipeline, timings: MergeTimings = {}, chunked = false) {
     this.client = client;
@@ -154,7 +163,8 @@ export class MergeSession {
   }
 
   /**
-   * Merges staging table `stage` (inside the transaction) and returns its counts. With
+   * Merges staging table `stage` (inside the transaction) and returns its counts (also
+   * added to `total`). With
    * `afterChunks`, its keys may have been met in earlier merges of this session.
    */
   async mergeStaged(stage: string, hints: MergeHints, afterChunks = false): Promise<MergeCounts> {
@@ -171,7 +181,7 @@ export class MergeSession {
     const simple = dupKeys.length === 0 && !afterChunks;
     const c = await this.run(this.restStatements(sql, (up.rowCount ?? 0) < keys, this.chunked && !afterChunks, simple ? sql.countsSimple : sql.counts));
     const r = c.rows[0] as { inserted: number; updated: number; unchanged?: number };
-    return { inserted: r.inserted, updated: r.updated, unchanged: r.unchanged ?? hints.rows - r.inserted - r.updated };
+    return this.count({ inserted: r.inserted, updated: r.updated, unchanged: r.unchanged ?? hints.rows - r.inserted - r.updated });
   }
 
   /**
@@ -185,7 +195,7 @@ export class MergeSession {
     const up = await this.run(this.upsertStatements(sql), 'chunk_upsert');
     const c = await this.run(this.restStatements(sql, (up.rowCount ?? 0) < rows, true, sql.countsSimple), 'chunk_rest');
     const r = c.rows[0] as { inserted: number; updated: number };
-    return { inserted: r.inserted, updated: r.updated, unchanged: rows - r.inserted - r.updated };
+    return this.count({ inserted: r.inserted, updated: r.updated, unchanged: rows - r.inserted - r.updated });
   }
 
   async commit(): Promise<void> {
