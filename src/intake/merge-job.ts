@@ -199,12 +199,6 @@ async function followParts(
   timings: Record<string, number>,
   signal: PartSignal,
 ): Promise<Merged> {
-  const counts: MergeCounts = { inserted: 0, updated: 0, unchanged: 0 };
-  const add = (c: MergeCounts) => {
-    counts.inserted += c.inserted;
-    counts.updated += c.updated;
-    counts.unchanged += c.unchanged;
-  };
   const key = ident(o.pipeline.key.name);
   const later = ident(LATER);
   const filter = o.chunked ? new KeyFilter() : undefined;
@@ -239,7 +233,7 @@ async function followParts(
       rows -= moved.rowCount ?? 0;
     }
     timings.split = Math.round((timings.split ?? 0) + performance.now() - t);
-    if (rows > 0) add(await session.mergeChunk(partTableName(o.importId, n), rows));
+    if (rows > 0) await session.mergeChunk(partTableName(o.importId, n), rows);
   };
 
   let next = 0;
@@ -274,7 +268,7 @@ async function followParts(
   }
   if (o.chunked) {
     const waiting = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${later}`)).rows[0].n);
-    if (waiting > 0) add(await session.mergeStaged(LATER, { rows: waiting, hasKeyCandidates: false }, true));
+    if (waiting > 0) await session.mergeStaged(LATER, { rows: waiting, hasKeyCandidates: false }, true);
   } else {
     // The whole file at once, from one table: the parts are gathered into the staging table.
     const t = performance.now();
@@ -286,7 +280,7 @@ async function followParts(
     timings.gather = Math.round(performance.now() - t);
     const accepted = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${ident(o.stage)}`)).rows[0].n);
     if (accepted !== Number(work.accepted)) throw new PartLost(-1);
-    add(await session.mergeStaged(o.stage, { rows: accepted, hasKeyCandidates: work.key_candidates }));
+    await session.mergeStaged(o.stage, { rows: accepted, hasKeyCandidates: work.key_candidates });
   }
-  return { counts, read, rejected, parts };
+  return { counts: session.total, read, rejected, parts };
 }
