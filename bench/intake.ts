@@ -20,7 +20,7 @@ import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { repoRoot } from '../src/config.ts';
 import { databaseUrl, ensureDatabase, openDb, withDatabase } from '../src/db/pool.ts';
-import { dropDatabase, median } from './lib.ts';
+import { dropDatabase, median, procCpuMs } from './lib.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -181,16 +181,12 @@ async function timeline(id: string, t0: number, acceptedAt: number): Promise<str
   return `created ${ms(imp.created_at)} | 202 ${Math.round(acceptedAt - t0)} | parts (start-end start/parse/copy/lock ms) ${p} | merge queued ${ms(merge?.created_on ?? null)} taken ${ms(merge?.started_on ?? null)} | finished ${ms(imp.finished_at)} | timings ${JSON.stringify(imp.timings)}`;
 }
 
-/** CPU ticks (user + system) of each pid, from /proc (Linux; empty elsewhere). */
-function cpuTicks(pids: number[]): Map<number, number> {
+/** CPU ms (user + system) of each pid still there (bench/lib.ts; empty without /proc). */
+function cpuMs(pids: number[]): Map<number, number> {
   const m = new Map<number, number>();
   for (const pid of pids) {
-    try {
-      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-      m.set(pid, Number(f[11]) + Number(f[12]));
-    } catch {
-      // gone, or no /proc
-    }
+    const ms = procCpuMs(pid);
+    if (ms !== undefined) m.set(pid, ms);
   }
   return m;
 }
@@ -210,11 +206,10 @@ async function pgProcesses(): Promise<Map<number, string>> {
  * machine than the elapsed time, and it shows who does the work.
  */
 function cpuSpent(before: Map<number, number>, after: Map<number, number>, who: Map<number, string>): Record<string, number> {
-  const hz = 100; // USER_HZ
   const out: Record<string, number> = {};
   for (const [pid, t] of after) {
     const k = who.get(pid) ?? '?';
-    out[k] = (out[k] ?? 0) + (t - (before.get(pid) ?? 0)) / hz;
+    out[k] = (out[k] ?? 0) + (t - (before.get(pid) ?? 0)) / 1000;
   }
   for (const k of Object.keys(out)) out[k] = Number(out[k]!.toFixed(2));
   return out;
@@ -238,7 +233,7 @@ async function timed(file: string, workers: number): Promise<number> {
       for (const [pid, w] of await pgProcesses()) who.set(pid, w);
       return [...who.keys()];
     };
-    const cpu0 = cpuTicks(await cpuPids());
+    const cpu0 = cpuMs(await cpuPids());
     const t = performance.now();
     const t0 = Date.now();
     const id = await upload(port, file);
@@ -252,7 +247,7 @@ async function timed(file: string, workers: number): Promise<number> {
       if (POLL_MS > 0) await new Promise((r) => setTimeout(r, POLL_MS));
     }
     const secs = (performance.now() - t) / 1000;
-    const cpu = cpuSpent(cpu0, cpuTicks(await cpuPids()), who);
+    const cpu = cpuSpent(cpu0, cpuMs(await cpuPids()), who);
     const total = Object.values(cpu).reduce((a, b) => a + b, 0);
     for (const k of Object.keys(cpu)) if (cpu[k] === 0) delete cpu[k];
     log(`  ${secs.toFixed(3)} s (load ${os.loadavg()[0]!.toFixed(2)}; cpu s ${total.toFixed(2)} ${JSON.stringify(cpu)}): ${await timeline(id, t0, acceptedAt)}`);

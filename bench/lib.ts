@@ -1,4 +1,5 @@
 /** Helpers shared by the benchmark scripts. */
+import fs from 'node:fs';
 import pg from 'pg';
 import { withDatabase } from '../src/db/pool.ts';
 
@@ -28,4 +29,19 @@ export async function cloneDatabase(server: string, template: string, name: stri
   await admin(withDatabase(server, 'postgres'), (c) =>
     c.query(`CREATE DATABASE ${c.escapeIdentifier(name)} TEMPLATE ${c.escapeIdentifier(template)} STRATEGY file_copy`),
   );
+}
+
+/** The fields of a /proc/<pid>/stat line after "(comm)": state is [0], utime [11], stime [12], cutime [13], cstime [14]. */
+export function statFields(stat: string): string[] {
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/** CPU milliseconds (user + system) a process has used, from /proc (USER_HZ = 100); undefined when gone or without /proc. */
+export function procCpuMs(pid: number): number | undefined {
+  try {
+    const f = statFields(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return undefined;
+  }
 }

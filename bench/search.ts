@@ -32,6 +32,7 @@ import { ensureEmbedded } from '../src/db/embedded.ts';
 import { openDb, withDatabase } from '../src/db/pool.ts';
 import { startProviderSimulator } from '../src/dev/provider-simulator.ts';
 import { syncEvents } from '../src/pipelines/events/sync.ts';
+import { median, procCpuMs, statFields } from './lib.ts';
 
 const DURATION = intEnv('BENCH_DURATION_S', 5);
 const ROUNDS = intEnv('BENCH_ROUNDS', 3);
@@ -174,8 +175,8 @@ request = function() i = i % #reqs + 1 return reqs[i] end
     const errors = /Socket errors: (.*)/.exec(out)?.[1];
     const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
     if (errors || non2xx) throw new Error(`load against ${url}: ${non2xx} non-2xx, socket errors: ${errors ?? 'none'}`);
-    // Fields after "(comm)": state is 0, cutime 13, cstime 14, in clock ticks (USER_HZ = 100 on Linux).
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // The shell's reaped child (wrk): cutime + cstime, in clock ticks (USER_HZ = 100 on Linux).
+    const f = statFields(stat);
     const cpuMs = (Number(f[13]) + Number(f[14])) * 10;
     return { rps: (total / ms(m[2]!, m[3]!)) * 1000, p99: ms(p99[1]!, p99[2]!), avgMs: ms(avg[1]!, avg[2]!), requests: total, toolCpu: cpuMs / Math.max(total, 1) };
   } finally {
@@ -183,14 +184,12 @@ request = function() i = i % #reqs + 1 return reqs[i] end
   }
 }
 
-/** CPU ms (user + system) a process has used, from /proc; undefined where /proc does not show it. */
-function procCpuMs(pid: number, comm?: string): number | undefined {
+/** CPU ms of a process (bench/lib.ts), checking its name first; undefined where /proc does not show it. */
+function cpuMsOf(pid: number, comm?: string): number | undefined {
   try {
     // A remote (or containerised) Postgres's pids mean nothing here: check the name.
     if (comm && !fs.readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith(comm)) return undefined;
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) * 10;
+    return procCpuMs(pid);
   } catch {
     return undefined;
   }
@@ -202,17 +201,17 @@ async function load(target: { child: ChildProcess; url: string }, paths: string[
   const pgCpu = async () => {
     const per = new Map<number, number>();
     for (const pid of await backends()) {
-      const c = procCpuMs(pid, 'postgres');
+      const c = cpuMsOf(pid, 'postgres');
       if (c === undefined) return undefined;
       per.set(pid, c);
     }
     return per;
   };
-  const server0 = procCpuMs(target.child.pid!);
+  const server0 = cpuMsOf(target.child.pid!);
   const pg0 = await pgCpu();
   const m = TOOL === 'wrk' ? await wrkLoad(target.url, paths, duration) : await autocannonLoad(target.url, paths, duration);
   const requests = Math.max(m.requests, 1);
-  const server1 = procCpuMs(target.child.pid!);
+  const server1 = cpuMsOf(target.child.pid!);
   const pg1 = await pgCpu();
   // Backends that ended during the run are missed, new ones counted from zero: the pool keeps its connections, so this is rare.
   const pgMs = pg0 && pg1 ? [...pg1].reduce((s, [pid, c]) => s + c - (pg0.get(pid) ?? 0), 0) : undefined;
@@ -294,11 +293,6 @@ process.on('SIGTERM', () => process.exit(0));`;
 }
 
 const round = (n: number, d = 0) => Math.round(n * 10 ** d) / 10 ** d;
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 const med = (c: Case, f: (r: Awaited<ReturnType<typeof load>>) => number) => median(runs.get(c)!.map(f));
 const medOpt = (c: Case, f: (r: Awaited<ReturnType<typeof load>>) => number | undefined) => {
   const xs = runs.get(c)!.map(f);
