@@ -74,6 +74,7 @@ test('GET /live serves the page with a strict Content-Security-Policy', async ()
   assert.match(csp, /default-src 'none'/);
   assert.match(csp, /script-src 'sha256-[A-Za-z0-9+/=]+'/);
   assert.doesNotMatch(csp, /unsafe-inline/);
+  assert.equal(res.headers.get('x-content-type-options'), 'nosniff');
   const html = await res.text();
   assert.match(html, /new EventSource\('\/live\/stream'\)/);
   assert.doesNotMatch(html, /<script src=|https?:\/\//, 'no external scripts or CDNs');

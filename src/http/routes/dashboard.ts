@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import { repoRoot } from '../../config.ts';
 import type { AppContext } from '../context.ts';
 
@@ -42,14 +42,17 @@ export function loadStaticPage(file: string): StaticPage {
   return { html, csp };
 }
 
+/** Sends a page loaded by loadStaticPage with its policy and the headers every page needs. */
+export function sendStaticPage(reply: FastifyReply, page: StaticPage): FastifyReply {
+  return reply
+    .header('content-type', 'text/html; charset=utf-8')
+    .header('content-security-policy', page.csp)
+    .header('x-content-type-options', 'nosniff')
+    .header('cache-control', 'no-cache')
+    .send(page.html);
+}
+
 export function dashboardRoutes(app: FastifyInstance, _ctx: AppContext): void {
   const page = loadStaticPage(PAGE);
-  app.get('/', async (_req, reply) =>
-    reply
-      .header('content-type', 'text/html; charset=utf-8')
-      .header('content-security-policy', page.csp)
-      .header('x-content-type-options', 'nosniff')
-      .header('cache-control', 'no-cache')
-      .send(page.html),
-  );
+  app.get('/', async (_req, reply) => sendStaticPage(reply, page));
 }

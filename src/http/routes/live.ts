@@ -9,7 +9,7 @@ import { intEnv, repoRoot } from '../../config.ts';
 import { LiveHub } from '../../pipelines/visits/live-view.ts';
 import type { AppContext } from '../context.ts';
 import { HttpError } from '../errors.ts';
-import { loadStaticPage } from './dashboard.ts';
+import { loadStaticPage, sendStaticPage } from './dashboard.ts';
 
 const PAGE = path.join(repoRoot, 'src', 'web', 'live.html');
 /** Slow viewers are dropped rather than buffered without bound (about 100 snapshots). */
@@ -31,13 +31,7 @@ export function liveRoutes(app: FastifyInstance, ctx: AppContext, options: LiveR
     // Streams never end by themselves: end them before the server waits for its connections.
     scope.addHook('preClose', async () => hub.close());
 
-    scope.get('/live', async (_req, reply) => {
-      return reply
-        .header('content-type', 'text/html; charset=utf-8')
-        .header('content-security-policy', page.csp)
-        .header('cache-control', 'no-cache')
-        .send(page.html);
-    });
+    scope.get('/live', async (_req, reply) => sendStaticPage(reply, page));
 
     scope.get('/live/snapshot', async () => hub.snapshot());
 
