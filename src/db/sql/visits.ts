@@ -11,7 +11,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { from as copyFrom } from 'pg-copy-streams';
 import type { Client, Pool } from '../pool.ts';
-import { BinaryCopyWriter } from '../../pipelines/visits/copy-binary.ts';
+import { BinaryCopyWriter } from '../../load/copy-binary.ts';
 import { RECENT_PER_FLUSH, type BatchRollup } from '../../pipelines/visits/rollup.ts';
 import type { Visit } from '../../pipelines/visits/visit.ts';
 
