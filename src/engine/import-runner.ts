@@ -247,7 +247,11 @@ async function stageAndMerge(
   };
   /** Starts the merge of the chunk; with `wait`, waits for it. */
   const flushChunk = async (wait: boolean) => {
-    if (chunk.rows === 0) return;
+    if (chunk.rows === 0) {
+      // The last chunk may have filled up, and started merging, with the file's last row.
+      if (wait) await settle();
+      return;
+    }
     await settle();
     const lines = chunk;
     chunk = new Lines();
@@ -316,6 +320,9 @@ async function stageAndMerge(
     if (laterRows > 0) {
       await session.mergeStaged(stage, { rows: laterRows, hasKeyCandidates: mapper.hasKeyCandidates }, true);
     }
+    // Every merge has returned: a COMMIT queued behind a chunk's first round trip would end
+    // the transaction before its second (the child table and counts) ran.
+    await settle();
     await session.commit();
     return { mapper, counts: session.total };
   } catch (err) {
