@@ -93,3 +93,30 @@ test('kill -9 mid-merge: nothing written; the next import marks it interrupted a
   const staging = await crashed.pool.query(`SELECT relname FROM pg_class WHERE relname LIKE 'sluice_stage_%'`);
   assert.deepEqual(staging.rows, [], 'the dead import\'s staging tables were dropped');
 });
+
+test('the merge connection dropped mid-merge: the import fails with the error, exit 1, nothing written', async () => {
+  const file = writeFile();
+  const db = await testDb();
+  try {
+    await seed(db);
+    const before = await snapshot(db);
+    const p = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], { DATABASE_URL: db.url, SLUICE_CHUNK_ROWS: '1000' });
+    const pid = await until(async () => {
+      assert.equal(p.child.exitCode, null, `the import ended before its connection could be dropped: ${p.output()}`);
+      const q = `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'SET LOCAL enable_mergejoin = on%'`;
+      return (await db.pool.query<{ pid: number }>(q)).rows[0]?.pid;
+    }, 'a merged chunk');
+    await db.pool.query('SELECT pg_terminate_backend($1)', [pid]);
+    const code = await new Promise<number | null>((r) => (p.child.exitCode !== null ? r(p.child.exitCode) : p.child.once('exit', r)));
+    assert.equal(code, 1, p.output());
+    const out = JSON.parse(p.output().trim().split('\n').pop()!) as { status: string; error: string };
+    assert.equal(out.status, 'failed');
+    assert.match(out.error, /terminat|connection/i);
+    assert.equal(await snapshot(db), before, 'nothing written');
+    const { rows } = await db.pool.query(`SELECT status, error FROM imports`);
+    assert.equal(rows[0].status, 'failed');
+    assert.equal(rows[0].error, out.error);
+  } finally {
+    await db.close();
+  }
+});
