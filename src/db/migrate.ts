@@ -1,11 +1,15 @@
 /**
  * Numbered plain-SQL migrations (migrations/NNNN_name.sql), applied in order, in one
- * transaction, under an advisory lock so concurrent starts apply each exactly once.
+ * transaction, under an advisory lock so concurrent starts apply each exactly once. Each
+ * applied migration's SHA-256 is recorded: a file changed after it was applied stops the
+ * start with an error (migrations are append-only; a change goes in a new file).
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type pg from 'pg';
 import { repoRoot } from '../config.ts';
+import { NonRetryableError } from '../core/errors.ts';
 
 export const migrationsDir = path.join(repoRoot, 'migrations');
 
@@ -25,25 +29,41 @@ export function listMigrations(dir = migrationsDir): Migration[] {
 
 const LOCK_KEY = 7_301_001; // arbitrary, constant: "sluice migrations"
 
-/** Applies pending migrations; returns the names applied. */
-export async function migrate(pool: pg.Pool): Promise<string[]> {
+function checksum(sql: string): string {
+  return createHash('sha256').update(sql).digest('hex');
+}
+
+/** Applies pending migrations (from `dir`, default migrations/); returns the names applied. */
+export async function migrate(pool: pg.Pool, dir = migrationsDir): Promise<string[]> {
   const client = await pool.connect();
   try {
     await client.query('BEGIN');
     await client.query('SELECT pg_advisory_xact_lock($1)', [LOCK_KEY]);
     await client.query(`CREATE TABLE IF NOT EXISTS sluice_migrations (
-      version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
-    const { rows } = await client.query<{ version: number }>('SELECT version FROM sluice_migrations');
-    const done = new Set(rows.map((r) => r.version));
+      version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), checksum text)`);
+    // Databases migrated before checksums were recorded: their files are taken as applied.
+    await client.query('ALTER TABLE sluice_migrations ADD COLUMN IF NOT EXISTS checksum text');
+    const { rows } = await client.query<{ version: number; checksum: string | null }>('SELECT version, checksum FROM sluice_migrations');
+    const done = new Map(rows.map((r) => [r.version, r.checksum]));
     const applied: string[] = [];
-    for (const m of listMigrations()) {
-      if (done.has(m.version)) continue;
+    for (const m of listMigrations(dir)) {
+      const sum = checksum(m.sql);
+      if (done.has(m.version)) {
+        const recorded = done.get(m.version) ?? null;
+        if (recorded === null) await client.query('UPDATE sluice_migrations SET checksum = $2 WHERE version = $1', [m.version, sum]);
+        else if (recorded !== sum) {
+          throw new NonRetryableError(
+            `migration ${m.name} was changed after it was applied to this database (sha256 ${recorded.slice(0, 12)}... applied, ${sum.slice(0, 12)}... on disk): migrations are append-only, put the change in a new numbered migration`,
+          );
+        }
+        continue;
+      }
       try {
         await client.query(m.sql);
       } catch (err) {
         throw new Error(`migration ${m.name} failed: ${(err as Error).message}`, { cause: err });
       }
-      await client.query('INSERT INTO sluice_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
+      await client.query('INSERT INTO sluice_migrations (version, name, checksum) VALUES ($1, $2, $3)', [m.version, m.name, sum]);
       applied.push(m.name);
     }
     await client.query('COMMIT');

@@ -1,0 +1,36 @@
+/** Migrations: applied once, recorded with their checksum; a file changed afterwards stops the start. */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { migrate, migrationsDir } from '../../src/db/migrate.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
+
+let db: TestDb;
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-migrations-'));
+before(async () => {
+  db = await testDb();
+  for (const f of fs.readdirSync(migrationsDir)) fs.copyFileSync(path.join(migrationsDir, f), path.join(dir, f));
+});
+after(async () => {
+  await db.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('checksums: recorded on first sight, a changed applied file refused, a new file applied once', async () => {
+  // A database migrated before checksums existed: the column is added and filled.
+  await db.pool.query('ALTER TABLE sluice_migrations DROP COLUMN IF EXISTS checksum');
+  assert.deepEqual(await migrate(db.pool, dir), []);
+  const { rows } = await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM sluice_migrations WHERE checksum ~ $1', ['^[0-9a-f]{64}$']);
+  assert.equal(rows[0]!.n, fs.readdirSync(migrationsDir).filter((f) => f.endsWith('.sql')).length);
+
+  fs.writeFileSync(path.join(dir, '9999_added.sql'), 'CREATE TABLE added_by_test (id int);');
+  assert.deepEqual(await migrate(db.pool, dir), ['9999_added.sql']);
+  assert.deepEqual(await migrate(db.pool, dir), [], 'applied once');
+
+  fs.appendFileSync(path.join(dir, '0002_leads.sql'), '\n-- edited after it was applied\n');
+  await assert.rejects(migrate(db.pool, dir), /migration 0002_leads\.sql was changed after it was applied.*new numbered migration/);
+  fs.writeFileSync(path.join(dir, '9999_added.sql'), 'CREATE TABLE added_by_test (id bigint);');
+  await assert.rejects(migrate(db.pool, dir), /0002_leads\.sql was changed/, 'nothing applied past the first refused file');
+});
