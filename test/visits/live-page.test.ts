@@ -35,7 +35,7 @@ declare const document: any;
 
 const number = (text: string | null) => Number((text ?? '').replace(/[^0-9]/g, '') || 'NaN');
 
-test('counters and chart move while a load runs', async () => {
+test('counters and chart move while a load runs', async (t) => {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const errors = pageErrors(page);
   await page.goto(`${base}/live`);
@@ -43,8 +43,12 @@ test('counters and chart move while a load runs', async () => {
   assert.equal(await page.textContent('[data-testid=status]'), 'live', 'connected');
   assert.equal(number(await page.textContent('[data-testid=visits-today]')), 0, 'no visits yet');
 
-  // A generous timeout: this test is about the page, not latency on a busy machine.
-  const load = runOpenLoop({ url: base, rate: 300, durationMs: 8_000, timeoutMs: 60_000, request: visitsWorkload({ visitors: 500 }).request });
+  // A generous timeout: this test is about the page, not latency on a busy machine. The
+  // load goes on until the page has shown what is checked below (at most 60 s), so a slow
+  // machine cannot end it before the page has seen the visits grow twice.
+  const stop = new AbortController();
+  t.after(() => stop.abort());
+  const load = runOpenLoop({ url: base, rate: 300, durationMs: 60_000, timeoutMs: 60_000, signal: stop.signal, request: visitsWorkload({ visitors: 500 }).request });
 
   // The page is never reloaded: every change below arrived over /live/stream.
   await page.waitForFunction(() => Number(document.querySelector('[data-testid=chart]').dataset.total) > 0, undefined, { timeout: 30_000 });
@@ -66,6 +70,7 @@ test('counters and chart move while a load runs', async () => {
   assert.ok(Number(await page.getAttribute('[data-testid=chart]', 'data-max')) > 0, 'chart has bars');
 
   await page.screenshot({ path: artifactPath('live-page.png'), fullPage: true });
+  stop.abort();
   const result = await load;
   assert.equal(result.failed, 0, `load failures: ${JSON.stringify(result.errors)} ${result.sampleErrors.join(' | ')}`);
   assert.deepEqual(errors, []);
