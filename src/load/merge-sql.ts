@@ -115,6 +115,8 @@ export interface MergeSql {
   /** Folds the rows of the keys in $1 into one row each. */
   fold: string;
   lookups: string[];
+  /** Fills sluice_m (see the upsert). */
+  probe: string[];
   upsert: string;
   childInsert: string | undefined;
   childSource: string | undefined;
@@ -232,20 +234,31 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     const r = assignment(a.merge, `m.${a.v}`, `t.${ident(a.column)}`, a.text);
     return r ? [`${ident(a.column)} = ${r.set}`] : [];
   });
-  const upsert = `WITH m AS MATERIALIZED (
-      SELECT x.*, t.id AS tid, (${changed.join(' OR ') || 'false'}) AS changed
+  // Two statements. The probe fills sluice_m: each staged row, its merged values, the id of
+  // its record if there is one, and whether the merge changes it. The target is probed per
+  // row through its key index whatever the planner's statistics say (LATERAL ... LIMIT 1 is
+  // never turned into a hash join): the target grows inside this transaction, so its
+  // statistics may call it empty while it holds millions of rows, and a hash join would
+  // then scan all of it for every chunk. The write then runs with hash and merge joins off
+  // (merge.ts), so that changed records are reached by primary key.
+  const probeSelect = `SELECT x.*, t.id AS tid, (${changed.join(' OR ') || 'false'}) AS changed
         FROM (SELECT m.${K} AS key, ${vals.map((a) => `${a.value} AS ${a.v}`).join(', ')} FROM ${S} m ${lookupJoin}) x
-        LEFT JOIN ${T} t ON t.${TK} = x.key),
-    upd AS (
+        LEFT JOIN LATERAL (SELECT * FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true`;
+  const probe = [
+    `CREATE TEMP TABLE IF NOT EXISTS sluice_m ON COMMIT DROP AS ${probeSelect} WITH NO DATA`,
+    'TRUNCATE sluice_m',
+    `INSERT INTO sluice_m ${probeSelect}`,
+  ];
+  const upsert = `WITH upd AS (
       UPDATE ${T} t SET ${updSets.length ? `${updSets.join(', ')}, ` : ''}updated_at = now()
-        FROM m WHERE t.id = m.tid AND m.changed),
+        FROM sluice_m m WHERE t.id = m.tid AND m.changed),
     ins AS (
       INSERT INTO ${T} (${[TK, ...vals.map((a) => ident(a.column))].join(', ')})
-      SELECT key, ${vals.map((a) => a.v).join(', ')} FROM m WHERE tid IS NULL
+      SELECT key, ${vals.map((a) => a.v).join(', ')} FROM sluice_m WHERE tid IS NULL
       RETURNING id, ${TK} AS key)
     INSERT INTO sluice_ids (key, id, inserted, changed)
     SELECT key, id, true, true FROM ins
-    UNION ALL SELECT key, tid, false, changed FROM m WHERE tid IS NOT NULL`;
+    UNION ALL SELECT key, tid, false, changed FROM sluice_m WHERE tid IS NOT NULL`;
 
   const child = t.child;
   let childUpsert: string | undefined;
@@ -323,5 +336,5 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
         ELSE m.n END), 0) AS unchanged
     FROM ${S} m LEFT JOIN sluice_ids i ON i.key = m.${K} LEFT JOIN sluice_ids_all a ON a.key = m.${K}`;
 
-  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple };
+  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, probe, upsert, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple };
 }

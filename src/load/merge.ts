@@ -119,7 +119,11 @@ export class MergeSession {
       ...sql.lookups.map((text) => ({ name: 'lookups', text })),
       // A hash of the few distinct lookup values, probed per row: not a sort of every row.
       { text: 'SET LOCAL enable_mergejoin = off' },
+      ...sql.probe.map((text) => ({ name: 'probe', text })),
+      // Changed records by primary key (see merge-sql.ts), never a scan of the target.
+      { text: 'SET LOCAL enable_hashjoin = off' },
       { name: 'upsert', text: sql.upsert },
+      { text: 'SET LOCAL enable_hashjoin = on' },
     ];
   }
 
