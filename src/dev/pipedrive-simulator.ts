@@ -11,7 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface SimRateLimit {
@@ -99,6 +99,9 @@ export class PipedriveSimulator extends EventEmitter {
   private filled = 0;
   private server: http.Server | undefined;
   private o: SimulatorOptions;
+  /** Open client connections and requests being handled (see idle()). */
+  private sockets = new Set<Socket>();
+  private handling = 0;
 
   constructor(options: SimulatorOptions = {}) {
     super();
@@ -145,7 +148,20 @@ export class PipedriveSimulator extends EventEmitter {
 
   /** Starts listening on 127.0.0.1; resolves to the API root (`http://127.0.0.1:P/v1`). */
   async listen(port = 0, host = '127.0.0.1'): Promise<string> {
-    const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => void this.handle(req, res));
+    const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
+      this.handling++;
+      void this.handle(req, res).finally(() => {
+        this.handling--;
+        this.emit('settled');
+      });
+    });
+    server.on('connection', (socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => {
+        this.sockets.delete(socket);
+        this.emit('settled');
+      });
+    });
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -153,6 +169,15 @@ export class PipedriveSimulator extends EventEmitter {
     });
     const addr = server.address() as AddressInfo;
     return `http://${host}:${addr.port}/v1`;
+  }
+
+  /**
+   * Resolves when no client connection is open and no request is being handled: after a
+   * client was killed, every request it had sent has been applied (as a real server would)
+   * or dropped.
+   */
+  async idle(): Promise<void> {
+    while (this.sockets.size > 0 || this.handling > 0) await new Promise((r) => this.once('settled', r));
   }
 
   async close(): Promise<void> {

@@ -7,11 +7,11 @@
  *  1. resolve the key of rows with several key columns (first value matching a record)
  *  2. rows sharing a key are folded in place in staging, in file order per merge policy
  *  3. lookups: missing reference rows (states, cities...) created in bulk
- *  4. one INSERT ... ON CONFLICT DO UPDATE of the target (the floor's statement), writing
- *     only records whose merged values differ; ids of what it touched go to `sluice_ids`
- *  5. ids of the untouched existing records (needed by the child table)
- *  6. child upsert (e.g. lead_infos fill-if-blank) for all of them
- *  7. counts: inserted / updated / unchanged rows
+ *  4. the upsert: one statement that probes the target's key once per row, updates the
+ *     records whose merged values differ, inserts the new ones, and records every key's id
+ *     and outcome in `sluice_ids`
+ *  5. child upsert (e.g. lead_infos fill-if-blank) for all of them
+ *  6. counts: inserted / updated / unchanged rows
  */
 import type { MergePolicy, Pipeline, StageType, TargetField } from '../engine/pipeline.ts';
 
@@ -116,7 +116,6 @@ export interface MergeSql {
   fold: string;
   lookups: string[];
   upsert: string;
-  missingIds: string | undefined;
   childInsert: string | undefined;
   childSource: string | undefined;
   childUpsert: string | undefined;
@@ -126,8 +125,6 @@ export interface MergeSql {
   counts: string;
   /** Counts when every staged row is a key met only here. */
   countsSimple: string;
-  /** Keys the upsert left alone, without their ids (pipelines without a child table). */
-  untouchedKeys: string;
 }
 
 /** All statements of the merge of `stage` into the pipeline's target. */
@@ -220,29 +217,43 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     sets.push(`${ident(a.column)} = ${r.set}`);
     changes.push(r.changes);
   }
-  // One statement inserts new records and updates changed ones (unchanged rows are not
-  // written); `xmax = 0` tells a fresh insert from an update.
-  const upsert = `WITH up AS (
-      INSERT INTO ${T} AS t (${[TK, ...main.map((a) => ident(a.column))].join(', ')})
-      SELECT m.${K}, ${main.map((a) => a.value).join(', ')} FROM ${S} m ${lookupJoin}
-      ON CONFLICT (${TK}) DO UPDATE SET ${sets.length ? `${sets.join(', ')}, ` : ''}updated_at = now()
-      WHERE ${changes.join(' OR ') || 'false'}
-      RETURNING t.id, t.${TK} AS key, (t.xmax = 0) AS inserted)
-    INSERT INTO sluice_ids (key, id, inserted, changed) SELECT key, id, inserted, true FROM up`;
+  // One statement: each staged row probes the target's key index once (m); records whose
+  // merged values differ are updated by primary key, new ones inserted by a plain INSERT
+  // (no speculative insertion, no row lock on unchanged records: ON CONFLICT DO UPDATE
+  // locks, and so writes, every conflicting row); every key's id and outcome go to
+  // `sluice_ids`. Merges into the target are serialized by an advisory lock (merge.ts); a
+  // writer outside Sluice inserting the same key meanwhile makes the INSERT fail on the
+  // unique key, and the import fails whole rather than losing the row.
+  const vals = main.map((a, i) => ({ ...a, v: `v${i}` }));
+  const changed = vals
+    .map((a) => assignment(a.merge, `x.${a.v}`, `t.${ident(a.column)}`, a.text)?.changes)
+    .filter((c): c is string => c !== undefined);
+  const updSets = vals.flatMap((a) => {
+    const r = assignment(a.merge, `m.${a.v}`, `t.${ident(a.column)}`, a.text);
+    return r ? [`${ident(a.column)} = ${r.set}`] : [];
+  });
+  const upsert = `WITH m AS MATERIALIZED (
+      SELECT x.*, t.id AS tid, (${changed.join(' OR ') || 'false'}) AS changed
+        FROM (SELECT m.${K} AS key, ${vals.map((a) => `${a.value} AS ${a.v}`).join(', ')} FROM ${S} m ${lookupJoin}) x
+        LEFT JOIN ${T} t ON t.${TK} = x.key),
+    upd AS (
+      UPDATE ${T} t SET ${updSets.length ? `${updSets.join(', ')}, ` : ''}updated_at = now()
+        FROM m WHERE t.id = m.tid AND m.changed),
+    ins AS (
+      INSERT INTO ${T} (${[TK, ...vals.map((a) => ident(a.column))].join(', ')})
+      SELECT key, ${vals.map((a) => a.v).join(', ')} FROM m WHERE tid IS NULL
+      RETURNING id, ${TK} AS key)
+    INSERT INTO sluice_ids (key, id, inserted, changed)
+    SELECT key, id, true, true FROM ins
+    UNION ALL SELECT key, tid, false, changed FROM m WHERE tid IS NOT NULL`;
 
   const child = t.child;
-  let missingIds: string | undefined;
   let childUpsert: string | undefined;
   let childInsert: string | undefined;
   let childInsertMissing: string | undefined;
   let childSource: string | undefined;
   let childFlag: string | undefined;
   if (child) {
-    // Records the upsert left alone still need their id for the child table.
-    // (Usually few: an index probe each, not a hash of the whole target.)
-    missingIds = `INSERT INTO sluice_ids (key, id, inserted, changed)
-      SELECT m.${K}, (SELECT t.id FROM ${T} t WHERE t.${TK} = m.${K}), false, false FROM ${S} m
-       WHERE NOT EXISTS (SELECT 1 FROM sluice_ids i WHERE i.key = m.${K})`;
     const C = ident(child.table);
     const FK = ident(child.foreignKey);
     const cf = child.fields;
@@ -312,8 +323,5 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
         ELSE m.n END), 0) AS unchanged
     FROM ${S} m LEFT JOIN sluice_ids i ON i.key = m.${K} LEFT JOIN sluice_ids_all a ON a.key = m.${K}`;
 
-  const untouchedKeys = `INSERT INTO sluice_ids (key, id, inserted, changed)
-      SELECT m.${K}, NULL, false, false FROM ${S} m WHERE NOT EXISTS (SELECT 1 FROM sluice_ids i WHERE i.key = m.${K})`;
-
-  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, missingIds, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple, untouchedKeys };
+  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, upsert, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple };
 }

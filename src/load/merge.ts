@@ -7,7 +7,7 @@
 import type { QueryResult } from 'pg';
 import type { Client } from '../db/pool.ts';
 import type { Pipeline, StageType } from '../engine/pipeline.ts';
-import { ident, mergeSql, type MergeSql } from './merge-sql.ts';
+import { mergeSql, type MergeSql } from './merge-sql.ts';
 
 export interface MergeCounts {
   inserted: number;
@@ -29,12 +29,6 @@ export interface MergeHints {
    * this list occurs once). Undefined: unknown, every key is checked.
    */
   possibleDuplicates?: string[];
-}
-
-/** Rows removed by folding: staged rows minus rows now in staging. */
-async function stagedFolded(client: Client, stage: string): Promise<number> {
-  const { rows } = await client.query(`SELECT coalesce(sum(n - 1), 0)::bigint AS folded FROM ${ident(stage)} WHERE n > 1`);
-  return Number(rows[0].folded);
 }
 
 function lockKey(table: string): string {
@@ -130,15 +124,11 @@ export class MergeSession {
   }
 
   /**
-   * After the upsert: ids of the keys it left alone (`untouched`), the child table, the
+   * After the upsert: the child table, the
    * chunk's outcome kept for later merges (`keep`), then the counts (last).
    */
-  private restStatements(sql: MergeSql, untouched: boolean, keep: boolean, counts: string): Statement[] {
+  private restStatements(sql: MergeSql, keep: boolean, counts: string): Statement[] {
     const s: Statement[] = [{ text: 'SET LOCAL enable_mergejoin = on' }];
-    // Every key the upsert did not touch is an existing, unchanged record: the child table
-    // needs its id; a later chunk's counts need to know it was met.
-    const missing = sql.missingIds ?? (keep ? sql.untouchedKeys : undefined);
-    if (untouched && missing) s.push({ name: 'missing_ids', text: missing });
     // Statistics for the planner: hash joins, not sorts, on hundreds of thousands of ids.
     s.push({ name: 'analyze', text: 'ANALYZE sluice_ids' });
     if (sql.childInsert) s.push({ name: 'child_insert', text: sql.childInsert });
@@ -176,10 +166,9 @@ export class MergeSession {
     const dups = await step('duplicates', sql.duplicates(known), known ? [hints.possibleDuplicates] : undefined);
     const dupKeys = dups.rows.map((r: { key: string }) => r.key);
     if (dupKeys.length > 0) await step('fold', sql.fold, [dupKeys]);
-    const up = await this.run(this.upsertStatements(sql));
-    const keys = hints.rows - (dupKeys.length > 0 ? await stagedFolded(this.client, stage) : 0);
+    await this.run(this.upsertStatements(sql));
     const simple = dupKeys.length === 0 && !afterChunks;
-    const c = await this.run(this.restStatements(sql, (up.rowCount ?? 0) < keys, this.chunked && !afterChunks, simple ? sql.countsSimple : sql.counts));
+    const c = await this.run(this.restStatements(sql, this.chunked && !afterChunks, simple ? sql.countsSimple : sql.counts));
     const r = c.rows[0] as { inserted: number; updated: number; unchanged?: number };
     return this.count({ inserted: r.inserted, updated: r.updated, unchanged: r.unchanged ?? hints.rows - r.inserted - r.updated });
   }
@@ -192,8 +181,8 @@ export class MergeSession {
    */
   async mergeChunk(stage: string, rows: number): Promise<MergeCounts> {
     const sql = mergeSql(this.pipeline, stage, this.types);
-    const up = await this.run(this.upsertStatements(sql), 'chunk_upsert');
-    const c = await this.run(this.restStatements(sql, (up.rowCount ?? 0) < rows, true, sql.countsSimple), 'chunk_rest');
+    await this.run(this.upsertStatements(sql), 'chunk_upsert');
+    const c = await this.run(this.restStatements(sql, true, sql.countsSimple), 'chunk_rest');
     const r = c.rows[0] as { inserted: number; updated: number };
     return this.count({ inserted: r.inserted, updated: r.updated, unchanged: rows - r.inserted - r.updated });
   }
