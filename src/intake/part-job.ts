@@ -10,6 +10,7 @@
 import { from as copyFrom } from 'pg-copy-streams';
 import { pipeline as streamPipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
+import { setImmediate } from 'node:timers/promises';
 import { InvalidFileError, errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
 import { completePart, failPart, lockImport, notifyImportFinished, notifyPartDone, startPart } from '../db/sql/intake.ts';
@@ -90,6 +91,18 @@ function* stagingText(text: string, parser: RecordParser, mapper: RowMapper, spe
   }
 }
 
+/**
+ * The slices' COPY text, letting the event loop turn between slices: a merge running in
+ * this process (it follows the parts as they are staged) and the jobs' heartbeats are not
+ * held up for a whole part's parsing.
+ */
+async function* yielding(chunks: Iterable<string>): AsyncGenerator<string> {
+  for (const chunk of chunks) {
+    yield chunk;
+    await setImmediate();
+  }
+}
+
 export async function runPart(ctx: IntakeContext, importId: string, n: number): Promise<PartOutcome> {
   const { pool, boss } = ctx;
   const t0 = performance.now();
@@ -122,7 +135,7 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
         await client.query('DELETE FROM import_rejects WHERE import_id = $1 AND line BETWEEN $2 AND $3', [importId, work.first_line, work.last_line]);
       }
       // Parsing feeds the COPY: Node parses the next slice while Postgres stores the last.
-      await streamPipeline(Readable.from(stagingText(text, parser, mapper, spent)), client.query(copyFrom(stageCopySql(pipeline, partTableName(importId, n)))));
+      await streamPipeline(Readable.from(yielding(stagingText(text, parser, mapper, spent))), client.query(copyFrom(stageCopySql(pipeline, partTableName(importId, n)))));
       if (rejects.lines.length > 0) await streamPipeline(Readable.from([rejects.lines.join('')]), client.query(copyFrom(REJECTS_COPY)));
       timings.parse = Math.round(spent.parse);
       timings.copy = Math.round(performance.now() - t - spent.parse);
