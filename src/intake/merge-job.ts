@@ -77,6 +77,25 @@ class PartLost {
   }
 }
 
+/**
+ * The key hashes of a part (`list`: its keys' hashtext, comma-separated) that may have
+ * been met before: in an earlier part (`filter`, which learns this part's keys) or earlier
+ * in this part. Also the number of hashes, which is the part's staged row count.
+ */
+export function suspectKeys(list: string | null, filter: KeyFilter): { hashes: number; suspects: Set<number> } {
+  const hashes = list ? list.split(',').map(Number) : [];
+  const inPart = new Set<number>();
+  const suspects = new Set<number>();
+  for (const h of hashes) {
+    if (inPart.has(h)) suspects.add(h);
+    else {
+      inPart.add(h);
+      if (filter.addHash(h)) suspects.add(h);
+    }
+  }
+  return { hashes: hashes.length, suspects };
+}
+
 export async function runMerge(
   ctx: IntakeContext,
   importId: string,
@@ -213,18 +232,9 @@ async function followParts(
     const t = performance.now();
     const table = ident(partTableName(o.importId, n));
     const list = (await client.query(`SELECT string_agg(hashtext(${key}::text)::text, ',') AS h FROM ${table}`)).rows[0].h as string | null;
-    const hashes = list ? list.split(',').map(Number) : [];
-    if (hashes.length !== accepted) throw new PartLost(n);
-    const inPart = new Set<number>();
-    const suspects = new Set<number>();
-    for (const h of hashes) {
-      if (inPart.has(h)) suspects.add(h);
-      else {
-        inPart.add(h);
-        if (filter!.addHash(h)) suspects.add(h);
-      }
-    }
-    let rows = hashes.length;
+    const { hashes, suspects } = suspectKeys(list, filter!);
+    if (hashes !== accepted) throw new PartLost(n);
+    let rows = hashes;
     if (suspects.size > 0) {
       const moved = await client.query(
         `WITH moved AS (DELETE FROM ${table} WHERE hashtext(${key}::text) = ANY ($1::int[]) RETURNING *) INSERT INTO ${later} SELECT * FROM moved`,

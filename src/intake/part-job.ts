@@ -44,7 +44,7 @@ interface RecordParser {
   end(): ParsedBatch;
 }
 
-function parserFor(kind: 'csv' | 'fixed-width', delimiter: string | null, firstLine: number): RecordParser {
+export function parserFor(kind: 'csv' | 'fixed-width', delimiter: string | null, firstLine: number): RecordParser {
   if (kind === 'fixed-width') return new WhitespaceColumnsParser({ firstLine });
   // The CSV parser counts lines from 1: shifted to the part's place in the file.
   const p = new CsvParser({ delimiter: delimiter ?? ',' });
@@ -70,7 +70,7 @@ const SLICE_CHARS = 16 * 1024;
  * record spanning two slices is completed by the parser). `spent.parse` adds up the ms
  * spent decoding, parsing and validating.
  */
-function* stagingText(text: string, parser: RecordParser, mapper: RowMapper, spent: { parse: number }): Generator<string> {
+export function* stagingText(text: string, parser: RecordParser, mapper: RowMapper, spent: { parse: number }): Generator<string> {
   let from = 0;
   for (;;) {
     const t = performance.now();

@@ -110,6 +110,14 @@ export const purchases: Pipeline = {
     { name: 'last_store', headers: ['loja da ultima compra', 'last store'], type: 'text', parse: (v) => storeOf(v).digits },
     { name: 'last_store_valid', headers: ['loja da ultima compra', 'last store'], type: 'boolean', parse: (v) => storeOf(v).valid },
   ],
+  // Lines of base_teste.txt's shapes: a full row, a row of NULLs, a CNPJ, another store.
+  sample: [
+    'CPF                PRIVATE     INCOMPLETO  DATA DA ÚLTIMA COMPRA TICKET MÉDIO          TICKET DA ÚLTIMA COMPRA LOJA MAIS FREQUÊNTE LOJA DA ÚLTIMA COMPRA',
+    '866.315.609-00     0           0           2010-01-13            335,38                335,38                  79.379.491/0001-83  79.379.491/0001-83',
+    '041.091.641-25     0           0           NULL                  NULL                  NULL                    NULL                NULL',
+    '111.444.777-35     1           0           2012-02-29            1.234,56              99,90                   79.379.491/0008-50  79.379.491/0001-83',
+    '11.444.777/0001-61 0           1           2013-11-01            120,00                120,00                  79.379.491/0008-50  79.379.491/0008-50',
+  ].join('\n'),
   target: {
     table: 'purchases',
     key: 'document',
