@@ -7,12 +7,11 @@
  * its first import anyway; this makes the first import after a (re)start as fast. About
  * 0.2 s of CPU per start; SLUICE_WORKER_WARMUP=0 skips it.
  */
-import { KeyFilter } from '../engine/key-filter.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
 import { BufferedRejects } from '../load/rejects.ts';
 import { pipelines } from '../pipelines/index.ts';
-import { suspectKeys } from './merge-job.ts';
+import { SeenHashes, suspectKeys } from './merge-job.ts';
 import { parserFor, stagingText } from './part-job.ts';
 
 /** Rows run through each pipeline's row path, in ROUNDS passes of ROWS rows. */
@@ -46,11 +45,11 @@ function warmRowPath(p: Pipeline, sample: string): number {
 
 /** The merge's per-part check of the key hashes, over made-up hashes. */
 function warmMergeCheck(): void {
-  const filter = new KeyFilter();
+  const seen = new SeenHashes();
   let x = 1;
   for (let part = 0; part < ROUNDS; part++) {
     const hashes: number[] = [];
     for (let i = 0; i < ROWS; i++) hashes.push((x = Math.imul(x, 48271) | 0));
-    suspectKeys(hashes.join(','), filter);
+    suspectKeys(hashes.join(','), seen);
   }
 }
