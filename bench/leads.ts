@@ -133,6 +133,12 @@ for (let i = 0; i < RUNS; i++) {
     if (which === 'sluice') {
       const r = await sluiceImport(url);
       r.result.timings = await admin(url, async (c) => (await c.query('SELECT timings FROM imports WHERE id = $1', [r.result.id])).rows[0]?.timings);
+      // A fast wrong import is no result: every row counted once, every insert a new lead.
+      const n = r.result.rows as { read: number; inserted: number; updated: number; unchanged: number; rejected: number };
+      const leadsNow = await admin(url, async (c) => Number((await c.query('SELECT count(*) AS n FROM leads')).rows[0].n));
+      if (n.inserted + n.updated + n.unchanged + n.rejected !== n.read || leadsNow !== N + n.inserted) {
+        throw new Error(`sluice import counts do not add up: ${JSON.stringify(n)}, leads ${N} -> ${leadsNow}`);
+      }
       sluiceTimes.push(r.s);
       rss.push(r.rssMb);
       lastResult = r.result;

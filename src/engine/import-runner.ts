@@ -9,11 +9,12 @@
  */
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { from as copyFrom } from 'pg-copy-streams';
 import { InvalidFileError, InvalidInputError, errorMessage } from '../core/errors.ts';
 import type { Client, Pool } from '../db/pool.ts';
-import { createImport, finishImport, type ImportOutcome } from '../db/sql/imports.ts';
+import { createImport, failInterruptedImports, finishImport, lockImportOwner, unlockImportOwner, type ImportOutcome } from '../db/sql/imports.ts';
 import type { ParsedBatch } from '../formats/csv-parser.ts';
 import { detectFile, readRecords, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
@@ -82,13 +83,23 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
     });
     return fail(o, id, t0, timings, errorMessage(err), { read: 0, rejected: 0 });
   }
-  const id = await createImport(o.pool, {
-    pipeline: o.pipeline.name, fileName: o.fileName ?? path.basename(o.file), fileBytes: bytes,
-    source: o.source ?? 'cli', status: 'running', options: { maxRejectRatio: o.maxRejectRatio ?? 1 },
-  });
+  const client = await o.pool.connect();
+  // Imports killed before they finished are recorded as such and their staging dropped;
+  // this one holds its owner lock from before its row exists until it has ended.
+  await failInterruptedImports(client, dropStaging(client));
+  const id = randomUUID();
+  await lockImportOwner(client, id);
+  try {
+    await createImport(o.pool, {
+      id, pipeline: o.pipeline.name, fileName: o.fileName ?? path.basename(o.file), fileBytes: bytes,
+      source: o.source ?? 'cli', status: 'running', options: { maxRejectRatio: o.maxRejectRatio ?? 1 },
+    });
+  } catch (err) {
+    await unlockImportOwner(client, id).finally(() => client.release());
+    throw err;
+  }
   const rejects = new RejectSink(o.pool, id);
   const stage = stageTableName(id);
-  const client = await o.pool.connect();
   let mapper: RowMapper | undefined;
   let ignored: string[] = [];
   try {
@@ -122,9 +133,19 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
     await rejects.flush().catch(() => {});
     return fail(o, id, t0, timings, errorMessage(err), { read: mapper?.read ?? 0, rejected: mapper?.rejected ?? 0 });
   } finally {
-    await client.query(`DROP TABLE IF EXISTS ${ident(stage)}`).catch(() => {});
-    client.release();
+    await dropStaging(client)(id).catch(() => {});
+    // A connection that cannot unlock goes back to the pool broken (destroyed), not locked.
+    const broken = await unlockImportOwner(client, id).then(() => undefined, (e: unknown) => e as Error);
+    client.release(broken);
   }
+}
+
+/** Drops an import's staging tables (the stage and its chunk table). */
+function dropStaging(client: Client): (id: string) => Promise<void> {
+  return async (id) => {
+    const stage = stageTableName(id);
+    await client.query(`DROP TABLE IF EXISTS ${ident(stage)}, ${ident(`${stage}_chunk`)}`);
+  };
 }
 
 async function fail(
@@ -247,7 +268,11 @@ async function stageAndMerge(
   };
   /** Starts the merge of the chunk; with `wait`, waits for it. */
   const flushChunk = async (wait: boolean) => {
-    if (chunk.rows === 0) return;
+    if (chunk.rows === 0) {
+      // The last chunk may have filled up, and started merging, with the file's last row.
+      if (wait) await settle();
+      return;
+    }
     await settle();
     const lines = chunk;
     chunk = new Lines();
@@ -316,6 +341,9 @@ async function stageAndMerge(
     if (laterRows > 0) {
       await session.mergeStaged(stage, { rows: laterRows, hasKeyCandidates: mapper.hasKeyCandidates }, true);
     }
+    // Every merge has returned: a COMMIT queued behind a chunk's first round trip would end
+    // the transaction before its second (the child table and counts) ran.
+    await settle();
     await session.commit();
     return { mapper, counts: session.total };
   } catch (err) {

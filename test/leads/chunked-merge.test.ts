@@ -138,3 +138,27 @@ test('without a child table, a key met unchanged then changed by a later row cou
     }
   }
 });
+
+test('a file whose last chunk fills up with its last row: that chunk is merged whole, child rows and counts included', async () => {
+  // Distinct keys only (no row waits for a last merge), 6 rows in chunks of 3 and of 2.
+  for (const size of [2, 3]) {
+    const db = await testDb();
+    try {
+      await db.pool.query(`INSERT INTO leads (email, name) VALUES ('e1@x.com', 'Old'), ('e4@x.com', 'Old')`);
+      const file = path.join(dir, `exact-${size}.csv`);
+      const rows = [1, 2, 3, 4, 5, 6].map((i) => `e${i}@x.com,N${i},tw${i},,,,,,,,,,`);
+      fs.writeFileSync(file, `${HEADER}\n${rows.join('\n')}\n`);
+      process.env.SLUICE_CHUNK_ROWS = String(size);
+      const r = await runImport({ pool: db.pool, pipeline: leads, file });
+      assert.equal(r.status, 'completed', r.error);
+      assert.deepEqual(r.rows, { read: 6, inserted: 4, updated: 2, unchanged: 0, rejected: 0 }, `${size}-row chunks`);
+      const infos = await db.pool.query(
+        `SELECT l.email, li.twitter FROM leads l JOIN lead_infos li ON li.lead_id = l.id ORDER BY l.email`,
+      );
+      assert.deepEqual(infos.rows.map((x: { twitter: string }) => x.twitter), ['tw1', 'tw2', 'tw3', 'tw4', 'tw5', 'tw6']);
+    } finally {
+      delete process.env.SLUICE_CHUNK_ROWS;
+      await db.close();
+    }
+  }
+});

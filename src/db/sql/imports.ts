@@ -25,14 +25,57 @@ export interface ImportRow {
 
 export async function createImport(
   db: Db,
-  v: { pipeline: string; fileName: string | null; fileBytes: number | null; source: string; status: 'queued' | 'running'; options?: object },
+  v: { id?: string; pipeline: string; fileName: string | null; fileBytes: number | null; source: string; status: 'queued' | 'running'; options?: object },
 ): Promise<string> {
   const { rows } = await db.query<{ id: string }>(
-    `INSERT INTO imports (pipeline, file_name, file_bytes, source, status, options, started_at)
-     VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $5 = 'running' THEN now() END) RETURNING id`,
-    [v.pipeline, v.fileName, v.fileBytes, v.source, v.status, JSON.stringify(v.options ?? {})],
+    `INSERT INTO imports (id, pipeline, file_name, file_bytes, source, status, options, started_at)
+     VALUES (coalesce($7::uuid, gen_random_uuid()), $1, $2, $3, $4, $5, $6, CASE WHEN $5 = 'running' THEN now() END) RETURNING id`,
+    [v.pipeline, v.fileName, v.fileBytes, v.source, v.status, JSON.stringify(v.options ?? {}), v.id ?? null],
   );
   return rows[0]!.id;
+}
+
+/**
+ * A CLI import's connection holds this session lock for the import's whole life: an
+ * import left `running` whose lock can be taken was stopped (killed) mid-way.
+ */
+function ownerLock(fn: 'pg_advisory_lock' | 'pg_try_advisory_lock' | 'pg_advisory_unlock', param: string): string {
+  return `SELECT ${fn}(hashtext('sluice:import:' || ${param})) AS ok`;
+}
+
+export async function lockImportOwner(client: Client, id: string): Promise<void> {
+  await client.query(ownerLock('pg_advisory_lock', '$1::text'), [id]);
+}
+
+export async function unlockImportOwner(client: Client, id: string): Promise<void> {
+  await client.query(ownerLock('pg_advisory_unlock', '$1::text'), [id]);
+}
+
+/**
+ * CLI imports left `running` by a process that died: marked failed ("interrupted"; their
+ * merge transaction was rolled back by the server, so nothing of them was written) and
+ * passed to `cleanup` (their staging tables), each while holding its owner lock.
+ */
+export async function failInterruptedImports(client: Client, cleanup: (id: string) => Promise<void>): Promise<string[]> {
+  const { rows } = await client.query<{ id: string }>(`SELECT id FROM imports WHERE source = 'cli' AND status = 'running'`);
+  const failed: string[] = [];
+  for (const { id } of rows) {
+    if (!(await client.query(ownerLock('pg_try_advisory_lock', '$1::text'), [id])).rows[0].ok) continue;
+    try {
+      const r = await client.query(
+        `UPDATE imports SET status = 'failed', error = 'interrupted (the process stopped before the import finished; nothing of it was written)',
+                finished_at = now(), updated_at = now() WHERE id = $1 AND status = 'running'`,
+        [id],
+      );
+      if (r.rowCount) {
+        await cleanup(id);
+        failed.push(id);
+      }
+    } finally {
+      await unlockImportOwner(client, id);
+    }
+  }
+  return failed;
 }
 
 export interface ImportOutcome {

@@ -1,0 +1,122 @@
+/**
+ * Crash safety of `sluice import`: the CLI killed with SIGKILL in the middle of its merge
+ * leaves the lead tables as they were; the next import records the dead one as
+ * interrupted, drops its staging, and ends with the same tables and counts as an import
+ * that never crashed.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { LEADS_CSV_HEADER } from '../../src/gen/leads.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
+import { killAll, startSluice, until } from '../helpers/processes.ts';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-crash-'));
+const ROWS = 20_000;
+let crashed: TestDb;
+let clean: TestDb;
+
+before(async () => {
+  [crashed, clean] = await Promise.all([testDb(), testDb()]);
+});
+after(async () => {
+  await killAll();
+  await Promise.all([crashed.close(), clean.close()]);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Half the file's emails exist already (with lead_infos), half are new. */
+async function seed(db: TestDb): Promise<void> {
+  await db.pool.query(`INSERT INTO leads (email, name) SELECT 'lead' || i || '@x.com', 'Old ' || i FROM generate_series(0, $1 - 1, 2) i`, [ROWS]);
+  await db.pool.query(`INSERT INTO lead_infos (lead_id, twitter) SELECT id, 'old' FROM leads WHERE id % 3 = 0`);
+}
+
+function writeFile(): string {
+  const file = path.join(dir, 'leads.csv');
+  const lines = Array.from({ length: ROWS }, (_, i) => `lead${i}@x.com,New ${i},@tw${i},site${i}.com,,,(11) 9${i},Campinas,SP,t${i % 7},sim,Dev,1`);
+  fs.writeFileSync(file, `${LEADS_CSV_HEADER}\n${lines.join('\n')}\n`);
+  return file;
+}
+
+async function snapshot(db: TestDb): Promise<string> {
+  const { rows } = await db.pool.query(
+    `SELECT md5(string_agg(concat_ws('|', l.email, l.name, l.job_title, l.opportunity, l.tags::text, c.name, s.acronym,
+                                     li.twitter, li.website, li.mobile_phone), ',' ORDER BY l.email)) AS h, count(*) AS n
+       FROM leads l LEFT JOIN lead_infos li ON li.lead_id = l.id
+       LEFT JOIN cities c ON c.id = l.city_id LEFT JOIN states s ON s.id = l.state_id`,
+  );
+  return `${rows[0].n}:${rows[0].h}`;
+}
+
+async function importOnce(db: TestDb, file: string): Promise<Record<string, unknown>> {
+  const p = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], { DATABASE_URL: db.url, SLUICE_CHUNK_ROWS: '1000' });
+  const code = await new Promise<number | null>((r) => p.child.once('exit', r));
+  assert.equal(code, 0, p.output());
+  return JSON.parse(p.output().trim().split('\n').pop()!) as Record<string, unknown>;
+}
+
+test('kill -9 mid-merge: nothing written; the next import marks it interrupted and gives the uncrashed result', async () => {
+  const file = writeFile();
+  await Promise.all([seed(crashed), seed(clean)]);
+  const before = await snapshot(crashed);
+
+  const victim = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], { DATABASE_URL: crashed.url, SLUICE_CHUNK_ROWS: '1000' });
+  // Killed once a chunk has been merged inside the import's open transaction.
+  // (A chunk's second round trip starts with this statement; pg_stat_activity keeps only
+  // the first 1 kB of a query's text.)
+  await until(async () => {
+    assert.equal(victim.child.exitCode, null, `the import ended before it could be killed: ${victim.output()}`);
+    const q = `SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'SET LOCAL enable_mergejoin = on%'`;
+    return (await crashed.pool.query(q)).rowCount;
+  }, 'a merged chunk');
+  await victim.kill('SIGKILL');
+  const dead = await crashed.pool.query(`SELECT id, status FROM imports`);
+  assert.deepEqual(dead.rows.map((r) => r.status), ['running']);
+  // The server rolls the transaction back when the connection drops.
+  await until(async () => (await crashed.pool.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory'`)).rowCount === 0, 'the dead session gone');
+  assert.equal(await snapshot(crashed), before, 'no lead or lead_info written by the killed import');
+
+  const again = await importOnce(crashed, file);
+  const reference = await importOnce(clean, file);
+  assert.equal(again.status, 'completed');
+  assert.deepEqual(again.rows, reference.rows);
+  assert.deepEqual(again.rows, { read: ROWS, inserted: ROWS / 2, updated: ROWS / 2, unchanged: 0, rejected: 0 });
+  assert.equal(await snapshot(crashed), await snapshot(clean), 'same tables as an import that never crashed');
+
+  const runs = await crashed.pool.query(`SELECT id, status, error FROM imports ORDER BY created_at`);
+  assert.equal(runs.rows[0].id, dead.rows[0].id);
+  assert.equal(runs.rows[0].status, 'failed');
+  assert.match(runs.rows[0].error, /interrupted/);
+  assert.equal(runs.rows[1].status, 'completed');
+  const staging = await crashed.pool.query(`SELECT relname FROM pg_class WHERE relname LIKE 'sluice_stage_%'`);
+  assert.deepEqual(staging.rows, [], 'the dead import\'s staging tables were dropped');
+});
+
+test('the merge connection dropped mid-merge: the import fails with the error, exit 1, nothing written', async () => {
+  const file = writeFile();
+  const db = await testDb();
+  try {
+    await seed(db);
+    const before = await snapshot(db);
+    const p = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], { DATABASE_URL: db.url, SLUICE_CHUNK_ROWS: '1000' });
+    const pid = await until(async () => {
+      assert.equal(p.child.exitCode, null, `the import ended before its connection could be dropped: ${p.output()}`);
+      const q = `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'SET LOCAL enable_mergejoin = on%'`;
+      return (await db.pool.query<{ pid: number }>(q)).rows[0]?.pid;
+    }, 'a merged chunk');
+    await db.pool.query('SELECT pg_terminate_backend($1)', [pid]);
+    const code = await new Promise<number | null>((r) => (p.child.exitCode !== null ? r(p.child.exitCode) : p.child.once('exit', r)));
+    assert.equal(code, 1, p.output());
+    const out = JSON.parse(p.output().trim().split('\n').pop()!) as { status: string; error: string };
+    assert.equal(out.status, 'failed');
+    assert.match(out.error, /terminat|connection/i);
+    assert.equal(await snapshot(db), before, 'nothing written');
+    const { rows } = await db.pool.query(`SELECT status, error FROM imports`);
+    assert.equal(rows[0].status, 'failed');
+    assert.equal(rows[0].error, out.error);
+  } finally {
+    await db.close();
+  }
+});
