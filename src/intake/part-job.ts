@@ -4,8 +4,9 @@
  * and wake the merge (or, for an import whose merge was not sent with its first part,
  * enqueue it when this is the last part). A worker killed at any point leaves either nothing or the whole
  * part: re-running a part never duplicates rows. Where the time went (ms) is kept in
- * import_parts.timings: start (claim + bytes), parse (decode, parse, validate), copy, lock
- * (waiting for the import row), the rest is commit.
+ * import_parts.timings: start (claim + bytes), parse (decode, parse, validate), copy (the
+ * COPY's time beyond the parsing it overlaps), lock (waiting for the import row), the rest
+ * is commit.
  */
 import { from as copyFrom } from 'pg-copy-streams';
 import { pipeline as streamPipeline } from 'node:stream/promises';
