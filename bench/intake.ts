@@ -79,14 +79,22 @@ function sluice(args: string[], env: Record<string, string>): ChildProcess {
   return spawn(path.join(repoRoot, 'bin', 'sluice'), args, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
+/** Resolves when the process has written a line matching `re` (fails after 60 s, with what it wrote). */
 function waitLine(p: ChildProcess, re: RegExp): Promise<void> {
   return new Promise((resolve, reject) => {
     let out = '';
+    const timer = setTimeout(() => reject(new Error(`no ${re} from ${p.spawnargs.join(' ')} in 60 s: ${out}`)), 60_000);
     p.stderr!.on('data', (d: Buffer) => {
       out += d.toString();
-      if (re.test(out)) resolve();
+      if (re.test(out)) {
+        clearTimeout(timer);
+        resolve();
+      }
     });
-    p.once('exit', (code) => reject(new Error(`exited ${code}: ${out}`)));
+    p.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`exited ${code}: ${out}`));
+    });
   });
 }
 
@@ -129,8 +137,15 @@ await listener.connect();
 await listener.query('LISTEN sluice_imports');
 const finishedIds = new Set<string>();
 const finishWaiters = new Map<string, () => void>();
+/**
+ * Backend pid of each import's merge: the finished NOTIFY is sent in the merge's transaction,
+ * so its process id is the merge's backend. Its CPU is reported as `pg:merge` (that backend
+ * may have served a few part-job statements before the merge took it from the pool).
+ */
+const mergePids = new Set<number>();
 listener.on('notification', (m) => {
   if (!m.payload) return;
+  mergePids.add(m.processId);
   finishedIds.add(m.payload);
   finishWaiters.get(m.payload)?.();
 });
@@ -208,7 +223,7 @@ async function pgProcesses(): Promise<Map<number, string>> {
 function cpuSpent(before: Map<number, number>, after: Map<number, number>, who: Map<number, string>): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [pid, t] of after) {
-    const k = who.get(pid) ?? '?';
+    const k = mergePids.has(pid) ? 'pg:merge' : who.get(pid) ?? '?';
     out[k] = (out[k] ?? 0) + (t - (before.get(pid) ?? 0)) / 1000;
   }
   for (const k of Object.keys(out)) out[k] = Number(out[k]!.toFixed(2));

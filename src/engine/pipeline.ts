@@ -107,4 +107,10 @@ export interface Pipeline {
   key: KeyColumn;
   columns: SourceColumn[];
   target: Target;
+  /**
+   * A few lines of a typical file, header first (CSV: comma-separated), run through the
+   * row path when a worker starts so that its first parts do not run in cold code
+   * (src/intake/warm-up.ts). Optional.
+   */
+  sample?: string;
 }

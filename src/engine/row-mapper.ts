@@ -67,6 +67,7 @@ export function mapHeader(pipeline: Pipeline, header: string[]): ColumnMapping {
   return { keyIndexes, columnIndexes, ignored, headerLength: header.length };
 }
 
+/** The first non-blank of `fields[indexes]`, trimmed. */
 function firstNonBlank(fields: string[], indexes: number[]): string | undefined {
   for (const i of indexes) {
     const v = fields[i];
@@ -78,11 +79,32 @@ function firstNonBlank(fields: string[], indexes: number[]): string | undefined 
   return undefined;
 }
 
+/** The trimmed cell `fields[i]`, undefined when it is missing or blank. */
+function cell(fields: string[], i: number): string | undefined {
+  const v = fields[i];
+  if (v === undefined) return undefined;
+  const t = v.trim();
+  return t === '' ? undefined : t;
+}
+
 function isError(r: CellResult): r is { error: string } {
   return r !== null && typeof r === 'object';
 }
 
 const MAX_SUSPECTS = 50_000;
+
+/** How one pipeline column is read, decided once per header (the per-row loop only follows it). */
+interface ColumnPlan {
+  /** The single header index feeding the column, or -1 when several do (firstNonBlank). */
+  index: number;
+  indexes: number[];
+  name: string;
+  parse: ((value: string) => CellResult) | undefined;
+  /** An invalid value rejects the row (else only the field). */
+  rejectsRow: boolean;
+  /** Text values need COPY escaping; other types are written as the parser returned them. */
+  text: boolean;
+}
 
 /** The raw text of the current record, produced only when a reject needs it. */
 export interface RawText {
@@ -93,7 +115,6 @@ export interface RawText {
 export class RowMapper {
   private readonly pipeline: Pipeline;
   private readonly mapping: ColumnMapping;
-  private readonly part: number;
   private readonly rejects: RejectCollector;
   /** Data rows seen / accepted / rejected (field-level rejects do not count as rejected rows). */
   read = 0;
@@ -107,13 +128,26 @@ export class RowMapper {
    */
   private readonly seen: KeyFilter | undefined;
   private suspects: Set<string> | undefined;
+  private readonly plan: ColumnPlan[];
+  /** The only key column's index, or -1 when there are several. */
+  private readonly keyIndex: number;
+  /** `\t<part>\t`, the same on every staging line of this mapper. */
+  private readonly partField: string;
 
   /** `trackKeys: false`: no duplicate-key filter (a caller that detects duplicates itself). */
   constructor(pipeline: Pipeline, mapping: ColumnMapping, part: number, rejects: RejectCollector, options: { trackKeys?: boolean } = {}) {
     this.pipeline = pipeline;
     this.mapping = mapping;
-    this.part = part;
     this.rejects = rejects;
+    this.plan = pipeline.columns.map((col, c) => {
+      const indexes = mapping.columnIndexes[c]!;
+      return {
+        index: indexes.length === 1 ? indexes[0]! : -1, indexes, name: col.name, parse: col.parse,
+        rejectsRow: (col.onInvalid ?? 'row') === 'row', text: col.type === 'text',
+      };
+    });
+    this.keyIndex = mapping.keyIndexes.length === 1 ? mapping.keyIndexes[0]! : -1;
+    this.partField = `\t${part}\t`;
     if (options.trackKeys ?? true) {
       this.seen = new KeyFilter();
       this.suspects = new Set();
@@ -140,38 +174,54 @@ export class RowMapper {
         }
       }
     }
-    const key = this.key(fields);
-    if (typeof key === 'string') {
-      this.reject(line, key, raw);
+    // One key column (the usual case): its value, or the reason the row is rejected.
+    const key = this.keyIndex >= 0 ? this.singleKey(fields) : this.key(fields);
+    if (typeof key === 'object' && !Array.isArray(key)) {
+      this.reject(line, key.error, raw);
       return;
     }
-    let text = `${line}\t${this.part}\t${copyValue(key[0]!)}`;
-    const cols = this.pipeline.columns;
+    const first = typeof key === 'string' ? key : key[0]!;
+    let text = line + this.partField + copyValue(first);
+    const plan = this.plan;
     let fieldIssues: Array<{ field: string; reason: string }> | undefined;
-    for (let c = 0; c < cols.length; c++) {
-      const col = cols[c]!;
-      const v = firstNonBlank(fields, m.columnIndexes[c]!);
+    for (let c = 0; c < plan.length; c++) {
+      const col = plan[c]!;
+      const v = col.index >= 0 ? cell(fields, col.index) : firstNonBlank(fields, col.indexes);
       let value: CellResult = v === undefined ? null : col.parse ? col.parse(v) : v;
-      if (isError(value)) {
-        if ((col.onInvalid ?? 'row') === 'row') {
+      if (value !== null && typeof value === 'object') {
+        if (col.rejectsRow) {
           this.reject(line, `${col.name}: ${value.error}`, raw);
           return;
         }
         (fieldIssues ??= []).push({ field: col.name, reason: value.error });
         value = null;
       }
-      text += `\t${copyTyped(value, col)}`;
+      text += value === null ? '\t\\N' : value === true ? '\tt' : value === false ? '\tf' : col.text ? `\t${copyValue(value)}` : `\t${value}`;
     }
-    text += key.length > 1 ? `\t${copyArray(key)}` : '\t\\N';
-    if (key.length > 1) this.hasKeyCandidates = true;
+    if (typeof key === 'string' || key.length === 1) text += '\t\\N';
+    else {
+      text += `\t${copyArray(key)}`;
+      this.hasKeyCandidates = true;
+    }
     this.accepted++;
-    if (this.noteKey(key[0]!) && later) later.push(text);
+    if (this.noteKey(first) && later) later.push(text);
     else out.push(text);
     if (fieldIssues) for (const f of fieldIssues) this.rejects.add(line, f.field, f.reason, raw.text());
   }
 
+  /** The key of a file with one key column: its parsed value, or why the row is rejected. */
+  private singleKey(fields: string[]): string | { error: string } {
+    const k = this.pipeline.key;
+    const v = cell(fields, this.keyIndex);
+    if (v === undefined) return { error: k.blankReason };
+    const r = k.parse ? k.parse(v) : v;
+    if (typeof r === 'string') return r;
+    if (r !== null && typeof r === 'object') return { error: `${k.name}: ${r.error}` };
+    return { error: k.blankReason };
+  }
+
   /** Valid key candidates in header order, or the reason the row is rejected. */
-  private key(fields: string[]): string[] | string {
+  private key(fields: string[]): string[] | { error: string } {
     const k = this.pipeline.key;
     const candidates: string[] = [];
     let firstError: string | undefined;
@@ -183,7 +233,7 @@ export class RowMapper {
       else if (typeof r === 'string' && !candidates.includes(r)) candidates.push(r);
     }
     if (candidates.length > 0) return candidates;
-    return firstError ?? k.blankReason;
+    return { error: firstError ?? k.blankReason };
   }
 
   /**
@@ -224,10 +274,4 @@ export class RowMapper {
     this.rejected++;
     this.rejects.add(line, null, reason, raw.text());
   }
-}
-
-function copyTyped(value: string | boolean | null, col: SourceColumn): string {
-  if (value === null) return '\\N';
-  if (typeof value === 'boolean') return value ? 't' : 'f';
-  return col.type === 'text' ? copyValue(value) : value;
 }

@@ -15,12 +15,14 @@
  */
 import type { Job } from 'pg-boss';
 import { errorMessage } from '../core/errors.ts';
+import { intEnv } from '../config.ts';
 import { databaseUrl } from '../db/pool.ts';
 import { PART_DONE } from '../db/sql/intake.ts';
 import { MERGE_QUEUE, PART_QUEUE, listenForJobs, type Boss } from '../jobs/boss.ts';
 import type { IntakeContext } from './context.ts';
 import { runMerge, type PartSignal } from './merge-job.ts';
 import { runPart } from './part-job.ts';
+import { warmUp } from './warm-up.ts';
 
 export interface RunningWorkers {
   stop(): Promise<void>;
@@ -145,6 +147,8 @@ function startLoop<T>(boss: Boss, queue: string, handle: (data: T) => Promise<un
 export async function startWorkers(ctx: IntakeContext, options: { concurrency: number }): Promise<RunningWorkers> {
   const boss = ctx.boss;
   if (!boss) throw new Error('startWorkers needs the job queue (ctx.boss)');
+  // Before the first fetch: the first parts should not run in cold code (warm-up.ts).
+  if (intEnv('SLUICE_WORKER_WARMUP', 1) !== 0) warmUp();
   const signals = new PartSignals();
   const loops = [
     ...Array.from({ length: options.concurrency }, () =>

@@ -44,9 +44,11 @@ let lastDoc: { key: CellResult; type: CellResult; valid: CellResult } = { key: n
 function documentOf(v: string) {
   if (v === lastDocRaw) return lastDoc;
   const parsed = parseDocument(v);
-  const key: CellResult = isNull(v) ? { error: 'document is NULL' }
-    : parsed.digits === '' ? { error: `document has no digits: ${JSON.stringify(v)}` }
-    : parsed.digits;
+  // A value with a digit is never NULL once sanitized (sanitizing keeps ASCII digits), so
+  // the sanitizing NULL check is only needed for a value without any.
+  const key: CellResult = parsed.digits !== '' ? parsed.digits
+    : isNull(v) ? { error: 'document is NULL' }
+    : { error: `document has no digits: ${JSON.stringify(v)}` };
   lastDocRaw = v;
   lastDoc = { key, type: parsed.type, valid: parsed.valid };
   return lastDoc;
@@ -58,10 +60,15 @@ function documentOf(v: string) {
  */
 const STORE_CACHE_MAX = 10_000;
 const stores = new Map<string, { digits: CellResult; valid: CellResult }>();
+/** Each store cell is read twice (digits, validity), and neighbouring rows often name the same store. */
+let lastStoreRaw: string | undefined;
+let lastStore: { digits: CellResult; valid: CellResult } = { digits: null, valid: null };
 
 function storeOf(v: string): { digits: CellResult; valid: CellResult } {
+  if (v === lastStoreRaw) return lastStore;
+  lastStoreRaw = v;
   let r = stores.get(v);
-  if (r) return r;
+  if (r) return (lastStore = r);
   if (isNull(v)) r = { digits: null, valid: null };
   else {
     const d = digitsOnly(v);
@@ -69,7 +76,7 @@ function storeOf(v: string): { digits: CellResult; valid: CellResult } {
   }
   if (stores.size >= STORE_CACHE_MAX) stores.clear();
   stores.set(v, r);
-  return r;
+  return (lastStore = r);
 }
 
 const bit = sanitized(parseBit);
@@ -103,6 +110,14 @@ export const purchases: Pipeline = {
     { name: 'last_store', headers: ['loja da ultima compra', 'last store'], type: 'text', parse: (v) => storeOf(v).digits },
     { name: 'last_store_valid', headers: ['loja da ultima compra', 'last store'], type: 'boolean', parse: (v) => storeOf(v).valid },
   ],
+  // Lines of base_teste.txt's shapes: a full row, a row of NULLs, a CNPJ, another store.
+  sample: [
+    'CPF                PRIVATE     INCOMPLETO  DATA DA ÚLTIMA COMPRA TICKET MÉDIO          TICKET DA ÚLTIMA COMPRA LOJA MAIS FREQUÊNTE LOJA DA ÚLTIMA COMPRA',
+    '866.315.609-00     0           0           2010-01-13            335,38                335,38                  79.379.491/0001-83  79.379.491/0001-83',
+    '041.091.641-25     0           0           NULL                  NULL                  NULL                    NULL                NULL',
+    '111.444.777-35     1           0           2012-02-29            1.234,56              99,90                   79.379.491/0008-50  79.379.491/0001-83',
+    '11.444.777/0001-61 0           1           2013-11-01            120,00                120,00                  79.379.491/0008-50  79.379.491/0008-50',
+  ].join('\n'),
   target: {
     table: 'purchases',
     key: 'document',

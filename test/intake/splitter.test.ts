@@ -85,13 +85,14 @@ test('a quoted LF does not end a record; line numbers count it', () => {
   assert.deepEqual(parts.map((p) => [p.firstLine, p.lastLine, p.data.toString()]), [[2, 3, '"a\nb",1\n'], [4, 4, 'c,2\n']]);
 });
 
-test('part size: the configured maximum, or about 8 parts for a smaller file of known size', () => {
+test('part size: the configured maximum, or about 4 parts for a smaller file of known size', () => {
   const lines = Buffer.from(Array.from({ length: 500 }, () => 'y'.repeat(99)).join('\n') + '\n'); // 100 bytes a line
   assert.equal(partRowsFor(10_000, undefined, lines), 10_000, 'size unknown');
-  assert.equal(partRowsFor(10_000, 7_400_000, lines), 9_250, '74,000 rows: 8 parts');
-  assert.equal(partRowsFor(10_000, 5_000_000, lines), 6_250, '50,000 rows: 8 parts');
+  assert.equal(partRowsFor(10_000, 3_000_000, lines), 7_500, '30,000 rows: 4 parts');
+  assert.equal(partRowsFor(10_000, 5_000_000, lines), 10_000, '50,000 rows: 5 parts of the maximum');
   assert.equal(partRowsFor(10_000, 200_000_000, lines), 10_000, 'a big file: the maximum');
   assert.equal(partRowsFor(10_000, 300_000, lines), 1_000, 'never below 1,000 rows');
+  assert.equal(partRowsFor(10_000, 500_000, lines), 1_250, '5,000 rows: 4 parts');
   assert.equal(partRowsFor(200, 5_000_000, lines), 200, 'a smaller maximum wins');
   assert.equal(partRowsFor(10_000, 5_000_000, Buffer.from('no line feed')), 10_000, 'no line in the sample');
 });

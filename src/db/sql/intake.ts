@@ -1,4 +1,5 @@
 /** Statements of the intake service: parts of uploaded files and their lifecycle. */
+import type { CustomTypesConfig, QueryConfig } from 'pg';
 import type { Client, Pool } from '../pool.ts';
 
 type Db = Pool | Client;
@@ -39,14 +40,25 @@ export interface PartWork {
 }
 
 /**
+ * Result parsing for a query asked in binary format whose columns are text or bytea: the
+ * bytes as they are (a part's bytes arrive as a hex text twice their size otherwise, which
+ * costs Postgres the encoding and the worker the decoding).
+ */
+const TEXT_OR_BYTES = {
+  getTypeParser: (oid: number) => (oid === BYTEA_OID ? (v: Buffer) => v : (v: Buffer) => v.toString('utf8')),
+} as unknown as CustomTypesConfig; // pg's typings declare only the text-format parsers' signature
+const BYTEA_OID = 17;
+
+/**
  * Claims a part for processing (attempts + 1) and marks the import running, in one round
  * trip; returns the import's format with the part's bytes, `attempts` null when the part is
  * not to be worked on (completed already, or the import is finished or cancelled), or
  * undefined for an unknown import.
  */
 export async function startPart(db: Db, importId: string, n: number): Promise<PartWork | undefined> {
-  const { rows } = await db.query<PartWork>(
-    `WITH imp AS (
+  // `binary` is a query option of pg that its typings leave out.
+  const query: QueryConfig & { binary: boolean } = {
+    text: `WITH imp AS (
        SELECT status, pipeline, header, encoding, delimiter FROM imports WHERE id = $1
      ), part AS (
        UPDATE import_parts SET status = 'running', attempts = attempts + 1, started_at = clock_timestamp(), error = NULL
@@ -57,10 +69,17 @@ export async function startPart(db: Db, importId: string, n: number): Promise<Pa
        UPDATE imports SET status = 'running', started_at = coalesce(started_at, clock_timestamp()), updated_at = now()
         WHERE id = $1 AND status = 'queued' AND EXISTS (SELECT 1 FROM part)
      )
-     SELECT imp.*, part.* FROM imp LEFT JOIN part ON true`,
-    [importId, n],
-  );
-  return rows[0];
+     SELECT json_build_object('status', imp.status, 'pipeline', imp.pipeline, 'header', imp.header, 'encoding', imp.encoding,
+              'delimiter', imp.delimiter, 'attempts', part.attempts, 'first_line', part.first_line, 'last_line', part.last_line)::text AS work,
+            part.data
+       FROM imp LEFT JOIN part ON true`,
+    values: [importId, n],
+    binary: true,
+    types: TEXT_OR_BYTES,
+  };
+  const { rows } = await db.query<{ work: string; data: Buffer | null }>(query);
+  const row = rows[0];
+  return row && { ...(JSON.parse(row.work) as Omit<PartWork, 'data'>), data: row.data as Buffer };
 }
 
 /**
