@@ -251,7 +251,7 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   ];
   const upsert = `WITH upd AS (
       UPDATE ${T} t SET ${updSets.length ? `${updSets.join(', ')}, ` : ''}updated_at = now()
-        FROM sluice_m m WHERE t.id = m.tid AND m.changed),
+        FROM sluice_m m WHERE m.tid IS NOT NULL AND t.id = m.tid AND m.changed),
     ins AS (
       INSERT INTO ${T} (${[TK, ...vals.map((a) => ident(a.column))].join(', ')})
       SELECT key, ${vals.map((a) => a.v).join(', ')} FROM sluice_m WHERE tid IS NULL
