@@ -119,11 +119,16 @@ export class MergeSession {
       ...sql.lookups.map((text) => ({ name: 'lookups', text })),
       // A hash of the few distinct lookup values, probed per row: not a sort of every row.
       { text: 'SET LOCAL enable_mergejoin = off' },
+      // The target is reached through its indexes only: its statistics go stale inside the
+      // import's transaction (autovacuum may even record it empty while it holds millions of
+      // uncommitted rows), and a plan that scans it per chunk, or per row, never ends.
+      { text: 'SET LOCAL enable_seqscan = off' },
       ...sql.probe.map((text) => ({ name: 'probe', text })),
       // Changed records by primary key (see merge-sql.ts), never a scan of the target.
       { text: 'SET LOCAL enable_hashjoin = off' },
       { name: 'upsert', text: sql.upsert },
       { text: 'SET LOCAL enable_hashjoin = on' },
+      { text: 'SET LOCAL enable_seqscan = on' },
     ];
   }
 
@@ -144,10 +149,12 @@ export class MergeSession {
         // per row instead of hashing the whole child table.
         { text: 'SET LOCAL enable_hashjoin = off' },
         { text: 'SET LOCAL enable_mergejoin = off' },
+        { text: 'SET LOCAL enable_seqscan = off' },
         { name: 'child_update', text: sql.childUpsert },
         { name: 'child_insert_missing', text: sql.childInsertMissing },
         { text: 'SET LOCAL enable_hashjoin = on' },
         { text: 'SET LOCAL enable_mergejoin = on' },
+        { text: 'SET LOCAL enable_seqscan = on' },
         { name: 'child_flag', text: sql.childFlag },
       );
     }
