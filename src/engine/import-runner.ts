@@ -22,6 +22,7 @@ import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { createStageSql, ident, stageCopySql } from '../load/merge-sql.ts';
 import { env } from '../config.ts';
 import { RejectSink } from '../load/rejects.ts';
+import { dropStaging, stageTableName } from '../load/staging.ts';
 import type { Pipeline } from './pipeline.ts';
 import { mapHeader, RowMapper } from './row-mapper.ts';
 
@@ -57,10 +58,6 @@ export interface ImportResult {
   timings: Record<string, number>;
 }
 
-export function stageTableName(importId: string): string {
-  return `sluice_stage_${importId.replace(/-/g, '')}`;
-}
-
 /** Imports `file` with `pipeline`; never throws for bad input (the result says failed). */
 export async function runImport(o: ImportOptions): Promise<ImportResult> {
   if (o.maxRejectRatio !== undefined && !(o.maxRejectRatio >= 0 && o.maxRejectRatio <= 1)) {
@@ -68,7 +65,6 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
   }
   const t0 = performance.now();
   const timings: Record<string, number> = {};
-  const mark = (name: string, since: number) => (timings[name] = Math.round(performance.now() - since));
   let meta: FileMeta | undefined;
   let bytes: number | null = null;
   try {
@@ -86,18 +82,35 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
   const client = await o.pool.connect();
   // Imports killed before they finished are recorded as such and their staging dropped;
   // this one holds its owner lock from before its row exists until it has ended.
-  await failInterruptedImports(client, dropStaging(client));
   const id = randomUUID();
-  await lockImportOwner(client, id);
+  let locked = false;
   try {
+    await failInterruptedImports(client, (dead) => dropStaging(client, dead));
+    await lockImportOwner(client, id);
+    locked = true;
     await createImport(o.pool, {
       id, pipeline: o.pipeline.name, fileName: o.fileName ?? path.basename(o.file), fileBytes: bytes,
       source: o.source ?? 'cli', status: 'running', options: { maxRejectRatio: o.maxRejectRatio ?? 1 },
     });
-  } catch (err) {
-    await unlockImportOwner(client, id).finally(() => client.release());
-    throw err;
+    return await stageMergeAndRecord(client, o, id, meta, t0, timings);
+  } finally {
+    await dropStaging(client, id).catch(() => {});
+    // A connection that cannot unlock goes back to the pool broken (destroyed), not locked.
+    const broken = locked ? await unlockImportOwner(client, id).then(() => undefined, (e: unknown) => e as Error) : undefined;
+    client.release(broken);
   }
+}
+
+/** The import once its row exists: staged and merged, its outcome recorded either way. */
+async function stageMergeAndRecord(
+  client: Client,
+  o: ImportOptions,
+  id: string,
+  meta: FileMeta,
+  t0: number,
+  timings: Record<string, number>,
+): Promise<ImportResult> {
+  const mark = (name: string, since: number) => (timings[name] = Math.round(performance.now() - since));
   const rejects = new RejectSink(o.pool, id);
   const stage = stageTableName(id);
   let mapper: RowMapper | undefined;
@@ -132,20 +145,7 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
     // the merge transaction (if it started) was rolled back, so nothing is half-written.
     await rejects.flush().catch(() => {});
     return fail(o, id, t0, timings, errorMessage(err), { read: mapper?.read ?? 0, rejected: mapper?.rejected ?? 0 });
-  } finally {
-    await dropStaging(client)(id).catch(() => {});
-    // A connection that cannot unlock goes back to the pool broken (destroyed), not locked.
-    const broken = await unlockImportOwner(client, id).then(() => undefined, (e: unknown) => e as Error);
-    client.release(broken);
   }
-}
-
-/** Drops an import's staging tables (the stage and its chunk table). */
-function dropStaging(client: Client): (id: string) => Promise<void> {
-  return async (id) => {
-    const stage = stageTableName(id);
-    await client.query(`DROP TABLE IF EXISTS ${ident(stage)}, ${ident(`${stage}_chunk`)}`);
-  };
 }
 
 async function fail(

@@ -11,7 +11,6 @@ import { InvalidFileError, SluiceError } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
 import { createImport } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
-import { stageTableName } from '../engine/import-runner.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
 import { CsvParser } from '../formats/csv-parser.ts';
 import { parseFixedWidthHeader } from '../formats/fixed-width.ts';
@@ -22,7 +21,7 @@ import { getPipeline } from '../pipelines/index.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
 import type { IntakeContext } from './context.ts';
 import { RecordSplitter, type Part } from './splitter.ts';
-import { dropStaging } from './staging.ts';
+import { dropStaging, stageTableName } from './staging.ts';
 
 export interface AcceptOptions {
   /** Upload limit in bytes (default SLUICE_MAX_UPLOAD_BYTES or 2 GiB). */

@@ -6,10 +6,10 @@
  * one table (several key columns).
  */
 import type { Client, Pool } from '../db/pool.ts';
-import { stageTableName } from '../engine/import-runner.ts';
 import { ident } from '../load/merge-sql.ts';
+import { dropStaging, stageTableName, stagingTables } from '../load/staging.ts';
 
-export { stageTableName };
+export { dropStaging, stageTableName };
 
 /** The table holding part `n` of an import. */
 export function partTableName(importId: string, n: number): string {
@@ -32,22 +32,6 @@ export async function createPartTable(db: Client, importId: string, n: number): 
 
 /** The part tables of an import that exist (an import begun by an older version has none for its first parts). */
 export async function partTables(db: Pool | Client, importId: string): Promise<string[]> {
-  return (await stagingTables(db, importId)).filter((name) => name !== stageTableName(importId));
-}
-
-/** Drops an import's staging table and every part table (after the merge, or when it is over). */
-export async function dropStaging(db: Pool | Client, importId: string): Promise<void> {
-  const tables = await stagingTables(db, importId);
-  if (tables.length > 0) await db.query(`DROP TABLE IF EXISTS ${tables.map(ident).join(', ')}`);
-}
-
-async function stagingTables(db: Pool | Client, importId: string): Promise<string[]> {
-  const stage = stageTableName(importId);
-  const { rows } = await db.query<{ name: string }>(
-    `SELECT relname AS name FROM pg_class
-      WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace AND (relname = $1 OR starts_with(relname, $1 || '_p'))
-      ORDER BY length(relname), relname`,
-    [stage],
-  );
-  return rows.map((r) => r.name);
+  const prefix = `${stageTableName(importId)}_p`;
+  return (await stagingTables(db, importId)).filter((name) => name.startsWith(prefix));
 }
