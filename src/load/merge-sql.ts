@@ -7,9 +7,9 @@
  *  1. resolve the key of rows with several key columns (first value matching a record)
  *  2. rows sharing a key are folded in place in staging, in file order per merge policy
  *  3. lookups: missing reference rows (states, cities...) created in bulk
- *  4. the upsert: one statement that probes the target's key once per row, updates the
- *     records whose merged values differ, inserts the new ones, and records every key's id
- *     and outcome in `sluice_ids`
+ *  4. the upsert: a probe of the target's key index per row (into `sluice_m`), then one
+ *     statement that updates the records whose merged values differ, inserts the new ones,
+ *     and records every key's id and outcome in `sluice_ids`
  *  5. child upsert (e.g. lead_infos fill-if-blank) for all of them
  *  6. counts: inserted / updated / unchanged rows
  */
@@ -85,7 +85,7 @@ function fold(col: string, policy: MergePolicy): string {
 
 /**
  * SET expression and "this changes the stored value" predicate for one field of an
- * `INSERT ... ON CONFLICT DO UPDATE`: `incoming` is the EXCLUDED value, `stored` the row's.
+ * UPDATE: `incoming` is the merged value, `stored` the record's.
  */
 function assignment(merge: MergePolicy, incoming: string, stored: string, text: boolean): { set: string; changes: string } | undefined {
   const blank = text ? `NULLIF(${stored}, '')` : stored;
@@ -211,21 +211,6 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     ...t.fields.map((f) => ({ column: f.column, value: value(f, 'm'), merge: f.merge, text: isText(f.from) && !f.targetType })),
     ...lookups.map((l, i) => ({ column: l.column, value: lookupValue(i), merge: l.merge, text: false })),
   ];
-  const sets: string[] = [];
-  const changes: string[] = [];
-  for (const a of main) {
-    const r = assignment(a.merge, `EXCLUDED.${ident(a.column)}`, `t.${ident(a.column)}`, a.text);
-    if (!r) continue;
-    sets.push(`${ident(a.column)} = ${r.set}`);
-    changes.push(r.changes);
-  }
-  // One statement: each staged row probes the target's key index once (m); records whose
-  // merged values differ are updated by primary key, new ones inserted by a plain INSERT
-  // (no speculative insertion, no row lock on unchanged records: ON CONFLICT DO UPDATE
-  // locks, and so writes, every conflicting row); every key's id and outcome go to
-  // `sluice_ids`. Merges into the target are serialized by an advisory lock (merge.ts); a
-  // writer outside Sluice inserting the same key meanwhile makes the INSERT fail on the
-  // unique key, and the import fails whole rather than losing the row.
   const vals = main.map((a, i) => ({ ...a, v: `v${i}` }));
   const changed = vals
     .map((a) => assignment(a.merge, `x.${a.v}`, `t.${ident(a.column)}`, a.text)?.changes)
@@ -239,8 +224,13 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   // row through its key index whatever the planner's statistics say (LATERAL ... LIMIT 1 is
   // never turned into a hash join): the target grows inside this transaction, so its
   // statistics may call it empty while it holds millions of rows, and a hash join would
-  // then scan all of it for every chunk. The write then runs with hash and merge joins off
-  // (merge.ts), so that changed records are reached by primary key.
+  // then scan all of it for every chunk. The write then runs with hash joins and sequential
+  // scans off (merge.ts): records whose merged values differ are updated by primary key,
+  // new ones inserted by a plain INSERT (no speculative insertion, no lock on unchanged
+  // records: ON CONFLICT DO UPDATE locks, and so writes, every conflicting row), and every
+  // key's id and outcome go to `sluice_ids`. Merges into the target are serialized by an
+  // advisory lock (merge.ts); a writer outside Sluice inserting the same key meanwhile makes
+  // the INSERT fail on the unique key, and the import fails whole rather than losing a row.
   const probeSelect = `SELECT x.*, t.id AS tid, (${changed.join(' OR ') || 'false'}) AS changed
         FROM (SELECT m.${K} AS key, ${vals.map((a) => `${a.value} AS ${a.v}`).join(', ')} FROM ${S} m ${lookupJoin}) x
         LEFT JOIN LATERAL (SELECT * FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true`;

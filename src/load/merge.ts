@@ -35,6 +35,12 @@ function lockKey(table: string): string {
   return `sluice:merge:${table}`;
 }
 
+/** One statement of a merge; `name` times it (imports.timings), settings have none. */
+interface Statement {
+  name?: string;
+  text: string;
+}
+
 /**
  * One merge transaction on `client`: begin() takes the target's lock, then one or more
  * staging tables are merged in file order (mergeStaged), then commit() or rollback(). A
@@ -42,12 +48,6 @@ function lockKey(table: string): string {
  * each chunk holds the first row of each of its keys; later rows of a key seen before go
  * to a final stage merged last with `afterChunks`, so every key's rows apply in file order.
  */
-/** One statement of a merge; `name` times it (imports.timings), settings have none. */
-interface Statement {
-  name?: string;
-  text: string;
-}
-
 export class MergeSession {
   private readonly client: Client;
   private readonly pipeline: Pipeline;
@@ -138,7 +138,7 @@ export class MergeSession {
     await this.step('analyze_target', `ANALYZE ${tables.map(ident).join(', ')}`);
   }
 
-  /** Lookups, then the target's upsert (last: its result is the run's). */
+  /** Lookups, then the target's probe and upsert. */
   private upsertStatements(sql: MergeSql): Statement[] {
     return [
       { text: 'TRUNCATE sluice_ids' },
@@ -159,8 +159,8 @@ export class MergeSession {
   }
 
   /**
-   * After the upsert: the child table, the
-   * chunk's outcome kept for later merges (`keep`), then the counts (last).
+   * After the upsert: the child table, the chunk's outcome kept for later merges (`keep`),
+   * then the counts (last: its result is the run's).
    */
   private restStatements(sql: MergeSql, keep: boolean, counts: string): Statement[] {
     const s: Statement[] = [{ text: 'SET LOCAL enable_mergejoin = on' }];
@@ -191,8 +191,8 @@ export class MergeSession {
 
   /**
    * Merges staging table `stage` (inside the transaction) and returns its counts (also
-   * added to `total`). With
-   * `afterChunks`, its keys may have been met in earlier merges of this session.
+   * added to `total`). With `afterChunks`, its keys may have been met in earlier merges of
+   * this session.
    */
   async mergeStaged(stage: string, hints: MergeHints, afterChunks = false): Promise<MergeCounts> {
     const step = this.step.bind(this);
