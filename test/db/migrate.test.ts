@@ -31,6 +31,7 @@ test('checksums: recorded on first sight, a changed applied file refused, a new 
 
   fs.appendFileSync(path.join(dir, '0002_leads.sql'), '\n-- edited after it was applied\n');
   await assert.rejects(migrate(db.pool, dir), /migration 0002_leads\.sql was changed after it was applied.*new numbered migration/);
+  // With a later file changed as well, the first changed one (in order) is named.
   fs.writeFileSync(path.join(dir, '9999_added.sql'), 'CREATE TABLE added_by_test (id bigint);');
-  await assert.rejects(migrate(db.pool, dir), /0002_leads\.sql was changed/, 'nothing applied past the first refused file');
+  await assert.rejects(migrate(db.pool, dir), /0002_leads\.sql was changed/);
 });

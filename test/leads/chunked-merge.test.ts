@@ -51,20 +51,32 @@ async function snapshot(db: TestDb) {
   return rows;
 }
 
-async function importWithChunks(size: number) {
+/**
+ * On a fresh database prepared by `seed`, imports `content` in chunks of `size` rows and
+ * hands the result to `check` (the database is closed afterwards).
+ */
+async function chunked<T>(
+  size: number,
+  o: { seed: (db: TestDb) => Promise<unknown>; content: string; pipeline?: Pipeline },
+  check: (db: TestDb, r: Awaited<ReturnType<typeof runImport>>) => Promise<T>,
+): Promise<T> {
   const db = await testDb();
   try {
-    await seed(db);
+    await o.seed(db);
     const file = path.join(dir, `chunks-${size}.csv`);
-    fs.writeFileSync(file, `${HEADER}\n${ROWS.join('\n')}\n`);
+    fs.writeFileSync(file, o.content);
     process.env.SLUICE_CHUNK_ROWS = String(size);
-    const r = await runImport({ pool: db.pool, pipeline: leads, file });
+    const r = await runImport({ pool: db.pool, pipeline: o.pipeline ?? leads, file });
     assert.equal(r.status, 'completed', r.error);
-    return { rows: r.rows, table: await snapshot(db) };
+    return await check(db, r);
   } finally {
     delete process.env.SLUICE_CHUNK_ROWS;
     await db.close();
   }
+}
+
+async function importWithChunks(size: number) {
+  return chunked(size, { seed, content: `${HEADER}\n${ROWS.join('\n')}\n` }, async (db, r) => ({ rows: r.rows, table: await snapshot(db) }));
 }
 
 test('chunk sizes from 1 row to the whole file give the same tables and counts', async () => {
@@ -121,44 +133,29 @@ const leadsNoChild: Pipeline = {
 
 test('without a child table, a key met unchanged then changed by a later row counts both rows updated', async () => {
   for (const size of [1, 1000]) {
-    const db = await testDb();
-    try {
-      await db.pool.query(`INSERT INTO leads (email, name) VALUES ('k@x.com', 'Same'), ('u@x.com', 'U')`);
-      const file = path.join(dir, `nochild-${size}.csv`);
-      fs.writeFileSync(file, 'Email,Name\nk@x.com,Same\nu@x.com,U\nk@x.com,Other\nn@x.com,New\n');
-      process.env.SLUICE_CHUNK_ROWS = String(size);
-      const r = await runImport({ pool: db.pool, pipeline: leadsNoChild, file });
-      assert.equal(r.status, 'completed', r.error);
+    await chunked(size, {
+      seed: (db) => db.pool.query(`INSERT INTO leads (email, name) VALUES ('k@x.com', 'Same'), ('u@x.com', 'U')`),
+      content: 'Email,Name\nk@x.com,Same\nu@x.com,U\nk@x.com,Other\nn@x.com,New\n',
+      pipeline: leadsNoChild,
+    }, async (db, r) => {
       assert.deepEqual(r.rows, { read: 4, inserted: 1, updated: 2, unchanged: 1, rejected: 0 }, `${size}-row chunks`);
       const { rows } = await db.pool.query(`SELECT name FROM leads WHERE email = 'k@x.com'`);
       assert.equal(rows[0].name, 'Other');
-    } finally {
-      delete process.env.SLUICE_CHUNK_ROWS;
-      await db.close();
-    }
+    });
   }
 });
 
 test('a file whose last chunk fills up with its last row: that chunk is merged whole, child rows and counts included', async () => {
   // Distinct keys only (no row waits for a last merge), 6 rows in chunks of 3 and of 2.
+  const rows = [1, 2, 3, 4, 5, 6].map((i) => `e${i}@x.com,N${i},tw${i},,,,,,,,,,`);
   for (const size of [2, 3]) {
-    const db = await testDb();
-    try {
-      await db.pool.query(`INSERT INTO leads (email, name) VALUES ('e1@x.com', 'Old'), ('e4@x.com', 'Old')`);
-      const file = path.join(dir, `exact-${size}.csv`);
-      const rows = [1, 2, 3, 4, 5, 6].map((i) => `e${i}@x.com,N${i},tw${i},,,,,,,,,,`);
-      fs.writeFileSync(file, `${HEADER}\n${rows.join('\n')}\n`);
-      process.env.SLUICE_CHUNK_ROWS = String(size);
-      const r = await runImport({ pool: db.pool, pipeline: leads, file });
-      assert.equal(r.status, 'completed', r.error);
+    await chunked(size, {
+      seed: (db) => db.pool.query(`INSERT INTO leads (email, name) VALUES ('e1@x.com', 'Old'), ('e4@x.com', 'Old')`),
+      content: `${HEADER}\n${rows.join('\n')}\n`,
+    }, async (db, r) => {
       assert.deepEqual(r.rows, { read: 6, inserted: 4, updated: 2, unchanged: 0, rejected: 0 }, `${size}-row chunks`);
-      const infos = await db.pool.query(
-        `SELECT l.email, li.twitter FROM leads l JOIN lead_infos li ON li.lead_id = l.id ORDER BY l.email`,
-      );
+      const infos = await db.pool.query(`SELECT l.email, li.twitter FROM leads l JOIN lead_infos li ON li.lead_id = l.id ORDER BY l.email`);
       assert.deepEqual(infos.rows.map((x: { twitter: string }) => x.twitter), ['tw1', 'tw2', 'tw3', 'tw4', 'tw5', 'tw6']);
-    } finally {
-      delete process.env.SLUICE_CHUNK_ROWS;
-      await db.close();
-    }
+    });
   }
 });
