@@ -67,24 +67,21 @@ export function mapHeader(pipeline: Pipeline, header: string[]): ColumnMapping {
   return { keyIndexes, columnIndexes, ignored, headerLength: header.length };
 }
 
-/** The first non-blank of `fields[indexes]`, trimmed. */
-function firstNonBlank(fields: string[], indexes: number[]): string | undefined {
-  for (const i of indexes) {
-    const v = fields[i];
-    if (v !== undefined) {
-      const t = v.trim();
-      if (t !== '') return t;
-    }
-  }
-  return undefined;
-}
-
 /** The trimmed cell `fields[i]`, undefined when it is missing or blank. */
 function cell(fields: string[], i: number): string | undefined {
   const v = fields[i];
   if (v === undefined) return undefined;
   const t = v.trim();
   return t === '' ? undefined : t;
+}
+
+/** The first non-blank of `fields[indexes]`, trimmed. */
+function firstNonBlank(fields: string[], indexes: number[]): string | undefined {
+  for (const i of indexes) {
+    const t = cell(fields, i);
+    if (t !== undefined) return t;
+  }
+  return undefined;
 }
 
 function isError(r: CellResult): r is { error: string } {
@@ -188,7 +185,7 @@ export class RowMapper {
       const col = plan[c]!;
       const v = col.index >= 0 ? cell(fields, col.index) : firstNonBlank(fields, col.indexes);
       let value: CellResult = v === undefined ? null : col.parse ? col.parse(v) : v;
-      if (value !== null && typeof value === 'object') {
+      if (isError(value)) {
         if (col.rejectsRow) {
           this.reject(line, `${col.name}: ${value.error}`, raw);
           return;
