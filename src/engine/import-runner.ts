@@ -19,6 +19,7 @@ import type { ParsedBatch } from '../formats/csv-parser.ts';
 import { detectFile, readRecords, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
+import { ChunkPreparer, idSequence } from '../load/prepared-chunk.ts';
 import { createStageSql, ident, stageCopySql } from '../load/merge-sql.ts';
 import { env } from '../config.ts';
 import { RejectSink } from '../load/rejects.ts';
@@ -207,8 +208,10 @@ class Lines {
 async function copyLines(client: Client, pipeline: Pipeline, table: string, lines: Lines): Promise<void> {
   const copy = client.query(copyFrom(stageCopySql(pipeline, table))) as Writable;
   const done = finished(copy);
+  // A connection lost mid-COPY fails `done`, and no 'drain' follows: wait for either.
+  done.catch(() => {});
   for (const piece of lines.pieces) {
-    if (!copy.write(piece)) await new Promise<void>((r) => copy.once('drain', r));
+    if (!copy.write(piece)) await Promise.race([new Promise<void>((r) => copy.once('drain', r)), done]);
   }
   copy.end();
   await done;
@@ -237,12 +240,19 @@ async function stageAndMerge(
   let chunk = new Lines();
   let later = new Lines();
   let laterRows = 0;
-  let merging: Promise<MergeCounts> | undefined;
   let lastProgress = 0;
   let bytes = 0;
   // Several key columns: a row's key is resolved against existing records, so every row
   // waits for the last merge (no chunks).
   let allLater = false;
+  // Chunks are prepared on a second connection (src/load/prepared-chunk.ts) and written on
+  // this one: `preparing` is the last chunk's preparation, `writes` the chunks' writes in
+  // order. Without an id sequence on the target, chunks are merged here whole (mergeChunk).
+  let preparer: ChunkPreparer | undefined | null;
+  let second: Client | undefined;
+  let preparing: Promise<unknown> | undefined;
+  const writes: Array<Promise<unknown>> = [];
+  const prepared: string[] = [];
   const timed = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
     const t0 = performance.now();
     try {
@@ -251,12 +261,15 @@ async function stageAndMerge(
       timings[name] = Math.round((timings[name] ?? 0) + performance.now() - t0);
     }
   };
-  /** Waits for the chunk being merged (if any); the connection is then free. */
+  /** An unobserved rejection would crash the process before settle() sees it. */
+  const observed = <T>(p: Promise<T>): Promise<T> => {
+    p.catch(() => {});
+    return p;
+  };
+  /** Waits for every chunk being prepared or merged; this connection is then free. */
   const settle = async () => {
-    if (!merging) return;
-    const m = merging;
-    merging = undefined;
-    await timed('wait_for_merge', () => m);
+    await timed('wait_for_merge', () => Promise.all([preparing, ...writes]));
+    writes.length = 0;
   };
   const flushLater = async () => {
     if (later.rows === 0) return;
@@ -266,6 +279,18 @@ async function stageAndMerge(
     later = new Lines();
     await timed('copy', () => copyLines(client, o.pipeline, stage, lines));
   };
+  const startPreparer = async (): Promise<ChunkPreparer | null> => {
+    const sequence = await idSequence(client, o.pipeline);
+    if (!sequence) {
+      await client.query(createStageSql(o.pipeline, CHUNK));
+      return null;
+    }
+    second = await o.pool.connect();
+    // Told apart from the import's own connection in pg_stat_activity.
+    await second.query(`SET application_name = 'sluice-prepare'`);
+    await second.query(createStageSql(o.pipeline, CHUNK));
+    return new ChunkPreparer(second, o.pipeline, sequence, timings);
+  };
   /** Starts the merge of the chunk; with `wait`, waits for it. */
   const flushChunk = async (wait: boolean) => {
     if (chunk.rows === 0) {
@@ -273,24 +298,50 @@ async function stageAndMerge(
       if (wait) await settle();
       return;
     }
-    await settle();
+    if (preparer === undefined) preparer = await startPreparer();
     const lines = chunk;
     chunk = new Lines();
-    await timed('copy', async () => {
-      await client.query(`TRUNCATE ${ident(CHUNK)}`);
-      await copyLines(client, o.pipeline, CHUNK, lines);
-    });
-    // Each key occurs once in a chunk: no duplicates to fold.
-    merging = session.mergeChunk(CHUNK, lines.rows);
-    // An unobserved rejection would crash the process before settle() sees it.
-    merging.catch(() => {});
+    if (preparer === null) {
+      await settle();
+      await timed('copy', async () => {
+        await client.query(`TRUNCATE ${ident(CHUNK)}`);
+        await copyLines(client, o.pipeline, CHUNK, lines);
+      });
+      // Each key occurs once in a chunk: no duplicates to fold.
+      writes.push(observed(session.mergeChunk(CHUNK, lines.rows)));
+    } else {
+      // The second connection is free once the chunk before is prepared; at most two
+      // prepared chunks wait for their writes (each is a table of its rows).
+      await timed('wait_for_prepare', () => Promise.all([preparing, writes.at(-2)]));
+      const table = `${stage}_m${prepared.length}`;
+      prepared.push(table);
+      const p = preparer;
+      const db = second!;
+      const prep = observed(
+        (async () => {
+          await timed('copy', async () => {
+            await db.query(`TRUNCATE ${ident(CHUNK)}`);
+            await copyLines(db, o.pipeline, CHUNK, lines);
+          });
+          return p.prepare(CHUNK, table);
+        })(),
+      );
+      preparing = prep;
+      const before = writes.at(-1);
+      writes.push(observed((async () => {
+        const c = await prep;
+        await before;
+        const { counts, created } = await session.applyChunk(c);
+        p.remember(created);
+        return counts;
+      })()));
+    }
     if (wait) await settle();
   };
 
   const t0 = performance.now();
   await session.begin();
   try {
-    await client.query(createStageSql(o.pipeline, CHUNK));
     for await (const batch of readRecords(o.file, meta, { format: meta.format, chunkBytes: BATCH_BYTES }, (p) => (bytes = p.bytes))) {
       if (!mapper && batch.rows.length === 0) {
         // Records rejected by the parser before any header: kept as rejects.
@@ -339,6 +390,7 @@ async function stageAndMerge(
     }
     o.onProgress?.({ bytes: meta.bytes, totalBytes: meta.bytes, rows: mapper.read, phase: 'merging' });
     if (laterRows > 0) {
+      if (prepared.length > 0) await session.rememberPrepared(prepared, stage);
       await session.mergeStaged(stage, { rows: laterRows, hasKeyCandidates: mapper.hasKeyCandidates }, true);
     }
     // Every merge has returned: a COMMIT queued behind a chunk's first round trip would end
@@ -347,10 +399,19 @@ async function stageAndMerge(
     await session.commit();
     return { mapper, counts: session.total };
   } catch (err) {
-    await merging?.catch(() => {});
+    await Promise.allSettled([preparing, ...writes]);
     await session.rollback();
+    // The second connection may have failed mid-statement: not handed back to the pool.
+    second?.release(true);
+    second = undefined;
     throw err;
   } finally {
+    const db = second;
+    if (db) {
+      await (preparer ? preparer.close() : Promise.resolve())
+        .then(() => db.query('RESET application_name'))
+        .then(() => db.release(), (e: Error) => db.release(e));
+    }
     await client.query(`DROP TABLE IF EXISTS ${ident(CHUNK)}`).catch(() => {});
   }
 }

@@ -87,7 +87,7 @@ function fold(col: string, policy: MergePolicy): string {
  * SET expression and "this changes the stored value" predicate for one field of an
  * UPDATE: `incoming` is the merged value, `stored` the record's.
  */
-function assignment(merge: MergePolicy, incoming: string, stored: string, text: boolean): { set: string; changes: string } | undefined {
+export function assignment(merge: MergePolicy, incoming: string, stored: string, text: boolean): { set: string; changes: string } | undefined {
   const blank = text ? `NULLIF(${stored}, '')` : stored;
   switch (merge) {
     case 'overwrite':
@@ -106,6 +106,85 @@ function assignment(merge: MergePolicy, incoming: string, stored: string, text: 
     case 'keep-first':
       return undefined;
   }
+}
+
+/**
+ * Lookups work on the few distinct source values of `source` (in `sluice_lk`), not on every
+ * row: with `resolve-or-create`, create what is missing, then resolve each distinct
+ * combination to its ids; with `resolve`, only find what exists (a read-only pass, see
+ * chunk-sql.ts). Chained lookups (cities on state_id) use the ids resolved before them.
+ * Staged text is never '' (blank is NULL), so coalesce(x, '') is a null-safe key that keeps
+ * the row join (`join`, rows aliased `m`; `on`, its condition) hashable. `where` (on alias
+ * `m`) limits the source rows.
+ */
+export function lookupStatements(
+  p: Pipeline,
+  source: string,
+  stageTypes: Map<string, StageType>,
+  mode: 'resolve-or-create' | 'resolve',
+  where = '',
+): { statements: string[]; join: string; on: string; sources: string[] } {
+  const lookups = p.target.lookups ?? [];
+  const lkSources = lookupSources(p);
+  for (const c of lkSources) {
+    if (stageTypes.get(c) !== 'text') throw new Error(`pipeline ${p.name}: lookup source ${c} must be a text column`);
+  }
+  if (lookups.length === 0) return { statements: [], join: '', on: 'true', sources: [] };
+  const statements: string[] = [];
+  const idCols = lookups.map(() => 'NULL::bigint').join(', ');
+  // Created once per transaction, refilled per merge (a pipelined import merges chunks).
+  statements.push(`CREATE TEMP TABLE IF NOT EXISTS sluice_lk (${lkSources.map((c) => `${ident(c)} text`).join(', ')}, ${lookups.map((_, i) => `_l${i} bigint`).join(', ')}) ON COMMIT DROP`);
+  statements.push('TRUNCATE sluice_lk');
+  statements.push(`INSERT INTO sluice_lk SELECT DISTINCT ${lkSources.map(ident).join(', ')}, ${idCols} FROM ${ident(source)} m ${where ? `WHERE ${where}` : ''}`);
+  const resolved = new Map<string, number>();
+  lookups.forEach((l, i) => {
+    const L = ident(l.table);
+    const src = (m: { from?: string; lookup?: string }) => (m.from ? `lk.${ident(m.from)}` : `lk._l${resolved.get(m.lookup!)}`);
+    if (mode === 'resolve-or-create') {
+      const insertCols = [...l.match.map((m) => ident(m.column)), ...(l.create ?? []).map((c) => ident(c.column))];
+      const insertVals = [...l.match.map(src), ...(l.create ?? []).map((c) => `lk.${ident(c.from)}`)];
+      statements.push(`INSERT INTO ${L} (${insertCols.join(', ')})
+        SELECT DISTINCT ${insertVals.join(', ')} FROM sluice_lk lk WHERE ${src(l.match[0]!)} IS NOT NULL ON CONFLICT DO NOTHING`);
+    }
+    const on = l.match
+      .map((m) => (m.from ? `r.${ident(m.column)} = ${src(m)}` : `r.${ident(m.column)} IS NOT DISTINCT FROM ${src(m)}`))
+      .join(' AND ');
+    // Read-only: a reference whose own reference was not found is not found either (a
+    // NULL state_id would otherwise match the city of that name without a state).
+    const deps = mode === 'resolve'
+      ? l.match.filter((m) => m.lookup).map((m) => ` AND (lk._l${resolved.get(m.lookup!)} IS NOT NULL OR NOT ${lookupPresent(p, m.lookup!, 'lk')})`).join('')
+      : '';
+    statements.push(`UPDATE sluice_lk lk SET _l${i} = r.id FROM ${L} r WHERE ${on}${deps}`);
+    resolved.set(l.column, i);
+  });
+  const on = lkSources.map((c) => `coalesce(lk.${ident(c)}, '') = coalesce(m.${ident(c)}, '')`).join(' AND ');
+  return { statements, join: `LEFT JOIN sluice_lk lk ON ${on}`, on, sources: lkSources };
+}
+
+/** Staging columns the lookups read. */
+export function lookupSources(p: Pipeline): string[] {
+  const lookups = p.target.lookups ?? [];
+  return [...new Set(lookups.flatMap((l) => [...l.match.flatMap((m) => (m.from ? [m.from] : [])), ...(l.create ?? []).map((c) => c.from)]))];
+}
+
+/**
+ * "Row `alias` gives lookup `column` a value": its first match has one. A lookup creates
+ * what it does not find, so then it always resolves to an id.
+ */
+export function lookupPresent(p: Pipeline, column: string, alias: string): string {
+  const l = (p.target.lookups ?? []).find((x) => x.column === column);
+  if (!l) throw new Error(`pipeline ${p.name}: no lookup for ${column}`);
+  const first = l.match[0]!;
+  return first.from ? `${alias}.${ident(first.from)} IS NOT NULL` : `(${lookupPresent(p, first.lookup!, alias)})`;
+}
+
+/** The value a field takes from staging row `alias`: cast, or split into a set. */
+export function fieldValue(f: TargetField, alias: string): string {
+  return f.merge === 'add-to-set'
+    ? `coalesce(string_to_array(${alias}.${ident(f.from)}, ','), '{}')`
+    : f.targetType
+      ? `${alias}.${ident(f.from)}::${f.targetType}`
+      : `${alias}.${ident(f.from)}`;
 }
 
 export interface MergeSql {
@@ -165,48 +244,11 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     SELECT f.line, 0, f.n, f.${K}, ${outer} FROM (
       SELECT ${K}, min(line) AS line, sum(n)::int AS n, ${folded} FROM gone GROUP BY ${K}) f`;
 
-  // Lookups work on the few distinct source values (sluice_lk), not on every row: create
-  // what is missing, then resolve each distinct combination to its ids. Chained lookups
-  // (cities on state_id) use the ids resolved before them. Staged text is never '' (blank
-  // is NULL), so coalesce(x, '') is a null-safe key that keeps the row join hashable.
-  const lkSources = [...new Set(lookups.flatMap((l) => [...l.match.flatMap((m) => (m.from ? [m.from] : [])), ...(l.create ?? []).map((c) => c.from)]))];
-  for (const c of lkSources) {
-    if (stageTypes.get(c) !== 'text') throw new Error(`pipeline ${p.name}: lookup source ${c} must be a text column`);
-  }
-  const lookupSql: string[] = [];
-  let lookupJoin = '';
-  if (lookups.length > 0) {
-    const idCols = lookups.map(() => 'NULL::bigint').join(', ');
-    // Created once per transaction, refilled per merge (a pipelined import merges chunks).
-    lookupSql.push(`CREATE TEMP TABLE IF NOT EXISTS sluice_lk (${lkSources.map((c) => `${ident(c)} text`).join(', ')}, ${lookups.map((_, i) => `_l${i} bigint`).join(', ')}) ON COMMIT DROP`);
-    lookupSql.push('TRUNCATE sluice_lk');
-    lookupSql.push(`INSERT INTO sluice_lk SELECT DISTINCT ${lkSources.map(ident).join(', ')}, ${idCols} FROM ${S}`);
-    const resolved = new Map<string, string>();
-    lookups.forEach((l, i) => {
-      const L = ident(l.table);
-      const src = (m: { from?: string; lookup?: string }) => (m.from ? `lk.${ident(m.from)}` : `lk.${resolved.get(m.lookup!)}`);
-      const insertCols = [...l.match.map((m) => ident(m.column)), ...(l.create ?? []).map((c) => ident(c.column))];
-      const insertVals = [...l.match.map(src), ...(l.create ?? []).map((c) => `lk.${ident(c.from)}`)];
-      lookupSql.push(`INSERT INTO ${L} (${insertCols.join(', ')})
-        SELECT DISTINCT ${insertVals.join(', ')} FROM sluice_lk lk WHERE ${src(l.match[0]!)} IS NOT NULL ON CONFLICT DO NOTHING`);
-      const on = l.match
-        .map((m) => (m.from ? `r.${ident(m.column)} = ${src(m)}` : `r.${ident(m.column)} IS NOT DISTINCT FROM ${src(m)}`))
-        .join(' AND ');
-      lookupSql.push(`UPDATE sluice_lk lk SET _l${i} = r.id FROM ${L} r WHERE ${on}`);
-      resolved.set(l.column, `_l${i}`);
-    });
-    const on = lkSources.map((c) => `coalesce(lk.${ident(c)}, '') = coalesce(m.${ident(c)}, '')`).join(' AND ');
-    lookupJoin = `LEFT JOIN sluice_lk lk ON ${on}`;
-  }
+  const { statements: lookupSql, join: lookupJoin } = lookupStatements(p, stage, stageTypes, 'resolve-or-create');
   const lookupValue = (i: number) => `lk._l${i}`;
 
   const isText = (col: string) => stageTypes.get(col) === 'text';
-  const value = (f: TargetField, alias: string) =>
-    f.merge === 'add-to-set'
-      ? `coalesce(string_to_array(${alias}.${ident(f.from)}, ','), '{}')`
-      : f.targetType
-        ? `${alias}.${ident(f.from)}::${f.targetType}`
-        : `${alias}.${ident(f.from)}`;
+  const value = fieldValue;
   const main = [
     ...t.fields.map((f) => ({ column: f.column, value: value(f, 'm'), merge: f.merge, text: isText(f.from) && !f.targetType })),
     ...lookups.map((l, i) => ({ column: l.column, value: lookupValue(i), merge: l.merge, text: false })),
@@ -234,14 +276,20 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   const probeSelect = `SELECT x.*, t.id AS tid, (${changed.join(' OR ') || 'false'}) AS changed
         FROM (SELECT m.${K} AS key, ${vals.map((a) => `${a.value} AS ${a.v}`).join(', ')} FROM ${S} m ${lookupJoin}) x
         LEFT JOIN LATERAL (SELECT * FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true`;
+  // The records to update are named by id twice: in the join, and as a list the target's
+  // primary key is searched with, so that no plan reads more of the target than those
+  // records, whatever its statistics say; sluice_m's index on tid keeps the join a probe
+  // in either direction.
   const probe = [
     `CREATE TEMP TABLE IF NOT EXISTS sluice_m ON COMMIT DROP AS ${probeSelect} WITH NO DATA`,
+    'CREATE INDEX IF NOT EXISTS sluice_m_tid ON sluice_m (tid)',
     'TRUNCATE sluice_m',
     `INSERT INTO sluice_m ${probeSelect}`,
   ];
   const upsert = `WITH upd AS (
       UPDATE ${T} t SET ${updSets.length ? `${updSets.join(', ')}, ` : ''}updated_at = now()
-        FROM sluice_m m WHERE m.tid IS NOT NULL AND t.id = m.tid AND m.changed),
+        FROM sluice_m m WHERE m.tid IS NOT NULL AND t.id = m.tid AND m.changed
+         AND t.id = ANY (ARRAY(SELECT tid FROM sluice_m WHERE changed))),
     ins AS (
       INSERT INTO ${T} (${[TK, ...vals.map((a) => ident(a.column))].join(', ')})
       SELECT key, ${vals.map((a) => a.v).join(', ')} FROM sluice_m WHERE tid IS NULL
@@ -283,6 +331,7 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     // so the probes walk the child's key index and heap forwards.
     childSource = [
       `CREATE TEMP TABLE IF NOT EXISTS sluice_child (id bigint, ${cf.map((f) => `${ident(f.from)} ${PG_TYPE[stageTypes.get(f.from)!]}`).join(', ')}) ON COMMIT DROP`,
+      'CREATE INDEX IF NOT EXISTS sluice_child_id ON sluice_child (id)',
       'TRUNCATE sluice_child',
       `INSERT INTO sluice_child SELECT i.id, ${cf.map((f) => `m.${ident(f.from)}`).join(', ')} FROM sluice_ids i JOIN ${S} m ON m.${K} = i.key
        WHERE NOT i.inserted AND (${anyValue}) ORDER BY i.id`,
@@ -290,13 +339,14 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     childUpsert = `WITH u AS (
         UPDATE ${C} c SET ${updSets.join(', ')}, updated_at = now()
           FROM sluice_child m
-         WHERE c.${FK} = m.id AND (${updChanges.join(' OR ') || 'false'})
+         WHERE c.${FK} = m.id AND (${updChanges.join(' OR ') || 'false'}) AND c.${FK} = ANY (ARRAY(SELECT id FROM sluice_child))
         RETURNING c.${FK} AS id)
       INSERT INTO sluice_child_changed SELECT id FROM u`;
     childInsertMissing = `WITH u AS (
         INSERT INTO ${C} (${childCols})
         SELECT m.id, ${cf.map((f) => value(f, 'm')).join(', ')} FROM sluice_child m
-         WHERE NOT EXISTS (SELECT 1 FROM ${C} c WHERE c.${FK} = m.id)
+          LEFT JOIN LATERAL (SELECT true AS found FROM ${C} c WHERE c.${FK} = m.id LIMIT 1) c ON true
+         WHERE c.found IS NULL
         RETURNING ${FK} AS id)
       INSERT INTO sluice_child_changed SELECT id FROM u`;
     childFlag = `UPDATE sluice_ids i SET changed = true FROM sluice_child_changed u WHERE i.id = u.id AND NOT i.changed`;

@@ -8,6 +8,7 @@ import type { QueryResult } from 'pg';
 import type { Client } from '../db/pool.ts';
 import type { Pipeline, StageType } from '../engine/pipeline.ts';
 import { ident, mergeSql, type MergeSql } from './merge-sql.ts';
+import type { PreparedChunk } from './prepared-chunk.ts';
 
 export interface MergeCounts {
   inserted: number;
@@ -226,6 +227,73 @@ export class MergeSession {
     const counts = this.count({ inserted: r.inserted, updated: r.updated, unchanged: rows - r.inserted - r.updated });
     await this.keepStatistics();
     return counts;
+  }
+
+  /**
+   * Writes a chunk prepared on another connection (prepared-chunk.ts), in one round trip:
+   * the references its rows need that did not exist, then records and child rows by key,
+   * no probe. Each write must touch as many rows as prepare counted: a writer outside
+   * Sluice changing those records in between fails the import (nothing is written).
+   */
+  async applyChunk(c: PreparedChunk): Promise<{ counts: MergeCounts; created: Array<Record<string, unknown>> }> {
+    const s: Statement[] = [];
+    let created: number | undefined;
+    if (c.unresolved > 0) {
+      s.push(...c.sql.lookups.map((text) => ({ name: 'lookups', text })), { name: 'lookups', text: c.sql.fillLookups! });
+      created = s.length;
+      s.push({ text: c.sql.known!.created });
+    }
+    // Every join below reaches the target or its child by primary key (see upsertStatements).
+    s.push({ text: 'SET LOCAL enable_seqscan = off' }, { text: 'SET LOCAL enable_hashjoin = off' }, { text: 'SET LOCAL enable_mergejoin = off' });
+    const checked: Array<{ what: string; expected: number; at: number }> = [];
+    const write = (what: string, text: string | undefined, expected: number) => {
+      if (!text) return;
+      checked.push({ what, expected, at: s.length });
+      s.push({ name: `apply_${what.replace(/ /g, '_')}`, text });
+    };
+    write('update', c.sql.update, c.changed);
+    write('insert', c.sql.insert, c.inserted);
+    write('child insert', c.sql.childInsert, c.childInserts);
+    write('child update', c.sql.childUpdate, c.childUpdates);
+    s.push({ text: 'SET LOCAL enable_seqscan = on' }, { text: 'SET LOCAL enable_hashjoin = on' }, { text: 'SET LOCAL enable_mergejoin = on' });
+    let createdRows: Array<Record<string, unknown>> = [];
+    if (process.env.SLUICE_EXPLAIN === '1') {
+      if (created === undefined) {
+        await this.run(s);
+      } else {
+        await this.run(s.slice(0, created));
+        createdRows = (await this.client.query(c.sql.known!.created)).rows;
+        await this.run(s.slice(created + 1));
+      }
+    } else {
+      const t0 = performance.now();
+      const results = (await this.client.query(s.map((x) => x.text).join(';\n'))) as unknown as QueryResult[];
+      this.timings.apply = Math.round((this.timings.apply ?? 0) + performance.now() - t0);
+      for (const w of checked) {
+        const got = results[w.at]?.rowCount;
+        if (got !== w.expected) {
+          throw new Error(`${this.pipeline.target.table} changed outside this import while it ran: the ${w.what} of a chunk touched ${got} rows, expected ${w.expected}; nothing was imported`);
+        }
+      }
+      if (created !== undefined) createdRows = results[created]!.rows;
+    }
+    const counts = this.count({ inserted: c.inserted, updated: c.updated, unchanged: c.rows - c.inserted - c.updated });
+    await this.keepStatistics();
+    return { counts, created: createdRows };
+  }
+
+  /**
+   * Before the last merge of a session whose chunks were prepared: the outcome of the keys
+   * of `stage` met in those chunks (sluice_ids_all, read by the last merge's counts).
+   */
+  async rememberPrepared(tables: string[], stage: string): Promise<void> {
+    const K = ident(this.pipeline.key.name);
+    for (const t of tables) {
+      await this.step(
+        'ids',
+        `INSERT INTO sluice_ids_all SELECT p.key, p.tid IS NULL, p.changed OR p.cchanged FROM ${ident(t)} p WHERE p.key IN (SELECT s.${K} FROM ${ident(stage)} s)`,
+      );
+    }
   }
 
   async commit(): Promise<void> {

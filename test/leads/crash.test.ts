@@ -63,14 +63,11 @@ test('kill -9 mid-merge: nothing written; the next import marks it interrupted a
   const before = await snapshot(crashed);
 
   const victim = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], { DATABASE_URL: crashed.url, SLUICE_CHUNK_ROWS: '1000' });
-  // Killed once a chunk has been merged inside the import's open transaction.
-  // (A chunk's second round trip starts with this statement; pg_stat_activity keeps only
-  // the first 1 kB of a query's text.)
+  // Killed once a chunk has been written inside the import's open transaction.
   await until(async () => {
     assert.equal(victim.child.exitCode, null, `the import ended before it could be killed: ${victim.output()}`);
-    const q = `SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'SET LOCAL enable_mergejoin = on%'`;
-    return (await crashed.pool.query(q)).rowCount;
-  }, 'a merged chunk');
+    return await chunkWritten(crashed);
+  }, 'a written chunk');
   await victim.kill('SIGKILL');
   const dead = await crashed.pool.query(`SELECT id, status FROM imports`);
   assert.deepEqual(dead.rows.map((r) => r.status), ['running']);
@@ -94,7 +91,16 @@ test('kill -9 mid-merge: nothing written; the next import marks it interrupted a
   assert.deepEqual(staging.rows, [], 'the dead import\'s staging tables were dropped');
 });
 
-test('the merge connection dropped mid-merge: the import fails with the error, exit 1, nothing written', async () => {
+/**
+ * A chunk is written in the import's transaction: its third prepared table exists (the
+ * second connection prepares chunk n only once chunk n - 2 is written).
+ */
+async function chunkWritten(db: TestDb): Promise<boolean> {
+  const { rowCount } = await db.pool.query(`SELECT 1 FROM pg_class WHERE relname LIKE 'sluice\\_stage\\_%\\_m2'`);
+  return rowCount === 1;
+}
+
+for (const [connection, what] of [['merge', 'the merge connection'], ['prepare', 'the connection preparing chunks']]) test(`${what} dropped mid-merge: the import fails with the error, exit 1, nothing written`, async () => {
   const file = writeFile();
   const db = await testDb();
   try {
@@ -103,9 +109,13 @@ test('the merge connection dropped mid-merge: the import fails with the error, e
     const p = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], { DATABASE_URL: db.url, SLUICE_CHUNK_ROWS: '1000' });
     const pid = await until(async () => {
       assert.equal(p.child.exitCode, null, `the import ended before its connection could be dropped: ${p.output()}`);
-      const q = `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'SET LOCAL enable_mergejoin = on%'`;
+      if (!(await chunkWritten(db))) return undefined;
+      // The merge connection holds the import's advisory locks; the other one is named.
+      const q = connection === 'merge'
+        ? `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`
+        : `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-prepare'`;
       return (await db.pool.query<{ pid: number }>(q)).rows[0]?.pid;
-    }, 'a merged chunk');
+    }, 'a written chunk');
     await db.pool.query('SELECT pg_terminate_backend($1)', [pid]);
     const code = await new Promise<number | null>((r) => (p.child.exitCode !== null ? r(p.child.exitCode) : p.child.once('exit', r)));
     assert.equal(code, 1, p.output());

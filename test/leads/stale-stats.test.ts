@@ -31,7 +31,8 @@ test('with the targets recorded empty, the merge still reaches them by index onl
   // What autovacuum leaves after analyzing a table while it was empty: pages, no tuples.
   await db.pool.query(`UPDATE pg_class SET reltuples = 0 WHERE relname IN ('leads', 'lead_infos')`);
   const file = path.join(dir, 'f.csv');
-  const rows = Array.from({ length: 300 }, (_, i) => `l${i * 100}@x.com,M${i},tw${i},,,,,,,,,,`);
+  // 300 distinct emails merged in prepared chunks, then 50 met again: the last merge.
+  const rows = Array.from({ length: 350 }, (_, i) => `l${(i % 300) * 100}@x.com,M${i},tw${i},,,,,,,,,,`);
   fs.writeFileSync(file, `${LEADS_CSV_HEADER}\n${rows.join('\n')}\n`);
 
   const plans: string[] = [];
@@ -45,16 +46,24 @@ test('with the targets recorded empty, the merge still reaches them by index onl
   try {
     const r = await runImport({ pool: db.pool, pipeline: leads, file });
     assert.equal(r.status, 'completed', r.error);
-    assert.deepEqual(r.rows, { read: 300, inserted: 100, updated: 200, unchanged: 0, rejected: 0 });
+    assert.deepEqual(r.rows, { read: 350, inserted: 100, updated: 250, unchanged: 0, rejected: 0 });
   } finally {
     process.stderr.write = write;
     delete process.env.SLUICE_EXPLAIN;
     delete process.env.SLUICE_CHUNK_ROWS;
   }
   const text = plans.join('');
-  for (const step of ['probe', 'upsert', 'child_update', 'child_insert_missing']) assert.match(text, new RegExp(`-- ${step}\\n`), `${step} was explained`);
+  const steps = ['prepare', 'apply_update', 'apply_child_update', 'probe', 'upsert', 'child_update', 'child_insert_missing'];
+  for (const step of steps) assert.match(text, new RegExp(`-- ${step}\\n`), `${step} was explained`);
   assert.doesNotMatch(text, /Seq Scan on leads\b/);
   assert.doesNotMatch(text, /Seq Scan on lead_infos\b/);
+  // Nor a full index scan: every index scan of them is searched for given keys.
+  const lines = text.split('\n');
+  lines.forEach((line, i) => {
+    if (/(Index|Index Only|Bitmap Index) Scan (using \S+ )?on (leads|lead_infos|leads_\w+|lead_infos_\w+)\b/.test(line)) {
+      assert.match(lines[i + 1] ?? '', /Index Cond:/, `a full index scan:\n${lines.slice(Math.max(0, i - 8), i + 4).join('\n')}`);
+    }
+  });
 });
 
 test('once a merge has inserted more rows than the statistics know of, the target is analyzed inside the transaction', async () => {

@@ -1,0 +1,181 @@
+/**
+ * The SQL of a prepared chunk (prepared-chunk.ts): the merge of one chunk of first-met keys
+ * split in two, so that two Postgres backends share the work.
+ *
+ * prepare (a second connection, its own short transactions, reads only the target tables):
+ *   the chunk's rows with their merged values, the id of their record (or a new id drawn
+ *   from the target's sequence), their lookups' ids where the referenced rows exist, and
+ *   whether the merge changes the record and its child row, into an unlogged table.
+ * apply (the import's transaction): creates the lookups' missing rows (if any row needs
+ *   one), then writes: records updated by primary key, new records inserted with their
+ *   drawn ids, child rows inserted and updated. Nothing is probed there.
+ *
+ * Why prepare may read outside the import's transaction: the import holds the target's merge
+ * lock (merge.ts) before the first prepare, so no other Sluice merge commits meanwhile, and
+ * a chunk's keys are met for the first time, so no earlier chunk of this import (written but
+ * not committed, invisible to prepare) touched them. A writer outside Sluice changing the
+ * same records meanwhile is caught by apply's row counts, which must equal prepare's.
+ */
+import type { Pipeline, StageType } from '../engine/pipeline.ts';
+import { assignment, fieldValue, ident, lookupPresent, lookupStatements } from './merge-sql.ts';
+
+export interface ChunkSql {
+  /** prepare: one transaction (lookups resolved read-only, then the prepared table). */
+  prepare: string[];
+  /** prepare: the chunk's counts and what apply must find (one row). */
+  counts: string;
+  /**
+   * References created by apply, known to prepare by id (session table of the preparing
+   * connection): `create`/`drop` it, `insert` rows as JSON ($1), `fill` (in prepare),
+   * `created` (apply, after `lookups`: the references it resolved, to insert).
+   */
+  known: { create: string; insert: string; fill: string; drop: string; created: string } | undefined;
+  /** apply, only when some row references a row prepare did not find: creates and resolves. */
+  lookups: string[];
+  /** apply: the ids of the references created above, into the prepared table. */
+  fillLookups: string | undefined;
+  /** apply, in order; each statement's row count is checked against `counts`. */
+  update: string;
+  insert: string;
+  childInsert: string | undefined;
+  childUpdate: string | undefined;
+}
+
+/**
+ * Statements that merge staging table `source` (every key distinct, none met before in this
+ * import) through the prepared table `prepared`. `sequence`: the target id's sequence.
+ * `exclude`: staging rows left out (SQL condition on alias `m`, e.g. keys met before).
+ */
+export function chunkSql(
+  p: Pipeline,
+  stageTypes: Map<string, StageType>,
+  source: string,
+  prepared: string,
+  sequence: string,
+  exclude?: string,
+): ChunkSql {
+  const t = p.target;
+  const S = ident(source);
+  const P = ident(prepared);
+  const T = ident(t.table);
+  const K = ident(p.key.name);
+  const TK = ident(t.key);
+  const lookups = t.lookups ?? [];
+  const isText = (col: string) => stageTypes.get(col) === 'text';
+  const seq = `'${sequence.replace(/'/g, "''")}'::regclass`;
+
+  // Columns of the prepared table: key, v<i> (fields), l<i> (lookup ids), the lookups'
+  // source values, c<i> (child fields), then tid, nid and the flags.
+  const fields = t.fields.map((f, i) => ({ f, v: `v${i}`, text: isText(f.from) && !f.targetType }));
+  const children = (t.child?.fields ?? []).map((f, i) => ({ f, v: `c${i}`, text: isText(f.from) && !f.targetType }));
+  const resolve = lookupStatements(p, source, stageTypes, 'resolve', exclude ? `NOT (${exclude})` : '');
+
+  // References apply created for earlier chunks (not committed, so not found above) are
+  // known by their ids: apply reports them, the preparer keeps them in sluice_lk_known.
+  const known = lookups.length
+    ? {
+        create: `CREATE TEMP TABLE IF NOT EXISTS sluice_lk_known (${resolve.sources.map((c) => `${ident(c)} text`).join(', ')}, ${lookups.map((_, i) => `_l${i} bigint`).join(', ')})`,
+        insert: 'INSERT INTO sluice_lk_known SELECT * FROM json_populate_recordset(NULL::sluice_lk_known, $1)',
+        fill: `UPDATE sluice_lk lk SET ${lookups.map((_, i) => `_l${i} = coalesce(lk._l${i}, k._l${i})`).join(', ')} FROM sluice_lk_known k
+          WHERE ${resolve.sources.map((c) => `coalesce(lk.${ident(c)}, '') = coalesce(k.${ident(c)}, '')`).join(' AND ')}`,
+        drop: 'DROP TABLE IF EXISTS pg_temp.sluice_lk_known',
+        created: 'SELECT * FROM sluice_lk',
+      }
+    : undefined;
+
+  // A lookup prepare did not find (present, no id) refers to a row apply creates, or
+  // created for an earlier chunk: a new id, distinct from any id a record of this chunk
+  // holds (their stored references are committed rows).
+  const lookupChange = (i: number) => {
+    const l = lookups[i]!;
+    const stored = `t.${ident(l.column)}`;
+    const known = assignment(l.merge, `x.l${i}`, stored, false)?.changes ?? 'false';
+    const created = l.merge === 'fill-if-blank' ? `${stored} IS NULL` : l.merge === 'overwrite' ? 'true' : 'false';
+    return `(CASE WHEN x.l${i} IS NULL AND x.p${i} THEN ${created} ELSE ${known} END)`;
+  };
+  const changes = [
+    ...fields.flatMap(({ f, v, text }) => assignment(f.merge, `x.${v}`, `t.${ident(f.column)}`, text)?.changes ?? []),
+    ...lookups.map((_, i) => lookupChange(i)),
+  ];
+  const anyChildOf = (alias: string) => children.map(({ v }) => `${alias}${v} IS NOT NULL`).join(' OR ') || 'false';
+  const anyChild = anyChildOf('x.');
+  const childChanges = children.flatMap(({ f, v, text }) => assignment(f.merge, `x.${v}`, `c.${ident(f.column)}`, text)?.changes ?? []);
+
+  const inner = [
+    `m.${K} AS key`,
+    ...fields.map(({ f, v }) => `${fieldValue(f, 'm')} AS ${v}`),
+    ...lookups.map((l, i) => `lk._l${i} AS l${i}, ${lookupPresent(p, l.column, 'm')} AS p${i}`),
+    ...resolve.sources.map((c) => `m.${ident(c)}`),
+    ...children.map(({ f, v }) => `${fieldValue(f, 'm')} AS ${v}`),
+  ];
+  const unresolved = lookups.map((_, i) => `(x.l${i} IS NULL AND x.p${i})`).join(' OR ') || 'false';
+  const child = t.child;
+  const C = child ? ident(child.table) : '';
+  const FK = child ? ident(child.foreignKey) : '';
+  const select = `SELECT x.*, t.id AS tid, CASE WHEN t.id IS NULL THEN nextval(${seq}) END AS nid,
+        coalesce(${unresolved}, false) AS unresolved,
+        t.id IS NOT NULL AND (${changes.join(' OR ') || 'false'}) AS changed,
+        ${child ? 'c.' + FK + ' IS NOT NULL' : 'false'} AS cexists,
+        ${child ? `t.id IS NOT NULL AND CASE WHEN c.${FK} IS NULL THEN (${anyChild}) ELSE (${childChanges.join(' OR ') || 'false'}) END` : 'false'} AS cchanged
+      FROM (SELECT ${inner.join(', ')} FROM ${S} m ${resolve.join} ${exclude ? `WHERE NOT (${exclude})` : ''}) x
+      LEFT JOIN LATERAL (SELECT * FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true
+      ${child ? `LEFT JOIN LATERAL (SELECT * FROM ${C} c WHERE c.${FK} = t.id LIMIT 1) c ON true` : ''}`;
+  // The target and its child are reached by index probes only, whatever their statistics
+  // say (see merge-sql.ts); the few distinct lookup values are hashed.
+  const prepare = [
+    'BEGIN',
+    'SET LOCAL enable_seqscan = off',
+    'SET LOCAL enable_mergejoin = off',
+    ...resolve.statements,
+    ...(known ? [known.fill] : []),
+    `CREATE UNLOGGED TABLE ${P} AS ${select}`,
+    `CREATE INDEX ON ${P} (tid)`,
+    'COMMIT',
+  ];
+  const counts = `SELECT count(*) FILTER (WHERE tid IS NULL)::int AS inserted,
+      count(*) FILTER (WHERE tid IS NOT NULL AND (changed OR cchanged))::int AS updated,
+      count(*)::int AS rows,
+      count(*) FILTER (WHERE changed)::int AS changed,
+      count(*) FILTER (WHERE NOT cexists AND (${anyChildOf('')}))::int AS child_inserts,
+      count(*) FILTER (WHERE cexists AND cchanged)::int AS child_updates,
+      count(*) FILTER (WHERE unresolved)::int AS unresolved
+    FROM ${P}`;
+
+  // apply: references prepare did not find are created (or found: created for an earlier
+  // chunk) as in any merge, and their ids written into the prepared table.
+  const create = lookupStatements(p, prepared, stageTypes, 'resolve-or-create', 'm.unresolved');
+  const fillLookups = lookups.length
+    ? `UPDATE ${P} m SET ${lookups.map((_, i) => `l${i} = lk._l${i}`).join(', ')} FROM sluice_lk lk WHERE m.unresolved AND ${create.on}`
+    : undefined;
+
+  const main = [
+    ...fields.map(({ f, v, text }) => ({ column: f.column, v, merge: f.merge, text })),
+    ...lookups.map((l, i) => ({ column: l.column, v: `l${i}`, merge: l.merge, text: false })),
+  ];
+  const sets = main.flatMap((a) => {
+    const r = assignment(a.merge, `m.${a.v}`, `t.${ident(a.column)}`, a.text);
+    return r ? [`${ident(a.column)} = ${r.set}`] : [];
+  });
+  // The records are named by id twice: in the join, and as a list the target's primary key
+  // is searched with. Whatever the target's statistics say (see merge-sql.ts), no plan can
+  // then read more of it than those records; the prepared table's index on tid keeps the
+  // join a probe in either direction.
+  const update = `UPDATE ${T} t SET ${sets.length ? `${sets.join(', ')}, ` : ''}updated_at = now() FROM ${P} m
+    WHERE t.id = m.tid AND m.changed AND t.id = ANY (ARRAY(SELECT tid FROM ${P} WHERE changed))`;
+  // Explicit ids: OVERRIDING SYSTEM VALUE lets them into a GENERATED ALWAYS identity too.
+  const insert = `INSERT INTO ${T} (id, ${[TK, ...main.map((a) => ident(a.column))].join(', ')}) OVERRIDING SYSTEM VALUE
+    SELECT nid, key, ${main.map((a) => a.v).join(', ')} FROM ${P} WHERE tid IS NULL`;
+  let childInsert: string | undefined;
+  let childUpdate: string | undefined;
+  if (child) {
+    childInsert = `INSERT INTO ${C} (${FK}, ${children.map(({ f }) => ident(f.column)).join(', ')})
+      SELECT coalesce(tid, nid), ${children.map(({ v }) => v).join(', ')} FROM ${P} WHERE NOT cexists AND (${anyChildOf('')})`;
+    const childSets = children.flatMap(({ f, v, text }) => {
+      const r = assignment(f.merge, `m.${v}`, `c.${ident(f.column)}`, text);
+      return r ? [`${ident(f.column)} = ${r.set}`] : [];
+    });
+    childUpdate = `UPDATE ${C} c SET ${childSets.length ? `${childSets.join(', ')}, ` : ''}updated_at = now()
+      FROM ${P} m WHERE c.${FK} = m.tid AND m.cexists AND m.cchanged AND c.${FK} = ANY (ARRAY(SELECT tid FROM ${P} WHERE cexists AND cchanged))`;
+  }
+  return { prepare, counts, known, lookups: create.statements, fillLookups, update, insert, childInsert, childUpdate };
+}

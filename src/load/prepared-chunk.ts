@@ -1,0 +1,123 @@
+/**
+ * Prepared chunks: the read half of a chunk's merge, run on a second connection while the
+ * import's own connection writes the chunk before (chunk-sql.ts says why that is safe).
+ * Two backends then share a pipelined import's Postgres work instead of one doing it all.
+ */
+import type { Client } from '../db/pool.ts';
+import type { Pipeline, StageType } from '../engine/pipeline.ts';
+import { chunkSql, type ChunkSql } from './chunk-sql.ts';
+import { ident } from './merge-sql.ts';
+
+/** A chunk ready for MergeSession.applyChunk: its table, statements and expected counts. */
+export interface PreparedChunk {
+  table: string;
+  sql: ChunkSql;
+  rows: number;
+  inserted: number;
+  updated: number;
+  /** Records the update must change; child rows it must insert and update. */
+  changed: number;
+  childInserts: number;
+  childUpdates: number;
+  /** Rows referencing a lookup row prepare did not find (apply creates or finds it). */
+  unresolved: number;
+}
+
+/** The sequence behind the target's `id` (pg_get_serial_sequence), or null without one. */
+export async function idSequence(client: Client, pipeline: Pipeline): Promise<string | null> {
+  const { rows } = await client.query(`SELECT pg_get_serial_sequence($1, 'id') AS s`, [ident(pipeline.target.table)]);
+  return (rows[0]?.s as string | null) ?? null;
+}
+
+export class ChunkPreparer {
+  private readonly client: Client;
+  private readonly pipeline: Pipeline;
+  private readonly types: Map<string, StageType>;
+  private readonly sequence: string;
+  private readonly timings: Record<string, number>;
+
+  /** References created by the merge's transaction (applyChunk), not yet in sluice_lk_known. */
+  private pending: Array<Record<string, unknown>> = [];
+  private readonly seen = new Set<string>();
+  /** The statement dropping sluice_lk_known, once created. */
+  private knownTable: string | undefined;
+
+  /** `client`: not the merge's; `sequence`: from idSequence(). */
+  constructor(client: Client, pipeline: Pipeline, sequence: string, timings: Record<string, number>) {
+    this.client = client;
+    this.pipeline = pipeline;
+    this.sequence = sequence;
+    this.timings = timings;
+    this.types = new Map<string, StageType>([[pipeline.key.name, pipeline.key.type]]);
+    for (const c of pipeline.columns) this.types.set(c.name, c.type);
+  }
+
+  /**
+   * References the merge's transaction created or found for a chunk (applyChunk's
+   * `created`): later chunks resolve them by id instead of leaving them to the merge.
+   */
+  remember(created: Array<Record<string, unknown>>): void {
+    for (const r of created) {
+      const id = JSON.stringify(r);
+      if (this.seen.has(id)) continue;
+      this.seen.add(id);
+      this.pending.push(r);
+    }
+  }
+
+  /** Drops this import's session table from the (pooled) connection. */
+  async close(): Promise<void> {
+    if (this.knownTable) await this.client.query(this.knownTable);
+  }
+
+  /**
+   * Prepares staging table `source` (distinct keys, none met before in this import) into a
+   * new unlogged table `prepared`, committed so that the merge's transaction can read it.
+   * `exclude`: rows of `source` left out (condition on alias `m`).
+   */
+  async prepare(source: string, prepared: string, exclude?: string): Promise<PreparedChunk> {
+    const t0 = performance.now();
+    const sql = chunkSql(this.pipeline, this.types, source, prepared, this.sequence, exclude);
+    if (sql.known) {
+      if (!this.knownTable) {
+        await this.client.query(sql.known.create);
+        this.knownTable = sql.known.drop;
+      }
+      if (this.pending.length > 0) {
+        await this.client.query(sql.known.insert, [JSON.stringify(this.pending)]);
+        this.pending = [];
+      }
+    }
+    try {
+      if (process.env.SLUICE_EXPLAIN === '1') {
+        // Diagnostics (docs/operations.md): the plan of the prepared table's statement.
+        for (const text of sql.prepare) {
+          if (!text.startsWith('CREATE UNLOGGED TABLE')) {
+            await this.client.query(text);
+            continue;
+          }
+          const plan = await this.client.query(`EXPLAIN (ANALYZE, BUFFERS) ${text}`);
+          process.stderr.write(`-- prepare\n${plan.rows.map((r: Record<string, string>) => r['QUERY PLAN']).join('\n')}\n`);
+        }
+      } else {
+        await this.client.query(sql.prepare.join(';\n'));
+      }
+    } catch (err) {
+      await this.client.query('ROLLBACK').catch(() => {});
+      throw err;
+    }
+    const c = (await this.client.query(sql.counts)).rows[0] as Record<string, number>;
+    this.timings.prepare = Math.round((this.timings.prepare ?? 0) + performance.now() - t0);
+    return {
+      table: prepared,
+      sql,
+      rows: c.rows!,
+      inserted: c.inserted!,
+      updated: c.updated!,
+      changed: c.changed!,
+      childInserts: c.child_inserts!,
+      childUpdates: c.child_updates!,
+      unresolved: c.unresolved!,
+    };
+  }
+}
