@@ -285,6 +285,7 @@ async function stageAndMerge(
       await client.query(createStageSql(o.pipeline, CHUNK));
       return null;
     }
+    await session.lockTargets();
     second = await o.pool.connect();
     // Told apart from the import's own connection in pg_stat_activity.
     await second.query(`SET application_name = 'sluice-prepare'`);

@@ -112,14 +112,14 @@ export function chunkSql(
   const child = t.child;
   const C = child ? ident(child.table) : '';
   const FK = child ? ident(child.foreignKey) : '';
-  const select = `SELECT x.*, t.id AS tid, CASE WHEN t.id IS NULL THEN nextval(${seq}) END AS nid,
+  const select = `SELECT x.*, t.id AS tid, t.ctid AS tctid, ${child ? 'c.ctid' : 'NULL::tid'} AS cctid, CASE WHEN t.id IS NULL THEN nextval(${seq}) END AS nid,
         coalesce(${unresolved}, false) AS unresolved,
         t.id IS NOT NULL AND (${changes.join(' OR ') || 'false'}) AS changed,
         ${child ? 'c.' + FK + ' IS NOT NULL' : 'false'} AS cexists,
         ${child ? `t.id IS NOT NULL AND CASE WHEN c.${FK} IS NULL THEN (${anyChild}) ELSE (${childChanges.join(' OR ') || 'false'}) END` : 'false'} AS cchanged
       FROM (SELECT ${inner.join(', ')} FROM ${S} m ${resolve.join} ${exclude ? `WHERE NOT (${exclude})` : ''}) x
-      LEFT JOIN LATERAL (SELECT * FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true
-      ${child ? `LEFT JOIN LATERAL (SELECT * FROM ${C} c WHERE c.${FK} = t.id LIMIT 1) c ON true` : ''}`;
+      LEFT JOIN LATERAL (SELECT ctid, * FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true
+      ${child ? `LEFT JOIN LATERAL (SELECT ctid, * FROM ${C} c WHERE c.${FK} = t.id LIMIT 1) c ON true` : ''}`;
   // The target and its child are reached by index probes only, whatever their statistics
   // say (see merge-sql.ts); the few distinct lookup values are hashed.
   const prepare = [
@@ -128,8 +128,10 @@ export function chunkSql(
     'SET LOCAL enable_mergejoin = off',
     ...resolve.statements,
     ...(known ? [known.fill] : []),
-    `CREATE UNLOGGED TABLE ${P} AS ${select}`,
-    `CREATE INDEX ON ${P} (tid)`,
+    // Read once by the merge, then dropped: autovacuum has nothing to learn from it.
+    `CREATE UNLOGGED TABLE ${P} WITH (autovacuum_enabled = false) AS ${select}`,
+    // Unique: the planner then probes it for one row per record, not by bitmap.
+    `CREATE UNIQUE INDEX ON ${P} (tid)`,
     'COMMIT',
   ];
   const counts = `SELECT count(*) FILTER (WHERE tid IS NULL)::int AS inserted,
@@ -156,12 +158,16 @@ export function chunkSql(
     const r = assignment(a.merge, `m.${a.v}`, `t.${ident(a.column)}`, a.text);
     return r ? [`${ident(a.column)} = ${r.set}`] : [];
   });
-  // The records are named by id twice: in the join, and as a list the target's primary key
-  // is searched with. Whatever the target's statistics say (see merge-sql.ts), no plan can
-  // then read more of it than those records; the prepared table's index on tid keeps the
-  // join a probe in either direction.
+  // The records are reached where prepare found them, by their tuple ids (ctid): no index
+  // is searched again. Named twice, in the join and as a list for a TID scan, so that
+  // whatever the target's statistics say (see merge-sql.ts) no plan reads more of it than
+  // those records; the prepared table's unique index on tid keeps the join a probe in
+  // either direction. The tuple ids hold: the import locks the tables before the first
+  // prepare (no VACUUM FULL, CLUSTER...), and a record updated by another writer since is
+  // no longer at its tuple id (its old version fails t.id = m.tid or is invisible), so the
+  // update's row count falls short and the import fails.
   const update = `UPDATE ${T} t SET ${sets.length ? `${sets.join(', ')}, ` : ''}updated_at = now() FROM ${P} m
-    WHERE t.id = m.tid AND m.changed AND t.id = ANY (ARRAY(SELECT tid FROM ${P} WHERE changed))`;
+    WHERE t.ctid = m.tctid AND t.id = m.tid AND m.changed AND t.ctid = ANY (ARRAY(SELECT tctid FROM ${P} WHERE changed))`;
   // Explicit ids: OVERRIDING SYSTEM VALUE lets them into a GENERATED ALWAYS identity too.
   const insert = `INSERT INTO ${T} (id, ${[TK, ...main.map((a) => ident(a.column))].join(', ')}) OVERRIDING SYSTEM VALUE
     SELECT nid, key, ${main.map((a) => a.v).join(', ')} FROM ${P} WHERE tid IS NULL`;
@@ -175,7 +181,8 @@ export function chunkSql(
       return r ? [`${ident(f.column)} = ${r.set}`] : [];
     });
     childUpdate = `UPDATE ${C} c SET ${childSets.length ? `${childSets.join(', ')}, ` : ''}updated_at = now()
-      FROM ${P} m WHERE c.${FK} = m.tid AND m.cexists AND m.cchanged AND c.${FK} = ANY (ARRAY(SELECT tid FROM ${P} WHERE cexists AND cchanged))`;
+      FROM ${P} m WHERE c.ctid = m.cctid AND c.${FK} = m.tid AND m.cexists AND m.cchanged
+       AND c.ctid = ANY (ARRAY(SELECT cctid FROM ${P} WHERE cexists AND cchanged))`;
   }
   return { prepare, counts, known, lookups: create.statements, fillLookups, update, insert, childInsert, childUpdate };
 }

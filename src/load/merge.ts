@@ -230,6 +230,16 @@ export class MergeSession {
   }
 
   /**
+   * Before chunks are prepared on another connection: the target tables locked against
+   * anything that would move their rows (VACUUM FULL, CLUSTER, ALTER TABLE) until this
+   * transaction ends, so the tuple ids prepare records stay valid (chunk-sql.ts).
+   */
+  async lockTargets(): Promise<void> {
+    const t = this.pipeline.target;
+    await this.client.query(`LOCK TABLE ${[t.table, ...(t.child ? [t.child.table] : [])].map(ident).join(', ')} IN ROW EXCLUSIVE MODE`);
+  }
+
+  /**
    * Writes a chunk prepared on another connection (prepared-chunk.ts), in one round trip:
    * the references its rows need that did not exist, then records and child rows by key,
    * no probe. Each write must touch as many rows as prepare counted: a writer outside
