@@ -249,7 +249,6 @@ async function stageAndMerge(
   // this one: `preparing` is the last chunk's preparation, `writes` the chunks' writes in
   // order. Without an id sequence on the target, chunks are merged here whole (mergeChunk).
   let preparer: ChunkPreparer | undefined | null;
-  let second: Client | undefined;
   let preparing: Promise<unknown> | undefined;
   const writes: Array<Promise<unknown>> = [];
   const prepared: string[] = [];
@@ -286,11 +285,14 @@ async function stageAndMerge(
       return null;
     }
     await session.lockTargets();
-    second = await o.pool.connect();
-    // Told apart from the import's own connection in pg_stat_activity.
-    await second.query(`SET application_name = 'sluice-prepare'`);
-    await second.query(createStageSql(o.pipeline, CHUNK));
-    return new ChunkPreparer(second, o.pipeline, sequence, timings);
+    const p = await ChunkPreparer.open(o.pool, o.pipeline, sequence, timings);
+    try {
+      await p.db.query(createStageSql(o.pipeline, CHUNK));
+    } catch (err) {
+      await p.close(true);
+      throw err;
+    }
+    return p;
   };
   /** Starts the merge of the chunk; with `wait`, waits for it. */
   const flushChunk = async (wait: boolean) => {
@@ -317,7 +319,7 @@ async function stageAndMerge(
       const table = `${stage}_m${prepared.length}`;
       prepared.push(table);
       const p = preparer;
-      const db = second!;
+      const db = p.db;
       const prep = observed(
         (async () => {
           await timed('copy', async () => {
@@ -403,16 +405,11 @@ async function stageAndMerge(
     await Promise.allSettled([preparing, ...writes]);
     await session.rollback();
     // The second connection may have failed mid-statement: not handed back to the pool.
-    second?.release(true);
-    second = undefined;
+    await preparer?.close(true);
+    preparer = null;
     throw err;
   } finally {
-    const db = second;
-    if (db) {
-      await (preparer ? preparer.close() : Promise.resolve())
-        .then(() => db.query('RESET application_name'))
-        .then(() => db.release(), (e: Error) => db.release(e));
-    }
+    await preparer?.close(false);
     await client.query(`DROP TABLE IF EXISTS ${ident(CHUNK)}`).catch(() => {});
   }
 }

@@ -15,7 +15,7 @@
  * the import) are merged whole once every part is staged.
  */
 import { errorMessage } from '../core/errors.ts';
-import type { Client } from '../db/pool.ts';
+import type { Client, Pool } from '../db/pool.ts';
 import { finishImport } from '../db/sql/imports.ts';
 import {
   dropPartData, finishMerged, importForWork, mergerState, mergeWork, notifyImportFinished, requeuePart,
@@ -26,6 +26,7 @@ import { mapHeader } from '../engine/row-mapper.ts';
 import { importRows } from '../http/metrics.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { ident } from '../load/merge-sql.ts';
+import { ChunkPreparer, idSequence, type PreparedChunk } from '../load/prepared-chunk.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
 import { KeyFilter } from '../engine/key-filter.ts';
@@ -176,7 +177,7 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
     await session.begin();
     let merged: Merged;
     try {
-      merged = await followParts(client, session, { pipeline, importId, stage, chunked }, timings, signal);
+      merged = await followParts(client, session, { pipeline, importId, stage, chunked, pool }, timings, signal);
       const t = performance.now();
       await dropPartData(client, importId);
       if (merged.parts <= DROP_IN_TRANSACTION_MAX_PARTS) await dropStaging(client, importId);
@@ -236,7 +237,7 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
 async function followParts(
   client: Client,
   session: MergeSession,
-  o: { pipeline: Pipeline; importId: string; stage: string; chunked: boolean },
+  o: { pipeline: Pipeline; importId: string; stage: string; chunked: boolean; pool: Pool },
   timings: Record<string, number>,
   signal: PartSignal,
 ): Promise<Merged> {
@@ -244,6 +245,79 @@ async function followParts(
   const later = ident(LATER);
   const seen = o.chunked ? new SeenHashes() : undefined;
   if (o.chunked) await client.query(`CREATE TEMP TABLE ${later} (LIKE ${ident(o.stage)} INCLUDING DEFAULTS) ON COMMIT DROP`);
+  // Parts are prepared on a second connection while this one writes the part before
+  // (src/load/prepared-chunk.ts); without an id sequence on the target, merged here whole.
+  const sequence = o.chunked ? await idSequence(client, o.pipeline) : null;
+  const preparing = sequence ? await PartPreparer.open(o.pool, session, o.pipeline, sequence, timings) : undefined;
+  try {
+    const merged = await followPartsWith(client, session, o, timings, signal, { key, later, seen, preparing });
+    return merged;
+  } finally {
+    await preparing?.close();
+  }
+}
+
+/**
+ * The parts' preparation, in file order on its own connection, and their writes, in file
+ * order on the merge's: part n + 1 is prepared while part n is written.
+ */
+class PartPreparer {
+  readonly preparer: ChunkPreparer;
+  private readonly db: Client;
+  private prepared: Promise<unknown> = Promise.resolve();
+  private written: Promise<unknown> = Promise.resolve();
+  readonly tables: string[] = [];
+  private failed = false;
+
+  private constructor(db: Client, preparer: ChunkPreparer) {
+    this.db = db;
+    this.preparer = preparer;
+  }
+
+  static async open(pool: Pool, session: MergeSession, pipeline: Pipeline, sequence: string, timings: Record<string, number>): Promise<PartPreparer> {
+    await session.lockTargets();
+    const preparer = await ChunkPreparer.open(pool, pipeline, sequence, timings);
+    return new PartPreparer(preparer.db, preparer);
+  }
+
+  /**
+   * Schedules part `table`: `split` (on the preparing connection) returns the condition
+   * leaving out its rows of keys met before; `write` (on the merge's) runs once the part
+   * before is written. Returns once the preparing connection is free for the next part.
+   */
+  async add(prepared: string, table: string, split: (db: Client) => Promise<string | undefined>, write: (c: PreparedChunk) => Promise<void>): Promise<void> {
+    // A failed part fails the merge now, not after the parts still to come.
+    if (this.failed) await this.settle();
+    const before = this.written;
+    const prep = this.prepared.then(async () => this.preparer.prepare(table, prepared, await split(this.db)));
+    this.tables.push(prepared);
+    this.prepared = prep;
+    this.written = Promise.all([prep, before]).then(([c]) => write(c));
+    prep.catch(() => (this.failed = true));
+    this.written.catch(() => (this.failed = true));
+    await prep.catch(() => {});
+  }
+
+  /** Waits for every part scheduled; throws the first failure. */
+  async settle(): Promise<void> {
+    await Promise.all([this.prepared, this.written]);
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([this.prepared, this.written]);
+    await this.preparer.close(this.failed);
+  }
+}
+
+async function followPartsWith(
+  client: Client,
+  session: MergeSession,
+  o: { pipeline: Pipeline; importId: string; stage: string; chunked: boolean },
+  timings: Record<string, number>,
+  signal: PartSignal,
+  h: { key: string; later: string; seen: SeenHashes | undefined; preparing: PartPreparer | undefined },
+): Promise<Merged> {
+  const { key, later, seen, preparing } = h;
 
   /**
    * Merges part `n` as a chunk, after moving to `later` the rows whose key may have been met
@@ -251,6 +325,7 @@ async function followParts(
    * their hashtext; two keys sharing one are both moved, which is safe.
    */
   const mergePart = async (n: number, accepted: number) => {
+    if (preparing) return preparePart(n, accepted);
     const t = performance.now();
     const table = ident(partTableName(o.importId, n));
     const list = (await client.query(`SELECT string_agg(hashtext(${key}::text)::text, ',') AS h FROM ${table}`)).rows[0].h as string | null;
@@ -266,6 +341,37 @@ async function followParts(
     }
     timings.split = Math.round((timings.split ?? 0) + performance.now() - t);
     if (rows > 0) await session.mergeChunk(partTableName(o.importId, n), rows);
+  };
+
+  /**
+   * mergePart with a second connection: the split and the part's preparation there (the
+   * rows of keys met before left out, not deleted: the part table is not this transaction's
+   * to change while another connection reads it), the moved rows and the writes here.
+   */
+  const preparePart = async (n: number, accepted: number) => {
+    const name = partTableName(o.importId, n);
+    const table = ident(name);
+    let suspects: number[] = [];
+    await preparing!.add(
+      `${o.stage}_m${n}`,
+      name,
+      async (db) => {
+        const t = performance.now();
+        const list = (await db.query(`SELECT string_agg(hashtext(${key}::text)::text, ',') AS h FROM ${table}`)).rows[0].h as string | null;
+        const r = suspectKeys(list, seen!);
+        timings.split = Math.round((timings.split ?? 0) + performance.now() - t);
+        if (r.hashes !== accepted) throw new PartLost(n);
+        suspects = [...r.suspects];
+        // Integers from hashtext: safe as SQL text.
+        return suspects.length > 0 ? `hashtext(m.${key}::text) = ANY ('{${suspects.join(',')}}'::int[])` : undefined;
+      },
+      async (c) => {
+        if (suspects.length > 0) {
+          await client.query(`INSERT INTO ${later} SELECT * FROM ${table} WHERE hashtext(${key}::text) = ANY ($1::int[])`, [suspects]);
+        }
+        if (c.rows > 0) preparing!.preparer.remember((await session.applyChunk(c)).created);
+      },
+    );
   };
 
   let next = 0;
@@ -288,6 +394,7 @@ async function followParts(
     waited += performance.now() - t;
   }
   timings.wait_for_parts = Math.round(waited);
+  if (preparing) await preparing.settle();
   // Every part is staged: their totals decide whether anything is merged at all.
   const work = await mergeWork(client, o.importId);
   if (!work || !active(work.status)) throw new Rollback('skipped');
@@ -300,7 +407,10 @@ async function followParts(
   }
   if (o.chunked) {
     const waiting = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${later}`)).rows[0].n);
-    if (waiting > 0) await session.mergeStaged(LATER, { rows: waiting, hasKeyCandidates: false }, true);
+    if (waiting > 0) {
+      if (preparing) await session.rememberPrepared(preparing.tables, LATER);
+      await session.mergeStaged(LATER, { rows: waiting, hasKeyCandidates: false }, true);
+    }
   } else {
     // The whole file at once, from one table: the parts are gathered into the staging table.
     const t = performance.now();

@@ -128,6 +128,8 @@ export function chunkSql(
     'SET LOCAL enable_mergejoin = off',
     ...resolve.statements,
     ...(known ? [known.fill] : []),
+    // A merge started over (an intake merge whose part was lost) prepares its parts again.
+    `DROP TABLE IF EXISTS ${P}`,
     // Read once by the merge, then dropped: autovacuum has nothing to learn from it.
     `CREATE UNLOGGED TABLE ${P} WITH (autovacuum_enabled = false) AS ${select}`,
     // Unique: the planner then probes it for one row per record, not by bitmap.

@@ -3,7 +3,7 @@
  * import's own connection writes the chunk before (chunk-sql.ts says why that is safe).
  * Two backends then share a pipelined import's Postgres work instead of one doing it all.
  */
-import type { Client } from '../db/pool.ts';
+import type { Client, Pool } from '../db/pool.ts';
 import type { Pipeline, StageType } from '../engine/pipeline.ts';
 import { chunkSql, type ChunkSql } from './chunk-sql.ts';
 import { ident } from './merge-sql.ts';
@@ -42,8 +42,28 @@ export class ChunkPreparer {
   /** The statement dropping sluice_lk_known, once created. */
   private knownTable: string | undefined;
 
-  /** `client`: not the merge's; `sequence`: from idSequence(). */
-  constructor(client: Client, pipeline: Pipeline, sequence: string, timings: Record<string, number>) {
+  /**
+   * A preparer on a connection of its own from `pool` (named `sluice-prepare` in
+   * pg_stat_activity). The merge's transaction must hold the target's merge lock and
+   * MergeSession.lockTargets() first. `sequence`: from idSequence().
+   */
+  static async open(pool: Pool, pipeline: Pipeline, sequence: string, timings: Record<string, number>): Promise<ChunkPreparer> {
+    const client = await pool.connect();
+    try {
+      await client.query(`SET application_name = 'sluice-prepare'`);
+    } catch (err) {
+      client.release(err as Error);
+      throw err;
+    }
+    return new ChunkPreparer(client, pipeline, sequence, timings);
+  }
+
+  /** The preparing connection (e.g. for the COPY of a chunk before its prepare). */
+  get db(): Client {
+    return this.client;
+  }
+
+  private constructor(client: Client, pipeline: Pipeline, sequence: string, timings: Record<string, number>) {
     this.client = client;
     this.pipeline = pipeline;
     this.sequence = sequence;
@@ -65,9 +85,20 @@ export class ChunkPreparer {
     }
   }
 
-  /** Drops this import's session table from the (pooled) connection. */
-  async close(): Promise<void> {
-    if (this.knownTable) await this.client.query(this.knownTable);
+  /**
+   * Gives the connection back to the pool, cleaned (session table dropped, name reset), or
+   * destroyed when `broken` (it may have failed mid-statement) or the cleaning fails.
+   */
+  async close(broken: boolean): Promise<void> {
+    const db = this.client;
+    if (broken) return db.release(true);
+    try {
+      if (this.knownTable) await db.query(this.knownTable);
+      await db.query('RESET application_name');
+      db.release();
+    } catch (err) {
+      db.release(err as Error);
+    }
   }
 
   /**

@@ -1,7 +1,8 @@
 /**
  * The intake engine with real worker processes on real Postgres: an import spread over
  * three `sluice worker` processes; a worker killed with SIGKILL while it holds a part; a
- * dropped database connection in the middle of a part. Each ends with the purchases table
+ * dropped database connection in the middle of a part; the merge's second connection (the
+ * one preparing parts) dropped. Each ends with the purchases table
  * compared row by row with the single-process import of the same file.
  */
 import assert from 'node:assert/strict';
@@ -145,5 +146,26 @@ test('a database connection dropped in the middle of a part: the part is retried
   const part = status.part_list.find((p) => p.n === held.n)!;
   assert.ok(part.attempts >= 2, `part ${held.n} was attempted again (${part.attempts})`);
   await assertSameTable(db, status);
+  await a.kill();
+});
+
+test("the merge's second connection (preparing parts) dropped: the merge is retried; nothing lost or duplicated", async () => {
+  const { db, ctx } = await setup();
+  fs.writeFileSync(pauseFile, '');
+  const a = worker(db, { SLUICE_FAULT_PAUSE_FILE: pauseFile });
+  await a.waitFor(/ready/);
+  const id = await upload(ctx);
+  // The merge opens its transaction and its second connection, then waits for the parts,
+  // which the paused worker holds.
+  const pid = await until(async () => {
+    const { rows } = await db.pool.query(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-prepare'`);
+    return rows[0]?.pid as number | undefined;
+  }, 'the merge to open its second connection');
+  await db.pool.query('SELECT pg_terminate_backend($1)', [pid]);
+  fs.rmSync(pauseFile);
+  const status = await finished(db, id);
+  await assertSameTable(db, status);
+  const { rows } = await db.pool.query(`SELECT retry_count FROM pgboss.job WHERE name = 'sluice-merge' AND data->>'importId' = $1`, [id]);
+  assert.ok(rows[0].retry_count >= 1, `the merge was retried (${JSON.stringify(rows)})`);
   await a.kill();
 });
