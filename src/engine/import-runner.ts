@@ -182,11 +182,36 @@ function withoutFirstRow(b: ParsedBatch): ParsedBatch {
  */
 const BATCH_BYTES = 128 << 10;
 
-/** Rows per merged chunk (SLUICE_CHUNK_ROWS): big enough for set-based statements to pay off. */
-function chunkRows(): number {
-  const n = Number(env('SLUICE_CHUNK_ROWS') ?? 25_000);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidInputError(`SLUICE_CHUNK_ROWS must be a positive integer, got ${env('SLUICE_CHUNK_ROWS')}`);
-  return n;
+/**
+ * Rows per merged chunk: SLUICE_CHUNK_ROWS when set (every chunk that size), else adaptive
+ * (chunkTarget) up to CHUNK_ROWS. Big enough for set-based statements to pay off.
+ */
+const CHUNK_ROWS = 25_000;
+/** The first chunk of an adaptive import: the merge starts once it is parsed. */
+const FIRST_CHUNK_ROWS = 5_000;
+/** The smallest adaptive chunk. */
+const MIN_CHUNK_ROWS = 2_500;
+
+function chunkRows(): { size: number; fixed: boolean } {
+  const set = env('SLUICE_CHUNK_ROWS');
+  if (set === undefined) return { size: CHUNK_ROWS, fixed: false };
+  const n = Number(set);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidInputError(`SLUICE_CHUNK_ROWS must be a positive integer, got ${set}`);
+  return { size: n, fixed: true };
+}
+
+/**
+ * The size of the next chunk of an adaptive import. Its merge runs in two stages on two
+ * connections behind the parse (prepare, then write), so the first and last chunks are
+ * merged while the other core has little to do: the first is small, and near the end of
+ * the file each chunk takes half of the rows estimated to be left (from the bytes read so
+ * far), so that the last one to be merged is small too.
+ */
+export function chunkTarget(chunks: number, rowsRead: number, bytesRead: number, totalBytes: number): number {
+  if (chunks === 0) return FIRST_CHUNK_ROWS;
+  if (bytesRead <= 0 || rowsRead <= 0) return CHUNK_ROWS;
+  const left = ((totalBytes - bytesRead) / bytesRead) * rowsRead;
+  return Math.max(MIN_CHUNK_ROWS, Math.min(CHUNK_ROWS, Math.ceil(left / 2)));
 }
 
 /**
@@ -231,7 +256,8 @@ async function stageAndMerge(
   timings: Record<string, number>,
   onHeader: (m: RowMapper, ignored: string[]) => void,
 ): Promise<{ mapper: RowMapper; counts: MergeCounts }> {
-  const size = chunkRows();
+  const { size, fixed } = chunkRows();
+  let chunks = 0;
   const session = new MergeSession(client, o.pipeline, timings, true);
   // An unlogged table like the stage (shared buffers): a temporary one would spill past
   // temp_buffers and be read back from disk by every statement of the chunk's merge.
@@ -363,11 +389,15 @@ async function stageAndMerge(
       } else {
         mapper.mapBatch(batch, allLater ? outLater : out, outLater);
       }
+      const limit = fixed ? size : chunkTarget(chunks, mapper.read, bytes, meta.bytes);
       for (let i = 0; i < out.length; ) {
-        const n = Math.min(size - chunk.rows, out.length - i);
+        const n = Math.max(0, Math.min(limit - chunk.rows, out.length - i));
         chunk.add(out, i, i + n);
         i += n;
-        if (chunk.rows >= size) await flushChunk(false);
+        if (chunk.rows >= limit) {
+          chunks++;
+          await flushChunk(false);
+        }
       }
       later.add(outLater);
       if (later.rows >= size) await flushLater();

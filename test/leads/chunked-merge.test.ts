@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { runImport } from '../../src/engine/import-runner.ts';
+import { chunkTarget, runImport } from '../../src/engine/import-runner.ts';
 import type { Pipeline } from '../../src/engine/pipeline.ts';
 import { leads } from '../../src/pipelines/leads.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
@@ -102,6 +102,43 @@ test('chunk sizes from 1 row to the whole file give the same tables and counts',
     assert.deepEqual(r.rows, whole.rows, `counts with ${size}-row chunks`);
     assert.deepEqual(r.table, whole.table, `tables with ${size}-row chunks`);
   }
+});
+
+test('adaptive chunks (the default: a small first chunk, shrinking near the end) give the tables and counts of one chunk', async () => {
+  // 20,000 rows: repeats of earlier emails, existing leads, cities new and old.
+  const rows = Array.from({ length: 20_000 }, (_, i) => {
+    const e = i % 7 === 0 ? `e${i % 1000}@x.com` : `e${i}@x.com`;
+    return `${e},N${i},tw${i},,,,,${i % 3 === 0 ? `City${i % 50}` : ''},${i % 5 === 0 ? 'SP' : ''},t${i % 4},,,`;
+  });
+  const content = `${HEADER}\n${rows.join('\n')}\n`;
+  const seedSome = (db: TestDb) => db.pool.query(`INSERT INTO leads (email, name) SELECT 'e' || i || '@x.com', 'Old' FROM generate_series(0, 20000, 3) i`);
+  const run = async (size: number | undefined) => {
+    const db = await testDb();
+    try {
+      await seedSome(db);
+      const file = path.join(dir, `adaptive-${size ?? 'default'}.csv`);
+      fs.writeFileSync(file, content);
+      if (size) process.env.SLUICE_CHUNK_ROWS = String(size);
+      const r = await runImport({ pool: db.pool, pipeline: leads, file });
+      assert.equal(r.status, 'completed', r.error);
+      return { rows: r.rows, table: await snapshot(db) };
+    } finally {
+      delete process.env.SLUICE_CHUNK_ROWS;
+      await db.close();
+    }
+  };
+  const [adaptive, whole] = await Promise.all([run(undefined), run(100_000)]);
+  assert.deepEqual(adaptive.rows, whole.rows);
+  assert.equal(adaptive.table.length, whole.table.length);
+  assert.deepEqual(adaptive.table, whole.table);
+});
+
+test('chunkTarget: small first chunk, full chunks in the middle, half the rows left near the end', () => {
+  assert.equal(chunkTarget(0, 0, 0, 1e9), 5_000);
+  assert.equal(chunkTarget(3, 100_000, 10e6, 100e6), 25_000);
+  // 1 MB left at 10,000 rows per MB: 10,000 rows left, chunks of 5,000.
+  assert.equal(chunkTarget(9, 990_000, 99e6, 100e6), 5_000);
+  assert.equal(chunkTarget(12, 999_900, 99.99e6, 100e6), 2_500);
 });
 
 test('a failed import leaves no chunk merged', async () => {
