@@ -259,9 +259,11 @@ async function stageAndMerge(
   const { size, fixed } = chunkRows();
   let chunks = 0;
   const session = new MergeSession(client, o.pipeline, timings, true);
-  // An unlogged table like the stage (shared buffers): a temporary one would spill past
-  // temp_buffers and be read back from disk by every statement of the chunk's merge.
+  // The chunk being merged: on the preparing connection a temporary table of its session
+  // (local buffers, no shared buffer locking; a 25,000-row chunk fits in the default 8 MB
+  // of temp_buffers), dropped with it; merged here whole, an unlogged table like the stage.
   const CHUNK = `${stage}_chunk`;
+  const TEMP_CHUNK = 'sluice_chunk';
   let mapper: RowMapper | undefined;
   let chunk = new Lines();
   let later = new Lines();
@@ -313,7 +315,7 @@ async function stageAndMerge(
     await session.lockTargets();
     const p = await ChunkPreparer.open(o.pool, o.pipeline, sequence, timings);
     try {
-      await p.db.query(createStageSql(o.pipeline, CHUNK));
+      await p.db.query(createStageSql(o.pipeline, TEMP_CHUNK, true));
     } catch (err) {
       await p.close(true);
       throw err;
@@ -349,10 +351,10 @@ async function stageAndMerge(
       const prep = observed(
         (async () => {
           await timed('copy', async () => {
-            await db.query(`TRUNCATE ${ident(CHUNK)}`);
-            await copyLines(db, o.pipeline, CHUNK, lines);
+            await db.query(`TRUNCATE ${ident(TEMP_CHUNK)}`);
+            await copyLines(db, o.pipeline, TEMP_CHUNK, lines);
           });
-          return p.prepare(CHUNK, table);
+          return p.prepare(TEMP_CHUNK, table);
         })(),
       );
       preparing = prep;

@@ -26,10 +26,10 @@ export interface ChunkSql {
   counts: string;
   /**
    * References created by apply, known to prepare by id (session table of the preparing
-   * connection): `create`/`drop` it, `insert` rows as JSON ($1), `fill` (in prepare),
+   * connection, dropped with it): `create` it, `insert` rows as JSON ($1), `fill` (in prepare),
    * `created` (apply, after `lookups`: the references it resolved, to insert).
    */
-  known: { create: string; insert: string; fill: string; drop: string; created: string } | undefined;
+  known: { create: string; insert: string; fill: string; created: string } | undefined;
   /** apply, only when some row references a row prepare did not find: creates and resolves. */
   lookups: string[];
   /** apply: the ids of the references created above, into the prepared table. */
@@ -78,7 +78,6 @@ export function chunkSql(
         insert: 'INSERT INTO sluice_lk_known SELECT * FROM json_populate_recordset(NULL::sluice_lk_known, $1)',
         fill: `UPDATE sluice_lk lk SET ${lookups.map((_, i) => `_l${i} = coalesce(lk._l${i}, k._l${i})`).join(', ')} FROM sluice_lk_known k
           WHERE ${resolve.sources.map((c) => `coalesce(lk.${ident(c)}, '') = coalesce(k.${ident(c)}, '')`).join(' AND ')}`,
-        drop: 'DROP TABLE IF EXISTS pg_temp.sluice_lk_known',
         created: 'SELECT * FROM sluice_lk',
       }
     : undefined;
@@ -112,14 +111,17 @@ export function chunkSql(
   const child = t.child;
   const C = child ? ident(child.table) : '';
   const FK = child ? ident(child.foreignKey) : '';
+  // Only the columns compared (wide rows cost their deforming and projection).
+  const targetCols = ['ctid', 'id', ...new Set([...t.fields.map((f) => f.column), ...lookups.map((l) => l.column)])].map((c) => (c === 'ctid' ? c : ident(c)));
+  const childCols = child ? ['ctid', ident(child.foreignKey), ...new Set(child.fields.map((f) => ident(f.column)))] : [];
   const select = `SELECT x.*, t.id AS tid, t.ctid AS tctid, ${child ? 'c.ctid' : 'NULL::tid'} AS cctid, CASE WHEN t.id IS NULL THEN nextval(${seq}) END AS nid,
         coalesce(${unresolved}, false) AS unresolved,
         t.id IS NOT NULL AND (${changes.join(' OR ') || 'false'}) AS changed,
         ${child ? 'c.' + FK + ' IS NOT NULL' : 'false'} AS cexists,
         ${child ? `t.id IS NOT NULL AND CASE WHEN c.${FK} IS NULL THEN (${anyChild}) ELSE (${childChanges.join(' OR ') || 'false'}) END` : 'false'} AS cchanged
       FROM (SELECT ${inner.join(', ')} FROM ${S} m ${resolve.join} ${exclude ? `WHERE NOT (${exclude})` : ''}) x
-      LEFT JOIN LATERAL (SELECT ctid, * FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true
-      ${child ? `LEFT JOIN LATERAL (SELECT ctid, * FROM ${C} c WHERE c.${FK} = t.id LIMIT 1) c ON true` : ''}`;
+      LEFT JOIN LATERAL (SELECT ${targetCols.join(', ')} FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true
+      ${child ? `LEFT JOIN LATERAL (SELECT ${childCols.join(', ')} FROM ${C} c WHERE c.${FK} = t.id LIMIT 1) c ON true` : ''}`;
   // The target and its child are reached by index probes only, whatever their statistics
   // say (see merge-sql.ts); the few distinct lookup values are hashed.
   const prepare = [

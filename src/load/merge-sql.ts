@@ -41,12 +41,14 @@ export function stageColumns(p: Pipeline): StageColumn[] {
   return [{ name: p.key.name, type: p.key.type }, ...p.columns.map((c) => ({ name: c.name, type: c.type }))];
 }
 
-export function createStageSql(p: Pipeline, stage: string): string {
+/** With `temp`, a temporary table of the session (local buffers: no shared buffer locking). */
+export function createStageSql(p: Pipeline, stage: string, temp = false): string {
   const cols = stageColumns(p).map((c) => `${ident(c.name)} ${PG_TYPE[c.type]}`);
   // n: how many file rows a staged row stands for (1 until rows sharing a key are folded).
   // Autovacuum off: staging lives for one import, and an ANALYZE of it mid-import is
   // CPU taken from the import.
-  return `CREATE UNLOGGED TABLE IF NOT EXISTS ${ident(stage)} (line bigint NOT NULL, part integer NOT NULL, n integer NOT NULL DEFAULT 1, ${cols.join(', ')}, key_candidates text[]) WITH (autovacuum_enabled = false)`;
+  const table = `${ident(stage)} (line bigint NOT NULL, part integer NOT NULL, n integer NOT NULL DEFAULT 1, ${cols.join(', ')}, key_candidates text[])`;
+  return temp ? `CREATE TEMP TABLE IF NOT EXISTS ${table}` : `CREATE UNLOGGED TABLE IF NOT EXISTS ${table} WITH (autovacuum_enabled = false)`;
 }
 
 /** `COPY ... FROM STDIN` (text format) into a staging table, columns in the row mapper's order. */

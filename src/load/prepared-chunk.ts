@@ -39,8 +39,8 @@ export class ChunkPreparer {
   /** References created by the merge's transaction (applyChunk), not yet in sluice_lk_known. */
   private pending: Array<Record<string, unknown>> = [];
   private readonly seen = new Set<string>();
-  /** The statement dropping sluice_lk_known, once created. */
-  private knownTable: string | undefined;
+  /** sluice_lk_known exists on the connection. */
+  private knownTable = false;
 
   /**
    * A preparer on a connection of its own from `pool` (named `sluice-prepare` in
@@ -93,7 +93,8 @@ export class ChunkPreparer {
     const db = this.client;
     if (broken) return db.release(true);
     try {
-      if (this.knownTable) await db.query(this.knownTable);
+      // Its temporary tables (sluice_lk_known, a chunk table) go with the import.
+      await db.query('DISCARD TEMP');
       await db.query('RESET application_name');
       db.release();
     } catch (err) {
@@ -112,7 +113,7 @@ export class ChunkPreparer {
     if (sql.known) {
       if (!this.knownTable) {
         await this.client.query(sql.known.create);
-        this.knownTable = sql.known.drop;
+        this.knownTable = true;
       }
       if (this.pending.length > 0) {
         await this.client.query(sql.known.insert, [JSON.stringify(this.pending)]);
