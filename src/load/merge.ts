@@ -58,8 +58,6 @@ export class MergeSession {
   private readonly chunked: boolean;
   /** The counts of every merge of this session so far. */
   readonly total: MergeCounts = { inserted: 0, updated: 0, unchanged: 0 };
-  /** The target's row count in its statistics when the session began. */
-  private rowsAtBegin = 0;
 
   private count(c: MergeCounts): MergeCounts {
     this.total.inserted += c.inserted;
@@ -110,33 +108,9 @@ export class MergeSession {
   async begin(): Promise<void> {
     await this.client.query('BEGIN');
     await this.step('lock', `SELECT pg_advisory_xact_lock(hashtext('${lockKey(this.pipeline.target.table)}'))`);
-    this.rowsAtBegin = await this.statsRows();
     await this.client.query(`CREATE TEMP TABLE sluice_ids (key text, id bigint, inserted boolean, changed boolean) ON COMMIT DROP;
       CREATE TEMP TABLE sluice_ids_all (key text, inserted boolean, changed boolean) ON COMMIT DROP
       ${this.pipeline.target.child ? '; CREATE TEMP TABLE sluice_child_changed (id bigint) ON COMMIT DROP' : ''}`);
-  }
-
-  /** Rows of the target according to its planner statistics (pg_class.reltuples). */
-  private async statsRows(): Promise<number> {
-    const { rows } = await this.client.query(`SELECT greatest(reltuples, 0)::float8 AS n FROM pg_class WHERE oid = $1::regclass`, [
-      ident(this.pipeline.target.table),
-    ]);
-    return Number(rows[0]?.n ?? 0);
-  }
-
-  /**
-   * The target's statistics cannot see this transaction's own rows (and autovacuum may
-   * record it empty meanwhile): once the merge has inserted more than the statistics know
-   * of, the target and its child are analyzed inside the transaction, where ANALYZE counts
-   * them, so that no plan takes a table of millions of rows for an empty one.
-   */
-  private async keepStatistics(): Promise<void> {
-    const size = this.rowsAtBegin + this.total.inserted;
-    if (this.total.inserted < 50_000) return;
-    const known = await this.statsRows();
-    if (known * 2 >= size) return;
-    const tables = [this.pipeline.target.table, ...(this.pipeline.target.child ? [this.pipeline.target.child.table] : [])];
-    await this.step('analyze_target', `ANALYZE ${tables.map(ident).join(', ')}`);
   }
 
   /** Lookups, then the target's probe and upsert. */
@@ -208,9 +182,7 @@ export class MergeSession {
     const simple = dupKeys.length === 0 && !afterChunks;
     const c = await this.run(this.restStatements(sql, this.chunked && !afterChunks, simple ? sql.countsSimple : sql.counts));
     const r = c.rows[0] as { inserted: number; updated: number; unchanged?: number };
-    const counts = this.count({ inserted: r.inserted, updated: r.updated, unchanged: r.unchanged ?? hints.rows - r.inserted - r.updated });
-    await this.keepStatistics();
-    return counts;
+    return this.count({ inserted: r.inserted, updated: r.updated, unchanged: r.unchanged ?? hints.rows - r.inserted - r.updated });
   }
 
   /**
@@ -224,9 +196,7 @@ export class MergeSession {
     await this.run(this.upsertStatements(sql), 'chunk_upsert');
     const c = await this.run(this.restStatements(sql, true, sql.countsSimple), 'chunk_rest');
     const r = c.rows[0] as { inserted: number; updated: number };
-    const counts = this.count({ inserted: r.inserted, updated: r.updated, unchanged: rows - r.inserted - r.updated });
-    await this.keepStatistics();
-    return counts;
+    return this.count({ inserted: r.inserted, updated: r.updated, unchanged: rows - r.inserted - r.updated });
   }
 
   /**
@@ -288,7 +258,6 @@ export class MergeSession {
       if (created !== undefined) createdRows = results[created]!.rows;
     }
     const counts = this.count({ inserted: c.inserted, updated: c.updated, unchanged: c.rows - c.inserted - c.updated });
-    await this.keepStatistics();
     return { counts, created: createdRows };
   }
 
