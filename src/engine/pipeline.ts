@@ -15,6 +15,10 @@
  * - merge:    the set-based SQL that folds staging into the target tables in one
  *             transaction, reporting inserted / updated / unchanged.
  * - pipeline: this declaration; `leads` and `purchases` are built in.
+ * - chunk:    a slice of a file (or an intake part) merged in the import's transaction while
+ *             the rest is parsed or staged; it holds only keys met for the first time.
+ * - prepare / apply: a chunk's merge in two halves: prepare reads (probes, lookups, new
+ *             ids, what changes) on a second connection, apply writes in the transaction.
  * - worker:   a process taking parts from the Postgres-backed queue (pg-boss).
  */
 
