@@ -13,6 +13,7 @@ import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { from as copyFrom } from 'pg-copy-streams';
 import { InvalidFileError, InvalidInputError, errorMessage } from '../core/errors.ts';
+import { faultPause } from '../core/fault.ts';
 import type { Client, Pool } from '../db/pool.ts';
 import { createImport, failInterruptedImports, finishImport, lockImportOwner, unlockImportOwner, type ImportOutcome } from '../db/sql/imports.ts';
 import type { ParsedBatch } from '../formats/csv-parser.ts';
@@ -362,6 +363,8 @@ async function stageAndMerge(
       writes.push(observed((async () => {
         const c = await prep;
         await before;
+        // Fault injection (test/leads/crash.test.ts): a chunk prepared, not yet written.
+        await faultPause('SLUICE_FAULT_PAUSE_APPLY_FILE');
         const { counts, created } = await session.applyChunk(c);
         p.remember(created);
         return counts;

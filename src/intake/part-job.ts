@@ -22,20 +22,10 @@ import { WhitespaceColumnsParser } from '../formats/whitespace-columns.ts';
 import { JOBS_CHANNEL, MERGE_QUEUE, PART_RETRY_LIMIT, sendJob } from '../jobs/boss.ts';
 import { stageCopySql } from '../load/merge-sql.ts';
 import { BufferedRejects, REJECTS_COPY } from '../load/rejects.ts';
+import { faultPause } from '../core/fault.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
 import { createPartTable, partTableName } from './staging.ts';
-
-/**
- * Fault injection for the crash tests (test/intake/crash.test.ts): while the file named by
- * SLUICE_FAULT_PAUSE_FILE exists, a part waits here with its rows COPYed but not committed.
- */
-async function faultPause(): Promise<void> {
-  const file = process.env.SLUICE_FAULT_PAUSE_FILE;
-  if (!file) return;
-  const { existsSync } = await import('node:fs');
-  while (existsSync(file)) await new Promise((r) => setTimeout(r, 50));
-}
 
 export type PartOutcome = 'completed' | 'skipped' | 'failed';
 
@@ -141,7 +131,8 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
       timings.parse = Math.round(spent.parse);
       timings.copy = Math.round(performance.now() - t - spent.parse);
       t = performance.now();
-      await faultPause();
+      // Fault injection (test/intake/workers.test.ts): the part held with its rows COPYed.
+      await faultPause('SLUICE_FAULT_PAUSE_FILE');
       // Serialize completions of this import so exactly one part sees "all done".
       const locked = await lockImport(client, importId);
       if (!locked || !['queued', 'running'].includes(locked.status)) {

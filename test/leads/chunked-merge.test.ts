@@ -141,6 +141,23 @@ test('chunkTarget: small first chunk, full chunks in the middle, half the rows l
   assert.equal(chunkTarget(12, 999_900, 99.99e6, 100e6), 2_500);
 });
 
+test('a target without an id sequence: chunks merged whole on the import connection, same tables and counts', async () => {
+  const prepared = await importWithChunks(2);
+  const whole = await chunked(2, {
+    seed: async (db) => {
+      // An id default from a sequence the column does not own: pg_get_serial_sequence is null.
+      await db.pool.query(`ALTER TABLE leads ALTER COLUMN id DROP IDENTITY; CREATE SEQUENCE other_ids; ALTER TABLE leads ALTER COLUMN id SET DEFAULT nextval('other_ids')`);
+      await seed(db);
+    },
+    content: `${HEADER}\n${ROWS.join('\n')}\n`,
+  }, async (db, r) => {
+    assert.ok(r.timings.chunk_upsert !== undefined && r.timings.prepare === undefined, `merged on one connection: ${JSON.stringify(r.timings)}`);
+    return { rows: r.rows, table: await snapshot(db) };
+  });
+  assert.deepEqual(whole.rows, prepared.rows);
+  assert.deepEqual(whole.table, prepared.table);
+});
+
 test('a failed import leaves no chunk merged', async () => {
   const db = await testDb();
   try {

@@ -2,7 +2,8 @@
  * Crash safety of `sluice import`: the CLI killed with SIGKILL in the middle of its merge
  * leaves the lead tables as they were; the next import records the dead one as
  * interrupted, drops its staging, and ends with the same tables and counts as an import
- * that never crashed.
+ * that never crashed. Either connection of the import dropped mid-merge fails it cleanly,
+ * and so does a record changed by another writer between its chunk's preparation and write.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -127,6 +128,38 @@ for (const [connection, what] of [['merge', 'the merge connection'], ['prepare',
     assert.equal(rows[0].status, 'failed');
     assert.equal(rows[0].error, out.error);
   } finally {
+    await db.close();
+  }
+});
+
+test('a record changed by a writer outside Sluice between its chunk\'s preparation and its write: the import fails, nothing written', async () => {
+  const file = writeFile();
+  const db = await testDb();
+  const pause = path.join(dir, 'pause-apply');
+  try {
+    await seed(db);
+    fs.writeFileSync(pause, '');
+    const p = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], {
+      DATABASE_URL: db.url, SLUICE_CHUNK_ROWS: '1000', SLUICE_FAULT_PAUSE_APPLY_FILE: pause,
+    });
+    // The first chunk is prepared (its table exists); its write waits on the pause file.
+    await until(async () => {
+      assert.equal(p.child.exitCode, null, `the import ended before the pause: ${p.output()}`);
+      const { rowCount } = await db.pool.query(`SELECT 1 FROM pg_class WHERE relname LIKE 'sluice\\_stage\\_%\\_m0'`);
+      return rowCount === 1;
+    }, 'a prepared chunk');
+    // lead0 is in the first chunk and exists: another writer updates it meanwhile.
+    await db.pool.query(`UPDATE leads SET job_title = 'Changed outside' WHERE email = 'lead0@x.com'`);
+    const before = await snapshot(db);
+    fs.rmSync(pause);
+    const code = await new Promise<number | null>((r) => (p.child.exitCode !== null ? r(p.child.exitCode) : p.child.once('exit', r)));
+    assert.equal(code, 1, p.output());
+    const out = JSON.parse(p.output().trim().split('\n').pop()!) as { status: string; error: string };
+    assert.equal(out.status, 'failed');
+    assert.match(out.error, /changed outside this import/);
+    assert.equal(await snapshot(db), before, 'nothing written by the import');
+  } finally {
+    fs.rmSync(pause, { force: true });
     await db.close();
   }
 });
