@@ -13,7 +13,9 @@ export function registerWorker(program: Command): void {
     .action(async (flags: { concurrency: string }) => {
       const concurrency = Number(flags.concurrency);
       if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidInputError('--concurrency must be a positive whole number');
-      const pool = await openDb({ max: concurrency + 2, applicationName: 'sluice-worker' });
+      // A connection per part being staged, two for the merge (its transaction and the one
+      // preparing its parts), one spare.
+      const pool = await openDb({ max: concurrency + 3, applicationName: 'sluice-worker' });
       const boss = await startBoss(await databaseUrl());
       const workers = await startWorkers({ pool, boss }, { concurrency });
       process.stderr.write(`sluice worker: ready (pid ${process.pid}, concurrency ${concurrency})\n`);
