@@ -250,8 +250,7 @@ async function followParts(
   const sequence = o.chunked ? await idSequence(client, o.pipeline) : null;
   const preparing = sequence ? await PartPreparer.open(o.pool, session, o.pipeline, sequence, timings) : undefined;
   try {
-    const merged = await followPartsWith(client, session, o, timings, signal, { key, later, seen, preparing });
-    return merged;
+    return await followPartsWith(client, session, o, timings, signal, { key, later, seen, preparing });
   } finally {
     await preparing?.close();
   }
@@ -263,21 +262,19 @@ async function followParts(
  */
 class PartPreparer {
   readonly preparer: ChunkPreparer;
-  private readonly db: Client;
   private prepared: Promise<unknown> = Promise.resolve();
   private written: Promise<unknown> = Promise.resolve();
   readonly tables: string[] = [];
   private failed = false;
 
-  private constructor(db: Client, preparer: ChunkPreparer) {
-    this.db = db;
+  private constructor(preparer: ChunkPreparer) {
     this.preparer = preparer;
   }
 
   static async open(pool: Pool, session: MergeSession, pipeline: Pipeline, sequence: string, timings: Record<string, number>): Promise<PartPreparer> {
     await session.lockTargets();
     const preparer = await ChunkPreparer.open(pool, pipeline, sequence, timings);
-    return new PartPreparer(preparer.db, preparer);
+    return new PartPreparer(preparer);
   }
 
   /**
@@ -289,7 +286,7 @@ class PartPreparer {
     // A failed part fails the merge now, not after the parts still to come.
     if (this.failed) await this.settle();
     const before = this.written;
-    const prep = this.prepared.then(async () => this.preparer.prepare(table, prepared, await split(this.db)));
+    const prep = this.prepared.then(async () => this.preparer.prepare(table, prepared, await split(this.preparer.db)));
     this.tables.push(prepared);
     this.prepared = prep;
     this.written = Promise.all([prep, before]).then(([c]) => write(c));

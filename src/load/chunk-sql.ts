@@ -88,9 +88,9 @@ export function chunkSql(
   const lookupChange = (i: number) => {
     const l = lookups[i]!;
     const stored = `t.${ident(l.column)}`;
-    const known = assignment(l.merge, `x.l${i}`, stored, false)?.changes ?? 'false';
+    const found = assignment(l.merge, `x.l${i}`, stored, false)?.changes ?? 'false';
     const created = l.merge === 'fill-if-blank' ? `${stored} IS NULL` : l.merge === 'overwrite' ? 'true' : 'false';
-    return `(CASE WHEN x.l${i} IS NULL AND x.p${i} THEN ${created} ELSE ${known} END)`;
+    return `(CASE WHEN x.l${i} IS NULL AND x.p${i} THEN ${created} ELSE ${found} END)`;
   };
   const changes = [
     ...fields.flatMap(({ f, v, text }) => assignment(f.merge, `x.${v}`, `t.${ident(f.column)}`, text)?.changes ?? []),

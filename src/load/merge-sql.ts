@@ -36,6 +36,11 @@ export interface StageColumn {
   type: StageType;
 }
 
+/** The staging type of each staging column (key and source columns) of a pipeline. */
+export function stageTypeMap(p: Pipeline): Map<string, StageType> {
+  return new Map<string, StageType>([[p.key.name, p.key.type], ...p.columns.map((c): [string, StageType] => [c.name, c.type])]);
+}
+
 /** Staging columns of a pipeline: line, part, key, [key candidates], then source columns. */
 export function stageColumns(p: Pipeline): StageColumn[] {
   return [{ name: p.key.name, type: p.key.type }, ...p.columns.map((c) => ({ name: c.name, type: c.type }))];

@@ -7,7 +7,7 @@
 import type { QueryResult } from 'pg';
 import type { Client } from '../db/pool.ts';
 import type { Pipeline, StageType } from '../engine/pipeline.ts';
-import { ident, mergeSql, type MergeSql } from './merge-sql.ts';
+import { ident, mergeSql, stageTypeMap, type MergeSql } from './merge-sql.ts';
 import type { PreparedChunk } from './prepared-chunk.ts';
 
 export interface MergeCounts {
@@ -71,8 +71,7 @@ export class MergeSession {
     this.pipeline = pipeline;
     this.timings = timings;
     this.chunked = chunked;
-    this.types = new Map<string, StageType>([[pipeline.key.name, pipeline.key.type]]);
-    for (const c of pipeline.columns) this.types.set(c.name, c.type);
+    this.types = stageTypeMap(pipeline);
   }
 
   private async step(name: string, text: string, params?: unknown[]) {

@@ -6,7 +6,7 @@
 import type { Client, Pool } from '../db/pool.ts';
 import type { Pipeline, StageType } from '../engine/pipeline.ts';
 import { chunkSql, type ChunkSql } from './chunk-sql.ts';
-import { ident } from './merge-sql.ts';
+import { ident, stageTypeMap } from './merge-sql.ts';
 
 /** A chunk ready for MergeSession.applyChunk: its table, statements and expected counts. */
 export interface PreparedChunk {
@@ -68,8 +68,7 @@ export class ChunkPreparer {
     this.pipeline = pipeline;
     this.sequence = sequence;
     this.timings = timings;
-    this.types = new Map<string, StageType>([[pipeline.key.name, pipeline.key.type]]);
-    for (const c of pipeline.columns) this.types.set(c.name, c.type);
+    this.types = stageTypeMap(pipeline);
   }
 
   /**
