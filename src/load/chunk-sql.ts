@@ -134,8 +134,6 @@ export function chunkSql(
     `DROP TABLE IF EXISTS ${P}`,
     // Read once by the merge, then dropped: autovacuum has nothing to learn from it.
     `CREATE UNLOGGED TABLE ${P} WITH (autovacuum_enabled = false) AS ${select}`,
-    // Unique: the planner then probes it for one row per record, not by bitmap.
-    `CREATE UNIQUE INDEX ON ${P} (tid)`,
     'COMMIT',
   ];
   const counts = `SELECT count(*) FILTER (WHERE tid IS NULL)::int AS inserted,
@@ -163,15 +161,15 @@ export function chunkSql(
     return r ? [`${ident(a.column)} = ${r.set}`] : [];
   });
   // The records are reached where prepare found them, by their tuple ids (ctid): no index
-  // is searched again. Named twice, in the join and as a list for a TID scan, so that
-  // whatever the target's statistics say (see merge-sql.ts) no plan reads more of it than
-  // those records; the prepared table's unique index on tid keeps the join a probe in
-  // either direction. The tuple ids hold: the import locks the tables before the first
+  // is searched again. apply runs these with index scans, sequential scans, hash and merge
+  // joins off (merge.ts), so the one plan left is the prepared table read in order with a
+  // TID fetch per row: whatever the target's statistics say (see merge-sql.ts), nothing
+  // more of it is read. The tuple ids hold: the import locks the tables before the first
   // prepare (no VACUUM FULL, CLUSTER...), and a record updated by another writer since is
   // no longer at its tuple id (its old version fails t.id = m.tid or is invisible), so the
   // update's row count falls short and the import fails.
   const update = `UPDATE ${T} t SET ${sets.length ? `${sets.join(', ')}, ` : ''}updated_at = now() FROM ${P} m
-    WHERE t.ctid = m.tctid AND t.id = m.tid AND m.changed AND t.ctid = ANY (ARRAY(SELECT tctid FROM ${P} WHERE changed))`;
+    WHERE t.ctid = m.tctid AND t.id = m.tid AND m.changed`;
   // Explicit ids: OVERRIDING SYSTEM VALUE lets them into a GENERATED ALWAYS identity too.
   const insert = `INSERT INTO ${T} (id, ${[TK, ...main.map((a) => ident(a.column))].join(', ')}) OVERRIDING SYSTEM VALUE
     SELECT nid, key, ${main.map((a) => a.v).join(', ')} FROM ${P} WHERE tid IS NULL`;
@@ -185,8 +183,7 @@ export function chunkSql(
       return r ? [`${ident(f.column)} = ${r.set}`] : [];
     });
     childUpdate = `UPDATE ${C} c SET ${childSets.length ? `${childSets.join(', ')}, ` : ''}updated_at = now()
-      FROM ${P} m WHERE c.ctid = m.cctid AND c.${FK} = m.tid AND m.cexists AND m.cchanged
-       AND c.ctid = ANY (ARRAY(SELECT cctid FROM ${P} WHERE cexists AND cchanged))`;
+      FROM ${P} m WHERE c.ctid = m.cctid AND c.${FK} = m.tid AND m.cexists AND m.cchanged`;
   }
   return { prepare, counts, known, lookups: create.statements, fillLookups, update, insert, childInsert, childUpdate };
 }

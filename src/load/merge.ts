@@ -222,8 +222,11 @@ export class MergeSession {
       created = s.length;
       s.push({ text: c.sql.known!.created });
     }
-    // Every join below reaches the target or its child by primary key (see upsertStatements).
-    s.push({ text: 'SET LOCAL enable_seqscan = off' }, { text: 'SET LOCAL enable_hashjoin = off' }, { text: 'SET LOCAL enable_mergejoin = off' });
+    // The writes below reach the target and its child only by tuple id: with every other
+    // way to read them off, the plan is the prepared table read once with a TID fetch per
+    // record (chunk-sql.ts).
+    const off = ['seqscan', 'indexscan', 'indexonlyscan', 'bitmapscan', 'hashjoin', 'mergejoin'];
+    s.push(...off.map((x) => ({ text: `SET LOCAL enable_${x} = off` })));
     const checked: Array<{ what: string; expected: number; at: number }> = [];
     const write = (what: string, text: string | undefined, expected: number) => {
       if (!text) return;
@@ -234,7 +237,7 @@ export class MergeSession {
     write('insert', c.sql.insert, c.inserted);
     write('child insert', c.sql.childInsert, c.childInserts);
     write('child update', c.sql.childUpdate, c.childUpdates);
-    s.push({ text: 'SET LOCAL enable_seqscan = on' }, { text: 'SET LOCAL enable_hashjoin = on' }, { text: 'SET LOCAL enable_mergejoin = on' });
+    s.push(...off.map((x) => ({ text: `SET LOCAL enable_${x} = on` })));
     let createdRows: Array<Record<string, unknown>> = [];
     if (process.env.SLUICE_EXPLAIN === '1') {
       if (created === undefined) {
