@@ -128,6 +128,8 @@ export function chunkSql(
     'BEGIN',
     'SET LOCAL enable_seqscan = off',
     'SET LOCAL enable_mergejoin = off',
+    // Every record's id is probed once: a cache of the child probes would only miss.
+    'SET LOCAL enable_memoize = off',
     ...resolve.statements,
     ...(known ? [known.fill] : []),
     // A merge started over (an intake merge whose part was lost) prepares its parts again.
