@@ -227,9 +227,12 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   const policies = columnPolicies(p);
   const lookups = t.lookups ?? [];
 
+  // Each candidate is looked up with a scalar sub-select (a probe per candidate, never
+  // turned into a join that could hash the whole target), run with sequential scans off
+  // (merge.ts) so that stale statistics cannot make it a scan.
   const resolveKeys = `UPDATE ${S} s SET ${K} = r.k FROM (
       SELECT s2.line, (SELECT u.k FROM unnest(s2.key_candidates) WITH ORDINALITY u(k, i)
-                        WHERE EXISTS (SELECT 1 FROM ${T} t WHERE t.${TK} = u.k) ORDER BY u.i LIMIT 1) AS k
+                        WHERE (SELECT true FROM ${T} t WHERE t.${TK} = u.k LIMIT 1) ORDER BY u.i LIMIT 1) AS k
         FROM ${S} s2 WHERE cardinality(s2.key_candidates) > 1) r
      WHERE s.line = r.line AND r.k IS NOT NULL AND r.k <> s.${K}`;
 

@@ -171,7 +171,11 @@ export class MergeSession {
   async mergeStaged(stage: string, hints: MergeHints, afterChunks = false): Promise<MergeCounts> {
     const step = this.step.bind(this);
     const sql = mergeSql(this.pipeline, stage, this.types);
-    if (hints.hasKeyCandidates) await step('resolve_keys', sql.resolveKeys);
+    if (hints.hasKeyCandidates) {
+      await this.client.query('SET LOCAL enable_seqscan = off');
+      await step('resolve_keys', sql.resolveKeys);
+      await this.client.query('SET LOCAL enable_seqscan = on');
+    }
     // Key resolution can create duplicates the stager could not see: check them all then.
     const known = hints.possibleDuplicates !== undefined && !hints.hasKeyCandidates;
     const dups = await step('duplicates', sql.duplicates(known), known ? [hints.possibleDuplicates] : undefined);

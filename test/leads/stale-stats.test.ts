@@ -36,6 +36,11 @@ test('with the targets recorded empty, the merge still reaches them by index onl
   const rows = Array.from({ length: 350 }, (_, i) => `l${(i % 300) * 100}@x.com,M${i},tw${i},,,,,,,,,,`);
   fs.writeFileSync(file, `${LEADS_CSV_HEADER}\n${rows.join('\n')}\n`);
 
+  // A file with two email columns: every row waits for the last merge, whose keys are
+  // first resolved against the existing leads.
+  const two = path.join(dir, 'two.csv');
+  fs.writeFileSync(two, `Email,Work Email,Name\n${Array.from({ length: 50 }, (_, i) => `x${i}@x.com,l${i * 100}@x.com,W${i}`).join('\n')}\n`);
+
   const plans: string[] = [];
   const write = process.stderr.write.bind(process.stderr);
   process.stderr.write = ((chunk: string | Uint8Array) => {
@@ -48,13 +53,16 @@ test('with the targets recorded empty, the merge still reaches them by index onl
     const r = await runImport({ pool: db.pool, pipeline: leads, file });
     assert.equal(r.status, 'completed', r.error);
     assert.deepEqual(r.rows, { read: 350, inserted: 100, updated: 250, unchanged: 0, rejected: 0 });
+    const r2 = await runImport({ pool: db.pool, pipeline: leads, file: two });
+    assert.equal(r2.status, 'completed', r2.error);
+    assert.deepEqual(r2.rows, { read: 50, inserted: 0, updated: 50, unchanged: 0, rejected: 0 });
   } finally {
     process.stderr.write = write;
     delete process.env.SLUICE_EXPLAIN;
     delete process.env.SLUICE_CHUNK_ROWS;
   }
   const text = plans.join('');
-  const steps = ['prepare', 'apply_update', 'apply_child_update', 'probe', 'upsert', 'child_update', 'child_insert_missing'];
+  const steps = ['prepare', 'apply_update', 'apply_child_update', 'probe', 'upsert', 'child_update', 'child_insert_missing', 'resolve_keys'];
   for (const step of steps) assert.match(text, new RegExp(`-- ${step}\\n`), `${step} was explained`);
   assert.doesNotMatch(text, /Seq Scan on leads\b/);
   assert.doesNotMatch(text, /Seq Scan on lead_infos\b/);
