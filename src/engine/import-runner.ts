@@ -20,7 +20,7 @@ import type { ParsedBatch } from '../formats/csv-parser.ts';
 import { detectFile, readRecords, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
-import { ChunkPreparer, idSequence } from '../load/prepared-chunk.ts';
+import { PreparedChunks } from '../load/prepared-chunk.ts';
 import { createStageSql, ident, stageCopySql } from '../load/merge-sql.ts';
 import { env } from '../config.ts';
 import { RejectSink } from '../load/rejects.ts';
@@ -274,13 +274,11 @@ async function stageAndMerge(
   // Several key columns: a row's key is resolved against existing records, so every row
   // waits for the last merge (no chunks).
   let allLater = false;
-  // Chunks are prepared on a second connection (src/load/prepared-chunk.ts) and written on
-  // this one: `preparing` is the last chunk's preparation, `writes` the chunks' writes in
-  // order. Without an id sequence on the target, chunks are merged here whole (mergeChunk).
-  let preparer: ChunkPreparer | undefined | null;
-  let preparing: Promise<unknown> | undefined;
-  const writes: Array<Promise<unknown>> = [];
-  const prepared: string[] = [];
+  // Chunks are prepared on a second connection and written on this one (src/load/
+  // prepared-chunk.ts); without an id sequence on the target (null), merged here whole
+  // (`merging`: the last chunk's merge).
+  let chunked: PreparedChunks | undefined | null;
+  let merging: Promise<unknown> | undefined;
   const timed = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
     const t0 = performance.now();
     try {
@@ -289,15 +287,12 @@ async function stageAndMerge(
       timings[name] = Math.round((timings[name] ?? 0) + performance.now() - t0);
     }
   };
-  /** An unobserved rejection would crash the process before settle() sees it. */
-  const observed = <T>(p: Promise<T>): Promise<T> => {
-    p.catch(() => {});
-    return p;
-  };
   /** Waits for every chunk being prepared or merged; this connection is then free. */
   const settle = async () => {
-    await timed('wait_for_merge', () => Promise.all([preparing, ...writes]));
-    writes.length = 0;
+    await timed('wait_for_merge', async () => {
+      await merging;
+      await chunked?.settle();
+    });
   };
   const flushLater = async () => {
     if (later.rows === 0) return;
@@ -307,21 +302,11 @@ async function stageAndMerge(
     later = new Lines();
     await timed('copy', () => copyLines(client, o.pipeline, stage, lines));
   };
-  const startPreparer = async (): Promise<ChunkPreparer | null> => {
-    const sequence = await idSequence(client, o.pipeline);
-    if (!sequence) {
-      await client.query(createStageSql(o.pipeline, CHUNK));
-      return null;
-    }
-    await session.lockTargets();
-    const p = await ChunkPreparer.open(o.pool, o.pipeline, sequence, timings);
-    try {
-      await p.db.query(createStageSql(o.pipeline, TEMP_CHUNK, true));
-    } catch (err) {
-      await p.close(true);
-      throw err;
-    }
-    return p;
+  const openChunks = async (): Promise<PreparedChunks | null> => {
+    // Assigned before the table is created: whoever ends the import closes it.
+    const c = (chunked = await PreparedChunks.open(o.pool, client, session, o.pipeline, timings));
+    await (c ? c.db : client).query(createStageSql(o.pipeline, c ? TEMP_CHUNK : CHUNK, c !== null));
+    return c;
   };
   /** Starts the merge of the chunk; with `wait`, waits for it. */
   const flushChunk = async (wait: boolean) => {
@@ -330,45 +315,34 @@ async function stageAndMerge(
       if (wait) await settle();
       return;
     }
-    if (preparer === undefined) preparer = await startPreparer();
+    const prepared = chunked === undefined ? await openChunks() : chunked;
+    // A count, not milliseconds: how many chunks the file was merged in.
+    timings.chunks = ++chunks;
     const lines = chunk;
     chunk = new Lines();
-    if (preparer === null) {
+    if (prepared === null) {
       await settle();
       await timed('copy', async () => {
         await client.query(`TRUNCATE ${ident(CHUNK)}`);
         await copyLines(client, o.pipeline, CHUNK, lines);
       });
       // Each key occurs once in a chunk: no duplicates to fold.
-      writes.push(observed(session.mergeChunk(CHUNK, lines.rows)));
+      merging = session.mergeChunk(CHUNK, lines.rows);
+      // An unobserved rejection would crash the process before settle() sees it.
+      merging.catch(() => {});
     } else {
-      // The second connection is free once the chunk before is prepared; at most two
-      // prepared chunks wait for their writes (each is a table of its rows).
-      await timed('wait_for_prepare', () => Promise.all([preparing, writes.at(-2)]));
-      const table = `${stage}_m${prepared.length}`;
-      prepared.push(table);
-      const p = preparer;
-      const db = p.db;
-      const prep = observed(
-        (async () => {
+      await prepared.add(
+        `${stage}_m${prepared.tables.length}`,
+        async (db) => {
           await timed('copy', async () => {
             await db.query(`TRUNCATE ${ident(TEMP_CHUNK)}`);
             await copyLines(db, o.pipeline, TEMP_CHUNK, lines);
           });
-          return p.prepare(TEMP_CHUNK, table);
-        })(),
-      );
-      preparing = prep;
-      const before = writes.at(-1);
-      writes.push(observed((async () => {
-        const c = await prep;
-        await before;
+          return { source: TEMP_CHUNK };
+        },
         // Fault injection (test/leads/crash.test.ts): a chunk prepared, not yet written.
-        await faultPause('SLUICE_FAULT_PAUSE_APPLY_FILE');
-        const { counts, created } = await session.applyChunk(c);
-        p.remember(created);
-        return counts;
-      })()));
+        () => faultPause('SLUICE_FAULT_PAUSE_APPLY_FILE'),
+      );
     }
     if (wait) await settle();
   };
@@ -399,10 +373,7 @@ async function stageAndMerge(
         const n = Math.max(0, Math.min(limit - chunk.rows, out.length - i));
         chunk.add(out, i, i + n);
         i += n;
-        if (chunk.rows >= limit) {
-          chunks++;
-          await flushChunk(false);
-        }
+        if (chunk.rows >= limit) await flushChunk(false);
       }
       later.add(outLater);
       if (later.rows >= size) await flushLater();
@@ -428,7 +399,7 @@ async function stageAndMerge(
     }
     o.onProgress?.({ bytes: meta.bytes, totalBytes: meta.bytes, rows: mapper.read, phase: 'merging' });
     if (laterRows > 0) {
-      if (prepared.length > 0) await session.rememberPrepared(prepared, stage);
+      if (chunked) await session.rememberPrepared(chunked.tables, stage);
       await session.mergeStaged(stage, { rows: laterRows, hasKeyCandidates: mapper.hasKeyCandidates }, true);
     }
     // Every merge has returned: a COMMIT queued behind a chunk's first round trip would end
@@ -437,14 +408,12 @@ async function stageAndMerge(
     await session.commit();
     return { mapper, counts: session.total };
   } catch (err) {
-    await Promise.allSettled([preparing, ...writes]);
+    await merging?.catch(() => {});
+    await chunked?.close();
     await session.rollback();
-    // The second connection may have failed mid-statement: not handed back to the pool.
-    await preparer?.close(true);
-    preparer = null;
     throw err;
   } finally {
-    await preparer?.close(false);
+    await chunked?.close();
     await client.query(`DROP TABLE IF EXISTS ${ident(CHUNK)}`).catch(() => {});
   }
 }

@@ -26,7 +26,7 @@ import { mapHeader } from '../engine/row-mapper.ts';
 import { importRows } from '../http/metrics.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { ident } from '../load/merge-sql.ts';
-import { ChunkPreparer, idSequence, type PreparedChunk } from '../load/prepared-chunk.ts';
+import { PreparedChunks } from '../load/prepared-chunk.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
 import { KeyFilter } from '../engine/key-filter.ts';
@@ -247,62 +247,11 @@ async function followParts(
   if (o.chunked) await client.query(`CREATE TEMP TABLE ${later} (LIKE ${ident(o.stage)} INCLUDING DEFAULTS) ON COMMIT DROP`);
   // Parts are prepared on a second connection while this one writes the part before
   // (src/load/prepared-chunk.ts); without an id sequence on the target, merged here whole.
-  const sequence = o.chunked ? await idSequence(client, o.pipeline) : null;
-  const preparing = sequence ? await PartPreparer.open(o.pool, session, o.pipeline, sequence, timings) : undefined;
+  const preparing = o.chunked ? await PreparedChunks.open(o.pool, client, session, o.pipeline, timings) : null;
   try {
     return await followPartsWith(client, session, o, timings, signal, { key, later, seen, preparing });
   } finally {
     await preparing?.close();
-  }
-}
-
-/**
- * The parts' preparation, in file order on its own connection, and their writes, in file
- * order on the merge's: part n + 1 is prepared while part n is written.
- */
-class PartPreparer {
-  readonly preparer: ChunkPreparer;
-  private prepared: Promise<unknown> = Promise.resolve();
-  private written: Promise<unknown> = Promise.resolve();
-  readonly tables: string[] = [];
-  private failed = false;
-
-  private constructor(preparer: ChunkPreparer) {
-    this.preparer = preparer;
-  }
-
-  static async open(pool: Pool, session: MergeSession, pipeline: Pipeline, sequence: string, timings: Record<string, number>): Promise<PartPreparer> {
-    await session.lockTargets();
-    const preparer = await ChunkPreparer.open(pool, pipeline, sequence, timings);
-    return new PartPreparer(preparer);
-  }
-
-  /**
-   * Schedules part `table`: `split` (on the preparing connection) returns the condition
-   * leaving out its rows of keys met before; `write` (on the merge's) runs once the part
-   * before is written. Returns once the preparing connection is free for the next part.
-   */
-  async add(prepared: string, table: string, split: (db: Client) => Promise<string | undefined>, write: (c: PreparedChunk) => Promise<void>): Promise<void> {
-    // A failed part fails the merge now, not after the parts still to come.
-    if (this.failed) await this.settle();
-    const before = this.written;
-    const prep = this.prepared.then(async () => this.preparer.prepare(table, prepared, await split(this.preparer.db)));
-    this.tables.push(prepared);
-    this.prepared = prep;
-    this.written = Promise.all([prep, before]).then(([c]) => write(c));
-    prep.catch(() => (this.failed = true));
-    this.written.catch(() => (this.failed = true));
-    await prep.catch(() => {});
-  }
-
-  /** Waits for every part scheduled; throws the first failure. */
-  async settle(): Promise<void> {
-    await Promise.all([this.prepared, this.written]);
-  }
-
-  async close(): Promise<void> {
-    await Promise.allSettled([this.prepared, this.written]);
-    await this.preparer.close(this.failed);
   }
 }
 
@@ -312,7 +261,7 @@ async function followPartsWith(
   o: { pipeline: Pipeline; importId: string; stage: string; chunked: boolean },
   timings: Record<string, number>,
   signal: PartSignal,
-  h: { key: string; later: string; seen: SeenHashes | undefined; preparing: PartPreparer | undefined },
+  h: { key: string; later: string; seen: SeenHashes | undefined; preparing: PreparedChunks | null },
 ): Promise<Merged> {
   const { key, later, seen, preparing } = h;
 
@@ -351,7 +300,6 @@ async function followPartsWith(
     let suspects: number[] = [];
     await preparing!.add(
       `${o.stage}_m${n}`,
-      name,
       async (db) => {
         const t = performance.now();
         const list = (await db.query(`SELECT string_agg(hashtext(${key}::text)::text, ',') AS h FROM ${table}`)).rows[0].h as string | null;
@@ -360,13 +308,12 @@ async function followPartsWith(
         if (r.hashes !== accepted) throw new PartLost(n);
         suspects = [...r.suspects];
         // Integers from hashtext: safe as SQL text.
-        return suspects.length > 0 ? `hashtext(m.${key}::text) = ANY ('{${suspects.join(',')}}'::int[])` : undefined;
+        return { source: name, exclude: suspects.length > 0 ? `hashtext(m.${key}::text) = ANY ('{${suspects.join(',')}}'::int[])` : undefined };
       },
-      async (c) => {
+      async () => {
         if (suspects.length > 0) {
           await client.query(`INSERT INTO ${later} SELECT * FROM ${table} WHERE hashtext(${key}::text) = ANY ($1::int[])`, [suspects]);
         }
-        if (c.rows > 0) preparing!.preparer.remember((await session.applyChunk(c)).created);
       },
     );
   };

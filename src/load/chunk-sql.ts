@@ -7,8 +7,8 @@
  *   from the target's sequence), their lookups' ids where the referenced rows exist, and
  *   whether the merge changes the record and its child row, into an unlogged table.
  * apply (the import's transaction): creates the lookups' missing rows (if any row needs
- *   one), then writes: records updated by primary key, new records inserted with their
- *   drawn ids, child rows inserted and updated. Nothing is probed there.
+ *   one), then writes: records and child rows updated at the tuple ids prepare found, new
+ *   records inserted with their drawn ids, their child rows inserted. Nothing is probed there.
  *
  * Why prepare may read outside the import's transaction: the import holds the target's merge
  * lock (merge.ts) before the first prepare, so no other Sluice merge commits meanwhile, and

@@ -38,7 +38,7 @@ export interface StageColumn {
 
 /** The staging type of each staging column (key and source columns) of a pipeline. */
 export function stageTypeMap(p: Pipeline): Map<string, StageType> {
-  return new Map<string, StageType>([[p.key.name, p.key.type], ...p.columns.map((c): [string, StageType] => [c.name, c.type])]);
+  return new Map(stageColumns(p).map((c) => [c.name, c.type]));
 }
 
 /** Staging columns of a pipeline: line, part, key, [key candidates], then source columns. */
@@ -260,9 +260,8 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   const lookupValue = (i: number) => `lk._l${i}`;
 
   const isText = (col: string) => stageTypes.get(col) === 'text';
-  const value = fieldValue;
   const main = [
-    ...t.fields.map((f) => ({ column: f.column, value: value(f, 'm'), merge: f.merge, text: isText(f.from) && !f.targetType })),
+    ...t.fields.map((f) => ({ column: f.column, value: fieldValue(f, 'm'), merge: f.merge, text: isText(f.from) && !f.targetType })),
     ...lookups.map((l, i) => ({ column: l.column, value: lookupValue(i), merge: l.merge, text: false })),
   ];
   const vals = main.map((a, i) => ({ ...a, v: `v${i}` }));
@@ -323,7 +322,7 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     // New records get their child rows by a plain INSERT (no speculative insertion: a third
     // less WAL than ON CONFLICT).
     const childCols = `${FK}, ${cf.map((f) => ident(f.column)).join(', ')}`;
-    const childSelect = `SELECT i.id, ${cf.map((f) => value(f, 'm')).join(', ')} FROM sluice_ids i JOIN ${S} m ON m.${K} = i.key`;
+    const childSelect = `SELECT i.id, ${cf.map((f) => fieldValue(f, 'm')).join(', ')} FROM sluice_ids i JOIN ${S} m ON m.${K} = i.key`;
     const anyValue = cf.map((f) => `m.${ident(f.from)} IS NOT NULL`).join(' OR ');
     childInsert = `INSERT INTO ${C} (${childCols}) ${childSelect} WHERE i.inserted AND (${anyValue})`;
     // Existing records: an UPDATE that writes (and locks) only rows it changes — ON CONFLICT
@@ -332,7 +331,7 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     const updSets: string[] = [];
     const updChanges: string[] = [];
     for (const f of cf) {
-      const r = assignment(f.merge, value(f, 'm'), `c.${ident(f.column)}`, isText(f.from) && !f.targetType);
+      const r = assignment(f.merge, fieldValue(f, 'm'), `c.${ident(f.column)}`, isText(f.from) && !f.targetType);
       if (!r) continue;
       updSets.push(`${ident(f.column)} = ${r.set}`);
       updChanges.push(r.changes);
@@ -356,7 +355,7 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
       INSERT INTO sluice_child_changed SELECT id FROM u`;
     childInsertMissing = `WITH u AS (
         INSERT INTO ${C} (${childCols})
-        SELECT m.id, ${cf.map((f) => value(f, 'm')).join(', ')} FROM sluice_child m
+        SELECT m.id, ${cf.map((f) => fieldValue(f, 'm')).join(', ')} FROM sluice_child m
           LEFT JOIN LATERAL (SELECT true AS found FROM ${C} c WHERE c.${FK} = m.id LIMIT 1) c ON true
          WHERE c.found IS NULL
         RETURNING ${FK} AS id)

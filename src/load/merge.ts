@@ -214,8 +214,8 @@ export class MergeSession {
 
   /**
    * Writes a chunk prepared on another connection (prepared-chunk.ts), in one round trip:
-   * the references its rows need that did not exist, then records and child rows by key,
-   * no probe. Each write must touch as many rows as prepare counted: a writer outside
+   * the references its rows need that did not exist, then records and child rows at their
+   * tuple ids or inserted, no probe. Each write must touch as many rows as prepare counted: a writer outside
    * Sluice changing those records in between fails the import (nothing is written).
    */
   async applyChunk(c: PreparedChunk): Promise<{ counts: MergeCounts; created: Array<Record<string, unknown>> }> {

@@ -2,15 +2,16 @@
  * Prepared chunks: the read half of a chunk's merge, run on a second connection while the
  * import's own connection writes the chunk before (chunk-sql.ts says why that is safe).
  * Two backends then share a pipelined import's Postgres work instead of one doing it all.
+ * PreparedChunks runs that pipeline for `sluice import` and the intake merge alike.
  */
 import type { Client, Pool } from '../db/pool.ts';
 import type { Pipeline, StageType } from '../engine/pipeline.ts';
 import { chunkSql, type ChunkSql } from './chunk-sql.ts';
+import type { MergeSession } from './merge.ts';
 import { ident, stageTypeMap } from './merge-sql.ts';
 
 /** A chunk ready for MergeSession.applyChunk: its table, statements and expected counts. */
 export interface PreparedChunk {
-  table: string;
   sql: ChunkSql;
   rows: number;
   inserted: number;
@@ -24,12 +25,12 @@ export interface PreparedChunk {
 }
 
 /** The sequence behind the target's `id` (pg_get_serial_sequence), or null without one. */
-export async function idSequence(client: Client, pipeline: Pipeline): Promise<string | null> {
+async function idSequence(client: Client, pipeline: Pipeline): Promise<string | null> {
   const { rows } = await client.query(`SELECT pg_get_serial_sequence($1, 'id') AS s`, [ident(pipeline.target.table)]);
   return (rows[0]?.s as string | null) ?? null;
 }
 
-export class ChunkPreparer {
+class ChunkPreparer {
   private readonly client: Client;
   private readonly pipeline: Pipeline;
   private readonly types: Map<string, StageType>;
@@ -140,7 +141,6 @@ export class ChunkPreparer {
     const c = (await this.client.query(sql.counts)).rows[0] as Record<string, number>;
     this.timings.prepare = Math.round((this.timings.prepare ?? 0) + performance.now() - t0);
     return {
-      table: prepared,
       sql,
       rows: c.rows!,
       inserted: c.inserted!,
@@ -150,5 +150,91 @@ export class ChunkPreparer {
       childUpdates: c.child_updates!,
       unresolved: c.unresolved!,
     };
+  }
+}
+
+/**
+ * Chunks prepared in order on a second connection and written in order by the merge's
+ * transaction (MergeSession.applyChunk): chunk n + 1 is prepared while chunk n is written.
+ */
+export class PreparedChunks {
+  /** The prepared tables so far (`<stage>_m<n>`), in file order. */
+  readonly tables: string[] = [];
+  private readonly session: MergeSession;
+  private readonly preparer: ChunkPreparer;
+  private readonly timings: Record<string, number>;
+  private prepared: Promise<unknown> = Promise.resolve();
+  private readonly writes: Array<Promise<unknown>> = [];
+  /** A preparation or write failed: the connection may be mid-statement. */
+  private failed = false;
+  private closed = false;
+
+  private constructor(session: MergeSession, preparer: ChunkPreparer, timings: Record<string, number>) {
+    this.session = session;
+    this.preparer = preparer;
+    this.timings = timings;
+  }
+
+  /**
+   * Locks the targets (MergeSession.lockTargets) and opens the preparing connection, inside
+   * `session`'s open transaction (on `client`), which holds the merge lock. Null when the
+   * target has no id sequence: chunks are then merged whole (MergeSession.mergeChunk).
+   */
+  static async open(pool: Pool, client: Client, session: MergeSession, pipeline: Pipeline, timings: Record<string, number>): Promise<PreparedChunks | null> {
+    const sequence = await idSequence(client, pipeline);
+    if (!sequence) return null;
+    await session.lockTargets();
+    return new PreparedChunks(session, await ChunkPreparer.open(pool, pipeline, sequence, timings), timings);
+  }
+
+  /** The preparing connection. */
+  get db(): Client {
+    return this.preparer.db;
+  }
+
+  /**
+   * Schedules chunk `prepared`: `stage` runs on the preparing connection once the chunk
+   * before is prepared and names the staging table to prepare from (and the rows to leave
+   * out, a condition on alias `m`); `beforeWrite` runs on the merge's connection once the
+   * chunk before is written, then the chunk is written. Waits first until the preparing
+   * connection is free and the chunk two back is written, so at most two chunks are
+   * prepared ahead of the writes; throws the first failure of an earlier chunk.
+   */
+  async add(
+    prepared: string,
+    stage: (db: Client) => Promise<{ source: string; exclude?: string }>,
+    beforeWrite?: () => Promise<void>,
+  ): Promise<void> {
+    const t0 = performance.now();
+    await Promise.all([this.prepared, this.writes.at(-2)]);
+    this.timings.wait_for_prepare = Math.round((this.timings.wait_for_prepare ?? 0) + performance.now() - t0);
+    this.tables.push(prepared);
+    const prep = this.prepared.then(async () => {
+      const s = await stage(this.db);
+      return this.preparer.prepare(s.source, prepared, s.exclude);
+    });
+    const before = this.writes.at(-1);
+    const write = Promise.all([prep, before]).then(async ([c]) => {
+      await beforeWrite?.();
+      this.preparer.remember((await this.session.applyChunk(c)).created);
+    });
+    // Observed at once: an unobserved rejection would end the process before settle().
+    prep.catch(() => (this.failed = true));
+    write.catch(() => (this.failed = true));
+    this.prepared = prep;
+    this.writes.push(write);
+  }
+
+  /** Waits for every chunk scheduled; throws the first failure. */
+  async settle(): Promise<void> {
+    await Promise.all([this.prepared, ...this.writes]);
+  }
+
+  /** Waits for whatever is in flight, then gives the connection back (destroyed after a failure). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.allSettled([this.prepared, ...this.writes]);
+    await this.preparer.close(this.failed);
   }
 }
