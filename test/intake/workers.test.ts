@@ -81,6 +81,16 @@ async function assertSameTable(db: TestDb, status: ImportStatus) {
   assert.equal(stage.rows[0].n, 0, 'staging is dropped after the merge');
 }
 
+/** A fresh database, one worker paused with its part's rows COPYed, and an upload. */
+async function pausedUpload() {
+  const { db, ctx } = await setup();
+  fs.writeFileSync(pauseFile, '');
+  const a = worker(db, { SLUICE_FAULT_PAUSE_FILE: pauseFile });
+  await a.waitFor(/ready/);
+  const id = await upload(ctx);
+  return { db, a, id };
+}
+
 /** The part a paused worker holds: rows COPYed, transaction open. */
 async function heldPart(db: TestDb, id: string) {
   return until(async () => {
@@ -114,11 +124,7 @@ test('an import spread over three worker processes; its end is announced (NOTIFY
 });
 
 test('kill -9 of a worker holding a part: another worker takes it within 30 s; no loss, no duplicates', async () => {
-  const { db, ctx } = await setup();
-  fs.writeFileSync(pauseFile, '');
-  const a = worker(db, { SLUICE_FAULT_PAUSE_FILE: pauseFile });
-  await a.waitFor(/ready/);
-  const id = await upload(ctx);
+  const { db, a, id } = await pausedUpload();
   const held = await heldPart(db, id);
   await a.kill('SIGKILL');
   const killedAt = Date.now();
@@ -134,11 +140,7 @@ test('kill -9 of a worker holding a part: another worker takes it within 30 s; n
 });
 
 test('a database connection dropped in the middle of a part: the part is retried', async () => {
-  const { db, ctx } = await setup();
-  fs.writeFileSync(pauseFile, '');
-  const a = worker(db, { SLUICE_FAULT_PAUSE_FILE: pauseFile });
-  await a.waitFor(/ready/);
-  const id = await upload(ctx);
+  const { db, a, id } = await pausedUpload();
   const held = await heldPart(db, id);
   await db.pool.query('SELECT pg_terminate_backend($1)', [held.pid]);
   fs.rmSync(pauseFile);
@@ -150,11 +152,7 @@ test('a database connection dropped in the middle of a part: the part is retried
 });
 
 test("the merge's second connection (preparing parts) dropped: the merge is retried; nothing lost or duplicated", async () => {
-  const { db, ctx } = await setup();
-  fs.writeFileSync(pauseFile, '');
-  const a = worker(db, { SLUICE_FAULT_PAUSE_FILE: pauseFile });
-  await a.waitFor(/ready/);
-  const id = await upload(ctx);
+  const { db, a, id } = await pausedUpload();
   // The merge opens its transaction and its second connection, then waits for the parts,
   // which the paused worker holds.
   const pid = await until(async () => {

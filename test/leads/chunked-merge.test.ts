@@ -121,13 +121,18 @@ test('adaptive chunks (the default: a small first chunk, shrinking near the end)
       if (size) process.env.SLUICE_CHUNK_ROWS = String(size);
       const r = await runImport({ pool: db.pool, pipeline: leads, file });
       assert.equal(r.status, 'completed', r.error);
-      return { rows: r.rows, table: await snapshot(db) };
+      return { rows: r.rows, table: await snapshot(db), chunks: r.timings.chunks };
     } finally {
       delete process.env.SLUICE_CHUNK_ROWS;
       await db.close();
     }
   };
-  const [adaptive, whole] = await Promise.all([run(undefined), run(100_000)]);
+  // One after the other: SLUICE_CHUNK_ROWS is process-wide.
+  const adaptive = await run(undefined);
+  const whole = await run(100_000);
+  // 5,000 rows first, then chunks shrinking to the end: several, against one.
+  assert.equal(whole.chunks, 1);
+  assert.ok((adaptive.chunks ?? 0) >= 3, `adaptive chunks: ${adaptive.chunks}`);
   assert.deepEqual(adaptive.rows, whole.rows);
   assert.equal(adaptive.table.length, whole.table.length);
   assert.deepEqual(adaptive.table, whole.table);
