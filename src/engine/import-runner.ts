@@ -413,7 +413,7 @@ async function stageAndMerge(
     await session.rollback();
     throw err;
   } finally {
+    // The chunk tables go with the import's other staging tables (runImport's dropStaging).
     await chunked?.close();
-    await client.query(`DROP TABLE IF EXISTS ${ident(CHUNK)}`).catch(() => {});
   }
 }
