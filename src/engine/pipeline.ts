@@ -95,9 +95,23 @@ export interface Target {
   table: string;
   /** Target column holding the key (unique). */
   key: string;
+  /**
+   * What names a record inside the engine. `id` (the default): a bigint identity column
+   * `id`, its primary key; new records get ids drawn from its sequence, a child table
+   * refers to them. `key`: the key alone (the table's primary key, no `id` column): one
+   * index less to maintain per inserted record; no child table.
+   */
+  identity?: 'id' | 'key';
   fields: TargetField[];
   lookups?: Lookup[];
   child?: ChildTable;
+}
+
+/** The target's records are named by their key (no `id` column); checks the declaration. */
+export function keyIdentity(t: Target): boolean {
+  if (t.identity !== 'key') return false;
+  if (t.child) throw new Error(`target ${t.table}: a child table needs identity 'id' (it refers to the record's id)`);
+  return true;
 }
 
 export type SourceFormat = { kind: 'csv' } | { kind: 'fixed-width' };

@@ -4,7 +4,8 @@
  *
  * prepare (a second connection, its own short transactions, reads only the target tables):
  *   the chunk's rows with their merged values, the id of their record (or a new id drawn
- *   from the target's sequence), their lookups' ids where the referenced rows exist, and
+ *   from the target's sequence; a target named by its key has neither, only the record's
+ *   tuple id), their lookups' ids where the referenced rows exist, and
  *   whether the merge changes the record and its child row, into an unlogged table.
  * apply (the import's transaction): creates the lookups' missing rows (if any row needs
  *   one), then writes: records and child rows updated at the tuple ids prepare found, new
@@ -16,7 +17,7 @@
  * not committed, invisible to prepare) touched them. A writer outside Sluice changing the
  * same records meanwhile is caught by apply's row counts, which must equal prepare's.
  */
-import type { Pipeline, StageType } from '../engine/pipeline.ts';
+import { keyIdentity, type Pipeline, type StageType } from '../engine/pipeline.ts';
 import { assignment, fieldValue, ident, lookupPresent, lookupStatements } from './merge-sql.ts';
 
 export interface ChunkSql {
@@ -43,15 +44,16 @@ export interface ChunkSql {
 
 /**
  * Statements that merge staging table `source` (every key distinct, none met before in this
- * import) through the prepared table `prepared`. `sequence`: the target id's sequence.
- * `exclude`: staging rows left out (SQL condition on alias `m`, e.g. keys met before).
+ * import) through the prepared table `prepared`. `sequence`: the target id's sequence (null
+ * for a target whose records are named by their key: no id to draw). `exclude`: staging
+ * rows left out (SQL condition on alias `m`, e.g. keys met before).
  */
 export function chunkSql(
   p: Pipeline,
   stageTypes: Map<string, StageType>,
   source: string,
   prepared: string,
-  sequence: string,
+  sequence: string | null,
   exclude?: string,
 ): ChunkSql {
   const t = p.target;
@@ -62,7 +64,11 @@ export function chunkSql(
   const TK = ident(t.key);
   const lookups = t.lookups ?? [];
   const isText = (col: string) => stageTypes.get(col) === 'text';
-  const seq = `'${sequence.replace(/'/g, "''")}'::regclass`;
+  // A target named by its key has no id: tid is then the record's tuple id, there is no nid.
+  const byKey = keyIdentity(t);
+  if (!byKey && !sequence) throw new Error(`target ${t.table}: no id sequence to draw new ids from`);
+  const found = byKey ? 't.ctid IS NOT NULL' : 't.id IS NOT NULL';
+  const nid = byKey ? 'NULL::bigint' : `CASE WHEN t.id IS NULL THEN nextval('${sequence!.replace(/'/g, "''")}'::regclass) END`;
 
   // Columns of the prepared table: key, v<i> (fields), l<i> (lookup ids), the lookups'
   // source values, c<i> (child fields), then tid, nid and the flags.
@@ -112,11 +118,11 @@ export function chunkSql(
   const C = child ? ident(child.table) : '';
   const FK = child ? ident(child.foreignKey) : '';
   // Only the columns compared (wide rows cost their deforming and projection).
-  const targetCols = ['ctid', 'id', ...new Set([...t.fields.map((f) => f.column), ...lookups.map((l) => l.column)])].map((c) => (c === 'ctid' ? c : ident(c)));
+  const targetCols = ['ctid', ...(byKey ? [] : ['id']), ...new Set([...t.fields.map((f) => f.column), ...lookups.map((l) => l.column)])].map((c) => (c === 'ctid' ? c : ident(c)));
   const childCols = child ? ['ctid', ident(child.foreignKey), ...new Set(child.fields.map((f) => ident(f.column)))] : [];
-  const select = `SELECT x.*, t.id AS tid, t.ctid AS tctid, ${child ? 'c.ctid' : 'NULL::tid'} AS cctid, CASE WHEN t.id IS NULL THEN nextval(${seq}) END AS nid,
+  const select = `SELECT x.*, ${byKey ? 't.ctid' : 't.id'} AS tid, t.ctid AS tctid, ${child ? 'c.ctid' : 'NULL::tid'} AS cctid, ${nid} AS nid,
         coalesce(${unresolved}, false) AS unresolved,
-        t.id IS NOT NULL AND (${changes.join(' OR ') || 'false'}) AS changed,
+        ${found} AND (${changes.join(' OR ') || 'false'}) AS changed,
         ${child ? 'c.' + FK + ' IS NOT NULL' : 'false'} AS cexists,
         ${child ? `t.id IS NOT NULL AND CASE WHEN c.${FK} IS NULL THEN (${anyChild}) ELSE (${childChanges.join(' OR ') || 'false'}) END` : 'false'} AS cchanged
       FROM (SELECT ${inner.join(', ')} FROM ${S} m ${resolve.join} ${exclude ? `WHERE NOT (${exclude})` : ''}) x
@@ -169,12 +175,16 @@ export function chunkSql(
   // more of it is read. The tuple ids hold: the import locks the tables before the first
   // prepare (no VACUUM FULL, CLUSTER...), and a record updated by another writer since is
   // no longer at its tuple id (its old version fails t.id = m.tid or is invisible), so the
-  // update's row count falls short and the import fails.
+  // update's row count falls short and the import fails. (A record named by its key: the
+  // key must still match at that tuple id.)
   const update = `UPDATE ${T} t SET ${sets.length ? `${sets.join(', ')}, ` : ''}updated_at = now() FROM ${P} m
-    WHERE t.ctid = m.tctid AND t.id = m.tid AND m.changed`;
+    WHERE t.ctid = m.tctid AND ${byKey ? `t.${TK} = m.key` : 't.id = m.tid'} AND m.changed`;
   // Explicit ids: OVERRIDING SYSTEM VALUE lets them into a GENERATED ALWAYS identity too.
-  const insert = `INSERT INTO ${T} (id, ${[TK, ...main.map((a) => ident(a.column))].join(', ')}) OVERRIDING SYSTEM VALUE
-    SELECT nid, key, ${main.map((a) => a.v).join(', ')} FROM ${P} WHERE tid IS NULL`;
+  const cols = [TK, ...main.map((a) => ident(a.column))].join(', ');
+  const values = `key, ${main.map((a) => a.v).join(', ')} FROM ${P} WHERE tid IS NULL`;
+  const insert = byKey
+    ? `INSERT INTO ${T} (${cols}) SELECT ${values}`
+    : `INSERT INTO ${T} (id, ${cols}) OVERRIDING SYSTEM VALUE SELECT nid, ${values}`;
   let childInsert: string | undefined;
   let childUpdate: string | undefined;
   if (child) {

@@ -13,7 +13,7 @@
  *  5. child upsert (e.g. lead_infos fill-if-blank) for all of them
  *  6. counts: inserted / updated / unchanged rows
  */
-import type { MergePolicy, Pipeline, StageType, TargetField } from '../engine/pipeline.ts';
+import { keyIdentity, type MergePolicy, type Pipeline, type StageType, type TargetField } from '../engine/pipeline.ts';
 
 const IDENT = /^[a-z_][a-z0-9_]*$/;
 
@@ -284,30 +284,34 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   // key's id and outcome go to `sluice_ids`. Merges into the target are serialized by an
   // advisory lock (merge.ts); a writer outside Sluice inserting the same key meanwhile makes
   // the INSERT fail on the unique key, and the import fails whole rather than losing a row.
-  const probeSelect = `SELECT x.*, t.id AS tid, (${changed.join(' OR ') || 'false'}) AS changed
+  // A target named by its key (no id column): tid is the record's tuple id, a found-marker
+  // only; its records are updated by key instead, and sluice_ids holds no id for them.
+  const byKey = keyIdentity(t);
+  const probeSelect = `SELECT x.*, ${byKey ? 't.ctid' : 't.id'} AS tid, (${changed.join(' OR ') || 'false'}) AS changed
         FROM (SELECT m.${K} AS key, ${vals.map((a) => `${a.value} AS ${a.v}`).join(', ')} FROM ${S} m ${lookupJoin}) x
-        LEFT JOIN LATERAL (SELECT * FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true`;
-  // The records to update are named by id twice: in the join, and as a list the target's
-  // primary key is searched with, so that no plan reads more of the target than those
-  // records, whatever its statistics say; sluice_m's index on tid keeps the join a probe
-  // in either direction.
+        LEFT JOIN LATERAL (SELECT ${byKey ? 'ctid, ' : ''}* FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true`;
+  // The records to update are named by id (or key) twice: in the join, and as a list the
+  // target's primary key is searched with, so that no plan reads more of the target than
+  // those records, whatever its statistics say; sluice_m's index on tid (or key) keeps the
+  // join a probe in either direction.
   const probe = [
     `CREATE TEMP TABLE IF NOT EXISTS sluice_m ON COMMIT DROP AS ${probeSelect} WITH NO DATA`,
-    'CREATE INDEX IF NOT EXISTS sluice_m_tid ON sluice_m (tid)',
+    byKey ? 'CREATE INDEX IF NOT EXISTS sluice_m_key ON sluice_m (key)' : 'CREATE INDEX IF NOT EXISTS sluice_m_tid ON sluice_m (tid)',
     'TRUNCATE sluice_m',
     `INSERT INTO sluice_m ${probeSelect}`,
   ];
+  const name = byKey ? { t: `t.${TK}`, m: 'key' } : { t: 't.id', m: 'tid' };
   const upsert = `WITH upd AS (
       UPDATE ${T} t SET ${updSets.length ? `${updSets.join(', ')}, ` : ''}updated_at = now()
-        FROM sluice_m m WHERE m.tid IS NOT NULL AND t.id = m.tid AND m.changed
-         AND t.id = ANY (ARRAY(SELECT tid FROM sluice_m WHERE changed))),
+        FROM sluice_m m WHERE m.tid IS NOT NULL AND ${name.t} = m.${name.m} AND m.changed
+         AND ${name.t} = ANY (ARRAY(SELECT ${name.m} FROM sluice_m WHERE changed))),
     ins AS (
       INSERT INTO ${T} (${[TK, ...vals.map((a) => ident(a.column))].join(', ')})
       SELECT key, ${vals.map((a) => a.v).join(', ')} FROM sluice_m WHERE tid IS NULL
-      RETURNING id, ${TK} AS key)
+      RETURNING ${byKey ? 'NULL::bigint' : 'id'} AS id, ${TK} AS key)
     INSERT INTO sluice_ids (key, id, inserted, changed)
     SELECT key, id, true, true FROM ins
-    UNION ALL SELECT key, tid, false, changed FROM sluice_m WHERE tid IS NOT NULL`;
+    UNION ALL SELECT key, ${byKey ? 'NULL::bigint' : 'tid'}, false, changed FROM sluice_m WHERE tid IS NOT NULL`;
 
   const child = t.child;
   let childUpsert: string | undefined;

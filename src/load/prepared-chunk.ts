@@ -5,7 +5,7 @@
  * PreparedChunks runs that pipeline for `sluice import` and the intake merge alike.
  */
 import type { Client, Pool } from '../db/pool.ts';
-import type { Pipeline, StageType } from '../engine/pipeline.ts';
+import { keyIdentity, type Pipeline, type StageType } from '../engine/pipeline.ts';
 import { chunkSql, type ChunkSql } from './chunk-sql.ts';
 import type { MergeSession } from './merge.ts';
 import { ident, stageTypeMap } from './merge-sql.ts';
@@ -34,7 +34,7 @@ class ChunkPreparer {
   private readonly client: Client;
   private readonly pipeline: Pipeline;
   private readonly types: Map<string, StageType>;
-  private readonly sequence: string;
+  private readonly sequence: string | null;
   private readonly timings: Record<string, number>;
 
   /** References created by the merge's transaction (applyChunk), not yet in sluice_lk_known. */
@@ -46,9 +46,9 @@ class ChunkPreparer {
   /**
    * A preparer on a connection of its own from `pool` (named `sluice-prepare` in
    * pg_stat_activity). The merge's transaction must hold the target's merge lock and
-   * MergeSession.lockTargets() first. `sequence`: from idSequence().
+   * MergeSession.lockTargets() first. `sequence`: from idSequence() (null: records named by key).
    */
-  static async open(pool: Pool, pipeline: Pipeline, sequence: string, timings: Record<string, number>): Promise<ChunkPreparer> {
+  static async open(pool: Pool, pipeline: Pipeline, sequence: string | null, timings: Record<string, number>): Promise<ChunkPreparer> {
     const client = await pool.connect();
     try {
       await client.query(`SET application_name = 'sluice-prepare'`);
@@ -64,7 +64,7 @@ class ChunkPreparer {
     return this.client;
   }
 
-  private constructor(client: Client, pipeline: Pipeline, sequence: string, timings: Record<string, number>) {
+  private constructor(client: Client, pipeline: Pipeline, sequence: string | null, timings: Record<string, number>) {
     this.client = client;
     this.pipeline = pipeline;
     this.sequence = sequence;
@@ -178,11 +178,12 @@ export class PreparedChunks {
   /**
    * Locks the targets (MergeSession.lockTargets) and opens the preparing connection, inside
    * `session`'s open transaction (on `client`), which holds the merge lock. Null when the
-   * target has no id sequence: chunks are then merged whole (MergeSession.mergeChunk).
+   * target's records are named by an id without a sequence to draw new ids from: chunks are
+   * then merged whole (MergeSession.mergeChunk).
    */
   static async open(pool: Pool, client: Client, session: MergeSession, pipeline: Pipeline, timings: Record<string, number>): Promise<PreparedChunks | null> {
-    const sequence = await idSequence(client, pipeline);
-    if (!sequence) return null;
+    const sequence = keyIdentity(pipeline.target) ? null : await idSequence(client, pipeline);
+    if (!sequence && !keyIdentity(pipeline.target)) return null;
     await session.lockTargets();
     return new PreparedChunks(session, await ChunkPreparer.open(pool, pipeline, sequence, timings), timings);
   }

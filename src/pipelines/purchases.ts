@@ -121,6 +121,8 @@ export const purchases: Pipeline = {
   target: {
     table: 'purchases',
     key: 'document',
+    // One record per document, nothing refers to it by id: no surrogate key (migration 0043).
+    identity: 'key',
     fields: [
       'document_type', 'document_valid', 'private', 'incomplete', 'last_purchase_date', 'avg_ticket', 'last_ticket',
       'most_frequent_store', 'most_frequent_store_valid', 'last_store', 'last_store_valid',

@@ -1,7 +1,9 @@
 /** Real Sluice processes for tests: spawn `bin/sluice`, wait for a line, kill, clean up. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from '../../src/config.ts';
+import type { TestDb } from './db.ts';
 
 export interface Proc {
   child: ChildProcess;
@@ -75,5 +77,55 @@ export async function until<T>(fn: () => Promise<T | undefined | false | null>, 
     if (v) return v;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Waits for a `sluice import --json` process to exit: its exit code and the outcome it
+ * printed last.
+ */
+export async function importOutcome(p: Proc): Promise<{ code: number | null; out: { status: string; error: string } & Record<string, unknown> }> {
+  const code = await new Promise<number | null>((r) => (p.child.exitCode !== null ? r(p.child.exitCode) : p.child.once('exit', r)));
+  const last = p.output().trim().split('\n').pop()!;
+  let out: { status: string; error: string } & Record<string, unknown>;
+  try {
+    out = JSON.parse(last);
+  } catch {
+    throw new Error(`exit ${code}, no JSON outcome: ${p.output()}`);
+  }
+  return { code, out };
+}
+
+/**
+ * `sluice import --json` of `file` (chunks of 1,000 rows) held once its first chunk is
+ * prepared, before that chunk is written (SLUICE_FAULT_PAUSE_APPLY_FILE at `pause`): then
+ * `meanwhile` runs (a writer outside Sluice), `snapshot` is taken, and the import goes on.
+ * Returns its outcome and that snapshot.
+ */
+export async function importHeldBeforeWrite<T>(o: {
+  db: TestDb;
+  file: string;
+  pipeline: string;
+  pause: string;
+  meanwhile: () => Promise<unknown>;
+  snapshot: () => Promise<T>;
+}): Promise<{ code: number | null; out: { status: string; error: string }; before: T }> {
+  fs.writeFileSync(o.pause, '');
+  try {
+    const p = startSluice(['import', o.file, '--pipeline', o.pipeline, '--json', '--no-progress'], {
+      DATABASE_URL: o.db.url, SLUICE_CHUNK_ROWS: '1000', SLUICE_FAULT_PAUSE_APPLY_FILE: o.pause,
+    });
+    // The first chunk is prepared (its table exists); its write waits on the pause file.
+    await until(async () => {
+      if (p.child.exitCode !== null) throw new Error(`the import ended before the pause: ${p.output()}`);
+      const { rowCount } = await o.db.pool.query(`SELECT 1 FROM pg_class WHERE relname LIKE 'sluice\\_stage\\_%\\_m0'`);
+      return rowCount === 1;
+    }, 'a prepared chunk');
+    await o.meanwhile();
+    const before = await o.snapshot();
+    fs.rmSync(o.pause);
+    return { ...(await importOutcome(p)), before };
+  } finally {
+    fs.rmSync(o.pause, { force: true });
   }
 }

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { LEADS_CSV_HEADER } from '../../src/gen/leads.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { killAll, startSluice, until } from '../helpers/processes.ts';
+import { importHeldBeforeWrite, importOutcome, killAll, startSluice, until } from '../helpers/processes.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-crash-'));
 const ROWS = 20_000;
@@ -53,9 +53,9 @@ async function snapshot(db: TestDb): Promise<string> {
 
 async function importOnce(db: TestDb, file: string): Promise<Record<string, unknown>> {
   const p = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], { DATABASE_URL: db.url, SLUICE_CHUNK_ROWS: '1000' });
-  const code = await new Promise<number | null>((r) => p.child.once('exit', r));
+  const { code, out } = await importOutcome(p);
   assert.equal(code, 0, p.output());
-  return JSON.parse(p.output().trim().split('\n').pop()!) as Record<string, unknown>;
+  return out;
 }
 
 test('kill -9 mid-merge: nothing written; the next import marks it interrupted and gives the uncrashed result', async () => {
@@ -118,9 +118,8 @@ for (const [connection, what] of [['merge', 'the merge connection'], ['prepare',
       return (await db.pool.query<{ pid: number }>(q)).rows[0]?.pid;
     }, 'a written chunk');
     await db.pool.query('SELECT pg_terminate_backend($1)', [pid]);
-    const code = await new Promise<number | null>((r) => (p.child.exitCode !== null ? r(p.child.exitCode) : p.child.once('exit', r)));
+    const { code, out } = await importOutcome(p);
     assert.equal(code, 1, p.output());
-    const out = JSON.parse(p.output().trim().split('\n').pop()!) as { status: string; error: string };
     assert.equal(out.status, 'failed');
     assert.match(out.error, /terminat|connection/i);
     assert.equal(await snapshot(db), before, 'nothing written');
@@ -135,31 +134,19 @@ for (const [connection, what] of [['merge', 'the merge connection'], ['prepare',
 test('a record changed by a writer outside Sluice between its chunk\'s preparation and its write: the import fails, nothing written', async () => {
   const file = writeFile();
   const db = await testDb();
-  const pause = path.join(dir, 'pause-apply');
   try {
     await seed(db);
-    fs.writeFileSync(pause, '');
-    const p = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], {
-      DATABASE_URL: db.url, SLUICE_CHUNK_ROWS: '1000', SLUICE_FAULT_PAUSE_APPLY_FILE: pause,
+    const { code, out, before } = await importHeldBeforeWrite({
+      db, file, pipeline: 'leads', pause: path.join(dir, 'pause-apply'),
+      // lead0 is in the first chunk and exists: another writer updates it meanwhile.
+      meanwhile: () => db.pool.query(`UPDATE leads SET job_title = 'Changed outside' WHERE email = 'lead0@x.com'`),
+      snapshot: () => snapshot(db),
     });
-    // The first chunk is prepared (its table exists); its write waits on the pause file.
-    await until(async () => {
-      assert.equal(p.child.exitCode, null, `the import ended before the pause: ${p.output()}`);
-      const { rowCount } = await db.pool.query(`SELECT 1 FROM pg_class WHERE relname LIKE 'sluice\\_stage\\_%\\_m0'`);
-      return rowCount === 1;
-    }, 'a prepared chunk');
-    // lead0 is in the first chunk and exists: another writer updates it meanwhile.
-    await db.pool.query(`UPDATE leads SET job_title = 'Changed outside' WHERE email = 'lead0@x.com'`);
-    const before = await snapshot(db);
-    fs.rmSync(pause);
-    const code = await new Promise<number | null>((r) => (p.child.exitCode !== null ? r(p.child.exitCode) : p.child.once('exit', r)));
-    assert.equal(code, 1, p.output());
-    const out = JSON.parse(p.output().trim().split('\n').pop()!) as { status: string; error: string };
+    assert.equal(code, 1);
     assert.equal(out.status, 'failed');
     assert.match(out.error, /changed outside this import/);
     assert.equal(await snapshot(db), before, 'nothing written by the import');
   } finally {
-    fs.rmSync(pause, { force: true });
     await db.close();
   }
 });
