@@ -332,7 +332,7 @@ async function stageAndMerge(
       merging.catch(() => {});
     } else {
       await prepared.add(
-        `${stage}_m${prepared.tables.length}`,
+        `${stage}_m${prepared.chunks.length}`,
         async (db) => {
           await timed('copy', async () => {
             await db.query(`TRUNCATE ${ident(TEMP_CHUNK)}`);
@@ -399,7 +399,7 @@ async function stageAndMerge(
     }
     o.onProgress?.({ bytes: meta.bytes, totalBytes: meta.bytes, rows: mapper.read, phase: 'merging' });
     if (laterRows > 0) {
-      if (chunked) await session.rememberPrepared(chunked.tables, stage);
+      if (chunked) await session.rememberPrepared(chunked.chunks, stage);
       await session.mergeStaged(stage, { rows: laterRows, hasKeyCandidates: mapper.hasKeyCandidates }, true);
     }
     // Every merge has returned: a COMMIT queued behind a chunk's first round trip would end

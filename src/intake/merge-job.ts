@@ -308,7 +308,8 @@ async function followPartsWith(
         if (r.hashes !== accepted) throw new PartLost(n);
         suspects = [...r.suspects];
         // Integers from hashtext: safe as SQL text.
-        return { source: name, exclude: suspects.length > 0 ? `hashtext(m.${key}::text) = ANY ('{${suspects.join(',')}}'::int[])` : undefined };
+        // The part table stays until the merge ends, and the merge's connection reads it.
+        return { source: name, exclude: suspects.length > 0 ? `hashtext(m.${key}::text) = ANY ('{${suspects.join(',')}}'::int[])` : undefined, shared: true };
       },
       async () => {
         if (suspects.length > 0) {
@@ -352,7 +353,7 @@ async function followPartsWith(
   if (o.chunked) {
     const waiting = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${later}`)).rows[0].n);
     if (waiting > 0) {
-      if (preparing) await session.rememberPrepared(preparing.tables, LATER);
+      if (preparing) await session.rememberPrepared(preparing.chunks, LATER);
       await session.mergeStaged(LATER, { rows: waiting, hasKeyCandidates: false }, true);
     }
   } else {

@@ -37,7 +37,17 @@ export interface ChunkSql {
   fillLookups: string | undefined;
   /** apply, in order; each statement's row count is checked against `counts`. */
   update: string;
+  /**
+   * Reads no target table: the new records, from the prepared table or (a narrow chunk)
+   * straight from the staging table.
+   */
   insert: string;
+  /**
+   * The prepared table holds only the rows whose record exists (see chunkSql): apply
+   * inserts the others from the staging table, which must then be readable by the writing
+   * connection until the merge ends.
+   */
+  narrow: boolean;
   childInsert: string | undefined;
   childUpdate: string | undefined;
 }
@@ -46,7 +56,13 @@ export interface ChunkSql {
  * Statements that merge staging table `source` (every key distinct, none met before in this
  * import) through the prepared table `prepared`. `sequence`: the target id's sequence (null
  * for a target whose records are named by their key: no id to draw). `exclude`: staging
- * rows left out (SQL condition on alias `m`, e.g. keys met before).
+ * rows left out (SQL condition on alias `m`, e.g. keys met before). `shared`: `source` is a
+ * table the writing connection can read too (an intake part's), kept until the merge ends.
+ *
+ * A narrow chunk: when `source` is shared and a new record needs nothing prepared (named by
+ * its key: no id to draw; no lookups; no child table), the prepared table holds only the
+ * rows whose record exists, and apply inserts the others straight from `source`. A part of
+ * new purchases is then probed and counted, not copied a second time.
  */
 export function chunkSql(
   p: Pipeline,
@@ -55,6 +71,7 @@ export function chunkSql(
   prepared: string,
   sequence: string | null,
   exclude?: string,
+  shared = false,
 ): ChunkSql {
   const t = p.target;
   const S = ident(source);
@@ -68,6 +85,8 @@ export function chunkSql(
   const byKey = keyIdentity(t);
   if (!byKey && !sequence) throw new Error(`target ${t.table}: no id sequence to draw new ids from`);
   const found = byKey ? 't.ctid IS NOT NULL' : 't.id IS NOT NULL';
+  const narrow = shared && byKey && (t.lookups ?? []).length === 0 && !t.child;
+  const where = exclude ? `WHERE NOT (${exclude})` : '';
   const nid = byKey ? 'NULL::bigint' : `CASE WHEN t.id IS NULL THEN nextval('${sequence!.replace(/'/g, "''")}'::regclass) END`;
 
   // Columns of the prepared table: key, v<i> (fields), l<i> (lookup ids), the lookups'
@@ -125,8 +144,8 @@ export function chunkSql(
         ${found} AND (${changes.join(' OR ') || 'false'}) AS changed,
         ${child ? 'c.' + FK + ' IS NOT NULL' : 'false'} AS cexists,
         ${child ? `t.id IS NOT NULL AND CASE WHEN c.${FK} IS NULL THEN (${anyChild}) ELSE (${childChanges.join(' OR ') || 'false'}) END` : 'false'} AS cchanged
-      FROM (SELECT ${inner.join(', ')} FROM ${S} m ${resolve.join} ${exclude ? `WHERE NOT (${exclude})` : ''}) x
-      LEFT JOIN LATERAL (SELECT ${targetCols.join(', ')} FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true
+      FROM (SELECT ${inner.join(', ')} FROM ${S} m ${resolve.join} ${where}) x
+      ${narrow ? '' : 'LEFT '}JOIN LATERAL (SELECT ${targetCols.join(', ')} FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true
       ${child ? `LEFT JOIN LATERAL (SELECT ${childCols.join(', ')} FROM ${C} c WHERE c.${FK} = t.id LIMIT 1) c ON true` : ''}`;
   // The target and its child are reached by index probes only, whatever their statistics
   // say (see merge-sql.ts); the few distinct lookup values are hashed.
@@ -144,7 +163,11 @@ export function chunkSql(
     `CREATE UNLOGGED TABLE ${P} WITH (autovacuum_enabled = false) AS ${select}`,
     'COMMIT',
   ];
-  const counts = `SELECT count(*) FILTER (WHERE tid IS NULL)::int AS inserted,
+  const counts = narrow
+    ? `SELECT s.rows - f.found AS inserted, f.changed AS updated, s.rows, f.changed, 0 AS child_inserts, 0 AS child_updates, 0 AS unresolved
+        FROM (SELECT count(*)::int AS rows FROM ${S} m ${where}) s,
+             (SELECT count(*)::int AS found, count(*) FILTER (WHERE changed)::int AS changed FROM ${P}) f`
+    : `SELECT count(*) FILTER (WHERE tid IS NULL)::int AS inserted,
       count(*) FILTER (WHERE tid IS NOT NULL AND (changed OR cchanged))::int AS updated,
       count(*)::int AS rows,
       count(*) FILTER (WHERE changed)::int AS changed,
@@ -182,9 +205,13 @@ export function chunkSql(
   // Explicit ids: OVERRIDING SYSTEM VALUE lets them into a GENERATED ALWAYS identity too.
   const cols = [TK, ...main.map((a) => ident(a.column))].join(', ');
   const values = `key, ${main.map((a) => a.v).join(', ')} FROM ${P} WHERE tid IS NULL`;
-  const insert = byKey
-    ? `INSERT INTO ${T} (${cols}) SELECT ${values}`
-    : `INSERT INTO ${T} (id, ${cols}) OVERRIDING SYSTEM VALUE SELECT nid, ${values}`;
+  // Narrow: the staging rows whose key prepare did not find (a hash of the few found ones).
+  const insert = narrow
+    ? `INSERT INTO ${T} (${cols}) SELECT x.key, ${main.map((a) => `x.${a.v}`).join(', ')}
+        FROM (SELECT ${inner.join(', ')} FROM ${S} m ${where}) x WHERE NOT EXISTS (SELECT 1 FROM ${P} f WHERE f.key = x.key)`
+    : byKey
+      ? `INSERT INTO ${T} (${cols}) SELECT ${values}`
+      : `INSERT INTO ${T} (id, ${cols}) OVERRIDING SYSTEM VALUE SELECT nid, ${values}`;
   let childInsert: string | undefined;
   let childUpdate: string | undefined;
   if (child) {
@@ -197,5 +224,5 @@ export function chunkSql(
     childUpdate = `UPDATE ${C} c SET ${childSets.length ? `${childSets.join(', ')}, ` : ''}updated_at = now()
       FROM ${P} m WHERE c.ctid = m.cctid AND c.${FK} = m.tid AND m.cexists AND m.cchanged`;
   }
-  return { prepare, counts, known, lookups: create.statements, fillLookups, update, insert, childInsert, childUpdate };
+  return { prepare, counts, known, lookups: create.statements, fillLookups, update, insert, narrow, childInsert, childUpdate };
 }

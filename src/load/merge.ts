@@ -8,7 +8,7 @@ import type { QueryResult } from 'pg';
 import type { Client } from '../db/pool.ts';
 import type { Pipeline, StageType } from '../engine/pipeline.ts';
 import { ident, mergeSql, stageTypeMap, type MergeSql } from './merge-sql.ts';
-import type { PreparedChunk } from './prepared-chunk.ts';
+import type { ChunkOrigin, PreparedChunk } from './prepared-chunk.ts';
 
 export interface MergeCounts {
   inserted: number;
@@ -238,10 +238,12 @@ export class MergeSession {
       s.push({ name: `apply_${what.replace(/ /g, '_')}`, text });
     };
     write('update', c.sql.update, c.changed);
-    write('insert', c.sql.insert, c.inserted);
-    write('child insert', c.sql.childInsert, c.childInserts);
     write('child update', c.sql.childUpdate, c.childUpdates);
     s.push(...off.map((x) => ({ text: `SET LOCAL enable_${x} = on` })));
+    // The inserts read no target table (a narrow chunk's joins its staging table to the few
+    // records found: a hash of those).
+    write('insert', c.sql.insert, c.inserted);
+    write('child insert', c.sql.childInsert, c.childInserts);
     let createdRows: Array<Record<string, unknown>> = [];
     if (process.env.SLUICE_EXPLAIN === '1') {
       if (created === undefined) {
@@ -269,14 +271,21 @@ export class MergeSession {
 
   /**
    * Before the last merge of a session whose chunks were prepared: the outcome of the keys
-   * of `stage` met in those chunks (sluice_ids_all, read by the last merge's counts).
+   * of `stage` met in those chunks (sluice_ids_all, read by the last merge's counts). A
+   * narrow chunk's new records are the rows of its staging table not in its prepared table.
    */
-  async rememberPrepared(tables: string[], stage: string): Promise<void> {
+  async rememberPrepared(chunks: ChunkOrigin[], stage: string): Promise<void> {
     const K = ident(this.pipeline.key.name);
-    for (const t of tables) {
+    const later = `(SELECT s.${K} FROM ${ident(stage)} s)`;
+    for (const c of chunks) {
+      const P = ident(c.prepared);
       await this.step(
         'ids',
-        `INSERT INTO sluice_ids_all SELECT p.key, p.tid IS NULL, p.changed OR p.cchanged FROM ${ident(t)} p WHERE p.key IN (SELECT s.${K} FROM ${ident(stage)} s)`,
+        c.source
+          ? `INSERT INTO sluice_ids_all SELECT m.${K}, p.tid IS NULL, coalesce(p.changed OR p.cchanged, false)
+               FROM ${ident(c.source)} m LEFT JOIN ${P} p ON p.key = m.${K}
+              WHERE m.${K} IN ${later} ${c.exclude ? `AND NOT (${c.exclude})` : ''}`
+          : `INSERT INTO sluice_ids_all SELECT p.key, p.tid IS NULL, p.changed OR p.cchanged FROM ${P} p WHERE p.key IN ${later}`,
       );
     }
   }

@@ -10,6 +10,14 @@ import { chunkSql, type ChunkSql } from './chunk-sql.ts';
 import type { MergeSession } from './merge.ts';
 import { ident, stageTypeMap } from './merge-sql.ts';
 
+/** Where a prepared chunk came from: what MergeSession.rememberPrepared reads. */
+export interface ChunkOrigin {
+  prepared: string;
+  /** For a narrow chunk only (its new records are not in `prepared`): its staging table and the rows left out. */
+  source?: string;
+  exclude?: string | undefined;
+}
+
 /** A chunk ready for MergeSession.applyChunk: its table, statements and expected counts. */
 export interface PreparedChunk {
   sql: ChunkSql;
@@ -105,11 +113,12 @@ class ChunkPreparer {
   /**
    * Prepares staging table `source` (distinct keys, none met before in this import) into a
    * new unlogged table `prepared`, committed so that the merge's transaction can read it.
-   * `exclude`: rows of `source` left out (condition on alias `m`).
+   * `exclude`: rows of `source` left out (condition on alias `m`); `shared`: the merge's
+   * connection can read `source` too (chunkSql: a narrow chunk).
    */
-  async prepare(source: string, prepared: string, exclude?: string): Promise<PreparedChunk> {
+  async prepare(source: string, prepared: string, exclude?: string, shared = false): Promise<PreparedChunk> {
     const t0 = performance.now();
-    const sql = chunkSql(this.pipeline, this.types, source, prepared, this.sequence, exclude);
+    const sql = chunkSql(this.pipeline, this.types, source, prepared, this.sequence, exclude, shared);
     if (sql.known) {
       if (!this.knownTable) {
         await this.client.query(sql.known.create);
@@ -158,8 +167,8 @@ class ChunkPreparer {
  * transaction (MergeSession.applyChunk): chunk n + 1 is prepared while chunk n is written.
  */
 export class PreparedChunks {
-  /** The prepared tables so far (`<stage>_m<n>`), in file order. */
-  readonly tables: string[] = [];
+  /** The chunks so far (prepared tables `<stage>_m<n>`), in file order. */
+  readonly chunks: ChunkOrigin[] = [];
   private readonly session: MergeSession;
   private readonly preparer: ChunkPreparer;
   private readonly timings: Record<string, number>;
@@ -196,23 +205,27 @@ export class PreparedChunks {
   /**
    * Schedules chunk `prepared`: `stage` runs on the preparing connection once the chunk
    * before is prepared and names the staging table to prepare from (and the rows to leave
-   * out, a condition on alias `m`); `beforeWrite` runs on the merge's connection once the
+   * out, a condition on alias `m`; `shared` when the merge's connection can read that table
+   * until the merge ends); `beforeWrite` runs on the merge's connection once the
    * chunk before is written, then the chunk is written. Waits first until the preparing
    * connection is free and the chunk two back is written, so at most two chunks are
    * prepared ahead of the writes; throws the first failure of an earlier chunk.
    */
   async add(
     prepared: string,
-    stage: (db: Client) => Promise<{ source: string; exclude?: string }>,
+    stage: (db: Client) => Promise<{ source: string; exclude?: string | undefined; shared?: boolean }>,
     beforeWrite?: () => Promise<void>,
   ): Promise<void> {
     const t0 = performance.now();
     await Promise.all([this.prepared, this.writes.at(-2)]);
     this.timings.wait_for_prepare = Math.round((this.timings.wait_for_prepare ?? 0) + performance.now() - t0);
-    this.tables.push(prepared);
+    const origin: ChunkOrigin = { prepared };
+    this.chunks.push(origin);
     const prep = this.prepared.then(async () => {
       const s = await stage(this.db);
-      return this.preparer.prepare(s.source, prepared, s.exclude);
+      const c = await this.preparer.prepare(s.source, prepared, s.exclude, s.shared);
+      if (c.sql.narrow) Object.assign(origin, { source: s.source, exclude: s.exclude });
+      return c;
     });
     const before = this.writes.at(-1);
     const write = Promise.all([prep, before]).then(async ([c]) => {
