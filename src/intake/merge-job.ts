@@ -258,7 +258,7 @@ async function followParts(
 async function followPartsWith(
   client: Client,
   session: MergeSession,
-  o: { pipeline: Pipeline; importId: string; stage: string; chunked: boolean },
+  o: { pipeline: Pipeline; importId: string; stage: string; chunked: boolean; pool: Pool },
   timings: Record<string, number>,
   signal: PartSignal,
   h: { key: string; later: string; seen: SeenHashes | undefined; preparing: PreparedChunks | null },
@@ -323,7 +323,9 @@ async function followPartsWith(
   let waited = 0;
   let parts = 0;
   for (;;) {
-    const state = await mergerState(client, o.importId, next);
+    // On a pooled connection, not the merge's: that one is busy writing the part before, and
+    // the parts staged meanwhile are to be prepared now, not after that write.
+    const state = await mergerState(o.pool, o.importId, next);
     if (!state || !active(state.status)) throw new Rollback('skipped');
     for (const p of state.done) {
       if (p.n !== next) break;
