@@ -6,10 +6,12 @@
  * are staged (merge-job.ts). Bad files (empty, binary, unusable header, too big) fail the
  * upload with a clear error and leave nothing behind.
  */
+import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { InvalidFileError, SluiceError } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
-import { createImport } from '../db/sql/imports.ts';
+import type { Client } from '../db/pool.ts';
+import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
 import { CsvParser } from '../formats/csv-parser.ts';
@@ -66,10 +68,42 @@ export async function acceptUpload(
   const partRows = options.partRows ?? intEnv('SLUICE_PART_ROWS', 10_000);
   const { pool, boss } = ctx;
   if (!boss) throw new SluiceError('unavailable', 'the job queue is not running in this process');
-  const id = await createImport(pool, {
-    pipeline: pipeline.name, fileName: input.fileName, fileBytes: null, source: input.source, status: 'queued',
-    options: { maxRejectRatio: input.maxRejectRatio ?? 1, partRows },
-  });
+  // The upload's own connection holds the import's owner lock, from before the import
+  // exists until the upload ends: a merge waiting for parts that will never come (this
+  // process killed mid-upload) sees the lock free and fails the import instead of waiting
+  // forever with the target locked; a starting server fails the ones that had no part yet
+  // (service.ts).
+  const id = randomUUID();
+  let owner: Client | undefined;
+  try {
+    owner = await pool.connect();
+    await lockImportOwner(owner, id);
+    await createImport(pool, {
+      id, pipeline: pipeline.name, fileName: input.fileName, fileBytes: null, source: input.source, status: 'queued',
+      options: { maxRejectRatio: input.maxRejectRatio ?? 1, partRows },
+    });
+  } catch (err) {
+    if (owner) await unlockImportOwner(owner, id).then(() => owner!.release(), (e: Error) => owner!.release(e));
+    throw err;
+  }
+  try {
+    return await receive(ctx, { id, pipeline, partRows, maxBytes }, body, options);
+  } finally {
+    const o = owner;
+    await unlockImportOwner(o, id).then(() => o.release(), (err: Error) => o.release(err));
+  }
+}
+
+/** Stores the upload's parts (see acceptUpload); the import exists and its owner lock is held. */
+async function receive(
+  ctx: IntakeContext,
+  o: { id: string; pipeline: Pipeline; partRows: number; maxBytes: number },
+  body: Readable,
+  options: AcceptOptions,
+): Promise<{ id: string }> {
+  const { id, pipeline, partRows, maxBytes } = o;
+  const pool = ctx.pool;
+  const boss = ctx.boss!;
   const stage = stageTableName(id);
   await pool.query(createStageSql(pipeline, stage));
   const splitter = new RecordSplitter({ partRecords: partRows, quoted: pipeline.format.kind === 'csv' });

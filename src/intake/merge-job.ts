@@ -16,7 +16,7 @@
  */
 import { errorMessage } from '../core/errors.ts';
 import type { Client, Pool } from '../db/pool.ts';
-import { finishImport } from '../db/sql/imports.ts';
+import { finishImport, ownerAlive, UPLOAD_INTERRUPTED } from '../db/sql/imports.ts';
 import {
   dropPartData, finishMerged, importForWork, mergerState, mergeWork, notifyImportFinished, requeuePart,
 } from '../db/sql/intake.ts';
@@ -335,6 +335,16 @@ async function followPartsWith(
     if (state.parts_total !== null && next >= state.parts_total) {
       parts = state.parts_total;
       break;
+    }
+    // Still uploading, or not any more: the process receiving the file holds the import's
+    // owner lock until its last part is stored (accept.ts). Free with the end still unknown:
+    // it was killed mid-upload, and the rest of the file will never come.
+    if (state.parts_total === null && !(await ownerAlive(o.pool, o.importId))) {
+      const again = await mergerState(o.pool, o.importId, next);
+      if (again && active(again.status) && again.parts_total === null) {
+        throw new Rollback({ fail: UPLOAD_INTERRUPTED, read: 0, rejected: 0 });
+      }
+      continue;
     }
     const t = performance.now();
     await signal.wait();

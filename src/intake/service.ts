@@ -1,16 +1,33 @@
 /**
  * The intake inside `sluice serve`: the job queue (always: uploads are enqueued on it) and
  * SLUICE_WORKERS part workers (default 2; 0 leaves the work to `sluice worker` processes).
+ * At start, uploads a dead server left unfinished are failed.
  */
 import { intEnv } from '../config.ts';
-import { databaseUrl } from '../db/pool.ts';
+import { databaseUrl, type Pool } from '../db/pool.ts';
+import { failInterruptedUploads } from '../db/sql/imports.ts';
 import type { Service } from '../http/services.ts';
 import { startBoss } from '../jobs/boss.ts';
+import { dropStaging } from './staging.ts';
 import { startWorkers } from './worker.ts';
+
+/**
+ * Uploads left unfinished by a server that died before their first part was stored (a
+ * later death is seen by their merge, merge-job.ts): failed, their staging dropped.
+ */
+async function reapInterruptedUploads(pool: Pool): Promise<void> {
+  const client = await pool.connect();
+  try {
+    for (const id of await failInterruptedUploads(client)) await dropStaging(client, id);
+  } finally {
+    client.release();
+  }
+}
 
 export const intakeService: Service = {
   name: 'intake',
   async start(ctx) {
+    await reapInterruptedUploads(ctx.pool);
     const boss = await startBoss(await databaseUrl());
     ctx.boss = boss;
     const concurrency = intEnv('SLUICE_WORKERS', 2);

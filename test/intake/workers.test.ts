@@ -3,15 +3,18 @@
  * three `sluice worker` processes; a worker killed with SIGKILL while it holds a part; a
  * dropped database connection in the middle of a part; the merge's second connection (the
  * one preparing parts) dropped. Each ends with the purchases table
- * compared row by row with the single-process import of the same file.
+ * compared row by row with the single-process import of the same file. Then the server
+ * receiving an upload killed mid-upload, and uploads a dead server left behind.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { repoRoot } from '../../src/config.ts';
 import { runImport } from '../../src/engine/import-runner.ts';
+import { createImport, lockImportOwner, unlockImportOwner } from '../../src/db/sql/imports.ts';
 import { IMPORTS_CHANNEL } from '../../src/db/sql/intake.ts';
 import { acceptUpload, importStatus, type ImportStatus } from '../../src/intake/index.ts';
 import { startBoss, type Boss } from '../../src/jobs/boss.ts';
@@ -166,4 +169,58 @@ test("the merge's second connection (preparing parts) dropped: the merge is retr
   const { rows } = await db.pool.query(`SELECT retry_count FROM pgboss.job WHERE name = 'sluice-merge' AND data->>'importId' = $1`, [id]);
   assert.ok(rows[0].retry_count >= 1, `the merge was retried (${JSON.stringify(rows)})`);
   await a.kill();
+});
+
+test('the server receiving an upload killed (kill -9) mid-upload: the merge fails the import at once and frees the target', async () => {
+  const { db, ctx } = await setup();
+  const w = worker(db);
+  await w.waitFor(/ready/);
+  const srv = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_WORKERS: '0', SLUICE_PART_ROWS: '200' });
+  await srv.waitFor(/listening on http:\/\/127\.0\.0\.1:\d+/);
+  const base = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(srv.output())![1]!;
+  // Half of the file, then nothing: the upload stays open, its end unknown.
+  const bytes = fs.readFileSync(FIXTURE);
+  const req = http.request(`${base}/imports?pipeline=purchases`, { method: 'POST', headers: { 'content-type': 'text/plain', 'content-length': bytes.length } });
+  req.on('error', () => {});
+  req.write(bytes.subarray(0, bytes.length / 2));
+  // The merge, sent with part 0, has merged what came and waits for the rest.
+  const id = await until(async () => {
+    const { rows } = await db.pool.query(
+      `SELECT i.id FROM imports i WHERE i.parts_total IS NULL
+          AND EXISTS (SELECT 1 FROM import_parts p WHERE p.import_id = i.id AND p.n = 2 AND p.status = 'completed')
+          AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-merge')`,
+    );
+    return rows[0]?.id as string | undefined;
+  }, 'the merge to wait for the rest of the upload');
+  await srv.kill('SIGKILL');
+  const status = await finished(db, id, 30_000);
+  assert.equal(status.status, 'failed');
+  assert.match(status.error ?? '', /upload interrupted/);
+  assert.equal((await db.pool.query('SELECT count(*)::int AS n FROM purchases')).rows[0].n, 0, 'nothing of it imported');
+  const stage = await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`);
+  assert.equal(stage.rows[0].n, 0, 'its staging is dropped');
+  // The target is free: the next import of the file completes.
+  await assertSameTable(db, await finished(db, await upload(ctx)));
+  await w.kill();
+});
+
+test('a starting server fails the uploads a dead server left before their first part, not the ones still going on', async () => {
+  const { db } = await setup();
+  const make = () => createImport(db.pool, { pipeline: 'purchases', fileName: 'f.txt', fileBytes: null, source: 'api', status: 'queued' });
+  const dead = await make();
+  const live = await make();
+  const holder = await db.pool.connect();
+  try {
+    // An upload going on holds its import's owner lock (src/intake/accept.ts).
+    await lockImportOwner(holder, live);
+    const srv = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_WORKERS: '0' });
+    await srv.waitFor(/listening on/);
+    const { rows } = await db.pool.query(`SELECT id, status, error FROM imports ORDER BY status`);
+    assert.deepEqual(rows.map((r) => [r.id, r.status]), [[dead, 'failed'], [live, 'queued']]);
+    assert.match(rows[0].error, /upload interrupted/);
+    await srv.kill();
+  } finally {
+    await unlockImportOwner(holder, live);
+    holder.release();
+  }
 });

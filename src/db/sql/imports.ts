@@ -36,11 +36,20 @@ export async function createImport(
 }
 
 /**
- * A CLI import's connection holds this session lock for the import's whole life: an
- * import left `running` whose lock can be taken was stopped (killed) mid-way.
+ * A CLI import's connection holds this session lock for the import's whole life, and an
+ * upload's for the upload's: an import left `running` (or an upload left unfinished) whose
+ * lock can be taken was stopped (killed) mid-way.
  */
-function ownerLock(fn: 'pg_advisory_lock' | 'pg_try_advisory_lock' | 'pg_advisory_unlock', param: string): string {
+function ownerLock(fn: 'pg_advisory_lock' | 'pg_try_advisory_lock' | 'pg_try_advisory_xact_lock' | 'pg_advisory_unlock', param: string): string {
   return `SELECT ${fn}(hashtext('sluice:import:' || ${param})) AS ok`;
+}
+
+/**
+ * Whether the owner of import `id` (the process receiving its upload) still holds its lock.
+ * Run outside a transaction: the lock, when it is free, is taken and let go at once.
+ */
+export async function ownerAlive(db: Db, id: string): Promise<boolean> {
+  return !(await db.query(ownerLock('pg_try_advisory_xact_lock', '$1::text'), [id])).rows[0].ok;
 }
 
 export async function lockImportOwner(client: Client, id: string): Promise<void> {
@@ -52,23 +61,21 @@ export async function unlockImportOwner(client: Client, id: string): Promise<voi
 }
 
 /**
- * CLI imports left `running` by a process that died: marked failed ("interrupted"; their
- * merge transaction was rolled back by the server, so nothing of them was written) and
- * passed to `cleanup` (their staging tables), each while holding its owner lock.
+ * The imports matching `where` whose owner lock is free (their owner died), failed with
+ * `error`, each while holding that lock, and passed to `cleanup`; their ids returned.
  */
-export async function failInterruptedImports(client: Client, cleanup: (id: string) => Promise<void>): Promise<string[]> {
-  const { rows } = await client.query<{ id: string }>(`SELECT id FROM imports WHERE source = 'cli' AND status = 'running'`);
+async function failOrphans(client: Client, where: string, error: string, cleanup?: (id: string) => Promise<void>): Promise<string[]> {
+  const { rows } = await client.query<{ id: string }>(`SELECT id FROM imports WHERE ${where}`);
   const failed: string[] = [];
   for (const { id } of rows) {
     if (!(await client.query(ownerLock('pg_try_advisory_lock', '$1::text'), [id])).rows[0].ok) continue;
     try {
       const r = await client.query(
-        `UPDATE imports SET status = 'failed', error = 'interrupted (the process stopped before the import finished; nothing of it was written)',
-                finished_at = now(), updated_at = now() WHERE id = $1 AND status = 'running'`,
-        [id],
+        `UPDATE imports SET status = 'failed', error = $2, finished_at = now(), updated_at = now() WHERE id = $1 AND ${where}`,
+        [id, error],
       );
       if (r.rowCount) {
-        await cleanup(id);
+        await cleanup?.(id);
         failed.push(id);
       }
     } finally {
@@ -77,6 +84,28 @@ export async function failInterruptedImports(client: Client, cleanup: (id: strin
   }
   return failed;
 }
+
+/**
+ * CLI imports left `running` by a process that died: marked failed ("interrupted"; their
+ * merge transaction was rolled back by the server, so nothing of them was written) and
+ * passed to `cleanup` (their staging tables), each while holding its owner lock.
+ */
+export function failInterruptedImports(client: Client, cleanup: (id: string) => Promise<void>): Promise<string[]> {
+  return failOrphans(client, `source = 'cli' AND status = 'running'`,
+    'interrupted (the process stopped before the import finished; nothing of it was written)', cleanup);
+}
+
+/**
+ * Uploads whose receiving process died before their merge was sent (before their first part
+ * was stored): left `queued` with no job that would ever end them. Marked failed, each while
+ * holding its owner lock (an upload still going on holds it: skipped); their ids returned.
+ */
+export function failInterruptedUploads(client: Client): Promise<string[]> {
+  return failOrphans(client, `source <> 'cli' AND status = 'queued' AND parts_total IS NULL AND NOT merge_enqueued`, UPLOAD_INTERRUPTED);
+}
+
+/** The error of an import whose upload stopped before its end (its server died). */
+export const UPLOAD_INTERRUPTED = 'upload interrupted: the server receiving the file stopped before its end; nothing was imported';
 
 export interface ImportOutcome {
   status: 'completed' | 'failed' | 'cancelled';
