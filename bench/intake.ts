@@ -1,5 +1,5 @@
 /**
- * npm run bench:intake -- [--rows 2000000] [--workers 1,2,4] [--runs 3]   (--rows 0: the shared file only)
+ * npm run bench:intake -- [--rows 2000000] [--workers 1,2,4] [--runs 3] [--timeout-s 900]   (--rows 0: the shared file only)
  *
  * The intake service end to end on loopback: `sluice serve` (no in-process workers) plus N
  * `sluice worker` processes, started fresh for each run; each run uploads the real file once
@@ -31,12 +31,15 @@ const { values: args } = parseArgs({
     runs: { type: 'string', default: '3' },
     // 0: wait for the import's NOTIFY, then read its status once; N: poll GET every N ms.
     'poll-ms': { type: 'string', default: '0' },
+    // An import not completed after this many seconds fails the benchmark (a hang ends it).
+    'timeout-s': { type: 'string', default: '900' },
   },
 });
 const ROWS = Number(args.rows);
 const WORKERS = args.workers!.split(',').map(Number);
 const RUNS = Number(args.runs);
 const POLL_MS = Number(args['poll-ms']);
+const TIMEOUT_MS = Number(args['timeout-s']) * 1000;
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
 const shared = path.resolve(repoRoot, '..', 'shared', 'data', 'neoway', 'base_teste.txt');
@@ -244,6 +247,7 @@ async function importFile(port: number, file: string): Promise<{ id: string; sec
     const s = await status(port, id);
     if (s.status === 'completed') break;
     if (s.status === 'failed' || s.status === 'cancelled') throw new Error(`import ${s.status}: ${s.error}`);
+    if (performance.now() - t > TIMEOUT_MS) throw new Error(`import ${id} not completed after ${TIMEOUT_MS / 1000} s (--timeout-s): ${s.status}`);
     if (POLL_MS > 0) await new Promise((r) => setTimeout(r, POLL_MS));
   }
   return { id, secs: (performance.now() - t) / 1000, t0, acceptedAt };
