@@ -10,7 +10,6 @@ import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { InvalidFileError, SluiceError } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
-import type { Client } from '../db/pool.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
@@ -74,23 +73,17 @@ export async function acceptUpload(
   // forever with the target locked; a starting server fails the ones that had no part yet
   // (service.ts).
   const id = randomUUID();
-  let owner: Client | undefined;
+  const owner = await pool.connect();
   try {
-    owner = await pool.connect();
     await lockImportOwner(owner, id);
     await createImport(pool, {
       id, pipeline: pipeline.name, fileName: input.fileName, fileBytes: null, source: input.source, status: 'queued',
       options: { maxRejectRatio: input.maxRejectRatio ?? 1, partRows },
     });
-  } catch (err) {
-    if (owner) await unlockImportOwner(owner, id).then(() => owner!.release(), (e: Error) => owner!.release(e));
-    throw err;
-  }
-  try {
     return await receive(ctx, { id, pipeline, partRows, maxBytes }, body, options);
   } finally {
-    const o = owner;
-    await unlockImportOwner(o, id).then(() => o.release(), (err: Error) => o.release(err));
+    // A connection that cannot unlock is not handed back to the pool holding the lock.
+    await unlockImportOwner(owner, id).then(() => owner.release(), (err: Error) => owner.release(err));
   }
 }
 

@@ -246,140 +246,131 @@ async function followParts(
   const seen = o.chunked ? new SeenHashes() : undefined;
   if (o.chunked) await client.query(`CREATE TEMP TABLE ${later} (LIKE ${ident(o.stage)} INCLUDING DEFAULTS) ON COMMIT DROP`);
   // Parts are prepared on a second connection while this one writes the part before
-  // (src/load/prepared-chunk.ts); without an id sequence on the target, merged here whole.
+  // (src/load/prepared-chunk.ts); a target whose id has no sequence is merged here whole.
   const preparing = o.chunked ? await PreparedChunks.open(o.pool, client, session, o.pipeline, timings) : null;
   try {
-    return await followPartsWith(client, session, o, timings, signal, { key, later, seen, preparing });
+    /**
+     * Merges part `n` as a chunk, after moving to `later` the rows whose key may have been met
+     * before: in an earlier part or earlier in this part (SeenHashes). Keys are compared by
+     * their hashtext; two keys sharing one are both moved, which is safe.
+     */
+    const mergePart = async (n: number, accepted: number) => {
+      if (preparing) return preparePart(n, accepted);
+      const table = ident(partTableName(o.importId, n));
+      const suspects = await splitPart(client, n, accepted);
+      let rows = accepted;
+      if (suspects.length > 0) {
+        const moved = await client.query(
+          `WITH moved AS (DELETE FROM ${table} WHERE hashtext(${key}::text) = ANY ($1::int[]) RETURNING *) INSERT INTO ${later} SELECT * FROM moved`,
+          [suspects],
+        );
+        rows -= moved.rowCount ?? 0;
+      }
+      if (rows > 0) await session.mergeChunk(partTableName(o.importId, n), rows);
+    };
+
+    /**
+     * The hashes of part `n`'s keys that may have been met before (read on `db`); PartLost
+     * when the part has fewer rows than it was completed with.
+     */
+    const splitPart = async (db: Client, n: number, accepted: number): Promise<number[]> => {
+      const t = performance.now();
+      const list = (await db.query(`SELECT string_agg(hashtext(${key}::text)::text, ',') AS h FROM ${ident(partTableName(o.importId, n))}`)).rows[0].h as string | null;
+      const r = suspectKeys(list, seen!);
+      timings.split = Math.round((timings.split ?? 0) + performance.now() - t);
+      if (r.hashes !== accepted) throw new PartLost(n);
+      return [...r.suspects];
+    };
+
+    /**
+     * mergePart with a second connection: the split and the part's preparation there (the
+     * rows of keys met before left out, not deleted: the part table is not this transaction's
+     * to change while another connection reads it), the moved rows and the writes here.
+     */
+    const preparePart = async (n: number, accepted: number) => {
+      const name = partTableName(o.importId, n);
+      const table = ident(name);
+      let suspects: number[] = [];
+      await preparing!.add(
+        `${o.stage}_m${n}`,
+        async (db) => {
+          suspects = await splitPart(db, n, accepted);
+          // Integers from hashtext: safe as SQL text. The part table stays until the merge
+          // ends, and the merge's connection reads it (shared).
+          return { source: name, exclude: suspects.length > 0 ? `hashtext(m.${key}::text) = ANY ('{${suspects.join(',')}}'::int[])` : undefined, shared: true };
+        },
+        async () => {
+          if (suspects.length > 0) {
+            await client.query(`INSERT INTO ${later} SELECT * FROM ${table} WHERE hashtext(${key}::text) = ANY ($1::int[])`, [suspects]);
+          }
+        },
+      );
+    };
+
+    let next = 0;
+    let waited = 0;
+    let parts = 0;
+    for (;;) {
+      // On a pooled connection, not the merge's: that one is busy writing the part before, and
+      // the parts staged meanwhile are to be prepared now, not after that write.
+      const state = await mergerState(o.pool, o.importId, next);
+      if (!state || !active(state.status)) throw new Rollback('skipped');
+      for (const p of state.done) {
+        if (p.n !== next) break;
+        if (o.chunked && p.accepted > 0) await mergePart(p.n, p.accepted);
+        next++;
+      }
+      if (state.parts_total !== null && next >= state.parts_total) {
+        parts = state.parts_total;
+        break;
+      }
+      // Still uploading, or not any more: the process receiving the file holds the import's
+      // owner lock until its last part is stored (accept.ts). Free with the end still unknown:
+      // it was killed mid-upload, and the rest of the file will never come.
+      if (state.parts_total === null && !(await ownerAlive(o.pool, o.importId))) {
+        const again = await mergerState(o.pool, o.importId, next);
+        if (again && active(again.status) && again.parts_total === null) {
+          throw new Rollback({ fail: UPLOAD_INTERRUPTED, read: 0, rejected: 0 });
+        }
+        continue;
+      }
+      const t = performance.now();
+      await signal.wait();
+      waited += performance.now() - t;
+    }
+    timings.wait_for_parts = Math.round(waited);
+    if (preparing) await preparing.settle();
+    // Every part is staged: their totals decide whether anything is merged at all.
+    const work = await mergeWork(client, o.importId);
+    if (!work || !active(work.status)) throw new Rollback('skipped');
+    const read = Number(work.read);
+    const rejected = Number(work.rejected);
+    if (read === 0) throw new Rollback({ fail: 'invalid file: no data rows after the header', read, rejected });
+    const max = work.options.maxRejectRatio ?? 1;
+    if (rejected / read > max) {
+      throw new Rollback({ fail: `rejected ${rejected} of ${read} rows (${((rejected / read) * 100).toFixed(1)}%), above max-reject-ratio ${max}: nothing was imported`, read, rejected });
+    }
+    if (o.chunked) {
+      const waiting = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${later}`)).rows[0].n);
+      if (waiting > 0) {
+        if (preparing) await session.rememberPrepared(preparing.chunks, LATER);
+        await session.mergeStaged(LATER, { rows: waiting, hasKeyCandidates: false }, true);
+      }
+    } else {
+      // The whole file at once, from one table: the parts are gathered into the staging table.
+      const t = performance.now();
+      const tables = await partTables(client, o.importId);
+      for (let i = 0; i < tables.length; i += 100) {
+        const from = tables.slice(i, i + 100).map((name) => `SELECT * FROM ${ident(name)}`);
+        await client.query(`INSERT INTO ${ident(o.stage)} ${from.join(' UNION ALL ')}`);
+      }
+      timings.gather = Math.round(performance.now() - t);
+      const accepted = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${ident(o.stage)}`)).rows[0].n);
+      if (accepted !== Number(work.accepted)) throw new PartLost(-1);
+      await session.mergeStaged(o.stage, { rows: accepted, hasKeyCandidates: work.key_candidates });
+    }
+    return { counts: session.total, read, rejected, parts };
   } finally {
     await preparing?.close();
   }
-}
-
-async function followPartsWith(
-  client: Client,
-  session: MergeSession,
-  o: { pipeline: Pipeline; importId: string; stage: string; chunked: boolean; pool: Pool },
-  timings: Record<string, number>,
-  signal: PartSignal,
-  h: { key: string; later: string; seen: SeenHashes | undefined; preparing: PreparedChunks | null },
-): Promise<Merged> {
-  const { key, later, seen, preparing } = h;
-
-  /**
-   * Merges part `n` as a chunk, after moving to `later` the rows whose key may have been met
-   * before: in an earlier part or earlier in this part (SeenHashes). Keys are compared by
-   * their hashtext; two keys sharing one are both moved, which is safe.
-   */
-  const mergePart = async (n: number, accepted: number) => {
-    if (preparing) return preparePart(n, accepted);
-    const t = performance.now();
-    const table = ident(partTableName(o.importId, n));
-    const list = (await client.query(`SELECT string_agg(hashtext(${key}::text)::text, ',') AS h FROM ${table}`)).rows[0].h as string | null;
-    const { hashes, suspects } = suspectKeys(list, seen!);
-    if (hashes !== accepted) throw new PartLost(n);
-    let rows = hashes;
-    if (suspects.size > 0) {
-      const moved = await client.query(
-        `WITH moved AS (DELETE FROM ${table} WHERE hashtext(${key}::text) = ANY ($1::int[]) RETURNING *) INSERT INTO ${later} SELECT * FROM moved`,
-        [[...suspects]],
-      );
-      rows -= moved.rowCount ?? 0;
-    }
-    timings.split = Math.round((timings.split ?? 0) + performance.now() - t);
-    if (rows > 0) await session.mergeChunk(partTableName(o.importId, n), rows);
-  };
-
-  /**
-   * mergePart with a second connection: the split and the part's preparation there (the
-   * rows of keys met before left out, not deleted: the part table is not this transaction's
-   * to change while another connection reads it), the moved rows and the writes here.
-   */
-  const preparePart = async (n: number, accepted: number) => {
-    const name = partTableName(o.importId, n);
-    const table = ident(name);
-    let suspects: number[] = [];
-    await preparing!.add(
-      `${o.stage}_m${n}`,
-      async (db) => {
-        const t = performance.now();
-        const list = (await db.query(`SELECT string_agg(hashtext(${key}::text)::text, ',') AS h FROM ${table}`)).rows[0].h as string | null;
-        const r = suspectKeys(list, seen!);
-        timings.split = Math.round((timings.split ?? 0) + performance.now() - t);
-        if (r.hashes !== accepted) throw new PartLost(n);
-        suspects = [...r.suspects];
-        // Integers from hashtext: safe as SQL text.
-        // The part table stays until the merge ends, and the merge's connection reads it.
-        return { source: name, exclude: suspects.length > 0 ? `hashtext(m.${key}::text) = ANY ('{${suspects.join(',')}}'::int[])` : undefined, shared: true };
-      },
-      async () => {
-        if (suspects.length > 0) {
-          await client.query(`INSERT INTO ${later} SELECT * FROM ${table} WHERE hashtext(${key}::text) = ANY ($1::int[])`, [suspects]);
-        }
-      },
-    );
-  };
-
-  let next = 0;
-  let waited = 0;
-  let parts = 0;
-  for (;;) {
-    // On a pooled connection, not the merge's: that one is busy writing the part before, and
-    // the parts staged meanwhile are to be prepared now, not after that write.
-    const state = await mergerState(o.pool, o.importId, next);
-    if (!state || !active(state.status)) throw new Rollback('skipped');
-    for (const p of state.done) {
-      if (p.n !== next) break;
-      if (o.chunked && p.accepted > 0) await mergePart(p.n, p.accepted);
-      next++;
-    }
-    if (state.parts_total !== null && next >= state.parts_total) {
-      parts = state.parts_total;
-      break;
-    }
-    // Still uploading, or not any more: the process receiving the file holds the import's
-    // owner lock until its last part is stored (accept.ts). Free with the end still unknown:
-    // it was killed mid-upload, and the rest of the file will never come.
-    if (state.parts_total === null && !(await ownerAlive(o.pool, o.importId))) {
-      const again = await mergerState(o.pool, o.importId, next);
-      if (again && active(again.status) && again.parts_total === null) {
-        throw new Rollback({ fail: UPLOAD_INTERRUPTED, read: 0, rejected: 0 });
-      }
-      continue;
-    }
-    const t = performance.now();
-    await signal.wait();
-    waited += performance.now() - t;
-  }
-  timings.wait_for_parts = Math.round(waited);
-  if (preparing) await preparing.settle();
-  // Every part is staged: their totals decide whether anything is merged at all.
-  const work = await mergeWork(client, o.importId);
-  if (!work || !active(work.status)) throw new Rollback('skipped');
-  const read = Number(work.read);
-  const rejected = Number(work.rejected);
-  if (read === 0) throw new Rollback({ fail: 'invalid file: no data rows after the header', read, rejected });
-  const max = work.options.maxRejectRatio ?? 1;
-  if (rejected / read > max) {
-    throw new Rollback({ fail: `rejected ${rejected} of ${read} rows (${((rejected / read) * 100).toFixed(1)}%), above max-reject-ratio ${max}: nothing was imported`, read, rejected });
-  }
-  if (o.chunked) {
-    const waiting = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${later}`)).rows[0].n);
-    if (waiting > 0) {
-      if (preparing) await session.rememberPrepared(preparing.chunks, LATER);
-      await session.mergeStaged(LATER, { rows: waiting, hasKeyCandidates: false }, true);
-    }
-  } else {
-    // The whole file at once, from one table: the parts are gathered into the staging table.
-    const t = performance.now();
-    const tables = await partTables(client, o.importId);
-    for (let i = 0; i < tables.length; i += 100) {
-      const from = tables.slice(i, i + 100).map((name) => `SELECT * FROM ${ident(name)}`);
-      await client.query(`INSERT INTO ${ident(o.stage)} ${from.join(' UNION ALL ')}`);
-    }
-    timings.gather = Math.round(performance.now() - t);
-    const accepted = Number((await client.query(`SELECT count(*)::bigint AS n FROM ${ident(o.stage)}`)).rows[0].n);
-    if (accepted !== Number(work.accepted)) throw new PartLost(-1);
-    await session.mergeStaged(o.stage, { rows: accepted, hasKeyCandidates: work.key_candidates });
-  }
-  return { counts: session.total, read, rejected, parts };
 }

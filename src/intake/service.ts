@@ -18,7 +18,7 @@ import { startWorkers } from './worker.ts';
 async function reapInterruptedUploads(pool: Pool): Promise<void> {
   const client = await pool.connect();
   try {
-    for (const id of await failInterruptedUploads(client)) await dropStaging(client, id);
+    await failInterruptedUploads(client, (id) => dropStaging(client, id));
   } finally {
     client.release();
   }

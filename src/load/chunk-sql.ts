@@ -85,7 +85,7 @@ export function chunkSql(
   const byKey = keyIdentity(t);
   if (!byKey && !sequence) throw new Error(`target ${t.table}: no id sequence to draw new ids from`);
   const found = byKey ? 't.ctid IS NOT NULL' : 't.id IS NOT NULL';
-  const narrow = shared && byKey && (t.lookups ?? []).length === 0 && !t.child;
+  const narrow = shared && byKey && lookups.length === 0 && !t.child;
   const where = exclude ? `WHERE NOT (${exclude})` : '';
   const nid = byKey ? 'NULL::bigint' : `CASE WHEN t.id IS NULL THEN nextval('${sequence!.replace(/'/g, "''")}'::regclass) END`;
 

@@ -191,8 +191,9 @@ export class PreparedChunks {
    * then merged whole (MergeSession.mergeChunk).
    */
   static async open(pool: Pool, client: Client, session: MergeSession, pipeline: Pipeline, timings: Record<string, number>): Promise<PreparedChunks | null> {
-    const sequence = keyIdentity(pipeline.target) ? null : await idSequence(client, pipeline);
-    if (!sequence && !keyIdentity(pipeline.target)) return null;
+    const byKey = keyIdentity(pipeline.target);
+    const sequence = byKey ? null : await idSequence(client, pipeline);
+    if (!byKey && !sequence) return null;
     await session.lockTargets();
     return new PreparedChunks(session, await ChunkPreparer.open(pool, pipeline, sequence, timings), timings);
   }
@@ -216,6 +217,7 @@ export class PreparedChunks {
     stage: (db: Client) => Promise<{ source: string; exclude?: string | undefined; shared?: boolean }>,
     beforeWrite?: () => Promise<void>,
   ): Promise<void> {
+    // Timed as wait_for_prepare: the preparing connection busy, or the writes behind.
     const t0 = performance.now();
     await Promise.all([this.prepared, this.writes.at(-2)]);
     this.timings.wait_for_prepare = Math.round((this.timings.wait_for_prepare ?? 0) + performance.now() - t0);

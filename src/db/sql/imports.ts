@@ -64,7 +64,7 @@ export async function unlockImportOwner(client: Client, id: string): Promise<voi
  * The imports matching `where` whose owner lock is free (their owner died), failed with
  * `error`, each while holding that lock, and passed to `cleanup`; their ids returned.
  */
-async function failOrphans(client: Client, where: string, error: string, cleanup?: (id: string) => Promise<void>): Promise<string[]> {
+async function failOrphans(client: Client, where: string, error: string, cleanup: (id: string) => Promise<void>): Promise<string[]> {
   const { rows } = await client.query<{ id: string }>(`SELECT id FROM imports WHERE ${where}`);
   const failed: string[] = [];
   for (const { id } of rows) {
@@ -75,7 +75,7 @@ async function failOrphans(client: Client, where: string, error: string, cleanup
         [id, error],
       );
       if (r.rowCount) {
-        await cleanup?.(id);
+        await cleanup(id);
         failed.push(id);
       }
     } finally {
@@ -97,11 +97,12 @@ export function failInterruptedImports(client: Client, cleanup: (id: string) => 
 
 /**
  * Uploads whose receiving process died before their merge was sent (before their first part
- * was stored): left `queued` with no job that would ever end them. Marked failed, each while
- * holding its owner lock (an upload still going on holds it: skipped); their ids returned.
+ * was stored): left `queued` with no job that would ever end them. Marked failed and passed
+ * to `cleanup` (their staging table), each while holding its owner lock (an upload still
+ * going on holds it: skipped).
  */
-export function failInterruptedUploads(client: Client): Promise<string[]> {
-  return failOrphans(client, `source <> 'cli' AND status = 'queued' AND parts_total IS NULL AND NOT merge_enqueued`, UPLOAD_INTERRUPTED);
+export function failInterruptedUploads(client: Client, cleanup: (id: string) => Promise<void>): Promise<string[]> {
+  return failOrphans(client, `source <> 'cli' AND status = 'queued' AND parts_total IS NULL AND NOT merge_enqueued`, UPLOAD_INTERRUPTED, cleanup);
 }
 
 /** The error of an import whose upload stopped before its end (its server died). */
