@@ -4,7 +4,8 @@
  * job in the same transaction as its row, so workers start on part 0 while the rest of
  * the file is still arriving; the merge job goes with part 0 and merges the parts as they
  * are staged (merge-job.ts). Bad files (empty, binary, unusable header, too big) fail the
- * upload with a clear error and leave nothing behind.
+ * upload with a clear error and leave nothing behind, as does a record that never ends
+ * (splitter.ts bounds the memory an upload can take).
  */
 import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -21,7 +22,7 @@ import { createStageSql } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
 import type { IntakeContext } from './context.ts';
-import { RecordSplitter, type Part } from './splitter.ts';
+import { lineTerminator, RecordSplitter, type Part } from './splitter.ts';
 import { dropStaging, stageTableName } from './staging.ts';
 
 export interface AcceptOptions {
@@ -47,10 +48,10 @@ const MIN_PART_ROWS = 1000;
  * Records per part: `max`, or fewer for a file whose size is known, estimated from the
  * records of the first bytes (the sample), so that it makes about TARGET_PARTS parts.
  */
-export function partRowsFor(max: number, expectedBytes: number | undefined, sample: Buffer): number {
+export function partRowsFor(max: number, expectedBytes: number | undefined, sample: Buffer, terminator = 0x0a): number {
   if (!expectedBytes || expectedBytes <= sample.length) return max;
   let lines = 0;
-  for (let i = sample.indexOf(0x0a); i >= 0; i = sample.indexOf(0x0a, i + 1)) lines++;
+  for (let i = sample.indexOf(terminator); i >= 0; i = sample.indexOf(terminator, i + 1)) lines++;
   if (lines < 2) return max;
   const estimatedRows = expectedBytes / (sample.length / lines);
   return Math.min(max, Math.max(MIN_PART_ROWS, Math.ceil(estimatedRows / TARGET_PARTS)));
@@ -152,7 +153,8 @@ async function receive(
       if (sampleBytes >= DETECT_SAMPLE_BYTES) {
         const all = Buffer.concat(sample);
         meta = detectSample(all.subarray(0, DETECT_SAMPLE_BYTES), 0, pipeline.format.kind);
-        splitter.partRecords = partRowsFor(partRows, options.expectedBytes, all);
+        if (pipeline.format.kind === 'csv') splitter.terminator = lineTerminator(all);
+        splitter.partRecords = partRowsFor(partRows, options.expectedBytes, all, splitter.terminator);
         sample = [];
         await feed(all);
       }
@@ -160,6 +162,7 @@ async function receive(
     if (!meta) {
       const all = Buffer.concat(sample);
       meta = detectSample(all, all.length, pipeline.format.kind);
+      if (pipeline.format.kind === 'csv') splitter.terminator = lineTerminator(all);
       await feed(all);
     }
     const last = splitter.end();

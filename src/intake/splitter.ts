@@ -1,10 +1,18 @@
 /**
  * Cuts a byte stream into parts of N records at record boundaries, without decoding it
- * and without holding more than one part: a record ends at an LF outside double quotes
- * (RFC 4180 quoting; `"` and LF never occur inside a UTF-8 or Windows-1252 multi-byte
- * character, so scanning bytes is exact). The first record (the header) is split off.
- * Physical line numbers are tracked so rejects point at the right line of the file.
+ * and without holding more than one part: a record ends at a line terminator outside double
+ * quotes (RFC 4180 quoting; `"`, LF and CR never occur inside a UTF-8 or Windows-1252
+ * multi-byte character, so scanning bytes is exact). The terminator is LF (which covers
+ * CRLF), or CR for files whose lines end with a lone CR (old Mac exports; chosen by the
+ * caller from the first bytes, lineTerminator()). The first record (the header) is split
+ * off. Physical line numbers are tracked so rejects point at the right line of the file.
+ *
+ * Memory is bounded whatever the input: a part is cut early once it holds maxPartBytes,
+ * and a record that has not ended after maxRecordBytes (a file without line breaks, or an
+ * unclosed quote that swallows the rest of the file) fails the upload with InvalidFileError.
  */
+import { InvalidFileError } from '../core/errors.ts';
+
 export interface Part {
   n: number;
   /** Physical line of the file where the part starts. */
@@ -15,14 +23,44 @@ export interface Part {
 }
 
 const LF = 0x0a;
+const CR = 0x0d;
 const QUOTE = 0x22;
+
+/** A part is cut at the first record end past this many bytes, whatever its record count. */
+export const MAX_PART_BYTES = 64 * 1024 * 1024;
+/** No record is longer (the parsers reject rows of over 1 MiB characters anyway). */
+export const MAX_RECORD_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The line terminator of a file from its first bytes: CR when they hold a CR and no LF at
+ * all (lone-CR line ends), else LF (LF and CRLF files, and a sample without any line end).
+ */
+export function lineTerminator(sample: Buffer): typeof LF | typeof CR {
+  return sample.indexOf(LF) < 0 && sample.indexOf(CR) >= 0 ? CR : LF;
+}
+
+export interface SplitterOptions {
+  partRecords: number;
+  /** Honour CSV quotes (false for line-based formats). */
+  quoted: boolean;
+  /** The byte that ends a line: LF (default) or CR (lineTerminator()). */
+  terminator?: number;
+  maxPartBytes?: number;
+  maxRecordBytes?: number;
+}
 
 export class RecordSplitter {
   /** Records per part; may be changed before the first part is cut. */
   partRecords: number;
+  /** The line terminator; may be changed before the first bytes are pushed. */
+  terminator: number;
   private readonly quoted: boolean;
+  private readonly maxPartBytes: number;
+  private readonly maxRecordBytes: number;
   private chunks: Buffer[] = [];
   private bytes = 0;
+  /** Bytes held since the last record end (the record being read). */
+  private open = 0;
   private inQuote = false;
   private records = 0;
   private line = 1;
@@ -31,23 +69,28 @@ export class RecordSplitter {
   /** Bytes of the first record (the header), once complete. */
   header: Buffer | undefined;
 
-  /** `quoted`: honour CSV quotes (false for line-based formats). */
-  constructor(options: { partRecords: number; quoted: boolean }) {
+  constructor(options: SplitterOptions) {
     this.partRecords = options.partRecords;
     this.quoted = options.quoted;
+    this.terminator = options.terminator ?? LF;
+    this.maxPartBytes = options.maxPartBytes ?? MAX_PART_BYTES;
+    this.maxRecordBytes = options.maxRecordBytes ?? MAX_RECORD_BYTES;
   }
 
-  /** Feeds bytes; returns the parts completed by them. */
+  /** Feeds bytes; returns the parts completed by them. Throws InvalidFileError for a record over maxRecordBytes. */
   push(buf: Buffer): Part[] {
     const parts: Part[] = [];
+    const eol = this.terminator;
     let start = 0;
-    // Jumps from LF to LF with indexOf (memchr), not byte by byte: the server splits
-    // every upload, at several hundred MB/s this way. With quoting, the quotes between two
-    // LFs flip the state; `quote` is the next quote at or after the scan position.
+    // Where the record being read began in this buffer (0: in an earlier one).
+    let recordStart = 0;
+    // Jumps from line end to line end with indexOf (memchr), not byte by byte: the server
+    // splits every upload, at several hundred MB/s this way. With quoting, the quotes between
+    // two line ends flip the state; `quote` is the next quote at or after the scan position.
     let quote = this.quoted ? buf.indexOf(QUOTE) : -1;
     let pos = 0;
     for (;;) {
-      const i = buf.indexOf(LF, pos);
+      const i = buf.indexOf(eol, pos);
       if (i < 0) break;
       while (quote >= 0 && quote < i) {
         this.inQuote = !this.inQuote;
@@ -56,6 +99,8 @@ export class RecordSplitter {
       pos = i + 1;
       this.line++;
       if (this.inQuote) continue;
+      this.open = 0;
+      recordStart = i + 1;
       if (this.header === undefined) {
         this.chunks.push(buf.subarray(start, i + 1));
         this.header = Buffer.concat(this.chunks);
@@ -66,14 +111,14 @@ export class RecordSplitter {
         continue;
       }
       this.records++;
-      if (this.records >= this.partRecords) {
+      if (this.records >= this.partRecords || this.bytes + (i + 1 - start) >= this.maxPartBytes) {
         this.chunks.push(buf.subarray(start, i + 1));
         this.bytes += i + 1 - start;
         parts.push(this.cut(this.line - 1));
         start = i + 1;
       }
     }
-    // Quotes after the last LF still count for the state the next buffer starts in.
+    // Quotes after the last line end still count for the state the next buffer starts in.
     while (quote >= 0) {
       this.inQuote = !this.inQuote;
       quote = buf.indexOf(QUOTE, quote + 1);
@@ -82,6 +127,13 @@ export class RecordSplitter {
       // Copy: the caller's buffer may be reused by the stream.
       this.chunks.push(Buffer.from(buf.subarray(start)));
       this.bytes += buf.length - start;
+    }
+    this.open += buf.length - recordStart;
+    if (this.open > this.maxRecordBytes) {
+      const where = this.header === undefined ? 'the header' : `the record that starts on line ${this.recordLine()}`;
+      throw new InvalidFileError(
+        `invalid file: ${where} is longer than ${this.maxRecordBytes} bytes: ${this.inQuote ? 'a quote is never closed' : 'no line break'}`,
+      );
     }
     return parts;
   }
@@ -95,10 +147,26 @@ export class RecordSplitter {
       return undefined;
     }
     if (this.bytes === 0 || Buffer.concat(this.chunks).toString('latin1').trim() === '') return undefined;
-    // A last record without its LF (or inside an unclosed quote) was not counted yet.
+    // A last record without its line end (or inside an unclosed quote) was not counted yet.
     const tail = this.chunks[this.chunks.length - 1]!;
-    if (this.inQuote || tail[tail.length - 1] !== LF) this.records++;
+    if (this.inQuote || tail[tail.length - 1] !== this.terminator) this.records++;
     return this.cut(this.line);
+  }
+
+  /**
+   * The physical line the open record starts on: the line after the last record end, i.e.
+   * the current line less the line ends read inside it (quoted ones).
+   */
+  private recordLine(): number {
+    let breaks = 0;
+    let left = this.open;
+    for (let c = this.chunks.length - 1; c >= 0 && left > 0; c--) {
+      const chunk = this.chunks[c]!;
+      const from = Math.max(0, chunk.length - left);
+      for (let i = chunk.indexOf(this.terminator, from); i >= 0; i = chunk.indexOf(this.terminator, i + 1)) breaks++;
+      left -= chunk.length - from;
+    }
+    return this.line - breaks;
   }
 
   private cut(lastLine: number): Part {

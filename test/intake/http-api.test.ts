@@ -1,7 +1,7 @@
 /**
  * The imports API in-process (app.inject) against real Postgres and the real job queue,
  * without workers (so accepted imports stay queued): the three ways in, every way an
- * upload is refused (400, 413), lookups (404), pagination, rejects streaming, cancel, and
+ * upload is refused (400, 413; a record that never ends included), lookups (404), pagination, rejects streaming, cancel, and
  * the OpenAPI document describing what the routes answer.
  */
 import assert from 'node:assert/strict';
@@ -104,6 +104,10 @@ test('bad uploads are refused with 400 and leave no import behind', async () => 
   // A header and no rows; a file without the key column.
   assertError(await raw('/imports?pipeline=leads', 'Email,Name\n'), 400, 'invalid_file');
   assertError(await raw('/imports?pipeline=leads', 'Name,City\nAna,Recife\n'), 400, 'invalid_file', /email/);
+  // A quote opened on line 3 and never closed swallows the rest of the file: refused once
+  // that "record" passes 16 MiB, instead of held in memory whole.
+  const unclosed = Buffer.concat([Buffer.from(`${leadsCsv(1)}x@example.com,"Ana\n`), Buffer.alloc(17 * 1024 * 1024, 'more text,\n')]);
+  assertError(await raw('/imports?pipeline=leads', unclosed), 400, 'invalid_file', /^invalid file: the record that starts on line 3 is longer than 16777216 bytes: a quote is never closed$/);
 
   const form = (parts: Parameters<typeof multipart>[0]) => app.inject({ method: 'POST', url: '/imports', ...multipart(parts) });
   assertError(await form([{ name: 'pipeline', value: 'leads' }]), 400, 'invalid_input', /no file/);

@@ -1,7 +1,7 @@
 /**
  * The imports API end to end over real HTTP: a server on 127.0.0.1 with the job queue and
- * two workers, files sent as a browser would (multipart FormData), as a streamed raw body,
- * and by URL from a local file server; each import is followed to `completed` through
+ * two workers, files sent as a browser would (multipart FormData), as a streamed raw body
+ * (one with lone-CR line ends), and by URL from a local file server; each import is followed to `completed` through
  * GET /imports/:id and its rejects downloaded.
  */
 import assert from 'node:assert/strict';
@@ -110,6 +110,21 @@ test('a raw body streamed with ?pipeline= (a re-import: every row unchanged)', a
   assert.equal(s.status, 'completed', s.error ?? '');
   assert.equal(s.file_name, 'again.csv');
   assert.deepEqual(s.rows, { read: 2407, inserted: 0, updated: 0, unchanged: 2400, rejected: 7 });
+});
+
+test('a CSV whose lines end with a lone CR (old Mac exports) is split into parts and imported', async () => {
+  const csv = leadsCsv(1200, 2, 'mac').replace(/\n/g, '\r');
+  const res = await fetch(`${base}/imports?pipeline=leads&file_name=mac.csv`, { method: 'POST', body: csv, headers: { 'content-type': 'text/csv' } });
+  assert.equal(res.status, 202, await res.clone().text());
+  const s = await finished(((await res.json()) as { id: string }).id);
+  assert.equal(s.status, 'completed', s.error ?? '');
+  assert.equal(s.parts.total, 3, 'parts of 500 records, cut at the CRs');
+  assert.deepEqual(s.rows, { read: 1202, inserted: 1200, updated: 0, unchanged: 0, rejected: 2 });
+  // Rejects point at the physical lines of the file (lines end at CR).
+  const rejects = await (await fetch(`${base}/imports/${s.id}/rejects?format=ndjson`)).text();
+  assert.deepEqual(rejects.trim().split('\n').map((l) => (JSON.parse(l) as { line: number }).line), [1202, 1203]);
+  const { rows } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM leads WHERE email LIKE 'mac%@example.com'`);
+  assert.equal(rows[0]!.n, 1200);
 });
 
 test('a URL is fetched by the server and imported; the name recorded is the path\'s last segment', async () => {

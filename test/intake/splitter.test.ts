@@ -1,15 +1,19 @@
 /**
  * The record splitter (parts of an upload) against a byte-by-byte reference, over random
- * bytes full of quotes, LFs and CRs fed in random slices; and the part size chosen for an
- * upload of known size.
+ * bytes full of quotes, LFs and CRs fed in random slices, with LF or lone-CR line ends and
+ * a cap on part bytes; its refusal of a record that never ends; and the part size chosen
+ * for an upload of known size.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { partRowsFor } from '../../src/intake/accept.ts';
-import { RecordSplitter, type Part } from '../../src/intake/splitter.ts';
+import { InvalidFileError } from '../../src/core/errors.ts';
+import { lineTerminator, RecordSplitter, type Part } from '../../src/intake/splitter.ts';
 
 /** The obvious splitter: one byte at a time (the shipped one jumps from LF to LF). */
-function reference(data: Buffer, partRecords: number, quoted: boolean): { header: string | undefined; parts: Array<Omit<Part, 'data'> & { data: string }> } {
+function reference(
+  data: Buffer, partRecords: number, quoted: boolean, eol = 0x0a, maxPartBytes = Infinity,
+): { header: string | undefined; parts: Array<Omit<Part, 'data'> & { data: string }> } {
   let inQuote = false;
   let line = 1;
   let header: Buffer | undefined;
@@ -26,7 +30,7 @@ function reference(data: Buffer, partRecords: number, quoted: boolean): { header
   for (let i = 0; i < data.length; i++) {
     const c = data[i]!;
     if (c === 0x22 && quoted) inQuote = !inQuote;
-    else if (c === 0x0a) {
+    else if (c === eol) {
       line++;
       if (inQuote) continue;
       if (!header) {
@@ -35,13 +39,13 @@ function reference(data: Buffer, partRecords: number, quoted: boolean): { header
         partStart = line;
         continue;
       }
-      if (++records >= partRecords) cut(i + 1, line - 1);
+      if (++records >= partRecords || i + 1 - start >= maxPartBytes) cut(i + 1, line - 1);
     }
   }
   if (!header) return { header: data.length > 0 ? data.toString('latin1') : undefined, parts };
   const rest = data.subarray(start);
   if (rest.length > 0 && rest.toString('latin1').trim() !== '') {
-    if (inQuote || rest[rest.length - 1] !== 0x0a) records++;
+    if (inQuote || rest[rest.length - 1] !== eol) records++;
     cut(data.length, line);
   }
   return { header: header.toString('latin1'), parts };
@@ -60,9 +64,9 @@ test('the splitter cuts random bytes exactly like a byte-by-byte scan, whatever 
   for (let seed = 1; seed <= 300; seed++) {
     const next = random(seed);
     const data = Buffer.from(Array.from({ length: 1 + (next() % 3000) }, () => alphabet[next() % alphabet.length]!));
-    for (const quoted of [true, false]) {
+    for (const [quoted, eol, maxPartBytes] of [[true, 0x0a, Infinity], [false, 0x0a, Infinity], [true, 0x0d, Infinity], [true, 0x0a, 40], [false, 0x0d, 25]] as const) {
       for (const partRecords of [1, 3, 50]) {
-        const s = new RecordSplitter({ partRecords, quoted });
+        const s = new RecordSplitter({ partRecords, quoted, terminator: eol, maxPartBytes });
         const parts: Part[] = [];
         for (let i = 0; i < data.length; ) {
           const k = 1 + (next() % 200);
@@ -71,9 +75,9 @@ test('the splitter cuts random bytes exactly like a byte-by-byte scan, whatever 
         }
         const last = s.end();
         if (last) parts.push(last);
-        const want = reference(data, partRecords, quoted);
+        const want = reference(data, partRecords, quoted, eol, maxPartBytes);
         const got = { header: s.header?.toString('latin1'), parts: parts.map((p) => ({ ...p, data: p.data.toString('latin1') })) };
-        assert.deepEqual(got, want, `seed ${seed}, quoted ${quoted}, ${partRecords} records per part`);
+        assert.deepEqual(got, want, `seed ${seed}, quoted ${quoted}, line end ${eol}, at most ${maxPartBytes} bytes, ${partRecords} records per part`);
       }
     }
   }
@@ -83,6 +87,38 @@ test('a quoted LF does not end a record; line numbers count it', () => {
   const s = new RecordSplitter({ partRecords: 1, quoted: true });
   const parts = [...s.push(Buffer.from('h\n"a\nb",1\nc,2\n')), s.end()].filter((p) => p !== undefined);
   assert.deepEqual(parts.map((p) => [p.firstLine, p.lastLine, p.data.toString()]), [[2, 3, '"a\nb",1\n'], [4, 4, 'c,2\n']]);
+});
+
+test('lone-CR line ends: records and physical lines end at CR; a quoted CR is data', () => {
+  const s = new RecordSplitter({ partRecords: 2, quoted: true, terminator: 0x0d });
+  const parts = [...s.push(Buffer.from('h,x\ra,1\r"b\rc",2\rd,3')), s.end()].filter((p) => p !== undefined);
+  assert.equal(s.header?.toString(), 'h,x\r');
+  assert.deepEqual(parts.map((p) => [p.firstLine, p.lastLine, p.records, p.data.toString()]), [[2, 4, 2, 'a,1\r"b\rc",2\r'], [5, 5, 1, 'd,3']]);
+});
+
+test('the line terminator of a file: CR only when its first bytes hold a CR and no LF', () => {
+  assert.equal(lineTerminator(Buffer.from('a,b\r\nc,d\r\n')), 0x0a);
+  assert.equal(lineTerminator(Buffer.from('a,b\nc,d\n')), 0x0a);
+  assert.equal(lineTerminator(Buffer.from('a,b\rc,d\r')), 0x0d);
+  assert.equal(lineTerminator(Buffer.from('a,b\rc,d\n')), 0x0a, 'mixed: LF (the CSV parser still ends records at the lone CRs)');
+  assert.equal(lineTerminator(Buffer.from('a,b')), 0x0a);
+});
+
+test('a record that never ends fails the upload once it passes maxRecordBytes, naming its line', () => {
+  const unclosed = new RecordSplitter({ partRecords: 100, quoted: true, maxRecordBytes: 64 });
+  assert.deepEqual(unclosed.push(Buffer.from('h\na,1\nb,"2\n')), []);
+  assert.deepEqual(unclosed.push(Buffer.from('x\n'.repeat(20))), []);
+  assert.throws(() => unclosed.push(Buffer.from('y\n'.repeat(20))), (err: Error) => {
+    assert.ok(err instanceof InvalidFileError);
+    assert.equal(err.message, 'invalid file: the record that starts on line 3 is longer than 64 bytes: a quote is never closed');
+    return true;
+  });
+  const flat = new RecordSplitter({ partRecords: 100, quoted: false, maxRecordBytes: 64 });
+  assert.throws(() => flat.push(Buffer.alloc(65, 0x61)), /^InvalidFileError: invalid file: the header is longer than 64 bytes: no line break$/);
+  // Long records that end are fine, and the count starts again at each record end.
+  const ok = new RecordSplitter({ partRecords: 100, quoted: false, maxRecordBytes: 64 });
+  for (let i = 0; i < 10; i++) ok.push(Buffer.from(`${'z'.repeat(60)}\n`));
+  assert.equal(ok.end()?.records, 9);
 });
 
 test('part size: the configured maximum, or about 4 parts for a smaller file of known size', () => {
