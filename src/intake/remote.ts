@@ -1,23 +1,163 @@
-/** Fetching a remote file for `POST /imports {"url"}`: streamed, with a timeout and a size limit. */
-import { Readable } from 'node:stream';
+/**
+ * Fetching a remote file for `POST /imports {"url"}`: streamed, with a size limit, at most
+ * MAX_REDIRECTS redirects, 30 s to get the answer's headers and at most 30 s without a byte
+ * after that (a big file may take as long as it needs).
+ *
+ * The URL is user input, and the server must not become a way into its own network (SSRF:
+ * cloud metadata at 169.254.169.254, databases and admin pages on localhost or the private
+ * network, read back through the import's rejects). Unless SLUICE_FETCH_ALLOW_PRIVATE=1,
+ * every address the server connects to, on every hop of a redirect chain, must be public:
+ * a literal address is checked before connecting, a name on the addresses it resolves to,
+ * at connection time (the addresses checked are the ones connected to: no second lookup a
+ * rebinding DNS server could answer differently).
+ */
+import dns from 'node:dns';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import type { Readable } from 'node:stream';
 import { InvalidInputError, SluiceError } from '../core/errors.ts';
+import { env } from '../config.ts';
 
-export async function fetchRemote(url: string, maxBytes: number): Promise<Readable> {
+const MAX_REDIRECTS = 5;
+const TIMEOUT_MS = 30_000;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+/**
+ * Loopback, private, shared (CGNAT), link-local, documentation, benchmarking, reserved,
+ * multicast and broadcast ranges (IANA special-purpose registries), IPv4 and IPv6, with
+ * NAT64 and 6to4 ranges (they reach IPv4 addresses not checked here).
+ */
+const NOT_PUBLIC = new net.BlockList();
+for (const [address, prefix] of [
+  ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
+  ['192.0.0.0', 24], ['192.0.2.0', 24], ['192.88.99.0', 24], ['192.168.0.0', 16], ['198.18.0.0', 15],
+  ['198.51.100.0', 24], ['203.0.113.0', 24], ['224.0.0.0', 4], ['240.0.0.0', 4],
+] as const) NOT_PUBLIC.addSubnet(address, prefix, 'ipv4');
+for (const [address, prefix] of [
+  ['::', 96], ['64:ff9b::', 96], ['64:ff9b:1::', 48], ['100::', 64], ['2001::', 23], ['2001:db8::', 32], ['2002::', 16],
+  ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8],
+] as const) NOT_PUBLIC.addSubnet(address, prefix, 'ipv6');
+
+/** The IPv4 address inside an IPv4-mapped IPv6 address (::ffff:a.b.c.d), if it is one. */
+function mappedIPv4(ip: string): string | undefined {
+  // The URL parser writes IPv6 addresses in one canonical form: ::ffff:7f00:1.
+  const canonical = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+  const m = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical);
+  if (!m) return undefined;
+  const hi = parseInt(m[1]!, 16);
+  const lo = parseInt(m[2]!, 16);
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+}
+
+/** True for an address a fetch on a user's behalf must not reach by default (anything not an IP address included). */
+export function isNonPublicAddress(ip: string): boolean {
+  const family = net.isIP(ip);
+  if (family === 4) return NOT_PUBLIC.check(ip, 'ipv4');
+  if (family !== 6) return true;
+  const v4 = mappedIPv4(ip);
+  return v4 ? NOT_PUBLIC.check(v4, 'ipv4') : NOT_PUBLIC.check(ip, 'ipv6');
+}
+
+export interface FetchOptions {
+  /** Whether the server may connect to `address` (default: public addresses only, or any with SLUICE_FETCH_ALLOW_PRIVATE=1). */
+  allowed?: (address: string) => boolean;
+  /** The wait for the answer's headers, and the longest pause in its body (default 30 s). */
+  timeoutMs?: number;
+}
+
+/** A connection refused by the address policy (raised inside the request's DNS lookup). */
+class Refused extends Error {
+  readonly host: string;
+  constructor(host: string) {
+    super(`refused address for ${host}`);
+    this.host = host;
+  }
+}
+
+const refusedMessage = (host: string) =>
+  `"url" leads to ${host}, a loopback, private or otherwise non-public address: refused (SLUICE_FETCH_ALLOW_PRIVATE=1 allows it)`;
+
+/** The resolver for connections: every address of the name must be allowed. */
+function guardedLookup(allowed: (address: string) => boolean): net.LookupFunction {
+  return ((hostname: string, options: dns.LookupOptions, callback: (...args: unknown[]) => void) => {
+    dns.lookup(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err) return callback(err);
+      if (addresses.length === 0 || addresses.some((a) => !allowed(a.address))) return callback(new Refused(hostname));
+      if (options.all) callback(null, addresses);
+      else callback(null, addresses[0]!.address, addresses[0]!.family);
+    });
+  }) as net.LookupFunction;
+}
+
+/** Where a URL points, for messages: never its query string or credentials (they may hold secrets). */
+const where = (u: URL) => `${u.origin}${u.pathname}`;
+
+/** The answer's headers for one request (no redirect followed), within TIMEOUT_MS; then at most TIMEOUT_MS between bytes. */
+function request(u: URL, lookup: net.LookupFunction, timeoutMs: number): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const get = u.protocol === 'https:' ? https.get : http.get;
+    let response: http.IncomingMessage | undefined;
+    const req = get(u, { lookup, headers: { accept: '*/*', 'accept-encoding': 'identity', 'user-agent': 'sluice' } }, (res) => {
+      clearTimeout(timer);
+      response = res;
+      resolve(res);
+    });
+    const timer = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs / 1000} s`)), timeoutMs);
+    // Once the body flows, its reader gets the reason (a 400: the remote side stalled).
+    req.setTimeout(timeoutMs, () => {
+      if (response) response.destroy(new InvalidInputError(`fetching ${where(u)}: no data for ${timeoutMs / 1000} s`));
+      else req.destroy(new Error(`no data for ${timeoutMs / 1000} s`));
+    });
+    req.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
+
+export async function fetchRemote(url: string, maxBytes: number, options: FetchOptions = {}): Promise<Readable> {
+  const allowed = options.allowed ?? (env('SLUICE_FETCH_ALLOW_PRIVATE') === '1' ? () => true : (a: string) => !isNonPublicAddress(a));
+  const lookup = guardedLookup(allowed);
   let u: URL;
   try {
     u = new URL(url);
   } catch {
     throw new InvalidInputError(`not a URL: ${JSON.stringify(url)}`);
   }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new InvalidInputError('url must be http or https');
-  let res: Response;
-  try {
-    res = await fetch(u, { signal: AbortSignal.timeout(30_000), redirect: 'follow' });
-  } catch (err) {
-    throw new InvalidInputError(`could not fetch ${u.origin}${u.pathname}: ${(err as Error).message}`);
+  for (let hop = 0; ; hop++) {
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new InvalidInputError('url must be http or https');
+    // A literal address is connected to without a lookup: checked here.
+    const host = u.hostname.replace(/^\[(.*)\]$/, '$1');
+    if (net.isIP(host) && !allowed(host)) throw new InvalidInputError(refusedMessage(host));
+    let res: http.IncomingMessage;
+    try {
+      res = await request(u, lookup, options.timeoutMs ?? TIMEOUT_MS);
+    } catch (err) {
+      if (err instanceof Refused) throw new InvalidInputError(refusedMessage(err.host));
+      throw new InvalidInputError(`could not fetch ${where(u)}: ${(err as Error).message}`);
+    }
+    const status = res.statusCode ?? 0;
+    if (REDIRECTS.has(status) && res.headers.location) {
+      res.resume();
+      if (hop >= MAX_REDIRECTS) throw new InvalidInputError(`fetching ${where(u)}: more than ${MAX_REDIRECTS} redirects`);
+      try {
+        u = new URL(res.headers.location, u);
+      } catch {
+        throw new InvalidInputError(`fetching ${where(u)}: a redirect to something that is not a URL`);
+      }
+      continue;
+    }
+    if (status < 200 || status > 299) {
+      res.resume();
+      throw new InvalidInputError(`fetching ${where(u)} answered ${status}`);
+    }
+    const length = Number(res.headers['content-length'] ?? 0);
+    if (length > maxBytes) {
+      res.destroy();
+      throw new SluiceError('too_large', `remote file is ${length} bytes, above the limit of ${maxBytes}`);
+    }
+    return res;
   }
-  if (!res.ok || !res.body) throw new InvalidInputError(`fetching ${u.origin}${u.pathname} answered ${res.status}`);
-  const length = Number(res.headers.get('content-length') ?? 0);
-  if (length > maxBytes) throw new SluiceError('too_large', `remote file is ${length} bytes, above the limit of ${maxBytes}`);
-  return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>);
 }

@@ -124,6 +124,9 @@ test('bad uploads are refused with 400 and leave no import behind', async () => 
   assertError(await json({ pipeline: 'leads' }), 400, 'invalid_input', /url/);
   assertError(await json({ pipeline: 'leads', url: 'ftp://127.0.0.1/x.csv' }), 400, 'invalid_input', /http/);
   assertError(await json({ pipeline: 'leads', url: 'not a url' }), 400, 'invalid_input');
+  // Nothing on this machine or its private network is fetched for a user (SSRF).
+  assertError(await json({ pipeline: 'leads', url: 'http://169.254.169.254/latest/meta-data/' }), 400, 'invalid_input', /non-public address: refused/);
+  assertError(await json({ pipeline: 'leads', url: 'http://localhost:5432/' }), 400, 'invalid_input', /leads to localhost, /);
   assertError(await json([1, 2]), 400, 'invalid_input');
   assertError(await app.inject({ method: 'POST', url: '/imports', headers: { 'content-type': 'application/json' }, payload: '{nope' }), 400, 'invalid_input');
 

@@ -25,6 +25,8 @@ const REMOTE_CSV = leadsCsv(700, 3, 'remote');
 before(async () => {
   // Small parts, so even these small files are split and worked on in parallel.
   process.env.SLUICE_PART_ROWS = '500';
+  // The file server below is on 127.0.0.1, which the server refuses to fetch from otherwise.
+  process.env.SLUICE_FETCH_ALLOW_PRIVATE = '1';
   db = await testDb();
   intake = await startIntake(db, { workers: 2 });
   app = await buildServer(intake.ctx);
