@@ -41,7 +41,9 @@ for (const [address, prefix] of [
 
 /** The IPv4 address inside an IPv4-mapped IPv6 address (::ffff:a.b.c.d), if it is one. */
 function mappedIPv4(ip: string): string | undefined {
-  // The URL parser writes IPv6 addresses in one canonical form: ::ffff:7f00:1.
+  // The URL parser writes IPv6 addresses in one canonical form: ::ffff:7f00:1. (A zone,
+  // as in fe80::1%eth0, is not a mapped address, and the URL parser refuses it.)
+  if (ip.includes('%')) return undefined;
   const canonical = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
   const m = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical);
   if (!m) return undefined;
