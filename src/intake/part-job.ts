@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import { setImmediate } from 'node:timers/promises';
 import { InvalidFileError, errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
-import { completePart, failPart, lockImport, notifyImportFinished, notifyPartDone, startPart } from '../db/sql/intake.ts';
+import { completePart, failPart, lockImport, notifyImportFinished, notifyPartDone, startPart, type PartWork } from '../db/sql/intake.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
 import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
 import type { Encoding } from '../formats/sniff.ts';
@@ -94,6 +94,21 @@ async function* yielding(chunks: Iterable<string>): AsyncGenerator<string> {
   }
 }
 
+/**
+ * The part's text. Bytes that are not valid in the encoding detected from the first 64 KiB
+ * of the file (a Windows-1252 accent further down a file that looked like UTF-8) fail the
+ * import, as `sluice import` does: decoding them as U+FFFD would store corrupted text.
+ */
+function decodePart(work: PartWork): string {
+  try {
+    return new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(work.data);
+  } catch {
+    throw new InvalidFileError(
+      `invalid file: lines ${work.first_line}-${work.last_line} are not valid ${work.encoding}, the encoding detected from the start of the file; save the file as UTF-8`,
+    );
+  }
+}
+
 export async function runPart(ctx: IntakeContext, importId: string, n: number): Promise<PartOutcome> {
   const { pool, boss } = ctx;
   const t0 = performance.now();
@@ -113,7 +128,7 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
     const rejects = new BufferedRejects(importId);
     // The merge job detects repeated keys itself (engine/key-filter.ts, over hashtext).
     const mapper = new RowMapper(pipeline, mapHeader(pipeline, work.header), n, rejects, { trackKeys: false });
-    const text = new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(work.data);
+    const text = decodePart(work);
     const spent = { parse: performance.now() - t };
     const parser = parserFor(pipeline.format.kind, work.delimiter, Number(work.first_line));
     const client = await pool.connect();

@@ -147,10 +147,12 @@ export class RecordSplitter {
       return undefined;
     }
     if (this.bytes === 0 || Buffer.concat(this.chunks).toString('latin1').trim() === '') return undefined;
-    // A last record without its line end (or inside an unclosed quote) was not counted yet.
+    // A last record without its line end (or inside an unclosed quote) was not counted yet,
+    // and ends on the current line; one with its line end ended on the line before.
     const tail = this.chunks[this.chunks.length - 1]!;
-    if (this.inQuote || tail[tail.length - 1] !== this.terminator) this.records++;
-    return this.cut(this.line);
+    const open = this.inQuote || tail[tail.length - 1] !== this.terminator;
+    if (open) this.records++;
+    return this.cut(open ? this.line : this.line - 1);
   }
 
   /**

@@ -1,7 +1,7 @@
 /**
  * The imports API end to end over real HTTP: a server on 127.0.0.1 with the job queue and
  * two workers, files sent as a browser would (multipart FormData), as a streamed raw body
- * (one with lone-CR line ends), and by URL from a local file server; each import is followed to `completed` through
+ * (one with lone-CR line ends, two in Windows-1252), and by URL from a local file server; each import is followed to `completed` through
  * GET /imports/:id and its rejects downloaded.
  */
 import assert from 'node:assert/strict';
@@ -127,6 +127,33 @@ test('a CSV whose lines end with a lone CR (old Mac exports) is split into parts
   assert.deepEqual(rejects.trim().split('\n').map((l) => (JSON.parse(l) as { line: number }).line), [1202, 1203]);
   const { rows } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM leads WHERE email LIKE 'mac%@example.com'`);
   assert.equal(rows[0]!.n, 1200);
+});
+
+test('Windows-1252 uploads keep their accents; a file that turns out not to be UTF-8 after its first 64 KiB fails, saying where', async () => {
+  const rows = (from: number, to: number, name: string) =>
+    Array.from({ length: to - from }, (_, i) => `cp${from + i}@example.com,${name} ${from + i},Florianópolis,SC`);
+  const upload = async (text: string, fileName: string) => {
+    // Windows-1252 and Latin-1 agree on these accents: é, ç, ã, ó.
+    const res = await fetch(`${base}/imports?pipeline=leads&file_name=${fileName}`, {
+      method: 'POST', body: Buffer.from(text, 'latin1'), headers: { 'content-type': 'text/csv' },
+    });
+    assert.equal(res.status, 202, await res.clone().text());
+    return finished(((await res.json()) as { id: string }).id);
+  };
+  const cp = await upload(`Email,Name,Cidade,UF\n${rows(0, 1200, 'José Conceição').join('\n')}\n`, 'cp1252.csv');
+  assert.equal(cp.status, 'completed', cp.error ?? '');
+  assert.equal(cp.parts.total, 3);
+  const { rows: stored } = await db.pool.query<{ name: string; city: string }>(
+    `SELECT l.name, c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id WHERE l.email IN ('cp0@example.com', 'cp1199@example.com') ORDER BY l.email`,
+  );
+  assert.deepEqual(stored, [{ name: 'José Conceição 0', city: 'Florianópolis' }, { name: 'José Conceição 1199', city: 'Florianópolis' }]);
+
+  // ASCII for the first 2,000 rows (over 64 KiB: detected as UTF-8), then Latin-1 accents.
+  const late = await upload(`Email,Name,Cidade,UF\n${rows(5000, 7000, 'Ana').join('\n').replace(/Florianópolis/g, 'Recife')}\n${rows(7000, 7010, 'João').join('\n')}\n`, 'late.csv');
+  assert.equal(late.status, 'failed');
+  assert.match(late.error ?? '', /^part 4: invalid file: lines 2002-2011 are not valid utf-8, the encoding detected from the start of the file; save the file as UTF-8$/);
+  const { rows: none } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM leads WHERE email LIKE 'cp5___@example.com'`);
+  assert.equal(none[0]!.n, 0, 'nothing of the failed import is kept');
 });
 
 test('a URL is fetched by the server and imported; the name recorded is the path\'s last segment', async () => {

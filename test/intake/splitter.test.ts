@@ -45,8 +45,9 @@ function reference(
   if (!header) return { header: data.length > 0 ? data.toString('latin1') : undefined, parts };
   const rest = data.subarray(start);
   if (rest.length > 0 && rest.toString('latin1').trim() !== '') {
-    if (inQuote || rest[rest.length - 1] !== eol) records++;
-    cut(data.length, line);
+    const open = inQuote || rest[rest.length - 1] !== eol;
+    if (open) records++;
+    cut(data.length, open ? line : line - 1);
   }
   return { header: header.toString('latin1'), parts };
 }

@@ -1,5 +1,5 @@
 /** Statements of the intake service: parts of uploaded files and their lifecycle. */
-import type { CustomTypesConfig, QueryConfig } from 'pg';
+import type { QueryConfig } from 'pg';
 import type { Client, Pool } from '../pool.ts';
 
 type Db = Pool | Client;
@@ -40,24 +40,16 @@ export interface PartWork {
 }
 
 /**
- * Result parsing for a query asked in binary format whose columns are text or bytea: the
- * bytes as they are (a part's bytes arrive as a hex text twice their size otherwise, which
- * costs Postgres the encoding and the worker the decoding).
- */
-const TEXT_OR_BYTES = {
-  getTypeParser: (oid: number) => (oid === BYTEA_OID ? (v: Buffer) => v : (v: Buffer) => v.toString('utf8')),
-} as unknown as CustomTypesConfig; // pg's typings declare only the text-format parsers' signature
-const BYTEA_OID = 17;
-
-/**
  * Claims a part for processing (attempts + 1) and marks the import running, in one round
  * trip; returns the import's format with the part's bytes, `attempts` null when the part is
  * not to be worked on (completed already, or the import is finished or cancelled), or
  * undefined for an unknown import.
  */
 export async function startPart(db: Db, importId: string, n: number): Promise<PartWork | undefined> {
-  // `binary` is a query option of pg that its typings leave out.
-  const query: QueryConfig & { binary: boolean } = {
+  // The bytes come as bytea's hex text, parsed into a Buffer by pg. Not in binary format:
+  // pg reads every binary field as UTF-8 text before making it a Buffer again, which turns
+  // each byte that is not UTF-8 (any accent of a Windows-1252 file) into U+FFFD.
+  const query: QueryConfig = {
     text: `WITH imp AS (
        SELECT status, pipeline, header, encoding, delimiter FROM imports WHERE id = $1
      ), part AS (
@@ -74,8 +66,6 @@ export async function startPart(db: Db, importId: string, n: number): Promise<Pa
             part.data
        FROM imp LEFT JOIN part ON true`,
     values: [importId, n],
-    binary: true,
-    types: TEXT_OR_BYTES,
   };
   const { rows } = await db.query<{ work: string; data: Buffer | null }>(query);
   const row = rows[0];
