@@ -5,7 +5,7 @@
  */
 import { InvalidFileError } from '../core/errors.ts';
 import type { Pipeline, SourceColumn, CellResult } from './pipeline.ts';
-import { copyArray, copyValue } from '../load/copy-text.ts';
+import { copyArray, copyData } from '../load/copy-text.ts';
 import type { RejectCollector } from '../load/rejects.ts';
 import type { ParsedBatch } from '../formats/csv-parser.ts';
 import { KeyFilter } from './key-filter.ts';
@@ -33,18 +33,12 @@ export interface ColumnMapping {
   headerLength: number;
 }
 
-/** Maps a header row to the pipeline's columns; throws InvalidFileError on unusable headers. */
+/**
+ * Maps a header row to the pipeline's columns; throws InvalidFileError on unusable headers:
+ * no key column, or two columns of the same name that the pipeline reads (which one would
+ * it be?). Same-named columns it ignores are fine.
+ */
 export function mapHeader(pipeline: Pipeline, header: string[]): ColumnMapping {
-  const seen = new Map<string, number>();
-  header.forEach((h, i) => {
-    const n = normalizeHeader(h);
-    if (n === '') return;
-    const prev = seen.get(n);
-    if (prev !== undefined) {
-      throw new InvalidFileError(`invalid file: duplicate header name ${JSON.stringify(h.trim())} (columns ${prev + 1} and ${i + 1})`);
-    }
-    seen.set(n, i);
-  });
   const keyIndexes: number[] = [];
   const columnIndexes: number[][] = pipeline.columns.map(() => []);
   const ignored: string[] = [];
@@ -60,6 +54,15 @@ export function mapHeader(pipeline: Pipeline, header: string[]): ColumnMapping {
     else if (cols.length > 0) for (const c of cols) columnIndexes[c]!.push(i);
     else ignored.push(h.trim());
   });
+  const seen = new Map<string, number>();
+  for (const i of [...new Set([...keyIndexes, ...columnIndexes.flat()])].sort((a, b) => a - b)) {
+    const n = normalizeHeader(header[i]!);
+    const prev = seen.get(n);
+    if (prev !== undefined) {
+      throw new InvalidFileError(`invalid file: duplicate header name ${JSON.stringify(header[i]!.trim())} (columns ${prev + 1} and ${i + 1})`);
+    }
+    seen.set(n, i);
+  }
   if (keyIndexes.length === 0) throw new InvalidFileError(pipeline.key.missingMessage);
   pipeline.columns.forEach((col, c) => {
     if (col.input === 'key') columnIndexes[c] = [...keyIndexes];
@@ -89,6 +92,9 @@ function isError(r: CellResult): r is { error: string } {
 }
 
 const MAX_SUSPECTS = 50_000;
+
+/** Why a row with a NUL character in a stored text value is rejected (see copy-text.ts). */
+const NUL_REASON = 'contains a NUL character (byte 0), which Postgres cannot store';
 
 /** How one pipeline column is read, decided once per header (the per-row loop only follows it). */
 interface ColumnPlan {
@@ -178,7 +184,9 @@ export class RowMapper {
       return;
     }
     const first = typeof key === 'string' ? key : key[0]!;
-    let text = line + this.partField + copyValue(first);
+    const firstText = copyData(first);
+    if (firstText === undefined) return this.reject(line, NUL_REASON, raw);
+    let text = line + this.partField + firstText;
     const plan = this.plan;
     let fieldIssues: Array<{ field: string; reason: string }> | undefined;
     for (let c = 0; c < plan.length; c++) {
@@ -193,7 +201,11 @@ export class RowMapper {
         (fieldIssues ??= []).push({ field: col.name, reason: value.error });
         value = null;
       }
-      text += value === null ? '\t\\N' : value === true ? '\tt' : value === false ? '\tf' : col.text ? `\t${copyValue(value)}` : `\t${value}`;
+      if (col.text && typeof value === 'string') {
+        const copied = copyData(value);
+        if (copied === undefined) return this.reject(line, `${col.name}: ${NUL_REASON}`, raw);
+        text += `\t${copied}`;
+      } else text += value === null ? '\t\\N' : value === true ? '\tt' : value === false ? '\tf' : `\t${value}`;
     }
     if (typeof key === 'string' || key.length === 1) text += '\t\\N';
     else {

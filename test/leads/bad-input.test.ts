@@ -103,8 +103,28 @@ test('invalid UTF-8 after a valid start fails with its byte offset', async () =>
   await assertFails(bad, /invalid UTF-8 at byte offset \d+/);
 });
 
-test('duplicate header names fail before anything is written', async () => {
+test('a NUL character past the sniffed start rejects its row, with its line; the raw text is stored with ␀', async () => {
+  // (A NUL within the first 64 KiB makes the file binary: refused whole, as above.)
+  const rows = Array.from({ length: 4000 }, (_, i) => `nul${i}@example.com,Ana ${i}`);
+  rows[3500] = 'nul3500@example.com,An\0a';
+  rows[3600] = 'not-an-email\0,Bad';
+  const r = await importFile(write(`Email,Name\n${rows.join('\n')}\n`));
+  assert.equal(r.status, 'completed', r.error);
+  assert.deepEqual(r.rows, { read: 4000, inserted: 3998, updated: 0, unchanged: 0, rejected: 2 });
+  const rej = (await db.pool.query('SELECT line, reason, raw FROM import_rejects WHERE import_id = $1 ORDER BY line', [r.id])).rows;
+  assert.equal(rej.length, 2);
+  assert.deepEqual(rej[0], { line: 3502, reason: 'name: contains a NUL character (byte 0), which Postgres cannot store', raw: 'nul3500@example.com,An\u2400a' });
+  assert.equal(rej[1].line, 3602);
+  assert.match(rej[1].reason, /^email: /);
+  assert.equal(rej[1].raw, 'not-an-email\u2400,Bad');
+});
+
+test('duplicate header names fail before anything is written, unless the pipeline ignores them', async () => {
   await assertFails('Email,Nome,nome\nd@example.com,A,B\n', /duplicate header name "nome" \(columns 2 and 3\)/);
+  await assertFails('email,Nome,EMAIL\nd@example.com,A,e@example.com\n', /duplicate header name "EMAIL" \(columns 1 and 3\)/);
+  const r = await importFile(write('Email,Obs,Nome,obs\ndup-ignored@example.com,x,Ana,y\n'));
+  assert.equal(r.status, 'completed', r.error);
+  assert.deepEqual(r.meta?.ignored_columns, ['Obs', 'obs']);
 });
 
 test('SQL text in header names is just an ignored column name', async () => {
