@@ -60,13 +60,15 @@ export async function startProviderSimulator(options: SimulatorOptions = {}): Pr
   };
 
   /** The body of the next successful fetch, as chunks. */
-  const nextFeed = (): Iterable<string> => {
+  const nextFeed = (): Iterable<string | Buffer> => {
     if (options.generate) return generateFeed({ ...options.generate, round: round++ });
-    const body = responses[Math.min(next, responses.length - 1)] ?? '';
+    const body = Buffer.from(responses[Math.min(next, responses.length - 1)] ?? '');
     next += 1;
-    // Chunks of 16 KiB, so slow and truncated modes have something to space out or cut.
-    const chunks: string[] = [];
-    for (let i = 0; i < body.length; i += 16_384) chunks.push(body.slice(i, i + 16_384));
+    // Chunks of 16 KiB, so slow and truncated modes have something to space out or cut. Cut
+    // as bytes: a string cut at a code-unit count may split a surrogate pair (an emoji), and
+    // each half would go out as U+FFFD.
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < body.length; i += 16_384) chunks.push(body.subarray(i, i + 16_384));
     return chunks;
   };
 
@@ -78,8 +80,8 @@ export async function startProviderSimulator(options: SimulatorOptions = {}): Pr
     }
     if (current === 'truncated') {
       // Half of the first chunk, then the connection drops mid-body.
-      const first: string = nextFeed()[Symbol.iterator]().next().value ?? '';
-      res.write(first.slice(0, Math.ceil(first.length / 2)), () => res.destroy());
+      const first = Buffer.from(nextFeed()[Symbol.iterator]().next().value ?? '');
+      res.write(first.subarray(0, Math.ceil(first.length / 2)), () => res.destroy());
       return;
     }
     for (const chunk of nextFeed()) {

@@ -4,6 +4,12 @@
  * whatever the feed's size: feed it chunks with `write`, it calls `onEvent` per closed
  * `<event>`.
  *
+ * Memory: saxes holds a whole tag (its attribute values) or comment until it ends, so a feed
+ * with one 150 MB attribute needed 150 MB+ of heap at once. A tag longer than
+ * MAX_TOKEN_CHARS (with the text and comments before it) fails the feed, and an event longer
+ * than MAX_EVENT_CHARS keeps no more zones (it is rejected), so what one event holds is
+ * bounded too.
+ *
  * Security: a DOCTYPE is refused outright. saxes expands no external entities anyway, but a
  * feed has no use for a DTD, and refusing it closes XXE and entity-expansion ("billion
  * laughs") attacks before any of their declarations is read.
@@ -12,6 +18,15 @@ import { SaxesParser, type SaxesTagPlain } from 'saxes';
 import { InvalidFileError } from '../core/errors.ts';
 
 export type Attributes = Record<string, string>;
+
+/**
+ * Longest tag, with the text and comments since the tag before it, in characters (1 Mi): far
+ * above any real one (a zone tag is ~100 characters, a base event's ~300), far below a heap.
+ */
+export const MAX_TOKEN_CHARS = 1 << 20;
+
+/** Longest `<event>...</event>`, in characters (16 Mi): 10,000 zones of ~100 characters fit 16 times. */
+export const MAX_EVENT_CHARS = 1 << 24;
 
 /** One `<event>` with its base event's and zones' attributes, as text. */
 export interface RawFeedEvent {
@@ -22,6 +37,8 @@ export interface RawFeedEvent {
   zones: Attributes[];
   /** Zones past `maxZonesPerEvent` were dropped (the event should be rejected). */
   truncatedZones: boolean;
+  /** The event ran past MAX_EVENT_CHARS: zones after that point were dropped (the event should be rejected). */
+  oversized: boolean;
 }
 
 export interface XmlEventsReaderOptions {
@@ -38,6 +55,11 @@ export class XmlEventsReader {
   private sawRoot = false;
   private nonBlank = false;
   private failure: Error | undefined;
+  /** Characters given to the parser so far, and where the last tag ended. */
+  private chars = 0;
+  private tokenEnd = 0;
+  /** Where the current event's tag ended. */
+  private eventStart = 0;
   /** Bytes given to `write` so far. */
   bytes = 0;
 
@@ -51,7 +73,17 @@ export class XmlEventsReader {
       // saxes continues after an error unless we stop it: the first one ends the feed.
       throw new InvalidFileError(`malformed XML: ${err.message}`, { cause: err });
     });
+    // What saxes holds (a tag's name and attributes, a comment, an entity name) lies between the
+    // end of one tag and the end of the next, so that span is what is bounded; the text in it
+    // (whitespace, in a feed) counts too. No handler for text or comments to end the span
+    // earlier: each handler is a property added to the parser, and past seven of them V8 turns
+    // it into a dictionary object, which made parsing 4 times slower (measured, Node 24).
+    const ended = () => {
+      if (p.position - this.tokenEnd > MAX_TOKEN_CHARS) throw this.tooLong();
+      this.tokenEnd = p.position;
+    };
     p.on('opentag', (tag: SaxesTagPlain) => {
+      ended();
       this.sawRoot = true;
       switch (tag.name) {
         case 'base_event':
@@ -60,11 +92,13 @@ export class XmlEventsReader {
         case 'event':
           // An event outside a base event has no title or sell mode: it is read with an
           // empty base and rejected by validation, not silently dropped.
-          this.current = { line: p.line, base: this.base ?? {}, event: tag.attributes, zones: [], truncatedZones: false };
+          this.current = { line: p.line, base: this.base ?? {}, event: tag.attributes, zones: [], truncatedZones: false, oversized: false };
+          this.eventStart = p.position;
           break;
         case 'zone':
           if (!this.current) break;
-          if (this.current.zones.length < this.maxZones) this.current.zones.push(tag.attributes);
+          if (p.position - this.eventStart > MAX_EVENT_CHARS) this.current.oversized = true;
+          else if (this.current.zones.length < this.maxZones) this.current.zones.push(tag.attributes);
           else this.current.truncatedZones = true;
           break;
         default:
@@ -72,6 +106,7 @@ export class XmlEventsReader {
       }
     });
     p.on('closetag', (tag) => {
+      ended();
       if (tag.name === 'event' && this.current) {
         const e = this.current;
         this.current = undefined;
@@ -82,7 +117,7 @@ export class XmlEventsReader {
     });
   }
 
-  /** Parses the next chunk; throws InvalidFileError on bad UTF-8, bad XML or a DOCTYPE. */
+  /** Parses the next chunk; throws InvalidFileError on bad UTF-8, bad XML, a DOCTYPE or a tag over MAX_TOKEN_CHARS. */
   write(chunk: Uint8Array | string): void {
     if (this.failure) throw this.failure;
     try {
@@ -90,10 +125,18 @@ export class XmlEventsReader {
       this.bytes += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.byteLength;
       if (!this.nonBlank && /\S/.test(text)) this.nonBlank = true;
       this.parser.write(text);
+      this.chars += text.length;
+      // A tag still open: checked per chunk, so the parser holds at most the limit and one
+      // chunk more (a tag that ends inside the chunk was checked as it ended).
+      if (this.chars - this.tokenEnd > MAX_TOKEN_CHARS) throw this.tooLong();
     } catch (err) {
       this.failure = asFileError(err);
       throw this.failure;
     }
+  }
+
+  private tooLong(): InvalidFileError {
+    return new InvalidFileError(`a tag of the feed (with the text or comments before it) is longer than ${MAX_TOKEN_CHARS} characters (at line ${this.parser.line})`);
   }
 
   /** Ends the document; throws if it is empty, truncated or malformed. */

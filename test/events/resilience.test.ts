@@ -139,6 +139,47 @@ test('breaker states, with a clock', () => {
   assert.equal(b.state, 'closed');
 });
 
+test('an open breaker skips at least one tick, even with a cool-down shorter than the interval (the defaults: 30 s, 60 s)', async () => {
+  // The defaults, on the breaker's clock: the first cool-down is two intervals, not 30 s.
+  let now = 0;
+  const defaults = new SyncScheduler(db.pool, { url: sim.url, intervalS: 60, breaker: { now: () => now } });
+  for (let i = 0; i < 3; i++) defaults.breaker.failure();
+  now = 61_000; // the next tick
+  assert.equal(defaults.breaker.state, 'open');
+  now = 122_000; // the one after
+  assert.equal(defaults.breaker.state, 'half-open');
+
+  // The scheduler, ticking for real against a failing provider, with a breaker clock that
+  // moves one interval per tick (so the machine's load cannot change the sequence).
+  sim.setMode('error');
+  const fetchesBefore = sim.fetches;
+  const intervalS = 0.05;
+  now = 0;
+  const scheduler = new SyncScheduler(db.pool, { url: sim.url, intervalS, retries: 0, breaker: { failureThreshold: 1, cooldownMs: 1, now: () => now } });
+  const log: string[] = [];
+  const done = new Promise<void>((resolve) => {
+    const tick = (what: string) => {
+      log.push(what);
+      now += intervalS * 1000;
+      if (log.length === 7) resolve();
+    };
+    scheduler.on('sync', (r) => tick(r.status));
+    // A slot held by this file's earlier schedulers is no tick of this one's breaker.
+    scheduler.on('skip', (reason) => reason === 'circuit open' && tick('skip'));
+  });
+  scheduler.start();
+  try {
+    await done;
+  } finally {
+    await scheduler.stop();
+    sim.setMode('ok');
+  }
+  // Open after the first failure: one tick skipped (two intervals of cool-down), a trial that
+  // fails doubles it: three skipped, then the next trial.
+  assert.deepEqual(log.slice(0, 7), ['failed', 'skip', 'failed', 'skip', 'skip', 'skip', 'failed']);
+  assert.equal(sim.fetches - fetchesBefore, 3);
+});
+
 test('the serve service runs only when SLUICE_PROVIDER_URL is set', async () => {
   delete process.env.SLUICE_PROVIDER_URL;
   assert.equal(await providerSyncService.start({ pool: db.pool }, app), undefined);

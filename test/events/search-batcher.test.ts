@@ -110,7 +110,7 @@ test('the statement is planned once per connection, whatever the number and shap
   }
 });
 
-test('a failed statement fails each of its searches, and the batcher goes on', async () => {
+test('a statement failed by the database, not by its values, fails each of its searches at once, and the batcher goes on', async () => {
   const broken = await openDb({ url: withDatabase(store.db.url, 'sluice_no_such_db'), migrate: false, max: 1 });
   try {
     const batcher = new SearchBatcher(broken);
@@ -123,6 +123,25 @@ test('a failed statement fails each of its searches, and the batcher goes on', a
   }
   const healthy = new SearchBatcher(store.db.pool);
   assert.deepEqual(titles(parse((await healthy.search(RANGES[2]!)).body)), EXPECTED[2]);
+});
+
+test('a search that Postgres refuses fails alone: the other searches of its statement are answered one by one', async () => {
+  const batcher = new SearchBatcher(store.db.pool);
+  // /search refuses year 0000 itself now; the batcher must not rely on it.
+  const bad: SearchRange = { startsAt: '0000-01-01T00:00:00', endsAt: null };
+  store.statements.length = 0;
+  const results = await Promise.allSettled([batcher.search(RANGES[1]!), batcher.search(bad), batcher.search(RANGES[2]!), batcher.search(RANGES[1]!)]);
+  assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+  const reason = (results[1] as PromiseRejectedResult).reason as { code?: string };
+  assert.equal(reason.code, '22008', 'date/time field value out of range');
+  const body = (i: number) => parse((results[i] as PromiseFulfilledResult<{ body: Buffer }>).value.body);
+  assert.deepEqual([titles(body(0)), titles(body(2)), titles(body(3))], [EXPECTED[1], EXPECTED[2], EXPECTED[1]]);
+  // One statement for the batch, then one per distinct range (the identical two share theirs).
+  assert.deepEqual(store.statements, Array(4).fill('provider_search_batch'));
+  // The batcher goes on as before: one statement for a new batch.
+  store.statements.length = 0;
+  assert.deepEqual(titles(parse((await batcher.search(RANGES[3]!)).body)), EXPECTED[3]);
+  assert.deepEqual(store.statements, ['provider_search_batch']);
 });
 
 test('/search with the cache off: concurrent requests get the same answers as single ones, in few store.statements', async () => {

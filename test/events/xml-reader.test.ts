@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { InvalidFileError } from '../../src/core/errors.ts';
 import { generateFeed } from '../../src/dev/feed-generator.ts';
-import { XmlEventsReader, type RawFeedEvent } from '../../src/formats/xml-events-reader.ts';
+import { MAX_EVENT_CHARS, MAX_TOKEN_CHARS, XmlEventsReader, type RawFeedEvent } from '../../src/formats/xml-events-reader.ts';
 import { checkFeedEvent, eventUuid, uuidV5 } from '../../src/pipelines/events/feed-event.ts';
 import { RESPONSE_1, feedXml } from './feeds.ts';
 
@@ -93,6 +93,71 @@ test('UUID v5 follows RFC 4122 (DNS namespace, www.example.com) and is stable pe
   assert.equal(eventUuid('322', '1642'), eventUuid('322', '1642'));
   assert.notEqual(eventUuid('322', '1642'), eventUuid('1591', '1642'));
   assert.match(eventUuid('1', '2'), /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+});
+
+test('UUID names are unambiguous: ids without a colon keep their UUID; pairs joining to one text get two', () => {
+  // The id response_1's event 322/1642 always had (name "322:1642").
+  assert.equal(eventUuid('322', '1642'), '7c9d1417-e5a8-5896-9676-088d2f5b6d35');
+  const pairs: Array<[string, string]> = [['a:b', 'c'], ['a', 'b:c'], ['a:', 'b:c'], ['a', ':b:c'], ['a:b:', 'c'], ['1', 'a:b'], ['\u00001', ':a:b']];
+  const ids = new Set(pairs.map(([b, e]) => eventUuid(b, e)));
+  assert.equal(ids.size, pairs.length);
+  // None is the id the old form ("base:event") gave any of them, which stored events keep.
+  for (const [b, e] of pairs) assert.notEqual(eventUuid(b, e), uuidV5('6f1c2b9e-3d4a-4e8f-a2b7-5c0d9e8f1a23', `${b}:${e}`));
+});
+
+/** Writes `head`, then `size` characters of `fill` in 64 KiB chunks, then `tail`; the bytes read when it failed, or null. */
+function feedWithLongToken(head: string, fill: string, size: number, tail: string): number | null {
+  const reader = new XmlEventsReader(() => {});
+  const chunk = Buffer.from(fill.repeat(65_536 / fill.length));
+  try {
+    reader.write(Buffer.from(head));
+    for (let sent = 0; sent < size; sent += chunk.length) reader.write(chunk.subarray(0, Math.min(chunk.length, size - sent)));
+    reader.write(Buffer.from(tail));
+    reader.end();
+    return null;
+  } catch (err) {
+    assert.ok(err instanceof InvalidFileError, String(err));
+    assert.match(err.message, new RegExp(`a tag of the feed \\(with the text or comments before it\\) is longer than ${MAX_TOKEN_CHARS} characters`));
+    return reader.bytes;
+  }
+}
+
+test('a tag (or comment, or text) longer than 1 Mi characters fails the feed before more than a chunk past the limit is held', () => {
+  const open = '<eventList><output><base_event base_event_id="1" sell_mode="online" title="';
+  const close = '"><event event_id="1"/></base_event></output></eventList>';
+  const cases: Array<[string, string, string, string]> = [
+    ['attribute', open, 'a', close],
+    ['attribute of ">" characters', open, '>', close],
+    ['comment', '<eventList><!--', 'a', '--></eventList>'],
+    ['text', '<eventList>', 'a', '</eventList>'],
+    ['entity name in text', '<eventList>&', 'a', ';</eventList>'],
+    ['tag name', '<eventList><', 'a', '/></eventList>'],
+  ];
+  for (const [name, head, fill, tail] of cases) {
+    // 50 MB of it: read only until a chunk past the limit.
+    const failedAt = feedWithLongToken(head, fill, 50e6, tail);
+    assert.ok(failedAt !== null && failedAt <= MAX_TOKEN_CHARS + 65_536 + head.length, `${name}: failed after ${failedAt} bytes`);
+    // Just past the limit, ending inside the chunk that crosses it: checked as it ends.
+    assert.notEqual(feedWithLongToken(head, fill, MAX_TOKEN_CHARS + 1, tail), null, `${name}: one character over`);
+  }
+  // Under the limit: read as usual.
+  assert.equal(feedWithLongToken(open, 'a', MAX_TOKEN_CHARS - 200, close), null);
+});
+
+test('an event longer than 16 Mi characters keeps no more zones and is rejected, quoting none of its long values', () => {
+  const name = 'n'.repeat(MAX_TOKEN_CHARS - 100);
+  const zones = Array.from({ length: Math.ceil(MAX_EVENT_CHARS / name.length) + 1 }, (_, i) => `<zone zone_id="${i}" price="1" name="${name}"/>`);
+  const xml = `<eventList><output><base_event base_event_id="1" sell_mode="online" title="T"><event event_id="big" event_start_date="2021-01-01T00:00:00" event_end_date="2021-01-01T01:00:00">${zones.join('')}</event></base_event></output></eventList>`;
+  const [event] = read(xml, 65_536);
+  assert.ok(event!.oversized);
+  // The zones that end within the limit (they follow the <event> tag directly).
+  let end = 0;
+  assert.equal(event!.zones.length, zones.filter((z) => (end += z.length) <= MAX_EVENT_CHARS).length);
+  assert.ok(event!.zones.length < zones.length);
+  const checked = checkFeedEvent(event!);
+  assert.ok(!checked.ok);
+  assert.equal(checked.reject.reason, `the event is longer than ${MAX_EVENT_CHARS.toLocaleString('en-US')} characters of XML`);
+  assert.ok(checked.reject.raw.length <= 4001, `raw is ${checked.reject.raw.length} characters`);
 });
 
 test('impossible dates, bad prices and missing zones are rejected with a reason; good events pass', () => {

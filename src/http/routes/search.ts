@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import type { SearchRange } from '../../db/sql/events.ts';
-import { realDateTime } from '../../pipelines/events/feed-event.ts';
+import { realDateTime, storableYear } from '../../pipelines/events/feed-event.ts';
 import { SearchBatcher, searchKey } from '../../pipelines/events/search-batcher.ts';
 import { SearchCache, type CacheMode } from '../../pipelines/events/search-cache.ts';
 import type { AppContext } from '../context.ts';
@@ -29,6 +29,9 @@ export function parseSearchBound(name: string, value: unknown): string | null {
   const m = DATE_TIME.exec(value);
   if (!m) throw new InvalidInputError(`${name} must be an ISO 8601 date-time, e.g. 2021-06-30T21:00:00Z; got ${JSON.stringify(value.slice(0, 64))}`);
   const [y, mo, d, h = '00', mi = '00', s = '00'] = m.slice(1, 7) as string[];
+  // Postgres would refuse year 0000 in the search statement (a 500, and the statement is
+  // shared with concurrent searches): refuse it here as the bad parameter it is.
+  if (!storableYear(Number(y))) throw new InvalidInputError(`${name} must be in the years 0001-9999: ${value}`);
   if (!realDateTime(Number(y), Number(mo), Number(d), Number(h), Number(mi), Number(s))) {
     throw new InvalidInputError(`${name} is not a real date-time: ${value}`);
   }

@@ -6,12 +6,15 @@
  */
 export type BreakerState = 'closed' | 'open' | 'half-open';
 
+/** First cool-down when none is given (30 s). */
+export const DEFAULT_COOLDOWN_MS = 30_000;
+
 export interface CircuitBreakerOptions {
   /** Consecutive failures that open the circuit (default 3). */
   failureThreshold?: number;
-  /** First cool-down (default 30 s). */
+  /** First cool-down (default 30 s; the scheduler makes it at least two of its intervals). */
   cooldownMs?: number;
-  /** Longest cool-down (default 10 min). */
+  /** Longest cool-down (default 10 min, and never shorter than the first). */
   maxCooldownMs?: number;
   now?: () => number;
 }
@@ -27,8 +30,8 @@ export class CircuitBreaker {
 
   constructor(options: CircuitBreakerOptions = {}) {
     this.threshold = options.failureThreshold ?? 3;
-    this.baseCooldown = options.cooldownMs ?? 30_000;
-    this.maxCooldown = options.maxCooldownMs ?? 600_000;
+    this.baseCooldown = options.cooldownMs ?? DEFAULT_COOLDOWN_MS;
+    this.maxCooldown = Math.max(options.maxCooldownMs ?? 600_000, this.baseCooldown);
     this.cooldown = this.baseCooldown;
     this.now = options.now ?? Date.now;
   }

@@ -6,7 +6,7 @@
  * (base_event_id, event_id): the provider reuses event ids across base events.
  */
 import { createHash } from 'node:crypto';
-import type { Attributes, RawFeedEvent } from '../../formats/xml-events-reader.ts';
+import { MAX_EVENT_CHARS, type Attributes, type RawFeedEvent } from '../../formats/xml-events-reader.ts';
 
 export interface Zone {
   zone_id: string;
@@ -62,10 +62,49 @@ export function uuidV5(namespace: string, name: string): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
 }
 
-/** The public id of an event: UUID v5 of `base_event_id:event_id`. */
+/**
+ * The public id of an event: UUID v5 of `base_event_id:event_id` when neither id holds a
+ * colon, else of `\u0000<UTF-8 bytes of base_event_id>:base_event_id:event_id`.
+ *
+ * `a:b` + `c` and `a` + `b:c` both joined to `a:b:c`, so two events got one id and the store's
+ * UNIQUE (id) failed every later sync. Why the two forms never give one name to two pairs:
+ * - a plain name has exactly one colon, between two ids without any: it gives back its pair;
+ * - a prefixed name has at least three colons, so it is never a plain name; after the NUL,
+ *   the byte length says where base_event_id ends, whatever colons either id holds;
+ * - it starts with U+0000, which no feed id can hold (XML 1.0 forbids it, even as `&#0;`), so
+ *   it is also none of the names the old `base:event` form gave: ids already stored for
+ *   pairs with a colon (they keep them) never collide with new ones.
+ * Pairs without a colon keep the id they always had.
+ */
 export function eventUuid(baseEventId: string, eventId: string): string {
-  return uuidV5(EVENT_ID_NAMESPACE, `${baseEventId}:${eventId}`);
+  const name =
+    baseEventId.includes(':') || eventId.includes(':')
+      ? `\u0000${Buffer.byteLength(baseEventId)}:${baseEventId}:${eventId}`
+      : `${baseEventId}:${eventId}`;
+  return uuidV5(EVENT_ID_NAMESPACE, name);
 }
+
+/**
+ * Longest base_event_id or event_id, in characters (code points). The pair keys
+ * provider_events' primary-key index, whose entries Postgres caps at 2,704 bytes: two ids of
+ * 256 characters take at most 2 x 1,024 bytes of UTF-8.
+ */
+export const MAX_ID_CHARS = 256;
+
+/**
+ * The years the store holds: Postgres has no year 0 ("date/time field value out of range"),
+ * and a 4-digit year ends at 9999.
+ */
+export function storableYear(year: number): boolean {
+  return year >= 1 && year <= 9999;
+}
+
+/**
+ * Prices at or above this overflow `numeric(14, 2)` once Postgres rounds them to cents
+ * (999999999999.995 becomes 10^12). Compared with the double that is sent: its shortest
+ * decimal form, which is what Postgres reads, is at or above this iff the double is.
+ */
+const PRICE_OVERFLOW = 999_999_999_999.995;
 
 const LOCAL_DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})$/;
 
@@ -82,8 +121,9 @@ function localDateTime(value: string | undefined, field: string, required: boole
     return null;
   }
   const m = LOCAL_DATE_TIME.exec(value);
-  if (!m) throw new RejectError(`${field} is not a date-time (YYYY-MM-DDTHH:MM:SS): ${JSON.stringify(value)}`);
+  if (!m) throw new RejectError(`${field} is not a date-time (YYYY-MM-DDTHH:MM:SS): ${shown(value)}`);
   const [y, mo, d, h, mi, s] = m.slice(1).map(Number) as [number, number, number, number, number, number];
+  if (!storableYear(y)) throw new RejectError(`${field} is outside the years 0001-9999: ${value}`);
   if (!realDateTime(y, mo, d, h, mi, s)) throw new RejectError(`${field} is an impossible date: ${value}`);
   return value;
 }
@@ -95,17 +135,21 @@ function zoneOf(a: Attributes): Zone {
   const zoneId = a.zone_id;
   if (!zoneId) throw new RejectError('a zone has no zone_id');
   if (a.price === undefined || !PRICE.test(a.price)) {
-    throw new RejectError(`zone ${zoneId} has no valid price: ${JSON.stringify(a.price ?? null)}`);
+    throw new RejectError(`zone ${clip(zoneId)} has no valid price: ${shown(a.price ?? null)}`);
+  }
+  const price = Number(a.price);
+  if (price >= PRICE_OVERFLOW) {
+    throw new RejectError(`zone ${clip(zoneId)} has a price above 999999999999.99 (rounded to cents): ${shown(a.price)}`);
   }
   if (a.capacity !== undefined && !COUNT.test(a.capacity)) {
-    throw new RejectError(`zone ${zoneId} has an invalid capacity: ${JSON.stringify(a.capacity)}`);
+    throw new RejectError(`zone ${clip(zoneId)} has an invalid capacity: ${shown(a.capacity)}`);
   }
   return {
     zone_id: zoneId,
     capacity: a.capacity === undefined ? null : Number(a.capacity),
-    price: Number(a.price),
+    price,
     name: a.name ?? null,
-    numbered: bool(a.numbered, `zone ${zoneId} numbered`),
+    numbered: bool(a.numbered, `zone ${clip(zoneId)} numbered`),
   };
 }
 
@@ -113,7 +157,28 @@ function bool(value: string | undefined, field: string): boolean | null {
   if (value === undefined) return null;
   if (value === 'true') return true;
   if (value === 'false') return false;
-  throw new RejectError(`${field} is not true/false: ${JSON.stringify(value)}`);
+  throw new RejectError(`${field} is not true/false: ${shown(value)}`);
+}
+
+/**
+ * `value` cut to `max` characters for a reject. A copy, not a slice: V8 keeps a slice's whole
+ * original alive, and a batch of rejects must not hold on to attributes of up to 1 Mi characters.
+ */
+function clip(value: string, max = 100): string {
+  return value.length <= max ? value : Buffer.from(`${value.slice(0, max)}…`).toString();
+}
+
+/** A feed value quoted in a reject's reason (clipped). */
+function shown(value: string | null): string {
+  return JSON.stringify(value === null ? null : clip(value));
+}
+
+/** Whether `s` has more than `max` characters (code points); counts no further. */
+function longerThan(s: string, max: number): boolean {
+  if (s.length <= max) return false; // never more code points than UTF-16 units
+  let n = 0;
+  for (const _ of s) if (++n > max) return true;
+  return false;
 }
 
 class RejectError extends Error {}
@@ -125,9 +190,12 @@ export function checkFeedEvent(raw: RawFeedEvent): Checked {
   try {
     if (!baseEventId) throw new RejectError('the event is not inside a base_event with a base_event_id');
     if (!eventId) throw new RejectError('event_id is missing');
+    for (const [name, id] of [['base_event_id', baseEventId], ['event_id', eventId]] as const) {
+      if (longerThan(id, MAX_ID_CHARS)) throw new RejectError(`${name} is longer than ${MAX_ID_CHARS} characters: ${shown(id)}`);
+    }
     const sellMode = raw.base.sell_mode;
     if (sellMode !== 'online' && sellMode !== 'offline') {
-      throw new RejectError(`sell_mode is not online/offline: ${JSON.stringify(sellMode ?? null)}`);
+      throw new RejectError(`sell_mode is not online/offline: ${shown(sellMode ?? null)}`);
     }
     const title = raw.base.title;
     if (!title) throw new RejectError('the base event has no title');
@@ -138,6 +206,7 @@ export function checkFeedEvent(raw: RawFeedEvent): Checked {
     const sellTo = localDateTime(raw.event.sell_to, 'sell_to', false);
     const soldOut = bool(raw.event.sold_out, 'sold_out') ?? false;
     if (raw.truncatedZones) throw new RejectError('the event has too many zones');
+    if (raw.oversized) throw new RejectError(`the event is longer than ${MAX_EVENT_CHARS.toLocaleString('en-US')} characters of XML`);
     if (raw.zones.length === 0) throw new RejectError('the event has no zones, so no price');
     // The same zone_id may appear twice in one event (e.g. numbered and unnumbered seats of
     // one area, with different prices): both are kept, both count for the price range.
@@ -158,7 +227,9 @@ export function checkFeedEvent(raw: RawFeedEvent): Checked {
     };
   } catch (err) {
     if (!(err instanceof RejectError)) throw err;
-    return { ok: false, reject: { line: raw.line, baseEventId, eventId, reason: err.message, raw: rawText(raw) } };
+    const keep = (id: string | null) => (id && longerThan(id, MAX_ID_CHARS) ? clip(id, MAX_ID_CHARS) : id);
+    const ids = { baseEventId: keep(baseEventId), eventId: keep(eventId) };
+    return { ok: false, reject: { line: raw.line, ...ids, reason: err.message, raw: rawText(raw) } };
   }
 }
 
@@ -166,10 +237,10 @@ export function checkFeedEvent(raw: RawFeedEvent): Checked {
 function rawText(raw: RawFeedEvent): string {
   const attrs = (a: Attributes) =>
     Object.entries(a)
-      .map(([k, v]) => ` ${k}="${v.replaceAll('"', '&quot;')}"`)
+      .map(([k, v]) => ` ${clip(k)}="${clip(v, 1000).replaceAll('"', '&quot;')}"`)
       .join('');
   const zones = raw.zones.slice(0, 20).map((z) => `<zone${attrs(z)}/>`).join('');
   const more = raw.zones.length > 20 ? `<!-- ${raw.zones.length - 20} more zones -->` : '';
   const text = `<base_event${attrs(raw.base)}><event${attrs(raw.event)}>${zones}${more}</event></base_event>`;
-  return text.length > 4000 ? `${text.slice(0, 4000)}…` : text;
+  return clip(text, 4000);
 }

@@ -12,12 +12,18 @@
  * together); otherwise it waits in the pending batch, which is sent, whole, as soon as a
  * statement returns. Identical ranges in one batch are read once.
  *
+ * Failure: a statement fails whole, so one search that Postgres refuses (a data exception,
+ * SQLSTATE class 22, e.g. a bound out of its range) would fail every search sharing it.
+ * Such a failed batch is retried one search per statement, so only the bad one fails. Other
+ * failures (a lost connection, a missing database) fail the batch's searches at once:
+ * retrying each would multiply the load on a database that is already in trouble.
+ *
  * Freshness: a search only ever joins a batch that has not been sent yet, so the snapshot
  * it is answered from is taken after it arrived: it sees every sync committed before it,
  * exactly as a query of its own would.
  */
 import type { Pool } from '../../db/pool.ts';
-import { searchEventsBatch, type SearchRange } from '../../db/sql/events.ts';
+import { searchEventsBatch, type SearchBatchResult, type SearchRange } from '../../db/sql/events.ts';
 import type { Loaded } from './search-cache.ts';
 
 export interface SearchBatcherOptions {
@@ -30,6 +36,26 @@ export interface SearchBatcherOptions {
 /** A range's key: equal for identical ranges (also the /search cache key). */
 export function searchKey(range: SearchRange): string {
   return `${range.startsAt ?? ''}|${range.endsAt ?? ''}`;
+}
+
+/** SQLSTATE class 22, data exception: the statement's values were refused, not the database. */
+function dataException(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && code.startsWith('22');
+}
+
+function answer(batch: readonly Waiter[], r: SearchBatchResult): void {
+  for (let i = 0; i < batch.length; i++) {
+    const w = batch[i]!;
+    const a = { version: r.version, body: Buffer.from(r.bodies[i]!) };
+    w.resolve(a);
+    for (const j of w.joined) j.resolve(a);
+  }
+}
+
+function fail(w: Waiter, err: unknown): void {
+  w.reject(err);
+  for (const j of w.joined) j.reject(err);
 }
 
 interface Waiter {
@@ -93,26 +119,27 @@ export class SearchBatcher {
         }
       }
       this.inFlight++;
-      searchEventsBatch(
-        this.pool,
-        batch.map((w) => w.range),
-      ).then(
-        (r) => {
-          this.settled();
-          for (let i = 0; i < batch.length; i++) {
-            const w = batch[i]!;
-            const answer = { version: r.version, body: Buffer.from(r.bodies[i]!) };
-            w.resolve(answer);
-            for (const j of w.joined) j.resolve(answer);
-          }
-        },
-        (err: unknown) => {
-          this.settled();
-          for (const w of batch) {
-            w.reject(err);
-            for (const j of w.joined) j.reject(err);
-          }
-        },
+      void this.run(batch).finally(() => this.settled());
+    }
+  }
+
+  /** Answers a batch in one statement; never rejects (each search is settled instead). */
+  private async run(batch: Waiter[]): Promise<void> {
+    try {
+      answer(batch, await searchEventsBatch(this.pool, batch.map((w) => w.range)));
+    } catch (err) {
+      if (batch.length === 1 || !dataException(err)) {
+        for (const w of batch) fail(w, err);
+        return;
+      }
+      // Still inside this batch's slot: a bad batch costs its own statements, not others'.
+      await Promise.all(
+        batch.map((w) =>
+          searchEventsBatch(this.pool, [w.range]).then(
+            (r) => answer([w], r),
+            (e: unknown) => fail(w, e),
+          ),
+        ),
       );
     }
   }

@@ -10,12 +10,13 @@ import { env, intEnv, redactUrl } from '../../config.ts';
 import type { Pool } from '../../db/pool.ts';
 import { claimSyncSlot } from '../../db/sql/events.ts';
 import type { Service } from '../../http/services.ts';
-import { CircuitBreaker, type CircuitBreakerOptions } from './circuit-breaker.ts';
+import { CircuitBreaker, DEFAULT_COOLDOWN_MS, type CircuitBreakerOptions } from './circuit-breaker.ts';
 import { providerBreakerOpen, providerSyncs } from './metrics.ts';
 import { syncEvents, type SyncOptions, type SyncResult } from './sync.ts';
 
 export interface SchedulerOptions extends Omit<SyncOptions, 'trigger' | 'signal'> {
   intervalS: number;
+  /** The breaker's options; its first cool-down is raised to two intervals when shorter. */
   breaker?: CircuitBreakerOptions;
 }
 
@@ -32,7 +33,12 @@ export class SyncScheduler extends EventEmitter<{ sync: [SyncResult]; skip: [str
     super();
     this.pool = pool;
     this.options = options;
-    this.breaker = new CircuitBreaker(options.breaker);
+    // The breaker is asked once per tick, and a tick comes an interval after the failed sync
+    // that opened it: a cool-down of one interval or less (the default 30 s against the default
+    // 60 s) has ended by then, so the "open" breaker skipped nothing and the provider was
+    // fetched every tick. Two intervals skip at least one tick, then a trial runs.
+    const cooldownMs = Math.max(options.breaker?.cooldownMs ?? DEFAULT_COOLDOWN_MS, 2 * options.intervalS * 1000);
+    this.breaker = new CircuitBreaker({ ...options.breaker, cooldownMs });
   }
 
   /** Ticks now, then every interval. */

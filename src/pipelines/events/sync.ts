@@ -49,6 +49,12 @@ export interface SyncResult extends SyncCounts {
 /** Zones per staged batch: bounds a batch's memory (~75 bytes of JSON per zone). */
 const MAX_BATCH_ZONES = 50_000;
 
+/**
+ * Characters of zones JSON and titles per staged batch (16 Mi): attributes may be long (up to
+ * the reader's 1 Mi characters each), and 1,000 such events would hold gigabytes.
+ */
+const MAX_BATCH_CHARS = 1 << 24;
+
 /** SQLSTATEs worth another attempt: serialization failure, deadlock, shutdown in progress. */
 const RETRYABLE_SQLSTATE = new Set(['40001', '40P01', '57P01', '57P03', '08006', '08003']);
 
@@ -110,6 +116,7 @@ async function attemptSync(pool: Pool, syncId: number, options: SyncOptions, att
   const counts: SyncCounts = { ...emptyCounts(), attempts: attempt };
   let pending: FeedEvent[] = [];
   let pendingZones = 0;
+  let pendingChars = 0;
   let rejects: FeedReject[] = [];
   let staged = 0;
   let broken = false;
@@ -127,6 +134,7 @@ async function attemptSync(pool: Pool, syncId: number, options: SyncOptions, att
     if (checked.ok) {
       pending.push(checked.event);
       pendingZones += checked.event.zones.length;
+      pendingChars += checked.event.zonesJson.length + checked.event.title.length;
     } else rejects.push(checked.reject);
   });
   // Flushes what the parser produced. One batch is written while the next one is parsed
@@ -142,11 +150,12 @@ async function attemptSync(pool: Pool, syncId: number, options: SyncOptions, att
     });
   };
   const flush = async (all: boolean) => {
-    if (pending.length >= batchSize || pendingZones >= MAX_BATCH_ZONES || (all && pending.length)) {
+    if (pending.length >= batchSize || pendingZones >= MAX_BATCH_ZONES || pendingChars >= MAX_BATCH_CHARS || (all && pending.length)) {
       const batch = pending;
       const first = staged;
       pending = [];
       pendingZones = 0;
+      pendingChars = 0;
       staged += batch.length;
       await write(() => stageEvents(client, batch, first));
     }
