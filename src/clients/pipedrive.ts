@@ -8,9 +8,14 @@
  * - honours `429` + `Retry-After`, and `x-ratelimit-remaining: 0` + `x-ratelimit-reset` when
  *   the server's count disagrees with its own (another client sharing the token);
  * - bounds requests in flight, retries 5xx and network errors with full-jitter backoff,
- *   and refuses to send past a daily request budget.
- * A POST that failed ambiguously (5xx, reset connection: it may have been applied) is only
- * repeated after `verify` found nothing, so retries never create duplicates.
+ *   and refuses to send past a daily request budget;
+ * - gives up, for every request at once (`RateLimitedError`), when the API keeps refusing
+ *   (50 429s in a row for one request) or asks to wait longer than `maxRetryAfterMs`: the
+ *   account's limit is spent for longer than a run should hold its pipeline.
+ * A POST (a create) is never sent twice: after an ambiguous failure (5xx, timeout, a
+ * connection lost after sending) it may still be applied, even seconds later (a gateway's
+ * 504), and v1 has no idempotency key, so no search now can tell. It fails with
+ * `UnconfirmedWriteError` and the caller leaves the answer to its next full read of the CRM.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SluiceError } from '../core/errors.ts';
@@ -21,9 +26,12 @@ export interface RateLimit {
 }
 
 export interface RetryPolicy {
+  /** 5xx and network errors of GET and PUT: attempts in all (POSTs are never repeated). */
   maxAttempts: number;
   baseMs: number;
   maxMs: number;
+  /** The longest pause a 429's Retry-After (or x-ratelimit-reset) may ask for; longer ends the run. */
+  maxRetryAfterMs: number;
 }
 
 export interface PipedriveClientOptions {
@@ -58,6 +66,27 @@ export class PipedriveError extends Error {
   }
 }
 
+/**
+ * A create that failed ambiguously: it may have been applied (or be applied later), so it
+ * is not sent again. The next full read of the CRM finds it, or the next run creates it.
+ */
+export class UnconfirmedWriteError extends PipedriveError {
+  constructor(message: string, status: number | undefined, options?: { cause?: unknown }) {
+    super(message, status, options);
+    this.name = 'UnconfirmedWriteError';
+  }
+}
+
+/** The API's limit stays spent (429s without end, or a Retry-After beyond the cap): the run ends. */
+export class RateLimitedError extends SluiceError {
+  constructor(message: string) {
+    super('unavailable', message);
+  }
+}
+
+/** 429s one request waits out before the limit is taken as spent for good. */
+const MAX_429_WAITS = 50;
+
 /** The daily request budget is spent: the run stops and resumes on the next day. */
 export class BudgetExhaustedError extends SluiceError {
   constructor(message: string) {
@@ -80,11 +109,9 @@ interface Envelope<T> {
   additional_data?: { pagination?: Pagination } | null;
 }
 
-export interface CallOptions<T> {
+export interface CallOptions {
   query?: Record<string, string | number> | undefined;
   body?: unknown;
-  /** For POSTs: looks for the record an ambiguous failure may have created. */
-  verify?: (() => Promise<T | undefined>) | undefined;
 }
 
 /** A small extra spacing on top of the window (clock granularity, timer lateness). */
@@ -106,6 +133,8 @@ class SlidingWindow {
   private head = 0;
   private inFlight = 0;
   private pausedUntil = 0;
+  /** Set once the client gave up: every waiting and later request fails with it. */
+  private failure: Error | undefined;
   private tail: Promise<void> = Promise.resolve();
   private wake: (() => void) | undefined;
   private calm = 0;
@@ -142,6 +171,12 @@ class SlidingWindow {
     this.pausedUntil = Math.max(this.pausedUntil, performance.now() + ms);
   }
 
+  /** Ends every wait and every later acquire with `err`. */
+  fail(err: Error): void {
+    this.failure ??= err;
+    this.wake?.();
+  }
+
   /** A 429 we did not see coming: space sends wider (up to a quarter window). */
   widen(): void {
     this.marginMs = Math.min(this.windowMs * 0.25, this.marginMs * 2 + 5);
@@ -164,6 +199,7 @@ class SlidingWindow {
     try {
       for (;;) {
         signal?.throwIfAborted();
+        if (this.failure) throw this.failure;
         const now = performance.now();
         const used = this.inWindow(now);
         let wait = this.pausedUntil - now;
@@ -243,6 +279,11 @@ function retryAfterMs(v: string | null): number | undefined {
   return Number.isNaN(t) ? undefined : Math.max(0, t - Date.now());
 }
 
+/** Milliseconds as seconds for messages: 86400, 300, 0.5. */
+function seconds(ms: number): number {
+  return Number((ms / 1000).toFixed(1));
+}
+
 /** Errors where the request surely never reached the server. */
 const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH']);
 
@@ -269,7 +310,7 @@ export class PipedriveClient {
   }
 
   /** One API call with pacing and retries; resolves to the envelope's data and pagination. */
-  async call<T>(method: string, path: string, opts: CallOptions<T> = {}): Promise<{ data: T; pagination: Pagination | undefined }> {
+  async call<T>(method: string, path: string, opts: CallOptions = {}): Promise<{ data: T; pagination: Pagination | undefined }> {
     const url = new URL(this.o.baseUrl + path);
     for (const [k, v] of Object.entries(opts.query ?? {})) url.searchParams.set(k, String(v));
     const { maxAttempts } = this.o.retry;
@@ -335,11 +376,23 @@ export class PipedriveClient {
       }
       if (res && res.status === 429) {
         // Not applied: wait as told, everyone pauses, and the request goes again.
-        this.stats.retries429++;
         // Our pacing let this one through, so the server's clock saw our sends closer.
         if (this.window.inWindow(performance.now()) >= this.window.limit * 0.75) this.window.widen();
-        if (++limited > 50) throw new PipedriveError(`${method} ${path}: still rate limited after 50 waits`, 429);
         const wait = retryAfterMs(res.headers.get('retry-after')) ?? retryAfterMs(res.headers.get('x-ratelimit-reset')) ?? 1000;
+        const cap = this.o.retry.maxRetryAfterMs;
+        if (wait > cap) {
+          throw this.giveUp(
+            `${method} ${path}: rate limited until ${new Date(Date.now() + wait).toISOString()} ` +
+              `(the API asks to wait ${seconds(wait)} s, more than the ${seconds(cap)} s a run waits; the next run continues)`,
+          );
+        }
+        if (++limited > MAX_429_WAITS) {
+          throw this.giveUp(
+            `${method} ${path}: still rate limited after ${MAX_429_WAITS} waits (the account's limit stays spent, ` +
+              `e.g. its daily budget by another integration; the next run continues)`,
+          );
+        }
+        this.stats.retries429++;
         this.window.pause(wait);
         continue;
       }
@@ -350,6 +403,10 @@ export class PipedriveClient {
         const info = envelope?.error_info ? ` (${envelope.error_info})` : '';
         throw new PipedriveError(`${method} ${path}: ${what}${info}`, status);
       }
+      // A create sent twice may exist twice: once it may have reached the server, never again.
+      if (method === 'POST' && !(netErr && NOT_SENT.has(networkCode(netErr)))) {
+        throw new UnconfirmedWriteError(`${method} ${path}: ${what}; it may have been applied, so it is not sent again`, status, { cause: netErr });
+      }
       if (++failures >= maxAttempts) {
         throw new PipedriveError(`${method} ${path}: ${what} after ${failures} attempts`, status, { cause: netErr });
       }
@@ -357,12 +414,14 @@ export class PipedriveClient {
       else this.stats.retriesNetwork++;
       const cap = Math.min(this.o.retry.maxMs, this.o.retry.baseMs * 2 ** (failures - 1));
       await sleep(Math.random() * cap, undefined, this.o.signal ? { signal: this.o.signal } : undefined);
-      const ambiguous = method === 'POST' && !(netErr && NOT_SENT.has(networkCode(netErr)));
-      if (ambiguous && opts.verify) {
-        const found = await opts.verify();
-        if (found !== undefined) return { data: found, pagination: undefined };
-      }
     }
+  }
+
+  /** The limit is spent beyond what a run waits: this request and every other one fail with `message`. */
+  private giveUp(message: string): RateLimitedError {
+    const err = new RateLimitedError(message);
+    this.window.fail(err);
+    return err;
   }
 
   /** Reads the rate-limit headers: a lower account limit, or a window spent by others. */
@@ -374,7 +433,8 @@ export class PipedriveClient {
       // Our own sends spend the window too, and our pacing already covers them; the
       // server's coarse reset (whole seconds) only matters when the count is not ours.
       if (this.window.inWindow(performance.now()) < this.window.limit * 0.75) {
-        this.window.pause(retryAfterMs(res.headers.get('x-ratelimit-reset')) ?? 1000);
+        // Capped: a longer wait is decided by the 429 that follows (it ends the run).
+        this.window.pause(Math.min(retryAfterMs(res.headers.get('x-ratelimit-reset')) ?? 1000, this.o.retry.maxRetryAfterMs));
       }
     }
   }
@@ -390,33 +450,5 @@ export class PipedriveClient {
       if (next <= start) return;
       start = next;
     }
-  }
-
-  /**
-   * Every page of a list endpoint, in any order. The pages that `expected` items fill are
-   * requested concurrently (their offsets are known; one chain of pages could not keep up
-   * with the allowed rate), the rest one after another as pagination says. An estimate
-   * too high costs an empty page or two; too low, only speed.
-   */
-  async forEachPage<T>(path: string, query: Record<string, string | number>, expected: number, onPage: (rows: T[]) => void, limit = 500): Promise<void> {
-    const known = Math.max(1, Math.ceil(expected / limit));
-    let claimed = 0;
-    let tail: number | undefined;
-    const fetchPage = async (start: number) => {
-      const { data, pagination } = await this.call<T[] | null>('GET', path, { query: { ...query, start, limit } });
-      onPage(data ?? []);
-      const next = pagination?.next_start ?? start + limit;
-      return pagination?.more_items_in_collection && next > start ? next : undefined;
-    };
-    const worker = async () => {
-      for (let i = claimed++; i < known; i = claimed++) {
-        const next = await fetchPage(i * limit);
-        if (i === known - 1) tail = next;
-      }
-    };
-    const settled = await Promise.allSettled(Array.from({ length: Math.min(known, this.o.concurrency) }, worker));
-    const failed = settled.find((r) => r.status === 'rejected');
-    if (failed) throw (failed as PromiseRejectedResult).reason;
-    while (tail !== undefined) tail = await fetchPage(tail);
   }
 }

@@ -5,7 +5,8 @@
  * (`{"success":false,"error":"...","error_info":"..."}`), 40-hex custom field keys, expanded
  * `person_id` objects on deals, a rolling-window rate limit with the `x-ratelimit-*` headers
  * and `429` + `Retry-After`. State lives in memory. Faults (429 storms, 5xx bursts, refusals
- * of matching records, 5xx after the write was applied) are injected through `addFault` or
+ * of matching records, 5xx after the write was applied, or applied later than the answer
+ * like behind a gateway that timed out) are injected through `addFault` or
  * `POST /_sim/faults`; `GET /_sim/stats` counts requests per route.
  */
 import { randomBytes } from 'node:crypto';
@@ -41,6 +42,11 @@ export interface Fault {
   retryAfter?: number | undefined;
   /** Apply the request, then answer the fault status (the ambiguous failure). */
   afterCommit?: boolean | undefined;
+  /**
+   * Answer the fault status (0: drop the connection) at once and apply the request this
+   * many ms later: a gateway's 504 or a client's timeout while the backend still works.
+   */
+  applyAfterMs?: number | undefined;
   error?: string | undefined;
 }
 
@@ -85,6 +91,25 @@ function systemFields(names: Array<[string, string, string]>): Field[] {
   }));
 }
 
+/** `list` ordered by a v1 `sort` parameter; lists are kept in id order (no sort needed for `id ASC`). */
+function sorted(list: Rec[], sort: string | null): Rec[] {
+  if (!sort?.trim()) return list;
+  const keys = sort.split(',').map((part) => {
+    const m = /^\s*([A-Za-z0-9_]+)(?:\s+(ASC|DESC))?\s*$/i.exec(part);
+    if (!m) throw new ApiError(400, `Invalid sort: ${sort}`);
+    return { field: m[1] as string, desc: m[2]?.toUpperCase() === 'DESC' };
+  });
+  if (keys.length === 1 && keys[0]?.field === 'id' && !keys[0].desc) return list;
+  const cmp = (a: unknown, b: unknown) => (a === b ? 0 : a == null ? -1 : b == null ? 1 : (a as number) < (b as number) ? -1 : 1);
+  return [...list].sort((a, b) => {
+    for (const k of keys) {
+      const c = cmp(a[k.field], b[k.field]);
+      if (c) return k.desc ? -c : c;
+    }
+    return 0;
+  });
+}
+
 const OWNER = { id: 1, name: 'Simulator Owner', email: 'owner@example.invalid', has_pic: 0, active_flag: true, value: 1 };
 
 export class PipedriveSimulator extends EventEmitter {
@@ -102,6 +127,8 @@ export class PipedriveSimulator extends EventEmitter {
   /** Open client connections and requests being handled (see idle()). */
   private sockets = new Set<Socket>();
   private handling = 0;
+  /** Requests answered already and still to be applied (faults with `applyAfterMs`). */
+  private late = new Set<NodeJS.Timeout>();
 
   constructor(options: SimulatorOptions = {}) {
     super();
@@ -124,6 +151,8 @@ export class PipedriveSimulator extends EventEmitter {
       ['expected_close_date', 'Expected close date', 'date'], ['add_time', 'Deal created', 'date'],
     ]);
     this.faults = [];
+    for (const t of this.late) clearTimeout(t);
+    this.late.clear();
     this.stats = { requests: 0, byRoute: {}, rateLimited: 0, faults: 0, persons: 0, deals: 0 };
     this.window = new Float64Array(this.o.rateLimit?.limit ?? 0);
     this.next = 0;
@@ -172,15 +201,35 @@ export class PipedriveSimulator extends EventEmitter {
   }
 
   /**
-   * Resolves when no client connection is open and no request is being handled: after a
-   * client was killed, every request it had sent has been applied (as a real server would)
-   * or dropped.
+   * Resolves when no client connection is open, no request is being handled and none is
+   * waiting to be applied late: after a client was killed, every request it had sent has
+   * been applied (as a real server would) or dropped.
    */
   async idle(): Promise<void> {
-    while (this.sockets.size > 0 || this.handling > 0) await new Promise((r) => this.once('settled', r));
+    while (this.sockets.size > 0 || this.handling > 0 || this.late.size > 0) await new Promise((r) => this.once('settled', r));
+  }
+
+  /** Resolves when every request answered before being applied (`applyAfterMs`) is applied. */
+  async applied(): Promise<void> {
+    while (this.late.size > 0) await new Promise((r) => this.once('settled', r));
+  }
+
+  private applyLater(ms: number, method: string, url: URL, body: Record<string, unknown>): void {
+    const t = setTimeout(() => {
+      this.late.delete(t);
+      try {
+        this.api(method, url, body);
+      } catch {
+        // Refused: nobody hears of it (the client had its answer already).
+      }
+      this.emit('settled');
+    }, ms);
+    this.late.add(t);
   }
 
   async close(): Promise<void> {
+    for (const t of this.late) clearTimeout(t);
+    this.late.clear();
     const s = this.server;
     if (!s) return;
     this.server = undefined;
@@ -279,6 +328,15 @@ export class PipedriveSimulator extends EventEmitter {
         }
       }
       const fault = this.takeFault(method, url.pathname, body);
+      if (fault?.applyAfterMs !== undefined) {
+        this.applyLater(fault.applyAfterMs, method, url, body ?? {});
+        status = fault.status;
+        if (fault.status === 0) {
+          res.socket?.destroy();
+          return;
+        }
+        return send(fault.status, { success: false, error: fault.error ?? `Injected ${fault.status}`, errorCode: fault.status, error_info: ERROR_INFO }, limit.headers);
+      }
       if (fault?.status === 0) {
         // A dropped connection (before or after applying the request).
         if (fault.afterCommit) {
@@ -382,8 +440,12 @@ export class PipedriveSimulator extends EventEmitter {
     }
   }
 
-  /** Offset pagination as Pipedrive does it: start, limit (max 500), more_items_in_collection. */
-  private page(list: unknown[], q: URLSearchParams, shape = (x: unknown) => x): { status: number; data: unknown; additional: unknown } {
+  /**
+   * Offset pagination as Pipedrive does it: start, limit (max 500), more_items_in_collection;
+   * `sort` as v1 takes it ("field_1 ASC, field_2 DESC", first-level fields).
+   */
+  private page(all: unknown[], q: URLSearchParams, shape = (x: unknown) => x): { status: number; data: unknown; additional: unknown } {
+    const list = sorted(all as Rec[], q.get('sort'));
     const start = Math.max(0, Number(q.get('start') ?? 0) || 0);
     const limit = Math.min(500, Math.max(1, Number(q.get('limit') ?? 100) || 100));
     const data = list.slice(start, start + limit).map(shape);

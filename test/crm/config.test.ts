@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import { repoRoot } from '../../src/config.ts';
 import { loadCrmConfig, parseRateLimit, validateCrmConfig } from '../../src/pipelines/crm/config.ts';
 import { nextRun, parseSchedule } from '../../src/pipelines/crm/schedule.ts';
@@ -35,6 +36,18 @@ test('a minimal config gets the documented defaults', () => {
   assert.deepEqual(c.destination.rateLimit, { limit: 80, windowMs: 2000 });
   assert.equal(c.destination.personKeyField, 'CustomerID');
   assert.equal(c.destination.dealKeyField, 'OrderID');
+});
+
+test('file:// URLs are decoded to paths (spaces, UTF-8); a remote host is refused', () => {
+  const dir = path.join(tmpDir(), 'my dir');
+  fs.mkdirSync(dir);
+  fs.writeFileSync(path.join(dir, 'café.csv'), 'id,first_name,last_name\n');
+  const url = pathToFileURL(path.join(dir, 'café.csv')).href;
+  assert.match(url, /my%20dir\/caf%C3%A9\.csv$/);
+  const c = validateCrmConfig({ sources: { ...sources, customers: url } });
+  assert.equal(c.sources.customers, path.join(dir, 'café.csv'));
+  assert.ok(fs.existsSync(c.sources.customers));
+  assert.match(problems({ sources: { ...sources, customers: 'file://files.example/c.csv' } }), /sources.customers: expected an http\(s\) URL or a file path/);
 });
 
 test('the base URL comes from the config, else PIPEDRIVE_BASE_URL', () => {

@@ -66,8 +66,8 @@ test('kill -9 half-way, run again: no duplicates, every record once, the dead ru
   assert.equal(again.code, 0, again.stderr);
   const s = JSON.parse(again.stdout.trim());
   assert.equal(s.status, 'completed');
-  assert.deepEqual(s.persons, { created: 0, updated: 0, unchanged: 100, failed: 0 });
-  assert.deepEqual(s.deals, { created: 99 - createdBefore, updated: 0, unchanged: createdBefore, failed: 0 });
+  assert.deepEqual(s.persons, { created: 0, updated: 0, unchanged: 100, failed: 0, unconfirmed: 0 });
+  assert.deepEqual(s.deals, { created: 99 - createdBefore, updated: 0, unchanged: createdBefore, failed: 0, unconfirmed: 0 });
 
   const want = expectedJaffle();
   const crm = crmState(sim);

@@ -69,8 +69,8 @@ test('first run creates every person and deal with the right values, using the m
   const config = writeConfig(dir, files.url, apiUrl);
   const s = await sync(config);
   assert.equal(s.status, 'completed');
-  assert.deepEqual(s.persons, { created: 100, updated: 0, unchanged: 0, failed: 0 });
-  assert.deepEqual(s.deals, { created: 99, updated: 0, unchanged: 0, failed: 0 });
+  assert.deepEqual(s.persons, { created: 100, updated: 0, unchanged: 0, failed: 0, unconfirmed: 0 });
+  assert.deepEqual(s.deals, { created: 99, updated: 0, unchanged: 0, failed: 0, unconfirmed: 0 });
   assert.equal(s.retries_429, 0);
   // 2 field lists + 2 field creates + 1 page of persons + 1 of deals + 100 + 99 creates.
   assert.equal(s.requests, 2 + 2 + 2 + 199);
@@ -92,8 +92,8 @@ test('second run: unchanged sources are not re-processed; forced, it sends only 
   sim.stats.byRoute = {};
   const forced = await sync(config, '--force');
   assert.equal(forced.status, 'completed');
-  assert.deepEqual(forced.persons, { created: 0, updated: 0, unchanged: 100, failed: 0 });
-  assert.deepEqual(forced.deals, { created: 0, updated: 0, unchanged: 99, failed: 0 });
+  assert.deepEqual(forced.persons, { created: 0, updated: 0, unchanged: 100, failed: 0, unconfirmed: 0 });
+  assert.deepEqual(forced.deals, { created: 0, updated: 0, unchanged: 99, failed: 0, unconfirmed: 0 });
   assert.equal(forced.requests, 4);
   assert.deepEqual(Object.keys(sim.stats.byRoute).sort(), ['GET /v1/dealFields', 'GET /v1/deals', 'GET /v1/personFields', 'GET /v1/persons']);
   assertCrmMatches(1);
@@ -105,8 +105,8 @@ test('a changed multiplier updates every deal whose value changes, and only thos
   sim.stats.byRoute = {};
   const s = await sync(config);
   assert.equal(s.status, 'completed', 'a new config is processed although the sources did not change');
-  assert.deepEqual(s.deals, { created: 0, updated: 99 - zero, unchanged: zero, failed: 0 });
-  assert.deepEqual(s.persons, { created: 0, updated: 0, unchanged: 100, failed: 0 });
+  assert.deepEqual(s.deals, { created: 0, updated: 99 - zero, unchanged: zero, failed: 0, unconfirmed: 0 });
+  assert.deepEqual(s.persons, { created: 0, updated: 0, unchanged: 100, failed: 0, unconfirmed: 0 });
   assert.equal(sim.stats.byRoute['PUT /v1/deals/:id'], 99 - zero);
   assertCrmMatches(2.5);
 });
@@ -119,7 +119,7 @@ test('a changed source over HTTP updates exactly the records it changed', async 
   const ordersOfCustomer1 = [...expectedJaffle().deals.values()].filter((d) => d.personKey === '1').length;
   const s = await sync(config);
   assert.equal(s.status, 'completed');
-  assert.deepEqual(s.persons, { created: 0, updated: 1, unchanged: 99, failed: 0 });
+  assert.deepEqual(s.persons, { created: 0, updated: 1, unchanged: 99, failed: 0, unconfirmed: 0 });
   assert.equal(s.deals.updated, 1 + ordersOfCustomer1);
   const crm = crmState(sim);
   assert.equal(crm.persons.get('1')?.[0]?.name, 'Michael Q.');

@@ -33,8 +33,8 @@ async function deals(): Promise<Map<string, { title: string; value: string; stat
 test('first run writes every person and deal; a second run changes nothing; a new multiplier updates', async () => {
   const o = await runCrmSync(db.pool, config(1), { trigger: 'cli' });
   assert.equal(o.status, 'completed');
-  assert.deepEqual(o.summary.persons, { created: 100, updated: 0, unchanged: 0, failed: 0 });
-  assert.deepEqual(o.summary.deals, { created: 99, updated: 0, unchanged: 0, failed: 0 });
+  assert.deepEqual(o.summary.persons, { created: 100, updated: 0, unchanged: 0, failed: 0, unconfirmed: 0 });
+  assert.deepEqual(o.summary.deals, { created: 99, updated: 0, unchanged: 0, failed: 0, unconfirmed: 0 });
   assert.equal(o.summary.requests, 0);
   const want = expectedJaffle();
   const got = await deals();
@@ -45,10 +45,10 @@ test('first run writes every person and deal; a second run changes nothing; a ne
     assert.equal(got.get(key)?.customer_id, d.personKey);
   }
   const again = await runCrmSync(db.pool, config(1), { trigger: 'cli', force: true });
-  assert.deepEqual(again.summary.deals, { created: 0, updated: 0, unchanged: 99, failed: 0 });
+  assert.deepEqual(again.summary.deals, { created: 0, updated: 0, unchanged: 99, failed: 0, unconfirmed: 0 });
   const zero = [...want.deals.values()].filter((d) => d.value === 0).length;
   const doubled = await runCrmSync(db.pool, config(2), { trigger: 'cli' });
-  assert.deepEqual(doubled.summary.deals, { created: 0, updated: 99 - zero, unchanged: zero, failed: 0 });
+  assert.deepEqual(doubled.summary.deals, { created: 0, updated: 99 - zero, unchanged: zero, failed: 0, unconfirmed: 0 });
   assert.equal(Number((await deals()).get('2')?.value), want.deals.get('2')!.value * 2);
 });
 

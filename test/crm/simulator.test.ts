@@ -71,3 +71,31 @@ test('`sluice dev pipedrive` prints its API root and serves until stopped', asyn
   const [code] = await exited;
   assert.equal(code, 0);
 });
+
+test('list `sort` as v1 takes it, and a fault answered at once but applied later (`applyAfterMs`)', async () => {
+  const late = new PipedriveSimulator();
+  const root = await late.listen();
+  const req = async (method: string, path: string, body?: unknown) => {
+    const res = await fetch(`${root}${path}`, { method, headers: { 'content-type': 'application/json' }, ...(body ? { body: JSON.stringify(body) } : {}) });
+    return { status: res.status, body: (await res.json()) as Record<string, any> };
+  };
+  try {
+    for (const name of ['Bea B', 'Al A', 'Cy C']) await req('POST', '/persons', { name });
+    const names = async (sort: string) => ((await req('GET', `/persons?sort=${encodeURIComponent(sort)}`)).body.data as Array<{ name: string }>).map((p) => p.name);
+    assert.deepEqual(await names('id ASC'), ['Bea B', 'Al A', 'Cy C']);
+    assert.deepEqual(await names('id DESC'), ['Cy C', 'Al A', 'Bea B']);
+    assert.deepEqual(await names('name ASC, id DESC'), ['Al A', 'Bea B', 'Cy C']);
+    assert.equal((await req('GET', '/persons?sort=name%20sideways')).status, 400);
+
+    // A gateway's 504: the client hears of a failure, the CRM applies the create later.
+    late.addFault({ status: 504, count: 1, method: 'POST', path: '/v1/persons', applyAfterMs: 20 });
+    const timedOut = await req('POST', '/persons', { name: 'Di D' });
+    assert.equal(timedOut.status, 504);
+    assert.equal(timedOut.body.success, false);
+    assert.equal(late.persons.length, 3, 'not applied yet');
+    await late.applied();
+    assert.equal(late.persons.at(-1)?.name, 'Di D');
+  } finally {
+    await late.close();
+  }
+});

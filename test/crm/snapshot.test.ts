@@ -1,7 +1,9 @@
 /**
  * The CRM snapshot and the plan: of several records with one key the lowest CRM id is
- * maintained whatever order the pages came in (copies counted, left alone), and the persons
- * are planned and sent while the deal pages are still being read.
+ * maintained whatever order the pages came in (copies counted, left alone), records
+ * deleted in the CRM while its pages are read make no record go unseen (nothing is
+ * created twice), and the persons are planned and sent while the deal pages are still
+ * being read.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -62,8 +64,8 @@ test('duplicate keys in the CRM, on other pages: the lowest id is maintained, th
   const plan = o.details.plan as { persons: Record<string, number>; deals: Record<string, number> };
   assert.equal(plan.persons.duplicates, 1);
   assert.equal(plan.deals.duplicates, 1);
-  assert.deepEqual(o.summary.persons, { created: 0, updated: 0, unchanged: want.persons.size, failed: 0 });
-  assert.deepEqual(o.summary.deals, { created: 0, updated: 0, unchanged: want.deals.size, failed: 0 });
+  assert.deepEqual(o.summary.persons, { created: 0, updated: 0, unchanged: want.persons.size, failed: 0, unconfirmed: 0 });
+  assert.deepEqual(o.summary.deals, { created: 0, updated: 0, unchanged: want.deals.size, failed: 0, unconfirmed: 0 });
   // Only list requests: 2 field lists, 2 pages of persons (701), 2 of deals (700).
   assert.deepEqual(sim.stats.byRoute, { 'GET /v1/personFields': 1, 'GET /v1/dealFields': 1, 'GET /v1/persons': 2, 'GET /v1/deals': 2 });
 });
@@ -82,7 +84,7 @@ test('the persons are planned and sent while the deal pages are still being read
   try {
     const o = await runCrmSync(crm.db.pool, cfg, { trigger: 'cli', force: true });
     assert.equal(o.status, 'completed');
-    assert.deepEqual(o.summary.persons, { created: 0, updated: 1, unchanged: want.persons.size - 1, failed: 0 });
+    assert.deepEqual(o.summary.persons, { created: 0, updated: 1, unchanged: want.persons.size - 1, failed: 0, unconfirmed: 0 });
   } finally {
     sim.off('request', log);
   }
@@ -90,4 +92,38 @@ test('the persons are planned and sent while the deal pages are still being read
   assert.ok(put > order.indexOf('GET /v1/deals'), 'the deal pages follow the person pages');
   assert.ok(put < order.lastIndexOf('GET /v1/deals'), `the person update went before the last deal page: ${order.join(', ')}`);
   assert.equal(order.filter((r) => r === 'GET /v1/deals').length, 41);
+});
+
+test('records deleted in the CRM during the read shift the later pages: the gap is read again, nothing is created twice', async () => {
+  const cfg = config({ concurrency: 1 }); // one page after another: the deletions land between two
+  // 498 records nobody synced, then Sluice's 99 deals (ids 499-597): pages of 500 overlap by
+  // one, the second starts at offset 499 (id 500 unchanged).
+  handMadeDeals(498);
+  assert.equal((await runCrmSync(crm.db.pool, cfg, { trigger: 'cli' })).status, 'completed');
+  const { dKey } = crmState(sim);
+  // Three deleted after the first page: the second begins at id 503, ids 501-502 slid onto the
+  // first page's range unseen (one deletion the overlap absorbs: the second begins at 504 after 503).
+  for (const [deletions, rereads] of [[3, 1], [1, 0]] as const) {
+    let armed = true;
+    const deleteAfterFirstPage = (e: { route: string; status: number }) => {
+      if (!armed || e.route !== 'GET /v1/deals' || e.status !== 200) return;
+      armed = false;
+      for (const d of sim.deals.filter((x) => x.status !== 'deleted' && !x[dKey]).slice(0, deletions)) d.status = 'deleted';
+    };
+    sim.on('request', deleteAfterFirstPage);
+    sim.stats.byRoute = {};
+    try {
+      const o = await runCrmSync(crm.db.pool, cfg, { trigger: 'cli', force: true });
+      assert.equal(o.status, 'completed');
+      assert.deepEqual(o.summary.deals, { created: 0, updated: 0, unchanged: want.deals.size, failed: 0, unconfirmed: 0 }, `${deletions} deleted`);
+      assert.equal((o.details.lists as { deals: { rereads: number } }).deals.rereads, rereads);
+      assert.equal(sim.stats.byRoute['GET /v1/deals'], 2 + rereads);
+    } finally {
+      sim.off('request', deleteAfterFirstPage);
+    }
+    assert.equal(armed, false);
+  }
+  const crmNow = crmState(sim);
+  for (const [key] of want.deals) assert.equal(crmNow.deals.get(key)?.length, 1, `deal ${key} once`);
+  assert.equal(sim.deals.length, 498 + want.deals.size);
 });

@@ -1,7 +1,7 @@
 /**
  * Sources: HTTP with ETag/Last-Modified (304s: not re-processed), servers without
  * validators (content hash), local paths (mtime+size), per-line rejects, whole-file
- * refusals (header), and mixed newlines.
+ * refusals (header), mixed newlines, a byte order mark and empty lines.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -9,7 +9,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { text } from 'node:stream/consumers';
 import { after, before, test } from 'node:test';
-import { newlinesToLf, refreshSource } from '../../src/pipelines/crm/sources.ts';
+import { CsvForCopy } from '../../src/pipelines/crm/csv-for-copy.ts';
+import { refreshSource } from '../../src/pipelines/crm/sources.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { FileServer, JAFFLE, tmpDir } from './helpers.ts';
 
@@ -81,10 +82,15 @@ test('local paths: mtime and size as validator, then the content hash', async ()
   await assert.rejects(refreshSource(db.pool, 'local', 'payments', path.join(dir, 'none.csv'), false), /source payments: cannot read .*ENOENT/);
 });
 
+/** A scratch file holding `content`. */
+function scratch(name: string, content: string): string {
+  const file = path.join(tmpDir(), name);
+  fs.writeFileSync(file, content);
+  return file;
+}
+
 test('bad lines are rejects with line and reason; the good lines are staged', async () => {
-  const dir = tmpDir();
-  const file = path.join(dir, 'orders.csv');
-  fs.writeFileSync(file, 'id,user_id,order_date,status\n1,1,2018-01-01,placed\nx,1,2018-01-02,placed\n2,y,2018-01-02,placed\n3,1,2018-02-30,placed\n4,2,,shipped\n1,3,2018-01-05,completed\n');
+  const file = scratch('orders.csv', 'id,user_id,order_date,status\n1,1,2018-01-01,placed\nx,1,2018-01-02,placed\n2,y,2018-01-02,placed\n3,1,2018-02-30,placed\n4,2,,shipped\n1,3,2018-01-05,completed\n');
   const r = await refreshSource(db.pool, 'rejects', 'orders', file, false);
   assert.equal(r.rows, 2);
   assert.equal(r.rejected, 4);
@@ -115,6 +121,34 @@ test('a file whose header is not the expected one is refused whole, and the old 
 });
 
 test('CRLF, LF and lone CR become LF, also when a CRLF is split across chunks', async () => {
-  const out = await text(Readable.from([Buffer.from('a,b\r'), Buffer.from('\n1,2\r\n3,4\r5,6\n')]).pipe(newlinesToLf()));
+  const out = await text(Readable.from([Buffer.from('a,b\r'), Buffer.from('\n1,2\r\n3,4\r5,6\n')]).pipe(new CsvForCopy()));
   assert.equal(out, 'a,b\n1,2\n3,4\n5,6\n');
+});
+
+test('a BOM (also split across chunks) and empty lines are dropped; line breaks inside quotes are kept', async () => {
+  const chunks = ['\xEF', '\xBB\xBFa,b\r\n\r', '\n1,"x\r\n\r\ny"\r\n', '\n\n2,""""\n\r\n'].map((c) => Buffer.from(c, 'latin1'));
+  const csv = new CsvForCopy();
+  assert.equal(await text(Readable.from(chunks).pipe(csv)), 'a,b\n1,"x\n\ny"\n2,""""\n');
+  assert.equal(csv.emptyLines, 4);
+  // COPY's lines 1-3 (header, record "1", record "2") are the file's 1, 3, 6 (counted as COPY
+  // does: record "1", whose quoted field spans three lines, is one).
+  assert.deepEqual([1, 2, 3].map((n) => csv.fileLine(n)), [1, 3, 6]);
+  // A file shorter than a BOM that only begins like one is passed on whole.
+  const short = await text(Readable.from([Buffer.from([0xef, 0xbb])]).pipe(new CsvForCopy()));
+  assert.equal(short, Buffer.from([0xef, 0xbb]).toString());
+});
+
+test("a BOM, CRLF and empty lines (also at the end) are no refusal: bad lines are rejects with the file's line numbers", async () => {
+  // Line 4 is empty, line 5 a reject, lines 6-7 one record (a quoted name over two lines), then two empty lines.
+  const file = scratch('customers.csv', '\uFEFFid,first_name,last_name\r\n1,Ann,A\r\n2,Bob,B\r\n\r\nx,Bad,Id\r\n3,"Cy\r\nJr",C\r\n\r\n\r\n');
+  const r = await refreshSource(db.pool, 'bom', 'customers', file, false);
+  assert.equal(r.rows, 3);
+  assert.equal(r.rejected, 1);
+  assert.equal(r.empty_lines, 3);
+  assert.deepEqual(r.samples, [{ line: 5, reason: 'id is not an integer' }]);
+  const { rows } = await db.pool.query(`SELECT id, first_name FROM crm_customers WHERE pipeline = 'bom' ORDER BY id`);
+  assert.deepEqual(rows, [{ id: 1, first_name: 'Ann' }, { id: 2, first_name: 'Bob' }, { id: 3, first_name: 'Cy\nJr' }]);
+  // A line COPY cannot read still refuses the file, naming the file's line (6, not COPY's 4).
+  fs.writeFileSync(file, 'id,first_name,last_name\n1,Ann,A\n\n\n2,Bob,B\n3,Cy\n');
+  await assert.rejects(refreshSource(db.pool, 'bom', 'customers', file, false), /missing data for column "last_name" \(line 6: "3,Cy"\)/);
 });

@@ -21,7 +21,7 @@ interface Opts {
 }
 
 function line(c: Counts): string {
-  return `${c.created} created, ${c.updated} updated, ${c.unchanged} unchanged, ${c.failed} failed`;
+  return `${c.created} created, ${c.updated} updated, ${c.unchanged} unchanged, ${c.failed} failed${c.unconfirmed ? `, ${c.unconfirmed} unconfirmed (settled by the next run)` : ''}`;
 }
 
 function report(o: RunOutcome, json: boolean): void {
@@ -38,8 +38,13 @@ function report(o: RunOutcome, json: boolean): void {
         `  requests: ${s.requests} (429 retries: ${s.retries_429})\n`,
     );
   }
-  for (const f of o.failures) process.stderr.write(`failed ${f.kind} ${f.key} (${f.operation}): ${f.error}\n`);
-  const failed = o.summary.persons.failed + o.summary.deals.failed;
+  // Unconfirmed creates are stored with the failures, their error starting "unconfirmed: ".
+  for (const f of o.failures) {
+    const unconfirmed = f.error.startsWith('unconfirmed: ');
+    process.stderr.write(`${unconfirmed ? 'unconfirmed' : 'failed'} ${f.kind} ${f.key} (${f.operation}): ${unconfirmed ? f.error.slice(13) : f.error}\n`);
+  }
+  const s = o.summary;
+  const failed = s.persons.failed + s.deals.failed + s.persons.unconfirmed + s.deals.unconfirmed;
   if (failed > o.failures.length) process.stderr.write(`... ${failed - o.failures.length} more in crm_failures (run_id ${o.runId})\n`);
 }
 

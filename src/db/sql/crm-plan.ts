@@ -62,15 +62,19 @@ export async function insertRemoteDeals(q: Q, page: RemoteDeal[]): Promise<void>
 }
 
 /**
- * Keys held by several CRM records (made by hand, or by the old job): only the lowest id
- * stays in the snapshot, so the plan is a plain hash join. One hash aggregate, no sort;
- * returns how many keys had copies.
+ * One snapshot row per key, so the plan is a plain hash join: of the CRM records holding a
+ * key (copies made by hand, or by the old job) the lowest id stays; a record read twice
+ * (list pages overlap, and are read again after a shift: src/pipelines/crm/pipedrive-lists.ts)
+ * stays once. One hash aggregate over the snapshot, then work on the repeated keys only;
+ * returns how many keys several CRM records hold.
  */
 async function dropDuplicates(q: Q, remote: 'crm_remote_persons' | 'crm_remote_deals'): Promise<number> {
   const { rows } = await q.query<{ keys: number }>(
-    `WITH d AS (SELECT key, min(crm_id) AS keep FROM ${remote} GROUP BY key HAVING count(*) > 1),
-          gone AS (DELETE FROM ${remote} r USING d WHERE r.key = d.key AND r.crm_id > d.keep)
-     SELECT count(*)::int AS keys FROM d`,
+    `WITH d AS (SELECT key, min(crm_id) AS keep, max(crm_id) AS top FROM ${remote} GROUP BY key HAVING count(*) > 1),
+          rep AS (SELECT r.ctid AS tid, r.key, r.crm_id > d.keep AS other FROM ${remote} r JOIN d USING (key)),
+          one AS (SELECT key, min(tid) AS tid FROM rep WHERE NOT other GROUP BY key),
+          gone AS (DELETE FROM ${remote} r WHERE r.ctid IN (SELECT x.tid FROM rep x JOIN one USING (key) WHERE x.other OR x.tid <> one.tid))
+     SELECT count(*) FILTER (WHERE top > keep)::int AS keys FROM d`,
   );
   return rows[0]?.keys ?? 0;
 }
@@ -203,15 +207,22 @@ export async function nextDealWork(q: Q, afterSeq: number, limit: number): Promi
   return rows;
 }
 
-/** Records every deal the planner could not send, with its reason, in one statement. */
-export async function recordPlannedDealFailures(q: Q, runId: number): Promise<number> {
+/**
+ * Records every deal the planner could not send, with its reason, in one statement. The
+ * run's person failures are in crm_failures by then: an unconfirmed person create (error
+ * starting with `unconfirmedPrefix`) is named as such, the next run settles it.
+ */
+export async function recordPlannedDealFailures(q: Q, runId: number, unconfirmedPrefix: string): Promise<number> {
   const r = await q.query(
     `INSERT INTO crm_failures (run_id, kind, key, operation, error)
-     SELECT $1, 'deal', key, CASE WHEN crm_id IS NULL THEN 'create' ELSE 'update' END,
-            CASE WHEN title IS NULL THEN 'customer ' || person_key || ' is not in the customers source'
-                 ELSE 'person ' || person_key || ' is not in the CRM (its create failed)' END
-       FROM crm_plan_deals WHERE action = 'fail'`,
-    [runId],
+     SELECT $1, 'deal', p.key, CASE WHEN p.crm_id IS NULL THEN 'create' ELSE 'update' END,
+            CASE WHEN p.title IS NULL THEN 'customer ' || p.person_key || ' is not in the customers source'
+                 WHEN starts_with(f.error, $2) THEN 'person ' || p.person_key || ': its create is unconfirmed (the next run finds or creates it, then this deal)'
+                 ELSE 'person ' || p.person_key || ' is not in the CRM (its create failed)' END
+       FROM crm_plan_deals p
+       LEFT JOIN LATERAL (SELECT error FROM crm_failures f WHERE f.run_id = $1 AND f.kind = 'person' AND f.key = p.person_key LIMIT 1) f ON true
+      WHERE p.action = 'fail'`,
+    [runId, unconfirmedPrefix],
   );
   return r.rowCount ?? 0;
 }

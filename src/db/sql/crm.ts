@@ -205,16 +205,18 @@ export async function finishRun(
 }
 
 /**
- * The last run that did its work (completed), and whether a source was staged anew after
- * it finished (a run that failed after staging leaves work for the next one).
+ * The last run that did its work (completed): its failed and unconfirmed records, and
+ * whether a source was staged anew after it finished (a run that failed after staging
+ * leaves work for the next one).
  */
 export async function lastCompletedRun(
   q: Q,
   pipeline: string,
-): Promise<{ config_hash: string; failed: number; staged_since: boolean } | undefined> {
-  const { rows } = await q.query<{ config_hash: string; failed: number; staged_since: boolean }>(
+): Promise<{ config_hash: string; failed: number; unconfirmed: number; staged_since: boolean } | undefined> {
+  const { rows } = await q.query<{ config_hash: string; failed: number; unconfirmed: number; staged_since: boolean }>(
     `SELECT r.config_hash,
             coalesce((r.summary #>> '{persons,failed}')::int, 0) + coalesce((r.summary #>> '{deals,failed}')::int, 0) AS failed,
+            coalesce((r.summary #>> '{persons,unconfirmed}')::int, 0) + coalesce((r.summary #>> '{deals,unconfirmed}')::int, 0) AS unconfirmed,
             EXISTS (SELECT 1 FROM crm_sources s WHERE s.pipeline = r.pipeline AND s.changed_at > r.finished_at) AS staged_since
        FROM crm_runs r WHERE r.pipeline = $1 AND r.status = 'completed' ORDER BY r.id DESC LIMIT 1`,
     [pipeline],

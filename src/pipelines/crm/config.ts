@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { env } from '../../config.ts';
 import { InvalidInputError, errorMessage } from '../../core/errors.ts';
@@ -30,7 +31,10 @@ export interface PipedriveDestinationConfig {
   rateLimit: RateLimit;
   /** Requests allowed per UTC day for this pipeline, all runs together (default none). */
   dailyRequestBudget: number | undefined;
-  /** 5xx/network retries: attempts (6), first backoff (250 ms, doubled, full jitter), ceiling (10 s). */
+  /**
+   * 5xx/network retries: attempts (6), first backoff (250 ms, doubled, full jitter), ceiling
+   * (10 s); the longest 429 pause waited out (5 min; a longer Retry-After ends the run).
+   */
   retry: RetryPolicy;
   timeoutMs: number;
 }
@@ -127,7 +131,14 @@ function resolveSource(v: string, baseDir: string): string | undefined {
       return undefined;
     }
   }
-  if (/^file:\/\//i.test(v)) return new URL(v).pathname;
+  if (/^file:\/\//i.test(v)) {
+    // Percent-decoded (`my%20dir` is "my dir"); a host other than localhost is refused.
+    try {
+      return fileURLToPath(v);
+    } catch {
+      return undefined;
+    }
+  }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(v)) return undefined;
   return path.resolve(baseDir, v);
 }
@@ -159,7 +170,7 @@ function validDestination(raw: unknown, p: Problems): CrmConfig['destination'] {
   const retryRaw = d.retry ?? {};
   if (!isObj(retryRaw)) p.add(`${where}retry`, 'expected a mapping');
   const r: Obj = isObj(retryRaw) ? retryRaw : {};
-  checkKeys(r, `${where}retry.`, ['max_attempts', 'base_ms', 'max_ms'], p);
+  checkKeys(r, `${where}retry.`, ['max_attempts', 'base_ms', 'max_ms', 'max_retry_after_ms'], p);
   const budget = d.daily_request_budget;
   return {
     type: 'pipedrive',
@@ -173,6 +184,7 @@ function validDestination(raw: unknown, p: Problems): CrmConfig['destination'] {
       maxAttempts: num(r, 'max_attempts', `${where}retry.`, p, 6, 1, true),
       baseMs: num(r, 'base_ms', `${where}retry.`, p, 250, 0),
       maxMs: num(r, 'max_ms', `${where}retry.`, p, 10_000, 0),
+      maxRetryAfterMs: num(r, 'max_retry_after_ms', `${where}retry.`, p, 300_000, 0),
     },
     timeoutMs: num(d, 'timeout_ms', where, p, 30_000, 1),
   };

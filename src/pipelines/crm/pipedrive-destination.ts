@@ -2,17 +2,20 @@
  * The Pipedrive destination (API v1). Per run:
  * 1. find the key fields by name in /personFields and /dealFields (their keys are per-account
  *    40-hex hashes), creating them if missing;
- * 2. read every page of persons, then of deals, into a snapshot (temp tables);
+ * 2. read every page of persons, then of deals, into a snapshot (temp tables), checking
+ *    that the pages join (pipedrive-lists.ts: deletions during the read shift offsets);
  * 3. once the persons are in, plan them set-based in Postgres and create the missing and
  *    update the differing, while the deal pages are still being read;
  * 4. plan deals against the person map (snapshot + persons just created), same way.
  * Nothing is sent for unchanged records. Every create is journaled (crm_links) as it
  * happens; a killed run leaves the CRM as the truth for the next snapshot, so it creates
- * no duplicates. A record the API refuses is stored in crm_failures and the run goes on.
+ * no duplicates. A create never goes twice: one that failed ambiguously is *unconfirmed*
+ * (counted, stored in crm_failures as such) and the next run's read of the CRM settles it.
+ * A record the API refuses is stored in crm_failures and the run goes on.
  */
 import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
-import { PipedriveClient, PipedriveError } from '../../clients/pipedrive.ts';
+import { PipedriveClient, PipedriveError, UnconfirmedWriteError } from '../../clients/pipedrive.ts';
 import type { Client } from '../../db/pool.ts';
 import { desiredParams, insertFailures, insertLinks, lastCrmSize, type Failure, type Link } from '../../db/sql/crm.ts';
 import {
@@ -31,7 +34,8 @@ import {
   type PlanCounts,
 } from '../../db/sql/crm-plan.ts';
 import type { PipedriveDestinationConfig } from './config.ts';
-import { zeroCounts, type Destination, type DestinationResult, type DestinationRun } from './types.ts';
+import { readList, type ListRead } from './pipedrive-lists.ts';
+import { zeroCounts, type Counts, type Destination, type DestinationResult, type DestinationRun } from './types.ts';
 
 type Rec = Record<string, unknown> & { id: number };
 
@@ -72,10 +76,29 @@ function serialized(client: Client): Db {
 
 /**
  * A refusal of this one record (a 4xx, or retries exhausted): stored, and the run goes on.
- * A rejected token (401/403) would fail every record alike, so it ends the run instead.
+ * A rejected token (401/403) would fail every record alike, so it ends the run instead, as
+ * a spent rate limit or budget does (those are not PipedriveErrors).
  */
 function permanent(err: unknown): err is PipedriveError {
   return err instanceof PipedriveError && err.status !== 401 && err.status !== 403;
+}
+
+/** How a create that may or may not have been applied is stored among the run's failures. */
+export const UNCONFIRMED = 'unconfirmed: ';
+
+/**
+ * A record's request failed: unconfirmed (a create that may have been applied), or refused
+ * for good (failed); both stored, and the run goes on. Anything else ends the run.
+ */
+function settle(journal: Journal, counts: Counts, kind: 'person' | 'deal', w: { key: string; action: string }, err: unknown): void {
+  if (err instanceof UnconfirmedWriteError) {
+    journal.fail({ kind, key: w.key, operation: w.action, error: UNCONFIRMED + err.message });
+    counts.unconfirmed++;
+    return;
+  }
+  if (!permanent(err)) throw err;
+  journal.fail({ kind, key: w.key, operation: w.action, error: err.message });
+  counts.failed++;
 }
 
 /**
@@ -232,15 +255,18 @@ export class PipedriveDestination implements Destination {
       const size = (await lastCrmSize(db, run.config.name)) ?? { persons: 0, deals: 0 };
       const snapshot = { persons: 0, deals: 0 };
       result.details.snapshot = snapshot;
+      const lists: { persons?: ListRead; deals?: ListRead } = {};
+      result.details.lists = lists;
       // Persons first: their plan and their requests go while the deals are still read, so
       // neither the persons' plan nor the Postgres time after the last person page adds to
       // the run (the rate limit, shared by both, sets the pace).
       let pPlan: PlanCounts | undefined;
       let stop = false; // the deals' read failed: no more person requests
-      const personsRead = this.readPersons(client, db, personKey, size.persons, snapshot);
+      const personsRead = this.readPersons(client, db, personKey, { expected: size.persons, concurrency: cfg.concurrency });
       personsRead.fetched.catch(() => {}); // awaited below
       persons = (async () => {
-        await timed('read_persons', () => personsRead.stored);
+        lists.persons = await timed('read_persons', () => personsRead.stored);
+        snapshot.persons = lists.persons.size;
         await desired;
         pPlan = await timed('plan_persons', () => planPersons(db));
         result.persons.unchanged = pPlan.unchanged;
@@ -253,15 +279,18 @@ export class PipedriveDestination implements Destination {
       // The deal pages go as soon as the last person page has answered (its insert may
       // still wait behind the desired-state queries on the connection).
       await personsRead.fetched;
-      await timed('read_deals', () => this.readDeals(client, db, dealKey, size.deals, snapshot).stored).catch((err: unknown) => {
-        stop = true;
-        throw err;
-      });
+      lists.deals = await timed('read_deals', () => this.readDeals(client, db, dealKey, { expected: size.deals, concurrency: cfg.concurrency }).stored).catch(
+        (err: unknown) => {
+          stop = true;
+          throw err;
+        },
+      );
+      snapshot.deals = lists.deals.size;
       await persons;
       const dPlan = await timed('plan_deals', () => planDeals(db));
       result.details.plan = { persons: pPlan, deals: dPlan };
       result.deals.unchanged = dPlan.unchanged;
-      result.deals.failed += await recordPlannedDealFailures(db, run.runId);
+      result.deals.failed += await recordPlannedDealFailures(db, run.runId, UNCONFIRMED);
       await timed('deals', () => drain((a, l) => nextDealWork(db, a, l), cfg.concurrency, (w) => this.deal(client, journal, result, dealKey, w)));
       timings.total = Math.round(performance.now() - t0);
       result.details.crm_size = { persons: snapshot.persons + result.persons.created, deals: snapshot.deals + result.deals.created };
@@ -288,10 +317,9 @@ export class PipedriveDestination implements Destination {
     };
     const found = await find();
     if (found) return found.key;
-    const { data } = await client.call<PdField>('POST', path, {
-      body: { name, field_type: 'varchar' },
-      verify: find,
-    });
+    // Failed ambiguously, the create ends the run (UnconfirmedWriteError): the next run's
+    // field list finds the field, or creates it then.
+    const { data } = await client.call<PdField>('POST', path, { body: { name, field_type: 'varchar' } });
     return data.key;
   }
 
@@ -303,17 +331,17 @@ export class PipedriveDestination implements Destination {
     client: PipedriveClient,
     path: string,
     query: Record<string, string>,
-    expected: number,
+    opts: { expected: number; concurrency: number },
     insert: (page: Rec[]) => Promise<void>,
-  ): { fetched: Promise<void>; stored: Promise<void> } {
+  ): { fetched: Promise<ListRead>; stored: Promise<ListRead> } {
     const inserts: Array<Promise<void>> = [];
-    const fetched = client.forEachPage<Rec>(path, query, expected, (page) => {
+    const fetched = readList<Rec>(client, path, query, opts, (page) => {
       const p = insert(page);
       p.catch(() => {}); // observed in `stored`
       inserts.push(p);
     });
     const stored = fetched.then(
-      () => Promise.all(inserts).then(() => {}),
+      (read) => Promise.all(inserts).then(() => read),
       async (err: unknown) => {
         await Promise.allSettled(inserts);
         throw err;
@@ -322,17 +350,15 @@ export class PipedriveDestination implements Destination {
     return { fetched, stored };
   }
 
-  private readPersons(client: PipedriveClient, db: Db, personKey: string, expected: number, seen: { persons: number }) {
-    return this.readAll(client, '/persons', {}, expected, (page) => {
-      seen.persons += page.length;
-      return insertRemotePersons(db, page.map((p) => ({ crmId: p.id, key: keyOf(p, personKey), name: (p.name as string) ?? null })));
-    });
+  private readPersons(client: PipedriveClient, db: Db, personKey: string, opts: { expected: number; concurrency: number }) {
+    return this.readAll(client, '/persons', {}, opts, (page) =>
+      insertRemotePersons(db, page.map((p) => ({ crmId: p.id, key: keyOf(p, personKey), name: (p.name as string) ?? null }))),
+    );
   }
 
-  private readDeals(client: PipedriveClient, db: Db, dealKey: string, expected: number, seen: { deals: number }) {
-    return this.readAll(client, '/deals', { status: 'all_not_deleted' }, expected, (page) => {
-      seen.deals += page.length;
-      return insertRemoteDeals(
+  private readDeals(client: PipedriveClient, db: Db, dealKey: string, opts: { expected: number; concurrency: number }) {
+    return this.readAll(client, '/deals', { status: 'all_not_deleted' }, opts, (page) =>
+      insertRemoteDeals(
         db,
         page.map((d) => ({
           crmId: d.id,
@@ -344,31 +370,14 @@ export class PipedriveDestination implements Destination {
           status: (d.status as string) ?? null,
           expectedCloseDate: (d.expected_close_date as string) || null,
         })),
-      );
-    });
-  }
-
-  /** Finds a record by its key field after an ambiguous create (exact-match search). */
-  private verifier(client: PipedriveClient, resource: '/persons' | '/deals', fieldKey: string, key: string) {
-    return async (): Promise<Rec | undefined> => {
-      const { data } = await client.call<{ items?: Array<{ item: { id: number } }> }>('GET', `${resource}/search`, {
-        query: { term: key, fields: 'custom_fields', exact_match: 'true' },
-      });
-      for (const { item } of data?.items ?? []) {
-        const { data: rec } = await client.call<Rec>('GET', `${resource}/${item.id}`);
-        if (keyOf(rec, fieldKey) === key) return rec;
-      }
-      return undefined;
-    };
+      ),
+    );
   }
 
   private async person(client: PipedriveClient, journal: Journal, result: DestinationResult, fieldKey: string, w: PersonWork): Promise<void> {
     try {
       if (w.action === 'create') {
-        const { data } = await client.call<Rec>('POST', '/persons', {
-          body: { name: w.name, [fieldKey]: w.key },
-          verify: this.verifier(client, '/persons', fieldKey, w.key),
-        });
+        const { data } = await client.call<Rec>('POST', '/persons', { body: { name: w.name, [fieldKey]: w.key } });
         journal.link({ kind: 'person', key: w.key, crmId: data.id });
         result.persons.created++;
       } else {
@@ -376,9 +385,7 @@ export class PipedriveDestination implements Destination {
         result.persons.updated++;
       }
     } catch (err) {
-      if (!permanent(err)) throw err;
-      journal.fail({ kind: 'person', key: w.key, operation: w.action, error: err.message });
-      result.persons.failed++;
+      settle(journal, result.persons, 'person', w, err);
     }
   }
 
@@ -393,10 +400,7 @@ export class PipedriveDestination implements Destination {
     };
     try {
       if (w.action === 'create') {
-        const { data } = await client.call<Rec>('POST', '/deals', {
-          body: { ...want, [fieldKey]: w.key },
-          verify: this.verifier(client, '/deals', fieldKey, w.key),
-        });
+        const { data } = await client.call<Rec>('POST', '/deals', { body: { ...want, [fieldKey]: w.key } });
         journal.link({ kind: 'deal', key: w.key, crmId: data.id });
         result.deals.created++;
       } else {
@@ -414,9 +418,7 @@ export class PipedriveDestination implements Destination {
         result.deals.updated++;
       }
     } catch (err) {
-      if (!permanent(err)) throw err;
-      journal.fail({ kind: 'deal', key: w.key, operation: w.action, error: err.message });
-      result.deals.failed++;
+      settle(journal, result.deals, 'deal', w, err);
     }
   }
 }

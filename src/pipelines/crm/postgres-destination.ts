@@ -22,7 +22,7 @@ export class PostgresDestination implements Destination {
       const deals = await upsertDeals(client, params);
       if (deals.failed) await recordMissingCustomerFailures(client, run.runId, params);
       await client.query('COMMIT');
-      const result = { persons, deals, requests: 0, retries_429: 0, details: {} };
+      const result = { persons: { ...persons, unconfirmed: 0 }, deals: { ...deals, unconfirmed: 0 }, requests: 0, retries_429: 0, details: {} };
       run.progress(result);
       return result;
     } catch (err) {

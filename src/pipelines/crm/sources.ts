@@ -22,6 +22,7 @@ import {
   type SourceState,
 } from '../../db/sql/crm.ts';
 import { SOURCE_NAMES, type CrmConfig, type SourceName } from './config.ts';
+import { CsvForCopy } from './csv-for-copy.ts';
 
 export interface SourceReport {
   location: string;
@@ -31,6 +32,9 @@ export interface SourceReport {
   rows: number;
   rejected: number;
   bytes: number;
+  /** Empty lines skipped (not data, not rejects). */
+  empty_lines?: number;
+  /** The first rejects: the file's line number and why. */
   samples?: Array<{ line: number; reason: string }>;
 }
 
@@ -78,32 +82,6 @@ async function open(name: SourceName, location: string, prev: SourceState | unde
   return { stream: fs.createReadStream(location), etag: null, lastModified: validator };
 }
 
-/**
- * CRLF and lone CR to LF: COPY wants one newline style per file, and exports mix them
- * (jaffle's orders file is CRLF, its payments file LF). A CR at a chunk's end is held
- * until the next chunk says whether an LF follows.
- */
-export function newlinesToLf(): Transform {
-  let pendingCr = false;
-  return new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      const parts: Buffer[] = [];
-      let start = 0;
-      if (pendingCr && chunk[0] === 0x0a) start = 1; // the LF of a CRLF split across chunks
-      pendingCr = false;
-      for (let i = chunk.indexOf(0x0d, start); i >= 0; i = chunk.indexOf(0x0d, start)) {
-        parts.push(chunk.subarray(start, i), LF);
-        if (i + 1 === chunk.length) pendingCr = true;
-        start = chunk[i + 1] === 0x0a ? i + 2 : i + 1;
-      }
-      parts.push(chunk.subarray(start));
-      cb(null, parts.length === 1 ? parts[0] : Buffer.concat(parts));
-    },
-  });
-}
-
-const LF = Buffer.from('\n');
-
 /** A source after its conditional request: `opened` is undefined when it is unchanged. */
 export interface Probe {
   pipeline: string;
@@ -136,6 +114,7 @@ export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport
     return { location, changed: false, reason: 'not_modified', rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0, bytes: 0 };
   }
   const sameLocation = prev?.location === location;
+  const csv = new CsvForCopy();
   const client = await pool.connect();
   try {
     await client.query('BEGIN');
@@ -149,7 +128,7 @@ export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport
         cb(null, chunk);
       },
     });
-    await pipeline(opened.stream, hasher, newlinesToLf(), client.query(copyFrom(copyLoadTable(name))));
+    await pipeline(opened.stream, hasher, csv, client.query(copyFrom(copyLoadTable(name))));
     const sha256 = hash.digest('hex');
     const state = { location, etag: opened.etag, last_modified: opened.lastModified, sha256, rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0 };
     if (sameLocation && prev?.sha256 === sha256) {
@@ -171,15 +150,18 @@ export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport
       rows: staged.rows,
       rejected: staged.rejected,
       bytes,
-      ...(staged.samples.length ? { samples: staged.samples } : {}),
+      ...(csv.emptyLines ? { empty_lines: csv.emptyLines } : {}),
+      ...(staged.samples.length ? { samples: staged.samples.map((x) => ({ ...x, line: csv.fileLine(x.line) })) } : {}),
     };
   } catch (err) {
     await client.query('ROLLBACK').catch(() => {});
     opened.stream.destroy();
     const pgErr = err as { code?: string; where?: string };
     if (typeof pgErr.code === 'string' && /^22/.test(pgErr.code)) {
-      // COPY's own refusals: header mismatch, missing or extra columns, bad quoting.
-      const where = pgErr.where ? ` (${pgErr.where.replace(/^COPY crm_load, /, '')})` : '';
+      // COPY's own refusals: header mismatch, missing or extra columns, bad quoting. COPY
+      // counts the lines it was given: name the file's.
+      const context = pgErr.where?.replace(/^COPY crm_load, /, '').replace(/^line (\d+)/, (_, n: string) => `line ${csv.fileLine(Number(n))}`);
+      const where = context ? ` (${context})` : '';
       throw new InvalidFileError(`source ${name} (${location}): ${errorMessage(err)}${where}`, { cause: err });
     }
     throw err;

@@ -102,7 +102,8 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
   try {
     const probes = await probeSources(pool, config, force, options.signal);
     const last = await lastCompletedRun(pool, config.name);
-    const mustRun = force || !last || last.config_hash !== hash || last.failed > 0 || last.staged_since;
+    // Failed and unconfirmed records of the last run are settled by this one.
+    const mustRun = force || !last || last.config_hash !== hash || last.failed > 0 || last.unconfirmed > 0 || last.staged_since;
     if (!mustRun && probes.every((p) => !p.opened)) {
       sources = await loadSources(pool, probes); // all "not_modified": nothing to read
       const o = outcome('skipped', []);

@@ -7,6 +7,8 @@
  * - plan: desired state compared with the destination: create, update, unchanged, fail.
  * - run: one sync, recorded in crm_runs with its summary; failures in crm_failures.
  * - link: a CRM record Sluice created, journaled in crm_links as it happens.
+ * - unconfirmed: a create whose answer was lost (5xx, timeout): it may exist in the CRM.
+ *   It is never sent twice in a run; the next run's read of the CRM settles it.
  */
 import type { Pool } from '../../db/pool.ts';
 import type { CrmConfig } from './config.ts';
@@ -16,6 +18,8 @@ export interface Counts {
   updated: number;
   unchanged: number;
   failed: number;
+  /** Creates sent whose answer was lost (5xx, timeout): maybe applied; the next run settles them. */
+  unconfirmed: number;
 }
 
 /** The summary the CLI prints with `--json` (and crm_runs.summary holds). */
@@ -55,5 +59,5 @@ export interface Destination {
 }
 
 export function zeroCounts(): Counts {
-  return { created: 0, updated: 0, unchanged: 0, failed: 0 };
+  return { created: 0, updated: 0, unchanged: 0, failed: 0, unconfirmed: 0 };
 }
