@@ -3,6 +3,7 @@
  * feature, and the background services (scheduled syncs, workers) that run beside it.
  */
 import Fastify, { type FastifyInstance } from 'fastify';
+import { SluiceError } from '../core/errors.ts';
 import { handleError } from './errors.ts';
 import { httpRequests } from './metrics.ts';
 import type { AppContext } from './context.ts';
@@ -28,8 +29,20 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
     // of requests per second it would cost more than the requests.
     logger: options.logger ? { level: process.env.SLUICE_LOG_LEVEL ?? 'warn', redact: ['req.headers.authorization'] } : false,
     bodyLimit: options.bodyLimit ?? 1 << 20,
+    // Fastify's own 503 while closing has its own body ({"error":"Service Unavailable",...}):
+    // the hook below answers in Sluice's {"error":{"code","message"}} form instead.
+    return503OnClosing: false,
   });
   app.setErrorHandler(handleError);
+  // From the start of close() on, requests still arriving on open keep-alive connections get
+  // 503 (Fastify adds Connection: close); those already in progress finish normally.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onRequest', async () => {
+    if (closing) throw new SluiceError('unavailable', 'the server is shutting down; retry on another instance');
+  });
   app.setNotFoundHandler((req, reply) =>
     reply.status(404).send({ error: { code: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` } }),
   );

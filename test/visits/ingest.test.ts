@@ -9,7 +9,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { handleError } from '../../src/http/errors.ts';
 import { visitsRoutes } from '../../src/http/routes/visits.ts';
 import { buildServer } from '../../src/http/server.ts';
-import { flushBatchSize } from '../../src/pipelines/visits/metrics.ts';
+import { flushBatchSize, invalidVisitRequests } from '../../src/pipelines/visits/metrics.ts';
 import { applyAllVisitorBatches } from '../../src/pipelines/visits/visitor-applier.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
@@ -119,6 +119,16 @@ test('bad payloads get 400 with a reason and store nothing', async () => {
     [{ page_path: '/a', visited_at: 1700000000000 }, /visited_at must be an RFC 3339 date-time/],
     [{ page_path: '/a', visited_at: '2020-01-01T00:00:00Z' }, /visited_at is more than 7 days in the past/],
     [{ page_path: '/a', visited_at: new Date(Date.now() + 3_600_000).toISOString() }, /visited_at is in the future/],
+    // Dates that do not exist: Date.parse would roll them over into the next day or month.
+    [{ page_path: '/a', visited_at: '2026-02-30T10:00:00Z' }, /visited_at is not a valid date/],
+    [{ page_path: '/a', visited_at: '2025-11-31T00:00:00Z' }, /visited_at is not a valid date/],
+    [{ page_path: '/a', visited_at: '2026-11-23T24:00:00Z' }, /visited_at is not a valid date/],
+    [{ page_path: '/a', visited_at: '2026-11-24T00:00:00+24:00' }, /visited_at is not a valid date/],
+    // Lone surrogates would be stored as U+FFFD (two visitors would become one); C1 controls.
+    [{ page_path: '/a\ud800' }, /page_path is not well-formed Unicode/],
+    [{ page_path: '/a', visitor_id: '\udfff' }, /visitor_id is not well-formed Unicode/],
+    [{ page_path: '/a\u0085b' }, /page_path contains control characters/],
+    [{ page_path: '/a', visitor_id: 'v\u009f' }, /visitor_id contains control characters/],
     [{ page_path: '/a', pagePath: '/b' }, /unknown field "pagePath"/],
     [[{ page_path: '/a' }], /a visit must be a JSON object/],
     ['just a string', /a visit must be a JSON object/],
@@ -132,6 +142,17 @@ test('bad payloads get 400 with a reason and store nothing', async () => {
   const broken = await app.inject({ method: 'POST', url: '/visits', headers: { 'content-type': 'application/json' }, payload: '{"page_path":' });
   assert.equal(broken.statusCode, 400);
   assert.equal(broken.json().error.code, 'invalid_input');
+  // Invalid UTF-8 is refused, not replaced with U+FFFD, whatever the content type.
+  for (const [url, type] of [['/visits', 'application/json'], ['/visits', 'text/plain'], ['/visits/batch', 'application/x-ndjson'], ['/visits/batch', 'application/json']]) {
+    const json = Buffer.from(JSON.stringify({ page_path: '/utf8-XX', visitor_id: 'u' }));
+    const at = json.indexOf('XX');
+    json[at] = 0xff;
+    json[at + 1] = 0xfe;
+    const body = url === '/visits/batch' && type === 'application/json' ? Buffer.concat([Buffer.from('['), json, Buffer.from(']')]) : json;
+    const res = await app.inject({ method: 'POST', url: url!, headers: { 'content-type': type! }, payload: body });
+    assert.equal(res.statusCode, 400, `${url} ${type}: ${res.body}`);
+    assert.match(res.json().error.message, /the body is not valid UTF-8/);
+  }
   const wrongType = await app.inject({ method: 'POST', url: '/visits', headers: { 'content-type': 'application/xml' }, payload: '<visit/>' });
   assert.equal(wrongType.statusCode, 415);
   const tooBig = await app.inject(json({ page_path: `/${'x'.repeat(20_000)}` }));
@@ -264,15 +285,58 @@ test('a visit of an older day lands in that day\'s partition', async () => {
   assert.equal(await count(`SELECT count(*) FROM ${part} WHERE page_path = '/old'`), 1);
 });
 
-test('with an API token, visits need it', async () => {
+test('with an API token, visits need it, checked before the body is read', async () => {
   const secured = await buildServer({ pool: db.pool, apiToken: 's3cret' });
   try {
     const denied = await secured.inject(json({ page_path: '/auth', visitor_id: 'a' }));
     assert.equal(denied.statusCode, 401);
     assert.equal(denied.json().error.code, 'unauthorized');
+    assert.equal(denied.headers['www-authenticate'], 'Bearer realm="sluice"');
+    // 401, not what the body would have earned: the body is never read without the token.
+    const noToken: Array<[string, string, string | Buffer]> = [
+      ['/visits', 'application/json', '{'],
+      ['/visits', 'application/json', JSON.stringify({ page_path: 'no-slash' })],
+      ['/visits', 'application/json', JSON.stringify({ page_path: `/${'x'.repeat(20_000)}` })], // over 16 KiB
+      ['/visits', 'application/xml', '<visit/>'],
+      ['/visits/batch', 'application/json', Buffer.alloc(9 << 20, '[')], // over 8 MiB
+      ['/visits/batch', 'application/json', JSON.stringify([{ page_path: '/auth' }])],
+    ];
+    for (const [url, type, payload] of noToken) {
+      const res = await secured.inject({ method: 'POST', url, headers: { 'content-type': type }, payload });
+      assert.equal(res.statusCode, 401, `${url} ${type} ${payload.length} bytes: ${res.body.slice(0, 200)}`);
+    }
+    const wrong = await secured.inject(json({ page_path: '/auth', visitor_id: 'a' }, { authorization: 'Bearer s3cret-not' }));
+    assert.equal(wrong.statusCode, 401);
     const ok = await secured.inject(json({ page_path: '/auth', visitor_id: 'a' }, { authorization: 'Bearer s3cret' }));
     assert.equal(ok.statusCode, 202);
+    // RFC 6750: the scheme is case-insensitive.
+    const lower = await secured.inject(json({ page_path: '/auth', visitor_id: 'a' }, { authorization: 'bearer s3cret' }));
+    assert.equal(lower.statusCode, 202);
+    assert.equal(await count("SELECT count(*) FROM visits WHERE page_path = '/auth'"), 2);
   } finally {
     await secured.close();
   }
+});
+
+test('RFC 3339 variants are read exactly; the invalid-request metric counts requests', async () => {
+  const at = new Date(Date.now() - 60_000);
+  at.setUTCMilliseconds(250);
+  // The same instant at +05:30, with a space for the T and 6 fractional digits.
+  const local = new Date(at.getTime() + 5.5 * 3_600_000).toISOString().replace('T', ' ').replace(/\.(\d{3})Z$/, '.$1999+05:30');
+  const res = await app.inject(json({ page_path: '/rfc3339', visitor_id: 'r', visited_at: local }));
+  assert.equal(res.statusCode, 202, res.body);
+  const { rows } = await db.pool.query("SELECT visited_at FROM visits WHERE page_path = '/rfc3339'");
+  assert.equal(rows[0].visited_at.getTime(), at.getTime());
+
+  const invalid = async () =>
+    (await invalidVisitRequests.get()).values.reduce((sum, v) => sum + v.value, 0);
+  const before = await invalid();
+  const bad = await app.inject({
+    method: 'POST',
+    url: '/visits/batch',
+    headers: { 'content-type': 'application/json' },
+    payload: JSON.stringify([{ page_path: 'a' }, { page_path: 'b' }, { page_path: 'c' }]),
+  });
+  assert.equal(bad.statusCode, 400);
+  assert.equal(await invalid(), before + 1, 'one request, whatever it held');
 });

@@ -1,6 +1,7 @@
 /**
- * The live view's numbers at a fixed instant (windows and their edges), the /live page's
- * headers, the SSE feed over a real socket, and /metrics.
+ * The live view's numbers at a fixed instant (windows and their edges), top pages without
+ * query strings, /live/snapshot served from the latest snapshot, the /live page's headers,
+ * the SSE feed over a real socket, and /metrics.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -12,6 +13,7 @@ import { LiveHub, type LiveSnapshot } from '../../src/pipelines/visits/live-view
 import { maintainVisits } from '../../src/pipelines/visits/maintenance.ts';
 import { applyAllVisitorBatches } from '../../src/pipelines/visits/visitor-applier.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
+import { holdLock, lockWaiters } from './db-faults.ts';
 
 let db: TestDb;
 let app: FastifyInstance;
@@ -63,6 +65,67 @@ test('a snapshot counts exactly what falls in its windows', async () => {
     { page_path: '/w/b', visits: 2 },
   ]);
   assert.deepEqual(s.recent.map((r) => r.visitor_id), ['w5', 'w4', 'w3', 'w1', 'w2', 'w1']);
+  hub.close();
+});
+
+test('top pages count a path without its query string or fragment; visits keep it whole', async () => {
+  const paths = ['/q/page?utm_id=1', '/q/page?utm_id=2', '/q/page#pricing', '/q/page', '/q/other?x=1#y'];
+  await post(paths.map((page_path, i) => ({ page_path, visitor_id: `q${i}` })));
+  const { rows } = await db.pool.query<{ page_path: string; visits: number }>(
+    "SELECT page_path, sum(visits)::int AS visits FROM page_minutes WHERE page_path LIKE '/q/%' GROUP BY page_path ORDER BY page_path",
+  );
+  assert.deepEqual(rows, [
+    { page_path: '/q/other', visits: 1 },
+    { page_path: '/q/page', visits: 4 },
+  ]);
+  const stored = await db.pool.query<{ page_path: string }>("SELECT page_path FROM visits WHERE page_path LIKE '/q/%' ORDER BY id");
+  assert.deepEqual(stored.rows.map((r) => r.page_path), paths);
+  const hub = new LiveHub(db.pool);
+  const s = await hub.snapshot();
+  assert.deepEqual(s.top_pages.find((p) => p.page_path.startsWith('/q/page')), { page_path: '/q/page', visits: 4 });
+  assert.equal(s.recent[0]!.page_path, '/q/other?x=1#y', 'the most recent visits show the path as sent');
+  hub.close();
+});
+
+test('GET /live/snapshot answers the latest snapshot: one read for many requests', async () => {
+  let checkouts = 0;
+  const count = () => checkouts++;
+  db.pool.on('acquire', count);
+  try {
+    const answers = await Promise.all(Array.from({ length: 40 }, () => app.inject({ method: 'GET', url: '/live/snapshot' })));
+    assert.deepEqual(new Set(answers.map((r) => r.statusCode)), new Set([200]));
+    const reads = new Set(answers.map((r) => (r.json() as LiveSnapshot).now));
+    // One read, two if the requests straddled a tick (the cache lasts one second).
+    assert.ok(reads.size <= 2, `${reads.size} snapshots read for 40 requests`);
+    assert.ok(checkouts <= 3, `${checkouts} pool checkouts for 40 requests`);
+  } finally {
+    db.pool.off('acquire', count);
+  }
+});
+
+test('a stuck database: the live view gives up its read (unavailable) instead of holding a pool client', async (t) => {
+  const lock = await holdLock(db.pool, 'visit_seconds');
+  t.after(() => lock.release());
+  const hub = new LiveHub(db.pool, { queryTimeoutMs: 200 });
+  await assert.rejects(hub.current(), (err: Error & { code?: string }) => err.code === 'unavailable');
+  assert.deepEqual(await lockWaiters(db.pool), [], 'PostgreSQL cancelled the read');
+  hub.close();
+});
+
+test('a visitor whose earlier visit was stamped in the future still counts as current', async () => {
+  await applyAllVisitorBatches(db.pool);
+  const hub = new LiveHub(db.pool);
+  // A fixed instant just ahead of the visits below, for both snapshots.
+  const at = new Date(Date.now() + 2000);
+  const before = await hub.snapshot(at);
+  // 4 minutes ahead: within the 5 minutes of clock skew accepted.
+  await post([{ page_path: '/future', visitor_id: 'fut', visited_at: new Date(Date.now() + 240_000).toISOString() }]);
+  await post([{ page_path: '/future', visitor_id: 'fut' }]);
+  await applyAllVisitorBatches(db.pool);
+  const after = await hub.snapshot(at);
+  assert.equal(after.current_visitors, before.current_visitors + 1);
+  const { rows } = await db.pool.query<{ ahead: boolean }>("SELECT last_seen_at > now() AS ahead FROM visitors WHERE id = 'fut'");
+  assert.equal(rows[0]!.ahead, false, 'last_seen_at is clamped to the receipt');
   hub.close();
 });
 
@@ -150,4 +213,11 @@ test('maintenance creates the next partitions and drops stale rows', async () =>
   assert.ok(rows[0].t, 'tomorrow has a partition');
   const stale = await db.pool.query("SELECT 1 FROM visitor_seconds WHERE second < now() - interval '15 minutes'");
   assert.equal(stale.rowCount, 0);
+});
+
+test('maintenance gives way to a held lock (5 s) instead of waiting behind it', async (t) => {
+  const lock = await holdLock(db.pool, 'visit_seconds');
+  t.after(() => lock.release());
+  await assert.rejects(maintainVisits(db.pool), (err: Error & { code?: string }) => err.code === '55P03'); // lock_not_available
+  assert.deepEqual(await lockWaiters(db.pool), [], 'no pool client left waiting');
 });

@@ -31,6 +31,39 @@ export async function copyVisits(client: Client, batch: readonly Visit[]): Promi
   await pipeline(Readable.from([w.finish()]), stream);
 }
 
+/**
+ * Opens a transaction that PostgreSQL ends after `timeoutMs` (transaction_timeout, PostgreSQL
+ * 17+): whatever it then waits for (a lock, the disk, the next statement), the server ends the
+ * session and rolls the transaction back, so a stuck flush holds neither locks nor a pool
+ * client past its deadline. One round trip: the value is a number computed here, never input.
+ */
+export async function beginWithin(client: Client, timeoutMs: number): Promise<void> {
+  await client.query(`BEGIN; SET LOCAL transaction_timeout = ${Math.max(1, Math.ceil(timeoutMs))}`);
+}
+
+/**
+ * Runs `fn` on one pool client inside a transaction opened by `begin` (BEGIN with SET LOCAL
+ * limits, built from numbers in this module only: the pool's other users keep their settings).
+ * For the live view's reads and the housekeeping: a lock held for ever must not hold a pool
+ * client for ever, nor the shutdown that waits for the pool.
+ */
+async function inTransaction<T>(pool: Pool, begin: string, fn: (client: Client) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  try {
+    await client.query(begin);
+    const result = await fn(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (err) {
+    // A client whose ROLLBACK fails has lost its connection: it must not go back to the pool.
+    await client.query('ROLLBACK').catch(() => (broken = err as Error));
+    throw err;
+  } finally {
+    client.release(broken);
+  }
+}
+
 /** Creates the partition of a UTC day (YYYY-MM-DD) if missing; safe to call concurrently. */
 export async function ensurePartition(db: Queryable, day: string): Promise<void> {
   await db.query('SELECT visits_ensure_partition($1::date)', [day]);
@@ -167,43 +200,54 @@ export interface LiveRow {
  * The live view in one statement. It reads the rollup rows of the windows (one per key
  * once compacted, plus the rows appended since the last compaction) and the newest
  * RECENT_PER_FLUSH rows of recent_visits (each flush appends its own newest that many, so
- * those are the newest of all processes): its cost does not grow with traffic.
+ * those are the newest of all processes): its cost does not grow with traffic (top pages
+ * grow with the distinct pages of the window, query strings left out: rollup.ts, pageOf).
  * `now` bounds every window so that all processes agree on what "the last 5 minutes" is.
+ * PostgreSQL cancels it after `timeoutMs` (statement_timeout), e.g. behind a stuck lock.
  */
-export async function liveSnapshot(db: Queryable, now: Date, windowSeconds: number, topPages: number): Promise<LiveRow> {
+export async function liveSnapshot(pool: Pool, now: Date, windowSeconds: number, topPages: number, timeoutMs: number): Promise<LiveRow> {
   const dayStart = new Date(Math.floor(now.getTime() / 86_400_000) * 86_400_000);
   // Pages are counted per minute: take every minute that overlaps the window.
   const firstMinute = new Date(Math.floor((now.getTime() - windowSeconds * 1000) / 60_000) * 60_000);
-  const { rows } = await db.query<LiveRow>(
-    `SELECT
-       (SELECT coalesce(json_agg(json_build_array(s, v) ORDER BY s), '[]')
-          FROM (SELECT extract(epoch FROM second)::bigint AS s, sum(visits)::bigint AS v
-                  FROM visit_seconds
-                 WHERE second > $1::timestamptz - make_interval(secs => $2 + 1) AND second <= $1::timestamptz
-                 GROUP BY second) t) AS per_second,
-       (SELECT coalesce(sum(visitors), 0)::bigint
-          FROM visitor_seconds
-         WHERE second > $1::timestamptz - make_interval(secs => $2) AND second <= $1::timestamptz) AS current_visitors,
-       (SELECT coalesce(sum(visits), 0)::bigint
-          FROM visit_minutes WHERE minute >= $3::timestamptz AND minute <= $1::timestamptz) AS visits_today,
-       (SELECT coalesce(json_agg(json_build_object('page_path', page_path, 'visits', visits) ORDER BY visits DESC, page_path), '[]')
-          FROM (SELECT page_path, sum(visits)::bigint AS visits
-                  FROM page_minutes
-                 WHERE minute >= $5::timestamptz AND minute <= $1::timestamptz
-                 GROUP BY page_path ORDER BY visits DESC, page_path LIMIT $4) t) AS top_pages,
-       (SELECT coalesce(json_agg(json_build_object('visited_at', visited_at, 'visitor_id', visitor_id,
-                                                   'page_path', page_path, 'received_at', received_at) ORDER BY received_at DESC, id DESC), '[]')
-          FROM (SELECT id, visited_at, visitor_id, page_path, received_at FROM recent_visits
-                 ORDER BY received_at DESC, id DESC LIMIT $6) t) AS recent,
-       (SELECT json_build_object('visits', coalesce(sum(visits), 0),
-                                 'avg_ms', round(sum(lag_ms_sum)::numeric / nullif(sum(visits), 0)),
-                                 'max_ms', max(lag_ms_max))
-          FROM visit_lag_seconds
-         WHERE second > $1::timestamptz - interval '60 seconds') AS lag`,
-    [now.toISOString(), windowSeconds, dayStart.toISOString(), topPages, firstMinute.toISOString(), RECENT_PER_FLUSH],
+  const begin = `BEGIN READ ONLY; SET LOCAL statement_timeout = ${Math.max(1, Math.ceil(timeoutMs))}`;
+  const { rows } = await inTransaction(pool, begin, (client) =>
+    client.query<LiveRow>(
+      `SELECT
+         (SELECT coalesce(json_agg(json_build_array(s, v) ORDER BY s), '[]')
+            FROM (SELECT extract(epoch FROM second)::bigint AS s, sum(visits)::bigint AS v
+                    FROM visit_seconds
+                   WHERE second > $1::timestamptz - make_interval(secs => $2 + 1) AND second <= $1::timestamptz
+                   GROUP BY second) t) AS per_second,
+         (SELECT coalesce(sum(visitors), 0)::bigint
+            FROM visitor_seconds
+           WHERE second > $1::timestamptz - make_interval(secs => $2) AND second <= $1::timestamptz) AS current_visitors,
+         (SELECT coalesce(sum(visits), 0)::bigint
+            FROM visit_minutes WHERE minute >= $3::timestamptz AND minute <= $1::timestamptz) AS visits_today,
+         (SELECT coalesce(json_agg(json_build_object('page_path', page_path, 'visits', visits) ORDER BY visits DESC, page_path), '[]')
+            FROM (SELECT page_path, sum(visits)::bigint AS visits
+                    FROM page_minutes
+                   WHERE minute >= $5::timestamptz AND minute <= $1::timestamptz
+                   GROUP BY page_path ORDER BY visits DESC, page_path LIMIT $4) t) AS top_pages,
+         (SELECT coalesce(json_agg(json_build_object('visited_at', visited_at, 'visitor_id', visitor_id,
+                                                     'page_path', page_path, 'received_at', received_at) ORDER BY received_at DESC, id DESC), '[]')
+            FROM (SELECT id, visited_at, visitor_id, page_path, received_at FROM recent_visits
+                   ORDER BY received_at DESC, id DESC LIMIT $6) t) AS recent,
+         (SELECT json_build_object('visits', coalesce(sum(visits), 0),
+                                   'avg_ms', round(sum(lag_ms_sum)::numeric / nullif(sum(visits), 0)),
+                                   'max_ms', max(lag_ms_max))
+            FROM visit_lag_seconds
+           WHERE second > $1::timestamptz - interval '60 seconds') AS lag`,
+      [now.toISOString(), windowSeconds, dayStart.toISOString(), topPages, firstMinute.toISOString(), RECENT_PER_FLUSH],
+    ),
   );
   return rows[0]!;
 }
+
+/**
+ * Housekeeping gives way to a lock rather than waiting behind it (lock_timeout): the pass is
+ * retried at the next one (15 s), and a shutdown does not wait for a lock held for ever.
+ */
+const HOUSEKEEPING_BEGIN = 'BEGIN; SET LOCAL lock_timeout = 5000';
 
 /**
  * How each rollup table is compacted: its key columns and how its value columns merge.
@@ -229,17 +273,13 @@ const COMPACT: Array<{ table: string; time: string; keys: string; values: string
  * the keys that have more than one, in one transaction. Rows appended meanwhile are not in
  * the statements' snapshot and stay as they are, so no count is lost or doubled; an
  * advisory lock keeps a second process from compacting at the same time (it skips instead
- * of waiting). Returns false when another process held the lock.
+ * of waiting). Returns false when another process held the lock. Fails after waiting 5 s for
+ * a table lock (HOUSEKEEPING_BEGIN).
  */
 export async function compactRollups(pool: Pool, from: Date, to: Date): Promise<boolean> {
-  const client = await pool.connect();
-  try {
-    await client.query('BEGIN');
+  return inTransaction(pool, HOUSEKEEPING_BEGIN, async (client) => {
     const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_xact_lock(7301021) AS locked');
-    if (!rows[0]!.locked) {
-      await client.query('ROLLBACK');
-      return false;
-    }
+    if (!rows[0]!.locked) return false;
     for (const c of COMPACT) {
       const keyMatch = c.keys
         .split(', ')
@@ -257,14 +297,8 @@ export async function compactRollups(pool: Pool, from: Date, to: Date): Promise<
         [from.toISOString(), to.toISOString()],
       );
     }
-    await client.query('COMMIT');
     return true;
-  } catch (err) {
-    await client.query('ROLLBACK').catch(() => {});
-    throw err;
-  } finally {
-    client.release();
-  }
+  });
 }
 
 /**
@@ -273,16 +307,18 @@ export async function compactRollups(pool: Pool, from: Date, to: Date): Promise<
  * day; page_minutes a week; recent_visits its newest 1,000 rows. visits and visit_minutes
  * are kept.
  */
-export async function deleteOldRollups(db: Queryable, now: Date): Promise<number> {
-  const { rows } = await db.query<{ n: number }>(
-    `WITH a AS (DELETE FROM visitor_seconds WHERE second < $1::timestamptz - interval '15 minutes' RETURNING 1),
-          b AS (DELETE FROM visit_seconds WHERE second < $1::timestamptz - interval '1 day' RETURNING 1),
-          c AS (DELETE FROM visit_lag_seconds WHERE second < $1::timestamptz - interval '1 day' RETURNING 1),
-          d AS (DELETE FROM page_minutes WHERE minute < $1::timestamptz - interval '7 days' RETURNING 1),
-          e AS (DELETE FROM recent_visits WHERE id <= (SELECT max(id) FROM recent_visits) - 1000 RETURNING 1)
-     SELECT ((SELECT count(*) FROM a) + (SELECT count(*) FROM b) + (SELECT count(*) FROM c) + (SELECT count(*) FROM d)
-             + (SELECT count(*) FROM e))::bigint AS n`,
-    [now.toISOString()],
+export async function deleteOldRollups(pool: Pool, now: Date): Promise<number> {
+  const { rows } = await inTransaction(pool, HOUSEKEEPING_BEGIN, (client) =>
+    client.query<{ n: number }>(
+      `WITH a AS (DELETE FROM visitor_seconds WHERE second < $1::timestamptz - interval '15 minutes' RETURNING 1),
+            b AS (DELETE FROM visit_seconds WHERE second < $1::timestamptz - interval '1 day' RETURNING 1),
+            c AS (DELETE FROM visit_lag_seconds WHERE second < $1::timestamptz - interval '1 day' RETURNING 1),
+            d AS (DELETE FROM page_minutes WHERE minute < $1::timestamptz - interval '7 days' RETURNING 1),
+            e AS (DELETE FROM recent_visits WHERE id <= (SELECT max(id) FROM recent_visits) - 1000 RETURNING 1)
+       SELECT ((SELECT count(*) FROM a) + (SELECT count(*) FROM b) + (SELECT count(*) FROM c) + (SELECT count(*) FROM d)
+               + (SELECT count(*) FROM e))::bigint AS n`,
+      [now.toISOString()],
+    ),
   );
   return rows[0]!.n;
 }

@@ -1,7 +1,7 @@
 /**
  * The live page: GET /live (static HTML, src/web/live.html), GET /live/stream (Server-Sent
- * Events, one snapshot a second, pushed) and GET /live/snapshot (the same snapshot as JSON,
- * for scripts and tests). Read-only, so open like /healthz.
+ * Events, one snapshot a second, pushed) and GET /live/snapshot (the latest snapshot as JSON,
+ * at most a second old, for scripts and tests). Read-only, so open like /healthz.
  */
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -33,7 +33,8 @@ export function liveRoutes(app: FastifyInstance, ctx: AppContext, options: LiveR
 
     scope.get('/live', async (_req, reply) => sendStaticPage(reply, page));
 
-    scope.get('/live/snapshot', async () => hub.snapshot());
+    // The hub's latest snapshot, not a query per request (see LiveHub.current).
+    scope.get('/live/snapshot', async () => hub.current());
 
     scope.get('/live/stream', async (req, reply) => {
       if (hub.size >= maxStreams) throw new HttpError(503, 'unavailable', 'too many live viewers on this instance');

@@ -6,16 +6,16 @@
  * Visitor cookie: a visit without visitor_id belongs to the visitor of the `sluice_visitor`
  * cookie, which is minted (a random UUID, like the original app's session id) when absent.
  */
-import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { intEnv } from '../../config.ts';
-import { SluiceError } from '../../core/errors.ts';
+import { InvalidInputError } from '../../core/errors.ts';
 import { IngestBuffer, type IngestOptions } from '../../pipelines/visits/ingest-buffer.ts';
-import { visitsRejected } from '../../pipelines/visits/metrics.ts';
+import { invalidVisitRequests } from '../../pipelines/visits/metrics.ts';
 import { VisitorApplier } from '../../pipelines/visits/visitor-applier.ts';
 import { parseBatch, parseBatchText, parseVisit, type Visit } from '../../pipelines/visits/visit.ts';
+import { requireApiToken } from '../auth.ts';
 import type { AppContext } from '../context.ts';
-import { HttpError } from '../errors.ts';
 
 export const VISITOR_COOKIE = 'sluice_visitor';
 const COOKIE_VALUE = /^[A-Za-z0-9-]{1,128}$/;
@@ -36,8 +36,13 @@ export function visitsRoutes(app: FastifyInstance, ctx: AppContext, options: Vis
   const batchBytes = options.batchBytes ?? intEnv('SLUICE_VISITS_BATCH_BYTES', 8 << 20);
   const visitBytes = options.visitBytes ?? 16 << 10;
 
-  // Encapsulated: the NDJSON parser and the close hook stay out of other features' routes.
+  // Encapsulated: the token hook, the body parsers and the close hook stay out of other
+  // features' routes.
   app.register(async (scope) => {
+    // onRequest rather than in the handler: a request without the token is refused (401)
+    // before its body is read, so neither its size (413), its type (415) nor its content
+    // (400) is looked at, and an 8 MiB body is never parsed for an anonymous client.
+    scope.addHook('onRequest', requireApiToken(ctx));
     const applier = new VisitorApplier(ctx.pool);
     const buffer = new IngestBuffer(ctx.pool, { ...options.ingest, onFlushed: () => applier.poke() });
     // Runs after the server stopped accepting requests: everything received gets flushed,
@@ -47,21 +52,25 @@ export function visitsRoutes(app: FastifyInstance, ctx: AppContext, options: Vis
       await applier.close();
     });
 
-    // NDJSON, and text/plain (what navigator.sendBeacon sends), arrive as text; a JSON
-    // string literal sent as application/json must not be mistaken for them.
+    // Bodies are taken as bytes and decoded in the handler as strict UTF-8: a decoder that
+    // replaces invalid bytes with U+FFFD (what Fastify's parsers do) would store something
+    // else than was sent, and make distinct ids equal. NDJSON, and text/plain (what
+    // navigator.sendBeacon sends), are text; a JSON string literal sent as application/json
+    // must not be mistaken for them.
+    scope.removeContentTypeParser('application/json');
+    scope.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body, done) => done(null, new RawBody(body as Buffer, true)));
     for (const type of ['application/x-ndjson', 'application/ndjson', 'application/jsonl', 'text/plain']) {
-      scope.addContentTypeParser(type, { parseAs: 'string' }, (_req, body, done) => done(null, new TextBody(String(body))));
+      scope.addContentTypeParser(type, { parseAs: 'buffer' }, (_req, body, done) => done(null, new RawBody(body as Buffer, false)));
     }
 
     scope.post('/visits', { bodyLimit: visitBytes }, async (req, reply) => {
-      requireToken(ctx, req);
       const receivedAt = Date.now();
       const visitor = cookieVisitor(req, reply);
       let visit: Visit;
       try {
-        visit = parseVisit(req.body instanceof TextBody ? parseJsonText(req.body.text) : req.body, receivedAt, visitor);
+        visit = parseVisit(parseJson(bodyText(req.body)), receivedAt, visitor);
       } catch (err) {
-        visitsRejected.inc({ reason: 'invalid' });
+        invalidVisitRequests.inc();
         throw err;
       }
       await buffer.add([visit]);
@@ -69,14 +78,16 @@ export function visitsRoutes(app: FastifyInstance, ctx: AppContext, options: Vis
     });
 
     scope.post('/visits/batch', { bodyLimit: batchBytes }, async (req, reply) => {
-      requireToken(ctx, req);
       const receivedAt = Date.now();
       const visitor = cookieVisitor(req, reply);
       let visits: Visit[];
       try {
-        visits = req.body instanceof TextBody ? parseBatchText(req.body.text, receivedAt, visitor, batchMax) : parseBatch(req.body, receivedAt, visitor, batchMax);
+        const text = bodyText(req.body);
+        visits = (req.body as RawBody).json
+          ? parseBatch(parseJson(text), receivedAt, visitor, batchMax)
+          : parseBatchText(text, receivedAt, visitor, batchMax);
       } catch (err) {
-        visitsRejected.inc({ reason: 'invalid' });
+        invalidVisitRequests.inc();
         throw err;
       }
       await buffer.add(visits);
@@ -85,19 +96,38 @@ export function visitsRoutes(app: FastifyInstance, ctx: AppContext, options: Vis
   });
 }
 
-/** A body that arrived as text (NDJSON, text/plain), as opposed to parsed JSON. */
-class TextBody {
-  readonly text: string;
-  constructor(text: string) {
-    this.text = text;
+/** A body as received: its bytes, and whether it was sent as application/json (else NDJSON or text). */
+class RawBody {
+  readonly bytes: Buffer;
+  readonly json: boolean;
+  constructor(bytes: Buffer, json: boolean) {
+    this.bytes = bytes;
+    this.json = json;
   }
 }
 
-function parseJsonText(text: string): unknown {
+// fatal: invalid UTF-8 throws instead of becoming U+FFFD (RFC 8259 section 8.1: JSON is UTF-8).
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** The body's text; a request without a body (no content type) has none. */
+function bodyText(body: unknown): string {
+  if (!(body instanceof RawBody)) throw new InvalidInputError('the body is missing (send application/json, NDJSON or text/plain)');
+  try {
+    return UTF8.decode(body.bytes);
+  } catch (err) {
+    throw new InvalidInputError('the body is not valid UTF-8', { cause: err });
+  }
+}
+
+/**
+ * JSON.parse is enough: visits are checked field by field (an unknown key such as
+ * "__proto__" is refused) and never merged into other objects.
+ */
+function parseJson(text: string): unknown {
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw new HttpError(400, 'invalid_input', `the body is not valid JSON: ${(err as Error).message}`);
+    throw new InvalidInputError(`the body is not valid JSON: ${(err as Error).message}`, { cause: err });
   }
 }
 
@@ -127,14 +157,4 @@ export function readCookie(header: string | undefined, name: string): string | u
     if (part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1');
   }
   return undefined;
-}
-
-/** With SLUICE_API_TOKEN set, writes need `Authorization: Bearer <token>`. */
-function requireToken(ctx: AppContext, req: FastifyRequest): void {
-  if (!ctx.apiToken) return;
-  const given = Buffer.from(req.headers.authorization ?? '');
-  const wanted = Buffer.from(`Bearer ${ctx.apiToken}`);
-  if (given.length !== wanted.length || !timingSafeEqual(given, wanted)) {
-    throw new SluiceError('unauthorized', 'missing or wrong API token (Authorization: Bearer ...)');
-  }
 }

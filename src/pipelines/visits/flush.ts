@@ -3,31 +3,61 @@
  * visits, append the batch's counts to the rollups and queue its visitor updates, COMMIT;
  * only then may the requests be acknowledged. The rollups are in the same transaction, so
  * whatever crashes, they equal the visits stored.
+ *
+ * A flush has a deadline (its oldest request's arrival plus the ingest timeout): past it, the
+ * flush gives up and its requests get 503. PostgreSQL enforces it too (transaction_timeout),
+ * so a transaction stuck behind a lock is rolled back at the deadline instead of holding a
+ * pool client, and with it a shutdown, for as long as the lock is held.
  */
 import { setTimeout as delay } from 'node:timers/promises';
-import type { Pool } from '../../db/pool.ts';
-import { addLag, appendRollups, copyVisits, ensurePartition } from '../../db/sql/visits.ts';
+import { SluiceError } from '../../core/errors.ts';
+import type { Client, Pool } from '../../db/pool.ts';
+import { addLag, appendRollups, beginWithin, copyVisits, ensurePartition } from '../../db/sql/visits.ts';
 import { flushBatchSize, flushDuration, ingestLag } from './metrics.ts';
 import { rollup } from './rollup.ts';
 import type { Visit } from './visit.ts';
+
+type RetryAction = 'now' | 'backoff' | 'partition';
 
 /**
  * What to do with a failed attempt, by SQLSTATE / errno (graphile-worker's table): a
  * serialisation failure is retried at once, a lost connection or a server restarting after
  * a short backoff, a missing partition after creating it.
  */
-const RETRY: Record<string, 'now' | 'backoff' | 'partition'> = {
+const RETRY: Record<string, RetryAction> = {
   '40P01': 'now', // deadlock_detected (not expected: the flush takes no shared row locks)
   '40001': 'now', // serialization_failure
   '23514': 'partition', // check_violation: "no partition of relation visits found for row"
-  '57P01': 'backoff', // admin_shutdown
+  '57P01': 'backoff', // admin_shutdown (also pg_terminate_backend)
   '57P03': 'backoff', // cannot_connect_now
   '08006': 'backoff', // connection_failure
   '08003': 'backoff', // connection_does_not_exist
   ECONNRESET: 'backoff',
   ECONNREFUSED: 'backoff',
+  ETIMEDOUT: 'backoff',
   EPIPE: 'backoff',
 };
+
+/**
+ * node-pg reports a connection that went away without a word from the server (closed by a
+ * proxy, a load balancer or the network) with a plain Error that has no `code`, so the table
+ * above cannot match it: these are its messages (pg/lib/client.js).
+ */
+const LOST_CONNECTION = /^(Connection terminated|Client has encountered a connection error|Client was closed)/;
+
+/** The retry action for a failed attempt, or undefined when retrying cannot help. */
+export function retryAction(err: unknown): RetryAction | undefined {
+  const code = errCode(err);
+  if (code) return Object.hasOwn(RETRY, code) ? RETRY[code] : undefined;
+  return err instanceof Error && LOST_CONNECTION.test(err.message) ? 'backoff' : undefined;
+}
+
+/** The flush did not commit before its deadline; its requests get 503. */
+export class FlushDeadlineError extends SluiceError {
+  constructor(options?: { cause?: unknown }) {
+    super('unavailable', 'the flush did not commit before its deadline', options);
+  }
+}
 
 const MAX_ATTEMPTS = 4;
 
@@ -41,38 +71,54 @@ export class VisitFlusher {
   }
 
   /**
-   * Commits `batch`, then calls `onCommit(committedAt)` (which acknowledges the requests)
-   * before recording the lag. Throws when the batch could not be stored; an error after
-   * COMMIT was sent is never retried, since the commit may have happened.
+   * Commits `batch` before `deadline` (epoch ms), then calls `onCommit(committedAt)` (which
+   * acknowledges the requests) before recording the lag. Throws when the batch could not be
+   * stored (FlushDeadlineError when time ran out); an error after COMMIT was sent is never
+   * retried, since the commit may have happened.
    */
-  async flush(batch: readonly Visit[], onCommit: (committedAt: number) => void): Promise<void> {
+  async flush(batch: readonly Visit[], onCommit: (committedAt: number) => void, deadline: number): Promise<void> {
     const started = performance.now();
     const r = rollup(batch);
+    // Milliseconds left before the deadline; throws once there are none.
+    const left = (cause?: unknown): number => {
+      const ms = deadline - Date.now();
+      if (ms <= 0) throw new FlushDeadlineError({ cause });
+      return ms;
+    };
+    let lastError: unknown;
     for (let attempt = 1; ; attempt++) {
       let committing = false;
       try {
-        await this.ensurePartitions(r.days);
-        const client = await this.pool.connect();
-        let broken: Error | undefined;
+        left(lastError);
+        const client = await connectBy(this.pool, deadline);
         try {
-          await client.query('BEGIN');
+          await this.ensurePartitions(client, r.days, left);
+          await beginWithin(client, left());
           await copyVisits(client, batch);
           await appendRollups(client, r);
           committing = true;
           await client.query('COMMIT');
         } catch (err) {
-          broken = err as Error;
-          if (!committing) await client.query('ROLLBACK').catch(() => {});
+          // A client whose connection failed (its ROLLBACK fails too), or whose COMMIT failed,
+          // must not go back to the pool.
+          const usable = !committing && (await client.query('ROLLBACK').then(() => true, () => false));
+          client.release(usable ? undefined : (err as Error));
           throw err;
-        } finally {
-          // A client whose connection failed must not go back to the pool.
-          client.release(broken && isConnectionError(broken) ? broken : undefined);
         }
+        client.release();
       } catch (err) {
-        const action = RETRY[errCode(err)];
-        if (committing || !action || attempt >= MAX_ATTEMPTS) throw err;
+        if (committing || err instanceof FlushDeadlineError) throw err;
+        // 25P04: PostgreSQL ended the transaction at the deadline (transaction_timeout).
+        if (errCode(err) === '25P04' || Date.now() >= deadline) throw new FlushDeadlineError({ cause: err });
+        const action = retryAction(err);
+        if (!action || attempt >= MAX_ATTEMPTS) throw err;
+        lastError = err;
         if (action === 'partition') this.partitions.clear();
-        if (action === 'backoff') await delay(50 * 2 ** attempt);
+        if (action === 'backoff') {
+          const wait = 50 * 2 ** attempt;
+          if (wait >= left(err)) throw new FlushDeadlineError({ cause: err });
+          await delay(wait);
+        }
         continue;
       }
       const committedAt = Date.now();
@@ -84,10 +130,17 @@ export class VisitFlusher {
     }
   }
 
-  private async ensurePartitions(days: readonly string[]): Promise<void> {
+  /**
+   * Creates the partitions the batch needs, on the flush's connection, each in its own short
+   * transaction bounded by the deadline (a partition must not be created inside the flush's
+   * transaction, which would hold its lock on `visits` until the COMMIT).
+   */
+  private async ensurePartitions(client: Client, days: readonly string[], left: () => number): Promise<void> {
     for (const day of days) {
       if (this.partitions.has(day)) continue;
-      await ensurePartition(this.pool, day);
+      await beginWithin(client, left());
+      await ensurePartition(client, day);
+      await client.query('COMMIT');
       this.partitions.add(day);
     }
   }
@@ -118,11 +171,26 @@ export class VisitFlusher {
   }
 }
 
-function errCode(err: unknown): string {
-  return String((err as { code?: unknown }).code ?? '');
+/**
+ * pool.connect(), given up at `deadline`: with a stuck database the pool's clients may all be
+ * busy. A client that arrives after the deadline goes straight back to the pool.
+ */
+async function connectBy(pool: Pool, deadline: number): Promise<Client> {
+  const pending = pool.connect();
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new FlushDeadlineError()), deadline - Date.now());
+  });
+  try {
+    return await Promise.race([pending, expired]);
+  } catch (err) {
+    pending.then((c) => c.release(), () => {});
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
-function isConnectionError(err: Error): boolean {
-  const code = errCode(err);
-  return code.startsWith('08') || code.startsWith('57P') || code.startsWith('E') || /terminat|connection/i.test(err.message);
+function errCode(err: unknown): string {
+  return String((err as { code?: unknown } | null)?.code ?? '');
 }

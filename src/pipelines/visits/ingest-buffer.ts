@@ -8,11 +8,15 @@
  * at once when `maxBatch` visits wait, as long as fewer than `concurrency` flushes of this
  * process are running. Flushes take no row locks from each other (see
  * src/db/sql/visits.ts), so a second one can COPY while the first waits for its fsync.
+ *
+ * Deadline: a request waits at most `timeoutMs` from its arrival, queued or flushing. A flush
+ * ends by the deadline of its oldest request (see flush.ts), so a stuck database turns into
+ * 503s, never into requests or a shutdown that hang.
  */
 import { SluiceError } from '../../core/errors.ts';
 import { intEnv } from '../../config.ts';
 import type { Pool } from '../../db/pool.ts';
-import { VisitFlusher } from './flush.ts';
+import { FlushDeadlineError, VisitFlusher } from './flush.ts';
 import { countCommitted, pendingVisits, visitsRejected } from './metrics.ts';
 import type { Visit } from './visit.ts';
 
@@ -25,6 +29,11 @@ export interface IngestOptions {
   maxPending?: number;
   /** Flushes running at once (default SLUICE_VISITS_FLUSHES or 2). */
   concurrency?: number;
+  /**
+   * Longest wait of a request for its visits to commit, from its arrival (default
+   * SLUICE_VISITS_TIMEOUT_MS or 5,000 ms); then it gets 503 and its flush is rolled back.
+   */
+  timeoutMs?: number;
   /** Called after each committed flush (the visitor applier listens). */
   onFlushed?: () => void;
 }
@@ -42,6 +51,7 @@ export class IngestBuffer {
   private readonly maxBatch: number;
   private readonly maxPending: number;
   private readonly concurrency: number;
+  private readonly timeoutMs: number;
   private readonly onFlushed: () => void;
   private queue: Entry[] = [];
   private queued = 0;
@@ -55,6 +65,7 @@ export class IngestBuffer {
     this.maxBatch = options.maxBatch ?? 20_000;
     this.maxPending = options.maxPending ?? intEnv('SLUICE_VISITS_MAX_PENDING', 200_000);
     this.concurrency = Math.max(1, options.concurrency ?? intEnv('SLUICE_VISITS_FLUSHES', 2));
+    this.timeoutMs = options.timeoutMs ?? intEnv('SLUICE_VISITS_TIMEOUT_MS', 5000);
     this.onFlushed = options.onFlushed ?? (() => {});
   }
 
@@ -82,7 +93,10 @@ export class IngestBuffer {
     return done;
   }
 
-  /** Stops taking visits and flushes every waiting one (call on shutdown). */
+  /**
+   * Stops taking visits and flushes every waiting one (call on shutdown). Each flush ends by
+   * its deadline, so this returns within about the timeout even if the database is stuck.
+   */
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
@@ -135,16 +149,24 @@ export class IngestBuffer {
 
   private async flushEntries(entries: Entry[], batch: Visit[]): Promise<void> {
     try {
-      await this.flusher.flush(batch, (committedAt) => {
-        countCommitted(batch.length, committedAt);
-        for (const e of entries) e.resolve();
-      });
+      // The oldest request (the first: the queue is in arrival order) sets the deadline.
+      const deadline = entries[0]!.at + this.timeoutMs;
+      await this.flusher.flush(
+        batch,
+        (committedAt) => {
+          countCommitted(batch.length, committedAt);
+          for (const e of entries) e.resolve();
+        },
+        deadline,
+      );
       this.onFlushed();
     } catch (err) {
       visitsRejected.inc({ reason: 'failed' }, batch.length);
-      const failure = new SluiceError('unavailable', 'the visits could not be stored (database unavailable); nothing was acknowledged, retry', {
-        cause: err,
-      });
+      const why =
+        err instanceof FlushDeadlineError
+          ? `were not stored within ${this.timeoutMs} ms (the database is unavailable or too slow)`
+          : 'could not be stored (the database is unavailable)';
+      const failure = new SluiceError('unavailable', `the visits ${why}; nothing was acknowledged, retry`, { cause: err });
       for (const e of entries) e.reject(failure);
     }
   }

@@ -1,10 +1,13 @@
 /**
  * The live view: once a second (only while someone watches) this process reads one
- * snapshot from the rollups and pushes it to every subscriber of /live/stream. The cost
- * is one small query per process per second, independent of traffic and of the number of
- * viewers; every process reads the same committed rollups, so all of them show the same
- * numbers however the load balancer spreads visits and viewers.
+ * snapshot from the rollups and pushes it to every subscriber of /live/stream. GET
+ * /live/snapshot answers the same latest snapshot, reading a new one only when it is more
+ * than a tick old (one read shared by every request that waits for it). The cost is at most
+ * one small query per process per second, independent of traffic and of the number of
+ * viewers or requests; every process reads the same committed rollups, so all of them show
+ * the same numbers however the load balancer spreads visits and viewers.
  */
+import { SluiceError } from '../../core/errors.ts';
 import type { Pool } from '../../db/pool.ts';
 import { liveSnapshot, type LiveRow } from '../../db/sql/visits.ts';
 import { liveSubscribers } from './metrics.ts';
@@ -50,6 +53,8 @@ export interface LiveHubOptions {
    */
   offsetMs?: number;
   topPages?: number;
+  /** PostgreSQL cancels a snapshot read after this many ms (default 5,000), e.g. behind a stuck lock. */
+  queryTimeoutMs?: number;
 }
 
 export class LiveHub {
@@ -57,9 +62,14 @@ export class LiveHub {
   private readonly tickMs: number;
   private readonly offsetMs: number;
   private readonly topPages: number;
+  private readonly queryTimeoutMs: number;
   private readonly subscribers = new Set<Subscriber>();
   private timer: NodeJS.Timeout | undefined;
-  private reading = false;
+  /** The read in progress, shared by the ticker and every GET /live/snapshot meanwhile. */
+  private reading: Promise<LiveSnapshot> | undefined;
+  /** The latest snapshot read and when (Date.now()). */
+  private fresh: { snapshot: LiveSnapshot; at: number } | undefined;
+  private ticking = false;
   private closed = false;
   /** The last pushed message, sent at once to a new subscriber. */
   latest: string | undefined;
@@ -69,6 +79,7 @@ export class LiveHub {
     this.tickMs = options.tickMs ?? 1000;
     this.offsetMs = options.offsetMs ?? 250;
     this.topPages = options.topPages ?? 10;
+    this.queryTimeoutMs = options.queryTimeoutMs ?? 5000;
   }
 
   get size(): number {
@@ -99,10 +110,25 @@ export class LiveHub {
     };
   }
 
-  /** Reads a snapshot now (also what GET /live/snapshot answers). */
+  /**
+   * What GET /live/snapshot answers: the latest snapshot while it is less than a tick old,
+   * else the one being read, else a new read. However many requests come, this process
+   * queries at most once per tick (a query per request let anonymous readers load the pool
+   * the flushes use). Throws `unavailable` when the database cannot be read.
+   */
+  async current(): Promise<LiveSnapshot> {
+    if (this.fresh && Date.now() - this.fresh.at < this.tickMs) return this.fresh.snapshot;
+    try {
+      return await this.read();
+    } catch (err) {
+      throw new SluiceError('unavailable', 'the live view cannot read the database', { cause: err });
+    }
+  }
+
+  /** Reads a snapshot for the instant `now` (tests; the server goes through current() and the ticker). */
   async snapshot(now = new Date()): Promise<LiveSnapshot> {
     const started = performance.now();
-    const row = await liveSnapshot(this.pool, now, WINDOW_SECONDS, this.topPages);
+    const row = await liveSnapshot(this.pool, now, WINDOW_SECONDS, this.topPages, this.queryTimeoutMs);
     const seriesEnd = Math.floor(now.getTime() / 1000) - 1;
     const first = seriesEnd - WINDOW_SECONDS + 1;
     const perSecond = new Array<number>(WINDOW_SECONDS).fill(0);
@@ -149,18 +175,32 @@ export class LiveHub {
     this.timer = undefined;
   }
 
+  /** One read at a time: a slow database must not pile up queries. */
+  private read(): Promise<LiveSnapshot> {
+    this.reading ??= this.snapshot()
+      .then((snapshot) => {
+        this.fresh = { snapshot, at: Date.now() };
+        return snapshot;
+      })
+      .finally(() => {
+        this.reading = undefined;
+      });
+    return this.reading;
+  }
+
   private async tick(): Promise<void> {
-    // A slow database must not pile up queries: skip the tick, the next one catches up.
-    if (this.reading) return;
-    this.reading = true;
+    // A slow database must not pile up reads or pushes: while the previous tick still waits,
+    // skip this one. A read a GET /live/snapshot started is shared, not doubled.
+    if (this.ticking) return;
+    this.ticking = true;
     let message: string;
     try {
-      message = JSON.stringify(await this.snapshot());
+      message = JSON.stringify(await this.read());
       this.latest = message;
     } catch {
       message = JSON.stringify({ error: { code: 'unavailable', message: 'the live view cannot read the database' } });
     } finally {
-      this.reading = false;
+      this.ticking = false;
     }
     if (this.closed) return;
     for (const sub of this.subscribers) sub.send(message);

@@ -10,8 +10,16 @@ export const visitsIngested = new client.Counter({
 
 export const visitsRejected = new client.Counter({
   name: 'sluice_visits_rejected_total',
-  help: 'Visits refused, by reason: invalid (400), overloaded (503, buffer full), failed (503, flush failed), closing (503)',
+  help: 'Valid visits refused with 503, by reason: overloaded (buffer full), failed (flush failed or missed its deadline), closing (shutting down)',
   labelNames: ['reason'] as const,
+  registers: [registry],
+});
+
+// Requests, not visits: a body that cannot be read has no visit count. (Counted as
+// sluice_visits_rejected_total{reason="invalid"} before, which summed requests with visits.)
+export const invalidVisitRequests = new client.Counter({
+  name: 'sluice_visits_invalid_requests_total',
+  help: 'POST /visits and /visits/batch requests refused with 400 (invalid body or visit)',
   registers: [registry],
 });
 

@@ -9,8 +9,9 @@ import type { Visit } from './visit.ts';
 export interface BatchRollup {
   seconds: { at: string[]; visits: number[] };
   minutes: { at: string[]; visits: number[] };
+  /** Per minute and page (pageOf: the path without query string and fragment). */
   pages: { at: string[]; path: string[]; visits: number[] };
-  /** Per visitor: first and last visit (epoch ms) and visits in this batch. */
+  /** Per visitor: first and last visit (epoch ms, visited_at but never after the receipt) and visits in this batch. */
   visitors: { id: string[]; first: number[]; last: number[]; visits: number[] };
   /** UTC days (YYYY-MM-DD) that need a partition of `visits`. */
   days: string[];
@@ -20,6 +21,17 @@ export interface BatchRollup {
 
 /** Visits per flush kept for the live page's "most recent" list, which shows this many. */
 export const RECENT_PER_FLUSH = 20;
+
+/**
+ * The page a visit counts for in page_minutes (top pages): its path without the query string
+ * and fragment. Otherwise every distinct query string (tracking ids, cache busters) would be a
+ * page of its own, and the rows the live page sums would grow with the traffic. `visits` and
+ * `recent_visits` keep the path as sent.
+ */
+export function pageOf(path: string): string {
+  const end = path.search(/[?#]/);
+  return end < 0 ? path : path.slice(0, end);
+}
 
 interface VisitorAgg {
   first: number;
@@ -60,14 +72,19 @@ export function rollup(batch: readonly Visit[]): BatchRollup {
     }
     secCount++;
     minCount++;
-    byPath.set(v.pagePath, (byPath.get(v.pagePath) ?? 0) + 1);
+    const page = pageOf(v.pagePath);
+    byPath.set(page, (byPath.get(page) ?? 0) + 1);
+    // Visitors are seen at most at the receipt: a visited_at in the allowed future (clock skew)
+    // would pin last_seen_at ahead of every "now", outside the current-visitors window,
+    // until real time caught up with it.
+    const seen = at > v.receivedAt ? v.receivedAt : at;
     const agg = visitors.get(v.visitorId);
     if (agg) {
-      if (at < agg.first) agg.first = at;
-      if (at > agg.last) agg.last = at;
+      if (seen < agg.first) agg.first = seen;
+      if (seen > agg.last) agg.last = seen;
       agg.visits++;
     } else {
-      visitors.set(v.visitorId, { first: at, last: at, visits: 1 });
+      visitors.set(v.visitorId, { first: seen, last: seen, visits: 1 });
     }
   }
   if (secCount) seconds.set(sec, (seconds.get(sec) ?? 0) + secCount);

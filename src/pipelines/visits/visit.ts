@@ -40,10 +40,15 @@ export const DEFAULT_LIMITS: VisitLimits = {
 };
 
 const FIELDS = new Set(['page_path', 'visitor_id', 'visited_at']);
-// Control characters would corrupt logs and the COPY text stream; no page path needs them.
-const CONTROL = /[\u0000-\u001f\u007f]/;
-// RFC 3339 date-time (what JSON clients send); Date.parse alone accepts far too much.
-const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
+// Control characters (C0, DEL and C1) would corrupt logs and the live page; no page path or
+// visitor id needs them.
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+// With the u flag a regex reads code points: only a surrogate that is not half of a pair is one
+// (String.prototype.isWellFormed, which the project's ES2023 lib does not declare).
+const LONE_SURROGATE = /\p{Cs}/u;
+// RFC 3339 date-time (what JSON clients send; lower-case t/z and a space allowed, as its
+// section 5.6 notes). Date.parse alone accepts far too much, and rolls impossible dates over.
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(?:[Zz]|([+-])(\d{2}):(\d{2}))$/;
 
 /**
  * Validates one visit object. `visitorId` supplies the id when the object has none (the
@@ -73,6 +78,8 @@ export function parseVisit(
   if (!p.startsWith('/')) fail('page_path must start with "/"');
   if (p.length > limits.maxPathLength) fail(`page_path is longer than ${limits.maxPathLength} characters`);
   if (CONTROL.test(p)) fail('page_path contains control characters');
+  // A lone surrogate (JSON allows "\ud800") cannot be stored as UTF-8: it would become U+FFFD.
+  if (LONE_SURROGATE.test(p)) fail('page_path is not well-formed Unicode (lone surrogate)');
 
   let visitor: string;
   if (obj.visitor_id === undefined || obj.visitor_id === null) {
@@ -83,19 +90,47 @@ export function parseVisit(
     if (visitor.length === 0) fail('visitor_id must not be empty');
     if (visitor.length > limits.maxVisitorLength) fail(`visitor_id is longer than ${limits.maxVisitorLength} characters`);
     if (CONTROL.test(visitor)) fail('visitor_id contains control characters');
+    // Stored as U+FFFD, "\ud800" and "\udfff" would be the same visitor.
+    if (LONE_SURROGATE.test(visitor)) fail('visitor_id is not well-formed Unicode (lone surrogate)');
   }
 
   let visitedAt = receivedAt;
   if (obj.visited_at !== undefined && obj.visited_at !== null) {
-    if (typeof obj.visited_at !== 'string' || !RFC3339.test(obj.visited_at)) {
-      fail('visited_at must be an RFC 3339 date-time such as "2025-01-31T12:00:00Z"');
-    }
-    visitedAt = Date.parse(obj.visited_at as string);
-    if (!Number.isFinite(visitedAt)) fail('visited_at is not a valid date');
+    const m = typeof obj.visited_at === 'string' ? RFC3339.exec(obj.visited_at) : null;
+    if (!m) fail('visited_at must be an RFC 3339 date-time such as "2025-01-31T12:00:00Z"');
+    visitedAt = rfc3339Time(m!);
+    if (!Number.isFinite(visitedAt)) fail(`visited_at is not a valid date: ${obj.visited_at as string}`);
     if (visitedAt < receivedAt - limits.maxAgeMs) fail(`visited_at is more than ${Math.round(limits.maxAgeMs / 86_400_000)} days in the past`);
     if (visitedAt > receivedAt + limits.maxFutureMs) fail('visited_at is in the future');
   }
   return { visitedAt, visitorId: visitor, pagePath: p, receivedAt };
+}
+
+/**
+ * Epoch ms of an RFC3339 match, or NaN for a date or time that does not exist (2026-02-30,
+ * 24:00, 12:60, a +24:00 offset): the components must come back unchanged from Date.UTC,
+ * which would otherwise roll them over into the next day or month. A leap second (:60) is
+ * refused too, as Date cannot represent it.
+ */
+function rfc3339Time(m: RegExpExecArray): number {
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+  const utc = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
+  // Date.UTC maps years 0-99 to 1900-1999; setUTCFullYear does not.
+  utc.setUTCFullYear(year);
+  const exists =
+    utc.getUTCFullYear() === year &&
+    utc.getUTCMonth() === month - 1 &&
+    utc.getUTCDate() === day &&
+    utc.getUTCHours() === hour &&
+    utc.getUTCMinutes() === minute &&
+    utc.getUTCSeconds() === second;
+  const offsetHours = m[9] === undefined ? 0 : Number(m[9]);
+  const offsetMinutes = m[10] === undefined ? 0 : Number(m[10]);
+  if (!exists || offsetHours > 23 || offsetMinutes > 59) return Number.NaN;
+  // Milliseconds: the first three fractional digits (Sluice stores milliseconds).
+  const ms = m[7] ? Number(m[7].slice(1, 4).padEnd(3, '0')) : 0;
+  const offset = (m[8] === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000;
+  return utc.getTime() + ms - offset;
 }
 
 /**
