@@ -27,15 +27,20 @@ export interface FixedWidthHeader {
   starts: number[];
 }
 
+/** Data lines read as samples for the header (HEADER_SAMPLE_ROWS first ones of the file). */
+export const HEADER_SAMPLE_ROWS = 20;
+
 /**
  * Column names and start offsets from the header line. Columns are separated by runs of two
- * or more whitespace characters (or any tab); with `sampleRow` (a data line of the same file),
- * a header word starting exactly where one of the row's fields starts also begins a column.
+ * or more whitespace characters (or any tab); with sample rows (data lines of the same file),
+ * a header word starting exactly where a field starts in more than half of them also begins
+ * a column. A majority, not the first row alone: one malformed first row (a missing value)
+ * would otherwise shape every column of the file and get the good rows rejected.
  * Throws InvalidFileError when the line has no names.
  */
-export function parseFixedWidthHeader(line: string, sampleRow?: string): FixedWidthHeader {
+export function parseFixedWidthHeader(line: string, sampleRows?: string | readonly string[]): FixedWidthHeader {
   const header = stripBom(line);
-  const rowStarts = sampleRow === undefined ? undefined : new Set(fieldStarts(stripBom(sampleRow)));
+  const rowStarts = sampleRows === undefined ? undefined : majorityStarts(typeof sampleRows === 'string' ? [sampleRows] : sampleRows);
   const starts: number[] = [];
   const ends: number[] = [];
   const n = header.length;
@@ -61,6 +66,19 @@ export function parseFixedWidthHeader(line: string, sampleRow?: string): FixedWi
   ends.push(trimmedEnd(header));
   const names = starts.map((s, k) => header.slice(s, ends[k]).trimEnd());
   return { names, starts };
+}
+
+/** Offsets where a field starts in more than half of the non-blank `rows`. */
+function majorityStarts(rows: readonly string[]): Set<number> {
+  const counts = new Map<number, number>();
+  let n = 0;
+  for (const row of rows) {
+    const starts = fieldStarts(stripBom(row));
+    if (starts.length === 0) continue;
+    n++;
+    for (const s of starts) counts.set(s, (counts.get(s) ?? 0) + 1);
+  }
+  return new Set([...counts].filter(([, c]) => c * 2 > n).map(([s]) => s));
 }
 
 /**

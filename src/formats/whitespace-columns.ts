@@ -5,12 +5,14 @@
  * split on runs of whitespace. Produces the same batches as the CSV parser.
  */
 import type { ParsedBatch } from './csv-parser.ts';
-import { parseFixedWidthHeader } from './fixed-width.ts';
+import { HEADER_SAMPLE_ROWS, parseFixedWidthHeader } from './fixed-width.ts';
 
 export class WhitespaceColumnsParser {
   #tail = '';
   #line: number;
   #pendingHeader: string | undefined;
+  /** Data lines held until the header is parsed with them as samples (fixed-width.ts). */
+  #samples: Array<{ line: string; n: number }> = [];
   #needHeader: boolean;
   readonly #max: number;
 
@@ -59,15 +61,30 @@ export class WhitespaceColumnsParser {
       return;
     }
     if (this.#pendingHeader !== undefined) {
-      rows.push(parseFixedWidthHeader(this.#pendingHeader, line).names);
-      lines.push(1);
-      raws.push(this.#pendingHeader);
-      this.#pendingHeader = undefined;
-      this.#needHeader = false;
+      this.#samples.push({ line, n });
+      if (this.#samples.length >= HEADER_SAMPLE_ROWS) this.#flushHeader(rows, lines, raws);
+      return;
     }
     rows.push(splitWhitespace(line));
     lines.push(n);
     raws.push(line);
+  }
+
+  /** The header, parsed with the sample rows held, then those rows. */
+  #flushHeader(rows: string[][], lines: number[], raws: string[]): void {
+    const header = this.#pendingHeader!;
+    const samples = this.#samples;
+    rows.push(parseFixedWidthHeader(header, samples.length > 0 ? samples.map((s) => s.line) : undefined).names);
+    lines.push(1);
+    raws.push(header);
+    this.#pendingHeader = undefined;
+    this.#needHeader = false;
+    this.#samples = [];
+    for (const s of samples) {
+      rows.push(splitWhitespace(s.line));
+      lines.push(s.n);
+      raws.push(s.line);
+    }
   }
 
   end(): ParsedBatch {
@@ -77,12 +94,7 @@ export class WhitespaceColumnsParser {
     const errors: ParsedBatch['errors'] = [];
     if (this.#tail !== '') this.#take(this.#tail, rows, lines, raws);
     this.#tail = '';
-    if (this.#pendingHeader !== undefined) {
-      rows.push(parseFixedWidthHeader(this.#pendingHeader).names);
-      lines.push(1);
-      raws.push(this.#pendingHeader);
-      this.#pendingHeader = undefined;
-    }
+    if (this.#pendingHeader !== undefined) this.#flushHeader(rows, lines, raws);
     return { rows, lines, raw: (i) => raws[i]!, errors };
   }
 }

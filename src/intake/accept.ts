@@ -15,7 +15,7 @@ import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/impo
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
 import { CsvParser } from '../formats/csv-parser.ts';
-import { parseFixedWidthHeader } from '../formats/fixed-width.ts';
+import { HEADER_SAMPLE_ROWS, parseFixedWidthHeader } from '../formats/fixed-width.ts';
 import { DETECT_SAMPLE_BYTES, detectSample, type FileMeta } from '../formats/record-reader.ts';
 import { MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
 import { createStageSql } from '../load/merge-sql.ts';
@@ -193,9 +193,18 @@ async function describe(ctx: IntakeContext, id: string, pipeline: Pipeline, meta
     header = batch.rows[0] ?? parser.end().rows[0] ?? [];
   } else {
     const text = decoder.decode(headerBytes).replace(/^\uFEFF/, '').replace(/\r?\n$/, '');
-    const nl = firstPart.indexOf(0x0a);
-    const sample = decoder.decode(nl < 0 ? firstPart : firstPart.subarray(0, nl)).replace(/\r$/, '');
-    header = parseFixedWidthHeader(text, sample).names;
+    // The first data lines as samples: their majority places the columns (fixed-width.ts).
+    let end = -1;
+    for (let k = 0; k < HEADER_SAMPLE_ROWS; k++) {
+      const nl = firstPart.indexOf(0x0a, end + 1);
+      if (nl < 0) {
+        end = firstPart.length;
+        break;
+      }
+      end = nl;
+    }
+    const samples = decoder.decode(firstPart.subarray(0, end)).split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => l.trim() !== '');
+    header = parseFixedWidthHeader(text, samples).names;
   }
   mapHeader(pipeline, header); // throws InvalidFileError on an unusable header
   await setImportFormat(ctx.pool, id, { header, encoding: meta.encoding, delimiter: meta.delimiter });

@@ -83,6 +83,28 @@ const bit = sanitized(parseBit);
 const isoDate = sanitized(parseIsoDate);
 const decimalComma = sanitized(parseDecimalComma);
 
+/**
+ * The tickets are stored as numeric(14, 2). A value is rounded to cents here, half away from
+ * zero as Postgres rounds it, so the value compared with the stored one is the value stored:
+ * `1,999` against a stored 2.00 is unchanged on the next import, not "updated" every time.
+ * One with more than 12 digits before the comma is rejected with its row: Postgres would
+ * refuse it ("numeric field overflow") and fail the whole import.
+ */
+const MAX_CENTS = 10n ** 14n;
+
+export function money(v: string): CellResult {
+  const r = decimalComma(v);
+  if (r === null || isValueError(r)) return r;
+  const negative = r.startsWith('-');
+  const [int = '', frac = ''] = (negative ? r.slice(1) : r).split('.');
+  let cents = BigInt(int + frac.slice(0, 2).padEnd(2, '0'));
+  if (frac.length > 2 && frac.charCodeAt(2) >= 53 /* 5 */) cents += 1n;
+  if (cents >= MAX_CENTS) return { error: `out of range (at most 12 digits before the comma): ${JSON.stringify(v)}` };
+  if (frac.length <= 2) return r;
+  const digits = cents.toString().padStart(3, '0');
+  return `${negative && cents > 0n ? '-' : ''}${digits.slice(0, -2)}.${digits.slice(-2)}`;
+}
+
 export const purchases: Pipeline = {
   name: 'purchases',
   description: 'Customer purchase summaries by CPF/CNPJ (fixed-width export), upserted by document',
@@ -103,8 +125,8 @@ export const purchases: Pipeline = {
     { name: 'private', headers: ['private', 'privado'], type: 'boolean', parse: bit },
     { name: 'incomplete', headers: ['incompleto', 'incomplete'], type: 'boolean', parse: bit },
     { name: 'last_purchase_date', headers: ['data da ultima compra', 'last purchase date'], type: 'date', parse: isoDate },
-    { name: 'avg_ticket', headers: ['ticket medio', 'average ticket'], type: 'numeric', parse: decimalComma },
-    { name: 'last_ticket', headers: ['ticket da ultima compra', 'last ticket'], type: 'numeric', parse: decimalComma },
+    { name: 'avg_ticket', headers: ['ticket medio', 'average ticket'], type: 'numeric', parse: money },
+    { name: 'last_ticket', headers: ['ticket da ultima compra', 'last ticket'], type: 'numeric', parse: money },
     { name: 'most_frequent_store', headers: ['loja mais frequente', 'most frequent store'], type: 'text', parse: (v) => storeOf(v).digits },
     { name: 'most_frequent_store_valid', headers: ['loja mais frequente', 'most frequent store'], type: 'boolean', parse: (v) => storeOf(v).valid },
     { name: 'last_store', headers: ['loja da ultima compra', 'last store'], type: 'text', parse: (v) => storeOf(v).digits },

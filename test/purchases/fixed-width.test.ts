@@ -35,6 +35,15 @@ test('the real header needs a sample row: some names are separated by a single s
   assert.deepEqual(withRow.starts, [0, 19, 31, 43, 65, 87, 111, 131]);
 });
 
+test('the columns follow the majority of the sample rows: one malformed row among them does not move them', () => {
+  // The first row lacks its date: its later fields start 22 columns early.
+  const bad = ROWS[0]!.replace(/^(.{43})\S+\s+/, '$1');
+  assert.notDeepEqual(parseFixedWidthHeader(HEADER, bad).names, PURCHASE_COLUMNS, 'alone, it would shape the header');
+  assert.deepEqual(parseFixedWidthHeader(HEADER, [bad, ...ROWS.slice(1, 20)]).names, PURCHASE_COLUMNS);
+  assert.deepEqual(parseFixedWidthHeader(HEADER, [bad, ROWS[1]!, ROWS[2]!]).names, PURCHASE_COLUMNS);
+  assert.deepEqual(parseFixedWidthHeader(HEADER, []).names, parseFixedWidthHeader(HEADER).names, 'no samples: gaps only');
+});
+
 test('any fixture row serves as the sample and gives the same columns', () => {
   for (const row of [ROWS[1]!, ROWS[500]!, ROWS[1999]!]) {
     assert.deepEqual(parseFixedWidthHeader(HEADER, row).names, PURCHASE_COLUMNS);

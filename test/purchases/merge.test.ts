@@ -148,3 +148,49 @@ test("a record changed outside Sluice between its chunk's preparation and its wr
     await db.close();
   }
 });
+
+test('tickets: rounded to cents as stored (a re-import is unchanged), over 12 digits before the comma a reject of its row', async () => {
+  const db = await testDb();
+  try {
+    const f = path.join(dir, 'money.txt');
+    fs.writeFileSync(f, file([row(A, '1,999'), row(B, '123456789012345,00'), row(E1, '999999999999,99')]));
+    const r = await runImport({ pool: db.pool, pipeline: purchases, file: f });
+    assert.equal(r.status, 'completed', r.error);
+    assert.deepEqual(r.rows, { read: 3, inserted: 2, updated: 0, unchanged: 0, rejected: 1 });
+    const rej = (await db.pool.query('SELECT line, reason FROM import_rejects WHERE import_id = $1', [r.id])).rows;
+    assert.deepEqual(rej, [{ line: 3, reason: 'avg_ticket: out of range (at most 12 digits before the comma): "123456789012345,00"' }]);
+    const { rows } = await db.pool.query(`SELECT document, avg_ticket FROM purchases ORDER BY document`);
+    assert.deepEqual(rows, [{ document: '00000000191', avg_ticket: '2.00' }, { document: '11144477735', avg_ticket: '999999999999.99' }]);
+    const again = await runImport({ pool: db.pool, pipeline: purchases, file: f });
+    assert.deepEqual(again.rows, { read: 3, inserted: 0, updated: 0, unchanged: 2, rejected: 1 });
+  } finally {
+    await db.close();
+  }
+});
+
+test('a malformed first row is rejected alone: the header takes its columns from most of the first rows (CLI and intake)', async () => {
+  const db = await testDb();
+  const intake = await startIntake(db, { workers: 2 });
+  try {
+    // The first row lacks its ticket: 7 fields.
+    const text = file([row(A, '1,00').replace(/^(.{65})\S+\s+/, '$1'), row(B, '2,00'), row(E1, '3,00'), row(E2, '4,00')]);
+    const f = path.join(dir, 'bad-first.txt');
+    fs.writeFileSync(f, text);
+    const r = await runImport({ pool: db.pool, pipeline: purchases, file: f });
+    assert.equal(r.status, 'completed', r.error);
+    assert.deepEqual(r.rows, { read: 4, inserted: 3, updated: 0, unchanged: 0, rejected: 1 });
+    const rej = (await db.pool.query('SELECT line, reason FROM import_rejects WHERE import_id = $1', [r.id])).rows;
+    assert.deepEqual(rej, [{ line: 2, reason: 'expected 8 fields, found 7' }]);
+    await db.pool.query('TRUNCATE purchases');
+    const { id } = await acceptUpload(intake.ctx, { pipeline: 'purchases', fileName: 'bad-first.txt', source: 'raw' }, Readable.from([Buffer.from(text)]));
+    const s = await waitFor('the upload to finish', async () => {
+      const st = await importStatus(db.pool, id);
+      return st && st.status !== 'queued' && st.status !== 'running' ? st : undefined;
+    });
+    assert.equal(s.status, 'completed', s.error ?? '');
+    assert.deepEqual(s.rows, { read: 4, inserted: 3, updated: 0, unchanged: 0, rejected: 1 });
+  } finally {
+    await intake.stop();
+    await db.close();
+  }
+});

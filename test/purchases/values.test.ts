@@ -81,3 +81,17 @@ test('every value in the 2,000-row fixture parses', () => {
     if (f[4] !== 'NULL') assert.equal(parseDecimalComma(f[4]!), f[4]!.replace(',', '.'));
   }
 });
+
+test('tickets (purchases): rounded half away from zero to cents; at most 12 digits before the comma', async () => {
+  const { money } = await import('../../src/pipelines/purchases.ts');
+  const cases: Array<[string, unknown]> = [
+    ['399,00', '399.00'], ['1,999', '2.00'], ['1,994', '1.99'], ['0,005', '0.01'], ['-0,005', '-0.01'], ['-0,004', '0.00'],
+    ['-5,00', '-5.00'], ['1.234,56', '1234.56'], ['12', '12'], ['NULL', null],
+    ['999999999999,99', '999999999999.99'], ['999999999999,994', '999999999999.99'],
+  ];
+  for (const [input, want] of cases) assert.deepEqual(money(input), want, input);
+  for (const input of ['999999999999,995', '1000000000000', '123456789012345,00']) {
+    assert.deepEqual(money(input), { error: `out of range (at most 12 digits before the comma): ${JSON.stringify(input)}` }, input);
+  }
+  assert.match((money('1,2,3') as { error: string }).error, /^malformed number/);
+});
