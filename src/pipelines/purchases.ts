@@ -95,7 +95,10 @@ const MAX_CENTS = 10n ** 14n;
 export function money(v: string): CellResult {
   const r = decimalComma(v);
   if (r === null || isValueError(r)) return r;
-  const negative = r.startsWith('-');
+  const negative = r.charCodeAt(0) === 45; /* - */
+  // The usual value (at most 12 integer digits, 2 decimals) is kept as it is, without BigInt.
+  const dot = r.indexOf('.');
+  if ((dot < 0 ? r.length : dot) - (negative ? 1 : 0) <= 12 && (dot < 0 || r.length - dot - 1 <= 2)) return r;
   const [int = '', frac = ''] = (negative ? r.slice(1) : r).split('.');
   let cents = BigInt(int + frac.slice(0, 2).padEnd(2, '0'));
   if (frac.length > 2 && frac.charCodeAt(2) >= 53 /* 5 */) cents += 1n;
