@@ -7,7 +7,7 @@
 import type { CellResult, Pipeline } from '../engine/pipeline.ts';
 import { isValidCnpj } from '../validate/cnpj.ts';
 import { parseDocument } from '../validate/document.ts';
-import { digitsOnly, sanitizeText } from '../validate/sanitize.ts';
+import { sanitizeText } from '../validate/sanitize.ts';
 import { isValueError, parseBit, parseDecimalComma, parseIsoDate } from '../validate/values.ts';
 
 const PLAIN = /^[\x21-\x60\x7b-\x7e]*$/; // printable ASCII without lower-case letters
@@ -71,8 +71,9 @@ function storeOf(v: string): { digits: CellResult; valid: CellResult } {
   if (r) return (lastStore = r);
   if (isNull(v)) r = { digits: null, valid: null };
   else {
-    const d = digitsOnly(v);
-    r = { digits: d || { error: `store has no digits: ${JSON.stringify(v)}` }, valid: isValidCnpj(d) };
+    // A store is a CNPJ, alphanumeric ones included (document.ts keeps their letters).
+    const d = parseDocument(v).digits;
+    r = { digits: d || { error: `store has no digits: ${JSON.stringify(v)}` }, valid: d.length === 14 && isValidCnpj(d) };
   }
   if (stores.size >= STORE_CACHE_MAX) stores.clear();
   stores.set(v, r);

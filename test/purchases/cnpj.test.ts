@@ -31,3 +31,28 @@ test('wrong lengths and non-digits are invalid', () => {
     assert.equal(isValidCnpj(s), false, JSON.stringify(s));
   }
 });
+
+/** An independent check-digit computation for an alphanumeric CNPJ base (IN RFB 2.229/2024). */
+function alphanumericCnpj(base: string): string {
+  const values = [...base].map((c) => c.charCodeAt(0) - 48);
+  const dv = (weights: number[], vs: number[]) => {
+    const r = vs.reduce((sum, v, i) => sum + v * weights[i]!, 0) % 11;
+    return r < 2 ? 0 : 11 - r;
+  };
+  const d1 = dv([5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2], values);
+  const d2 = dv([6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2], [...values, d1]);
+  return `${base}${d1}${d2}`;
+}
+
+test('alphanumeric CNPJs (issued since July 2026): letters weigh their code minus 48; the check digits stay digits', () => {
+  assert.equal(alphanumericCnpj('12ABC34501DE'), '12ABC34501DE35', "the Receita Federal's example 12.ABC.345/01DE-35");
+  assert.equal(isValidCnpj('12ABC34501DE35'), true);
+  const next = rng(26);
+  const chars = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ';
+  for (let k = 0; k < 2000; k++) {
+    const cnpj = alphanumericCnpj(Array.from({ length: 12 }, () => chars[Math.floor(next() * chars.length)]!).join(''));
+    assert.equal(isValidCnpj(cnpj), true, cnpj);
+    for (const bad of [...mutations(cnpj, 12), ...mutations(cnpj, 13)]) assert.equal(isValidCnpj(bad), false, bad);
+  }
+  for (const s of ['12abc34501de35', '12ABC34501DE3A', '12ABC34501D-35', '12ÁBC34501DE35']) assert.equal(isValidCnpj(s), false, s);
+});

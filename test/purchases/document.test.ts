@@ -23,6 +23,17 @@ test('formatted and unformatted CNPJs', () => {
   assert.deepEqual(parseDocument('11.111.111/1111-11'), { digits: '11111111111111', type: 'cnpj', valid: false });
 });
 
+test('alphanumeric CNPJs keep their letters (upper-cased): two of them never become one document', () => {
+  const expected = { digits: '12ABC34501DE35', type: 'cnpj', valid: true };
+  assert.deepEqual(parseDocument('12.ABC.345/01DE-35'), expected);
+  assert.deepEqual(parseDocument('12ABC34501DE35'), expected);
+  assert.deepEqual(parseDocument(' 12.abc.345/01de-35 '), expected);
+  assert.deepEqual(parseDocument('12.XYZ.345/01DE-35'), { digits: '12XYZ34501DE35', type: 'cnpj', valid: false });
+  // Not CNPJ-shaped with its letters (check digits must be digits; 14 characters): digits only, as before.
+  assert.deepEqual(parseDocument('CPF:111.444.777-35'), { digits: '11144477735', type: 'cpf', valid: true });
+  assert.deepEqual(parseDocument('12.ABC.345/01DE-3X'), { digits: '12345013', type: null, valid: false });
+});
+
 test('other digit counts have no type and are invalid', () => {
   for (const raw of ['', 'NULL', '-', '1234567890', '111.444.777-355', '1144477700016', '114447770001611']) {
     const r = parseDocument(raw);

@@ -194,3 +194,25 @@ test('a malformed first row is rejected alone: the header takes its columns from
     await db.close();
   }
 });
+
+test('alphanumeric CNPJs are stored with their letters, as documents and as stores', async () => {
+  const db = await testDb();
+  try {
+    const f = path.join(dir, 'alnum.txt');
+    const store = (r: string) => r.replace('79.379.491/0008-50', '12.ABC.345/01DE-35');
+    fs.writeFileSync(f, file([store(row('12.ABC.345/01DE-35', '1,00')), row('12.XYZ.345/01DE-35', '2,00'), row(A, '3,00')]));
+    const r = await runImport({ pool: db.pool, pipeline: purchases, file: f });
+    assert.equal(r.status, 'completed', r.error);
+    assert.deepEqual(r.rows, { read: 3, inserted: 3, updated: 0, unchanged: 0, rejected: 0 });
+    const { rows } = await db.pool.query(
+      `SELECT document, document_type, document_valid, most_frequent_store, most_frequent_store_valid FROM purchases ORDER BY document`,
+    );
+    assert.deepEqual(rows, [
+      { document: '00000000191', document_type: 'cpf', document_valid: true, most_frequent_store: '79379491000850', most_frequent_store_valid: true },
+      { document: '12ABC34501DE35', document_type: 'cnpj', document_valid: true, most_frequent_store: '12ABC34501DE35', most_frequent_store_valid: true },
+      { document: '12XYZ34501DE35', document_type: 'cnpj', document_valid: false, most_frequent_store: '79379491000850', most_frequent_store_valid: true },
+    ]);
+  } finally {
+    await db.close();
+  }
+});
