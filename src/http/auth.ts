@@ -44,3 +44,49 @@ export function requireApiToken(ctx: AppContext) {
     throw new HttpError(401, 'unauthorized', 'missing or wrong API token (send Authorization: Bearer <token>)');
   };
 }
+
+/** Host names of this machine's loopback interface, as a browser writes them in `Host`. */
+const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
+
+/** The host name of a `Host` header value (no port), lower-cased. */
+function hostName(host: string): string {
+  const h = host.toLowerCase();
+  return h.startsWith('[') ? h.slice(0, h.indexOf(']') + 1) : h.replace(/:\d+$/, '');
+}
+
+/**
+ * A Fastify onRequest hook for the routes of the operators (imports): a browser page of
+ * another site must not write through the browser of someone who can reach the server
+ * (cross-site request forgery: a hidden `text/plain` form needs no CORS preflight, and
+ * without a token the loopback server takes any write). A write is refused (403
+ * `forbidden`) when the browser says it comes from another site (`Sec-Fetch-Site`
+ * `cross-site` or `same-site`: another port of 127.0.0.1 is the same site) or names an
+ * `Origin` that is not this server. Clients that are not browsers send neither header.
+ * Without a token (loopback only) the `Host` must also be a loopback name, so a page whose
+ * DNS name was rebound to 127.0.0.1 cannot read the imports either.
+ * Not for /visits: its beacons come from the customers' sites by design.
+ */
+export function refuseCrossSite(ctx: AppContext) {
+  return async function crossSiteGuard(req: FastifyRequest): Promise<void> {
+    const host = req.headers.host ?? '';
+    if (!ctx.apiToken && !LOOPBACK_HOSTS.has(hostName(host))) {
+      throw new HttpError(403, 'forbidden', `this server answers to its loopback names only (Host ${JSON.stringify(host.slice(0, 100))}); set SLUICE_API_TOKEN to serve other names`);
+    }
+    if (READ_METHODS.has(req.method)) return;
+    const site = req.headers['sec-fetch-site'];
+    const origin = req.headers.origin;
+    let sameOrigin = origin === undefined;
+    if (origin !== undefined) {
+      try {
+        // Compared as the URL parser writes them (a default port dropped for its scheme).
+        const o = new URL(origin);
+        sameOrigin = o.host === new URL(`${o.protocol}//${host}`).host;
+      } catch {
+        sameOrigin = false; // "null" (a sandboxed page, a file) or garbage
+      }
+    }
+    if (site === 'cross-site' || site === 'same-site' || !sameOrigin) {
+      throw new HttpError(403, 'forbidden', 'a write from a page of another site is refused (cross-site request)');
+    }
+  };
+}

@@ -9,6 +9,7 @@ const STATUS: Record<ErrorCode, number> = {
   invalid_input: 400,
   invalid_file: 400,
   unauthorized: 401,
+  forbidden: 403,
   not_found: 404,
   conflict: 409,
   too_large: 413,

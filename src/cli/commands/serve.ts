@@ -20,8 +20,9 @@ export function registerServe(program: Command): void {
     .option('--port <port>', 'port to listen on (default SLUICE_PORT or 8080)')
     .option('--host <host>', 'address to listen on (default SLUICE_HOST or 127.0.0.1)')
     .action(async (opts: { port?: string; host?: string }) => {
-      const port = Number(opts.port ?? intEnv('SLUICE_PORT', 8080));
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidInputError(`invalid port: ${opts.port}`);
+      const portText = opts.port ?? String(intEnv('SLUICE_PORT', 8080));
+      const port = Number(portText);
+      if (!/^\d+$/.test(portText) || port > 65535) throw new InvalidInputError(`invalid port: ${JSON.stringify(portText)} (a whole number 0-65535)`);
       const host = opts.host ?? env('SLUICE_HOST') ?? '127.0.0.1';
       const apiToken = env('SLUICE_API_TOKEN');
       if (!isLoopback(host) && !apiToken) {
@@ -38,7 +39,16 @@ export function registerServe(program: Command): void {
       };
       process.once('SIGINT', () => void stop().then(() => process.exit(0)));
       process.once('SIGTERM', () => void stop().then(() => process.exit(0)));
-      const address = await app.listen({ port, host });
+      let address: string;
+      try {
+        address = await app.listen({ port, host });
+      } catch (err) {
+        // The port is taken (or the address is not ours): stop the workers and services
+        // started above and fail, so a supervisor sees it; they would otherwise keep the
+        // process alive without a server.
+        await stop().catch(() => {});
+        throw err;
+      }
       process.stderr.write(`sluice: listening on ${address}\n`);
     });
 }

@@ -14,7 +14,7 @@ import { getImport, listRejects } from '../../db/sql/imports.ts';
 import { acceptUpload, cancelImport, fetchRemote, importStatus, listImports } from '../../intake/index.ts';
 import { formatReject, rejectsCsvHeader, type RejectFormat } from '../../load/reject-format.ts';
 import type { Pool } from '../../db/pool.ts';
-import { requireApiToken } from '../auth.ts';
+import { refuseCrossSite, requireApiToken } from '../auth.ts';
 import type { AppContext } from '../context.ts';
 import { registry } from '../metrics.ts';
 import { addOpenApi } from '../openapi.ts';
@@ -54,6 +54,7 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
   app.register(async (scope) => {
     // onRequest rather than preHandler: an unauthorised upload is refused before a byte of
     // its body is read.
+    scope.addHook('onRequest', refuseCrossSite(ctx));
     scope.addHook('onRequest', requireApiToken(ctx));
     await scope.register(multipart, {
       // One more byte than allowed, so the engine (which counts) sees the excess and answers
