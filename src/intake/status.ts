@@ -66,15 +66,20 @@ function toStatus(r: Row): ImportStatus {
   const list = r.part_list ?? [];
   const count = (s: string) => list.filter((p) => p.status === s).length;
   const finished = r.status === 'completed' || r.status === 'failed' || r.status === 'cancelled';
-  // While parts run, progress comes from the parts; after the merge, from the import row.
-  const read = finished || list.length === 0 ? Number(r.rows_read) : Number(r.parts_read);
-  const rejected = finished || list.length === 0 ? Number(r.rows_rejected) : Number(r.parts_rejected);
+  // Rows read and rejected come from the import row once the merge recorded them (completed,
+  // or failed by the merge, e.g. too many rejects); otherwise from the parts: while they run,
+  // and for an import cancelled or failed before its merge, whose row holds zeros while its
+  // parts and their rejects are there to see.
+  const merged = r.status === 'completed' || (r.status === 'failed' && Number(r.rows_read) > 0);
+  const read = merged || list.length === 0 ? Number(r.rows_read) : Number(r.parts_read);
+  const rejected = merged || list.length === 0 ? Number(r.rows_rejected) : Number(r.parts_rejected);
   const end = r.finished_at ?? r.now;
   const secs = r.started_at ? (end.getTime() - r.started_at.getTime()) / 1000 : 0;
   const rowsPerS = secs > 0 && read > 0 ? Math.round(read / secs) : null;
   const total = r.parts_total ?? list.length;
   const done = count('completed');
-  const eta = !finished && rowsPerS && done > 0 && total > done ? Math.round(((read / done) * (total - done)) / rowsPerS) : finished ? 0 : null;
+  // 0 once completed; none for an import that ended otherwise (0 would read as "done").
+  const eta = r.status === 'completed' ? 0 : finished ? null : rowsPerS && done > 0 && total > done ? Math.round(((read / done) * (total - done)) / rowsPerS) : null;
   return {
     id: r.id,
     pipeline: r.pipeline,

@@ -291,6 +291,24 @@ test('POST /imports/:id/cancel cancels a queued import; again is a no-op', async
   assert.equal(again.statusCode, 200);
   assert.equal(again.json().status, 'cancelled');
 });
+test('an import that ended before its merge shows the rows its parts read and rejected; eta_s only once completed', async () => {
+  const { rows } = await db.pool.query<{ id: string }>(
+    `INSERT INTO imports (pipeline, status, parts_total, started_at, finished_at) VALUES ('leads', 'cancelled', 2, now() - interval '2 seconds', now()) RETURNING id`,
+  );
+  const id = rows[0]!.id;
+  await db.pool.query(
+    `INSERT INTO import_parts (import_id, n, first_line, last_line, bytes, status, rows_read, rows_accepted, rows_rejected)
+     VALUES ($1, 0, 2, 11, 100, 'completed', 10, 9, 1), ($1, 1, 12, 21, 100, 'completed', 10, 8, 2)`,
+    [id],
+  );
+  const s = (await app.inject({ method: 'GET', url: `/imports/${id}` })).json();
+  assert.deepEqual(s.rows, { read: 20, inserted: 0, updated: 0, unchanged: 0, rejected: 3 });
+  assert.equal(s.eta_s, null, 'not 0: nothing is coming');
+  await db.pool.query(`UPDATE imports SET status = 'completed', rows_read = 20, rows_inserted = 17, rows_rejected = 3 WHERE id = $1`, [id]);
+  const done = (await app.inject({ method: 'GET', url: `/imports/${id}` })).json();
+  assert.deepEqual(done.rows, { read: 20, inserted: 17, updated: 0, unchanged: 0, rejected: 3 });
+  assert.equal(done.eta_s, 0);
+});
 
 test('the OpenAPI document describes the routes, and their answers conform to it', async () => {
   const doc = (await app.inject({ method: 'GET', url: '/docs/openapi.json' })).json();
