@@ -51,6 +51,11 @@ export interface SourceColumn {
   onInvalid?: 'row' | 'field';
   /** `key`: derived from the key's raw cell (e.g. document_type from the CPF column). */
   input?: 'key';
+  /**
+   * The file must have a column for it (a fixed format such as the purchases export): a
+   * file without one fails before anything is written, instead of importing NULLs.
+   */
+  required?: boolean;
 }
 
 export interface KeyColumn extends SourceColumn {

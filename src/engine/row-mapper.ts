@@ -64,6 +64,12 @@ export function mapHeader(pipeline: Pipeline, header: string[]): ColumnMapping {
     seen.set(n, i);
   }
   if (keyIndexes.length === 0) throw new InvalidFileError(pipeline.key.missingMessage);
+  const missing = pipeline.columns.filter((col, c) => col.required && col.input !== 'key' && columnIndexes[c]!.length === 0);
+  if (missing.length > 0) {
+    // One name per missing header (two columns may read one header, e.g. a store and its validity).
+    const names = [...new Set(missing.map((col) => JSON.stringify(col.headers.find((h) => typeof h === 'string') ?? col.name)))];
+    throw new InvalidFileError(`invalid file: no column ${names.join(', ')}, which the ${pipeline.name} pipeline requires`);
+  }
   pipeline.columns.forEach((col, c) => {
     if (col.input === 'key') columnIndexes[c] = [...keyIndexes];
   });

@@ -216,3 +216,19 @@ test('alphanumeric CNPJs are stored with their letters, as documents and as stor
     await db.close();
   }
 });
+
+test('a file without one of the 8 columns fails before anything is written (not NULLs in every row)', async () => {
+  const db = await testDb();
+  try {
+    const f = path.join(dir, 'no-ticket.txt');
+    // TICKET MÉDIO's header and values cut out of every line.
+    const cut = (l: string) => l.slice(0, 65) + l.slice(87);
+    fs.writeFileSync(f, file([row(A, '1,00'), row(B, '2,00')]).split('\n').map(cut).join('\n'));
+    const r = await runImport({ pool: db.pool, pipeline: purchases, file: f });
+    assert.equal(r.status, 'failed');
+    assert.equal(r.error, 'invalid file: no column "ticket medio", which the purchases pipeline requires');
+    assert.equal((await db.pool.query('SELECT count(*)::int AS n FROM purchases')).rows[0].n, 0);
+  } finally {
+    await db.close();
+  }
+});
