@@ -127,6 +127,8 @@ test('bad uploads are refused with 400 and leave no import behind', async () => 
   // Nothing on this machine or its private network is fetched for a user (SSRF).
   assertError(await json({ pipeline: 'leads', url: 'http://169.254.169.254/latest/meta-data/' }), 400, 'invalid_input', /non-public address: refused/);
   assertError(await json({ pipeline: 'leads', url: 'http://localhost:5432/' }), 400, 'invalid_input', /leads to localhost, /);
+  // An unknown pipeline is refused before the URL is fetched (the refusal above would come first otherwise).
+  assertError(await json({ pipeline: 'shoes', url: 'http://169.254.169.254/' }), 400, 'invalid_input', /unknown pipeline/);
   assertError(await json([1, 2]), 400, 'invalid_input');
   assertError(await app.inject({ method: 'POST', url: '/imports', headers: { 'content-type': 'application/json' }, payload: '{nope' }), 400, 'invalid_input');
 

@@ -78,6 +78,9 @@ test('usage errors exit 2 with a clear message', async () => {
   const missing = await sluice(['import', path.join(dir, 'missing.csv'), '--pipeline', 'leads']);
   assert.equal(missing.code, 2);
   assert.match(missing.stderr, /no such file/);
+  const directory = await sluice(['import', dir, '--pipeline', 'leads']);
+  assert.equal(directory.code, 2);
+  assert.match(directory.stderr, /is not a file \(a directory\)/);
 });
 
 test('inspect --json shows what Sluice detects', async () => {

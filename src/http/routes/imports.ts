@@ -19,6 +19,7 @@ import type { AppContext } from '../context.ts';
 import { registry } from '../metrics.ts';
 import { addOpenApi } from '../openapi.ts';
 import { importsOpenApi } from './imports-openapi.ts';
+import { getPipeline } from '../../pipelines/index.ts';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024 ** 3;
@@ -195,6 +196,7 @@ async function fromUrl(ctx: AppContext, body: unknown, o: AcceptOptions) {
     throw new InvalidInputError(`"url" is not a URL: ${JSON.stringify(url.slice(0, 200))}`);
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new InvalidInputError('"url" must be http or https');
+  getPipeline(pipeline); // an unknown pipeline is refused before anything is fetched
   const stream = await fetchRemote(url, o.maxBytes);
   try {
     return await acceptUpload(ctx, { pipeline, fileName: urlFileName(parsed), source: 'url' }, stream, o);
