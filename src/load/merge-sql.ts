@@ -13,7 +13,7 @@
  *  5. child upsert (e.g. lead_infos fill-if-blank) for all of them
  *  6. counts: inserted / updated / unchanged rows
  */
-import { keyIdentity, type MergePolicy, type Pipeline, type StageType, type TargetField } from '../engine/pipeline.ts';
+import { keyIdentity, type Lookup, type MergePolicy, type Pipeline, type StageType, type TargetField } from '../engine/pipeline.ts';
 
 const IDENT = /^[a-z_][a-z0-9_]*$/;
 
@@ -90,6 +90,42 @@ function fold(col: string, policy: MergePolicy): string {
     case 'add-to-set':
       return `string_agg(${c}, ',' ORDER BY line) AS ${c}`;
   }
+}
+
+/**
+ * Fold expressions for the staging columns of lookups that depend on each other (a city
+ * matched by its name and its state's id): such columns are taken together from ONE row,
+ * never each from its own. Folded one by one, rows (no city, no state), (Campinas, no
+ * state), (Niterói, RJ) of one key gave "Campinas" with "RJ": a city no row names, created
+ * in the lookup table. The row is the first (last, for `overwrite`) one that names the most
+ * dependent lookup (the city), else the next (the state), and so on; the fold of a key then
+ * sees the place one row gave. Lookups without dependencies fold column by column as before.
+ */
+function lookupFoldGroups(p: Pipeline): Map<string, string> {
+  const lookups = p.target.lookups ?? [];
+  const byColumn = new Map(lookups.map((l) => [l.column, l]));
+  const depth = (l: Lookup): number => Math.max(0, ...l.match.map((m) => (m.lookup ? 1 + depth(byColumn.get(m.lookup)!) : 0)));
+  const sources = (l: Lookup): string[] => [
+    ...l.match.flatMap((m) => (m.from ? [m.from] : sources(byColumn.get(m.lookup!)!))),
+    ...(l.create ?? []).map((c) => c.from),
+  ];
+  const out = new Map<string, string>();
+  // Each lookup that depends on another, with everything it depends on, is one group.
+  for (const top of lookups.filter((l) => depth(l) > 0)) {
+    const members = new Set<Lookup>([top]);
+    for (const l of members) for (const m of l.match) if (m.lookup) members.add(byColumn.get(m.lookup)!);
+    const group = [...members].sort((a, b) => depth(b) - depth(a));
+    const policies = new Set(group.map((l) => l.merge));
+    if (policies.size > 1) throw new Error(`pipeline ${p.name}: lookups ${group.map((l) => l.column).join(', ')} depend on each other and must share one merge policy`);
+    const newest = top.merge === 'overwrite';
+    // The rank of a row: which lookup of the group it names first (the most dependent first).
+    const rank = `CASE ${group.map((l, i) => `WHEN ${ident(l.match.find((m) => m.from)?.from ?? sources(l)[0]!)} IS NOT NULL THEN ${i}`).join(' ')} ELSE ${group.length} END`;
+    const order = `${rank}, line${newest ? ' DESC' : ''}`;
+    const cols = [...new Set(group.flatMap(sources))];
+    const any = cols.map((c) => `${ident(c)} IS NOT NULL`).join(' OR ');
+    for (const c of cols) out.set(c, `(array_agg(${ident(c)} ORDER BY ${order}) FILTER (WHERE ${any}))[1] AS ${ident(c)}`);
+  }
+  return out;
 }
 
 /**
@@ -241,7 +277,8 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   // values de-duplicated. Afterwards staging holds exactly one row per key, so every later
   // statement reads it directly (no copy of the rows is materialized).
   const cols = [...policies.keys()];
-  const folded = cols.map((c) => fold(c, policies.get(c)!)).join(', ');
+  const groups = lookupFoldGroups(p);
+  const folded = cols.map((c) => (groups.has(c) ? groups.get(c)! : fold(c, policies.get(c)!))).join(', ');
   const outer = cols
     .map((c) =>
       policies.get(c) === 'add-to-set'

@@ -173,6 +173,18 @@ test('several email columns: the first value matching an existing lead wins', as
   assert.ok(await lead('new1@example.com'));
 });
 
+test('rows of one email never pair a city with another row\'s state (no city that no row names)', async () => {
+  const r = await importText('Email,City,State\nmix@example.com,,\nmix@example.com,Campinas,\nmix@example.com,Niterói,RJ\n');
+  assert.equal(r.status, 'completed', r.error);
+  const { rows } = await db.pool.query(
+    `SELECT c.name, s.acronym FROM cities c LEFT JOIN states s ON s.id = c.state_id WHERE c.name IN ('Campinas', 'Niterói') ORDER BY 1`,
+  );
+  assert.deepEqual(rows, [{ name: 'Campinas', acronym: null }], 'the place the second row names; before, "Campinas / RJ" was created');
+  const l = await lead('mix@example.com');
+  assert.equal(l.city, 'Campinas');
+  assert.equal(l.state, null, 'city and state come from one row');
+});
+
 test('thirteen rows of one new email give 1 inserted and 12 updated, merged in file order', async () => {
   const rows = ['Email,Name,Twitter,Tags'];
   for (let i = 1; i <= 13; i++) rows.push(`dup@example.com,${i === 13 ? '' : `Name ${i}`},${i >= 3 ? `@t${i}` : ''},tag${i % 3}`);
