@@ -78,7 +78,7 @@ export function parseIsoDate(s: string): string | null | ValueError {
   const year = num(s, 0, 4);
   const month = num(s, 5, 7);
   const day = num(s, 8, 10);
-  if (year === 0 || month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month)) {
+  if (!storableYear(year) || !realDateTime(year, month, day)) {
     return { error: `impossible date: ${s}` };
   }
   return s;
@@ -99,6 +99,20 @@ export function isValueError(v: unknown): v is ValueError {
 
 const DATE_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9];
 const MONTH_DAYS = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/**
+ * True when `y-m-d h:mi:s` names a real instant of the proleptic Gregorian calendar (no
+ * 2021-09-31, no 29 February outside leap years, no 25:00, no leap second). One check for
+ * every date Sluice reads: purchases' dates, the provider feed, /search bounds, visits.
+ */
+export function realDateTime(y: number, m: number, d: number, h = 0, mi = 0, s = 0): boolean {
+  return m >= 1 && m <= 12 && d >= 1 && d <= daysInMonth(y, m) && h >= 0 && h <= 23 && mi >= 0 && mi <= 59 && s >= 0 && s <= 59;
+}
+
+/** The years Postgres stores in a date or timestamp written as 4 digits: it has no year 0. */
+export function storableYear(year: number): boolean {
+  return year >= 1 && year <= 9999;
+}
 
 function daysInMonth(year: number, month: number): number {
   if (month === 2 && (year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0))) return 29;

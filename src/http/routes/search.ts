@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import type { SearchRange } from '../../db/sql/events.ts';
-import { realDateTime, storableYear } from '../../pipelines/events/feed-event.ts';
+import { realDateTime, storableYear } from '../../validate/values.ts';
 import { SearchBatcher, searchKey } from '../../pipelines/events/search-batcher.ts';
 import { SearchCache, type CacheMode } from '../../pipelines/events/search-cache.ts';
 import type { AppContext } from '../context.ts';

@@ -7,6 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { MAX_EVENT_CHARS, type Attributes, type RawFeedEvent } from '../../formats/xml-events-reader.ts';
+import { realDateTime, storableYear } from '../../validate/values.ts';
 
 export interface Zone {
   zone_id: string;
@@ -91,13 +92,6 @@ export function eventUuid(baseEventId: string, eventId: string): string {
  */
 export const MAX_ID_CHARS = 256;
 
-/**
- * The years the store holds: Postgres has no year 0 ("date/time field value out of range"),
- * and a 4-digit year ends at 9999.
- */
-export function storableYear(year: number): boolean {
-  return year >= 1 && year <= 9999;
-}
 
 /**
  * Prices at or above this overflow `numeric(14, 2)` once Postgres rounds them to cents
@@ -108,12 +102,6 @@ const PRICE_OVERFLOW = 999_999_999_999.995;
 
 const LOCAL_DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})$/;
 
-/** True when `y-m-d h:mi:s` names a real instant (no 2021-09-31, no 25:00). */
-export function realDateTime(y: number, m: number, d: number, h = 0, mi = 0, s = 0): boolean {
-  if (m < 1 || m > 12 || d < 1 || h > 23 || mi > 59 || s > 59) return false;
-  const days = new Date(Date.UTC(y, m, 0)).getUTCDate(); // day 0 of next month = last day
-  return d <= days;
-}
 
 function localDateTime(value: string | undefined, field: string, required: boolean): string | null {
   if (value === undefined || value === '') {

@@ -12,6 +12,7 @@
  * - lag: from receipt to committed (visible to every reader).
  */
 import { InvalidInputError } from '../../core/errors.ts';
+import { realDateTime } from '../../validate/values.ts';
 
 /** A validated visit; times are epoch milliseconds (cheaper than Date objects at 100k/s). */
 export interface Visit {
@@ -108,25 +109,17 @@ export function parseVisit(
 
 /**
  * Epoch ms of an RFC3339 match, or NaN for a date or time that does not exist (2026-02-30,
- * 24:00, 12:60, a +24:00 offset): the components must come back unchanged from Date.UTC,
- * which would otherwise roll them over into the next day or month. A leap second (:60) is
- * refused too, as Date cannot represent it.
+ * 24:00, 12:60, a +24:00 offset, a leap second: Date cannot represent one), which Date.parse
+ * would roll over into the next day or month.
  */
 function rfc3339Time(m: RegExpExecArray): number {
   const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+  const offsetHours = m[9] === undefined ? 0 : Number(m[9]);
+  const offsetMinutes = m[10] === undefined ? 0 : Number(m[10]);
+  if (!realDateTime(year, month, day, hour, minute, second) || offsetHours > 23 || offsetMinutes > 59) return Number.NaN;
   const utc = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
   // Date.UTC maps years 0-99 to 1900-1999; setUTCFullYear does not.
   utc.setUTCFullYear(year);
-  const exists =
-    utc.getUTCFullYear() === year &&
-    utc.getUTCMonth() === month - 1 &&
-    utc.getUTCDate() === day &&
-    utc.getUTCHours() === hour &&
-    utc.getUTCMinutes() === minute &&
-    utc.getUTCSeconds() === second;
-  const offsetHours = m[9] === undefined ? 0 : Number(m[9]);
-  const offsetMinutes = m[10] === undefined ? 0 : Number(m[10]);
-  if (!exists || offsetHours > 23 || offsetMinutes > 59) return Number.NaN;
   // Milliseconds: the first three fractional digits (Sluice stores milliseconds).
   const ms = m[7] ? Number(m[7].slice(1, 4).padEnd(3, '0')) : 0;
   const offset = (m[8] === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000;
