@@ -45,13 +45,15 @@ export function requireApiToken(ctx: AppContext) {
   };
 }
 
-/** Host names of this machine's loopback interface, as a browser writes them in `Host`. */
-const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
+/** True for 127.0.0.0/8, ::1 and localhost. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
 
-/** The host name of a `Host` header value (no port), lower-cased. */
+/** The host name of a `Host` header value: no port, no IPv6 brackets, lower-cased. */
 function hostName(host: string): string {
   const h = host.toLowerCase();
-  return h.startsWith('[') ? h.slice(0, h.indexOf(']') + 1) : h.replace(/:\d+$/, '');
+  return h.startsWith('[') ? h.slice(1, h.indexOf(']')) : h.replace(/:\d+$/, '');
 }
 
 /**
@@ -69,7 +71,7 @@ function hostName(host: string): string {
 export function refuseCrossSite(ctx: AppContext) {
   return async function crossSiteGuard(req: FastifyRequest): Promise<void> {
     const host = req.headers.host ?? '';
-    if (!ctx.apiToken && !LOOPBACK_HOSTS.has(hostName(host))) {
+    if (!ctx.apiToken && !isLoopback(hostName(host))) {
       throw new HttpError(403, 'forbidden', `this server answers to its loopback names only (Host ${JSON.stringify(host.slice(0, 100))}); set SLUICE_API_TOKEN to serve other names`);
     }
     if (READ_METHODS.has(req.method)) return;

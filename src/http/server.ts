@@ -60,7 +60,4 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   return app;
 }
 
-/** True for 127.0.0.0/8, ::1 and localhost. */
-export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
-}
+export { isLoopback } from './auth.ts';
