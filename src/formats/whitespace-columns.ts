@@ -74,7 +74,7 @@ export class WhitespaceColumnsParser {
   #flushHeader(rows: string[][], lines: number[], raws: string[]): void {
     const header = this.#pendingHeader!;
     const samples = this.#samples;
-    rows.push(parseFixedWidthHeader(header, samples.length > 0 ? samples.map((s) => s.line) : undefined).names);
+    rows.push(parseFixedWidthHeader(header, samples.map((s) => s.line)).names);
     lines.push(1);
     raws.push(header);
     this.#pendingHeader = undefined;

@@ -14,14 +14,13 @@ import { intEnv } from '../config.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
-import { CsvParser } from '../formats/csv-parser.ts';
-import { HEADER_SAMPLE_ROWS, parseFixedWidthHeader } from '../formats/fixed-width.ts';
 import { DETECT_SAMPLE_BYTES, detectSample, type FileMeta } from '../formats/record-reader.ts';
 import { MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
 import { createStageSql } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
 import type { IntakeContext } from './context.ts';
+import { parserFor } from './part-job.ts';
 import { lineTerminator, RecordSplitter, type Part } from './splitter.ts';
 import { dropStaging, stageTableName } from './staging.ts';
 
@@ -43,6 +42,9 @@ export interface AcceptOptions {
 const TARGET_PARTS = 4;
 /** ...but no part is made smaller than this (below it, per-part overhead dominates). */
 const MIN_PART_ROWS = 1000;
+
+/** Bytes of part 0 read for the samples of a fixed-width header (hundreds of lines). */
+const SAMPLE_BYTES = 64 * 1024;
 
 /**
  * Records per part: `max`, or fewer for a file whose size is known, estimated from the
@@ -186,26 +188,13 @@ async function receive(
 /** Parses the header (with the first data line, for fixed-width) and records the format. */
 async function describe(ctx: IntakeContext, id: string, pipeline: Pipeline, meta: FileMeta, headerBytes: Buffer, firstPart: Buffer) {
   const decoder = new TextDecoder(meta.encoding);
-  let header: string[];
-  if (meta.format === 'csv') {
-    const parser = new CsvParser({ delimiter: meta.delimiter ?? ',' });
-    const batch = parser.push(decoder.decode(headerBytes));
-    header = batch.rows[0] ?? parser.end().rows[0] ?? [];
-  } else {
-    const text = decoder.decode(headerBytes).replace(/^\uFEFF/, '').replace(/\r?\n$/, '');
-    // The first data lines as samples: their majority places the columns (fixed-width.ts).
-    let end = -1;
-    for (let k = 0; k < HEADER_SAMPLE_ROWS; k++) {
-      const nl = firstPart.indexOf(0x0a, end + 1);
-      if (nl < 0) {
-        end = firstPart.length;
-        break;
-      }
-      end = nl;
-    }
-    const samples = decoder.decode(firstPart.subarray(0, end)).split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => l.trim() !== '');
-    header = parseFixedWidthHeader(text, samples).names;
-  }
+  // The header as the workers and `sluice import` read it: their parser from line 1. A
+  // fixed-width header is placed by the first data lines (fixed-width.ts), so those of part
+  // 0 go with it, up to the last line end of its first 64 KiB (a CSV header needs none).
+  const cut = meta.format === 'csv' ? -1 : firstPart.lastIndexOf(0x0a, SAMPLE_BYTES - 1);
+  const parser = parserFor(meta.format, meta.delimiter, 1);
+  const text = decoder.decode(headerBytes) + decoder.decode(firstPart.subarray(0, cut + 1));
+  const header = [parser.push(text), parser.end()].flatMap((b) => b.rows)[0] ?? [];
   mapHeader(pipeline, header); // throws InvalidFileError on an unusable header
   await setImportFormat(ctx.pool, id, { header, encoding: meta.encoding, delimiter: meta.delimiter });
 }
