@@ -73,7 +73,7 @@ function storeOf(v: string): { digits: CellResult; valid: CellResult } {
   else {
     // A store is a CNPJ, alphanumeric ones included (document.ts keeps their letters).
     const d = parseDocument(v).digits;
-    r = { digits: d || { error: `store has no digits: ${JSON.stringify(v)}` }, valid: d.length === 14 && isValidCnpj(d) };
+    r = { digits: d || { error: `store has no digits: ${JSON.stringify(v)}` }, valid: isValidCnpj(d) };
   }
   if (stores.size >= STORE_CACHE_MAX) stores.clear();
   stores.set(v, r);
