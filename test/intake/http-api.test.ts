@@ -113,6 +113,10 @@ test('bad uploads are refused with 400 and leave no import behind', async () => 
   assertError(await form([{ name: 'pipeline', value: 'leads' }]), 400, 'invalid_input', /no file/);
   assertError(await form([{ name: 'file', filename: 'a.csv', content: leadsCsv(2) }, { name: 'pipeline', value: 'leads' }]), 400, 'invalid_input', /before the file/);
   assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'upload', filename: 'a.csv', content: leadsCsv(2) }]), 400, 'invalid_input', /named "file"/);
+  // A "pipeline" field past the form's 10 text fields is skipped by the parser: said so.
+  const extra = Array.from({ length: 11 }, (_, i) => ({ name: `x${i}`, value: 'y' }));
+  const many = await form([...extra, { name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'a.csv', content: leadsCsv(2) }]);
+  assertError(many, 400, 'invalid_input', /more than 10 text fields before the file; only the first 10 are read: send "pipeline" first/);
   assertError(await form([{ name: 'pipeline', value: 'shoes' }, { name: 'file', filename: 'a.csv', content: leadsCsv(2) }]), 400, 'invalid_input', /unknown pipeline/);
   assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'a.bin', content: randomBytes(4096) }]), 400, 'invalid_file');
   const broken = await app.inject({

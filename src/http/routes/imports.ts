@@ -60,7 +60,7 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
     await scope.register(multipart, {
       // One more byte than allowed, so the engine (which counts) sees the excess and answers
       // 413 itself instead of busboy silently truncating the file at the limit.
-      limits: { fileSize: maxBytes + 1, files: 1, fields: 10, fieldSize: 4096, fieldNameSize: 100, parts: 20, headerPairs: 50 },
+      limits: { fileSize: maxBytes + 1, files: 1, fields: FORM_FIELDS, fieldSize: 4096, fieldNameSize: 100, parts: 20, headerPairs: 50 },
     });
     // Every other content type (text/csv, text/plain, application/octet-stream, none) is
     // the file itself: hand over the request stream untouched, unbuffered and unlimited
@@ -131,6 +131,9 @@ interface AcceptOptions {
   expectedBytes?: number | undefined;
 }
 
+/** Text fields a form may have; the parser skips those past it (and reports it late). */
+const FORM_FIELDS = 10;
+
 /**
  * multipart/form-data: the text field `pipeline`, then the file field `file`. The form is
  * read in order and the file is streamed as it arrives, so `pipeline` must come first (the
@@ -142,6 +145,7 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
   // rule "pipeline before the file" holds whatever the file's size.
   const parts = req.parts();
   let fromForm: string | undefined;
+  let fields = 0;
   for (;;) {
     const next = await parts.next().catch((err: unknown) => {
       throw clientError(err, 'malformed multipart body');
@@ -149,6 +153,7 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
     if (next.done) throw new InvalidInputError('the form has no file: send the file in a field named "file"');
     const part = next.value;
     if (part.type === 'field') {
+      fields++;
       if (part.fieldname === 'pipeline') fromForm = String(part.value);
       continue;
     }
@@ -159,6 +164,10 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
     const pipeline = fromForm || stringParam(req.query, 'pipeline');
     if (!pipeline) {
       part.file.resume();
+      // A "pipeline" field past the limit was skipped by the parser: say so.
+      if (fields >= FORM_FIELDS) {
+        throw new InvalidInputError(`the form has more than ${FORM_FIELDS} text fields before the file; only the first ${FORM_FIELDS} are read: send "pipeline" first`);
+      }
       throw new InvalidInputError('pipeline is required: a form field "pipeline" before the file, or ?pipeline=');
     }
     try {
