@@ -11,7 +11,7 @@ import { parse as parseYaml } from 'yaml';
 import { env } from '../../config.ts';
 import { InvalidInputError, errorMessage } from '../../core/errors.ts';
 import type { RateLimit, RetryPolicy } from '../../clients/pipedrive.ts';
-import { parseSchedule, type Schedule } from './schedule.ts';
+import { parseDuration, parseSchedule, type Schedule } from './schedule.ts';
 
 export const SOURCE_NAMES = ['customers', 'orders', 'payments'] as const;
 export type SourceName = (typeof SOURCE_NAMES)[number];
@@ -39,6 +39,19 @@ export interface PipedriveDestinationConfig {
   timeoutMs: number;
 }
 
+/** The config's `schedule`: when runs start, and how soon an unsuccessful run is followed up. */
+export type CrmSchedule = Schedule & {
+  /**
+   * `schedule.retry_after`: after a failed run, or one that left failed or unconfirmed
+   * records, the next run comes this long after it (doubled per consecutive unsuccessful
+   * run, never later than the next slot). Default 5 min; undefined: off (`retry_after: off`).
+   */
+  retryAfterMs: number | undefined;
+};
+
+/** `schedule.retry_after` when the file does not set it. */
+export const DEFAULT_RETRY_AFTER_MS = 5 * 60_000;
+
 export interface PostgresDestinationConfig {
   type: 'postgres';
 }
@@ -49,7 +62,7 @@ export interface CrmConfig {
   file: string | undefined;
   /** http(s) URLs or absolute local paths. */
   sources: Record<SourceName, string>;
-  schedule: Schedule | undefined;
+  schedule: CrmSchedule | undefined;
   value: { multiplier: number; currency: string; decimals: number };
   statusMap: Record<string, DealStatus>;
   defaultStatus: DealStatus;
@@ -190,6 +203,20 @@ function validDestination(raw: unknown, p: Problems): CrmConfig['destination'] {
   };
 }
 
+/** `schedule.retry_after`: a duration ("5m", "30s"), or `off` / `false` for none; default 5 min. */
+function retryAfter(v: unknown, p: Problems): number | undefined {
+  if (v === undefined || v === null) return DEFAULT_RETRY_AFTER_MS;
+  // `off` is a string in YAML 1.2 (this parser) and a boolean in YAML 1.1: take both.
+  if (v === false || v === 'off') return undefined;
+  try {
+    if (typeof v === 'string') return parseDuration(v);
+  } catch {
+    // reported below, with the way to turn it off
+  }
+  p.add('schedule.retry_after', `expected a duration like "5m" or "1h30m", or off, got ${JSON.stringify(v)}`);
+  return DEFAULT_RETRY_AFTER_MS;
+}
+
 /** Validates a parsed document; `file` names it in errors and anchors relative paths. */
 export function validateCrmConfig(doc: unknown, file?: string): CrmConfig {
   const p = new Problems();
@@ -216,17 +243,18 @@ export function validateCrmConfig(doc: unknown, file?: string): CrmConfig {
     else sources[k] = resolved;
   }
 
-  let schedule: Schedule | undefined;
+  let schedule: CrmSchedule | undefined;
   if (o.schedule !== undefined && o.schedule !== null) {
     const sc: Obj = isObj(o.schedule) ? o.schedule : {};
     if (!isObj(o.schedule)) p.add('schedule', 'expected a mapping with `cron` or `interval`');
-    checkKeys(sc, 'schedule.', ['cron', 'interval'], p);
+    checkKeys(sc, 'schedule.', ['cron', 'interval', 'retry_after'], p);
+    const retryAfterMs = retryAfter(sc.retry_after, p);
     if ((sc.cron === undefined) === (sc.interval === undefined)) {
       p.add('schedule', 'set exactly one of `cron` ("0 3 * * *") or `interval` ("24h")');
     } else {
       const key = sc.cron !== undefined ? 'cron' : 'interval';
       try {
-        schedule = parseSchedule(key, String(sc[key]));
+        schedule = { ...parseSchedule(key, String(sc[key])), retryAfterMs };
       } catch (err) {
         p.add(`schedule.${key}`, errorMessage(err));
       }

@@ -2,7 +2,11 @@
  * The scheduled CRM sync: inside `sluice serve` (enabled by SLUICE_CRM_CONFIG) and in the
  * foreground by `sluice sync crm` without `--once`. One run at a time; a run that outlives
  * its slot pushes the next one to the following slot (never two at once, never a burst of
- * catch-up runs). Stopping aborts the run in progress, which is then recorded as failed.
+ * catch-up runs). A run that fails, or leaves failed or unconfirmed records, is followed
+ * by an ordinary run sooner than the next slot: `schedule.retry_after` after it ends,
+ * doubled per consecutive unsuccessful run, never later than the next slot; a clean run
+ * goes back to the slots. Stopping aborts the run in progress, which is then recorded as
+ * failed, and arms nothing.
  */
 import { env } from '../../config.ts';
 import { InvalidInputError, errorMessage } from '../../core/errors.ts';
@@ -22,6 +26,22 @@ export interface ScheduleOptions {
 /** setTimeout cannot wait longer than 2^31-1 ms (~24.8 days): wait in chunks. */
 const MAX_TIMER = 2 ** 31 - 1;
 
+/**
+ * Why a run calls for a follow-up before the next slot (undefined: it was clean). A run
+ * that threw before it was recorded (the pipeline locked by another process, the database
+ * unreachable) has no outcome and counts as failed.
+ */
+export function retryReason(outcome: RunOutcome | undefined): string | undefined {
+  if (!outcome) return 'the run could not start';
+  if (outcome.status === 'failed') return `run ${outcome.runId} failed`;
+  const { persons, deals } = outcome.summary;
+  const failed = persons.failed + deals.failed;
+  const unconfirmed = persons.unconfirmed + deals.unconfirmed;
+  if (failed === 0 && unconfirmed === 0) return undefined;
+  const what = [failed ? `${failed} failed` : '', unconfirmed ? `${unconfirmed} unconfirmed` : ''].filter(Boolean).join(' and ');
+  return `run ${outcome.runId} left ${what} record${failed + unconfirmed === 1 ? '' : 's'}`;
+}
+
 export function startSchedule(pool: Pool, config: CrmConfig, options: ScheduleOptions): RunningService {
   const schedule = config.schedule;
   if (!schedule) throw new InvalidInputError(`${config.file ?? 'config'}: a scheduled sync needs schedule.cron or schedule.interval`);
@@ -30,40 +50,69 @@ export function startSchedule(pool: Pool, config: CrmConfig, options: ScheduleOp
   let stopped = false;
   let current: Promise<void> | undefined;
   let controller: AbortController | undefined;
+  /** The next regular slot: a retry run leaves it in place, a run at a slot moves it on. */
+  let slot = nextRun(schedule, new Date());
+  /** Consecutive unsuccessful runs (0 after a clean one): sets the retry's backoff. */
+  let misses = 0;
 
-  const arm = (at: Date) => {
+  const arm = (at: Date, retry: boolean) => {
     if (stopped) return;
     const wait = Math.min(MAX_TIMER, Math.max(0, at.getTime() - Date.now()));
     timer = setTimeout(() => {
-      if (Date.now() < at.getTime()) return arm(at);
-      current = fire(at);
+      if (Date.now() < at.getTime()) return arm(at, retry);
+      current = fire(at, retry);
     }, wait);
   };
 
-  const fire = async (slot: Date) => {
+  const fire = async (at: Date, retry: boolean) => {
+    if (!retry) slot = nextRun(schedule, at);
+    const attempt = misses > 0 ? ` (${retry ? 'retry, ' : ''}attempt ${misses + 1})` : '';
+    let outcome: RunOutcome | undefined;
     controller = new AbortController();
     try {
       const o = await runCrmSync(pool, config, { trigger: options.trigger, signal: controller.signal });
+      outcome = o;
       const s = o.summary;
-      log(`crm sync ${config.name}: run ${o.runId} ${o.status} (deals ${s.deals.created} created, ${s.deals.updated} updated, ${s.deals.failed} failed; ${s.requests} requests)`);
-      options.onRun?.(o);
+      log(`crm sync ${config.name}: run ${o.runId} ${o.status}${attempt} (deals ${s.deals.created} created, ${s.deals.updated} updated, ${s.deals.failed} failed; ${s.requests} requests)`);
     } catch (err) {
-      log(`crm sync ${config.name}: ${errorMessage(err)}`);
-      const outcome = (err as { outcome?: RunOutcome }).outcome;
-      if (outcome) options.onRun?.(outcome);
+      log(`crm sync ${config.name}: ${errorMessage(err)}${attempt}`);
+      outcome = (err as { outcome?: RunOutcome }).outcome;
     } finally {
       controller = undefined;
       current = undefined;
     }
+    // Outside the run's try: a throwing callback must not pass for a failed run (and a retry).
+    try {
+      if (outcome) options.onRun?.(outcome);
+    } catch (err) {
+      log(`crm sync ${config.name}: onRun: ${errorMessage(err)}`);
+    }
+    // Aborted by stop() (or stopped meanwhile): this MUST NOT arm a retry or a slot.
+    if (stopped) return;
     // The next slot after both the planned one and now: a long run skips missed slots.
     const now = new Date();
-    let next = nextRun(schedule, slot);
-    while (next <= now) next = nextRun(schedule, schedule.kind === 'interval' ? now : next);
-    arm(next);
+    while (slot <= now) slot = nextRun(schedule, schedule.kind === 'interval' ? now : slot);
+    const why = retryReason(outcome);
+    if (why === undefined) {
+      if (misses > 0) log(`crm sync ${config.name}: clean after ${misses} unsuccessful run${misses === 1 ? '' : 's'}, next run at the slot ${slot.toISOString()}`);
+      misses = 0;
+      return arm(slot, false);
+    }
+    misses++;
+    if (schedule.retryAfterMs === undefined) return arm(slot, false); // retry_after: off
+    // Exponential backoff (base, 2x, 4x ...); the exponent is capped so the product stays finite.
+    const retryAt = new Date(now.getTime() + schedule.retryAfterMs * 2 ** Math.min(misses - 1, 40));
+    if (retryAt < slot) {
+      log(`crm sync ${config.name}: ${why}, retrying at ${retryAt.toISOString()} (attempt ${misses + 1})`);
+      return arm(retryAt, true);
+    }
+    log(`crm sync ${config.name}: ${why}, retrying at the next slot ${slot.toISOString()} (attempt ${misses + 1})`);
+    arm(slot, false);
   };
 
-  arm(nextRun(schedule, new Date()));
-  log(`crm sync ${config.name}: scheduled (${schedule.kind} ${schedule.text})`);
+  arm(slot, false);
+  const retries = schedule.retryAfterMs === undefined ? 'no retries' : `retries from ${schedule.retryAfterMs / 1000} s`;
+  log(`crm sync ${config.name}: scheduled (${schedule.kind} ${schedule.text}, ${retries}), first run at ${slot.toISOString()}`);
   return {
     async stop() {
       stopped = true;
