@@ -53,6 +53,11 @@ export class CsvError extends InvalidFileError {
     super(message);
     this.line = line;
   }
+
+  /** The same error for text that starts `by` lines further into its file (an upload's part). */
+  moved(by: number): CsvError {
+    return new CsvError(this.message.replace(`line ${this.line}`, `line ${this.line + by}`), this.line + by);
+  }
 }
 
 const QUOTE = 0x22;

@@ -9,7 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { InvalidFileError, SluiceError } from '../core/errors.ts';
+import { InvalidFileError, InvalidInputError, SluiceError } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
@@ -59,6 +59,18 @@ export function partRowsFor(max: number, expectedBytes: number | undefined, samp
   return Math.min(max, Math.max(MIN_PART_ROWS, Math.ceil(estimatedRows / TARGET_PARTS)));
 }
 
+/** A SLUICE_PART_ROWS below this is refused: each part is a table and a job. */
+const SETTING_MIN_PART_ROWS = 100;
+
+/** SLUICE_PART_ROWS (default 10,000): a whole number of at least SETTING_MIN_PART_ROWS. */
+export function partRowsSetting(): number {
+  const n = intEnv('SLUICE_PART_ROWS', 10_000);
+  if (!Number.isInteger(n) || n < SETTING_MIN_PART_ROWS) {
+    throw new InvalidInputError(`SLUICE_PART_ROWS must be a whole number of at least ${SETTING_MIN_PART_ROWS}, got ${JSON.stringify(process.env.SLUICE_PART_ROWS)}`);
+  }
+  return n;
+}
+
 export async function acceptUpload(
   ctx: IntakeContext,
   input: { pipeline: string; fileName: string | null; source: string; maxRejectRatio?: number },
@@ -67,7 +79,7 @@ export async function acceptUpload(
 ): Promise<{ id: string }> {
   const pipeline = getPipeline(input.pipeline);
   const maxBytes = options.maxBytes ?? intEnv('SLUICE_MAX_UPLOAD_BYTES', 2 ** 31);
-  const partRows = options.partRows ?? intEnv('SLUICE_PART_ROWS', 10_000);
+  const partRows = options.partRows ?? partRowsSetting();
   const { pool, boss } = ctx;
   if (!boss) throw new SluiceError('unavailable', 'the job queue is not running in this process');
   // The upload's own connection holds the import's owner lock, from before the import

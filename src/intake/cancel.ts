@@ -2,7 +2,7 @@
 import { NotFoundError } from '../core/errors.ts';
 import { cancelImportRow, notifyImportFinished } from '../db/sql/intake.ts';
 import type { IntakeContext } from './context.ts';
-import { dropStaging } from './staging.ts';
+import { discardStaged } from './staging.ts';
 import { importStatus, type ImportStatus } from './status.ts';
 
 export async function cancelImport(ctx: IntakeContext, id: string): Promise<ImportStatus> {
@@ -10,8 +10,9 @@ export async function cancelImport(ctx: IntakeContext, id: string): Promise<Impo
   if (!before) throw new NotFoundError(`no import ${id}`);
   if (await cancelImportRow(ctx.pool, id)) {
     await notifyImportFinished(ctx.pool, id);
-    // Workers check the status before each step; a merge in flight rolls back on its own.
-    await dropStaging(ctx.pool, id).catch(() => {});
+    // Workers check the status before each step; a merge in flight rolls back on its own
+    // and drops what it holds.
+    await discardStaged(ctx.pool, id).catch(() => {});
   }
   return (await importStatus(ctx.pool, id))!;
 }

@@ -30,7 +30,7 @@ import { PreparedChunks } from '../load/prepared-chunk.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
 import { KeyFilter } from '../engine/key-filter.ts';
-import { dropStaging, partTableName, partTables, stageTableName } from './staging.ts';
+import { discardStaged, dropStaging, partTableName, partTables, stageTableName } from './staging.ts';
 
 /** Tells a merge that a part of its import may have been staged (a notification or a timeout). */
 export interface PartSignal {
@@ -159,7 +159,11 @@ async function restageLostParts(boss: Boss, client: Client, importId: string): P
 async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): Promise<'completed' | 'failed' | 'skipped'> {
   const { pool } = ctx;
   const start = await mergeWork(pool, importId);
-  if (!start || !active(start.status)) return 'skipped';
+  if (!start || !active(start.status)) {
+    // Ended before its merge began (failed, cancelled): what its parts staged goes.
+    if (start && start.status !== 'completed') await discardStaged(pool, importId).catch(() => {});
+    return 'skipped';
+  }
   const pipeline = getPipeline(start.pipeline);
   const stage = stageTableName(importId);
   const timings: Record<string, number> = {};
@@ -203,11 +207,14 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
     if (err instanceof PartLost) throw err;
     if (err instanceof Rollback) {
       if (err.outcome === 'skipped') {
-        if ((await importForWork(pool, importId))?.status === 'cancelled') await dropStaging(pool, importId).catch(() => {});
+        // Ended by someone else (a failed part, a cancel), whose drop may have given way to
+        // this merge's locks, released by the rollback above.
+        const now = (await importForWork(pool, importId))?.status;
+        if (now === 'failed' || now === 'cancelled') await discardStaged(pool, importId).catch(() => {});
         return 'skipped';
       }
       // Staging first: whoever sees the import failed finds it gone.
-      await dropStaging(pool, importId).catch(() => {});
+      await discardStaged(pool, importId).catch(() => {});
       await finishImport(pool, importId, {
         status: 'failed', error: err.outcome.fail, read: err.outcome.read, inserted: 0, updated: 0, unchanged: 0, rejected: err.outcome.rejected, timings,
       }, true);
@@ -216,8 +223,8 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
     }
     broken = true;
     const now = await importForWork(pool, importId).catch(() => undefined);
-    if (now?.status === 'cancelled') {
-      await dropStaging(pool, importId).catch(() => {});
+    if (now?.status === 'cancelled' || now?.status === 'failed') {
+      await discardStaged(pool, importId).catch(() => {});
       return 'skipped';
     }
     if (!now) return 'skipped'; // the upload failed and took its import with it

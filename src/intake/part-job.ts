@@ -16,7 +16,7 @@ import { InvalidFileError, errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
 import { completePart, failPart, lockImport, notifyImportFinished, notifyPartDone, startPart, type PartWork } from '../db/sql/intake.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
-import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
+import { CsvError, CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { WhitespaceColumnsParser } from '../formats/whitespace-columns.ts';
 import { JOBS_CHANNEL, MERGE_QUEUE, PART_RETRY_LIMIT, sendJob } from '../jobs/boss.ts';
@@ -25,7 +25,7 @@ import { BufferedRejects, REJECTS_COPY } from '../load/rejects.ts';
 import { faultPause } from '../core/fault.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
-import { createPartTable, partTableName } from './staging.ts';
+import { createPartTable, discardStaged, partTableName } from './staging.ts';
 
 export type PartOutcome = 'completed' | 'skipped' | 'failed';
 
@@ -37,14 +37,22 @@ interface RecordParser {
 
 export function parserFor(kind: 'csv' | 'fixed-width', delimiter: string | null, firstLine: number): RecordParser {
   if (kind === 'fixed-width') return new WhitespaceColumnsParser({ firstLine });
-  // The CSV parser counts lines from 1: shifted to the part's place in the file.
+  // The CSV parser counts lines from 1: its rows, rejects and fatal errors (an unclosed
+  // quote) are shifted to the part's place in the file.
   const p = new CsvParser({ delimiter: delimiter ?? ',' });
-  const shift = (b: ParsedBatch) => {
-    for (let i = 0; i < b.lines.length; i++) b.lines[i]! += firstLine - 1;
-    for (const e of b.errors) e.line += firstLine - 1;
+  const by = firstLine - 1;
+  const shift = (parse: () => ParsedBatch) => {
+    let b: ParsedBatch;
+    try {
+      b = parse();
+    } catch (err) {
+      throw err instanceof CsvError ? err.moved(by) : err;
+    }
+    for (let i = 0; i < b.lines.length; i++) b.lines[i]! += by;
+    for (const e of b.errors) e.line += by;
     return b;
   };
-  return { push: (text) => shift(p.push(text)), end: () => shift(p.end()) };
+  return { push: (text) => shift(() => p.push(text)), end: () => shift(() => p.end()) };
 }
 
 /**
@@ -179,6 +187,9 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
     await finishImport(pool, importId, {
       status: 'failed', error: message, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {},
     }, true).catch(() => {});
+    // No part can be staged any more (each checks the status under the import's row lock);
+    // a merge still running drops what it holds when it sees the import failed.
+    await discardStaged(pool, importId).catch(() => {});
     await notifyImportFinished(pool, importId).catch(() => {});
     return 'failed';
   }

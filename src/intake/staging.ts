@@ -6,8 +6,9 @@
  * one table (several key columns).
  */
 import type { Client, Pool } from '../db/pool.ts';
+import { dropFinishedPartData, dropPartData } from '../db/sql/intake.ts';
 import { ident } from '../load/merge-sql.ts';
-import { dropStaging, stageTableName, stagingTables } from '../load/staging.ts';
+import { DROP_BATCH, dropStaging, finishedStagingTables, stageTableName, stagingTables } from '../load/staging.ts';
 
 export { dropStaging, stageTableName };
 
@@ -34,4 +35,55 @@ export async function createPartTable(db: Client, importId: string, n: number): 
 export async function partTables(db: Pool | Client, importId: string): Promise<string[]> {
   const prefix = `${stageTableName(importId)}_p`;
   return (await stagingTables(db, importId)).filter((name) => name.startsWith(prefix));
+}
+
+/** Postgres's "lock not available" (lock_timeout ran out). */
+const LOCK_NOT_AVAILABLE = '55P03';
+
+/**
+ * Drops `tables`, DROP_BATCH per transaction, each giving way after a short wait for a lock:
+ * a merge still holding one (it has not seen yet that its import is over) drops them itself
+ * when it ends, and waiting for it here could queue its own next read behind this drop.
+ * Returns false when it gave way.
+ */
+async function dropGivingWay(pool: Pool, tables: string[]): Promise<boolean> {
+  const client = await pool.connect();
+  try {
+    for (let i = 0; i < tables.length; i += DROP_BATCH) {
+      await client.query('BEGIN');
+      try {
+        await client.query(`SET LOCAL lock_timeout = '200ms'`);
+        await client.query(`DROP TABLE IF EXISTS ${tables.slice(i, i + DROP_BATCH).map(ident).join(', ')}`);
+        await client.query('COMMIT');
+      } catch (err) {
+        await client.query('ROLLBACK');
+        if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
+        throw err;
+      }
+    }
+    return true;
+  } finally {
+    client.release();
+  }
+}
+
+/**
+ * What an import that ended without completing (failed, cancelled) leaves behind: its
+ * staging tables and its parts' stored bytes. Called by whoever ends it, and by its merge
+ * when that ends (the staging tables then holding no lock).
+ */
+export async function discardStaged(pool: Pool, importId: string): Promise<void> {
+  await dropPartData(pool, importId);
+  await dropGivingWay(pool, await stagingTables(pool, importId));
+}
+
+/**
+ * At a server's start: the staging tables and part bytes of imports that are over, left by
+ * a process that died or a drop that gave way (and by versions that did not drop them).
+ */
+export async function sweepFinishedImports(pool: Pool): Promise<{ tables: number; parts: number }> {
+  const parts = await dropFinishedPartData(pool);
+  const tables = await finishedStagingTables(pool);
+  await dropGivingWay(pool, tables);
+  return { tables: tables.length, parts };
 }

@@ -23,8 +23,32 @@ export async function stagingTables(db: Pool | Client, importId: string): Promis
   return rows.map((r) => r.name);
 }
 
-/** Drops every staging table of an import. */
+/**
+ * Tables dropped by one statement at most: each takes a lock (three with its TOAST table and
+ * index) held to the end of its transaction, and thousands at once overflow the server's
+ * lock table ("out of shared memory"; max_locks_per_transaction).
+ */
+export const DROP_BATCH = 100;
+
+/** Drops every staging table of an import (on a pool: a transaction per DROP_BATCH tables). */
 export async function dropStaging(db: Pool | Client, importId: string): Promise<void> {
   const tables = await stagingTables(db, importId);
-  if (tables.length > 0) await db.query(`DROP TABLE IF EXISTS ${tables.map(ident).join(', ')}`);
+  for (let i = 0; i < tables.length; i += DROP_BATCH) {
+    await db.query(`DROP TABLE IF EXISTS ${tables.slice(i, i + DROP_BATCH).map(ident).join(', ')}`);
+  }
+}
+
+/**
+ * Staging tables of imports that are over (completed, failed, cancelled) or gone: what a
+ * process that died, or a drop that gave way to a lock, left behind.
+ */
+export async function finishedStagingTables(db: Pool | Client): Promise<string[]> {
+  const { rows } = await db.query<{ name: string }>(
+    `SELECT c.relname AS name FROM pg_class c
+      WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace AND starts_with(c.relname, 'sluice_stage_')
+        AND NOT EXISTS (SELECT 1 FROM imports i
+                         WHERE replace(i.id::text, '-', '') = substr(c.relname, 14, 32) AND i.status IN ('queued', 'running'))
+      ORDER BY 1`,
+  );
+  return rows.map((r) => r.name);
 }

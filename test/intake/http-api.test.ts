@@ -9,6 +9,8 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../../src/http/server.ts';
+import { partRowsSetting } from '../../src/intake/accept.ts';
+import { sweepFinishedImports } from '../../src/intake/staging.ts';
 import { checkSchema } from '../events/openapi-check.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { leadsCsv, multipart, startIntake, type Intake } from './http-helpers.ts';
@@ -81,12 +83,22 @@ test('multipart: ?pipeline= works when the form has no pipeline field', async ()
   assert.equal(res.statusCode, 202, res.body);
 });
 
-test('file names are recorded as text only: no directories, no control characters', async () => {
+test('file names are recorded as text only: no directories, no control characters; a form of 10 text fields is read whole', async () => {
   const form = multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: '../../etc/pass\twd.csv', content: leadsCsv(2) }]);
   const res = await app.inject({ method: 'POST', url: '/imports', ...form });
   assert.equal(res.statusCode, 202, res.body);
   const s = (await app.inject({ method: 'GET', url: `/imports/${res.json().id}` })).json();
   assert.equal(s.file_name, 'passwd.csv');
+  // The same rule for a raw body's ?file_name= (it kept the directories).
+  for (const [name, recorded] of [['../../etc/pa%0Assw%01d.csv', 'passwd.csv'], ['C:%5CUsers%5Cana%5Cleads.csv', 'leads.csv'], ['dir/', null]] as const) {
+    const raw = await app.inject({ method: 'POST', url: `/imports?pipeline=leads&file_name=${name}`, headers: { 'content-type': 'text/csv' }, payload: leadsCsv(2) });
+    assert.equal(raw.statusCode, 202, raw.body);
+    assert.equal((await app.inject({ method: 'GET', url: `/imports/${raw.json().id}` })).json().file_name, recorded, name);
+  }
+  // A form of exactly 10 text fields (the limit) is read whole.
+  const ten = [...Array.from({ length: 9 }, (_, i) => ({ name: `x${i}`, value: 'y' })), { name: 'pipeline', value: 'leads' }];
+  const full = await app.inject({ method: 'POST', url: '/imports', ...multipart([...ten, { name: 'file', filename: 'ten.csv', content: leadsCsv(2) }]) });
+  assert.equal(full.statusCode, 202, full.body);
 });
 
 test('bad uploads are refused with 400 and leave no import behind', async () => {
@@ -113,10 +125,13 @@ test('bad uploads are refused with 400 and leave no import behind', async () => 
   assertError(await form([{ name: 'pipeline', value: 'leads' }]), 400, 'invalid_input', /no file/);
   assertError(await form([{ name: 'file', filename: 'a.csv', content: leadsCsv(2) }, { name: 'pipeline', value: 'leads' }]), 400, 'invalid_input', /before the file/);
   assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'upload', filename: 'a.csv', content: leadsCsv(2) }]), 400, 'invalid_input', /named "file"/);
-  // A "pipeline" field past the form's 10 text fields is skipped by the parser: said so.
-  const extra = Array.from({ length: 11 }, (_, i) => ({ name: `x${i}`, value: 'y' }));
-  const many = await form([...extra, { name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'a.csv', content: leadsCsv(2) }]);
-  assertError(many, 400, 'invalid_input', /more than 10 text fields before the file; only the first 10 are read: send "pipeline" first/);
+  // Past the form's 10 text fields the parser skips fields (a "pipeline" among them): refused,
+  // as is a field it would truncate. Exactly 10 fields pass.
+  const extra = (n: number) => Array.from({ length: n }, (_, i) => ({ name: `x${i}`, value: 'y' }));
+  const file = { name: 'file', filename: 'a.csv', content: leadsCsv(2) };
+  assertError(await form([...extra(10), { name: 'pipeline', value: 'leads' }, file]), 400, 'invalid_input', /^the form has more than 10 text fields: send only "pipeline", then the file$/);
+  assertError(await app.inject({ method: 'POST', url: '/imports?pipeline=leads', ...multipart([...extra(11), file]) }), 400, 'invalid_input', /more than 10 text fields/);
+  assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'note', value: 'z'.repeat(5000) }, file]), 400, 'invalid_input', /^form field "note" is longer than 4096 bytes$/);
   assertError(await form([{ name: 'pipeline', value: 'shoes' }, { name: 'file', filename: 'a.csv', content: leadsCsv(2) }]), 400, 'invalid_input', /unknown pipeline/);
   assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'a.bin', content: randomBytes(4096) }]), 400, 'invalid_file');
   const broken = await app.inject({
@@ -286,10 +301,24 @@ test('GET /imports/:id/rejects streams every reject in line order as CSV or NDJS
   assertError(await app.inject({ method: 'GET', url: `/imports/${id}/rejects?limit=0` }), 400, 'invalid_input', /limit/);
 });
 
-test('POST /imports/:id/cancel cancels a queued import; again is a no-op', async () => {
+/** An import's staging tables and the parts still holding their bytes. */
+async function leftOf(id: string): Promise<{ tables: number; bytes: number }> {
+  const { rows } = await db.pool.query<{ tables: number; bytes: number }>(
+    `SELECT (SELECT count(*)::int FROM pg_tables WHERE starts_with(tablename, $2)) AS tables,
+            (SELECT count(*)::int FROM import_parts WHERE import_id = $1 AND data IS NOT NULL) AS bytes`,
+    [id, `sluice_stage_${id.replace(/-/g, '')}`],
+  );
+  return rows[0]!;
+}
+
+test('POST /imports/:id/cancel cancels a queued import and drops its staging and every part\'s bytes; again is a no-op', async () => {
   const form = multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'cancel-me.csv', content: leadsCsv(10) }]);
   const { id } = (await app.inject({ method: 'POST', url: '/imports', ...form })).json();
+  // A part already staged keeps its bytes until the import is over.
+  await db.pool.query(`UPDATE import_parts SET status = 'completed' WHERE import_id = $1 AND n = 0`, [id]);
+  assert.deepEqual(await leftOf(id), { tables: 1, bytes: 1 });
   const res = await app.inject({ method: 'POST', url: `/imports/${id}/cancel` });
+  assert.deepEqual(await leftOf(id), { tables: 0, bytes: 0 });
   assert.equal(res.statusCode, 200, res.body);
   assert.equal(res.json().id, id);
   assert.equal(res.json().status, 'cancelled');
@@ -297,6 +326,37 @@ test('POST /imports/:id/cancel cancels a queued import; again is a no-op', async
   assert.equal(again.statusCode, 200);
   assert.equal(again.json().status, 'cancelled');
 });
+test('a starting server drops what imports that are over left behind (a died process, older versions), not what running ones hold', async () => {
+  const upload = async (name: string) =>
+    (await app.inject({ method: 'POST', url: '/imports', ...multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: name, content: leadsCsv(10) }]) })).json().id as string;
+  const [failed, done, running] = [await upload('failed.csv'), await upload('done.csv'), await upload('running.csv')];
+  await db.pool.query(`UPDATE imports SET status = 'failed' WHERE id = $1`, [failed]);
+  await db.pool.query(`UPDATE imports SET status = 'completed' WHERE id = $1`, [done]);
+  await db.pool.query(`CREATE TABLE ${`sluice_stage_${failed.replace(/-/g, '')}_p0`} (x int)`);
+  assert.deepEqual(await leftOf(failed), { tables: 2, bytes: 1 });
+  const swept = await sweepFinishedImports(db.pool);
+  assert.ok(swept.tables >= 3 && swept.parts >= 2, JSON.stringify(swept));
+  assert.deepEqual([await leftOf(failed), await leftOf(done), await leftOf(running)], [{ tables: 0, bytes: 0 }, { tables: 0, bytes: 0 }, { tables: 1, bytes: 1 }]);
+  await app.inject({ method: 'POST', url: `/imports/${running}/cancel` });
+});
+
+test('SLUICE_PART_ROWS is a whole number of at least 100', () => {
+  const saved = process.env.SLUICE_PART_ROWS;
+  try {
+    for (const bad of ['-1', '0', '99', '1.5', 'abc']) {
+      process.env.SLUICE_PART_ROWS = bad;
+      assert.throws(() => partRowsSetting(), /SLUICE_PART_ROWS must/, bad);
+    }
+    process.env.SLUICE_PART_ROWS = '100';
+    assert.equal(partRowsSetting(), 100);
+    delete process.env.SLUICE_PART_ROWS;
+    assert.equal(partRowsSetting(), 10_000);
+  } finally {
+    if (saved === undefined) delete process.env.SLUICE_PART_ROWS;
+    else process.env.SLUICE_PART_ROWS = saved;
+  }
+});
+
 test('an import that ended before its merge shows the rows its parts read and rejected; eta_s only once completed', async () => {
   const { rows } = await db.pool.query<{ id: string }>(
     `INSERT INTO imports (pipeline, status, parts_total, started_at, finished_at) VALUES ('leads', 'cancelled', 2, now() - interval '2 seconds', now()) RETURNING id`,

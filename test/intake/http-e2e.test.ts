@@ -156,6 +156,25 @@ test('Windows-1252 uploads keep their accents; a file that turns out not to be U
   assert.equal(none[0]!.n, 0, 'nothing of the failed import is kept');
 });
 
+test('a quote never closed in a later part fails the import naming the line in the file; its staging tables and stored bytes go', async () => {
+  const lines = leadsCsv(1200, 0, 'uq').split('\n');
+  lines[1099] = `"unclosed${lines[1099]}`; // line 1100 of the file, in its third part
+  const res = await fetch(`${base}/imports?pipeline=leads&file_name=uq.csv`, { method: 'POST', body: lines.join('\n'), headers: { 'content-type': 'text/csv' } });
+  assert.equal(res.status, 202, await res.clone().text());
+  const { id } = (await res.json()) as { id: string };
+  const s = await finished(id);
+  assert.equal(s.status, 'failed');
+  assert.equal(s.error, 'part 2: unbalanced quote: the quoted field starting at line 1100 is never closed');
+  await waitFor('the failed import\'s staging tables and part bytes to go', async () => {
+    const left = await db.pool.query<{ tables: number; bytes: number }>(
+      `SELECT (SELECT count(*)::int FROM pg_tables WHERE starts_with(tablename, $2)) AS tables,
+              (SELECT count(*)::int FROM import_parts WHERE import_id = $1 AND data IS NOT NULL) AS bytes`,
+      [id, `sluice_stage_${id.replace(/-/g, '')}`],
+    );
+    return left.rows[0]!.tables === 0 && left.rows[0]!.bytes === 0 ? true : undefined;
+  });
+});
+
 test('a URL is fetched by the server and imported; the name recorded is the path\'s last segment', async () => {
   const res = await fetch(`${base}/imports`, {
     method: 'POST',

@@ -207,8 +207,18 @@ export async function notifyImportFinished(db: Db, id: string): Promise<void> {
   await db.query('SELECT pg_notify($1, $2)', [IMPORTS_CHANNEL, id]);
 }
 
+/** The stored bytes of an import's parts, dropped once it is over (completed or not). */
 export async function dropPartData(db: Db, id: string): Promise<void> {
-  await db.query(`UPDATE import_parts SET data = NULL WHERE import_id = $1`, [id]);
+  await db.query(`UPDATE import_parts SET data = NULL WHERE import_id = $1 AND data IS NOT NULL`, [id]);
+}
+
+/** The stored bytes of every import that is over: what a process that died left behind. */
+export async function dropFinishedPartData(db: Db): Promise<number> {
+  const { rowCount } = await db.query(
+    `UPDATE import_parts p SET data = NULL FROM imports i
+      WHERE i.id = p.import_id AND i.status NOT IN ('queued', 'running') AND p.data IS NOT NULL`,
+  );
+  return rowCount ?? 0;
 }
 
 export async function cancelImportRow(db: Db, id: string): Promise<boolean> {
@@ -217,8 +227,14 @@ export async function cancelImportRow(db: Db, id: string): Promise<boolean> {
       WHERE id = $1 AND status IN ('queued', 'running')`,
     [id],
   );
-  await db.query(`UPDATE import_parts SET status = 'cancelled', data = NULL WHERE import_id = $1 AND status IN ('queued', 'running')`, [id]);
-  return (rowCount ?? 0) > 0;
+  if (!rowCount) return false;
+  // Every part's bytes go (the completed ones' too); the unfinished parts are cancelled.
+  await db.query(
+    `UPDATE import_parts SET status = CASE WHEN status IN ('queued', 'running') THEN 'cancelled' ELSE status END, data = NULL
+      WHERE import_id = $1 AND (data IS NOT NULL OR status IN ('queued', 'running'))`,
+    [id],
+  );
+  return true;
 }
 
 export async function importForWork(db: Db, id: string) {

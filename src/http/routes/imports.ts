@@ -60,7 +60,7 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
     await scope.register(multipart, {
       // One more byte than allowed, so the engine (which counts) sees the excess and answers
       // 413 itself instead of busboy silently truncating the file at the limit.
-      limits: { fileSize: maxBytes + 1, files: 1, fields: FORM_FIELDS, fieldSize: 4096, fieldNameSize: 100, parts: 20, headerPairs: 50 },
+      limits: { fileSize: maxBytes + 1, files: 1, fields: FORM_FIELDS + 1, fieldSize: FIELD_BYTES, fieldNameSize: 100, parts: 20, headerPairs: 50 },
     });
     // Every other content type (text/csv, text/plain, application/octet-stream, none) is
     // the file itself: hand over the request stream untouched, unbuffered and unlimited
@@ -131,8 +131,13 @@ interface AcceptOptions {
   expectedBytes?: number | undefined;
 }
 
-/** Text fields a form may have; the parser skips those past it (and reports it late). */
+/**
+ * Text fields a form may have, and their size. The parser is given one field more: one that
+ * reaches it means there were too many (it skips those past its limit and says so only
+ * after the file), and the form is refused.
+ */
 const FORM_FIELDS = 10;
+const FIELD_BYTES = 4096;
 
 /**
  * multipart/form-data: the text field `pipeline`, then the file field `file`. The form is
@@ -153,7 +158,8 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
     if (next.done) throw new InvalidInputError('the form has no file: send the file in a field named "file"');
     const part = next.value;
     if (part.type === 'field') {
-      fields++;
+      if (++fields > FORM_FIELDS) throw new InvalidInputError(`the form has more than ${FORM_FIELDS} text fields: send only "pipeline", then the file`);
+      if (part.valueTruncated) throw new InvalidInputError(`form field ${JSON.stringify(part.fieldname)} is longer than ${FIELD_BYTES} bytes`);
       if (part.fieldname === 'pipeline') fromForm = String(part.value);
       continue;
     }
@@ -164,10 +170,6 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
     const pipeline = fromForm || stringParam(req.query, 'pipeline');
     if (!pipeline) {
       part.file.resume();
-      // A "pipeline" field past the limit was skipped by the parser: say so.
-      if (fields >= FORM_FIELDS) {
-        throw new InvalidInputError(`the form has more than ${FORM_FIELDS} text fields before the file; only the first ${FORM_FIELDS} are read: send "pipeline" first`);
-      }
       throw new InvalidInputError('pipeline is required: a form field "pipeline" before the file, or ?pipeline=');
     }
     try {
@@ -259,12 +261,14 @@ function intParam(query: Query, name: string, range: { min: number; max: number 
 }
 
 /**
- * The name a file is recorded under: the client's, as text only (it is never used as a
- * path), without control characters and at most 255 characters.
+ * The name a file is recorded under: the client's last path segment (as the form parser
+ * gives a multipart file's name), as text only (it is never used as a path), without
+ * control characters and at most 255 characters.
  */
 function recordedName(name: string | undefined): string | null {
   // eslint-disable-next-line no-control-regex
-  const clean = (name ?? '').replace(/[\u0000-\u001f\u007f]/g, '').trim().slice(0, 255);
+  const text = (name ?? '').replace(/[\u0000-\u001f\u007f]/g, '');
+  const clean = text.slice(Math.max(text.lastIndexOf('/'), text.lastIndexOf('\\')) + 1).trim().slice(0, 255);
   return clean === '' ? null : clean;
 }
 
