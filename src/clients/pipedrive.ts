@@ -9,6 +9,11 @@
  *   the server's count disagrees with its own (another client sharing the token);
  * - bounds requests in flight, retries 5xx and network errors with full-jitter backoff,
  *   and refuses to send past a daily request budget;
+ * - counts only requests that may have reached the API (the API counts what it received):
+ *   an attempt that surely never left (connection refused, DNS failure) is `unsent`, takes
+ *   nothing from the budget and frees its window slot at once;
+ * - ends every request at once (`AccessRefusedError`) when the API refuses the token (401)
+ *   or its user (403): every other request would be refused alike;
  * - gives up, for every request at once (`RateLimitedError`), when the API keeps refusing
  *   (50 429s in a row for one request) or asks to wait longer than `maxRetryAfterMs`: the
  *   account's limit is spent for longer than a run should hold its pipeline.
@@ -18,7 +23,7 @@
  * `UnconfirmedWriteError` and the caller leaves the answer to its next full read of the CRM.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { SluiceError } from '../core/errors.ts';
+import { SluiceError, type ErrorCode } from '../core/errors.ts';
 
 export interface RateLimit {
   limit: number;
@@ -42,13 +47,16 @@ export interface PipedriveClientOptions {
   rateLimit: RateLimit;
   retry: RetryPolicy;
   timeoutMs: number;
-  /** Requests left today; undefined = no budget. Decremented per request sent. */
+  /** Requests left today; undefined = no budget. Decremented per request sent (not per unsent attempt). */
   budget?: { remaining: number } | undefined;
   signal?: AbortSignal | undefined;
 }
 
 export interface ClientStats {
+  /** Requests that may have reached the API (answered, or lost on the way): what it counts. */
   requests: number;
+  /** Attempts that surely never left (connection refused, DNS failure): not in `requests`. */
+  unsent: number;
   retries429: number;
   retries5xx: number;
   retriesNetwork: number;
@@ -56,13 +64,26 @@ export interface ClientStats {
   byRoute: Record<string, number>;
 }
 
-/** A request the API refused for good (4xx other than 429), or that kept failing. */
-export class PipedriveError extends Error {
+/**
+ * A request the API refused for good (4xx other than 429), or that kept failing. Code
+ * `unavailable` when the API could not be reached or kept failing (network, 5xx), else
+ * `internal` (a request the API would not take).
+ */
+export class PipedriveError extends SluiceError {
   readonly status: number | undefined;
-  constructor(message: string, status: number | undefined, options?: { cause?: unknown }) {
-    super(message, options);
+  constructor(message: string, status: number | undefined, options?: { cause?: unknown }, code?: ErrorCode) {
+    super(code ?? (status === undefined || status >= 500 ? 'unavailable' : 'internal'), message, options);
     this.status = status;
-    this.name = 'PipedriveError';
+  }
+}
+
+/**
+ * The API refused the token (401: wrong, revoked or expired) or what its user may do (403):
+ * every request would be refused alike, so every request of the client fails with it.
+ */
+export class AccessRefusedError extends PipedriveError {
+  constructor(message: string, status: 401 | 403) {
+    super(message, status, undefined, status === 401 ? 'unauthorized' : 'forbidden');
   }
 }
 
@@ -73,7 +94,6 @@ export class PipedriveError extends Error {
 export class UnconfirmedWriteError extends PipedriveError {
   constructor(message: string, status: number | undefined, options?: { cause?: unknown }) {
     super(message, status, options);
-    this.name = 'UnconfirmedWriteError';
   }
 }
 
@@ -223,10 +243,16 @@ class SlidingWindow {
   /**
    * Frees the slot one window after `answeredAt` (when the response's headers arrived: the
    * server had counted the request by then; reading and parsing the body is not its time).
-   * Answers come back out of order: the list stays sorted.
+   * Answers come back out of order: the list stays sorted. `reached: false`: the request
+   * surely never left, the slot frees at once.
    */
-  release(answeredAt = performance.now()): void {
+  release(answeredAt = performance.now(), reached = true): void {
     this.inFlight--;
+    if (!reached) {
+      // Never reached the server (connection refused, DNS): it counted nothing, free now.
+      this.wake?.();
+      return;
+    }
     let i = this.done.length;
     while (i > this.head && (this.done[i - 1] as number) > answeredAt) i--;
     if (i === this.done.length) this.done.push(answeredAt);
@@ -298,10 +324,13 @@ function routeOf(method: string, path: string): string {
 }
 
 export class PipedriveClient {
-  readonly stats: ClientStats = { requests: 0, retries429: 0, retries5xx: 0, retriesNetwork: 0, byRoute: {} };
+  readonly stats: ClientStats = { requests: 0, unsent: 0, retries429: 0, retries5xx: 0, retriesNetwork: 0, byRoute: {} };
   private readonly window: SlidingWindow;
   private readonly slots: Slots;
   private readonly o: PipedriveClientOptions;
+  /** Requests sent and not yet settled (answered, failed or aborted); `close()` calls waiting for none. */
+  private sending = 0;
+  private idle: Array<() => void> = [];
 
   constructor(options: PipedriveClientOptions) {
     this.o = options;
@@ -323,6 +352,9 @@ export class PipedriveClient {
       await this.slots.take();
       let acquired = false;
       let answeredAt: number | undefined;
+      /** Surely never reached the API (connection refused, DNS failure). */
+      let unsent = false;
+      let sent = false;
       try {
         await this.window.acquire(this.o.signal);
         acquired = true;
@@ -331,6 +363,8 @@ export class PipedriveClient {
           this.o.budget.remaining--;
         }
         this.stats.requests++;
+        this.sending++;
+        sent = true;
         const route = routeOf(method, path);
         this.stats.byRoute[route] = (this.stats.byRoute[route] ?? 0) + 1;
         // One controller per request, its timer cleared on the answer: AbortSignal.timeout
@@ -360,13 +394,23 @@ export class PipedriveClient {
         } catch (err) {
           this.o.signal?.throwIfAborted();
           netErr = err;
+          if (NOT_SENT.has(networkCode(err))) {
+            // The API never received it: not a request it counts, nor one of the budget's.
+            this.stats.requests--;
+            this.stats.byRoute[route] = (this.stats.byRoute[route] ?? 0) - 1;
+            if (!this.stats.byRoute[route]) delete this.stats.byRoute[route];
+            this.stats.unsent++;
+            if (this.o.budget) this.o.budget.remaining++;
+            unsent = true;
+          }
         } finally {
           clearTimeout(timer);
           this.o.signal?.removeEventListener('abort', onAbort);
         }
       } finally {
-        if (acquired) this.window.release(answeredAt);
+        if (acquired) this.window.release(answeredAt, !unsent);
         this.slots.give();
+        if (sent) this.settled();
       }
       if (res) this.observe(res);
       if (res && res.status !== 429) this.window.relax();
@@ -398,17 +442,19 @@ export class PipedriveClient {
       }
       const status = res?.status;
       const what = res ? `HTTP ${status}: ${envelope?.error ?? res.statusText}` : `network error ${networkCode(netErr)}`;
+      if (status === 401 || status === 403) throw this.refused(`${method} ${path}: ${what}`, status);
       const transient = res ? status !== undefined && status >= 500 : true;
       if (!transient) {
         const info = envelope?.error_info ? ` (${envelope.error_info})` : '';
         throw new PipedriveError(`${method} ${path}: ${what}${info}`, status);
       }
       // A create sent twice may exist twice: once it may have reached the server, never again.
-      if (method === 'POST' && !(netErr && NOT_SENT.has(networkCode(netErr)))) {
+      if (method === 'POST' && !unsent) {
         throw new UnconfirmedWriteError(`${method} ${path}: ${what}; it may have been applied, so it is not sent again`, status, { cause: netErr });
       }
       if (++failures >= maxAttempts) {
-        throw new PipedriveError(`${method} ${path}: ${what} after ${failures} attempts`, status, { cause: netErr });
+        const never = unsent ? ' (the last never reached Pipedrive: connection refused or DNS failure)' : '';
+        throw new PipedriveError(`${method} ${path}: ${what} after ${failures} attempts${never}`, status, { cause: netErr });
       }
       if (res) this.stats.retries5xx++;
       else this.stats.retriesNetwork++;
@@ -417,9 +463,40 @@ export class PipedriveClient {
     }
   }
 
+  /** One request settled: wakes `close()` when it was the last in flight. */
+  private settled(): void {
+    if (--this.sending > 0) return;
+    for (const wake of this.idle.splice(0)) wake();
+  }
+
+  /**
+   * Ends the client: every request not yet sent (waiting for a slot, or to be retried) fails
+   * with `reason`; resolves once none is in flight. A run calls it before its final count,
+   * so that nothing is sent after the run ends and every request it sent is counted
+   * (unsent attempts too) and every answer journaled.
+   */
+  async close(reason: Error): Promise<void> {
+    this.window.fail(reason);
+    while (this.sending > 0) await new Promise<void>((r) => this.idle.push(r));
+  }
+
   /** The limit is spent beyond what a run waits: this request and every other one fail with `message`. */
   private giveUp(message: string): RateLimitedError {
     const err = new RateLimitedError(message);
+    this.window.fail(err);
+    return err;
+  }
+
+  /**
+   * The token (401) or its user (403) is refused: this request and every other one fail
+   * with one error telling what to check.
+   */
+  private refused(what: string, status: 401 | 403): AccessRefusedError {
+    const why =
+      status === 401
+        ? `Pipedrive refused the API token (${what}): check PIPEDRIVE_API_TOKEN (wrong, revoked or expired); every request would be refused, so the run ends`
+        : `Pipedrive refused the request (${what}): the user of PIPEDRIVE_API_TOKEN may not do this (check that user's permissions and the token); the run ends`;
+    const err = new AccessRefusedError(why, status);
     this.window.fail(err);
     return err;
   }

@@ -11,11 +11,12 @@
  * happens; a killed run leaves the CRM as the truth for the next snapshot, so it creates
  * no duplicates. A create never goes twice: one that failed ambiguously is *unconfirmed*
  * (counted, stored in crm_failures as such) and the next run's read of the CRM settles it.
- * A record the API refuses is stored in crm_failures and the run goes on.
+ * A record the API refuses is stored in crm_failures and the run goes on; a refused token
+ * (401) or user (403) ends the run at once.
  */
 import { env } from '../../config.ts';
-import { InvalidInputError } from '../../core/errors.ts';
-import { PipedriveClient, PipedriveError, UnconfirmedWriteError } from '../../clients/pipedrive.ts';
+import { InvalidInputError, SluiceError } from '../../core/errors.ts';
+import { AccessRefusedError, PipedriveClient, PipedriveError, UnconfirmedWriteError } from '../../clients/pipedrive.ts';
 import type { Client } from '../../db/pool.ts';
 import { desiredParams, insertFailures, insertLinks, lastCrmSize, type Failure, type Link } from '../../db/sql/crm.ts';
 import {
@@ -76,11 +77,11 @@ function serialized(client: Client): Db {
 
 /**
  * A refusal of this one record (a 4xx, or retries exhausted): stored, and the run goes on.
- * A rejected token (401/403) would fail every record alike, so it ends the run instead, as
- * a spent rate limit or budget does (those are not PipedriveErrors).
+ * A refused token or user (401/403, `AccessRefusedError`) would fail every record alike, so
+ * it ends the run instead, as a spent rate limit or budget does (those are not PipedriveErrors).
  */
 function permanent(err: unknown): err is PipedriveError {
-  return err instanceof PipedriveError && err.status !== 401 && err.status !== 403;
+  return err instanceof PipedriveError && !(err instanceof AccessRefusedError);
 }
 
 /** How a create that may or may not have been applied is stored among the run's failures. */
@@ -216,6 +217,7 @@ export class PipedriveDestination implements Destination {
     const result: DestinationResult = { persons: zeroCounts(), deals: zeroCounts(), requests: 0, retries_429: 0, details: {} };
     const snapshotOf = () => {
       result.requests = client.stats.requests;
+      result.details.unsent = client.stats.unsent;
       result.retries_429 = client.stats.retries429;
       result.details.retries_5xx = client.stats.retries5xx;
       result.details.retries_network = client.stats.retriesNetwork;
@@ -297,6 +299,10 @@ export class PipedriveDestination implements Destination {
       return snapshotOf();
     } finally {
       journal.stop();
+      // Nothing is sent once the run is over (a failed step leaves others retrying, e.g. the
+      // other field list); requests in flight settle first, so the run counts them (and the
+      // attempts that never left) and journals their creates.
+      await client.close(new SluiceError('unavailable', 'the run has ended'));
       // Both queue on `db`: they MUST finish before `db` is released.
       await desired.catch(() => {});
       await persons.catch(() => {});

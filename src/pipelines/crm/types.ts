@@ -26,6 +26,10 @@ export interface Counts {
 export interface SyncSummary {
   persons: Counts;
   deals: Counts;
+  /**
+   * Requests that may have reached the CRM (what its limits and the daily budget count);
+   * attempts that surely never left (connection refused, DNS) are `details.unsent`.
+   */
   requests: number;
   retries_429: number;
   duration_ms: number;
@@ -34,6 +38,7 @@ export interface SyncSummary {
 export interface DestinationResult {
   persons: Counts;
   deals: Counts;
+  /** As in SyncSummary: requests that may have reached the CRM. */
   requests: number;
   retries_429: number;
   /** Destination-specific facts for the run record (plan sizes, requests per route...). */
