@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { InvalidInputError } from './core/errors.ts';
 
 /** The repository root (this file is src/config.ts). */
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -18,12 +19,104 @@ export function sluiceHome(): string {
   return path.resolve(env('SLUICE_HOME') ?? path.join(repoRoot, '.sluice'));
 }
 
+/**
+ * A numeric setting, `fallback` when unset. A value that is not a number is bad usage
+ * (InvalidInputError: CLI exit 2); commands check their settings up front with
+ * `checkSettings`, so this throws only for a setting missing from SETTINGS.
+ */
 export function intEnv(name: string, fallback: number): number {
   const v = env(name);
   if (v === undefined) return fallback;
+  // A listed setting is held to its own rule (SLUICE_PART_ROWS >= 100...), others to a number.
+  const problem = (SETTINGS[name]?.check ?? isNumber)(v);
+  if (problem) throw new InvalidInputError(`${name} ${problem}, got ${JSON.stringify(v)}`);
+  return Number(v);
+}
+
+/** The commands that check their settings before opening anything. */
+export type SettingsCommand = 'serve' | 'worker' | 'import';
+
+interface Setting {
+  /** The commands that read it (directly or in their routes, services and workers). */
+  readBy: readonly SettingsCommand[];
+  /** What is wrong with `value` ("must be ..."), undefined when it is fine. */
+  check(value: string): string | undefined;
+}
+
+/** What intEnv accepts. */
+function isNumber(v: string): string | undefined {
+  return Number.isFinite(Number(v)) ? undefined : 'must be a number';
+}
+
+function isPositiveInteger(v: string): string | undefined {
   const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`${name} must be a number, got ${JSON.stringify(v)}`);
-  return n;
+  return Number.isInteger(n) && n >= 1 ? undefined : 'must be a positive integer';
+}
+
+function wholeAtLeast(min: number): (v: string) => string | undefined {
+  return (v) => {
+    const n = Number(v);
+    return Number.isInteger(n) && n >= min ? undefined : `must be a whole number of at least ${min}`;
+  };
+}
+
+function oneOf(...values: string[]): (v: string) => string | undefined {
+  return (v) => (values.includes(v) ? undefined : `must be ${values.slice(0, -1).join(', ')} or ${values.at(-1)}`);
+}
+
+const serve = ['serve'] as const;
+const number = (readBy: readonly SettingsCommand[]): Setting => ({ readBy, check: isNumber });
+
+/**
+ * Every setting with a constrained value, and the commands that read it. They are read
+ * where they are used (routes, services, workers), often after the database pool, the
+ * queue or a LISTEN connection is open, where a bad value would leave those behind: so each
+ * command checks all of its settings first (`checkSettings`), including those it reads only
+ * in some configurations (SLUICE_PROVIDER_* without SLUICE_PROVIDER_URL). A setting read
+ * with intEnv must be listed here (test/cli/settings.test.ts checks it).
+ */
+export const SETTINGS: Readonly<Record<string, Setting>> = {
+  SLUICE_PORT: number(serve),
+  SLUICE_DB_POOL: number(serve),
+  SLUICE_LOG_LEVEL: { readBy: serve, check: oneOf('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent') },
+  SLUICE_MAX_UPLOAD_BYTES: number(serve),
+  // Each part is a table and a job: -1 made one-row parts, thousands of them.
+  SLUICE_PART_ROWS: { readBy: serve, check: wholeAtLeast(100) },
+  SLUICE_WORKERS: number(serve),
+  SLUICE_WORKER_WARMUP: number(['serve', 'worker']),
+  SLUICE_LIVE_MAX_STREAMS: number(serve),
+  SLUICE_SEARCH_CACHE: { readBy: serve, check: oneOf('strict', 'notify', 'off') },
+  SLUICE_VISITS_BATCH_MAX: number(serve),
+  SLUICE_VISITS_BATCH_BYTES: number(serve),
+  SLUICE_VISITS_FLUSH_MS: number(serve),
+  SLUICE_VISITS_MAX_PENDING: number(serve),
+  SLUICE_VISITS_FLUSHES: number(serve),
+  SLUICE_VISITS_TIMEOUT_MS: number(serve),
+  SLUICE_VISITS_APPLY_MS: number(serve),
+  SLUICE_VISITS_MAINTENANCE: number(serve),
+  SLUICE_VISITS_MAINTENANCE_MS: number(serve),
+  SLUICE_PROVIDER_INTERVAL_S: number(serve),
+  SLUICE_PROVIDER_TIMEOUT_S: number(serve),
+  SLUICE_PROVIDER_IDLE_TIMEOUT_S: number(serve),
+  SLUICE_PROVIDER_RETRIES: number(serve),
+  // Read by the import runner (src/engine/import-runner.ts, chunkRows) once the import's
+  // row exists: a bad value would be recorded as a failed import instead of refused.
+  SLUICE_CHUNK_ROWS: { readBy: ['import'], check: isPositiveInteger },
+};
+
+/**
+ * Checks every setting `command` reads (SETTINGS) and throws one InvalidInputError naming
+ * each bad value. Call it before opening anything (pool, queue, embedded server).
+ */
+export function checkSettings(command: SettingsCommand): void {
+  const problems: string[] = [];
+  for (const [name, s] of Object.entries(SETTINGS)) {
+    const v = env(name);
+    if (v === undefined || !s.readBy.includes(command)) continue;
+    const problem = s.check(v);
+    if (problem) problems.push(`${name} ${problem}, got ${JSON.stringify(v)}`);
+  }
+  if (problems.length > 0) throw new InvalidInputError(problems.join('; '));
 }
 
 /** Replaces the password of a connection URL, for messages and logs. */

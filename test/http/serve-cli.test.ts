@@ -1,13 +1,21 @@
 /**
  * `sluice serve` as a process: a port that is taken makes it fail (exit 1, the reason
  * printed) instead of running on with its workers and no server; a port that is not a
- * whole number is refused before anything starts (exit 2).
+ * whole number, or a setting with a bad value, is refused before anything starts (exit 2);
+ * a configuration error met once the pool and the queue are open closes them and exits.
  */
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { killAll, startSluice } from '../helpers/processes.ts';
+import { NO_DATABASE, exited, exitedWithin } from '../cli/exit.ts';
+
+/**
+ * For a process that has opened the database: well under pg's 10 s idle timeout, after
+ * which a pool left open would let the process exit by itself, late.
+ */
+const PROMPTLY_MS = 8_000;
 
 let db: TestDb;
 before(async () => {
@@ -17,13 +25,6 @@ after(async () => {
   await killAll();
   await db.close();
 });
-
-function exited(p: ReturnType<typeof startSluice>): Promise<number | null> {
-  return new Promise((resolve) => {
-    if (p.child.exitCode !== null) return resolve(p.child.exitCode);
-    p.child.once('exit', (code) => resolve(code));
-  });
-}
 
 test('a taken port: serve stops its workers and exits 1 with the reason', async () => {
   const taken = net.createServer();
@@ -44,4 +45,39 @@ test('a port that is not a whole number 0-65535 is refused (exit 2)', async () =
     assert.equal(await exited(p), 2, `${JSON.stringify(port)}: ${p.output()}`);
     assert.match(p.output(), /invalid port/);
   }
+});
+
+test('a setting with a bad value is refused before the database is opened (exit 2)', async () => {
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ SLUICE_WORKERS: 'abc' }, /SLUICE_WORKERS must be a number, got "abc"/],
+    [{ SLUICE_VISITS_TIMEOUT_MS: 'x' }, /SLUICE_VISITS_TIMEOUT_MS must be a number, got "x"/],
+    [{ SLUICE_MAX_UPLOAD_BYTES: 'lots' }, /SLUICE_MAX_UPLOAD_BYTES must be a number, got "lots"/],
+    [{ SLUICE_PROVIDER_RETRIES: 'some' }, /SLUICE_PROVIDER_RETRIES must be a number/],
+    [{ SLUICE_LOG_LEVEL: 'loud' }, /SLUICE_LOG_LEVEL must be fatal, error, warn, info, debug, trace or silent, got "loud"/],
+    [{ SLUICE_SEARCH_CACHE: 'bogus' }, /SLUICE_SEARCH_CACHE must be strict, notify or off, got "bogus"/],
+    // Every bad value at once, not one per attempt.
+    [{ SLUICE_WORKERS: 'abc', SLUICE_DB_POOL: 'big' }, /SLUICE_DB_POOL must be a number.*; SLUICE_WORKERS must be a number/],
+  ];
+  for (const [env, message] of cases) {
+    // Opening the pool before the check would fail on this URL with ECONNREFUSED (exit 1).
+    const p = startSluice(['serve', '--port', '0'], { DATABASE_URL: NO_DATABASE, ...env });
+    assert.equal(await exitedWithin(p, 30_000), 2, `${JSON.stringify(env)}: ${p.output()}`);
+    assert.match(p.output(), message);
+    assert.doesNotMatch(p.output(), /ECONNREFUSED|listening/);
+  }
+});
+
+test('the reported case: SLUICE_WORKERS=abc with the database up exits 2 at once', async () => {
+  const p = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_WORKERS: 'abc' });
+  assert.equal(await exitedWithin(p, PROMPTLY_MS), 2, p.output());
+  assert.match(p.output(), /SLUICE_WORKERS must be a number, got "abc"/);
+});
+
+test('a configuration error met after the pool and the queue are open: serve closes them and exits 2', async () => {
+  // The CRM config file is read by the last background service, after the intake started
+  // the queue and its workers: serve used to hang here, its pool and queue still open.
+  const p = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_WORKERS: '1', SLUICE_CRM_CONFIG: '/nonexistent/crm.json' });
+  assert.equal(await exitedWithin(p, PROMPTLY_MS), 2, p.output());
+  assert.match(p.output(), /cannot read config \/nonexistent\/crm\.json/);
+  assert.doesNotMatch(p.output(), /listening/);
 });

@@ -1,11 +1,12 @@
 /** `sluice import <file> --pipeline <name>`: one file through a pipeline, from the CLI. */
-import fs from 'node:fs';
 import type { Command } from 'commander';
+import { checkSettings } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { openDb } from '../../db/pool.ts';
 import { runImport } from '../../engine/import-runner.ts';
 import type { Encoding } from '../../formats/sniff.ts';
 import { getPipeline } from '../../pipelines/index.ts';
+import { fileArgument } from '../file-argument.ts';
 import { ProgressBar } from '../progress.ts';
 
 interface ImportFlags {
@@ -41,14 +42,10 @@ export function registerImport(program: Command): void {
       if (delimiter !== undefined && ![',', ';', '\t', '|'].includes(delimiter)) {
         throw new InvalidInputError(`--delimiter must be one of , ; tab |`);
       }
-      // A path that is not a readable file: a clear usage error (exit 2), not a raw EISDIR.
-      let stat: fs.Stats;
-      try {
-        stat = fs.statSync(file);
-      } catch (err) {
-        throw new InvalidInputError(`cannot read ${JSON.stringify(file)}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
-      }
-      if (!stat.isFile()) throw new InvalidInputError(`${JSON.stringify(file)} is not a file${stat.isDirectory() ? ' (a directory)' : ''}`);
+      fileArgument(file);
+      // Settings (SLUICE_CHUNK_ROWS) before the pool: the runner reads them once the import's
+      // row exists, where a bad value would be recorded as a failed import, not refused.
+      checkSettings('import');
       const pool = await openDb({ max: 4 });
       const bar = flags.progress ? new ProgressBar() : undefined;
       try {

@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
 import { detectFile, readRecords, type FormatKind } from '../../formats/record-reader.ts';
+import { fileArgument } from '../file-argument.ts';
 
 export function registerInspect(program: Command): void {
   program
@@ -15,6 +16,7 @@ export function registerInspect(program: Command): void {
       if (flags.format !== 'csv' && flags.format !== 'fixed-width') throw new InvalidInputError('--format must be csv or fixed-width');
       const limit = Number(flags.rows);
       if (!Number.isInteger(limit) || limit < 0) throw new InvalidInputError('--rows must be a whole number');
+      fileArgument(file);
       const meta = detectFile(file, flags.format as FormatKind);
       let header: string[] | undefined;
       const rows: string[][] = [];
@@ -30,8 +32,9 @@ export function registerInspect(program: Command): void {
         process.stdout.write(`${JSON.stringify(out)}\n`);
         return;
       }
-      const delim = meta.delimiter === '\t' ? 'tab' : meta.delimiter;
-      process.stdout.write(`format: ${meta.format}\nencoding: ${meta.encoding}${meta.bom ? ' (BOM)' : ''}\ndelimiter: ${delim ?? '-'}\n`);
+      // Fixed-width records have no delimiter (null in the JSON).
+      const delim = meta.delimiter === null ? `none (${meta.format})` : meta.delimiter === '\t' ? 'tab' : meta.delimiter;
+      process.stdout.write(`format: ${meta.format}\nencoding: ${meta.encoding}${meta.bom ? ' (BOM)' : ''}\ndelimiter: ${delim}\n`);
       process.stdout.write(`header (${out.header.length}): ${out.header.join(' | ')}\n`);
       rows.forEach((r, i) => process.stdout.write(`${String(i + 1).padStart(4)}: ${r.join(' | ')}\n`));
     });

@@ -1,10 +1,12 @@
 /** `sluice serve`: the HTTP server, plus the background services configured by env. */
 import type { Command } from 'commander';
-import { env, intEnv } from '../../config.ts';
+import type { FastifyInstance } from 'fastify';
+import { checkSettings, env, intEnv } from '../../config.ts';
 import { openDb } from '../../db/pool.ts';
 import { buildServer, isLoopback } from '../../http/server.ts';
 import { InvalidInputError } from '../../core/errors.ts';
-import { startServices, type Service } from '../../http/services.ts';
+import type { AppContext } from '../../http/context.ts';
+import { startServices, type RunningService, type Service } from '../../http/services.ts';
 import { providerSyncService } from '../../pipelines/events/sync-service.ts';
 import { visitsMaintenanceService } from '../../pipelines/visits/maintenance.ts';
 import { crmSyncService } from '../../pipelines/crm/service.ts';
@@ -20,6 +22,9 @@ export function registerServe(program: Command): void {
     .option('--port <port>', 'port to listen on (default SLUICE_PORT or 8080)')
     .option('--host <host>', 'address to listen on (default SLUICE_HOST or 127.0.0.1)')
     .action(async (opts: { port?: string; host?: string }) => {
+      // Every setting before anything is opened: a bad value is bad usage (exit 2), and
+      // nothing is left behind to keep the process alive.
+      checkSettings('serve');
       const portText = opts.port ?? String(intEnv('SLUICE_PORT', 8080));
       const port = Number(portText);
       if (!/^\d+$/.test(portText) || port > 65535) throw new InvalidInputError(`invalid port: ${JSON.stringify(portText)} (a whole number 0-65535)`);
@@ -29,26 +34,32 @@ export function registerServe(program: Command): void {
         throw new InvalidInputError(`refusing to listen on ${host} without SLUICE_API_TOKEN (only loopback may run open)`);
       }
       const pool = await openDb({ max: intEnv('SLUICE_DB_POOL', 20) });
-      const ctx = { pool, apiToken };
-      const app = await buildServer(ctx, { logger: true });
-      const services = await startServices(SERVICES, ctx, app);
+      const ctx: AppContext = { pool, apiToken };
+      let app: FastifyInstance | undefined;
+      let services: RunningService | undefined;
+      // Each step runs even when the one before fails: a pool, queue or LISTEN connection
+      // left open would keep the process alive.
       const stop = async () => {
-        await app.close();
-        await services.stop();
-        await pool.end();
+        await app?.close().catch(() => {});
+        await services?.stop();
+        // A service that failed half-way through its start was not stopped by startServices:
+        // the intake sets ctx.boss before starting its workers (a second stop is a no-op).
+        await ctx.boss?.stop({ graceful: false }).catch(() => {});
+        await pool.end().catch(() => {});
       };
-      process.once('SIGINT', () => void stop().then(() => process.exit(0)));
-      process.once('SIGTERM', () => void stop().then(() => process.exit(0)));
-      let address: string;
       try {
-        address = await app.listen({ port, host });
+        app = await buildServer(ctx, { logger: true });
+        services = await startServices(SERVICES, ctx, app);
+        process.once('SIGINT', () => void stop().then(() => process.exit(0)));
+        process.once('SIGTERM', () => void stop().then(() => process.exit(0)));
+        // Fails when the port is taken (or the address is not ours), or when a route's
+        // plugin fails to load: the workers and services started above must stop, or they
+        // would keep the process alive without a server.
+        const address = await app.listen({ port, host });
+        process.stderr.write(`sluice: listening on ${address}\n`);
       } catch (err) {
-        // The port is taken (or the address is not ours): stop the workers and services
-        // started above and fail, so a supervisor sees it; they would otherwise keep the
-        // process alive without a server.
-        await stop().catch(() => {});
+        await stop();
         throw err;
       }
-      process.stderr.write(`sluice: listening on ${address}\n`);
     });
 }

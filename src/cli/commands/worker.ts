@@ -1,9 +1,10 @@
 /** `sluice worker`: a process that takes import parts (and merges) from the queue. */
 import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
+import { checkSettings } from '../../config.ts';
 import { databaseUrl, openDb } from '../../db/pool.ts';
-import { startWorkers } from '../../intake/worker.ts';
-import { startBoss } from '../../jobs/boss.ts';
+import { startWorkers, type RunningWorkers } from '../../intake/worker.ts';
+import { startBoss, type Boss } from '../../jobs/boss.ts';
 
 export function registerWorker(program: Command): void {
   program
@@ -13,11 +14,22 @@ export function registerWorker(program: Command): void {
     .action(async (flags: { concurrency: string }) => {
       const concurrency = Number(flags.concurrency);
       if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidInputError('--concurrency must be a positive whole number');
+      // Settings before anything is opened: a bad value is bad usage (exit 2).
+      checkSettings('worker');
       // A connection per part being staged, two for the merge (its transaction and the one
       // preparing its parts), one spare.
       const pool = await openDb({ max: concurrency + 3, applicationName: 'sluice-worker' });
-      const boss = await startBoss(await databaseUrl());
-      const workers = await startWorkers({ pool, boss }, { concurrency });
+      let boss: Boss | undefined;
+      let workers: RunningWorkers;
+      try {
+        boss = await startBoss(await databaseUrl());
+        workers = await startWorkers({ pool, boss }, { concurrency });
+      } catch (err) {
+        // The queue and the pool would keep the process alive after the error.
+        await boss?.stop({ graceful: false }).catch(() => {});
+        await pool.end().catch(() => {});
+        throw err;
+      }
       process.stderr.write(`sluice worker: ready (pid ${process.pid}, concurrency ${concurrency})\n`);
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);

@@ -1,0 +1,70 @@
+/**
+ * Settings (environment values) are checked by each command before it opens anything: a
+ * bad value is bad usage (exit 2), refused at once, with nothing written and nothing left
+ * open. `sluice serve`'s cases are in test/http/serve-cli.test.ts.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { SETTINGS, repoRoot } from '../../src/config.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
+import { killAll, startSluice } from '../helpers/processes.ts';
+import { NO_DATABASE, exitedWithin } from './exit.ts';
+
+/** Well under pg's 10 s idle timeout, after which a pool left open would let a process exit. */
+const PROMPTLY_MS = 8_000;
+
+let db: TestDb;
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-settings-'));
+before(async () => {
+  db = await testDb();
+});
+after(async () => {
+  await killAll();
+  await db.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('every setting read with intEnv is in SETTINGS, and every one listed is read somewhere', () => {
+  const sources = fs
+    .globSync('src/**/*.ts', { cwd: repoRoot })
+    .filter((f) => f !== path.join('src', 'config.ts'))
+    .map((f) => fs.readFileSync(path.join(repoRoot, f), 'utf8'))
+    .join('\n');
+  const read = new Set([...sources.matchAll(/intEnv\('([A-Z0-9_]+)'/g)].map((m) => m[1]!));
+  assert.ok(read.size > 10, 'the intEnv calls were found');
+  for (const name of read) assert.ok(Object.hasOwn(SETTINGS, name), `${name} is read with intEnv but missing from SETTINGS`);
+  for (const name of Object.keys(SETTINGS)) assert.match(sources, new RegExp(`\\b${name}\\b`), `${name} is in SETTINGS but never read`);
+});
+
+test('worker: a bad setting is refused before the database is opened (exit 2)', async () => {
+  const p = startSluice(['worker'], { DATABASE_URL: NO_DATABASE, SLUICE_WORKER_WARMUP: 'maybe' });
+  assert.equal(await exitedWithin(p, 30_000), 2, p.output());
+  assert.match(p.output(), /SLUICE_WORKER_WARMUP must be a number, got "maybe"/);
+  assert.doesNotMatch(p.output(), /ECONNREFUSED|ready/);
+});
+
+test('worker: the reported case, SLUICE_WORKER_WARMUP=maybe with the database up, exits 2 at once', async () => {
+  const p = startSluice(['worker'], { DATABASE_URL: db.url, SLUICE_WORKER_WARMUP: 'maybe' });
+  assert.equal(await exitedWithin(p, PROMPTLY_MS), 2, p.output());
+  assert.match(p.output(), /SLUICE_WORKER_WARMUP must be a number/);
+  assert.doesNotMatch(p.output(), /ready/);
+});
+
+test('import: a bad SLUICE_CHUNK_ROWS is refused (exit 2) and no import row is created', async () => {
+  const file = path.join(dir, 'leads.csv');
+  fs.writeFileSync(file, 'email,name\na@example.com,Ana\n');
+  for (const value of ['abc', '0', '2.5', '-1']) {
+    const p = startSluice(['import', file, '--pipeline', 'leads', '--json', '--no-progress'], { DATABASE_URL: db.url, SLUICE_CHUNK_ROWS: value });
+    assert.equal(await exitedWithin(p, 30_000), 2, `${value}: ${p.output()}`);
+    assert.match(p.output(), new RegExp(`SLUICE_CHUNK_ROWS must be a positive integer, got "${value}"`));
+  }
+  const { rows } = await db.pool.query<{ n: number }>('SELECT count(*) AS n FROM imports');
+  assert.equal(rows[0]!.n, 0);
+  // Before the database is opened, too.
+  const p = startSluice(['import', file, '--pipeline', 'leads', '--no-progress'], { DATABASE_URL: NO_DATABASE, SLUICE_CHUNK_ROWS: 'abc' });
+  assert.equal(await exitedWithin(p, 30_000), 2, p.output());
+  assert.doesNotMatch(p.output(), /ECONNREFUSED/);
+});
