@@ -72,6 +72,14 @@ export async function openDb(options: OpenDbOptions = {}): Promise<Pool> {
   // listener its 'error' event would crash the process; the query in flight rejects anyway
   // and the caller's retry logic takes over.
   pool.on('connect', (client) => client.on('error', () => {}));
-  if (options.migrate !== false) await migrate(pool);
+  if (options.migrate !== false) {
+    try {
+      await migrate(pool);
+    } catch (err) {
+      // Its connections would keep the process alive (pg's idle timeout: 10 s).
+      await pool.end().catch(() => {});
+      throw err;
+    }
+  }
   return pool;
 }

@@ -35,7 +35,13 @@ export const intakeService: Service = {
     const boss = await startBoss(await databaseUrl());
     ctx.boss = boss;
     const concurrency = intEnv('SLUICE_WORKERS', 2);
-    const workers = concurrency > 0 ? await startWorkers(ctx, { concurrency }) : undefined;
+    let workers: Awaited<ReturnType<typeof startWorkers>> | undefined;
+    try {
+      workers = concurrency > 0 ? await startWorkers(ctx, { concurrency }) : undefined;
+    } catch (err) {
+      await boss.stop({ graceful: false }).catch(() => {});
+      throw err;
+    }
     return {
       async stop() {
         await workers?.stop();

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { migrate, migrationsDir } from '../../src/db/migrate.ts';
+import { openDb } from '../../src/db/pool.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
 let db: TestDb;
@@ -34,4 +35,16 @@ test('checksums: recorded on first sight, a changed applied file refused, a new 
   // With a later file changed as well, the first changed one (in order) is named.
   fs.writeFileSync(path.join(dir, '9999_added.sql'), 'CREATE TABLE added_by_test (id bigint);');
   await assert.rejects(migrate(db.pool, dir), /0002_leads\.sql was changed/);
+});
+
+test('a start whose migrations fail closes the connections it opened (they kept the process alive 10 s)', async () => {
+  // A recorded checksum that no file has: openDb's migrate refuses the start.
+  await db.pool.query(`UPDATE sluice_migrations SET checksum = repeat('0', 64) WHERE version = 1`);
+  try {
+    await assert.rejects(openDb({ url: db.url, applicationName: 'sluice-open-fails' }), /0001_imports\.sql was changed/);
+    const { rows } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'sluice-open-fails'`);
+    assert.equal(rows[0]!.n, 0);
+  } finally {
+    await db.pool.query(`UPDATE sluice_migrations SET checksum = NULL WHERE version = 1`);
+  }
 });
