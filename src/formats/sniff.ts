@@ -10,6 +10,34 @@ import { InvalidFileError } from '../core/errors.ts';
 /** The text encodings Sluice reads. */
 export type Encoding = 'utf-8' | 'windows-1252';
 
+/**
+ * The labels a user may give for each encoding: exactly those the WHATWG Encoding Standard
+ * (https://encoding.spec.whatwg.org/#names-and-labels) gives the two, so a label means
+ * here what it means to TextDecoder and to browsers. Note that WHATWG maps the ASCII and
+ * Latin-1 labels (us-ascii, iso-8859-1, latin1...) to windows-1252.
+ */
+export const ENCODING_LABELS: { readonly [E in Encoding]: readonly string[] } = {
+  'utf-8': ['unicode-1-1-utf-8', 'unicode11utf8', 'unicode20utf8', 'utf-8', 'utf8', 'x-unicode20utf8'],
+  'windows-1252': [
+    'ansi_x3.4-1968', 'ascii', 'cp1252', 'cp819', 'csisolatin1', 'ibm819', 'iso-8859-1', 'iso-ir-100', 'iso8859-1',
+    'iso88591', 'iso_8859-1', 'iso_8859-1:1987', 'l1', 'latin1', 'us-ascii', 'windows-1252', 'x-cp1252',
+  ],
+};
+
+const ENCODING_BY_LABEL = new Map<string, Encoding>(
+  (Object.keys(ENCODING_LABELS) as Encoding[]).flatMap((e) => ENCODING_LABELS[e].map((label) => [label, e] as const)),
+);
+
+/**
+ * The encoding an encoding label names (`--encoding`, `?encoding=`, a Content-Type
+ * charset), or undefined for a label of any other encoding or none. As WHATWG's "get an
+ * encoding": ASCII case-insensitive, surrounding ASCII whitespace ignored; the labels are
+ * ENCODING_LABELS.
+ */
+export function parseEncoding(label: string): Encoding | undefined {
+  return ENCODING_BY_LABEL.get(label.replace(/^[\t\n\f\r ]+|[\t\n\f\r ]+$/g, '').replace(/[A-Z]/g, (c) => c.toLowerCase()));
+}
+
 /** UTF-8 (BOM or valid bytes; a sequence cut at the end of the sample is fine), else windows-1252. */
 export function detectEncoding(sample: Uint8Array): { encoding: Encoding; bom: boolean } {
   if (sample.length >= 3 && sample[0] === 0xef && sample[1] === 0xbb && sample[2] === 0xbf) {
@@ -29,9 +57,19 @@ export function looksBinary(sample: Uint8Array): boolean {
   return controls * 10 > sample.length;
 }
 
-type Delimiter = ',' | ';' | '\t' | '|';
+/** The CSV delimiters Sluice sniffs and accepts. */
+export type Delimiter = ',' | ';' | '\t' | '|';
 /** In tie-break order. */
 const DELIMITERS: readonly Delimiter[] = [',', ';', '\t', '|'];
+
+/**
+ * The delimiter a user gave (`--delimiter`, `?delimiter=`): one of , ; | or a tab, which
+ * may also be spelled `tab` or `\t` (a backslash and a t); undefined for anything else.
+ */
+export function parseDelimiter(input: string): Delimiter | undefined {
+  const d = input === 'tab' || input === '\\t' ? '\t' : input;
+  return DELIMITERS.find((x) => x === d);
+}
 const SNIFF_RECORDS = 20;
 
 /**
@@ -142,7 +180,7 @@ export function createDecoder(encoding: Encoding): { write(chunk: Uint8Array): s
         const bytes = concat(pending, chunk);
         const at = Math.max(0, invalidUtf8At(bytes));
         throw new InvalidFileError(
-          `invalid UTF-8 at byte offset ${offset - pending.length + at}: the file is not valid UTF-8 (is it Latin-1/windows-1252?)`,
+          `invalid UTF-8 at byte offset ${offset - pending.length + at}: the file is not valid UTF-8 (if it is Latin-1/windows-1252, import it with --encoding windows-1252)`,
           { cause: err },
         );
       }

@@ -14,7 +14,8 @@ import { intEnv } from '../config.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
-import { DETECT_SAMPLE_BYTES, detectSample, type FileMeta } from '../formats/record-reader.ts';
+import { DETECT_SAMPLE_BYTES, detectSample, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
+import { detectEncoding, parseDelimiter, type Encoding } from '../formats/sniff.ts';
 import { MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
 import { createStageSql } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
@@ -43,6 +44,27 @@ const TARGET_PARTS = 4;
 /** ...but no part is made smaller than this (below it, per-part overhead dominates). */
 const MIN_PART_ROWS = 1000;
 
+/** How the file is to be read when the client says so; what is not given is detected. */
+export interface FileFormat {
+  /** The file's encoding (default: detected from its first 64 KiB, UTF-8 else windows-1252). */
+  encoding?: Encoding | undefined;
+  /** The CSV delimiter, one of , ; TAB | (default: sniffed); refused for fixed-width pipelines. */
+  delimiter?: string | undefined;
+}
+
+/**
+ * Refuses (InvalidInputError) a format the pipeline cannot use: a delimiter other than
+ * , ; TAB |, or any delimiter for a fixed-width pipeline (its columns are not delimited).
+ * Called before anything is stored or fetched.
+ */
+export function checkFileFormat(pipeline: Pipeline, format: FileFormat): void {
+  if (format.delimiter === undefined) return;
+  if (parseDelimiter(format.delimiter) !== format.delimiter) throw new InvalidInputError(`delimiter must be one of , ; tab |, got ${JSON.stringify(format.delimiter)}`);
+  if (pipeline.format.kind !== 'csv') {
+    throw new InvalidInputError(`delimiter is for CSV files: the ${pipeline.name} pipeline reads ${pipeline.format.kind} files, whose columns are not delimited`);
+  }
+}
+
 /** Bytes of part 0 read for the samples of a fixed-width header (hundreds of lines). */
 const SAMPLE_BYTES = 64 * 1024;
 
@@ -59,25 +81,20 @@ export function partRowsFor(max: number, expectedBytes: number | undefined, samp
   return Math.min(max, Math.max(MIN_PART_ROWS, Math.ceil(estimatedRows / TARGET_PARTS)));
 }
 
-/** A SLUICE_PART_ROWS below this is refused: each part is a table and a job. */
-const SETTING_MIN_PART_ROWS = 100;
-
-/** SLUICE_PART_ROWS (default 10,000): a whole number of at least SETTING_MIN_PART_ROWS. */
+/** SLUICE_PART_ROWS (default 10,000; a whole number >= 100, src/config.ts SETTINGS). */
 export function partRowsSetting(): number {
-  const n = intEnv('SLUICE_PART_ROWS', 10_000);
-  if (!Number.isInteger(n) || n < SETTING_MIN_PART_ROWS) {
-    throw new InvalidInputError(`SLUICE_PART_ROWS must be a whole number of at least ${SETTING_MIN_PART_ROWS}, got ${JSON.stringify(process.env.SLUICE_PART_ROWS)}`);
-  }
-  return n;
+  return intEnv('SLUICE_PART_ROWS', 10_000);
 }
 
 export async function acceptUpload(
   ctx: IntakeContext,
-  input: { pipeline: string; fileName: string | null; source: string; maxRejectRatio?: number },
+  input: { pipeline: string; fileName: string | null; source: string; maxRejectRatio?: number } & FileFormat,
   body: Readable,
   options: AcceptOptions = {},
 ): Promise<{ id: string }> {
   const pipeline = getPipeline(input.pipeline);
+  checkFileFormat(pipeline, input);
+  const format: FileFormat = { encoding: input.encoding, delimiter: input.delimiter };
   const maxBytes = options.maxBytes ?? intEnv('SLUICE_MAX_UPLOAD_BYTES', 2 ** 31);
   const partRows = options.partRows ?? partRowsSetting();
   const { pool, boss } = ctx;
@@ -95,7 +112,7 @@ export async function acceptUpload(
       id, pipeline: pipeline.name, fileName: input.fileName, fileBytes: null, source: input.source, status: 'queued',
       options: { maxRejectRatio: input.maxRejectRatio ?? 1, partRows },
     });
-    return await receive(ctx, { id, pipeline, partRows, maxBytes }, body, options);
+    return await receive(ctx, { id, pipeline, partRows, maxBytes, format }, body, options);
   } finally {
     // A connection that cannot unlock is not handed back to the pool holding the lock.
     await unlockImportOwner(owner, id).then(() => owner.release(), (err: Error) => owner.release(err));
@@ -105,11 +122,11 @@ export async function acceptUpload(
 /** Stores the upload's parts (see acceptUpload); the import exists and its owner lock is held. */
 async function receive(
   ctx: IntakeContext,
-  o: { id: string; pipeline: Pipeline; partRows: number; maxBytes: number },
+  o: { id: string; pipeline: Pipeline; partRows: number; maxBytes: number; format: FileFormat },
   body: Readable,
   options: AcceptOptions,
 ): Promise<{ id: string }> {
-  const { id, pipeline, partRows, maxBytes } = o;
+  const { id, pipeline, partRows, maxBytes, format } = o;
   const pool = ctx.pool;
   const boss = ctx.boss!;
   const stage = stageTableName(id);
@@ -166,7 +183,7 @@ async function receive(
       sampleBytes += chunk.length;
       if (sampleBytes >= DETECT_SAMPLE_BYTES) {
         const all = Buffer.concat(sample);
-        meta = detectSample(all.subarray(0, DETECT_SAMPLE_BYTES), 0, pipeline.format.kind);
+        meta = detect(all.subarray(0, DETECT_SAMPLE_BYTES), 0, pipeline.format.kind, format);
         if (pipeline.format.kind === 'csv') splitter.terminator = lineTerminator(all);
         splitter.partRecords = partRowsFor(partRows, options.expectedBytes, all, splitter.terminator);
         sample = [];
@@ -175,7 +192,7 @@ async function receive(
     }
     if (!meta) {
       const all = Buffer.concat(sample);
-      meta = detectSample(all, all.length, pipeline.format.kind);
+      meta = detect(all, all.length, pipeline.format.kind, format);
       if (pipeline.format.kind === 'csv') splitter.terminator = lineTerminator(all);
       await feed(all);
     }
@@ -195,6 +212,27 @@ async function receive(
     await pool.query('DELETE FROM imports WHERE id = $1', [id]).catch(() => {});
     throw err;
   }
+}
+
+/**
+ * The file's format from its first bytes, with what the client gave instead of what would be
+ * detected. An encoding the first bytes contradict is refused here, before the 202, rather
+ * than failing the import in its first part or misreading its header: bytes that are not
+ * UTF-8 sent as utf-8, a UTF-8 byte order mark sent as windows-1252.
+ */
+function detect(sample: Buffer, bytes: number, kind: FormatKind, format: FileFormat): FileMeta {
+  const overrides = { ...(format.encoding ? { encoding: format.encoding } : {}), ...(format.delimiter ? { delimiter: format.delimiter } : {}) };
+  const meta = detectSample(sample, bytes, kind, overrides); // empty and binary files first
+  if (format.encoding) {
+    const found = detectEncoding(sample);
+    if (format.encoding === 'utf-8' && found.encoding !== 'utf-8') {
+      throw new InvalidFileError('invalid file: it was sent as utf-8, but its first bytes are not valid UTF-8; save the file as UTF-8, or send it with encoding=windows-1252');
+    }
+    if (format.encoding === 'windows-1252' && found.bom) {
+      throw new InvalidFileError('invalid file: it was sent as windows-1252, but it starts with a UTF-8 byte order mark; send it with encoding=utf-8, or without an encoding');
+    }
+  }
+  return meta;
 }
 
 /** Parses the header (with the first data line, for fixed-width) and records the format. */

@@ -103,16 +103,18 @@ async function* yielding(chunks: Iterable<string>): AsyncGenerator<string> {
 }
 
 /**
- * The part's text. Bytes that are not valid in the encoding detected from the first 64 KiB
- * of the file (a Windows-1252 accent further down a file that looked like UTF-8) fail the
- * import, as `sluice import` does: decoding them as U+FFFD would store corrupted text.
+ * The part's text. Bytes that are not valid in the import's encoding (detected from the
+ * first 64 KiB of the file unless the upload gave one: a Windows-1252 accent further down a
+ * file that looked like UTF-8) fail the import, as `sluice import` does: decoding them as
+ * U+FFFD would store corrupted text. Only UTF-8 can fail (every byte is a windows-1252
+ * character), hence the advice to send the file with encoding=windows-1252.
  */
 function decodePart(work: PartWork): string {
   try {
     return new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(work.data);
   } catch {
     throw new InvalidFileError(
-      `invalid file: lines ${work.first_line}-${work.last_line} are not valid ${work.encoding}, the encoding detected from the start of the file; save the file as UTF-8`,
+      `invalid file: lines ${work.first_line}-${work.last_line} are not valid ${work.encoding}, the encoding detected from the start of the file (or given with the upload); save the file as UTF-8, or send it with encoding=windows-1252`,
     );
   }
 }

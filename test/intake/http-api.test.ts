@@ -1,13 +1,17 @@
 /**
  * The imports API in-process (app.inject) against real Postgres and the real job queue,
- * without workers (so accepted imports stay queued): the three ways in, every way an
- * upload is refused (400, 413; a record that never ends included), lookups (404), pagination, rejects streaming, cancel, and
- * the OpenAPI document describing what the routes answer.
+ * without workers (so accepted imports stay queued): the three ways in, the encoding and
+ * delimiter each way in can give, every way an upload is refused (400, 413; a record that
+ * never ends included), lookups (404), pagination, rejects streaming, cancel, and the
+ * OpenAPI document describing what the routes answer.
  */
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { ENCODING_LABELS, parseDelimiter, parseEncoding } from '../../src/formats/sniff.ts';
 import { buildServer } from '../../src/http/server.ts';
 import { partRowsSetting } from '../../src/intake/accept.ts';
 import { sweepFinishedImports } from '../../src/intake/staging.ts';
@@ -83,6 +87,123 @@ test('multipart: ?pipeline= works when the form has no pipeline field', async ()
   assert.equal(res.statusCode, 202, res.body);
 });
 
+/** The encoding and delimiter recorded for an import (what its parts will be read with). */
+async function formatOf(res: { statusCode: number; body: string; json(): { id: string } }): Promise<{ encoding: string; delimiter: string | null }> {
+  assert.equal(res.statusCode, 202, res.body);
+  const { rows } = await db.pool.query<{ encoding: string; delimiter: string | null }>('SELECT encoding, delimiter FROM imports WHERE id = $1', [res.json().id]);
+  return rows[0]!;
+}
+
+/**
+ * One column, plain ASCII: detected as UTF-8, and no delimiter splits its lines, so the
+ * sniffer falls back to ',' (what is recorded differs from that only when it was given).
+ */
+const ONE_COLUMN = 'Email\nana@example.com\nbia@example.com\n';
+
+test('the encoding and delimiter given with an upload are recorded with its import: query, form fields, Content-Type charset', async () => {
+  const raw = (query: string, type = 'text/csv') =>
+    app.inject({ method: 'POST', url: `/imports?pipeline=leads${query}`, headers: { 'content-type': type }, payload: ONE_COLUMN });
+  assert.deepEqual(await formatOf(await raw('')), { encoding: 'utf-8', delimiter: ',' }, 'detected and sniffed');
+  assert.deepEqual(await formatOf(await raw('&encoding=windows-1252&delimiter=;')), { encoding: 'windows-1252', delimiter: ';' });
+  // WHATWG labels, ASCII case-insensitive; a tab three ways.
+  assert.deepEqual(await formatOf(await raw('&encoding=Latin1&delimiter=tab')), { encoding: 'windows-1252', delimiter: '\t' });
+  assert.deepEqual(await formatOf(await raw('&encoding=US-ASCII&delimiter=%09')), { encoding: 'windows-1252', delimiter: '\t' });
+  assert.deepEqual(await formatOf(await raw('&encoding=UTF8&delimiter=%5Ct')), { encoding: 'utf-8', delimiter: '\t' });
+  assert.deepEqual(await formatOf(await raw('&delimiter=%7C')), { encoding: 'utf-8', delimiter: '|' });
+  // A raw body's Content-Type charset is its encoding; with ?encoding= it must agree.
+  assert.deepEqual(await formatOf(await raw('', 'text/csv; charset=windows-1252')), { encoding: 'windows-1252', delimiter: ',' });
+  assert.deepEqual(await formatOf(await raw('', 'text/plain; format=x; Charset="ISO-8859-1"')), { encoding: 'windows-1252', delimiter: ',' });
+  assert.deepEqual(await formatOf(await raw('&encoding=cp1252', 'text/csv; charset=latin1')), { encoding: 'windows-1252', delimiter: ',' });
+  assert.deepEqual(await formatOf(await raw('', 'text/plain; charset=utf-8')), { encoding: 'utf-8', delimiter: ',' });
+
+  const file = { name: 'file', filename: 'one.csv', content: ONE_COLUMN };
+  const form = (parts: Parameters<typeof multipart>[0], query = '') => app.inject({ method: 'POST', url: `/imports${query}`, ...multipart(parts) });
+  const fields = (encoding: string, delimiter: string) => [{ name: 'encoding', value: encoding }, { name: 'delimiter', value: delimiter }];
+  assert.deepEqual(await formatOf(await form([{ name: 'pipeline', value: 'leads' }, ...fields('windows-1252', '|'), file])), { encoding: 'windows-1252', delimiter: '|' });
+  assert.deepEqual(await formatOf(await form([file], '?pipeline=leads&encoding=iso-8859-1&delimiter=;')), { encoding: 'windows-1252', delimiter: ';' });
+  // A form field wins over the query string, as for pipeline (an empty field is not given).
+  assert.deepEqual(await formatOf(await form([...fields('cp1252', '|'), file], '?pipeline=leads&encoding=utf-8&delimiter=;')), { encoding: 'windows-1252', delimiter: '|' });
+  assert.deepEqual(await formatOf(await form([...fields('', ''), file], '?pipeline=leads&encoding=latin1&delimiter=;')), { encoding: 'windows-1252', delimiter: ';' });
+  // Fields after the file are not read (the file is streamed before they arrive).
+  assert.deepEqual(await formatOf(await form([{ name: 'pipeline', value: 'leads' }, file, ...fields('windows-1252', ';')])), { encoding: 'utf-8', delimiter: ',' });
+});
+
+test('the encoding and delimiter of a {"url"} import are recorded with it', async () => {
+  const files = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/csv' }).end(ONE_COLUMN));
+  await new Promise<void>((resolve) => files.listen(0, '127.0.0.1', resolve));
+  process.env.SLUICE_FETCH_ALLOW_PRIVATE = '1'; // the file server is on 127.0.0.1
+  try {
+    const url = `http://127.0.0.1:${(files.address() as AddressInfo).port}/one.csv`;
+    const json = (body: object) => app.inject({ method: 'POST', url: '/imports', headers: { 'content-type': 'application/json' }, payload: body });
+    assert.deepEqual(await formatOf(await json({ pipeline: 'leads', url })), { encoding: 'utf-8', delimiter: ',' });
+    assert.deepEqual(await formatOf(await json({ pipeline: 'leads', url, encoding: 'Windows-1252', delimiter: ';' })), { encoding: 'windows-1252', delimiter: ';' });
+    assert.deepEqual(await formatOf(await json({ pipeline: 'leads', url, delimiter: 'tab' })), { encoding: 'utf-8', delimiter: '\t' });
+  } finally {
+    delete process.env.SLUICE_FETCH_ALLOW_PRIVATE;
+    await new Promise((resolve) => files.close(resolve));
+  }
+});
+
+test('a bad encoding or delimiter, a charset that disagrees, a delimiter for a fixed-width pipeline: 400 and no import row', async () => {
+  const before = await importCount();
+  const raw = (url: string, type = 'text/csv', payload: string | Buffer = ONE_COLUMN) => app.inject({ method: 'POST', url, headers: { 'content-type': type }, payload });
+  const badEncoding = /^encoding must be utf-8 or windows-1252 \(or a WHATWG label of either, such as utf8, latin1, iso-8859-1, cp1252 or us-ascii\), got /;
+  const badDelimiter = /^delimiter must be one of , ; tab \|, got /;
+  for (const e of ['utf-16', 'iso-8859-15', 'ebcdic', 'utf_8', '%E2%80%8Butf-8']) assertError(await raw(`/imports?pipeline=leads&encoding=${e}`), 400, 'invalid_input', badEncoding);
+  for (const d of ['x', '%3B%3B', '%22', '%0A', 'TAB', '%20']) assertError(await raw(`/imports?pipeline=leads&delimiter=${d}`), 400, 'invalid_input', badDelimiter);
+  assertError(await raw('/imports?pipeline=leads&encoding=utf-8&encoding=latin1'), 400, 'invalid_input', /^encoding must be given once$/);
+  // Content-Type charset and ?encoding=: two answers that differ are refused, not one picked.
+  assertError(await raw('/imports?pipeline=leads&encoding=utf-8', 'text/csv; charset=windows-1252'), 400, 'invalid_input',
+    /^encoding utf-8 disagrees with the Content-Type charset "windows-1252" \(windows-1252\): give one, or the same encoding in both$/);
+  assertError(await raw('/imports?pipeline=leads&encoding=latin1', 'text/plain; charset=UTF-8'), 400, 'invalid_input', /disagrees/);
+  assertError(await raw('/imports?pipeline=leads', 'text/csv; charset=utf-16'), 400, 'invalid_input',
+    /^the Content-Type charset "utf-16" is not an encoding Sluice reads: send the file as utf-8 or windows-1252$/);
+  assertError(await raw('/imports?pipeline=leads&encoding=windows-1252', 'text/csv; charset=iso-8859-15'), 400, 'invalid_input', /not an encoding Sluice reads/);
+  // A given encoding that the file's first bytes contradict is refused before the 202.
+  assertError(await raw('/imports?pipeline=leads&encoding=utf-8', 'text/csv', Buffer.from(`${ONE_COLUMN}josé@example.com\n`, 'latin1')), 400, 'invalid_file',
+    /^invalid file: it was sent as utf-8, but its first bytes are not valid UTF-8; save the file as UTF-8, or send it with encoding=windows-1252$/);
+  assertError(await raw('/imports?pipeline=leads', 'text/csv; charset=latin1', Buffer.from(`\uFEFF${ONE_COLUMN}`)), 400, 'invalid_file', /starts with a UTF-8 byte order mark/);
+
+  const file = { name: 'file', filename: 'one.csv', content: ONE_COLUMN };
+  const form = (parts: Parameters<typeof multipart>[0], query = '') => app.inject({ method: 'POST', url: `/imports${query}`, ...multipart(parts) });
+  assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'encoding', value: 'klingon' }, file]), 400, 'invalid_input', badEncoding);
+  assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'delimiter', value: '::' }, file]), 400, 'invalid_input', badDelimiter);
+  // The form's bad value wins over a good one in the query, as a good one would.
+  assertError(await form([{ name: 'encoding', value: 'utf-7' }, file], '?pipeline=leads&encoding=utf-8'), 400, 'invalid_input', badEncoding);
+
+  const json = (body: object) => app.inject({ method: 'POST', url: '/imports', headers: { 'content-type': 'application/json' }, payload: body });
+  // 169.254.169.254 would be refused as non-public: these are refused before the URL is looked at.
+  const url = 'http://169.254.169.254/one.csv';
+  assertError(await json({ pipeline: 'leads', url, encoding: 'koi8-r' }), 400, 'invalid_input', badEncoding);
+  assertError(await json({ pipeline: 'leads', url, encoding: 1252 }), 400, 'invalid_input', /^"encoding" must be a string$/);
+  assertError(await json({ pipeline: 'leads', url, delimiter: ',,' }), 400, 'invalid_input', badDelimiter);
+  assertError(await json({ pipeline: 'leads', url, delimiter: null }), 400, 'invalid_input', /^"delimiter" must be a string$/);
+
+  // purchases reads fixed-width files: a delimiter means nothing there, every way in.
+  const fixedWidth = /^delimiter is for CSV files: the purchases pipeline reads fixed-width files, whose columns are not delimited$/;
+  assertError(await raw('/imports?pipeline=purchases&delimiter=;'), 400, 'invalid_input', fixedWidth);
+  assertError(await form([{ name: 'pipeline', value: 'purchases' }, { name: 'delimiter', value: '|' }, file]), 400, 'invalid_input', fixedWidth);
+  assertError(await json({ pipeline: 'purchases', url, delimiter: 'tab' }), 400, 'invalid_input', fixedWidth);
+
+  assert.equal(await importCount(), before, 'refused uploads leave no import rows');
+});
+
+test('parseEncoding reads every WHATWG label of UTF-8 and windows-1252 as TextDecoder does, and no other; parseDelimiter is the CLI\'s rule', () => {
+  for (const [encoding, labels] of Object.entries(ENCODING_LABELS)) {
+    for (const label of labels) {
+      assert.equal(new TextDecoder(label).encoding, encoding, label);
+      assert.equal(parseEncoding(label), encoding, label);
+      assert.equal(parseEncoding(` ${label.toUpperCase()}\t`), encoding, label);
+    }
+  }
+  for (const label of ['utf-16', 'utf-16le', 'iso-8859-15', 'windows-1250', 'latin2', 'x-user-defined', 'utf-8 bom', '', 'utf\u200b8']) {
+    assert.equal(parseEncoding(label), undefined, label);
+  }
+  assert.equal(parseEncoding('latın1'), undefined, 'ASCII case-insensitive only (ı is not i)');
+  assert.deepEqual([',', ';', '|', '\t', 'tab', '\\t'].map(parseDelimiter), [',', ';', '|', '\t', '\t', '\t']);
+  for (const d of ['', ' ', 'Tab', ',;', '"', '\n', ':', 'x']) assert.equal(parseDelimiter(d), undefined, JSON.stringify(d));
+});
+
 test('file names are recorded as text only: no directories, no control characters; a form of 10 text fields is read whole', async () => {
   const form = multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: '../../etc/pass\twd.csv', content: leadsCsv(2) }]);
   const res = await app.inject({ method: 'POST', url: '/imports', ...form });
@@ -129,7 +250,7 @@ test('bad uploads are refused with 400 and leave no import behind', async () => 
   // as is a field it would truncate. Exactly 10 fields pass.
   const extra = (n: number) => Array.from({ length: n }, (_, i) => ({ name: `x${i}`, value: 'y' }));
   const file = { name: 'file', filename: 'a.csv', content: leadsCsv(2) };
-  assertError(await form([...extra(10), { name: 'pipeline', value: 'leads' }, file]), 400, 'invalid_input', /^the form has more than 10 text fields: send only "pipeline", then the file$/);
+  assertError(await form([...extra(10), { name: 'pipeline', value: 'leads' }, file]), 400, 'invalid_input', /^the form has more than 10 text fields: send only "pipeline", "encoding" and "delimiter", then the file$/);
   assertError(await app.inject({ method: 'POST', url: '/imports?pipeline=leads', ...multipart([...extra(11), file]) }), 400, 'invalid_input', /more than 10 text fields/);
   assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'note', value: 'z'.repeat(5000) }, file]), 400, 'invalid_input', /^form field "note" is longer than 4096 bytes$/);
   assertError(await form([{ name: 'pipeline', value: 'shoes' }, { name: 'file', filename: 'a.csv', content: leadsCsv(2) }]), 400, 'invalid_input', /unknown pipeline/);

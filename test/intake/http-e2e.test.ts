@@ -1,8 +1,10 @@
 /**
  * The imports API end to end over real HTTP: a server on 127.0.0.1 with the job queue and
  * two workers, files sent as a browser would (multipart FormData), as a streamed raw body
- * (one with lone-CR line ends, two in Windows-1252), and by URL from a local file server; each import is followed to `completed` through
- * GET /imports/:id and its rejects downloaded.
+ * (one with lone-CR line ends, two in Windows-1252, one of them sent again with
+ * ?encoding=windows-1252, one `;`-delimited with ?delimiter=;), and by URL from a local
+ * file server; each import is followed to `completed` through GET /imports/:id and its
+ * rejects downloaded.
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -129,12 +131,12 @@ test('a CSV whose lines end with a lone CR (old Mac exports) is split into parts
   assert.equal(rows[0]!.n, 1200);
 });
 
-test('Windows-1252 uploads keep their accents; a file that turns out not to be UTF-8 after its first 64 KiB fails, saying where', async () => {
+test('Windows-1252 uploads keep their accents; a file that turns out not to be UTF-8 after its first 64 KiB fails, saying where, and completes sent with ?encoding=windows-1252', async () => {
   const rows = (from: number, to: number, name: string) =>
     Array.from({ length: to - from }, (_, i) => `cp${from + i}@example.com,${name} ${from + i},Florianópolis,SC`);
-  const upload = async (text: string, fileName: string) => {
+  const upload = async (text: string, fileName: string, query = '') => {
     // Windows-1252 and Latin-1 agree on these accents: é, ç, ã, ó.
-    const res = await fetch(`${base}/imports?pipeline=leads&file_name=${fileName}`, {
+    const res = await fetch(`${base}/imports?pipeline=leads&file_name=${fileName}${query}`, {
       method: 'POST', body: Buffer.from(text, 'latin1'), headers: { 'content-type': 'text/csv' },
     });
     assert.equal(res.status, 202, await res.clone().text());
@@ -149,11 +151,49 @@ test('Windows-1252 uploads keep their accents; a file that turns out not to be U
   assert.deepEqual(stored, [{ name: 'José Conceição 0', city: 'Florianópolis' }, { name: 'José Conceição 1199', city: 'Florianópolis' }]);
 
   // ASCII for the first 2,000 rows (over 64 KiB: detected as UTF-8), then Latin-1 accents.
-  const late = await upload(`Email,Name,Cidade,UF\n${rows(5000, 7000, 'Ana').join('\n').replace(/Florianópolis/g, 'Recife')}\n${rows(7000, 7010, 'João').join('\n')}\n`, 'late.csv');
+  const lateCsv = `Email,Name,Cidade,UF\n${rows(5000, 7000, 'Ana').join('\n').replace(/Florianópolis/g, 'Recife')}\n${rows(7000, 7010, 'João').join('\n')}\n`;
+  const late = await upload(lateCsv, 'late.csv');
   assert.equal(late.status, 'failed');
-  assert.match(late.error ?? '', /^part 4: invalid file: lines 2002-2011 are not valid utf-8, the encoding detected from the start of the file; save the file as UTF-8$/);
+  assert.equal(
+    late.error,
+    'part 4: invalid file: lines 2002-2011 are not valid utf-8, the encoding detected from the start of the file (or given with the upload); save the file as UTF-8, or send it with encoding=windows-1252',
+  );
   const { rows: none } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM leads WHERE email LIKE 'cp5___@example.com'`);
   assert.equal(none[0]!.n, 0, 'nothing of the failed import is kept');
+
+  // The same bytes again, as the message says: every part is read as windows-1252.
+  const again = await upload(lateCsv, 'late.csv', '&encoding=windows-1252');
+  assert.equal(again.status, 'completed', again.error ?? '');
+  assert.equal(again.parts.total, 5);
+  assert.deepEqual(again.rows, { read: 2010, inserted: 2010, updated: 0, unchanged: 0, rejected: 0 });
+  const { rows: fixed } = await db.pool.query<{ email: string; name: string; city: string }>(
+    `SELECT l.email, l.name, c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id
+      WHERE l.email IN ('cp5000@example.com', 'cp7000@example.com', 'cp7009@example.com') ORDER BY l.email`,
+  );
+  assert.deepEqual(fixed, [
+    { email: 'cp5000@example.com', name: 'Ana 5000', city: 'Recife' },
+    { email: 'cp7000@example.com', name: 'João 7000', city: 'Florianópolis' },
+    { email: 'cp7009@example.com', name: 'João 7009', city: 'Florianópolis' },
+  ]);
+});
+
+test('a `;`-delimited file sent with ?delimiter=; is imported with that delimiter', async () => {
+  // Names hold commas (unquoted): read with ',' they would be split.
+  const lines = ['Email;Name;Cidade;UF', ...Array.from({ length: 600 }, (_, i) => `semi${i}@example.com;Silva, Ana ${i};Recife;PE`)];
+  const res = await fetch(`${base}/imports?pipeline=leads&file_name=semi.csv&delimiter=;`, {
+    method: 'POST', body: `${lines.join('\r\n')}\r\n`, headers: { 'content-type': 'text/csv' },
+  });
+  assert.equal(res.status, 202, await res.clone().text());
+  const s = await finished(((await res.json()) as { id: string }).id);
+  assert.equal(s.status, 'completed', s.error ?? '');
+  assert.equal(s.parts.total, 2);
+  assert.deepEqual(s.rows, { read: 600, inserted: 600, updated: 0, unchanged: 0, rejected: 0 });
+  const { rows } = await db.pool.query<{ name: string; city: string }>(
+    `SELECT l.name, c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id WHERE l.email = 'semi599@example.com'`,
+  );
+  assert.deepEqual(rows, [{ name: 'Silva, Ana 599', city: 'Recife' }]);
+  const { rows: recorded } = await db.pool.query<{ delimiter: string }>('SELECT delimiter FROM imports WHERE id = $1', [s.id]);
+  assert.equal(recorded[0]!.delimiter, ';');
 });
 
 test('a quote never closed in a later part fails the import naming the line in the file; its staging tables and stored bytes go', async () => {

@@ -11,6 +11,12 @@ const statusOk = {
   content: { 'application/json': { schema: { $ref: '#/components/schemas/ImportStatus' } } },
 };
 const count = { type: 'integer', minimum: 0 };
+const encodingText =
+  "The file's encoding, instead of the one detected from its first 64 KiB (UTF-8, else windows-1252): utf-8 or windows-1252, or any WHATWG label of either, " +
+  'ASCII case-insensitive (utf8, unicode-1-1-utf-8...; latin1, iso-8859-1, cp1252, us-ascii, ascii... all mean windows-1252)';
+const delimiterText = 'The CSV delimiter, instead of the sniffed one: `,` `;` `|` or a tab (also `tab` or `\\t`). Refused for fixed-width pipelines (purchases)';
+const encoding = { type: 'string', description: encodingText, example: 'windows-1252' };
+const delimiter = { type: 'string', description: delimiterText, example: ';' };
 
 export const importsOpenApi = {
   tags: [{ name: 'imports', description: 'File intake: upload a file, follow its import part by part, read its rejects.' }],
@@ -21,13 +27,18 @@ export const importsOpenApi = {
         operationId: 'createImport',
         summary: 'Uploads a file (or names a URL to fetch) and queues its import',
         description:
-          'Three ways in: (a) multipart/form-data with a text field `pipeline` followed by a file field `file` (the field must come first; `?pipeline=` also works); ' +
-          '(b) any other content type (text/csv, text/plain, application/octet-stream) with the file as the raw body and `?pipeline=`; ' +
-          '(c) application/json `{"pipeline","url"}`: the server fetches the http(s) URL. The upload is streamed into parts stored in PostgreSQL and answered once stored; ' +
+          'Three ways in: (a) multipart/form-data with a text field `pipeline` (and optionally `encoding`, `delimiter`) followed by a file field `file` ' +
+          '(fields must come before the file, later ones are not read; `?pipeline=`, `?encoding=`, `?delimiter=` also work, a form field wins); ' +
+          '(b) any other content type (text/csv, text/plain, application/octet-stream) with the file as the raw body and `?pipeline=` (`?encoding=`, `?delimiter=` optional; ' +
+          'the `charset` of Content-Type is the encoding when `?encoding=` is not given, and must agree with it when both are); ' +
+          '(c) application/json `{"pipeline","url","encoding"?,"delimiter"?}`: the server fetches the http(s) URL. ' +
+          'Without an encoding, it is detected from the first 64 KiB; without a delimiter, it is sniffed. The upload is streamed into parts stored in PostgreSQL and answered once stored; ' +
           'workers import the parts in the background. File names are recorded, never used as paths. With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
         parameters: [
           { in: 'query', name: 'pipeline', required: false, description: 'The pipeline (leads, purchases); required for raw bodies', schema: { type: 'string' } },
           { in: 'query', name: 'file_name', required: false, description: 'The file name to record for a raw body', schema: { type: 'string' } },
+          { in: 'query', name: 'encoding', required: false, description: `${encodingText}. A form field \`encoding\` wins over it`, schema: { type: 'string' } },
+          { in: 'query', name: 'delimiter', required: false, description: `${delimiterText}. A form field \`delimiter\` wins over it`, schema: { type: 'string' } },
         ],
         requestBody: {
           required: true,
@@ -35,16 +46,16 @@ export const importsOpenApi = {
             'multipart/form-data': {
               schema: {
                 type: 'object',
-                properties: { pipeline: { type: 'string' }, file: { type: 'string', format: 'binary' } },
+                properties: { pipeline: { type: 'string' }, encoding, delimiter, file: { type: 'string', format: 'binary' } },
                 required: ['file'],
               },
             },
-            'text/csv': { schema: { type: 'string', format: 'binary' } },
+            'text/csv': { schema: { type: 'string', format: 'binary', description: 'The file; a `charset` parameter gives its encoding (as `?encoding=`)' } },
             'application/octet-stream': { schema: { type: 'string', format: 'binary' } },
             'application/json': {
               schema: {
                 type: 'object',
-                properties: { pipeline: { type: 'string' }, url: { type: 'string', format: 'uri' } },
+                properties: { pipeline: { type: 'string' }, url: { type: 'string', format: 'uri' }, encoding, delimiter },
                 required: ['pipeline', 'url'],
               },
             },
@@ -55,7 +66,10 @@ export const importsOpenApi = {
             description: 'Stored and queued; follow status_url',
             content: { 'application/json': { schema: { $ref: '#/components/schemas/ImportAccepted' } } },
           },
-          '400': error('Unknown pipeline, missing field, empty, binary or unreadable file, bad URL'),
+          '400': error(
+            'Unknown pipeline, missing field, empty, binary or unreadable file, bad URL; an unknown encoding or delimiter, a charset that disagrees with `encoding`, ' +
+              'a delimiter for a fixed-width pipeline (invalid_input); a file whose first bytes contradict the encoding given (invalid_file)',
+          ),
           '401': error('Missing or wrong API token'),
           '403': error('A write from a page of another site, or (without a token) a Host that is not a loopback name'),
           '413': error('The upload is larger than SLUICE_MAX_UPLOAD_BYTES (code too_large)'),

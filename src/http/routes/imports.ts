@@ -12,6 +12,8 @@ import { intEnv } from '../../config.ts';
 import { InvalidInputError, NotFoundError, SluiceError } from '../../core/errors.ts';
 import { getImport, listRejects } from '../../db/sql/imports.ts';
 import { acceptUpload, cancelImport, fetchRemote, importStatus, listImports } from '../../intake/index.ts';
+import { checkFileFormat, type FileFormat } from '../../intake/accept.ts';
+import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
 import { formatReject, rejectsCsvHeader, type RejectFormat } from '../../load/reject-format.ts';
 import type { Pool } from '../../db/pool.ts';
 import { refuseCrossSite, requireApiToken } from '../auth.ts';
@@ -140,16 +142,17 @@ const FORM_FIELDS = 10;
 const FIELD_BYTES = 4096;
 
 /**
- * multipart/form-data: the text field `pipeline`, then the file field `file`. The form is
- * read in order and the file is streamed as it arrives, so `pipeline` must come first (the
- * dashboard's form does); `?pipeline=` works too.
+ * multipart/form-data: the text field `pipeline` (and optionally `encoding`, `delimiter`),
+ * then the file field `file`. The form is read in order and the file is streamed as it
+ * arrives, so the fields must come first (the dashboard's form does); fields after the file
+ * are not read. `?pipeline=`, `?encoding=`, `?delimiter=` work too; a form field wins.
  */
 async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring: Query }>, o: AcceptOptions) {
   // Parts are taken strictly in arrival order (not from the plugin's `fields`, which may
   // already hold fields sent after the file when the body arrives in one chunk), so the
   // rule "pipeline before the file" holds whatever the file's size.
   const parts = req.parts();
-  let fromForm: string | undefined;
+  const fromForm: Partial<Record<'pipeline' | 'encoding' | 'delimiter', string>> = {};
   let fields = 0;
   for (;;) {
     const next = await parts.next().catch((err: unknown) => {
@@ -158,22 +161,24 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
     if (next.done) throw new InvalidInputError('the form has no file: send the file in a field named "file"');
     const part = next.value;
     if (part.type === 'field') {
-      if (++fields > FORM_FIELDS) throw new InvalidInputError(`the form has more than ${FORM_FIELDS} text fields: send only "pipeline", then the file`);
+      if (++fields > FORM_FIELDS) throw new InvalidInputError(`the form has more than ${FORM_FIELDS} text fields: send only "pipeline", "encoding" and "delimiter", then the file`);
       if (part.valueTruncated) throw new InvalidInputError(`form field ${JSON.stringify(part.fieldname)} is longer than ${FIELD_BYTES} bytes`);
-      if (part.fieldname === 'pipeline') fromForm = String(part.value);
+      if (part.fieldname === 'pipeline' || part.fieldname === 'encoding' || part.fieldname === 'delimiter') fromForm[part.fieldname] = String(part.value);
       continue;
     }
     if (part.fieldname !== 'file') {
       part.file.resume();
       throw new InvalidInputError(`the file must be sent in a field named "file", not ${JSON.stringify(part.fieldname)}`);
     }
-    const pipeline = fromForm || stringParam(req.query, 'pipeline');
-    if (!pipeline) {
-      part.file.resume();
-      throw new InvalidInputError('pipeline is required: a form field "pipeline" before the file, or ?pipeline=');
-    }
     try {
-      return await acceptUpload(ctx, { pipeline, fileName: recordedName(part.filename), source: 'http' }, part.file, o);
+      // A form field wins over the query string (an empty field counts as not given).
+      const pipeline = fromForm.pipeline || stringParam(req.query, 'pipeline');
+      if (!pipeline) throw new InvalidInputError('pipeline is required: a form field "pipeline" before the file, or ?pipeline=');
+      const format = fileFormat({
+        encoding: fromForm.encoding || stringParam(req.query, 'encoding'),
+        delimiter: fromForm.delimiter || stringParam(req.query, 'delimiter'),
+      });
+      return await acceptUpload(ctx, { pipeline, fileName: recordedName(part.filename), source: 'http', ...format }, part.file, o);
     } finally {
       // Unread bytes (a refused upload) are drained so the parser reaches the end of the form.
       if (!part.file.readableEnded) part.file.resume();
@@ -181,25 +186,47 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
   }
 }
 
-/** Any other content type: the body is the file, `?pipeline=` names the pipeline. */
+/**
+ * Any other content type: the body is the file, `?pipeline=` names the pipeline; the
+ * encoding is `?encoding=` or else the Content-Type's charset (both: they must agree).
+ */
 async function fromRawBody(ctx: AppContext, req: FastifyRequest<{ Querystring: Query }>, o: AcceptOptions) {
   const pipeline = stringParam(req.query, 'pipeline');
   if (!pipeline) throw new InvalidInputError('pipeline is required: POST /imports?pipeline=<name> with the file as the body');
+  const format = fileFormat({ encoding: stringParam(req.query, 'encoding'), delimiter: stringParam(req.query, 'delimiter') });
+  const charset = charsetOf(req.headers['content-type']);
+  if (charset !== undefined) {
+    const declared = parseEncoding(charset);
+    if (!declared) {
+      throw new InvalidInputError(`the Content-Type charset ${JSON.stringify(charset.slice(0, 100))} is not an encoding Sluice reads: send the file as utf-8 or windows-1252`);
+    }
+    // Two answers to one question: refused rather than one picked.
+    if (format.encoding && format.encoding !== declared) {
+      throw new InvalidInputError(`encoding ${format.encoding} disagrees with the Content-Type charset ${JSON.stringify(charset.slice(0, 100))} (${declared}): give one, or the same encoding in both`);
+    }
+    format.encoding = declared;
+  }
   // No body at all (no content type, no length) leaves req.body undefined: hand the engine an
   // empty stream so it answers as for any empty file.
   const body = req.body instanceof Readable ? req.body : Readable.from([]);
   const fileName = recordedName(stringParam(req.query, 'file_name'));
-  return acceptUpload(ctx, { pipeline, fileName, source: 'http' }, body, o);
+  return acceptUpload(ctx, { pipeline, fileName, source: 'http', ...format }, body, o);
 }
 
-/** application/json `{"pipeline": "...", "url": "https://..."}`: the server fetches the file. */
+/**
+ * application/json `{"pipeline": "...", "url": "https://...", "encoding"?, "delimiter"?}`:
+ * the server fetches the file.
+ */
 async function fromUrl(ctx: AppContext, body: unknown, o: AcceptOptions) {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw new InvalidInputError('the JSON body must be an object {"pipeline": "...", "url": "..."}');
   }
-  const { pipeline, url } = body as Record<string, unknown>;
+  const { pipeline, url, encoding, delimiter } = body as Record<string, unknown>;
   if (typeof pipeline !== 'string' || pipeline === '') throw new InvalidInputError('"pipeline" must be a non-empty string');
   if (typeof url !== 'string' || url === '') throw new InvalidInputError('"url" must be a non-empty string');
+  if (encoding !== undefined && typeof encoding !== 'string') throw new InvalidInputError('"encoding" must be a string');
+  if (delimiter !== undefined && typeof delimiter !== 'string') throw new InvalidInputError('"delimiter" must be a string');
+  const format = fileFormat({ encoding, delimiter });
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -207,10 +234,11 @@ async function fromUrl(ctx: AppContext, body: unknown, o: AcceptOptions) {
     throw new InvalidInputError(`"url" is not a URL: ${JSON.stringify(url.slice(0, 200))}`);
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new InvalidInputError('"url" must be http or https');
-  getPipeline(pipeline); // an unknown pipeline is refused before anything is fetched
+  // An unknown pipeline, or a delimiter for a fixed-width one, is refused before anything is fetched.
+  checkFileFormat(getPipeline(pipeline), format);
   const stream = await fetchRemote(url, o.maxBytes);
   try {
-    return await acceptUpload(ctx, { pipeline, fileName: urlFileName(parsed), source: 'url' }, stream, o);
+    return await acceptUpload(ctx, { pipeline, fileName: urlFileName(parsed), source: 'url', ...format }, stream, o);
   } finally {
     stream.destroy();
   }
@@ -231,6 +259,47 @@ async function* rejectChunks(pool: Pool, id: string, format: RejectFormat, limit
     after = { line: last.line, id: last.id };
     if (page.length < want) return;
   }
+}
+
+/**
+ * The file's encoding and delimiter from the client's spellings (undefined: not given):
+ * encoding labels as parseEncoding reads them, delimiters as parseDelimiter; anything else
+ * is a 400.
+ */
+function fileFormat(given: { encoding: string | undefined; delimiter: string | undefined }): FileFormat {
+  const format: FileFormat = {};
+  if (given.encoding !== undefined) {
+    format.encoding = parseEncoding(given.encoding);
+    if (!format.encoding) {
+      throw new InvalidInputError(
+        `encoding must be utf-8 or windows-1252 (or a WHATWG label of either, such as utf8, latin1, iso-8859-1, cp1252 or us-ascii), got ${JSON.stringify(given.encoding.slice(0, 100))}`,
+      );
+    }
+  }
+  if (given.delimiter !== undefined) {
+    format.delimiter = parseDelimiter(given.delimiter);
+    if (!format.delimiter) throw new InvalidInputError(`delimiter must be one of , ; tab |, got ${JSON.stringify(given.delimiter.slice(0, 100))}`);
+  }
+  return format;
+}
+
+/**
+ * The charset parameter of a Content-Type, or undefined when there is none (or it is
+ * empty). RFC 9110 section 5.6.6: `type/subtype *( OWS ";" OWS name=value )`, the name
+ * case-insensitive, the value a token or a quoted string (read whole, so a `;` inside
+ * quotes does not start a parameter).
+ */
+function charsetOf(contentType: string | undefined): string | undefined {
+  const param = /\s*;\s*([^=;\s]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))|\s*;[^;"=]*/y;
+  const text = contentType ?? '';
+  param.lastIndex = text.indexOf(';');
+  if (param.lastIndex < 0) return undefined;
+  for (let m = param.exec(text); m; m = param.exec(text)) {
+    if (m[1]?.toLowerCase() !== 'charset') continue;
+    const value = m[2] !== undefined ? m[2].replace(/\\(.)/g, '$1') : m[3];
+    return value === '' ? undefined : value;
+  }
+  return undefined;
 }
 
 function isJson(req: FastifyRequest): boolean {
