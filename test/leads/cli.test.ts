@@ -83,6 +83,24 @@ test('usage errors exit 2 with a clear message', async () => {
   assert.match(directory.stderr, /is not a file \(a directory\)/);
 });
 
+test('--encoding takes the labels POST /imports takes (latin1...); a file not UTF-8 past its start says which flag imports it', async () => {
+  // ASCII over the first 64 KiB (detected as UTF-8), then a Latin-1 accent.
+  const rows = Array.from({ length: 2500 }, (_, i) => `enc${i}@example.com,Ana ${i}`);
+  const file = path.join(dir, 'late-latin1.csv');
+  fs.writeFileSync(file, Buffer.from(`Email,Name\n${rows.join('\n')}\nenc-joao@example.com,João\n`, 'latin1'));
+  const detected = await sluice(['import', file, '--pipeline', 'leads', '--json']);
+  assert.equal(detected.code, 1);
+  assert.match(JSON.parse(detected.stdout).error, /not valid UTF-8 \(if it is Latin-1\/windows-1252, import it with --encoding windows-1252\)$/);
+  const forced = await sluice(['import', file, '--pipeline', 'leads', '--json', '--encoding', 'Latin1']);
+  assert.equal(forced.code, 0, forced.stderr);
+  assert.equal(JSON.parse(forced.stdout).rows.inserted, 2501);
+  const { rows: joao } = await db.pool.query(`SELECT name FROM leads WHERE email = 'enc-joao@example.com'`);
+  assert.deepEqual(joao, [{ name: 'João' }]);
+  const bad = await sluice(['import', file, '--pipeline', 'leads', '--encoding', 'ebcdic']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--encoding must be utf-8 or windows-1252 \(or a label of either: latin1, iso-8859-1, cp1252\.\.\.\), got ebcdic/);
+});
+
 test('inspect --json shows what Sluice detects', async () => {
   const file = write('inspect.csv', 'Email;Nome\n"a@example.com";"Silva; Ana"\n');
   const r = await sluice(['inspect', file, '--json']);

@@ -4,7 +4,7 @@ import { checkSettings } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { openDb } from '../../db/pool.ts';
 import { runImport } from '../../engine/import-runner.ts';
-import type { Encoding } from '../../formats/sniff.ts';
+import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
 import { getPipeline } from '../../pipelines/index.ts';
 import { fileArgument } from '../file-argument.ts';
 import { ProgressBar } from '../progress.ts';
@@ -35,13 +35,13 @@ export function registerImport(program: Command): void {
       if (ratio !== undefined && !(ratio >= 0 && ratio <= 1)) {
         throw new InvalidInputError(`--max-reject-ratio must be a number between 0 and 1, got ${flags.maxRejectRatio}`);
       }
-      if (flags.encoding && flags.encoding !== 'utf-8' && flags.encoding !== 'windows-1252') {
-        throw new InvalidInputError(`--encoding must be utf-8 or windows-1252, got ${flags.encoding}`);
+      // The labels and delimiters POST /imports takes too (src/formats/sniff.ts).
+      const encoding = flags.encoding === undefined ? undefined : parseEncoding(flags.encoding);
+      if (flags.encoding !== undefined && !encoding) {
+        throw new InvalidInputError(`--encoding must be utf-8 or windows-1252 (or a label of either: latin1, iso-8859-1, cp1252...), got ${flags.encoding}`);
       }
-      const delimiter = flags.delimiter === '\\t' || flags.delimiter === 'tab' ? '\t' : flags.delimiter;
-      if (delimiter !== undefined && ![',', ';', '\t', '|'].includes(delimiter)) {
-        throw new InvalidInputError(`--delimiter must be one of , ; tab |`);
-      }
+      const delimiter = flags.delimiter === undefined ? undefined : parseDelimiter(flags.delimiter);
+      if (flags.delimiter !== undefined && !delimiter) throw new InvalidInputError(`--delimiter must be one of , ; tab |`);
       fileArgument(file);
       // Settings (SLUICE_CHUNK_ROWS) before the pool: the runner reads them once the import's
       // row exists, where a bad value would be recorded as a failed import, not refused.
@@ -54,7 +54,7 @@ export function registerImport(program: Command): void {
           pipeline,
           file,
           maxRejectRatio: ratio,
-          encoding: flags.encoding as Encoding | undefined,
+          encoding,
           delimiter,
           onProgress: bar ? (p) => bar.update(p) : undefined,
         });
