@@ -3,13 +3,17 @@
  * two workers: a leads CSV uploaded through the form is followed (the list refreshes by
  * itself) until its progress bar reads 100% and its status `completed`; its rejects open as
  * a table; uploaded text is only ever shown as text; a server with an API token makes the
- * page ask for it. Screenshots go to test-artifacts/dashboard*.png.
+ * page ask for it; an encoding and a delimiter chosen on the form reach the server (a
+ * Windows-1252 file detection would misread), and the delimiter is off for a fixed-width
+ * pipeline. Screenshots go to test-artifacts/dashboard*.png.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
 import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../../src/http/server.ts';
+import { pipelines } from '../../src/pipelines/index.ts';
+import { purchases } from '../../src/pipelines/purchases.ts';
 import { artifactPath, launchBrowser, pageErrors } from '../helpers/browser.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { leadsCsv, startIntake, type Intake } from './http-helpers.ts';
@@ -38,9 +42,9 @@ after(async () => {
 // predicates would be eval'd in the page, which its Content-Security-Policy forbids.)
 declare const document: any;
 
-async function upload(page: Page, pipeline: string, name: string, content: string): Promise<void> {
+async function upload(page: Page, pipeline: string, name: string, content: string | Buffer): Promise<void> {
   await page.selectOption('[data-testid=pipeline]', pipeline);
-  await page.setInputFiles('[data-testid=file]', { name, mimeType: 'text/csv', buffer: Buffer.from(content) });
+  await page.setInputFiles('[data-testid=file]', { name, mimeType: 'text/csv', buffer: Buffer.isBuffer(content) ? content : Buffer.from(content) });
   await page.click('[data-testid=submit]');
 }
 
@@ -150,4 +154,87 @@ test('with an API token on the server, the page asks for it and then uploads', a
     await page.close();
     await guarded.close();
   }
+});
+
+/** Waits for the server's answer to an upload; returns the form's message (Queued… or Upload refused: …). */
+async function uploadAnswer(page: Page): Promise<string> {
+  await page.waitForFunction(() => /^(Queued|Upload refused)/.test(document.querySelector('[data-testid=upload-message]').textContent));
+  return (await page.textContent('[data-testid=upload-message]'))!;
+}
+
+/** The encoding and delimiter the server recorded for the import on the card of `name`. */
+async function recordedFormat(page: Page, name: string): Promise<{ encoding: string; delimiter: string | null }> {
+  const id = await card(page, name).getAttribute('data-id');
+  const { rows } = await db.pool.query<{ encoding: string; delimiter: string | null }>('SELECT encoding, delimiter FROM imports WHERE id = $1', [id]);
+  return rows[0]!;
+}
+
+test('an encoding and a delimiter chosen on the form are sent: a Windows-1252 ;-file whose first accent is past 64 KiB completes with its accents', async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const errors = pageErrors(page);
+  await page.goto(base);
+  // ASCII for 2,000 rows, then accents: detected from the first 64 KiB this reads as UTF-8
+  // and fails (http-e2e.test.ts). Names hold commas, unquoted: read with ',' they would split.
+  const lines = ['Email;Name;Cidade;UF'];
+  for (let i = 0; i < 2000; i++) lines.push(`win${i}@example.com;Silva, Ana ${i};Recife;PE`);
+  for (let i = 2000; i < 2010; i++) lines.push(`win${i}@example.com;Conceição, João ${i};Florianópolis;SC`);
+  const bytes = Buffer.from(`${lines.join('\r\n')}\r\n`, 'latin1'); // Windows-1252 and Latin-1 agree on ç ã ó
+  assert.ok(bytes.findIndex((b) => b >= 0x80) > 64 * 1024, 'the first non-ASCII byte lies past the first 64 KiB');
+
+  assert.equal(await page.isDisabled('[data-testid=delimiter]'), false);
+  await page.selectOption('[data-testid=encoding]', 'windows-1252');
+  await page.selectOption('[data-testid=delimiter]', ';');
+  await upload(page, 'leads', 'win-semicolon.csv', bytes);
+  assert.match(await uploadAnswer(page), /^Queued win-semicolon\.csv/);
+  assert.equal(await waitFinished(page, 'win-semicolon.csv'), 'completed', (await card(page, 'win-semicolon.csv').locator('[data-f=error]').textContent()) ?? '');
+  const c = card(page, 'win-semicolon.csv');
+  assert.equal(await c.locator('[data-testid=rows-inserted]').textContent(), '2,010');
+  assert.equal(await c.locator('[data-testid=rows-rejected]').textContent(), '0');
+  assert.deepEqual(await recordedFormat(page, 'win-semicolon.csv'), { encoding: 'windows-1252', delimiter: ';' });
+  const { rows } = await db.pool.query<{ email: string; name: string; city: string }>(
+    `SELECT l.email, l.name, c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id
+      WHERE l.email IN ('win0@example.com', 'win2000@example.com', 'win2009@example.com') ORDER BY l.email`,
+  );
+  assert.deepEqual(rows, [
+    { email: 'win0@example.com', name: 'Silva, Ana 0', city: 'Recife' },
+    { email: 'win2000@example.com', name: 'Conceição, João 2000', city: 'Florianópolis' },
+    { email: 'win2009@example.com', name: 'Conceição, João 2009', city: 'Florianópolis' },
+  ]);
+  // The choices stay for the next upload.
+  assert.equal(await page.inputValue('[data-testid=encoding]'), 'windows-1252');
+  assert.equal(await page.inputValue('[data-testid=delimiter]'), ';');
+  await page.screenshot({ path: artifactPath('dashboard-format.png') });
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('the delimiter control is disabled, and not sent, for a fixed-width pipeline (purchases)', async () => {
+  const page = await browser.newPage();
+  const errors = pageErrors(page);
+  await page.goto(base);
+  // The page names each pipeline's file format next to its name: it must match src/pipelines.
+  const options = await page.$$eval('[data-testid=pipeline] option', (os: any[]) => os.map((o) => [o.value, o.dataset.format]));
+  assert.deepEqual(options, Object.values(pipelines).map((p) => [p.name, p.format.kind]));
+
+  const delimiter = '[data-testid=delimiter]';
+  assert.equal(await page.inputValue('[data-testid=pipeline]'), 'leads');
+  assert.equal(await page.isDisabled(delimiter), false);
+  await page.selectOption(delimiter, 'tab');
+  await page.selectOption('[data-testid=pipeline]', 'purchases');
+  assert.equal(await page.isDisabled(delimiter), true);
+  assert.equal(await page.getAttribute(delimiter, 'title'), 'not used: purchases reads fixed-width files');
+  await page.selectOption('[data-testid=pipeline]', 'leads');
+  assert.equal(await page.isDisabled(delimiter), false, 'enabled again for a CSV pipeline');
+  assert.equal(await page.getAttribute(delimiter, 'title'), '');
+
+  // Uploaded with 'tab' still chosen but disabled: the server would refuse a delimiter here.
+  await upload(page, 'purchases', 'purchases-sample.txt', `${purchases.sample!}\n`);
+  assert.match(await uploadAnswer(page), /^Queued purchases-sample\.txt/);
+  assert.equal(await page.isDisabled(delimiter), true);
+  assert.equal(await page.inputValue(delimiter), 'tab');
+  assert.equal(await waitFinished(page, 'purchases-sample.txt'), 'completed');
+  assert.equal(await card(page, 'purchases-sample.txt').locator('[data-testid=rows-inserted]').textContent(), '4');
+  assert.deepEqual(await recordedFormat(page, 'purchases-sample.txt'), { encoding: 'utf-8', delimiter: null });
+  assert.deepEqual(errors, []);
+  await page.close();
 });
