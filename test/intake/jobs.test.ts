@@ -1,10 +1,12 @@
 /**
  * Wake-ups on real Postgres: a job sent in a transaction is announced to listening workers
  * at COMMIT and never for a rollback; a listener whose connection is killed comes back on
- * its own and then wakes every queue (notifications may have been missed meanwhile).
+ * its own and then wakes every queue (notifications may have been missed meanwhile). Two
+ * parts that COPYed rejects lock their import row without a deadlock.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { lockImport } from '../../src/db/sql/intake.ts';
 import { MERGE_QUEUE, PART_QUEUE, listenForJobs, sendJob, startBoss, type Boss, type JobListener } from '../../src/jobs/boss.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
@@ -81,4 +83,37 @@ test('a listener whose connection is killed reconnects and wakes every queue', a
   await woken;
   assert.deepEqual(seen, [PART_QUEUE, MERGE_QUEUE], 'every queue woken after the reconnect');
   assert.equal(connects.n, 2, 'onConnect after the reconnect (the merges re-check their parts)');
+});
+
+test('two parts that COPYed rejects complete one after the other, without a deadlock', async () => {
+  // Each part's transaction inserts its rejects (a KEY SHARE lock on the import row, from
+  // the foreign key), then locks the row to complete. FOR UPDATE there deadlocked.
+  const { rows } = await db.pool.query<{ id: string }>(
+    `INSERT INTO imports (pipeline, source, status) VALUES ('leads', 'test', 'running') RETURNING id`,
+  );
+  const id = rows[0]!.id;
+  const [a, b] = [await db.pool.connect(), await db.pool.connect()];
+  try {
+    for (const [c, line] of [[a, 2], [b, 3]] as const) {
+      await c.query('BEGIN');
+      await c.query(`INSERT INTO import_rejects (import_id, line, reason, raw) VALUES ($1, $2, 'bad', 'x')`, [id, line]);
+    }
+    const first = lockImport(a, id).then(async (r) => {
+      await a.query('COMMIT');
+      return r;
+    });
+    const second = lockImport(b, id).then(async (r) => {
+      await b.query('COMMIT');
+      return r;
+    });
+    const settled = await Promise.allSettled([first, second]);
+    assert.deepEqual(settled.map((s) => s.status), ['fulfilled', 'fulfilled'], JSON.stringify(settled.map((s) => (s.status === 'rejected' ? String(s.reason) : 'ok'))));
+    const { rows: rejects } = await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM import_rejects WHERE import_id = $1', [id]);
+    assert.equal(rejects[0]!.n, 2);
+  } finally {
+    for (const c of [a, b]) {
+      await c.query('ROLLBACK').catch(() => {});
+      c.release();
+    }
+  }
 });

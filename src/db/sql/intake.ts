@@ -108,9 +108,15 @@ export async function failPart(db: Db, importId: string, n: number, error: strin
   );
 }
 
-/** Locks the import row: part completions of one import are serialized by it. */
+/**
+ * Locks the import row: part completions of one import are serialized by it. FOR NO KEY
+ * UPDATE, not FOR UPDATE: a part that has COPYed rejects holds a KEY SHARE lock on the row
+ * (import_rejects' foreign key), which FOR UPDATE waits for; two such parts each waited for
+ * the other's and Postgres aborted one ("deadlock detected"), failing leads uploads with
+ * rejects under load. The row's key never changes.
+ */
 export async function lockImport(db: Db, id: string): Promise<{ status: string; parts_total: number | null } | undefined> {
-  const { rows } = await db.query(`SELECT status, parts_total FROM imports WHERE id = $1 FOR UPDATE`, [id]);
+  const { rows } = await db.query(`SELECT status, parts_total FROM imports WHERE id = $1 FOR NO KEY UPDATE`, [id]);
   return rows[0] as { status: string; parts_total: number | null } | undefined;
 }
 
