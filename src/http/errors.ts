@@ -1,9 +1,11 @@
 /**
  * One place maps errors to HTTP: `{"error":{"code","message"}}` with a 4xx/5xx status.
- * Raw database errors never reach a response: anything unknown is a 500 "internal error".
+ * Raw database errors never reach a response: a database out of reach is a 503
+ * "unavailable", anything else unknown a 500 "internal error".
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { SluiceError, type ErrorCode } from '../core/errors.ts';
+import { isDatabaseUnavailable } from '../db/unavailable.ts';
 
 const STATUS: Record<ErrorCode, number> = {
   invalid_input: 400,
@@ -38,6 +40,11 @@ export function handleError(err: FastifyError | Error, req: FastifyRequest, repl
   if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
     const code = fe.statusCode === 413 ? 'too_large' : fe.statusCode === 401 ? 'unauthorized' : 'invalid_input';
     return reply.status(fe.statusCode).send(errorBody(code, fe.message));
+  }
+  // The database restarting or out of reach: the request may succeed again soon.
+  if (isDatabaseUnavailable(err)) {
+    req.log.warn({ err }, 'database unavailable');
+    return reply.status(503).send(errorBody('unavailable', 'the database is unavailable; try again shortly'));
   }
   req.log.error({ err }, 'request failed');
   return reply.status(500).send(errorBody('internal', 'internal error'));

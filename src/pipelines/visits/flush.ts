@@ -12,6 +12,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { SluiceError } from '../../core/errors.ts';
 import type { Client, Pool } from '../../db/pool.ts';
+import { isDatabaseUnavailable } from '../../db/unavailable.ts';
 import { addLag, appendRollups, beginWithin, copyVisits, ensurePartition } from '../../db/sql/visits.ts';
 import { flushBatchSize, flushDuration, ingestLag } from './metrics.ts';
 import { rollup } from './rollup.ts';
@@ -20,36 +21,23 @@ import type { Visit } from './visit.ts';
 type RetryAction = 'now' | 'backoff' | 'partition';
 
 /**
- * What to do with a failed attempt, by SQLSTATE / errno (graphile-worker's table): a
- * serialisation failure is retried at once, a lost connection or a server restarting after
- * a short backoff, a missing partition after creating it.
+ * What to do with a failed attempt, by SQLSTATE (graphile-worker's table): a serialisation
+ * failure is retried at once, a missing partition after creating it.
  */
 const RETRY: Record<string, RetryAction> = {
   '40P01': 'now', // deadlock_detected (not expected: the flush takes no shared row locks)
   '40001': 'now', // serialization_failure
   '23514': 'partition', // check_violation: "no partition of relation visits found for row"
-  '57P01': 'backoff', // admin_shutdown (also pg_terminate_backend)
-  '57P03': 'backoff', // cannot_connect_now
-  '08006': 'backoff', // connection_failure
-  '08003': 'backoff', // connection_does_not_exist
-  ECONNRESET: 'backoff',
-  ECONNREFUSED: 'backoff',
-  ETIMEDOUT: 'backoff',
-  EPIPE: 'backoff',
 };
 
 /**
- * node-pg reports a connection that went away without a word from the server (closed by a
- * proxy, a load balancer or the network) with a plain Error that has no `code`, so the table
- * above cannot match it: these are its messages (pg/lib/client.js).
+ * The retry action for a failed attempt, or undefined when retrying cannot help. A database
+ * that went away or is restarting (src/db/unavailable.ts): after a backoff.
  */
-const LOST_CONNECTION = /^(Connection terminated|Client has encountered a connection error|Client was closed)/;
-
-/** The retry action for a failed attempt, or undefined when retrying cannot help. */
 export function retryAction(err: unknown): RetryAction | undefined {
+  if (isDatabaseUnavailable(err)) return 'backoff';
   const code = errCode(err);
-  if (code) return Object.hasOwn(RETRY, code) ? RETRY[code] : undefined;
-  return err instanceof Error && LOST_CONNECTION.test(err.message) ? 'backoff' : undefined;
+  return Object.hasOwn(RETRY, code) ? RETRY[code] : undefined;
 }
 
 /** The flush did not commit before its deadline; its requests get 503. */

@@ -1,0 +1,32 @@
+/**
+ * Errors that mean "the database cannot be reached right now" (it is restarting, the
+ * connection was cut, the network dropped): worth retrying after a backoff, and answered
+ * 503 by the HTTP server rather than 500 (src/http/errors.ts, src/pipelines/visits/flush.ts).
+ */
+
+/** SQLSTATEs and Node errnos of a database that went away or is not taking connections. */
+export const UNAVAILABLE_CODES: ReadonlySet<string> = new Set([
+  '57P01', // admin_shutdown (also pg_terminate_backend)
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now (starting up, shutting down, in recovery)
+  '08006', // connection_failure
+  '08003', // connection_does_not_exist
+  '08001', // sqlclient_unable_to_establish_sqlconnection
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ETIMEDOUT',
+  'EPIPE',
+]);
+
+/**
+ * node-pg reports a connection that went away without a word from the server (closed by a
+ * proxy, a load balancer or the network) with a plain Error that has no `code`: these are
+ * its messages (pg/lib/client.js).
+ */
+const LOST_CONNECTION = /^(Connection terminated|Client has encountered a connection error|Client was closed)/;
+
+export function isDatabaseUnavailable(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && code !== '') return UNAVAILABLE_CODES.has(code);
+  return err instanceof Error && LOST_CONNECTION.test(err.message);
+}
