@@ -9,6 +9,7 @@ export const UNAVAILABLE_CODES: ReadonlySet<string> = new Set([
   '57P01', // admin_shutdown (also pg_terminate_backend)
   '57P02', // crash_shutdown
   '57P03', // cannot_connect_now (starting up, shutting down, in recovery)
+  '08000', // connection_exception
   '08006', // connection_failure
   '08003', // connection_does_not_exist
   '08001', // sqlclient_unable_to_establish_sqlconnection
@@ -25,8 +26,15 @@ export const UNAVAILABLE_CODES: ReadonlySet<string> = new Set([
  */
 const LOST_CONNECTION = /^(Connection terminated|Client has encountered a connection error|Client was closed)/;
 
+/** The SQLSTATE or errno of `err`; a Node AggregateError (one error per address tried) gives its first. */
+export function errorCode(err: unknown): string | undefined {
+  const e = err as { code?: unknown; errors?: unknown[] } | null;
+  if (typeof e?.code === 'string' && e.code !== '') return e.code;
+  return Array.isArray(e?.errors) ? errorCode(e.errors[0]) : undefined;
+}
+
 export function isDatabaseUnavailable(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && code !== '') return UNAVAILABLE_CODES.has(code);
+  const code = errorCode(err);
+  if (code !== undefined) return UNAVAILABLE_CODES.has(code);
   return err instanceof Error && LOST_CONNECTION.test(err.message);
 }

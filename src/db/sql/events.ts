@@ -50,7 +50,7 @@ export async function insertSync(db: Queryable, url: string, trigger: SyncTrigge
   return rows[0]!.id;
 }
 
-/** Ends a sync record (completed inside the merge transaction, failed on its own). */
+/** Ends a sync record (completed inside the merge transaction; a failure goes through failSync). */
 export async function finishSync(db: Queryable, id: number, status: 'completed' | 'failed', c: SyncCounts, error?: string): Promise<void> {
   await db.query(
     `UPDATE provider_syncs
@@ -59,6 +59,81 @@ export async function finishSync(db: Queryable, id: number, status: 'completed' 
       WHERE id = $1`,
     [id, status, c.attempts, c.bytes, c.eventsSeen, c.eventsNew, c.eventsChanged, c.eventsRejected, error ?? null],
   );
+}
+
+/**
+ * Owner locks of syncs. A sync's connection holds the session lock (SYNC_OWNER_LOCK, id mod
+ * 2^31) from the statement that creates its row until its outcome is written: a `running` row
+ * whose lock is free has no live owner (its process died, or lost the database). The two-key
+ * form keeps these apart from single-key locks such as MERGE_LOCK and the imports' owner locks.
+ */
+export const SYNC_OWNER_LOCK = 7_301_011;
+
+function ownerLock(fn: 'pg_try_advisory_lock' | 'pg_try_advisory_xact_lock' | 'pg_advisory_unlock', id: string): string {
+  return `${fn}(${SYNC_OWNER_LOCK}, (${id} % 2147483648)::int)`;
+}
+
+/** The error of a sync whose owner went away while it was `running` (see failInterruptedSyncs). */
+export const SYNC_INTERRUPTED = 'interrupted: the process running this sync stopped before it finished';
+
+/**
+ * Creates a sync record and takes its owner lock on `client`, in one statement: the lock is
+ * held before the row can be seen, so no sweep takes a starting sync for a dead one.
+ * `locked` is false only if another session holds the key (never, for a fresh id).
+ */
+export async function startSync(client: Client | pg.Client, url: string, trigger: SyncTrigger): Promise<{ id: number; locked: boolean }> {
+  const { rows } = await client.query<{ id: number; locked: boolean }>(
+    `INSERT INTO provider_syncs (url, trigger) VALUES ($1, $2) RETURNING id, ${ownerLock('pg_try_advisory_lock', 'id')} AS locked`,
+    [url, trigger],
+  );
+  return rows[0]!;
+}
+
+/**
+ * Takes sync `id`'s owner lock again on a new connection (the old one was lost). Does not
+ * wait: the lost connection's backend may still hold it until the server notices.
+ */
+export async function lockSyncOwner(client: Client | pg.Client, id: number): Promise<boolean> {
+  const { rows } = await client.query<{ ok: boolean }>(`SELECT ${ownerLock('pg_try_advisory_lock', '$1::bigint')} AS ok`, [id]);
+  return rows[0]!.ok;
+}
+
+export async function unlockSyncOwner(client: Client | pg.Client, id: number): Promise<void> {
+  await client.query(`SELECT ${ownerLock('pg_advisory_unlock', '$1::bigint')}`, [id]);
+}
+
+/**
+ * Records a failed sync, unless it completed: a completion is written in the merge's own
+ * transaction, so a failure reported after it (a COMMIT whose answer was lost) is not the truth.
+ * Overwrites a sweep's SYNC_INTERRUPTED: the owner knows the real error.
+ */
+export async function failSync(db: Queryable, id: number, c: SyncCounts, error: string): Promise<void> {
+  await db.query(
+    `UPDATE provider_syncs
+        SET status = 'failed', attempts = $2, bytes = $3, events_seen = $4, events_new = $5,
+            events_changed = $6, events_rejected = $7, error = $8, finished_at = clock_timestamp()
+      WHERE id = $1 AND status <> 'completed'`,
+    [id, c.attempts, c.bytes, c.eventsSeen, c.eventsNew, c.eventsChanged, c.eventsRejected, error],
+  );
+}
+
+/**
+ * Fails, with SYNC_INTERRUPTED, every `running` sync whose owner lock is free; returns their ids.
+ * One statement: each running row's lock is tried (xact-level, so let go at commit, and held
+ * while its row is written). The running rows are materialised first so that no lock is tried
+ * for any other row. A sync holding its lock is left alone.
+ */
+export async function failInterruptedSyncs(db: Queryable): Promise<number[]> {
+  const { rows } = await db.query<{ id: number }>(
+    `WITH running AS MATERIALIZED (SELECT id FROM provider_syncs WHERE status = 'running')
+     UPDATE provider_syncs s
+        SET status = 'failed', error = $1, finished_at = clock_timestamp()
+       FROM running r
+      WHERE s.id = r.id AND s.status = 'running' AND ${ownerLock('pg_try_advisory_xact_lock', 'r.id')}
+     RETURNING s.id`,
+    [SYNC_INTERRUPTED],
+  );
+  return rows.map((r) => r.id).sort((a, b) => a - b);
 }
 
 export async function getSync(db: Queryable, id: number): Promise<SyncRecord | undefined> {

@@ -3,12 +3,14 @@
  * Every SLUICE_PROVIDER_INTERVAL_S seconds (default 60) each serve process tries to claim
  * the feed's next slot in the database; one process per interval wins and syncs, so N
  * processes do not fetch N times. A circuit breaker (per process) rests a failing provider.
+ * Syncs left `running` by a process that stopped are failed when the service starts and
+ * before each sync (failInterruptedSyncs, one statement).
  */
 import { EventEmitter } from 'node:events';
 import type { FastifyInstance } from 'fastify';
 import { env, intEnv, redactUrl } from '../../config.ts';
 import type { Pool } from '../../db/pool.ts';
-import { claimSyncSlot } from '../../db/sql/events.ts';
+import { claimSyncSlot, failInterruptedSyncs } from '../../db/sql/events.ts';
 import type { Service } from '../../http/services.ts';
 import { CircuitBreaker, DEFAULT_COOLDOWN_MS, type CircuitBreakerOptions } from './circuit-breaker.ts';
 import { providerBreakerOpen, providerSyncs } from './metrics.ts';
@@ -20,8 +22,11 @@ export interface SchedulerOptions extends Omit<SyncOptions, 'trigger' | 'signal'
   breaker?: CircuitBreakerOptions;
 }
 
-/** Emits `sync` (SyncResult) after each sync and `skip` (reason) for a skipped tick. */
-export class SyncScheduler extends EventEmitter<{ sync: [SyncResult]; skip: [string] }> {
+/**
+ * Emits `sync` (SyncResult) after each sync, `skip` (reason) for a tick skipped by design,
+ * and `unrecorded` (message) for one the database kept from running or being recorded.
+ */
+export class SyncScheduler extends EventEmitter<{ sync: [SyncResult]; skip: [string]; unrecorded: [string] }> {
   readonly breaker: CircuitBreaker;
   private readonly pool: Pool;
   private readonly options: SchedulerOptions;
@@ -77,8 +82,9 @@ export class SyncScheduler extends EventEmitter<{ sync: [SyncResult]; skip: [str
       providerBreakerOpen.set(this.breaker.state === 'closed' ? 0 : 1);
       this.emit('sync', result);
     } catch (err) {
-      // The database itself is unreachable: nothing to record; the next tick tries again.
-      this.emit('skip', `sync not run: ${(err as Error).message}`);
+      // The database itself is unreachable: the sync did not start, or its failure could not
+      // be recorded (the sweep of a later sync records it). The next tick tries again.
+      this.emit('unrecorded', `sync not run or not recorded: ${(err as Error).message}`);
     }
   }
 }
@@ -99,16 +105,31 @@ export function schedulerOptionsFromEnv(): SchedulerOptions | undefined {
 export const providerSyncService: Service = {
   name: 'provider-sync',
   async start(ctx, app: FastifyInstance) {
+    // Also without a URL: the process that ran them may have been restarted without one.
+    await sweepInterruptedSyncs(ctx.pool, app);
     const options = schedulerOptionsFromEnv();
     if (!options) return undefined;
     const scheduler = new SyncScheduler(ctx.pool, options);
     scheduler.on('sync', (r) => {
+      if (r.interruptedSyncs) app.log.warn({ syncs: r.interruptedSyncs }, 'provider syncs of a stopped process marked failed');
       if (r.status === 'failed') app.log.warn({ sync: r.syncId, error: r.error }, 'provider sync failed');
       else app.log.info({ sync: r.syncId, seen: r.eventsSeen, changed: r.eventsChanged, rejected: r.eventsRejected }, 'provider sync');
     });
     scheduler.on('skip', (reason) => app.log.debug({ reason }, 'provider sync skipped'));
+    // Not routine, unlike a skip: the database was out of reach (warn is the default level).
+    scheduler.on('unrecorded', (reason) => app.log.warn({ reason }, 'provider sync not run or not recorded'));
     app.log.info({ url: redactUrl(options.url), intervalS: options.intervalS }, 'provider sync scheduled');
     scheduler.start();
     return { stop: () => scheduler.stop() };
   },
 };
+
+/** Fails the syncs of stopped processes; logs them. A database failure is logged, not thrown. */
+async function sweepInterruptedSyncs(pool: Pool, app: FastifyInstance): Promise<void> {
+  try {
+    const ids = await failInterruptedSyncs(pool);
+    if (ids.length) app.log.warn({ syncs: ids }, 'provider syncs of a stopped process marked failed');
+  } catch (err) {
+    app.log.warn({ error: (err as Error).message }, 'provider syncs of stopped processes not swept');
+  }
+}

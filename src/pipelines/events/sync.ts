@@ -4,18 +4,22 @@
  * so /search sees a whole fetch or nothing of it; the sync record is written either way.
  *
  * A failed sync never throws at the caller (it is recorded and returned): only losing the
- * database while recording it does.
+ * database while recording it does, after a few tries. The row is then left `running`, and
+ * the sweep that starts every sync (and the serve service) fails it once its owner lock is
+ * free (sync-owner.ts).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, InvalidFileError } from '../../core/errors.ts';
 import { redactUrl } from '../../config.ts';
 import type { Pool } from '../../db/pool.ts';
+import { errorCode, isDatabaseUnavailable } from '../../db/unavailable.ts';
 import {
   bumpFeedVersion,
   createStage,
+  failInterruptedSyncs,
+  failSync,
   finishSync,
   insertRejects,
-  insertSync,
   mergeStage,
   stageEvents,
   type SyncCounts,
@@ -25,6 +29,7 @@ import { XmlEventsReader, type RawFeedEvent } from '../../formats/xml-events-rea
 import { checkFeedEvent, type FeedEvent, type FeedReject } from './feed-event.ts';
 import { fetchFeed, ProviderError, type FetchFeedOptions } from './fetch-feed.ts';
 import { providerEvents, providerSyncs, providerSyncSeconds } from './metrics.ts';
+import { SyncOwner } from './sync-owner.ts';
 
 export interface SyncOptions extends FetchFeedOptions {
   url: string;
@@ -44,6 +49,8 @@ export interface SyncResult extends SyncCounts {
   /** The feed version this sync committed, when it changed what /search returns. */
   version?: number;
   durationMs: number;
+  /** Syncs of stopped processes that the sweep before this one failed (see failInterruptedSyncs). */
+  interruptedSyncs?: number[];
 }
 
 /** Zones per staged batch: bounds a batch's memory (~75 bytes of JSON per zone). */
@@ -55,27 +62,63 @@ const MAX_BATCH_ZONES = 50_000;
  */
 const MAX_BATCH_CHARS = 1 << 24;
 
-/** SQLSTATEs worth another attempt: serialization failure, deadlock, shutdown in progress. */
-const RETRYABLE_SQLSTATE = new Set(['40001', '40P01', '57P01', '57P03', '08006', '08003']);
+/**
+ * Database failures worth another attempt: a serialization failure or deadlock, and every
+ * way the database goes away while it restarts (src/db/unavailable.ts). A fast or immediate stop ends each session with 57P01 (also pg_terminate_backend) or 57P02,
+ * then connections are refused (ECONNREFUSED) until the server is up, and refused with 57P03
+ * while it starts. All take the same backoff: an attempt failed by a restart is followed by
+ * attempts that meet the rest of it. (Without ECONNREFUSED here the sync gave up at the first
+ * refused connection, and could not record that either: its row stayed `running`.)
+ */
+const CONFLICTS = new Set([
+  '40001', // serialization_failure
+  '40P01', // deadlock_detected
+]);
 
-function retryable(err: unknown): boolean {
+/** Whether a database failure may pass (the server restarting, a lost connection, a conflict). */
+export function retryableDbError(err: unknown): boolean {
+  const code = errorCode(err);
+  return isDatabaseUnavailable(err) || (code !== undefined && CONFLICTS.has(code));
+}
+
+/** Whether another attempt of a sync that failed with `err` may succeed. */
+export function retryable(err: unknown): boolean {
   if (err instanceof ProviderError) return err.retryable;
   if (err instanceof InvalidFileError) return false; // the same bytes will not parse better
-  const code = (err as { code?: string }).code;
-  return code !== undefined && (RETRYABLE_SQLSTATE.has(code) || code === 'ECONNRESET');
+  return retryableDbError(err);
 }
+
+/**
+ * Waits between tries of writing a failed sync's outcome: about 4 s in all, on top of the
+ * attempts' backoff, for a restarting database. After that the sweep records it.
+ */
+const RECORD_BACKOFF_MS = [250, 500, 1000, 2000];
 
 /** Runs one sync of `options.url` and records it in provider_syncs. */
 export async function syncEvents(pool: Pool, options: SyncOptions): Promise<SyncResult> {
   const started = performance.now();
-  const syncId = await insertSync(pool, redactUrl(options.url), options.trigger ?? 'cli');
+  // Syncs whose process died (their owner lock is free) are failed first: one statement.
+  const interrupted = await failInterruptedSyncs(pool);
+  const owner = await SyncOwner.start(pool, redactUrl(options.url), options.trigger ?? 'cli');
+  try {
+    const result = await runSync(pool, owner, options, started);
+    return interrupted.length ? { ...result, interruptedSyncs: interrupted } : result;
+  } finally {
+    // After the outcome is written: until then the lock says the sync is alive.
+    await owner.release();
+  }
+}
+
+/** The attempts of a started sync, and its outcome recorded. */
+async function runSync(pool: Pool, owner: SyncOwner, options: SyncOptions, started: number): Promise<SyncResult> {
+  const syncId = owner.syncId;
   const retries = options.retries ?? 2;
   const backoff = options.backoffMs ?? 1000;
   let counts: SyncCounts = emptyCounts();
   let lastError: unknown;
   for (let attempt = 1; attempt <= retries + 1; attempt++) {
     try {
-      const r = await attemptSync(pool, syncId, options, attempt);
+      const r = await attemptSync(owner, options, attempt);
       counts = r.counts;
       providerSyncs.inc({ status: 'completed' });
       providerEvents.inc({ outcome: 'changed' }, counts.eventsChanged);
@@ -98,21 +141,45 @@ export async function syncEvents(pool: Pool, options: SyncOptions): Promise<Sync
     }
   }
   const message = errorMessage(lastError);
-  await finishSync(pool, syncId, 'failed', counts, message);
+  await recordFailure(pool, syncId, counts, message, options.signal);
   providerSyncs.inc({ status: 'failed' });
   const durationMs = performance.now() - started;
   providerSyncSeconds.observe(durationMs / 1000);
   return { syncId, status: 'failed', ...counts, error: message, durationMs };
 }
 
+/**
+ * Writes a failed outcome, through any connection of the pool, retrying a lost database a few
+ * times (RECORD_BACKOFF_MS). Throws when it still cannot, or at once when stopping (shutdown
+ * does not wait for the database): the sweep fails the row once this process's lock is gone.
+ */
+async function recordFailure(pool: Pool, syncId: number, counts: SyncCounts, message: string, signal?: AbortSignal): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      await failSync(pool, syncId, counts, message);
+      return;
+    } catch (err) {
+      const wait = RECORD_BACKOFF_MS[i];
+      if (wait === undefined || !retryableDbError(err) || signal?.aborted) {
+        throw new Error(`sync ${syncId} failed (${message}), and recording that failed: ${errorMessage(err)}`, { cause: err });
+      }
+      await sleep(wait);
+    }
+  }
+}
+
 function emptyCounts(): SyncCounts {
   return { attempts: 0, bytes: 0, eventsSeen: 0, eventsNew: 0, eventsChanged: 0, eventsRejected: 0 };
 }
 
-/** One attempt in one transaction; on failure rolls back and throws (with counts attached). */
-async function attemptSync(pool: Pool, syncId: number, options: SyncOptions, attempt: number) {
+/**
+ * One attempt in one transaction, on the owner's connection; on failure rolls back and throws
+ * (with counts attached).
+ */
+async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: number) {
+  const syncId = owner.syncId;
   const batchSize = options.batchSize ?? 1000;
-  const client = await pool.connect();
+  const client = await owner.connection();
   const counts: SyncCounts = { ...emptyCounts(), attempts: attempt };
   let pending: FeedEvent[] = [];
   let pendingZones = 0;
@@ -120,12 +187,14 @@ async function attemptSync(pool: Pool, syncId: number, options: SyncOptions, att
   let rejects: FeedReject[] = [];
   let staged = 0;
   let broken = false;
-  // A checked-out client has no pool error listener: a connection dropped while we wait on
-  // the provider would emit an unhandled 'error' and crash the process. Keep it as a failure.
+  // A connection dropped while we wait on the provider: the attempt fails with its error at
+  // once (the fetch is aborted) instead of after the rest of a download it cannot store.
   let clientError: Error | undefined;
+  const lost = new AbortController();
   const onClientError = (err: Error) => {
-    clientError = err;
+    clientError ??= err;
     broken = true;
+    lost.abort();
   };
   client.on('error', onClientError);
   const reader = new XmlEventsReader((raw: RawFeedEvent) => {
@@ -173,7 +242,8 @@ async function attemptSync(pool: Pool, syncId: number, options: SyncOptions, att
   try {
     await client.query('BEGIN');
     await createStage(client);
-    for await (const chunk of fetchFeed(options.url, options)) {
+    const signal = options.signal ? AbortSignal.any([options.signal, lost.signal]) : lost.signal;
+    for await (const chunk of fetchFeed(options.url, { ...options, signal })) {
       if (clientError) throw clientError;
       reader.write(chunk);
       await flush(false);
@@ -188,9 +258,11 @@ async function attemptSync(pool: Pool, syncId: number, options: SyncOptions, att
     await finishSync(client, syncId, 'completed', counts);
     await client.query('COMMIT');
     return { counts, version };
-  } catch (err) {
+  } catch (caught) {
     await writing;
-    // A connection that cannot even roll back is dropped, not returned to the pool.
+    // The lost connection is the cause, not the fetch it aborted ("sync stopped").
+    const err = clientError ?? caught;
+    // A connection that cannot even roll back is replaced for the next attempt.
     await client.query('ROLLBACK').catch(() => {
       broken = true;
     });
@@ -200,6 +272,6 @@ async function attemptSync(pool: Pool, syncId: number, options: SyncOptions, att
     throw Object.assign(err instanceof Error ? err : new Error(String(err)), { counts });
   } finally {
     client.off('error', onClientError);
-    client.release(broken);
+    if (broken) owner.markBroken();
   }
 }

@@ -12,7 +12,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { SluiceError } from '../../core/errors.ts';
 import type { Client, Pool } from '../../db/pool.ts';
-import { isDatabaseUnavailable } from '../../db/unavailable.ts';
+import { errorCode, isDatabaseUnavailable } from '../../db/unavailable.ts';
 import { addLag, appendRollups, beginWithin, copyVisits, ensurePartition } from '../../db/sql/visits.ts';
 import { flushBatchSize, flushDuration, ingestLag } from './metrics.ts';
 import { rollup } from './rollup.ts';
@@ -36,8 +36,8 @@ const RETRY: Record<string, RetryAction> = {
  */
 export function retryAction(err: unknown): RetryAction | undefined {
   if (isDatabaseUnavailable(err)) return 'backoff';
-  const code = errCode(err);
-  return Object.hasOwn(RETRY, code) ? RETRY[code] : undefined;
+  const code = errorCode(err);
+  return code !== undefined && Object.hasOwn(RETRY, code) ? RETRY[code] : undefined;
 }
 
 /** The flush did not commit before its deadline; its requests get 503. */
@@ -97,7 +97,7 @@ export class VisitFlusher {
       } catch (err) {
         if (committing || err instanceof FlushDeadlineError) throw err;
         // 25P04: PostgreSQL ended the transaction at the deadline (transaction_timeout).
-        if (errCode(err) === '25P04' || Date.now() >= deadline) throw new FlushDeadlineError({ cause: err });
+        if (errorCode(err) === '25P04' || Date.now() >= deadline) throw new FlushDeadlineError({ cause: err });
         const action = retryAction(err);
         if (!action || attempt >= MAX_ATTEMPTS) throw err;
         lastError = err;
@@ -179,6 +179,3 @@ async function connectBy(pool: Pool, deadline: number): Promise<Client> {
   }
 }
 
-function errCode(err: unknown): string {
-  return String((err as { code?: unknown } | null)?.code ?? '');
-}
