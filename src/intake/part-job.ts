@@ -24,6 +24,7 @@ import { stageCopySql } from '../load/merge-sql.ts';
 import { BufferedRejects, REJECTS_COPY } from '../load/rejects.ts';
 import { faultPause } from '../core/fault.ts';
 import { getPipeline } from '../pipelines/index.ts';
+import type { Pool } from '../db/pool.ts';
 import type { IntakeContext } from './context.ts';
 import { createPartTable, discardStaged, partTableName } from './staging.ts';
 
@@ -117,6 +118,24 @@ function decodePart(work: PartWork): string {
       `invalid file: lines ${work.first_line}-${work.last_line} are not valid ${work.encoding}, the encoding detected from the start of the file (or given with the upload); save the file as UTF-8, or send it with encoding=windows-1252`,
     );
   }
+}
+
+/**
+ * Ends the import of a part pg-boss gave up on after its worker died during its last attempt
+ * (the reaper in service.ts drains PART_DEAD_QUEUE): the part and its import fail, as on a
+ * final error below, and what the import staged goes. Without it the merge waited for the
+ * part for ever. False when the import was over already.
+ */
+export async function failAbandonedPart(pool: Pool, importId: string, n: number, reason: string, attempts: number): Promise<boolean> {
+  const message = `part ${n}: ${reason} (gave up after ${attempts} attempt${attempts === 1 ? '' : 's'})`;
+  const ended = await finishImport(pool, importId, {
+    status: 'failed', error: message, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {},
+  }, true);
+  if (!ended) return false;
+  await failPart(pool, importId, n, message, true);
+  await discardStaged(pool, importId).catch(() => {});
+  await notifyImportFinished(pool, importId).catch(() => {});
+  return true;
 }
 
 export async function runPart(ctx: IntakeContext, importId: string, n: number): Promise<PartOutcome> {

@@ -11,16 +11,16 @@
  * (NOTIFY, see jobs/boss.ts) or, as a backstop for retries that become due later and for a
  * lost LISTEN connection, until its poll interval (50 ms doubling to 1 s) runs out. While a
  * job runs, its heartbeat is sent every 4 s: a worker that dies stops sending, and the job
- * is retried elsewhere.
+ * is retried elsewhere. A merge whose last attempt fails ends its import (failMerge).
  */
-import type { Job } from 'pg-boss';
+import type { JobWithMetadata } from 'pg-boss';
 import { errorMessage } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
 import { databaseUrl } from '../db/pool.ts';
 import { PART_DONE } from '../db/sql/intake.ts';
 import { MERGE_QUEUE, PART_QUEUE, listenForJobs, type Boss } from '../jobs/boss.ts';
 import type { IntakeContext } from './context.ts';
-import { runMerge, type PartSignal } from './merge-job.ts';
+import { failMerge, gaveUpMessage, runMerge, type PartSignal } from './merge-job.ts';
 import { runPart } from './part-job.ts';
 import { warmUp } from './warm-up.ts';
 
@@ -109,16 +109,27 @@ class PartSignals {
 /** Backstop of a merge's wait for parts when no notification comes (listener down). */
 const PART_WAIT_MS = 250;
 
-function startLoop<T>(boss: Boss, queue: string, handle: (data: T) => Promise<unknown>): Loop {
+/**
+ * Runs `handle` on each job of `queue`. When it throws on the job's last attempt (pg-boss
+ * will not run the job again), `lastFailed` is called first, while the job is still held
+ * (heartbeat going), with the error and the number of attempts made.
+ */
+function startLoop<T>(
+  boss: Boss,
+  queue: string,
+  handle: (data: T) => Promise<unknown>,
+  lastFailed?: (data: T, err: unknown, attempts: number) => Promise<unknown>,
+): Loop {
   const loop: Loop = { queue, stopped: false, done: Promise.resolve(), wakeup: new Wakeup() };
   loop.done = (async () => {
     let idle = IDLE_MIN_MS;
     while (!loop.stopped) {
       // A wake-up from before this fetch is answered by it.
       loop.wakeup.clear();
-      let job: Job<T> | undefined;
+      let job: JobWithMetadata<T> | undefined;
       try {
-        job = (await boss.fetch<T>(queue, { batchSize: 1 }))[0];
+        // With its metadata: the job's own retryLimit, the one pg-boss applies when it fails.
+        job = (await boss.fetch<T>(queue, { batchSize: 1, includeMetadata: true }))[0];
       } catch {
         // The database is unreachable for now: wait and try again.
       }
@@ -134,7 +145,10 @@ function startLoop<T>(boss: Boss, queue: string, handle: (data: T) => Promise<un
         await handle(job.data);
         await boss.complete(queue, job).catch(() => {});
       } catch (err) {
-        // pg-boss retries with backoff up to the queue's retry limit.
+        // pg-boss retries with backoff up to the job's retry limit. retryCount is 0 on the
+        // first attempt and goes up at every claim (an attempt whose worker died counts too),
+        // and a fail() at retryCount >= retryLimit is final: the job goes to `failed`.
+        if (lastFailed && job.retryCount >= job.retryLimit) await lastFailed(job.data, err, job.retryCount + 1).catch(() => {});
         await boss.fail(queue, job, { message: errorMessage(err) }).catch(() => {});
       } finally {
         clearInterval(beat);
@@ -154,7 +168,15 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
     ...Array.from({ length: options.concurrency }, () =>
       startLoop<{ importId: string; n: number }>(boss, PART_QUEUE, (d) => runPart(ctx, d.importId, d.n)),
     ),
-    startLoop<{ importId: string }>(boss, MERGE_QUEUE, (d) => runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS))),
+    startLoop<{ importId: string }>(
+      boss,
+      MERGE_QUEUE,
+      (d) => runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS)),
+      // Nothing else would end the import: it stayed `running`, its staging kept. When this
+      // cannot be recorded (the database is down), neither can the fail() after it: the job's
+      // heartbeat lapses, pg-boss fails it and the reaper ends the import (service.ts).
+      (d, err, attempts) => failMerge(ctx.pool, d.importId, gaveUpMessage(errorMessage(err), attempts)),
+    ),
   ];
   const listener = listenForJobs(
     ctx.pool.options.connectionString ?? (await databaseUrl()),

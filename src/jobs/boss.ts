@@ -13,12 +13,34 @@ import type { Client } from '../db/pool.ts';
 
 export const PART_QUEUE = 'sluice-part';
 export const MERGE_QUEUE = 'sluice-merge';
+/**
+ * pg-boss's dead letter queue of MERGE_QUEUE: a copy of every merge job it gave up on (its
+ * last attempt failed, or its worker died during it and the heartbeat lapsed), made in the
+ * statement that fails the job. The intake service's reaper drains it and fails the import
+ * (src/intake/service.ts), which nothing else would do when the worker died.
+ */
+export const MERGE_DEAD_QUEUE = 'sluice-merge-dead';
+/** The same for PART_QUEUE: a part whose worker died during its last attempt. */
+export const PART_DEAD_QUEUE = 'sluice-part-dead';
 export const JOBS_CHANNEL = 'sluice_jobs';
 
 export type Boss = PgBoss;
 
 /** Part attempts before a part (and its import) is failed for good. */
 export const PART_RETRY_LIMIT = 4;
+
+/**
+ * Merge retries after the first attempt (MERGE_RETRY_LIMIT + 1 attempts in all). Every
+ * Postgres restart or dropped connection during a merge costs one: the merge is one
+ * transaction that fails with its connection. A restart costs only the attempt in flight
+ * (while the server is down the loops' fetch fails, so no attempt starts), and a merge
+ * follows its upload's parts, so it can be in flight for minutes. With the backoff below
+ * (1-2 s, 2-4, 4-8, 8-16, 16-30, then 30 s each: `retryDelay * 2^retryCount` with jitter,
+ * capped by retryDelayMax), 8 retries ride out 8 such losses in one merge, and an error that
+ * does not go away ends the import after 2-2.5 minutes of waits. The earlier 5 gave up after
+ * 6 losses (31-60 s of waits), which a chaos test with repeated restarts reached.
+ */
+export const MERGE_RETRY_LIMIT = 8;
 
 /** Starts a pg-boss instance on `url` and makes sure the queues exist. */
 export async function startBoss(url: string, options: { supervise?: boolean } = {}): Promise<PgBoss> {
@@ -37,8 +59,22 @@ export async function startBoss(url: string, options: { supervise?: boolean } = 
   boss.on('error', (err) => process.stderr.write(`sluice: queue error: ${err.message}\n`));
   await boss.start();
   const common = { heartbeatSeconds: 10, retryBackoff: true, retryDelay: 1, retryDelayMax: 30, notify: false, expireInSeconds: 3600 };
-  await boss.createQueue(PART_QUEUE, { ...common, retryLimit: PART_RETRY_LIMIT }).catch(ignoreExists);
-  await boss.createQueue(MERGE_QUEUE, { ...common, retryLimit: 5 }).catch(ignoreExists);
+  // No heartbeat: a dead letter is handled in well under a second; one whose reaper died is
+  // taken again after expireInSeconds.
+  const dead = { retryLimit: 10, retryBackoff: true, retryDelay: 1, retryDelayMax: 30, notify: false, expireInSeconds: 300 };
+  await boss.createQueue(MERGE_DEAD_QUEUE, dead).catch(ignoreExists);
+  await boss.createQueue(PART_DEAD_QUEUE, dead).catch(ignoreExists);
+  const queues = [
+    [PART_QUEUE, { retryLimit: PART_RETRY_LIMIT, deadLetter: PART_DEAD_QUEUE }],
+    [MERGE_QUEUE, { retryLimit: MERGE_RETRY_LIMIT, deadLetter: MERGE_DEAD_QUEUE }],
+  ] as const;
+  for (const [name, own] of queues) {
+    await boss.createQueue(name, { ...common, ...own }).catch(ignoreExists);
+    // A queue created by an earlier version keeps its options (the merge's retryLimit 5, no
+    // dead letter queue): brought up to date. A job takes them when it is sent.
+    const q = await boss.getQueue(name);
+    if (q?.retryLimit !== own.retryLimit || q.deadLetter !== own.deadLetter) await boss.updateQueue(name, own);
+  }
   return boss;
 }
 

@@ -63,6 +63,11 @@ export async function unlockImportOwner(client: Client, id: string): Promise<voi
 /**
  * The imports matching `where` whose owner lock is free (their owner died), failed with
  * `error`, each while holding that lock, and passed to `cleanup`; their ids returned.
+ * Safe to run from several processes at once (every `sluice import`, every server's
+ * reaper): an import is failed only by the one holding its lock, and only while it still
+ * matches `where`, so exactly one of them fails it and cleans it up; an import whose owner is
+ * alive (its lock held) is skipped. The lock is a session lock on `client`: a caller whose
+ * call throws must not hand `client` back to a pool as it is.
  */
 async function failOrphans(client: Client, where: string, error: string, cleanup: (id: string) => Promise<void>): Promise<string[]> {
   const { rows } = await client.query<{ id: string }>(`SELECT id FROM imports WHERE ${where}`);
@@ -88,7 +93,8 @@ async function failOrphans(client: Client, where: string, error: string, cleanup
 /**
  * CLI imports left `running` by a process that died: marked failed ("interrupted"; their
  * merge transaction was rolled back by the server, so nothing of them was written) and
- * passed to `cleanup` (their staging tables), each while holding its owner lock.
+ * passed to `cleanup` (their staging tables), each while holding its owner lock. Run by
+ * every `sluice import` before it starts and by `sluice serve`'s reaper (src/intake/service.ts).
  */
 export function failInterruptedImports(client: Client, cleanup: (id: string) => Promise<void>): Promise<string[]> {
   return failOrphans(client, `source = 'cli' AND status = 'running'`,
@@ -99,7 +105,7 @@ export function failInterruptedImports(client: Client, cleanup: (id: string) => 
  * Uploads whose receiving process died before their merge was sent (before their first part
  * was stored): left `queued` with no job that would ever end them. Marked failed and passed
  * to `cleanup` (their staging table), each while holding its owner lock (an upload still
- * going on holds it: skipped).
+ * going on holds it: skipped). Run by `sluice serve`'s reaper (src/intake/service.ts).
  */
 export function failInterruptedUploads(client: Client, cleanup: (id: string) => Promise<void>): Promise<string[]> {
   return failOrphans(client, `source <> 'cli' AND status = 'queued' AND parts_total IS NULL AND NOT merge_enqueued`, UPLOAD_INTERRUPTED, cleanup);
