@@ -83,6 +83,7 @@ export const SETTINGS: Readonly<Record<string, Setting>> = {
   // Each part is a table and a job: -1 made one-row parts, thousands of them.
   SLUICE_PART_ROWS: { readBy: serve, check: wholeAtLeast(100) },
   SLUICE_WORKERS: number(serve),
+  SLUICE_REAP_INTERVAL_MS: { readBy: serve, check: wholeAtLeast(1000) },
   SLUICE_WORKER_WARMUP: number(['serve', 'worker']),
   SLUICE_LIVE_MAX_STREAMS: number(serve),
   SLUICE_SEARCH_CACHE: { readBy: serve, check: oneOf('strict', 'notify', 'off') },

@@ -2,8 +2,9 @@
  * The intake inside `sluice serve`: the job queue (always: uploads are enqueued on it) and
  * SLUICE_WORKERS part workers (default 2; 0 leaves the work to `sluice worker` processes).
  * At start, what imports that are over left behind (staging tables, part bytes) is dropped.
- * At start and then every REAP_INTERVAL_MS, the reaper ends the imports nobody else would:
- * CLI imports and uploads whose process died, and parts and merges the queue gave up on.
+ * At start and then every SLUICE_REAP_INTERVAL_MS (30 s), the reaper ends the imports
+ * nobody else would: CLI imports and uploads whose process died, and parts and merges the
+ * queue gave up on.
  */
 import { errorMessage } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
@@ -19,12 +20,17 @@ import { dropStaging, sweepFinishedImports } from './staging.ts';
 import { startWorkers } from './worker.ts';
 
 /**
- * How often a running server looks for imports nobody will end. Without it a `sluice import`
- * killed mid-way stayed `running` on the dashboard (with its staging tables) until the next
- * `sluice import`. 30 s: such an import shows `failed` within half a minute, for a few cheap
- * statements a tick (the running imports, one lock try for each, one queue fetch).
+ * How often a running server looks for imports nobody will end (SLUICE_REAP_INTERVAL_MS).
+ * Without it a `sluice import` killed mid-way stayed `running` on the dashboard (with its
+ * staging tables) until the next `sluice import`. 30 s: such an import shows `failed` within
+ * half a minute, for a few cheap statements a tick (the running imports, one lock try for
+ * each, one queue fetch).
  */
-export const REAP_INTERVAL_MS = 30_000;
+export const DEFAULT_REAP_INTERVAL_MS = 30_000;
+
+export function reapIntervalMs(): number {
+  return intEnv('SLUICE_REAP_INTERVAL_MS', DEFAULT_REAP_INTERVAL_MS);
+}
 
 /** A reap's lock waits give way after this: a tick never hangs, nor the server's stop. */
 const REAP_LOCK_TIMEOUT = '5s';
@@ -106,8 +112,8 @@ function report(failed: string[]): void {
   if (failed.length > 0) process.stderr.write(`sluice: failed ${failed.length} import(s) nobody would end: ${failed.join(', ')}\n`);
 }
 
-/** Reaps every REAP_INTERVAL_MS (the first tick one interval from now) until stopped. */
-function startReaper(pool: Pool, boss: Boss): { stop(): Promise<void> } {
+/** Reaps every `intervalMs` (the first tick one interval from now) until stopped. */
+function startReaper(pool: Pool, boss: Boss, intervalMs: number): { stop(): Promise<void> } {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   let current: Promise<void> | undefined;
@@ -123,7 +129,7 @@ function startReaper(pool: Pool, boss: Boss): { stop(): Promise<void> } {
       });
   };
   const schedule = () => {
-    timer = setTimeout(tick, REAP_INTERVAL_MS);
+    timer = setTimeout(tick, intervalMs);
     timer.unref();
   };
   schedule();
@@ -153,7 +159,7 @@ export const intakeService: Service = {
       await boss.stop({ graceful: false }).catch(() => {});
       throw err;
     }
-    const reaper = startReaper(ctx.pool, boss);
+    const reaper = startReaper(ctx.pool, boss, reapIntervalMs());
     return {
       async stop() {
         await reaper.stop();

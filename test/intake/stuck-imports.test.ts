@@ -20,7 +20,6 @@ import { after, test } from 'node:test';
 import { repoRoot } from '../../src/config.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../../src/db/sql/imports.ts';
 import { acceptUpload, importStatus, type ImportStatus } from '../../src/intake/index.ts';
-import { REAP_INTERVAL_MS } from '../../src/intake/service.ts';
 import { MERGE_DEAD_QUEUE, MERGE_QUEUE, PART_DEAD_QUEUE, PART_QUEUE, startBoss, type Boss } from '../../src/jobs/boss.ts';
 import { createStageSql } from '../../src/load/merge-sql.ts';
 import { stageTableName, stagingTables } from '../../src/load/staging.ts';
@@ -57,8 +56,11 @@ async function upload(ctx: { pool: TestDb['pool']; boss: Boss }): Promise<string
   return id;
 }
 
+/** The servers' reaper period here (SLUICE_REAP_INTERVAL_MS; 30 s by default). */
+const REAP_INTERVAL_MS = 2000;
+
 async function serve(db: TestDb): Promise<Proc> {
-  const srv = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_WORKERS: '0' });
+  const srv = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_WORKERS: '0', SLUICE_REAP_INTERVAL_MS: String(REAP_INTERVAL_MS) });
   await srv.waitFor(/listening on/);
   return srv;
 }
