@@ -53,12 +53,16 @@ function isPositiveInteger(v: string): string | undefined {
   return Number.isInteger(n) && n >= 1 ? undefined : 'must be a positive integer';
 }
 
-function wholeAtLeast(min: number): (v: string) => string | undefined {
+function wholeAtLeast(min: number, max = Number.MAX_SAFE_INTEGER): (v: string) => string | undefined {
   return (v) => {
     const n = Number(v);
-    return Number.isInteger(n) && n >= min ? undefined : `must be a whole number of at least ${min}`;
+    if (Number.isInteger(n) && n >= min && n <= max) return undefined;
+    return max === Number.MAX_SAFE_INTEGER ? `must be a whole number of at least ${min}` : `must be a whole number from ${min} to ${max}`;
   };
 }
+
+/** The longest a timer waits: Node turns a longer setTimeout into 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function oneOf(...values: string[]): (v: string) => string | undefined {
   return (v) => (values.includes(v) ? undefined : `must be ${values.slice(0, -1).join(', ')} or ${values.at(-1)}`);
@@ -83,7 +87,7 @@ export const SETTINGS: Readonly<Record<string, Setting>> = {
   // Each part is a table and a job: -1 made one-row parts, thousands of them.
   SLUICE_PART_ROWS: { readBy: serve, check: wholeAtLeast(100) },
   SLUICE_WORKERS: number(serve),
-  SLUICE_REAP_INTERVAL_MS: { readBy: serve, check: wholeAtLeast(1000) },
+  SLUICE_REAP_INTERVAL_MS: { readBy: serve, check: wholeAtLeast(1000, MAX_TIMER_MS) },
   SLUICE_WORKER_WARMUP: number(['serve', 'worker']),
   SLUICE_LIVE_MAX_STREAMS: number(serve),
   SLUICE_SEARCH_CACHE: { readBy: serve, check: oneOf('strict', 'notify', 'off') },

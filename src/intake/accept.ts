@@ -9,7 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { InvalidFileError, InvalidInputError, SluiceError } from '../core/errors.ts';
+import { errorMessage, InvalidFileError, InvalidInputError, SluiceError } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
@@ -172,7 +172,7 @@ async function receive(
     for (const part of splitter.push(buf)) await enqueue(part);
   };
   try {
-    for await (const chunk of body as AsyncIterable<Buffer>) {
+    for await (const chunk of chunksOf(body)) {
       total += chunk.length;
       if (total > maxBytes) throw new SluiceError('too_large', `upload larger than the limit of ${maxBytes} bytes`);
       if (meta) {
@@ -211,6 +211,26 @@ async function receive(
     await dropStaging(pool, id).catch(() => {});
     await pool.query('DELETE FROM imports WHERE id = $1', [id]).catch(() => {});
     throw err;
+  }
+}
+
+/**
+ * The body's chunks. A failure of the body itself (the client, or the server a URL is
+ * fetched from, hung up mid-file) says so, and is not taken for the database's
+ * (src/db/unavailable.ts also knows ECONNRESET: it would have answered 503).
+ */
+async function* chunksOf(body: Readable): AsyncGenerator<Buffer> {
+  const chunks = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  for (;;) {
+    let next: IteratorResult<Buffer>;
+    try {
+      next = await chunks.next();
+    } catch (err) {
+      if (err instanceof SluiceError) throw err;
+      throw new InvalidInputError(`the file stopped arriving before its end: ${errorMessage(err)}`, { cause: err });
+    }
+    if (next.done) return;
+    yield next.value;
   }
 }
 

@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import { setImmediate } from 'node:timers/promises';
 import { InvalidFileError, errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
-import { completePart, failPart, lockImport, notifyImportFinished, notifyPartDone, startPart, type PartWork } from '../db/sql/intake.ts';
+import { completePart, failPart, lockImport, notifyImportFinished, notifyPartDone, partCompleted, startPart, type PartWork } from '../db/sql/intake.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
 import { CsvError, CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
 import type { Encoding } from '../formats/sniff.ts';
@@ -127,6 +127,9 @@ function decodePart(work: PartWork): string {
  * part for ever. False when the import was over already.
  */
 export async function failAbandonedPart(pool: Pool, importId: string, n: number, reason: string, attempts: number): Promise<boolean> {
+  // A worker killed after the part's commit but before it told the queue: the part is
+  // staged, and its import (its merge following it) is fine.
+  if (await partCompleted(pool, importId, n)) return false;
   const message = `part ${n}: ${reason} (gave up after ${attempts} attempt${attempts === 1 ? '' : 's'})`;
   const ended = await finishImport(pool, importId, {
     status: 'failed', error: message, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {},

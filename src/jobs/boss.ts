@@ -58,6 +58,18 @@ export async function startBoss(url: string, options: { supervise?: boolean } = 
   });
   boss.on('error', (err) => process.stderr.write(`sluice: queue error: ${err.message}\n`));
   await boss.start();
+  try {
+    await ensureQueues(boss);
+  } catch (err) {
+    // The caller never gets the instance: its supervisor and pool would keep the process alive.
+    await boss.stop({ graceful: false }).catch(() => {});
+    throw err;
+  }
+  return boss;
+}
+
+/** Creates the queues, or brings those of an earlier version up to date. */
+async function ensureQueues(boss: PgBoss): Promise<void> {
   const common = { heartbeatSeconds: 10, retryBackoff: true, retryDelay: 1, retryDelayMax: 30, notify: false, expireInSeconds: 3600 };
   // No heartbeat: a dead letter is handled in well under a second; one whose reaper died is
   // taken again after expireInSeconds.
@@ -75,7 +87,6 @@ export async function startBoss(url: string, options: { supervise?: boolean } = 
     const q = await boss.getQueue(name);
     if (q?.retryLimit !== own.retryLimit || q.deadLetter !== own.deadLetter) await boss.updateQueue(name, own);
   }
-  return boss;
 }
 
 function ignoreExists(err: Error): void {

@@ -68,3 +68,11 @@ test('import: a bad SLUICE_CHUNK_ROWS is refused (exit 2) and no import row is c
   assert.equal(await exitedWithin(p, 30_000), 2, p.output());
   assert.doesNotMatch(p.output(), /ECONNREFUSED/);
 });
+
+test('a timer setting beyond what setTimeout can wait (2^31-1 ms) is refused: Node would fire it every millisecond', () => {
+  const check = SETTINGS.SLUICE_REAP_INTERVAL_MS!.check;
+  assert.equal(check('30000'), undefined);
+  assert.equal(check(String(2 ** 31 - 1)), undefined);
+  assert.equal(check(String(2 ** 31)), 'must be a whole number from 1000 to 2147483647');
+  assert.equal(check('999'), 'must be a whole number from 1000 to 2147483647');
+});

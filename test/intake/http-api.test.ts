@@ -14,6 +14,8 @@ import type { FastifyInstance } from 'fastify';
 import { ENCODING_LABELS, parseDelimiter, parseEncoding } from '../../src/formats/sniff.ts';
 import { buildServer } from '../../src/http/server.ts';
 import { partRowsSetting } from '../../src/intake/accept.ts';
+import { importStatus } from '../../src/intake/index.ts';
+import { failAbandonedPart } from '../../src/intake/part-job.ts';
 import { sweepFinishedImports } from '../../src/intake/staging.ts';
 import { checkSchema } from '../events/openapi-check.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
@@ -459,6 +461,23 @@ test('a starting server drops what imports that are over left behind (a died pro
   assert.ok(swept.tables >= 3 && swept.parts >= 2, JSON.stringify(swept));
   assert.deepEqual([await leftOf(failed), await leftOf(done), await leftOf(running)], [{ tables: 0, bytes: 0 }, { tables: 0, bytes: 0 }, { tables: 1, bytes: 1 }]);
   await app.inject({ method: 'POST', url: `/imports/${running}/cancel` });
+});
+
+test('a part the queue gave up on fails its import, unless the part had completed (its worker died after the commit)', async () => {
+  const upload = async (name: string) =>
+    (await app.inject({ method: 'POST', url: '/imports', ...multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: name, content: leadsCsv(10) }]) })).json().id as string;
+  const staged = await upload('staged.csv');
+  await db.pool.query(`UPDATE import_parts SET status = 'completed' WHERE import_id = $1 AND n = 0`, [staged]);
+  assert.equal(await failAbandonedPart(db.pool, staged, 0, 'its worker stopped (job heartbeat timeout)', 5), false);
+  assert.equal((await importStatus(db.pool, staged))?.status, 'queued', 'a staged part does not fail its import');
+  const lost = await upload('lost.csv');
+  assert.equal(await failAbandonedPart(db.pool, lost, 0, 'its worker stopped (job heartbeat timeout)', 5), true);
+  const s = await importStatus(db.pool, lost);
+  assert.equal(s?.status, 'failed');
+  assert.equal(s?.error, 'part 0: its worker stopped (job heartbeat timeout) (gave up after 5 attempts)');
+  assert.equal(s?.part_list[0]?.status, 'failed');
+  assert.deepEqual(await leftOf(lost), { tables: 0, bytes: 0 });
+  await app.inject({ method: 'POST', url: `/imports/${staged}/cancel` });
 });
 
 test('SLUICE_PART_ROWS is a whole number of at least 100', () => {

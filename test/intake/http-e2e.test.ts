@@ -34,7 +34,11 @@ before(async () => {
   app = await buildServer(intake.ctx);
   base = await app.listen({ port: 0, host: '127.0.0.1' });
   files = http.createServer((req, res) => {
-    if (req.url === '/exports/remote-leads.csv?token=abc') {
+    if (req.url === '/exports/cut.csv') {
+      // Headers and the first lines, then the connection is reset mid-file.
+      res.writeHead(200, { 'content-type': 'text/csv', 'content-length': '1000000' });
+      res.write(leadsCsv(50, 0, 'cut'), () => setImmediate(() => res.socket?.resetAndDestroy()));
+    } else if (req.url === '/exports/remote-leads.csv?token=abc') {
       res.writeHead(200, { 'content-type': 'text/csv' });
       res.end(REMOTE_CSV);
     } else {
@@ -235,4 +239,18 @@ test('a URL is fetched by the server and imported; the name recorded is the path
   });
   assert.equal(missing.status, 400);
   assert.equal(((await missing.json()) as { error: { code: string } }).error.code, 'invalid_input');
+
+  // A remote server that hangs up mid-file: said so (400), not taken for the database (503).
+  const before = await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM imports');
+  const cut = await fetch(`${base}/imports`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ pipeline: 'leads', url: `${filesBase}/exports/cut.csv` }),
+  });
+  const body = (await cut.json()) as { error: { code: string; message: string } };
+  assert.equal(cut.status, 400, JSON.stringify(body));
+  assert.equal(body.error.code, 'invalid_input');
+  assert.match(body.error.message, /^the file stopped arriving before its end: /);
+  const after = await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM imports');
+  assert.equal(after.rows[0]!.n, before.rows[0]!.n, 'nothing of it is kept');
 });

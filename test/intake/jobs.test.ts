@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { lockImport } from '../../src/db/sql/intake.ts';
 import { MERGE_QUEUE, PART_QUEUE, listenForJobs, sendJob, startBoss, type Boss, type JobListener } from '../../src/jobs/boss.ts';
+import { PgBoss } from 'pg-boss';
+import { until } from '../helpers/processes.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
 let db: TestDb;
@@ -116,4 +118,27 @@ test('two parts that COPYed rejects complete one after the other, without a dead
       c.release();
     }
   }
+});
+
+test('a queue whose setup fails after it started is stopped: its pool and supervisor would keep the process alive', async () => {
+  const ours = await db.pool.query<{ pids: number[] }>(
+    `SELECT coalesce(array_agg(pid), '{}') AS pids FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-jobs'`,
+  );
+  const jobPids = ours.rows[0]!.pids; // the connections of this file's own queue
+  const createQueue = PgBoss.prototype.createQueue;
+  PgBoss.prototype.createQueue = async () => {
+    throw new Error('connection dropped while creating the queues');
+  };
+  try {
+    await assert.rejects(startBoss(db.url), /connection dropped while creating the queues/);
+  } finally {
+    PgBoss.prototype.createQueue = createQueue;
+  }
+  await until(async () => {
+    const { rows } = await db.pool.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-jobs' AND pid <> ALL ($1::int[])`,
+      [jobPids],
+    );
+    return rows[0]!.n === 0 ? true : undefined;
+  }, 'the failed queue to close its connections', 5_000);
 });

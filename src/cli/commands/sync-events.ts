@@ -75,6 +75,7 @@ export function registerSyncEvents(program: Command): void {
         const scheduler = new SyncScheduler(pool, { ...common, intervalS: positive('--interval', opts.interval) });
         scheduler.on('sync', (r) => process.stdout.write(`${JSON.stringify(summary(r))}\n`));
         scheduler.on('skip', (reason) => process.stderr.write(`sluice: sync skipped: ${reason}\n`));
+        scheduler.on('unrecorded', (reason) => process.stderr.write(`sluice: ${reason}\n`));
         scheduler.start();
         await new Promise<void>((resolve) => {
           process.once('SIGINT', resolve);

@@ -213,6 +213,11 @@ export async function notifyImportFinished(db: Db, id: string): Promise<void> {
   await db.query('SELECT pg_notify($1, $2)', [IMPORTS_CHANNEL, id]);
 }
 
+export async function partCompleted(db: Db, importId: string, n: number): Promise<boolean> {
+  const { rows } = await db.query(`SELECT 1 FROM import_parts WHERE import_id = $1 AND n = $2 AND status = 'completed'`, [importId, n]);
+  return rows.length > 0;
+}
+
 /** The stored bytes of an import's parts, dropped once it is over (completed or not). */
 export async function dropPartData(db: Db, id: string): Promise<void> {
   await db.query(`UPDATE import_parts SET data = NULL WHERE import_id = $1 AND data IS NOT NULL`, [id]);
