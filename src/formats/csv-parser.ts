@@ -32,6 +32,8 @@ export interface CsvOptions {
   delimiter: string;
   /** Longest accepted record (default 1 << 20). Bounds the memory held for one record. */
   maxRecordChars?: number;
+  /** Physical line number of the text's first line (default 1: a part of a file starts later). */
+  firstLine?: number;
 }
 
 /** The records completed by one {@link CsvParser.push} or {@link CsvParser.end}. */
@@ -54,10 +56,6 @@ export class CsvError extends InvalidFileError {
     this.line = line;
   }
 
-  /** The same error for text that starts `by` lines further into its file (an upload's part). */
-  moved(by: number): CsvError {
-    return new CsvError(this.message.replace(`line ${this.line}`, `line ${this.line + by}`), this.line + by);
-  }
 }
 
 const QUOTE = 0x22;
@@ -108,8 +106,9 @@ export class CsvParser {
   readonly #max: number;
   /** The incomplete record at the end of the last push (never longer than #max). */
   #tail = '';
+  readonly #firstLine: number;
   /** Physical line where #tail (or the next record) starts. */
-  #line = 1;
+  #line: number;
   /** Whether the first character (a possible BOM) has been seen. */
   #started = false;
   /** The last push ended with a CR terminator: an LF at the start of the next one is its CRLF. */
@@ -121,7 +120,8 @@ export class CsvParser {
   #skipRaw = '';
 
   constructor(options: CsvOptions) {
-    const { delimiter, maxRecordChars = 1 << 20 } = options;
+    const { delimiter, maxRecordChars = 1 << 20, firstLine = 1 } = options;
+    this.#firstLine = this.#line = firstLine;
     if (delimiter.length !== 1 || delimiter === '"' || delimiter === '\n' || delimiter === '\r') {
       throw new RangeError(`invalid CSV delimiter ${JSON.stringify(delimiter)}`);
     }
@@ -194,7 +194,7 @@ export class CsvParser {
       if (this.#skipping) this.#finishSkip(out);
       else this.#scan(data, 0, true, out);
     } finally {
-      this.#line = 1;
+      this.#line = this.#firstLine;
       this.#started = this.#skipLF = this.#skipping = false;
       this.#skipRaw = '';
     }

@@ -80,9 +80,8 @@ export async function* readRecords(
 ): AsyncGenerator<ParsedBatch> {
   const parser =
     meta.format === 'csv'
-      ? new CsvParser({ delimiter: meta.delimiter ?? ',', maxRecordChars: options.maxRecordChars })
+      ? new CsvParser({ delimiter: meta.delimiter ?? ',', firstLine: options.firstLine ?? 1, maxRecordChars: options.maxRecordChars })
       : new WhitespaceColumnsParser({ firstLine: options.firstLine ?? 1, maxRecordChars: options.maxRecordChars });
-  const csvLineOffset = (options.firstLine ?? 1) - 1;
   const decoder = createDecoder(meta.encoding);
   const stream = fs.createReadStream(path, {
     highWaterMark: options.chunkBytes ?? 4 << 20,
@@ -90,22 +89,16 @@ export async function* readRecords(
     end: options.end === undefined ? undefined : options.end - 1,
   });
   let bytes = 0;
-  const shift = (b: ParsedBatch): ParsedBatch => {
-    if (meta.format !== 'csv' || csvLineOffset === 0) return b;
-    for (let i = 0; i < b.lines.length; i++) b.lines[i]! += csvLineOffset;
-    for (const e of b.errors) e.line += csvLineOffset;
-    return b;
-  };
   for await (const chunk of stream as AsyncIterable<Buffer>) {
     bytes += chunk.length;
     const text = decoder.write(chunk);
-    const batch = shift(parser.push(text));
+    const batch = parser.push(text);
     progress?.({ bytes });
     if (batch.rows.length > 0 || batch.errors.length > 0) yield batch;
   }
   const tail = decoder.end();
   const last = tail ? parser.push(tail) : undefined;
-  if (last && (last.rows.length > 0 || last.errors.length > 0)) yield shift(last);
-  const end = shift(parser.end());
+  if (last && (last.rows.length > 0 || last.errors.length > 0)) yield last;
+  const end = parser.end();
   if (end.rows.length > 0 || end.errors.length > 0) yield end;
 }

@@ -16,7 +16,7 @@ import { InvalidFileError, errorMessage } from '../core/errors.ts';
 import { finishImport } from '../db/sql/imports.ts';
 import { completePart, failPart, lockImport, notifyImportFinished, notifyPartDone, partCompleted, startPart, type PartWork } from '../db/sql/intake.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
-import { CsvError, CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
+import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { WhitespaceColumnsParser } from '../formats/whitespace-columns.ts';
 import { JOBS_CHANNEL, MERGE_QUEUE, PART_RETRY_LIMIT, sendJob } from '../jobs/boss.ts';
@@ -38,22 +38,7 @@ interface RecordParser {
 
 export function parserFor(kind: 'csv' | 'fixed-width', delimiter: string | null, firstLine: number): RecordParser {
   if (kind === 'fixed-width') return new WhitespaceColumnsParser({ firstLine });
-  // The CSV parser counts lines from 1: its rows, rejects and fatal errors (an unclosed
-  // quote) are shifted to the part's place in the file.
-  const p = new CsvParser({ delimiter: delimiter ?? ',' });
-  const by = firstLine - 1;
-  const shift = (parse: () => ParsedBatch) => {
-    let b: ParsedBatch;
-    try {
-      b = parse();
-    } catch (err) {
-      throw err instanceof CsvError ? err.moved(by) : err;
-    }
-    for (let i = 0; i < b.lines.length; i++) b.lines[i]! += by;
-    for (const e of b.errors) e.line += by;
-    return b;
-  };
-  return { push: (text) => shift(() => p.push(text)), end: () => shift(() => p.end()) };
+  return new CsvParser({ delimiter: delimiter ?? ',', firstLine });
 }
 
 /**

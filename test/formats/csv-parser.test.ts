@@ -363,3 +363,14 @@ test('csv property: random rows survive serialise -> chunked parse, with line nu
     assert.deepEqual(got.errors, []);
   }
 });
+
+test('firstLine: text from later in a file (an upload part) counts its records, rejects and fatal errors from there', () => {
+  const p = new CsvParser({ delimiter: ',', firstLine: 10, maxRecordChars: 8 });
+  const b = p.push('a,b\n\nc,d\nwaytoolongline\n"open\n');
+  assert.deepEqual(b.rows, [['a', 'b'], ['c', 'd']]);
+  assert.deepEqual(b.lines, [10, 12]);
+  assert.deepEqual(b.errors.map((e) => e.line), [13]);
+  assert.throws(() => p.end(), (err: unknown) => err instanceof CsvError && err.line === 14 && /starting at line 14 is never closed/.test(err.message));
+  // end() resets the parser to its first line.
+  assert.deepEqual(p.push('e,f\n').lines, [10]);
+});
