@@ -30,6 +30,7 @@ import { PreparedChunks } from '../load/prepared-chunk.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
 import { KeyFilter } from '../engine/key-filter.ts';
+import { gaveUp } from './fail.ts';
 import { discardStaged, dropStaging, partTableName, partTables, stageTableName } from './staging.ts';
 
 /** Tells a merge that a part of its import may have been staged (a notification or a timeout). */
@@ -140,33 +141,12 @@ export async function runMerge(
 }
 
 /**
- * The error of an import whose merge the queue will not run again, from the last attempt's
- * error (`merge failed: ...` when the merge threw it) and the attempts made.
+ * The error of an import whose merge the queue will not run again (worker.ts: its last
+ * attempt failed; service.ts: its worker died then), from the last attempt's error
+ * (`merge failed: ...` when the merge threw it) and the attempts made.
  */
 export function gaveUpMessage(error: string, attempts: number): string {
-  const merge = error.startsWith('merge failed') ? error : `merge failed: ${error}`;
-  return `${merge} (gave up after ${attempts} attempt${attempts === 1 ? '' : 's'})`;
-}
-
-/**
- * Ends an import whose merge will not run again: its last attempt failed (worker.ts), or
- * pg-boss gave up on it after its worker died (the reaper in service.ts). Without this the
- * import stayed `running` for ever with its staging tables and part bytes. As a part's final
- * failure does (part-job.ts): the status first, so no part can be staged any more (each
- * checks it under the import's row lock), then what it staged is dropped, giving way to a
- * merge still holding a table (one whose heartbeat lapsed but which still runs: it drops
- * them itself when it sees the import failed). Returns false when the import was over
- * already (completed, cancelled, failed by a part); then nothing is touched.
- */
-export async function failMerge(pool: Pool, importId: string, error: string): Promise<boolean> {
-  const ended = await finishImport(pool, importId, {
-    status: 'failed', error, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {},
-  }, true);
-  if (!ended) return false;
-  // Left behind if this fails: the next server start sweeps it (sweepFinishedImports).
-  await discardStaged(pool, importId).catch(() => {});
-  await notifyImportFinished(pool, importId).catch(() => {});
-  return true;
+  return `${error.startsWith('merge failed') ? error : `merge failed: ${error}`}${gaveUp(attempts)}`;
 }
 
 /**

@@ -13,8 +13,7 @@ import { pipeline as streamPipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { setImmediate } from 'node:timers/promises';
 import { InvalidFileError, errorMessage } from '../core/errors.ts';
-import { finishImport } from '../db/sql/imports.ts';
-import { completePart, failPart, lockImport, notifyImportFinished, notifyPartDone, partCompleted, startPart, type PartWork } from '../db/sql/intake.ts';
+import { completePart, failPart, lockImport, notifyPartDone, partCompleted, startPart, type PartWork } from '../db/sql/intake.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
 import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
 import type { Encoding } from '../formats/sniff.ts';
@@ -26,7 +25,8 @@ import { faultPause } from '../core/fault.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { Pool } from '../db/pool.ts';
 import type { IntakeContext } from './context.ts';
-import { createPartTable, discardStaged, partTableName } from './staging.ts';
+import { failImport, gaveUp } from './fail.ts';
+import { createPartTable, partTableName } from './staging.ts';
 
 export type PartOutcome = 'completed' | 'skipped' | 'failed';
 
@@ -115,14 +115,9 @@ export async function failAbandonedPart(pool: Pool, importId: string, n: number,
   // A worker killed after the part's commit but before it told the queue: the part is
   // staged, and its import (its merge following it) is fine.
   if (await partCompleted(pool, importId, n)) return false;
-  const message = `part ${n}: ${reason} (gave up after ${attempts} attempt${attempts === 1 ? '' : 's'})`;
-  const ended = await finishImport(pool, importId, {
-    status: 'failed', error: message, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {},
-  }, true);
-  if (!ended) return false;
+  const message = `part ${n}: ${reason}${gaveUp(attempts)}`;
+  if (!(await failImport(pool, importId, message))) return false;
   await failPart(pool, importId, n, message, true);
-  await discardStaged(pool, importId).catch(() => {});
-  await notifyImportFinished(pool, importId).catch(() => {});
   return true;
 }
 
@@ -193,13 +188,7 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
     const message = `part ${n}: ${errorMessage(err)}`;
     await failPart(pool, importId, n, message, final).catch(() => {});
     if (!final) throw err;
-    await finishImport(pool, importId, {
-      status: 'failed', error: message, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {},
-    }, true).catch(() => {});
-    // No part can be staged any more (each checks the status under the import's row lock);
-    // a merge still running drops what it holds when it sees the import failed.
-    await discardStaged(pool, importId).catch(() => {});
-    await notifyImportFinished(pool, importId).catch(() => {});
+    await failImport(pool, importId, message).catch(() => {});
     return 'failed';
   }
 }

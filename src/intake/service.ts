@@ -14,7 +14,8 @@ import { notifyImportFinished } from '../db/sql/intake.ts';
 import type { Service } from '../http/services.ts';
 import { MERGE_DEAD_QUEUE, PART_DEAD_QUEUE, startBoss, type Boss } from '../jobs/boss.ts';
 import { partRowsSetting } from './accept.ts';
-import { failMerge, gaveUpMessage } from './merge-job.ts';
+import { failImport } from './fail.ts';
+import { gaveUpMessage } from './merge-job.ts';
 import { failAbandonedPart } from './part-job.ts';
 import { dropStaging, sweepFinishedImports } from './staging.ts';
 import { startWorkers } from './worker.ts';
@@ -26,9 +27,9 @@ import { startWorkers } from './worker.ts';
  * half a minute, for a few cheap statements a tick (the running imports, one lock try for
  * each, one queue fetch).
  */
-export const DEFAULT_REAP_INTERVAL_MS = 30_000;
+const DEFAULT_REAP_INTERVAL_MS = 30_000;
 
-export function reapIntervalMs(): number {
+function reapIntervalMs(): number {
   return intEnv('SLUICE_REAP_INTERVAL_MS', DEFAULT_REAP_INTERVAL_MS);
 }
 
@@ -67,7 +68,7 @@ async function reapInterrupted(pool: Pool): Promise<string[]> {
 
 /**
  * Jobs pg-boss gave up on, from the dead letter queues (MERGE_DEAD_QUEUE, PART_DEAD_QUEUE):
- * their imports fail (failMerge, failAbandonedPart; a no-op for one already over). This is the
+ * their imports fail (failImport, failAbandonedPart; a no-op for one already over). This is the
  * only way a job whose worker died during its last attempt ends its import: the job's
  * heartbeat lapses and pg-boss fails it, with no worker left to notice (a part's merge would
  * wait for it for ever, holding its target's merge lock).
@@ -88,7 +89,7 @@ async function reapAbandonedJobs(pool: Pool, boss: Boss): Promise<string[]> {
           const { importId, n } = job.data;
           const ended = queue === PART_DEAD_QUEUE && n !== undefined
             ? await failAbandonedPart(pool, importId, n, message, attempts)
-            : await failMerge(pool, importId, gaveUpMessage(message, attempts));
+            : await failImport(pool, importId, gaveUpMessage(message, attempts));
           if (ended) failed.push(importId);
           await boss.complete(queue, job);
         } catch (err) {
@@ -102,10 +103,8 @@ async function reapAbandonedJobs(pool: Pool, boss: Boss): Promise<string[]> {
 }
 
 /** Both reaps; the ids of the imports they failed. */
-async function reap(pool: Pool, boss: Boss | undefined): Promise<string[]> {
-  const failed = await reapInterrupted(pool);
-  if (boss) failed.push(...(await reapAbandonedJobs(pool, boss)));
-  return failed;
+async function reap(pool: Pool, boss: Boss): Promise<string[]> {
+  return [...(await reapInterrupted(pool)), ...(await reapAbandonedJobs(pool, boss))];
 }
 
 function report(failed: string[]): void {

@@ -11,7 +11,7 @@
  * (NOTIFY, see jobs/boss.ts) or, as a backstop for retries that become due later and for a
  * lost LISTEN connection, until its poll interval (50 ms doubling to 1 s) runs out. While a
  * job runs, its heartbeat is sent every 4 s: a worker that dies stops sending, and the job
- * is retried elsewhere. A merge whose last attempt fails ends its import (failMerge).
+ * is retried elsewhere. A merge whose last attempt fails ends its import (failImport).
  */
 import type { JobWithMetadata } from 'pg-boss';
 import { errorMessage } from '../core/errors.ts';
@@ -20,7 +20,8 @@ import { databaseUrl } from '../db/pool.ts';
 import { PART_DONE } from '../db/sql/intake.ts';
 import { MERGE_QUEUE, PART_QUEUE, listenForJobs, type Boss } from '../jobs/boss.ts';
 import type { IntakeContext } from './context.ts';
-import { failMerge, gaveUpMessage, runMerge, type PartSignal } from './merge-job.ts';
+import { failImport } from './fail.ts';
+import { gaveUpMessage, runMerge, type PartSignal } from './merge-job.ts';
 import { runPart } from './part-job.ts';
 import { warmUp } from './warm-up.ts';
 
@@ -175,7 +176,7 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
       // Nothing else would end the import: it stayed `running`, its staging kept. When this
       // cannot be recorded (the database is down), neither can the fail() after it: the job's
       // heartbeat lapses, pg-boss fails it and the reaper ends the import (service.ts).
-      (d, err, attempts) => failMerge(ctx.pool, d.importId, gaveUpMessage(errorMessage(err), attempts)),
+      (d, err, attempts) => failImport(ctx.pool, d.importId, gaveUpMessage(errorMessage(err), attempts)),
     ),
   ];
   const listener = listenForJobs(
