@@ -8,7 +8,8 @@
 import type { Client, Pool } from '../db/pool.ts';
 import { dropFinishedPartData, dropPartData } from '../db/sql/intake.ts';
 import { ident } from '../load/merge-sql.ts';
-import { DROP_BATCH, dropStaging, finishedStagingTables, stageTableName, stagingTables } from '../load/staging.ts';
+import { errorCode } from '../db/unavailable.ts';
+import { dropStaging, dropStatements, finishedStagingTables, stageTableName, stagingTables } from '../load/staging.ts';
 
 export { dropStaging, stageTableName };
 
@@ -41,29 +42,30 @@ export async function partTables(db: Pool | Client, importId: string): Promise<s
 const LOCK_NOT_AVAILABLE = '55P03';
 
 /**
- * Drops `tables`, DROP_BATCH per transaction, each giving way after a short wait for a lock:
- * a merge still holding one (it has not seen yet that its import is over) drops them itself
- * when it ends, and waiting for it here could queue its own next read behind this drop.
- * Returns false when it gave way.
+ * Drops `tables`, a transaction per batch (dropStatements), each giving way after a short
+ * wait for a lock: a merge still holding one (it has not seen yet that its import is over)
+ * drops them itself when it ends, and waiting for it here could queue its own next read
+ * behind this drop.
  */
-async function dropGivingWay(pool: Pool, tables: string[]): Promise<boolean> {
+async function dropGivingWay(pool: Pool, tables: string[]): Promise<void> {
+  if (tables.length === 0) return; // the usual case for all but the first caller
   const client = await pool.connect();
+  let broken: Error | undefined;
   try {
-    for (let i = 0; i < tables.length; i += DROP_BATCH) {
+    for (const drop of dropStatements(tables)) {
       await client.query('BEGIN');
       try {
         await client.query(`SET LOCAL lock_timeout = '200ms'`);
-        await client.query(`DROP TABLE IF EXISTS ${tables.slice(i, i + DROP_BATCH).map(ident).join(', ')}`);
+        await client.query(drop);
         await client.query('COMMIT');
       } catch (err) {
-        await client.query('ROLLBACK');
-        if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
+        await client.query('ROLLBACK').catch((e: Error) => (broken = e));
+        if (errorCode(err) === LOCK_NOT_AVAILABLE) return;
         throw err;
       }
     }
-    return true;
   } finally {
-    client.release();
+    client.release(broken);
   }
 }
 

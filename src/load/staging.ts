@@ -28,14 +28,18 @@ export async function stagingTables(db: Pool | Client, importId: string): Promis
  * index) held to the end of its transaction, and thousands at once overflow the server's
  * lock table ("out of shared memory"; max_locks_per_transaction).
  */
-export const DROP_BATCH = 100;
+const DROP_BATCH = 100;
+
+/** The statements dropping `tables`, DROP_BATCH tables each. */
+export function dropStatements(tables: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < tables.length; i += DROP_BATCH) out.push(`DROP TABLE IF EXISTS ${tables.slice(i, i + DROP_BATCH).map(ident).join(', ')}`);
+  return out;
+}
 
 /** Drops every staging table of an import (on a pool: a transaction per DROP_BATCH tables). */
 export async function dropStaging(db: Pool | Client, importId: string): Promise<void> {
-  const tables = await stagingTables(db, importId);
-  for (let i = 0; i < tables.length; i += DROP_BATCH) {
-    await db.query(`DROP TABLE IF EXISTS ${tables.slice(i, i + DROP_BATCH).map(ident).join(', ')}`);
-  }
+  for (const drop of dropStatements(await stagingTables(db, importId))) await db.query(drop);
 }
 
 /**

@@ -239,12 +239,8 @@ export async function cancelImportRow(db: Db, id: string): Promise<boolean> {
     [id],
   );
   if (!rowCount) return false;
-  // Every part's bytes go (the completed ones' too); the unfinished parts are cancelled.
-  await db.query(
-    `UPDATE import_parts SET status = CASE WHEN status IN ('queued', 'running') THEN 'cancelled' ELSE status END, data = NULL
-      WHERE import_id = $1 AND (data IS NOT NULL OR status IN ('queued', 'running'))`,
-    [id],
-  );
+  // The parts' bytes go with the staging tables (discardStaged, src/intake/cancel.ts).
+  await db.query(`UPDATE import_parts SET status = 'cancelled' WHERE import_id = $1 AND status IN ('queued', 'running')`, [id]);
   return true;
 }
 
