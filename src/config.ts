@@ -48,6 +48,7 @@ function isNumber(v: string): string | undefined {
   return Number.isFinite(Number(v)) ? undefined : 'must be a number';
 }
 
+
 function isPositiveInteger(v: string): string | undefined {
   const n = Number(v);
   return Number.isInteger(n) && n >= 1 ? undefined : 'must be a positive integer';

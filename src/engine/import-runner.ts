@@ -22,7 +22,7 @@ import type { Encoding } from '../formats/sniff.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { PreparedChunks } from '../load/prepared-chunk.ts';
 import { createStageSql, ident, stageCopySql } from '../load/merge-sql.ts';
-import { env } from '../config.ts';
+import { env, intEnv } from '../config.ts';
 import { RejectSink } from '../load/rejects.ts';
 import { dropStaging, stageTableName } from '../load/staging.ts';
 import type { Pipeline } from './pipeline.ts';
@@ -193,12 +193,10 @@ const FIRST_CHUNK_ROWS = 5_000;
 /** The smallest adaptive chunk. */
 const MIN_CHUNK_ROWS = 2_500;
 
+/** SLUICE_CHUNK_ROWS (checked by its rule in src/config.ts SETTINGS), or adaptive. */
 function chunkRows(): { size: number; fixed: boolean } {
-  const set = env('SLUICE_CHUNK_ROWS');
-  if (set === undefined) return { size: CHUNK_ROWS, fixed: false };
-  const n = Number(set);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidInputError(`SLUICE_CHUNK_ROWS must be a positive integer, got ${set}`);
-  return { size: n, fixed: true };
+  const fixed = env('SLUICE_CHUNK_ROWS') !== undefined;
+  return { size: intEnv('SLUICE_CHUNK_ROWS', CHUNK_ROWS), fixed };
 }
 
 /**
