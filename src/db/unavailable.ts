@@ -5,7 +5,7 @@
  */
 
 /** SQLSTATEs and Node errnos of a database that went away or is not taking connections. */
-export const UNAVAILABLE_CODES: ReadonlySet<string> = new Set([
+const UNAVAILABLE_CODES: ReadonlySet<string> = new Set([
   '57P01', // admin_shutdown (also pg_terminate_backend)
   '57P02', // crash_shutdown
   '57P03', // cannot_connect_now (starting up, shutting down, in recovery)

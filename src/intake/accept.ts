@@ -15,7 +15,7 @@ import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/impo
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
 import { DETECT_SAMPLE_BYTES, detectSample, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
-import { detectEncoding, parseDelimiter, type Encoding } from '../formats/sniff.ts';
+import { detectEncoding, type Delimiter, type Encoding } from '../formats/sniff.ts';
 import { MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
 import { createStageSql } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
@@ -48,18 +48,17 @@ const MIN_PART_ROWS = 1000;
 export interface FileFormat {
   /** The file's encoding (default: detected from its first 64 KiB, UTF-8 else windows-1252). */
   encoding?: Encoding | undefined;
-  /** The CSV delimiter, one of , ; TAB | (default: sniffed); refused for fixed-width pipelines. */
-  delimiter?: string | undefined;
+  /** The CSV delimiter (default: sniffed); refused for fixed-width pipelines. */
+  delimiter?: Delimiter | undefined;
 }
 
 /**
- * Refuses (InvalidInputError) a format the pipeline cannot use: a delimiter other than
- * , ; TAB |, or any delimiter for a fixed-width pipeline (its columns are not delimited).
- * Called before anything is stored or fetched.
+ * Refuses (InvalidInputError) a format the pipeline cannot use: any delimiter for a
+ * fixed-width pipeline (its columns are not delimited). Called before anything is stored
+ * or fetched.
  */
 export function checkFileFormat(pipeline: Pipeline, format: FileFormat): void {
   if (format.delimiter === undefined) return;
-  if (parseDelimiter(format.delimiter) !== format.delimiter) throw new InvalidInputError(`delimiter must be one of , ; tab |, got ${JSON.stringify(format.delimiter)}`);
   if (pipeline.format.kind !== 'csv') {
     throw new InvalidInputError(`delimiter is for CSV files: the ${pipeline.name} pipeline reads ${pipeline.format.kind} files, whose columns are not delimited`);
   }

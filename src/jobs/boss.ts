@@ -40,7 +40,7 @@ export const PART_RETRY_LIMIT = 4;
  * does not go away ends the import after 2-2.5 minutes of waits. The earlier 5 gave up after
  * 6 losses (31-60 s of waits), which a chaos test with repeated restarts reached.
  */
-export const MERGE_RETRY_LIMIT = 8;
+const MERGE_RETRY_LIMIT = 8;
 
 /** Starts a pg-boss instance on `url` and makes sure the queues exist. */
 export async function startBoss(url: string, options: { supervise?: boolean } = {}): Promise<PgBoss> {

@@ -8,6 +8,7 @@ import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
 import { openDb } from '../../db/pool.ts';
 import { loadCrmConfig } from '../../pipelines/crm/config.ts';
+import { UNCONFIRMED } from '../../pipelines/crm/pipedrive-destination.ts';
 import { startSchedule } from '../../pipelines/crm/service.ts';
 import { CrmRunError, runCrmSync, type RunOutcome } from '../../pipelines/crm/sync.ts';
 import type { Counts } from '../../pipelines/crm/types.ts';
@@ -40,8 +41,8 @@ function report(o: RunOutcome, json: boolean): void {
   }
   // Unconfirmed creates are stored with the failures, their error starting "unconfirmed: ".
   for (const f of o.failures) {
-    const unconfirmed = f.error.startsWith('unconfirmed: ');
-    process.stderr.write(`${unconfirmed ? 'unconfirmed' : 'failed'} ${f.kind} ${f.key} (${f.operation}): ${unconfirmed ? f.error.slice(13) : f.error}\n`);
+    const unconfirmed = f.error.startsWith(UNCONFIRMED);
+    process.stderr.write(`${unconfirmed ? 'unconfirmed' : 'failed'} ${f.kind} ${f.key} (${f.operation}): ${unconfirmed ? f.error.slice(UNCONFIRMED.length) : f.error}\n`);
   }
   const s = o.summary;
   const failed = s.persons.failed + s.deals.failed + s.persons.unconfirmed + s.deals.unconfirmed;
