@@ -24,6 +24,7 @@ import { providerSyncService } from '../../src/pipelines/events/sync-service.ts'
 import { retryable, syncEvents } from '../../src/pipelines/events/sync.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { killAll, startSluice, until } from '../helpers/processes.ts';
+import { startTcpProxy } from '../helpers/tcp-proxy.ts';
 import { RESPONSE_1 } from './feeds.ts';
 
 let db: TestDb;
@@ -144,58 +145,8 @@ test("the sync's connection terminated mid-fetch: retried on a new connection th
   }
 });
 
-/**
- * A TCP proxy in front of PostgreSQL that can go down: open connections are cut, and new
- * ones are reset at once (as while the server restarts) and counted.
- */
-async function startDownableProxy(url: string) {
-  const target = new URL(url);
-  const sockets = new Set<net.Socket>();
-  let down = false;
-  const state = { refused: 0 };
-  const server = net.createServer((client) => {
-    client.on('error', () => {});
-    if (down) {
-      state.refused++;
-      client.destroy();
-      return;
-    }
-    const upstream = net.connect(Number(target.port), target.hostname);
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => {});
-      s.on('close', () => {
-        sockets.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const proxied = new URL(url);
-  proxied.hostname = '127.0.0.1';
-  proxied.port = String((server.address() as net.AddressInfo).port);
-  return {
-    url: proxied.toString(),
-    state,
-    down() {
-      down = true;
-      for (const s of sockets) s.destroy();
-    },
-    up() {
-      down = false;
-    },
-    close() {
-      for (const s of sockets) s.destroy();
-      return new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
-
 test('the database down when the failure is recorded: the write is retried until it is back, and the row is never left running', async (t) => {
-  const proxy = await startDownableProxy(db.url);
+  const proxy = await startTcpProxy(db.url);
   const pool: Pool = await openDb({ url: proxy.url, migrate: false, max: 3 });
   t.after(async () => {
     await pool.end();
@@ -211,7 +162,7 @@ test('the database down when the failure is recorded: the write is retried until
     await until(async () => (await ownerPid(id)) === undefined, 'the lock to be let go');
     assert.deepEqual(await failInterruptedSyncs(db.pool), [id]);
     // The attempt fails with its lost connection, and the first write of its failure is refused.
-    await until(async () => proxy.state.refused >= 1, 'the failed outcome to meet the database down');
+    await until(async () => proxy.refused >= 1, 'the failed outcome to meet the database down');
     proxy.up();
     const r = await result;
     assert.equal(r.status, 'failed');

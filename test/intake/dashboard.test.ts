@@ -16,7 +16,7 @@ import { pipelines } from '../../src/pipelines/index.ts';
 import { purchases } from '../../src/pipelines/purchases.ts';
 import { artifactPath, launchBrowser, pageErrors } from '../helpers/browser.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { leadsCsv, startIntake, type Intake } from './http-helpers.ts';
+import { leadsCsv, leadsWithCity, startIntake, type Intake } from './http-helpers.ts';
 
 let db: TestDb;
 let intake: Intake;
@@ -191,11 +191,7 @@ test('an encoding and a delimiter chosen on the form are sent: a Windows-1252 ;-
   assert.equal(await c.locator('[data-testid=rows-inserted]').textContent(), '2,010');
   assert.equal(await c.locator('[data-testid=rows-rejected]').textContent(), '0');
   assert.deepEqual(await recordedFormat(page, 'win-semicolon.csv'), { encoding: 'windows-1252', delimiter: ';' });
-  const { rows } = await db.pool.query<{ email: string; name: string; city: string }>(
-    `SELECT l.email, l.name, c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id
-      WHERE l.email IN ('win0@example.com', 'win2000@example.com', 'win2009@example.com') ORDER BY l.email`,
-  );
-  assert.deepEqual(rows, [
+  assert.deepEqual(await leadsWithCity(db, ['win0@example.com', 'win2000@example.com', 'win2009@example.com']), [
     { email: 'win0@example.com', name: 'Silva, Ana 0', city: 'Recife' },
     { email: 'win2000@example.com', name: 'Conceição, João 2000', city: 'Florianópolis' },
     { email: 'win2009@example.com', name: 'Conceição, João 2009', city: 'Florianópolis' },

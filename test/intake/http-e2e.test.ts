@@ -14,7 +14,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../../src/http/server.ts';
 import type { ImportStatus } from '../../src/intake/index.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { leadsCsv, startIntake, waitFor, type Intake } from './http-helpers.ts';
+import { leadsCsv, leadsWithCity, startIntake, waitFor, type Intake } from './http-helpers.ts';
 
 let db: TestDb;
 let intake: Intake;
@@ -149,10 +149,10 @@ test('Windows-1252 uploads keep their accents; a file that turns out not to be U
   const cp = await upload(`Email,Name,Cidade,UF\n${rows(0, 1200, 'José Conceição').join('\n')}\n`, 'cp1252.csv');
   assert.equal(cp.status, 'completed', cp.error ?? '');
   assert.equal(cp.parts.total, 3);
-  const { rows: stored } = await db.pool.query<{ name: string; city: string }>(
-    `SELECT l.name, c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id WHERE l.email IN ('cp0@example.com', 'cp1199@example.com') ORDER BY l.email`,
-  );
-  assert.deepEqual(stored, [{ name: 'José Conceição 0', city: 'Florianópolis' }, { name: 'José Conceição 1199', city: 'Florianópolis' }]);
+  assert.deepEqual(await leadsWithCity(db, ['cp0@example.com', 'cp1199@example.com']), [
+    { email: 'cp0@example.com', name: 'José Conceição 0', city: 'Florianópolis' },
+    { email: 'cp1199@example.com', name: 'José Conceição 1199', city: 'Florianópolis' },
+  ]);
 
   // ASCII for the first 2,000 rows (over 64 KiB: detected as UTF-8), then Latin-1 accents.
   const lateCsv = `Email,Name,Cidade,UF\n${rows(5000, 7000, 'Ana').join('\n').replace(/Florianópolis/g, 'Recife')}\n${rows(7000, 7010, 'João').join('\n')}\n`;
@@ -170,11 +170,7 @@ test('Windows-1252 uploads keep their accents; a file that turns out not to be U
   assert.equal(again.status, 'completed', again.error ?? '');
   assert.equal(again.parts.total, 5);
   assert.deepEqual(again.rows, { read: 2010, inserted: 2010, updated: 0, unchanged: 0, rejected: 0 });
-  const { rows: fixed } = await db.pool.query<{ email: string; name: string; city: string }>(
-    `SELECT l.email, l.name, c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id
-      WHERE l.email IN ('cp5000@example.com', 'cp7000@example.com', 'cp7009@example.com') ORDER BY l.email`,
-  );
-  assert.deepEqual(fixed, [
+  assert.deepEqual(await leadsWithCity(db, ['cp5000@example.com', 'cp7000@example.com', 'cp7009@example.com']), [
     { email: 'cp5000@example.com', name: 'Ana 5000', city: 'Recife' },
     { email: 'cp7000@example.com', name: 'João 7000', city: 'Florianópolis' },
     { email: 'cp7009@example.com', name: 'João 7009', city: 'Florianópolis' },
@@ -192,10 +188,7 @@ test('a `;`-delimited file sent with ?delimiter=; is imported with that delimite
   assert.equal(s.status, 'completed', s.error ?? '');
   assert.equal(s.parts.total, 2);
   assert.deepEqual(s.rows, { read: 600, inserted: 600, updated: 0, unchanged: 0, rejected: 0 });
-  const { rows } = await db.pool.query<{ name: string; city: string }>(
-    `SELECT l.name, c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id WHERE l.email = 'semi599@example.com'`,
-  );
-  assert.deepEqual(rows, [{ name: 'Silva, Ana 599', city: 'Recife' }]);
+  assert.deepEqual(await leadsWithCity(db, ['semi599@example.com']), [{ email: 'semi599@example.com', name: 'Silva, Ana 599', city: 'Recife' }]);
   const { rows: recorded } = await db.pool.query<{ delimiter: string }>('SELECT delimiter FROM imports WHERE id = $1', [s.id]);
   assert.equal(recorded[0]!.delimiter, ';');
 });

@@ -7,8 +7,8 @@ import { randomBytes } from 'node:crypto';
 import type { AppContext } from '../../src/http/context.ts';
 import type { IntakeContext } from '../../src/intake/index.ts';
 import { startWorkers, type RunningWorkers } from '../../src/intake/index.ts';
-import { startBoss } from '../../src/jobs/boss.ts';
-import type { TestDb } from '../helpers/db.ts';
+import { startBoss, type Boss } from '../../src/jobs/boss.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
 
 export type Ctx = AppContext & IntakeContext;
 
@@ -80,4 +80,39 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/**
+ * Fresh databases, each with a queue on it (no supervision: the processes under test do
+ * that), for tests of real worker and server processes; `close` stops and drops them all.
+ */
+export function queueDatabases() {
+  const dbs: TestDb[] = [];
+  const bosses: Boss[] = [];
+  return {
+    async setup() {
+      const db = await testDb();
+      dbs.push(db);
+      const boss = await startBoss(db.url, { supervise: false });
+      bosses.push(boss);
+      return { db, ctx: { pool: db.pool, boss } };
+    },
+    /** A queue to stop with the others (e.g. one that supervises). */
+    keep(boss: Boss) {
+      bosses.push(boss);
+    },
+    async close() {
+      for (const b of bosses) await b.stop({ graceful: false }).catch(() => {});
+      for (const d of dbs) await d.close();
+    },
+  };
+}
+
+/** The stored name and city of the leads with these emails, in email order. */
+export async function leadsWithCity(db: TestDb, emails: string[]): Promise<Array<{ email: string; name: string; city: string }>> {
+  const { rows } = await db.pool.query<{ email: string; name: string; city: string }>(
+    `SELECT l.email, l.name, c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id WHERE l.email = ANY ($1::text[]) ORDER BY l.email`,
+    [emails],
+  );
+  return rows;
 }

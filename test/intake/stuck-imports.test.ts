@@ -24,30 +24,21 @@ import { MERGE_DEAD_QUEUE, MERGE_QUEUE, PART_DEAD_QUEUE, PART_QUEUE, startBoss, 
 import { createStageSql } from '../../src/load/merge-sql.ts';
 import { stageTableName, stagingTables } from '../../src/load/staging.ts';
 import { purchases } from '../../src/pipelines/purchases.ts';
-import { testDb, type TestDb } from '../helpers/db.ts';
+import type { TestDb } from '../helpers/db.ts';
+import { queueDatabases } from './http-helpers.ts';
 import { killAll, startSluice, until, type Proc } from '../helpers/processes.ts';
 
 const FIXTURE = path.join(repoRoot, 'test/fixtures/neoway/base_teste_2000.txt');
-const dbs: TestDb[] = [];
-const bosses: Boss[] = [];
+const queues = queueDatabases();
+const setup = queues.setup;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-stuck-'));
 const pauseFile = path.join(dir, 'pause');
 
 after(async () => {
   await killAll();
-  for (const b of bosses) await b.stop({ graceful: false }).catch(() => {});
-  for (const d of dbs) await d.close();
+  await queues.close();
   fs.rmSync(dir, { recursive: true, force: true });
 });
-
-/** A fresh database and a queue on it (no supervision: the processes under test do that). */
-async function setup() {
-  const db = await testDb();
-  dbs.push(db);
-  const boss = await startBoss(db.url, { supervise: false });
-  bosses.push(boss);
-  return { db, ctx: { pool: db.pool, boss } };
-}
 
 async function upload(ctx: { pool: TestDb['pool']; boss: Boss }): Promise<string> {
   const { id } = await acceptUpload(ctx, { pipeline: 'purchases', fileName: 'base_teste_2000.txt', source: 'test' }, fs.createReadStream(FIXTURE), {
@@ -154,7 +145,7 @@ test('a part whose worker is killed during its last attempt: a starting server f
   const { db, ctx } = await setup();
   // The queue's supervisor (here, not a server's) fails the part's job once its heartbeat lapses.
   const supervisor = await startBoss(db.url);
-  bosses.push(supervisor);
+  queues.keep(supervisor);
   fs.writeFileSync(pauseFile, '');
   try {
     const w = startSluice(['worker', '--concurrency', '1'], { DATABASE_URL: db.url, SLUICE_FAULT_PAUSE_FILE: pauseFile });

@@ -17,9 +17,10 @@ import { runImport } from '../../src/engine/import-runner.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../../src/db/sql/imports.ts';
 import { IMPORTS_CHANNEL } from '../../src/db/sql/intake.ts';
 import { acceptUpload, importStatus, type ImportStatus } from '../../src/intake/index.ts';
-import { startBoss, type Boss } from '../../src/jobs/boss.ts';
+import type { Boss } from '../../src/jobs/boss.ts';
 import { purchases } from '../../src/pipelines/purchases.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
+import { queueDatabases } from './http-helpers.ts';
 import { killAll, startSluice, until } from '../helpers/processes.ts';
 
 const FIXTURE = path.join(repoRoot, 'test/fixtures/neoway/base_teste_2000.txt');
@@ -28,8 +29,8 @@ const COLUMNS = `document, document_type, document_valid, private, incomplete, l
 
 let expected: TestDb;
 let expectedRows: unknown[];
-const dbs: TestDb[] = [];
-const bosses: Boss[] = [];
+const queues = queueDatabases();
+const setup = queues.setup;
 const pauseFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-fault-')), 'pause');
 
 before(async () => {
@@ -42,18 +43,10 @@ before(async () => {
 
 after(async () => {
   await killAll();
-  for (const b of bosses) await b.stop({ graceful: false }).catch(() => {});
-  for (const d of [expected, ...dbs]) await d.close();
+  await queues.close();
+  await expected.close();
   fs.rmSync(path.dirname(pauseFile), { recursive: true, force: true });
 });
-
-async function setup() {
-  const db = await testDb();
-  dbs.push(db);
-  const boss = await startBoss(db.url, { supervise: false });
-  bosses.push(boss);
-  return { db, ctx: { pool: db.pool, boss } };
-}
 
 function worker(db: TestDb, env: Record<string, string> = {}) {
   return startSluice(['worker', '--concurrency', '1'], { DATABASE_URL: db.url, ...env });
