@@ -9,7 +9,7 @@ import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { killAll, startSluice } from '../helpers/processes.ts';
-import { NO_DATABASE, exited, exitedWithin } from '../cli/exit.ts';
+import { NO_DATABASE, exitedWithin } from '../cli/exit.ts';
 
 /**
  * For a process that has opened the database: well under pg's 10 s idle timeout, after
@@ -32,7 +32,7 @@ test('a taken port: serve stops its workers and exits 1 with the reason', async 
   try {
     const port = (taken.address() as net.AddressInfo).port;
     const p = startSluice(['serve', '--port', String(port)], { DATABASE_URL: db.url, SLUICE_WORKERS: '1' });
-    assert.equal(await exited(p), 1, p.output());
+    assert.equal(await exitedWithin(p, PROMPTLY_MS), 1, p.output());
     assert.match(p.output(), /EADDRINUSE/);
   } finally {
     taken.close();
@@ -42,7 +42,7 @@ test('a taken port: serve stops its workers and exits 1 with the reason', async 
 test('a port that is not a whole number 0-65535 is refused (exit 2)', async () => {
   for (const port of ['', '0x10', '1.0', '65536']) {
     const p = startSluice(['serve', '--port', port], { DATABASE_URL: db.url });
-    assert.equal(await exited(p), 2, `${JSON.stringify(port)}: ${p.output()}`);
+    assert.equal(await exitedWithin(p, 30_000), 2, `${JSON.stringify(port)}: ${p.output()}`);
     assert.match(p.output(), /invalid port/);
   }
 });

@@ -19,7 +19,7 @@ import { failAbandonedPart } from '../../src/intake/part-job.ts';
 import { sweepFinishedImports } from '../../src/intake/staging.ts';
 import { checkSchema } from '../events/openapi-check.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { leadsCsv, multipart, startIntake, type Intake } from './http-helpers.ts';
+import { leadsCsv, leftovers, multipart, startIntake, type Intake } from './http-helpers.ts';
 
 let db: TestDb;
 let intake: Intake;
@@ -425,14 +425,7 @@ test('GET /imports/:id/rejects streams every reject in line order as CSV or NDJS
 });
 
 /** An import's staging tables and the parts still holding their bytes. */
-async function leftOf(id: string): Promise<{ tables: number; bytes: number }> {
-  const { rows } = await db.pool.query<{ tables: number; bytes: number }>(
-    `SELECT (SELECT count(*)::int FROM pg_tables WHERE starts_with(tablename, $2)) AS tables,
-            (SELECT count(*)::int FROM import_parts WHERE import_id = $1 AND data IS NOT NULL) AS bytes`,
-    [id, `sluice_stage_${id.replace(/-/g, '')}`],
-  );
-  return rows[0]!;
-}
+const leftOf = (id: string) => leftovers(db, id);
 
 test('POST /imports/:id/cancel cancels a queued import and drops its staging and every part\'s bytes; again is a no-op', async () => {
   const form = multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'cancel-me.csv', content: leadsCsv(10) }]);

@@ -14,7 +14,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../../src/http/server.ts';
 import type { ImportStatus } from '../../src/intake/index.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { leadsCsv, leadsWithCity, startIntake, waitFor, type Intake } from './http-helpers.ts';
+import { leadsCsv, leadsWithCity, leftovers, startIntake, waitFor, type Intake } from './http-helpers.ts';
 
 let db: TestDb;
 let intake: Intake;
@@ -203,12 +203,8 @@ test('a quote never closed in a later part fails the import naming the line in t
   assert.equal(s.status, 'failed');
   assert.equal(s.error, 'part 2: unbalanced quote: the quoted field starting at line 1100 is never closed');
   await waitFor('the failed import\'s staging tables and part bytes to go', async () => {
-    const left = await db.pool.query<{ tables: number; bytes: number }>(
-      `SELECT (SELECT count(*)::int FROM pg_tables WHERE starts_with(tablename, $2)) AS tables,
-              (SELECT count(*)::int FROM import_parts WHERE import_id = $1 AND data IS NOT NULL) AS bytes`,
-      [id, `sluice_stage_${id.replace(/-/g, '')}`],
-    );
-    return left.rows[0]!.tables === 0 && left.rows[0]!.bytes === 0 ? true : undefined;
+    const left = await leftovers(db, id);
+    return left.tables === 0 && left.bytes === 0 ? true : undefined;
   });
 });
 

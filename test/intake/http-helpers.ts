@@ -8,6 +8,7 @@ import type { AppContext } from '../../src/http/context.ts';
 import type { IntakeContext } from '../../src/intake/index.ts';
 import { startWorkers, type RunningWorkers } from '../../src/intake/index.ts';
 import { startBoss, type Boss } from '../../src/jobs/boss.ts';
+import { stagingTables } from '../../src/load/staging.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
 export type Ctx = AppContext & IntakeContext;
@@ -115,4 +116,10 @@ export async function leadsWithCity(db: TestDb, emails: string[]): Promise<Array
     [emails],
   );
   return rows;
+}
+
+/** What an import left behind: its staging tables (stagingTables) and the parts still holding their bytes. */
+export async function leftovers(db: TestDb, importId: string): Promise<{ tables: number; bytes: number }> {
+  const { rows } = await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM import_parts WHERE import_id = $1 AND data IS NOT NULL', [importId]);
+  return { tables: (await stagingTables(db.pool, importId)).length, bytes: rows[0]!.n };
 }

@@ -25,7 +25,7 @@ import { createStageSql } from '../../src/load/merge-sql.ts';
 import { stageTableName, stagingTables } from '../../src/load/staging.ts';
 import { purchases } from '../../src/pipelines/purchases.ts';
 import type { TestDb } from '../helpers/db.ts';
-import { queueDatabases } from './http-helpers.ts';
+import { leftovers, queueDatabases } from './http-helpers.ts';
 import { killAll, startSluice, until, type Proc } from '../helpers/processes.ts';
 
 const FIXTURE = path.join(repoRoot, 'test/fixtures/neoway/base_teste_2000.txt');
@@ -56,19 +56,13 @@ async function serve(db: TestDb): Promise<Proc> {
   return srv;
 }
 
-/** What an import left behind: its staging tables and its parts' stored bytes. */
-async function leftovers(db: TestDb, id: string) {
-  const parts = await db.pool.query('SELECT count(*)::int AS n FROM import_parts WHERE import_id = $1 AND data IS NOT NULL', [id]);
-  return { tables: await stagingTables(db.pool, id), partBytes: parts.rows[0].n as number };
-}
-
 /** Waits for the import to be failed with nothing left behind. */
 async function failedClean(db: TestDb, id: string, ms: number): Promise<ImportStatus> {
   return until(async () => {
     const s = await importStatus(db.pool, id);
     if (s?.status !== 'failed') return undefined;
     const left = await leftovers(db, id);
-    return left.tables.length === 0 && left.partBytes === 0 ? s : undefined;
+    return left.tables === 0 && left.bytes === 0 ? s : undefined;
   }, `import ${id} failed with nothing left behind`, ms);
 }
 

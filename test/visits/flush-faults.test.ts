@@ -10,7 +10,12 @@ import { openDb, type Pool } from '../../src/db/pool.ts';
 import { handleError } from '../../src/http/errors.ts';
 import { visitsRoutes, type VisitsRouteOptions } from '../../src/http/routes/visits.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { holdLock, lockWaiters, startTcpProxy, waitUntil } from './db-faults.ts';
+import { until } from '../helpers/processes.ts';
+import { startTcpProxy } from '../helpers/tcp-proxy.ts';
+import { holdLock, lockWaiters } from './db-faults.ts';
+
+/** `until` with the 20 s these waits had. */
+const waitUntil = (check: () => Promise<boolean>, what: string) => until(check, what, 20_000);
 
 let db: TestDb;
 before(async () => {
