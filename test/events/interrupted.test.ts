@@ -13,7 +13,7 @@ import { startProviderSimulator, type ProviderSimulator } from '../../src/dev/pr
 import { openDb, type Pool } from '../../src/db/pool.ts';
 import {
   failInterruptedSyncs,
-  failSync,
+  finishSync,
   getSync,
   insertSync,
   startSync,
@@ -114,10 +114,10 @@ test('the sweep fails a sync left running by a dead owner, and leaves one holdin
 
     // The owner's own outcome, written later, replaces the sweep's guess; a failure never
     // replaces a completion.
-    await failSync(db.pool, live.id, COUNTS, 'provider answered HTTP 500');
+    await finishSync(db.pool, live.id, 'failed', COUNTS, 'provider answered HTTP 500');
     assert.equal((await getSync(db.pool, live.id))?.error, 'provider answered HTTP 500');
     await db.pool.query("UPDATE provider_syncs SET status = 'completed', error = NULL WHERE id = $1", [dead]);
-    await failSync(db.pool, dead, COUNTS, 'late');
+    await finishSync(db.pool, dead, 'failed', COUNTS, 'late');
     assert.equal((await getSync(db.pool, dead))?.status, 'completed');
   } finally {
     owner.release(true); // its session, and any lock it still holds, ends with it

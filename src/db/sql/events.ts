@@ -50,13 +50,18 @@ export async function insertSync(db: Queryable, url: string, trigger: SyncTrigge
   return rows[0]!.id;
 }
 
-/** Ends a sync record (completed inside the merge transaction; a failure goes through failSync). */
+/**
+ * Ends a sync record: completed (inside the merge's transaction), or failed. Never over a
+ * completion: that is written in the merge's own transaction, so a failure reported after it
+ * (a COMMIT whose answer was lost) is not the truth. A failure overwrites a sweep's
+ * SYNC_INTERRUPTED: the owner knows the real error.
+ */
 export async function finishSync(db: Queryable, id: number, status: 'completed' | 'failed', c: SyncCounts, error?: string): Promise<void> {
   await db.query(
     `UPDATE provider_syncs
         SET status = $2, attempts = $3, bytes = $4, events_seen = $5, events_new = $6,
             events_changed = $7, events_rejected = $8, error = $9, finished_at = clock_timestamp()
-      WHERE id = $1`,
+      WHERE id = $1 AND status <> 'completed'`,
     [id, status, c.attempts, c.bytes, c.eventsSeen, c.eventsNew, c.eventsChanged, c.eventsRejected, error ?? null],
   );
 }
@@ -100,21 +105,6 @@ export async function lockSyncOwner(client: Client | pg.Client, id: number): Pro
 
 export async function unlockSyncOwner(client: Client | pg.Client, id: number): Promise<void> {
   await client.query(`SELECT ${ownerLock('pg_advisory_unlock', '$1::bigint')}`, [id]);
-}
-
-/**
- * Records a failed sync, unless it completed: a completion is written in the merge's own
- * transaction, so a failure reported after it (a COMMIT whose answer was lost) is not the truth.
- * Overwrites a sweep's SYNC_INTERRUPTED: the owner knows the real error.
- */
-export async function failSync(db: Queryable, id: number, c: SyncCounts, error: string): Promise<void> {
-  await db.query(
-    `UPDATE provider_syncs
-        SET status = 'failed', attempts = $2, bytes = $3, events_seen = $4, events_new = $5,
-            events_changed = $6, events_rejected = $7, error = $8, finished_at = clock_timestamp()
-      WHERE id = $1 AND status <> 'completed'`,
-    [id, c.attempts, c.bytes, c.eventsSeen, c.eventsNew, c.eventsChanged, c.eventsRejected, error],
-  );
 }
 
 /**

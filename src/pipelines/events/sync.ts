@@ -17,7 +17,6 @@ import {
   bumpFeedVersion,
   createStage,
   failInterruptedSyncs,
-  failSync,
   finishSync,
   insertRejects,
   mergeStage,
@@ -156,7 +155,7 @@ async function runSync(pool: Pool, owner: SyncOwner, options: SyncOptions, start
 async function recordFailure(pool: Pool, syncId: number, counts: SyncCounts, message: string, signal?: AbortSignal): Promise<void> {
   for (let i = 0; ; i++) {
     try {
-      await failSync(pool, syncId, counts, message);
+      await finishSync(pool, syncId, 'failed', counts, message);
       return;
     } catch (err) {
       const wait = RECORD_BACKOFF_MS[i];
