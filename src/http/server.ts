@@ -60,4 +60,3 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   return app;
 }
 
-export { isLoopback } from './auth.ts';

@@ -5,7 +5,6 @@
  * number of fields, an impossible date or a malformed number is rejected with its reason.
  */
 import type { CellResult, Pipeline } from '../engine/pipeline.ts';
-import { isValidCnpj } from '../validate/cnpj.ts';
 import { parseDocument } from '../validate/document.ts';
 import { sanitizeText } from '../validate/sanitize.ts';
 import { isValueError, parseBit, parseDecimalComma, parseIsoDate } from '../validate/values.ts';
@@ -72,8 +71,8 @@ function storeOf(v: string): { digits: CellResult; valid: CellResult } {
   if (isNull(v)) r = { digits: null, valid: null };
   else {
     // A store is a CNPJ, alphanumeric ones included (document.ts keeps their letters).
-    const d = parseDocument(v).digits;
-    r = { digits: d || { error: `store has no digits: ${JSON.stringify(v)}` }, valid: isValidCnpj(d) };
+    const d = parseDocument(v);
+    r = { digits: d.digits || { error: `store has no digits: ${JSON.stringify(v)}` }, valid: d.type === 'cnpj' && d.valid };
   }
   if (stores.size >= STORE_CACHE_MAX) stores.clear();
   stores.set(v, r);

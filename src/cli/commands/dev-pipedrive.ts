@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { PipedriveSimulator } from '../../dev/pipedrive-simulator.ts';
-import { isLoopback } from '../../http/server.ts';
+import { isLoopback } from '../../http/auth.ts';
 import { parseRateLimit } from '../../pipelines/crm/config.ts';
 import { devCommand } from './dev-provider.ts';
 

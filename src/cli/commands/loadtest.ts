@@ -12,7 +12,7 @@ import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { openDb } from '../../db/pool.ts';
 import { countVisitsByVisitorPrefix } from '../../db/sql/visits.ts';
-import { isLoopback } from '../../http/server.ts';
+import { isLoopback } from '../../http/auth.ts';
 import { runOpenLoop } from '../../loadgen/open-loop.ts';
 import { startServe, type ServeProcess } from '../../loadgen/serve-process.ts';
 import { visitsWorkload } from '../../loadgen/visits-workload.ts';

@@ -34,7 +34,7 @@ const RETRY: Record<string, RetryAction> = {
  * The retry action for a failed attempt, or undefined when retrying cannot help. A database
  * that went away or is restarting (src/db/unavailable.ts): after a backoff.
  */
-export function retryAction(err: unknown): RetryAction | undefined {
+function retryAction(err: unknown): RetryAction | undefined {
   if (isDatabaseUnavailable(err)) return 'backoff';
   const code = errorCode(err);
   return code !== undefined && Object.hasOwn(RETRY, code) ? RETRY[code] : undefined;
