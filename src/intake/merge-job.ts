@@ -171,7 +171,7 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
   const start = await mergeWork(pool, importId);
   if (!start || !active(start.status)) {
     // Ended before its merge began (failed, cancelled): what its parts staged goes.
-    if (start && start.status !== 'completed') await discardStaged(pool, importId).catch(() => {});
+    if (start && start.status !== 'completed') await discardStaged(pool, importId, 'merge').catch(() => {});
     return 'skipped';
   }
   const pipeline = getPipeline(start.pipeline);
@@ -220,20 +220,21 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
         // Ended by someone else (a failed part, a cancel), whose drop may have given way to
         // this merge's locks, released by the rollback above.
         const now = (await importForWork(pool, importId))?.status;
-        if (now === 'failed' || now === 'cancelled') await discardStaged(pool, importId).catch(() => {});
+        if (now === 'failed' || now === 'cancelled') await discardStaged(pool, importId, 'merge').catch(() => {});
         return 'skipped';
       }
-      // Staging first: whoever sees the import failed finds it gone.
-      await discardStaged(pool, importId).catch(() => {});
+      // The end first, so no part commits a table after the drop; then what was staged.
       await finishImport(pool, importId, {
         status: 'failed', error: err.outcome.fail, read: err.outcome.read, inserted: 0, updated: 0, unchanged: 0, rejected: err.outcome.rejected, timings,
       }, true);
+      await discardStaged(pool, importId, 'merge').catch(() => {});
       await notifyImportFinished(pool, importId);
       return 'failed';
     }
     broken = true;
     const now = await importForWork(pool, importId).catch(() => undefined);
     if (now?.status === 'cancelled' || now?.status === 'failed') {
+      // Its connection may be broken, its backend's locks not yet let go: give way.
       await discardStaged(pool, importId).catch(() => {});
       return 'skipped';
     }

@@ -71,12 +71,16 @@ async function dropGivingWay(pool: Pool, tables: string[]): Promise<void> {
 
 /**
  * What an import that ended without completing (failed, cancelled) leaves behind: its
- * staging tables and its parts' stored bytes. Called by whoever ends it, and by its merge
- * when that ends (the staging tables then holding no lock).
+ * staging tables and its parts' stored bytes. Called by whoever ends it (after recording
+ * the end, so no part commits a table afterwards), giving way to a merge still holding a
+ * table; and by the merge itself once it has rolled back (`by: 'merge'`): nothing then
+ * holds them for long (a part in flight rolls back when it sees the import over), so it
+ * waits for them instead of leaving them behind.
  */
-export async function discardStaged(pool: Pool, importId: string): Promise<void> {
+export async function discardStaged(pool: Pool, importId: string, by: 'merge' | 'other' = 'other'): Promise<void> {
   await dropPartData(pool, importId);
-  await dropGivingWay(pool, await stagingTables(pool, importId));
+  if (by === 'merge') await dropStaging(pool, importId);
+  else await dropGivingWay(pool, await stagingTables(pool, importId));
 }
 
 /**

@@ -89,8 +89,10 @@ async function intake(partRows: number, body: string, maxRejectRatio?: number): 
       const s = await importStatus(db.pool, id);
       return s && ['completed', 'failed', 'cancelled'].includes(s.status) ? s : undefined;
     });
-    const staging = await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`);
-    assert.equal(staging.rows[0].n, 0, 'the staging tables are dropped with the merge');
+    // A failed import is recorded first, then its staging dropped (no part commits a table after).
+    const staged = async () => (await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`)).rows[0].n as number;
+    await waitFor('the staging tables to be dropped', async () => ((await staged()) === 0 ? true : undefined), 10_000).catch(() => {});
+    assert.equal(await staged(), 0, 'the staging tables are dropped with the merge');
     return { status, table: await snapshot(db) };
   } finally {
     await running.stop();
