@@ -13,7 +13,7 @@ import { pipeline as streamPipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { setImmediate } from 'node:timers/promises';
 import { InvalidFileError, errorMessage } from '../core/errors.ts';
-import { completePart, failPart, lockImport, notifyPartDone, partCompleted, startPart, type PartWork } from '../db/sql/intake.ts';
+import { completePart, failPart, lockImport, notifyPartDone, partCompleted, partData, startPart, type PartWork } from '../db/sql/intake.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
 import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
 import type { Encoding } from '../formats/sniff.ts';
@@ -95,9 +95,9 @@ async function* yielding(chunks: Iterable<string>): AsyncGenerator<string> {
  * U+FFFD would store corrupted text. Only UTF-8 can fail (every byte is a windows-1252
  * character), hence the advice to send the file with encoding=windows-1252.
  */
-function decodePart(work: PartWork): string {
+function decodePart(work: PartWork, data: Buffer): string {
   try {
-    return new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(work.data);
+    return new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(data);
   } catch {
     throw new InvalidFileError(
       `invalid file: lines ${work.first_line}-${work.last_line} are not valid ${work.encoding}, the encoding detected from the start of the file (or given with the upload); save the file as UTF-8, or send it with encoding=windows-1252`,
@@ -130,21 +130,25 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
     timings[name] = Math.round(now - since);
     return now;
   };
-  // One round trip: the import's format, the part claimed (attempts + 1) and its bytes.
+  // One round trip: the import's format and the part claimed (attempts + 1); its bytes below.
   const work = await startPart(pool, importId, n);
   if (!work || work.attempts === null) return 'skipped';
   if (!work.header || !work.encoding) throw new Error(`import ${importId} has no recorded header yet`);
-  let t = mark('start', t0);
   const pipeline = getPipeline(work.pipeline);
+  let t = t0;
   try {
     const rejects = new BufferedRejects(importId);
     // The merge job detects repeated keys itself (engine/key-filter.ts, over hashtext).
     const mapper = new RowMapper(pipeline, mapHeader(pipeline, work.header), n, rejects, { trackKeys: false });
-    const text = decodePart(work);
-    const spent = { parse: performance.now() - t };
     const parser = parserFor(pipeline.format.kind, work.delimiter, Number(work.first_line));
     const client = await pool.connect();
     try {
+      const data = await partData(client, importId, n);
+      // Gone since the claim: the import ended (failed, cancelled) and its parts' bytes with it.
+      if (data === null) return 'skipped';
+      t = mark('start', t0);
+      const text = decodePart(work, data);
+      const spent = { parse: performance.now() - t };
       // The part's own table, (re)created in this transaction: whatever an earlier attempt
       // left is replaced, and nothing is left if this one does not commit.
       await client.query('BEGIN');

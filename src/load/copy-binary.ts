@@ -1,17 +1,35 @@
 /**
- * Encoder for PostgreSQL's binary COPY format (PostgreSQL docs, COPY, "Binary Format"):
- * a fixed header, then per row an int16 field count and per field an int32 length and the
- * value in the type's binary send format, then an int16 -1 trailer.
+ * PostgreSQL's binary COPY format (PostgreSQL docs, COPY, "Binary Format"): a fixed
+ * header, then per row an int16 field count and per field an int32 length and the value in
+ * the type's binary send format, then an int16 -1 trailer.
  *
- * Used for visits because text COPY made both sides format and parse two timestamps per
+ * Written for visits because text COPY made both sides format and parse two timestamps per
  * row (Date#toISOString alone costs over a microsecond here); binary timestamps are one
- * int64 each way.
+ * int64 each way. Read for a part's stored bytes (firstBinaryField): a bytea comes as it is,
+ * where a query's text result would be hex, twice the bytes to send and to decode.
  */
 
 const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
 /** Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC). */
 const PG_EPOCH_MS = 946_684_800_000;
 const TWO_32 = 4_294_967_296;
+
+/**
+ * The first field of the first row of a binary COPY's output (`copy`: the whole output),
+ * as bytes; null when that field is NULL or there is no row.
+ */
+export function firstBinaryField(copy: Buffer): Buffer | null {
+  if (copy.length < 19 || !copy.subarray(0, 11).equals(SIGNATURE)) throw new Error('not a binary COPY stream: bad signature');
+  let pos = 19 + copy.readInt32BE(15); // the header and its extension area
+  const fields = copy.readInt16BE(pos);
+  if (fields === -1) return null; // the trailer: no row
+  if (fields < 1) throw new Error(`binary COPY row of ${fields} fields`);
+  const length = copy.readInt32BE(pos + 2);
+  if (length === -1) return null;
+  pos += 6;
+  if (pos + length > copy.length) throw new Error('binary COPY stream ends inside a field');
+  return copy.subarray(pos, pos + length);
+}
 
 /** Writes rows into one Buffer, growing it as needed. */
 export class BinaryCopyWriter {
