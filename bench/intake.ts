@@ -9,7 +9,9 @@
  * instead, the old way). Files:
  * the real shared file (49,998 rows; skipped when ../shared is absent) and a generated file
  * of --rows rows in the same format. Baseline in the same run: raw COPY of the same bytes
- * into a one-text-column table. Per run (stderr): a timeline and the CPU seconds of each
+ * into a one-text-column table; and the hand-written floor (intake-floor.ts: one process,
+ * the same row code, COPY into a temporary table and one INSERT into an empty copy of
+ * `purchases`, one transaction). Per run (stderr): a timeline and the CPU seconds of each
  * process. Last line: one JSON object.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -22,6 +24,7 @@ import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { repoRoot } from '../src/config.ts';
 import { databaseUrl, ensureDatabase, openDb, withDatabase } from '../src/db/pool.ts';
+import { handWrittenImport } from './intake-floor.ts';
 import { dropDatabase, median, procCpuMs } from './lib.ts';
 
 const { values: args } = parseArgs({
@@ -296,18 +299,29 @@ async function timed(file: string, workers: number, first: string | undefined): 
 
 const results: Record<string, unknown> = {};
 const lines: string[] = [
-  '| file | rows | workers | upload to completed (s, median), running service | first import after start (s, median) | raw COPY (s) | ratio (running) |',
-  '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+  '| file | rows | workers | upload to completed (s, median), running service | first import after start (s, median) | raw COPY (s) | ratio (running) | hand-written floor (s) | ratio to the floor |',
+  '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
 ];
 let sharedS: number | undefined;
 let sharedFirst: number | undefined;
 let sharedCopy: number | undefined;
+let sharedFloor: number | undefined;
+
+/** The hand-written floor's seconds for `file` of `rows` rows (fails when it did not insert them all). */
+async function floor(file: string, rows: number): Promise<number> {
+  const r = await handWrittenImport(url, file);
+  if (r.rows !== rows) throw new Error(`hand-written floor: ${r.rows} records inserted from ${file}, expected ${rows}`);
+  return r.secs;
+}
+
 if (fs.existsSync(shared)) {
   const times: number[] = [];
   const firsts: number[] = [];
   const copies: number[] = [];
+  const floors: number[] = [];
   for (let i = 0; i < RUNS; i++) {
     copies.push(await rawCopy(shared));
+    floors.push(await floor(shared, 49998));
     const r = await timed(shared, 2, shared);
     times.push(r.secs);
     firsts.push(r.firstSecs!);
@@ -315,16 +329,18 @@ if (fs.existsSync(shared)) {
   sharedS = median(times);
   sharedFirst = median(firsts);
   sharedCopy = median(copies);
-  lines.push(`| base_teste.txt | 49998 | 2 | ${sharedS.toFixed(2)} | ${sharedFirst.toFixed(2)} | ${sharedCopy.toFixed(2)} | ${(sharedS / sharedCopy).toFixed(1)} |`);
-  log(`shared file: ${times.map((t) => t.toFixed(2)).join(', ')} s (first import after start ${firsts.map((t) => t.toFixed(2)).join(', ')} s); raw copy ${copies.map((t) => t.toFixed(2)).join(', ')} s`);
+  sharedFloor = median(floors);
+  lines.push(`| base_teste.txt | 49998 | 2 | ${sharedS.toFixed(2)} | ${sharedFirst.toFixed(2)} | ${sharedCopy.toFixed(2)} | ${(sharedS / sharedCopy).toFixed(1)} | ${sharedFloor.toFixed(2)} | ${(sharedS / sharedFloor).toFixed(2)} |`);
+  log(`shared file: ${times.map((t) => t.toFixed(2)).join(', ')} s (first import after start ${firsts.map((t) => t.toFixed(2)).join(', ')} s); raw copy ${copies.map((t) => t.toFixed(2)).join(', ')} s; hand-written floor ${floors.map((t) => t.toFixed(2)).join(', ')} s`);
 }
 const byWorkers: Record<string, number> = {};
 const genCopy = ROWS > 0 ? (generate(generated, ROWS), await rawCopy(generated)) : 0;
+const genFloor = ROWS > 0 ? await floor(generated, ROWS) : 0;
 for (const w of ROWS > 0 ? WORKERS : []) {
   // The service warmed up by the real file first, when there is one.
   const s = (await timed(generated, w, fs.existsSync(shared) ? shared : undefined)).secs;
   byWorkers[String(w)] = Number(s.toFixed(2));
-  lines.push(`| generated | ${ROWS} | ${w} | ${s.toFixed(2)} | - | ${genCopy.toFixed(2)} | ${(s / genCopy).toFixed(1)} |`);
+  lines.push(`| generated | ${ROWS} | ${w} | ${s.toFixed(2)} | - | ${genCopy.toFixed(2)} | ${(s / genCopy).toFixed(1)} | ${genFloor.toFixed(2)} | ${(s / genFloor).toFixed(2)} |`);
   log(`generated ${ROWS} rows, ${w} workers: ${s.toFixed(2)} s`);
 }
 await pool.end();
@@ -336,7 +352,9 @@ results.upload_to_completed_s = sharedS === undefined ? null : Number(sharedS.to
 results.first_after_start_s = sharedFirst === undefined ? null : Number(sharedFirst.toFixed(3));
 results.raw_copy_s = sharedCopy === undefined ? null : Number(sharedCopy.toFixed(3));
 results.ratio = sharedS && sharedCopy ? Number((sharedS / sharedCopy).toFixed(1)) : null;
-results.by_workers = { rows: ROWS, raw_copy_s: Number(genCopy.toFixed(2)), ...byWorkers };
+results.handwritten_s = sharedFloor === undefined ? null : Number(sharedFloor.toFixed(3));
+results.ratio_handwritten = sharedS && sharedFloor ? Number((sharedS / sharedFloor).toFixed(2)) : null;
+results.by_workers = { rows: ROWS, raw_copy_s: Number(genCopy.toFixed(2)), handwritten_s: Number(genFloor.toFixed(2)), ...byWorkers };
 process.stdout.write(`${lines.join('\n')}\n`);
 process.stdout.write(`load average at start ${loadStart}, at end ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}\n`);
 process.stdout.write(`machine: ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}\n`);
