@@ -87,8 +87,8 @@ function sluice(args: string[], env: Record<string, string>): ChildProcess {
   return spawn(path.join(repoRoot, 'bin', 'sluice'), args, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
-/** Resolves when the process has written a line matching `re` (fails after 60 s, with what it wrote). */
-function waitLine(p: ChildProcess, re: RegExp): Promise<void> {
+/** Resolves with what the process wrote once it has written a line matching `re` (fails after 60 s, with what it wrote). */
+function waitLine(p: ChildProcess, re: RegExp): Promise<string> {
   return new Promise((resolve, reject) => {
     let out = '';
     const timer = setTimeout(() => reject(new Error(`no ${re} from ${p.spawnargs.join(' ')} in 60 s: ${out}`)), 60_000);
@@ -96,7 +96,7 @@ function waitLine(p: ChildProcess, re: RegExp): Promise<void> {
       out += d.toString();
       if (re.test(out)) {
         clearTimeout(timer);
-        resolve();
+        resolve(out);
       }
     });
     p.once('exit', (code) => {
@@ -266,11 +266,12 @@ async function importFile(port: number, file: string): Promise<{ id: string; sec
 async function timed(file: string, workers: number, first: string | undefined): Promise<{ secs: number; firstSecs: number | undefined }> {
   await pool.query('TRUNCATE purchases');
   await pool.query('CHECKPOINT');
-  const port = 20000 + Math.floor(Math.random() * 20000);
   const env = { DATABASE_URL: url, SLUICE_WORKERS: '0' };
-  const srv = sluice(['serve', '--port', String(port)], env);
+  // Port 0: a port the system picks free (a random one could be taken: 1 run in ~30 here).
+  const srv = sluice(['serve', '--port', '0'], env);
   const procs = [srv, ...Array.from({ length: workers }, () => sluice(['worker', '--concurrency', '1'], env))];
-  await Promise.all([waitLine(srv, /listening/), ...procs.slice(1).map((p) => waitLine(p, /ready/))]);
+  const [said] = await Promise.all([waitLine(srv, /listening on http:\/\/[^:]+:\d+/), ...procs.slice(1).map((p) => waitLine(p, /ready/))]);
+  const port = Number(/listening on http:\/\/[^:]+:(\d+)/.exec(said)![1]);
   try {
     let firstSecs: number | undefined;
     if (first) {
