@@ -17,7 +17,7 @@ import { faultPause } from '../core/fault.ts';
 import type { Client, Pool } from '../db/pool.ts';
 import { createImport, failInterruptedImports, finishImport, lockImportOwner, unlockImportOwner, type ImportOutcome } from '../db/sql/imports.ts';
 import type { ParsedBatch } from '../formats/csv-parser.ts';
-import { detectFile, readRecords, type FileMeta } from '../formats/record-reader.ts';
+import { detectFile, readRecords, type EncodingWording, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { PreparedChunks } from '../load/prepared-chunk.ts';
@@ -60,6 +60,13 @@ export interface ImportResult {
   timings: Record<string, number>;
 }
 
+/** How `sluice import` gives the encoding, for the error refusing one the file's first bytes contradict. */
+const GIVEN_ON_COMMAND_LINE: EncodingWording = {
+  given: (e) => `given --encoding ${e}`,
+  use: (e) => `run it with --encoding ${e}`,
+  none: 'without --encoding',
+};
+
 /** Imports `file` with `pipeline`; never throws for bad input (the result says failed). */
 export async function runImport(o: ImportOptions): Promise<ImportResult> {
   if (o.maxRejectRatio !== undefined && !(o.maxRejectRatio >= 0 && o.maxRejectRatio <= 1)) {
@@ -70,7 +77,7 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
   let meta: FileMeta | undefined;
   let bytes: number | null = null;
   try {
-    meta = detectFile(o.file, o.pipeline.format.kind, { encoding: o.encoding, delimiter: o.delimiter });
+    meta = detectFile(o.file, o.pipeline.format.kind, { encoding: o.encoding, delimiter: o.delimiter }, GIVEN_ON_COMMAND_LINE);
     bytes = meta.bytes;
   } catch (err) {
     if (!(err instanceof InvalidFileError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { InvalidFileError } from '../core/errors.ts';
 import { CsvParser, type ParsedBatch } from './csv-parser.ts';
-import { createDecoder, detectEncoding, looksBinary, sniffDelimiter, type Encoding } from './sniff.ts';
+import { createDecoder, detectEncoding, encodingContradiction, looksBinary, sniffDelimiter, type Encoding } from './sniff.ts';
 import { WhitespaceColumnsParser } from './whitespace-columns.ts';
 
 export type FormatKind = 'csv' | 'fixed-width';
@@ -36,8 +36,23 @@ export interface FileMeta {
 
 const SAMPLE_BYTES = 64 * 1024;
 
-/** Inspects the first bytes of a file: encoding, delimiter; throws on empty/binary files. */
-export function detectFile(path: string, format: FormatKind, overrides: { encoding?: Encoding; delimiter?: string } = {}): FileMeta {
+/**
+ * How the user gave the encoding, for the error refusing one the first bytes contradict:
+ * `given('utf-8')` ends "it was ..." and `use(e)` / `none` say how to give another or none.
+ */
+export interface EncodingWording {
+  given(e: Encoding): string;
+  use(e: Encoding): string;
+  none: string;
+}
+
+/** Inspects the first bytes of a file: encoding, delimiter; throws on empty/binary files and on an encoding they contradict. */
+export function detectFile(
+  path: string,
+  format: FormatKind,
+  overrides: { encoding?: Encoding; delimiter?: string } = {},
+  wording?: EncodingWording,
+): FileMeta {
   const bytes = fs.statSync(path).size;
   const fd = fs.openSync(path, 'r');
   const sample = Buffer.alloc(Math.min(SAMPLE_BYTES, bytes));
@@ -46,16 +61,34 @@ export function detectFile(path: string, format: FormatKind, overrides: { encodi
   } finally {
     fs.closeSync(fd);
   }
-  return detectSample(sample, bytes, format, overrides);
+  return detectSample(sample, bytes, format, overrides, wording);
 }
 
 /** Bytes to read before calling detectSample on a stream. */
 export const DETECT_SAMPLE_BYTES = SAMPLE_BYTES;
 
-/** Format detection on the first bytes of a file (`bytes`: its size, when known). */
-export function detectSample(sample: Buffer, bytes: number, format: FormatKind, overrides: { encoding?: Encoding; delimiter?: string } = {}): FileMeta {
+const GIVEN: EncodingWording = { given: (e) => `given as ${e}`, use: (e) => `give the encoding ${e}`, none: 'give no encoding' };
+
+/**
+ * Format detection on the first bytes of a file (`bytes`: its size, when known). An encoding
+ * given that they contradict (encodingContradiction) is refused, in `wording`.
+ */
+export function detectSample(
+  sample: Buffer,
+  bytes: number,
+  format: FormatKind,
+  overrides: { encoding?: Encoding; delimiter?: string } = {},
+  wording: EncodingWording = GIVEN,
+): FileMeta {
   if (sample.length === 0) throw new InvalidFileError('invalid file: the file is empty');
   if (looksBinary(sample)) throw new InvalidFileError('invalid file: binary content (not a text file)');
+  const contradiction = overrides.encoding && encodingContradiction(sample, overrides.encoding);
+  if (contradiction === 'not-utf-8') {
+    throw new InvalidFileError(`invalid file: it was ${wording.given('utf-8')}, but its first bytes are not valid UTF-8; save the file as UTF-8, or ${wording.use('windows-1252')}`);
+  }
+  if (contradiction === 'bom') {
+    throw new InvalidFileError(`invalid file: it was ${wording.given('windows-1252')}, but it starts with a UTF-8 byte order mark; ${wording.use('utf-8')}, or ${wording.none}`);
+  }
   const det = detectEncoding(sample);
   const encoding = overrides.encoding ?? det.encoding;
   let delimiter: string | null = null;

@@ -46,6 +46,20 @@ export function detectEncoding(sample: Uint8Array): { encoding: Encoding; bom: b
   return { encoding: invalidUtf8At(sample) < 0 ? 'utf-8' : 'windows-1252', bom: false };
 }
 
+/**
+ * How a file's first bytes contradict the encoding a user gave for it: `not-utf-8` (given
+ * utf-8, they are not valid UTF-8: the import would fail further on, or its first part
+ * would), `bom` (given windows-1252, they start with a UTF-8 byte order mark, which would be
+ * read as "ï»¿" into the first column's name: a column the pipeline no longer recognises,
+ * dropped without a word); undefined when they agree.
+ */
+export function encodingContradiction(sample: Uint8Array, given: Encoding): 'not-utf-8' | 'bom' | undefined {
+  const found = detectEncoding(sample);
+  if (given === 'utf-8' && found.encoding !== 'utf-8') return 'not-utf-8';
+  if (given === 'windows-1252' && found.bom) return 'bom';
+  return undefined;
+}
+
 /** True for NUL bytes or > 10% control bytes other than \t \n \r \f (UTF-16 counts as binary). */
 export function looksBinary(sample: Uint8Array): boolean {
   let controls = 0;

@@ -14,8 +14,8 @@ import { intEnv } from '../config.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
-import { DETECT_SAMPLE_BYTES, detectSample, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
-import { detectEncoding, type Delimiter, type Encoding } from '../formats/sniff.ts';
+import { DETECT_SAMPLE_BYTES, detectSample, type EncodingWording, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
+import type { Delimiter, Encoding } from '../formats/sniff.ts';
 import { MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
 import { createStageSql } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
@@ -233,6 +233,9 @@ async function* chunksOf(body: Readable): AsyncGenerator<Buffer> {
   }
 }
 
+/** How an upload gives its encoding, for the error refusing one its first bytes contradict. */
+const SENT: EncodingWording = { given: (e) => `sent as ${e}`, use: (e) => `send it with encoding=${e}`, none: 'without an encoding' };
+
 /**
  * The file's format from its first bytes, with what the client gave instead of what would be
  * detected. An encoding the first bytes contradict is refused here, before the 202, rather
@@ -241,17 +244,7 @@ async function* chunksOf(body: Readable): AsyncGenerator<Buffer> {
  */
 function detect(sample: Buffer, bytes: number, kind: FormatKind, format: FileFormat): FileMeta {
   const overrides = { ...(format.encoding ? { encoding: format.encoding } : {}), ...(format.delimiter ? { delimiter: format.delimiter } : {}) };
-  const meta = detectSample(sample, bytes, kind, overrides); // empty and binary files first
-  if (format.encoding) {
-    const found = detectEncoding(sample);
-    if (format.encoding === 'utf-8' && found.encoding !== 'utf-8') {
-      throw new InvalidFileError('invalid file: it was sent as utf-8, but its first bytes are not valid UTF-8; save the file as UTF-8, or send it with encoding=windows-1252');
-    }
-    if (format.encoding === 'windows-1252' && found.bom) {
-      throw new InvalidFileError('invalid file: it was sent as windows-1252, but it starts with a UTF-8 byte order mark; send it with encoding=utf-8, or without an encoding');
-    }
-  }
-  return meta;
+  return detectSample(sample, bytes, kind, overrides, SENT);
 }
 
 /** Parses the header (with the first data line, for fixed-width) and records the format. */

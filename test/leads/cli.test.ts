@@ -101,6 +101,32 @@ test('--encoding takes the labels POST /imports takes (latin1...); a file not UT
   assert.match(bad.stderr, /--encoding must be utf-8 or windows-1252 \(or a label of either: latin1, iso-8859-1, cp1252\.\.\.\), got ebcdic/);
 });
 
+test('--encoding that the first bytes contradict is refused, not imported: a BOM file given windows-1252, Latin-1 bytes given utf-8', async () => {
+  // Read as windows-1252, the BOM would become "ï»¿" in front of "Name": a column the leads
+  // pipeline no longer knows, its values dropped without a word.
+  const bom = write('bom.csv', '\uFEFFName,Email\nAna,bom@example.com\n');
+  const asLatin = await sluice(['import', bom, '--pipeline', 'leads', '--json', '--encoding', 'windows-1252']);
+  assert.equal(asLatin.code, 1, asLatin.stderr);
+  assert.equal(
+    JSON.parse(asLatin.stdout).error,
+    'invalid file: it was given --encoding windows-1252, but it starts with a UTF-8 byte order mark; run it with --encoding utf-8, or without --encoding',
+  );
+  const latin = path.join(dir, 'latin1.csv');
+  fs.writeFileSync(latin, Buffer.from('Email,Name\njoao-enc@example.com,João\n', 'latin1'));
+  const asUtf8 = await sluice(['import', latin, '--pipeline', 'leads', '--json', '--encoding', 'utf-8']);
+  assert.equal(asUtf8.code, 1, asUtf8.stderr);
+  assert.equal(
+    JSON.parse(asUtf8.stdout).error,
+    'invalid file: it was given --encoding utf-8, but its first bytes are not valid UTF-8; save the file as UTF-8, or run it with --encoding windows-1252',
+  );
+  const { rows } = await db.pool.query(`SELECT email FROM leads WHERE email IN ('bom@example.com', 'joao-enc@example.com')`);
+  assert.deepEqual(rows, []);
+  // Without --encoding both are read right.
+  const plain = await sluice(['import', bom, '--pipeline', 'leads', '--json']);
+  assert.equal(plain.code, 0, plain.stderr);
+  assert.deepEqual((await db.pool.query(`SELECT name FROM leads WHERE email = 'bom@example.com'`)).rows, [{ name: 'Ana' }]);
+});
+
 test('inspect --json shows what Sluice detects', async () => {
   const file = write('inspect.csv', 'Email;Nome\n"a@example.com";"Silva; Ana"\n');
   const r = await sluice(['inspect', file, '--json']);
