@@ -4,7 +4,7 @@
  * and wake the merge (or, for an import whose merge was not sent with its first part,
  * enqueue it when this is the last part). A worker killed at any point leaves either nothing or the whole
  * part: re-running a part never duplicates rows. Where the time went (ms) is kept in
- * import_parts.timings: start (claim + bytes), parse (decode, parse, validate), copy (the
+ * import_parts.timings: start (claim, connection, bytes), parse (decode, parse, validate), copy (the
  * COPY's time beyond the parsing it overlaps), lock (waiting for the import row), the rest
  * is commit.
  */
@@ -142,6 +142,7 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
     const mapper = new RowMapper(pipeline, mapHeader(pipeline, work.header), n, rejects, { trackKeys: false });
     const parser = parserFor(pipeline.format.kind, work.delimiter, Number(work.first_line));
     const client = await pool.connect();
+    let begun = false;
     try {
       const data = await partData(client, importId, n);
       // Gone since the claim: the import ended (failed, cancelled) and its parts' bytes with it.
@@ -152,6 +153,7 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
       // The part's own table, (re)created in this transaction: whatever an earlier attempt
       // left is replaced, and nothing is left if this one does not commit.
       await client.query('BEGIN');
+      begun = true;
       await createPartTable(client, importId, n);
       if (work.attempts > 1) {
         await client.query('DELETE FROM import_rejects WHERE import_id = $1 AND line BETWEEN $2 AND $3', [importId, work.first_line, work.last_line]);
@@ -180,7 +182,8 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
       await client.query('COMMIT');
       return 'completed';
     } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
+      // (A client whose connection broke is not queryable: the pool drops it on release.)
+      if (begun) await client.query('ROLLBACK').catch(() => {});
       throw err;
     } finally {
       client.release();
