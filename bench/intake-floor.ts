@@ -2,10 +2,10 @@
  * The hand-written floor of bench:intake: what importing a purchases file costs on this
  * machine with the same guarantees and the least machinery. One process, no HTTP, no parts,
  * no queue: the file streamed through the purchases pipeline's own row code (the parser, the
- * validators and the COPY text of the workers) into a `COPY` to a temporary staging table
- * (Node parses the next slice while Postgres stores the last), then one `INSERT ... SELECT`
- * into an empty, logged copy of `purchases` (its primary key, CHECKs and defaults), all in
- * one transaction. It leaves out what the service adds: the upload, storing and reading
+ * validators and the COPY text of the workers) into a `COPY` to an unlogged staging table
+ * like a part's (Node parses the next slice while Postgres stores the last), then one
+ * `INSERT ... SELECT` into an empty, logged copy of `purchases` (its primary key, CHECKs,
+ * defaults and storage options), all in one transaction. It leaves out what the service adds: the upload, storing and reading
  * the parts, the queue, the merge's probes for existing records, the counts, repeated keys
  * (the file must name each document once).
  */
@@ -78,12 +78,17 @@ export async function handWrittenImport(url: string, file: string): Promise<{ se
   const c = new pg.Client({ connectionString: url });
   await c.connect();
   try {
-    await c.query(`DROP TABLE IF EXISTS ${TARGET}; CREATE TABLE ${TARGET} (LIKE purchases INCLUDING ALL)`);
+    // LIKE copies no storage options (purchases' fillfactor): they are read from the catalog.
+    const { rows } = await c.query<{ options: string[] | null }>(`SELECT reloptions AS options FROM pg_class WHERE oid = 'purchases'::regclass`);
+    const options = rows[0]?.options ?? [];
+    if (!options.every((o) => /^[a-z_]+=[0-9a-z_.]+$/.test(o))) throw new Error(`unexpected storage options of purchases: ${options.join(', ')}`);
+    const withOptions = options.length > 0 ? ` WITH (${options.join(', ')})` : '';
+    await c.query(`DROP TABLE IF EXISTS ${TARGET}, ${STAGE}; CREATE TABLE ${TARGET} (LIKE purchases INCLUDING ALL)${withOptions}`);
     await c.query('CHECKPOINT');
     const names = headerNames(file);
     const t = performance.now();
     await c.query('BEGIN');
-    await c.query(createStageSql(pipeline, STAGE, true));
+    await c.query(createStageSql(pipeline, STAGE));
     await streamPipeline(Readable.from(copyText(file, names)), c.query(copyFrom(stageCopySql(pipeline, STAGE))));
     const cols = [pipeline.key.name, ...pipeline.target.fields.map((f) => f.column)].map(ident).join(', ');
     const from = [pipeline.key.name, ...pipeline.target.fields.map((f) => f.from)].map(ident).join(', ');

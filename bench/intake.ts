@@ -10,7 +10,7 @@
  * the real shared file (49,998 rows; skipped when ../shared is absent) and a generated file
  * of --rows rows in the same format. Baseline in the same run: raw COPY of the same bytes
  * into a one-text-column table; and the hand-written floor (intake-floor.ts: one process,
- * the same row code, COPY into a temporary table and one INSERT into an empty copy of
+ * the same row code, COPY into an unlogged table and one INSERT into an empty copy of
  * `purchases`, one transaction). Per run (stderr): a timeline and the CPU seconds of each
  * process. Last line: one JSON object.
  */
