@@ -332,7 +332,7 @@ if (fs.existsSync(shared)) {
   sharedCopy = median(copies);
   sharedFloor = median(floors);
   lines.push(`| base_teste.txt | 49998 | 2 | ${sharedS.toFixed(2)} | ${sharedFirst.toFixed(2)} | ${sharedCopy.toFixed(2)} | ${(sharedS / sharedCopy).toFixed(1)} | ${sharedFloor.toFixed(2)} | ${(sharedS / sharedFloor).toFixed(2)} |`);
-  log(`shared file: ${times.map((t) => t.toFixed(2)).join(', ')} s (first import after start ${firsts.map((t) => t.toFixed(2)).join(', ')} s); raw copy ${copies.map((t) => t.toFixed(2)).join(', ')} s; hand-written floor ${floors.map((t) => t.toFixed(2)).join(', ')} s`);
+  log(`shared file: ${times.map((t) => t.toFixed(2)).join(', ')} s (first import after start ${firsts.map((t) => t.toFixed(2)).join(', ')} s); raw copy ${copies.map((t) => t.toFixed(2)).join(', ')} s; hand-written floor ${floors.map((t) => t.toFixed(2)).join(', ')} s; per run, Sluice / floor ${times.map((t, i) => (t / floors[i]!).toFixed(2)).join(', ')} (median ${median(times.map((t, i) => t / floors[i]!)).toFixed(2)})`);
 }
 const byWorkers: Record<string, number> = {};
 const genCopy = ROWS > 0 ? (generate(generated, ROWS), await rawCopy(generated)) : 0;
