@@ -61,6 +61,16 @@ export async function unlockImportOwner(client: Client, id: string): Promise<voi
 }
 
 /**
+ * The imports failOrphans looks at: CLI imports left running, uploads left queued before
+ * their merge was sent. Unfinished ones only, read through the partial index
+ * imports_unfinished (migration 0046), not by scanning every finished import.
+ */
+export const ORPHANS = {
+  cli: `source = 'cli' AND status = 'running'`,
+  upload: `source <> 'cli' AND status = 'queued' AND parts_total IS NULL AND NOT merge_enqueued`,
+} as const;
+
+/**
  * The imports matching `where` whose owner lock is free (their owner died), failed with
  * `error`, each while holding that lock, and passed to `cleanup`; their ids returned.
  * Safe to run from several processes at once (every `sluice import`, every server's
@@ -97,8 +107,7 @@ async function failOrphans(client: Client, where: string, error: string, cleanup
  * every `sluice import` before it starts and by `sluice serve`'s reaper (src/intake/service.ts).
  */
 export function failInterruptedImports(client: Client, cleanup: (id: string) => Promise<void>): Promise<string[]> {
-  return failOrphans(client, `source = 'cli' AND status = 'running'`,
-    'interrupted (the process stopped before the import finished; nothing of it was written)', cleanup);
+  return failOrphans(client, ORPHANS.cli, 'interrupted (the process stopped before the import finished; nothing of it was written)', cleanup);
 }
 
 /**
@@ -108,7 +117,7 @@ export function failInterruptedImports(client: Client, cleanup: (id: string) => 
  * going on holds it: skipped). Run by `sluice serve`'s reaper (src/intake/service.ts).
  */
 export function failInterruptedUploads(client: Client, cleanup: (id: string) => Promise<void>): Promise<string[]> {
-  return failOrphans(client, `source <> 'cli' AND status = 'queued' AND parts_total IS NULL AND NOT merge_enqueued`, UPLOAD_INTERRUPTED, cleanup);
+  return failOrphans(client, ORPHANS.upload, UPLOAD_INTERRUPTED, cleanup);
 }
 
 /** The error of an import whose upload stopped before its end (its server died). */
