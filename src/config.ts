@@ -126,12 +126,4 @@ export function checkSettings(command: SettingsCommand): void {
 }
 
 /** Replaces the password of a connection URL, for messages and logs. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '<unparseable url>';
-  }
-}
+export { withoutPassword as redactUrl } from './core/url-credentials.ts';

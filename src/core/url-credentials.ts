@@ -1,0 +1,39 @@
+/**
+ * Credentials written into a URL (`https://user:secret@host/feed.xml`), as users give them
+ * for a provider feed or a CRM source. fetch refuses such a URL outright ("Request cannot be
+ * constructed from a URL that includes credentials", with the URL, password and all, in the
+ * message), so they are sent as HTTP Basic authorization instead; and wherever the URL is
+ * shown (messages, logs, stored errors), its password is masked (`withoutPassword`).
+ */
+
+/** The URL without its user and password, and their Basic `authorization` header (none without credentials). */
+export function basicAuth(url: string): { url: string; headers: Record<string, string> } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return { url, headers: {} };
+  }
+  if (!u.username && !u.password) return { url, headers: {} };
+  const user = decodeURIComponent(u.username);
+  const password = decodeURIComponent(u.password);
+  u.username = '';
+  u.password = '';
+  return { url: u.toString(), headers: { authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` } };
+}
+
+/** `url` with its password replaced by `***` (the user kept, to say which account); unparseable text is returned masked whole. */
+export function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '<unparseable url>';
+  }
+}
+
+/** `text` with the password of every URL written in it masked (an error message that quotes a URL). */
+export function maskUrlPasswords(text: string): string {
+  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/[^\s/:@]*:)([^\s/@]*)@/gi, '$1***@');
+}
