@@ -67,6 +67,10 @@ test('bad usage exits 2 with a reason', async () => {
     [['--rate', '10', '--duration', 'soon'], /--duration must be a positive number/],
     [['--rate', '10', '--duration', '1', '--url', 'http://203.0.113.9:8080'], /not loopback; pass --allow-remote/],
     [['--duration', '1'], /required option '--rate/],
+    // A target no generator reaches only queued requests in memory (it grew 200 MB/s).
+    [['--rate', '1e9', '--duration', '1'], /above 50000 requests\/s/],
+    [['--rate', '10', '--duration', '1', '--url', 'notaurl'], /--url must be a URL/],
+    [['--rate', '10', '--duration', '1', '--url', 'https://127.0.0.1:8080'], /--url must be http:\/\//],
   ];
   for (const [args, reason] of cases) {
     const r = await sluice(['loadtest', 'visits', ...args]);

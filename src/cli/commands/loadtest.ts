@@ -50,10 +50,16 @@ export function registerLoadtest(program: Command): void {
       const duration = positive('--duration', opts.duration);
       const batch = Math.floor(positive('--batch', opts.batch));
       if (rate / batch < 0.1) throw new InvalidInputError('--rate / --batch is below one request per 10 s');
+      // One Node process sends some 10-20 thousand requests/s here; a higher target only
+      // queues requests in memory (--rate 1e9 grew by 200 MB/s and never ended).
+      if (rate / batch > MAX_REQUESTS_PER_S) {
+        throw new InvalidInputError(`--rate / --batch is above ${MAX_REQUESTS_PER_S} requests/s, more than one load generator sends: raise --batch, or run several`);
+      }
       if (duration > 3600) throw new InvalidInputError('--duration is at most 3600 seconds');
       if (opts.warmup !== undefined && !(Number(opts.warmup) >= 0 && Number(opts.warmup) <= 60)) {
         throw new InvalidInputError('--warmup is between 0 and 60 seconds');
       }
+      if (opts.url !== undefined) checkUrl(opts.url);
       if (opts.url && !opts.allowRemote && !isLoopback(new URL(opts.url).hostname.replace(/^\[|\]$/g, ''))) {
         throw new InvalidInputError(`${opts.url} is not loopback; pass --allow-remote to load another machine`);
       }
@@ -70,6 +76,20 @@ export function registerLoadtest(program: Command): void {
       });
       process.exitCode = code;
     });
+}
+
+/** Requests per second one load generator is asked for at most. */
+const MAX_REQUESTS_PER_S = 50_000;
+
+/** --url: an http:// URL (the generator speaks plain HTTP/1.1). */
+function checkUrl(url: string): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new InvalidInputError(`--url must be a URL such as http://127.0.0.1:8080, got ${JSON.stringify(url)}`);
+  }
+  if (u.protocol !== 'http:') throw new InvalidInputError(`--url must be http:// (the load generator speaks plain HTTP/1.1), got ${JSON.stringify(url)}`);
 }
 
 function positive(flag: string, value: string): number {
