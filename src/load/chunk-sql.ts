@@ -17,8 +17,8 @@
  * not committed, invisible to prepare) touched them. A writer outside Sluice changing the
  * same records meanwhile is caught by apply's row counts, which must equal prepare's.
  */
-import { keyIdentity, type Pipeline, type StageType } from '../engine/pipeline.ts';
-import { assignment, fieldValue, ident, lookupPresent, lookupStatements } from './merge-sql.ts';
+import { keyIdentity, type Lookup, type Pipeline, type StageType } from '../engine/pipeline.ts';
+import { assignment, fieldValue, ident, lookupAssignment, lookupPresent, lookupStatements } from './merge-sql.ts';
 
 export interface ChunkSql {
   /** prepare: one transaction (lookups resolved read-only, then the prepared table). */
@@ -112,9 +112,9 @@ export function chunkSql(
   // holds (their stored references are committed rows).
   const lookupChange = (i: number) => {
     const l = lookups[i]!;
-    const stored = `t.${ident(l.column)}`;
-    const found = assignment(l.merge, `x.l${i}`, stored, false)?.changes ?? 'false';
-    const created = l.merge === 'fill-if-blank' ? `${stored} IS NULL` : l.merge === 'overwrite' ? 'true' : 'false';
+    const found = lookupAssignment(p, l, `x.l${i}`, 't')?.changes ?? 'false';
+    // Created: changes what a present value would (lookupAssignment with any id).
+    const created = l.merge === 'fill-if-blank' ? (lookupAssignment(p, l, '0', 't')?.changes ?? 'false') : l.merge === 'overwrite' ? 'true' : 'false';
     return `(CASE WHEN x.l${i} IS NULL AND x.p${i} THEN ${created} ELSE ${found} END)`;
   };
   const changes = [
@@ -184,11 +184,11 @@ export function chunkSql(
     : undefined;
 
   const main = [
-    ...fields.map(({ f, v, text }) => ({ column: f.column, v, merge: f.merge, text })),
-    ...lookups.map((l, i) => ({ column: l.column, v: `l${i}`, merge: l.merge, text: false })),
+    ...fields.map(({ f, v, text }) => ({ column: f.column, v, merge: f.merge, text, lookup: undefined as Lookup | undefined })),
+    ...lookups.map((l, i) => ({ column: l.column, v: `l${i}`, merge: l.merge, text: false, lookup: l as Lookup | undefined })),
   ];
   const sets = main.flatMap((a) => {
-    const r = assignment(a.merge, `m.${a.v}`, `t.${ident(a.column)}`, a.text);
+    const r = a.lookup ? lookupAssignment(p, a.lookup, `m.${a.v}`, 't') : assignment(a.merge, `m.${a.v}`, `t.${ident(a.column)}`, a.text);
     return r ? [`${ident(a.column)} = ${r.set}`] : [];
   });
   // The records are reached where prepare found them, by their tuple ids (ctid): no index

@@ -101,20 +101,47 @@ function fold(col: string, policy: MergePolicy): string {
  * dependent lookup (the city), else the next (the state), and so on; the fold of a key then
  * sees the place one row gave. Lookups without dependencies fold column by column as before.
  */
-function lookupFoldGroups(p: Pipeline): Map<string, string> {
+/**
+ * The lookups that depend on each other, in groups: each lookup that depends on another, with
+ * everything it depends on (a city with its state), the most dependent first.
+ */
+function lookupGroups(p: Pipeline): Lookup[][] {
   const lookups = p.target.lookups ?? [];
   const byColumn = new Map(lookups.map((l) => [l.column, l]));
   const depth = (l: Lookup): number => Math.max(0, ...l.match.map((m) => (m.lookup ? 1 + depth(byColumn.get(m.lookup)!) : 0)));
+  return lookups.filter((l) => depth(l) > 0).map((top) => {
+    const members = new Set<Lookup>([top]);
+    for (const l of members) for (const m of l.match) if (m.lookup) members.add(byColumn.get(m.lookup)!);
+    return [...members].sort((a, b) => depth(b) - depth(a));
+  });
+}
+
+/**
+ * The SET expression and "changes the stored record" predicate of a lookup column (stored
+ * in `alias`, the record). A lookup of a group (lookupGroups) that fills only when blank
+ * fills with its group, as one place: only when the record has none of the group's columns.
+ * Filled each on its own, a lead with a state and no city took a later import's city of
+ * another state (SP with Recife), and one with a city and no state a later row's state.
+ */
+export function lookupAssignment(p: Pipeline, l: Lookup, incoming: string, alias: string): { set: string; changes: string } | undefined {
+  const stored = `${alias}.${ident(l.column)}`;
+  // The widest group holding it: the whole place (a chain of three gives two groups).
+  const group = l.merge === 'fill-if-blank' ? lookupGroups(p).filter((g) => g.includes(l)).sort((a, b) => b.length - a.length)[0] : undefined;
+  if (!group) return assignment(l.merge, incoming, stored, false);
+  const none = [...new Set(group.map((g) => g.column))].map((c) => `${alias}.${ident(c)} IS NULL`).join(' AND ');
+  return { set: `CASE WHEN ${none} THEN ${incoming} ELSE ${stored} END`, changes: `(${none} AND ${incoming} IS NOT NULL)` };
+}
+
+function lookupFoldGroups(p: Pipeline): Map<string, string> {
+  const lookups = p.target.lookups ?? [];
+  const byColumn = new Map(lookups.map((l) => [l.column, l]));
   const sources = (l: Lookup): string[] => [
     ...l.match.flatMap((m) => (m.from ? [m.from] : sources(byColumn.get(m.lookup!)!))),
     ...(l.create ?? []).map((c) => c.from),
   ];
   const out = new Map<string, string>();
-  // Each lookup that depends on another, with everything it depends on, is one group.
-  for (const top of lookups.filter((l) => depth(l) > 0)) {
-    const members = new Set<Lookup>([top]);
-    for (const l of members) for (const m of l.match) if (m.lookup) members.add(byColumn.get(m.lookup)!);
-    const group = [...members].sort((a, b) => depth(b) - depth(a));
+  for (const group of lookupGroups(p)) {
+    const top = group[0]!;
     const policies = new Set(group.map((l) => l.merge));
     if (policies.size > 1) throw new Error(`pipeline ${p.name}: lookups ${group.map((l) => l.column).join(', ')} depend on each other and must share one merge policy`);
     const newest = top.merge === 'overwrite';
@@ -298,15 +325,15 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
 
   const isText = (col: string) => stageTypes.get(col) === 'text';
   const main = [
-    ...t.fields.map((f) => ({ column: f.column, value: fieldValue(f, 'm'), merge: f.merge, text: isText(f.from) && !f.targetType })),
-    ...lookups.map((l, i) => ({ column: l.column, value: lookupValue(i), merge: l.merge, text: false })),
+    ...t.fields.map((f) => ({ column: f.column, value: fieldValue(f, 'm'), merge: f.merge, text: isText(f.from) && !f.targetType, lookup: undefined as Lookup | undefined })),
+    ...lookups.map((l, i) => ({ column: l.column, value: lookupValue(i), merge: l.merge, text: false, lookup: l as Lookup | undefined })),
   ];
   const vals = main.map((a, i) => ({ ...a, v: `v${i}` }));
-  const changed = vals
-    .map((a) => assignment(a.merge, `x.${a.v}`, `t.${ident(a.column)}`, a.text)?.changes)
-    .filter((c): c is string => c !== undefined);
+  const assign = (a: (typeof vals)[number], incoming: string) =>
+    a.lookup ? lookupAssignment(p, a.lookup, incoming, 't') : assignment(a.merge, incoming, `t.${ident(a.column)}`, a.text);
+  const changed = vals.map((a) => assign(a, `x.${a.v}`)?.changes).filter((c): c is string => c !== undefined);
   const updSets = vals.flatMap((a) => {
-    const r = assignment(a.merge, `m.${a.v}`, `t.${ident(a.column)}`, a.text);
+    const r = assign(a, `m.${a.v}`);
     return r ? [`${ident(a.column)} = ${r.set}`] : [];
   });
   // Two statements. The probe fills sluice_m: each staged row, its merged values, the id of

@@ -185,6 +185,26 @@ test('rows of one email never pair a city with another row\'s state (no city tha
   assert.equal(l.state, null, 'city and state come from one row');
 });
 
+test('a place is filled whole, across imports too: a lead with a state or a city keeps it, and no later row pairs it with another', async () => {
+  const first = await importText('Email,City,State\nsp@place.example,,SP\ncampinas@place.example,Campinas,\nnone@place.example,,\n');
+  assert.equal(first.status, 'completed', first.error);
+  // Through a chunk's writes (chunk-sql.ts): each email once.
+  const second = await importText('Email,City,State\nsp@place.example,Recife,PE\ncampinas@place.example,Natal,RN\nnone@place.example,Recife,PE\n');
+  assert.equal(second.status, 'completed', second.error);
+  assert.deepEqual(second.rows, { read: 3, inserted: 0, updated: 1, unchanged: 2, rejected: 0 });
+  const place = async (email: string) => {
+    const l = await lead(email);
+    return [l.city, l.state];
+  };
+  assert.deepEqual(await place('sp@place.example'), [null, 'SP'], 'before: Recife with SP');
+  assert.deepEqual(await place('campinas@place.example'), ['Campinas', null], 'before: Campinas with RN');
+  assert.deepEqual(await place('none@place.example'), ['Recife', 'PE'], 'a lead without a place takes the row\'s whole');
+  // Through the last merge of a key met earlier in the file (merge-sql.ts).
+  const third = await importText('Email,Name,City,State\nsp@place.example,Ana,,\nsp@place.example,,Natal,RN\n');
+  assert.equal(third.status, 'completed', third.error);
+  assert.deepEqual(await place('sp@place.example'), [null, 'SP']);
+});
+
 test('thirteen rows of one new email give 1 inserted and 12 updated, merged in file order', async () => {
   const rows = ['Email,Name,Twitter,Tags'];
   for (let i = 1; i <= 13; i++) rows.push(`dup@example.com,${i === 13 ? '' : `Name ${i}`},${i >= 3 ? `@t${i}` : ''},tag${i % 3}`);
