@@ -13,7 +13,7 @@ export const httpRequests = new client.Counter({
 
 export const importRows = new client.Counter({
   name: 'sluice_import_rows_total',
-  help: 'Rows processed by file imports, by pipeline and outcome',
+  help: 'Rows of the file imports merged in this process (not by separate sluice worker processes), by pipeline and outcome',
   labelNames: ['pipeline', 'outcome'] as const,
   registers: [registry],
 });
