@@ -183,7 +183,10 @@ async function receive(
       if (sampleBytes >= DETECT_SAMPLE_BYTES) {
         const all = Buffer.concat(sample);
         meta = detect(all.subarray(0, DETECT_SAMPLE_BYTES), 0, pipeline.format.kind, format);
-        if (pipeline.format.kind === 'csv') splitter.terminator = lineTerminator(all);
+        if (pipeline.format.kind === 'csv') {
+          splitter.terminator = lineTerminator(all);
+          splitter.delimiter = (meta.delimiter ?? ',').charCodeAt(0);
+        }
         splitter.partRecords = partRowsFor(partRows, options.expectedBytes, all, splitter.terminator);
         sample = [];
         await feed(all);
@@ -192,7 +195,10 @@ async function receive(
     if (!meta) {
       const all = Buffer.concat(sample);
       meta = detect(all, all.length, pipeline.format.kind, format);
-      if (pipeline.format.kind === 'csv') splitter.terminator = lineTerminator(all);
+      if (pipeline.format.kind === 'csv') {
+        splitter.terminator = lineTerminator(all);
+        splitter.delimiter = (meta.delimiter ?? ',').charCodeAt(0);
+      }
       await feed(all);
     }
     const last = splitter.end();

@@ -1,11 +1,24 @@
 /**
  * Cuts a byte stream into parts of N records at record boundaries, without decoding it
- * and without holding more than one part: a record ends at a line terminator outside double
- * quotes (RFC 4180 quoting; `"`, LF and CR never occur inside a UTF-8 or Windows-1252
+ * and without holding more than one part: a record ends at a line terminator outside a
+ * quoted field (`"`, LF, CR and the delimiter never occur inside a UTF-8 or Windows-1252
  * multi-byte character, so scanning bytes is exact). The terminator is LF (which covers
  * CRLF), or CR for files whose lines end with a lone CR (old Mac exports; chosen by the
  * caller from the first bytes, lineTerminator()). The first record (the header) is split
  * off. Physical line numbers are tracked so rejects point at the right line of the file.
+ *
+ * Quoted fields are found exactly as the CSV parser (formats/csv-parser.ts) finds them:
+ * each part is parsed on its own, so a cut inside what the parser reads as a quoted field
+ * fails or changes the import, and a quote it reads as literal must not hold off the cuts.
+ * Outside a quoted field, a `"` opens one only at the start of a field: the first byte of
+ * the input (after a UTF-8 BOM, which the parser drops), or right after the delimiter or a
+ * CR or LF (record ends for the parser, whatever the file's terminator). Anywhere else it
+ * is literal: mid-field (`Monitor 27"`) or after a closing quote (`"ab"c"d`, read `abc"d`).
+ * Inside a quoted field every `"` closes it, and one right after the quote that closed it
+ * opens it again: that is `""`, an escaped quote. (Toggling on every `"` instead, one stray
+ * quote flips the state for the rest of the file.) The previous byte and whether the last
+ * one closed a quote carry over between push() calls. Quotes are found with indexOf, like
+ * line ends: only a quote costs a look at the byte before it.
  *
  * Memory is bounded whatever the input: a part is cut early once it holds maxPartBytes,
  * and a record that has not ended after maxRecordBytes (a file without line breaks, or an
@@ -25,6 +38,10 @@ export interface Part {
 const LF = 0x0a;
 const CR = 0x0d;
 const QUOTE = 0x22;
+const COMMA = 0x2c;
+/** No byte before the first one: a quote there starts a field. */
+const NONE = -1;
+const BOM = Buffer.from([0xef, 0xbb, 0xbf]);
 
 /** A part is cut at the first record end past this many bytes, whatever its record count. */
 export const MAX_PART_BYTES = 64 * 1024 * 1024;
@@ -45,6 +62,8 @@ export interface SplitterOptions {
   quoted: boolean;
   /** The byte that ends a line: LF (default) or CR (lineTerminator()). */
   terminator?: number;
+  /** The CSV delimiter's byte (default ','; the delimiters are ASCII): a quote after it starts a quoted field. */
+  delimiter?: number;
   maxPartBytes?: number;
   maxRecordBytes?: number;
 }
@@ -54,6 +73,8 @@ export class RecordSplitter {
   partRecords: number;
   /** The line terminator; may be changed before the first bytes are pushed. */
   terminator: number;
+  /** The CSV delimiter's byte; may be changed before the first bytes are pushed. */
+  delimiter: number;
   private readonly quoted: boolean;
   private readonly maxPartBytes: number;
   private readonly maxRecordBytes: number;
@@ -62,6 +83,13 @@ export class RecordSplitter {
   /** Bytes held since the last record end (the record being read). */
   private open = 0;
   private inQuote = false;
+  /** The last byte pushed (NONE before any). */
+  private prev = NONE;
+  /** Whether that byte was a quote that closed a quoted field (a `"` next is the second of `""`). */
+  private closedAtEnd = false;
+  /** Bytes pushed so far, and the first 3 of them (a UTF-8 BOM?). */
+  private seen = 0;
+  private lead = Buffer.alloc(0);
   private records = 0;
   private line = 1;
   private partStartLine = 1;
@@ -73,6 +101,7 @@ export class RecordSplitter {
     this.partRecords = options.partRecords;
     this.quoted = options.quoted;
     this.terminator = options.terminator ?? LF;
+    this.delimiter = options.delimiter ?? COMMA;
     this.maxPartBytes = options.maxPartBytes ?? MAX_PART_BYTES;
     this.maxRecordBytes = options.maxRecordBytes ?? MAX_RECORD_BYTES;
   }
@@ -80,20 +109,25 @@ export class RecordSplitter {
   /** Feeds bytes; returns the parts completed by them. Throws InvalidFileError for a record over maxRecordBytes. */
   push(buf: Buffer): Part[] {
     const parts: Part[] = [];
+    if (buf.length === 0) return parts;
     const eol = this.terminator;
+    if (this.seen < 3) this.lead = Buffer.concat([this.lead, buf.subarray(0, 3 - this.seen)]);
     let start = 0;
     // Where the record being read began in this buffer (0: in an earlier one).
     let recordStart = 0;
     // Jumps from line end to line end with indexOf (memchr), not byte by byte: the server
     // splits every upload, at several hundred MB/s this way. With quoting, the quotes between
-    // two line ends flip the state; `quote` is the next quote at or after the scan position.
+    // two line ends may change the state (applyQuote()); `quote` is the next quote at or after
+    // the scan position, `closed` the position of the last closing quote (-1: the last byte
+    // of the previous buffer).
     let quote = this.quoted ? buf.indexOf(QUOTE) : -1;
+    let closed = this.closedAtEnd ? -1 : -2;
     let pos = 0;
     for (;;) {
       const i = buf.indexOf(eol, pos);
       if (i < 0) break;
       while (quote >= 0 && quote < i) {
-        this.inQuote = !this.inQuote;
+        closed = this.applyQuote(buf, quote, closed);
         quote = buf.indexOf(QUOTE, quote + 1);
       }
       pos = i + 1;
@@ -120,9 +154,12 @@ export class RecordSplitter {
     }
     // Quotes after the last line end still count for the state the next buffer starts in.
     while (quote >= 0) {
-      this.inQuote = !this.inQuote;
+      closed = this.applyQuote(buf, quote, closed);
       quote = buf.indexOf(QUOTE, quote + 1);
     }
+    this.prev = buf[buf.length - 1]!;
+    this.closedAtEnd = closed === buf.length - 1;
+    this.seen += buf.length;
     if (start < buf.length) {
       // Copy: the caller's buffer may be reused by the stream.
       this.chunks.push(Buffer.from(buf.subarray(start)));
@@ -136,6 +173,25 @@ export class RecordSplitter {
       );
     }
     return parts;
+  }
+
+  /**
+   * Applies the quote at buf[q] (the parser's rules, see the top of the file) and returns
+   * the position of the last quote that closed a quoted field, `closed` or q.
+   */
+  private applyQuote(buf: Buffer, q: number, closed: number): number {
+    if (this.inQuote) {
+      this.inQuote = false;
+      return q;
+    }
+    if (q === closed + 1) {
+      this.inQuote = true; // the second quote of `""`
+      return closed;
+    }
+    const prev = q > 0 ? buf[q - 1]! : this.prev;
+    if (prev === this.delimiter || prev === LF || prev === CR || prev === NONE) this.inQuote = true;
+    else if (this.seen + q === 3 && this.lead.equals(BOM)) this.inQuote = true;
+    return closed;
   }
 
   /** The last, partial part (if any bytes remain). */
