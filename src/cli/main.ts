@@ -29,6 +29,22 @@ const COMMANDS: Record<string, Array<() => Promise<Register>>> = {
   ],
 };
 
+/**
+ * Output to a reader that has gone (`sluice inspect f | head -1`): the write fails with
+ * EPIPE, emitted as an 'error' on the stream, which nothing else handles (a stack trace,
+ * exit 1). Stdout gone, the rest of the output has no reader: exit quietly, with the exit
+ * code the command has set so far (0 if none). Stderr gone (progress, diagnostics), the work
+ * goes on: an import is not abandoned half-way for its progress bar. Any other error on the
+ * streams is thrown as before.
+ */
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE') throw err;
+  process.exit();
+});
+process.stderr.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE') throw err;
+});
+
 const program = new Command('sluice')
   .description('Big, messy data in; clean, queryable and fast inside PostgreSQL.')
   .showHelpAfterError()

@@ -240,10 +240,11 @@ function incompleteTail(b: Uint8Array): Uint8Array {
 
 /**
  * Offset of the first byte that starts an invalid UTF-8 sequence, or -1 when all is valid.
- * A valid but unfinished sequence at the very end is accepted (a sample cuts anywhere).
+ * A valid but unfinished sequence at the very end is accepted (a sample cuts anywhere)
+ * unless `whole` (the bytes are all there is: a part of an upload ends at a record's end).
  * Follows Unicode Table 3-7: no overlongs, no surrogates, nothing above U+10FFFF.
  */
-function invalidUtf8At(b: Uint8Array): number {
+export function invalidUtf8At(b: Uint8Array, whole = false): number {
   const n = b.length;
   let i = 0;
   while (i < n) {
@@ -258,7 +259,7 @@ function invalidUtf8At(b: Uint8Array): number {
     const lo = c === 0xe0 ? 0xa0 : c === 0xf0 ? 0x90 : 0x80;
     const hi = c === 0xed ? 0x9f : c === 0xf4 ? 0x8f : 0xbf;
     for (let k = 1; k < len; k++) {
-      if (i + k >= n) return -1; // cut by the end of the sample
+      if (i + k >= n) return whole ? i : -1; // cut by the end of the sample
       const x = b[i + k];
       if (k === 1 ? x < lo || x > hi : (x & 0xc0) !== 0x80) return i;
     }

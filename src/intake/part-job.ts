@@ -16,7 +16,7 @@ import { InvalidFileError, errorMessage } from '../core/errors.ts';
 import { completePart, failPart, lockImport, notifyPartDone, partCompleted, partData, startPart, type PartWork } from '../db/sql/intake.ts';
 import { mapHeader, RowMapper } from '../engine/row-mapper.ts';
 import { CsvParser, type ParsedBatch } from '../formats/csv-parser.ts';
-import type { Encoding } from '../formats/sniff.ts';
+import { invalidUtf8At, type Encoding } from '../formats/sniff.ts';
 import { WhitespaceColumnsParser } from '../formats/whitespace-columns.ts';
 import { JOBS_CHANNEL, MERGE_QUEUE, PART_RETRY_LIMIT, sendJob } from '../jobs/boss.ts';
 import { stageCopySql } from '../load/merge-sql.ts';
@@ -92,15 +92,28 @@ async function* yielding(chunks: Iterable<string>): AsyncGenerator<string> {
  * The part's text. Bytes that are not valid in the import's encoding (detected from the
  * first 64 KiB of the file unless the upload gave one: a Windows-1252 accent further down a
  * file that looked like UTF-8) fail the import, as `sluice import` does: decoding them as
- * U+FFFD would store corrupted text. Only UTF-8 can fail (every byte is a windows-1252
- * character), hence the advice to send the file with encoding=windows-1252.
+ * U+FFFD would store corrupted text. The error names the line of the first invalid byte
+ * (as `sluice import` names its offset), not just the part's range of lines. Only UTF-8 can
+ * fail (every byte is a windows-1252 character), hence the advice to send the file with
+ * encoding=windows-1252.
  */
-function decodePart(work: PartWork, data: Buffer): string {
+export function decodePart(work: Pick<PartWork, 'encoding' | 'first_line'>, data: Buffer): string {
   try {
     return new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(data);
   } catch {
+    const at = Math.max(0, invalidUtf8At(data, true));
+    // Lines end at LF (or CRLF), or at a lone CR in files without any LF (the splitter cuts
+    // parts at the same terminator and counts first_line with it).
+    const eol = data.includes(0x0a) ? 0x0a : 0x0d;
+    let line = Number(work.first_line);
+    let lineStart = 0;
+    for (let i = data.indexOf(eol); i >= 0 && i < at; i = data.indexOf(eol, i + 1)) {
+      line++;
+      lineStart = i + 1;
+    }
+    const byte = `0x${(data[at] ?? 0).toString(16).toUpperCase().padStart(2, '0')}`;
     throw new InvalidFileError(
-      `invalid file: lines ${work.first_line}-${work.last_line} are not valid ${work.encoding}, the encoding detected from the start of the file (or given with the upload); save the file as UTF-8, or send it with encoding=windows-1252`,
+      `invalid file: line ${line} is not valid ${work.encoding} (byte ${byte}, the line's byte ${at - lineStart + 1}), the encoding detected from the start of the file (or given with the upload); save the file as UTF-8, or send it with encoding=windows-1252`,
     );
   }
 }

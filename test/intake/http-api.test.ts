@@ -252,7 +252,7 @@ test('bad uploads are refused with 400 and leave no import behind', async () => 
   // as is a field it would truncate. Exactly 10 fields pass.
   const extra = (n: number) => Array.from({ length: n }, (_, i) => ({ name: `x${i}`, value: 'y' }));
   const file = { name: 'file', filename: 'a.csv', content: leadsCsv(2) };
-  assertError(await form([...extra(10), { name: 'pipeline', value: 'leads' }, file]), 400, 'invalid_input', /^the form has more than 10 text fields: send only "pipeline", "encoding" and "delimiter", then the file$/);
+  assertError(await form([...extra(10), { name: 'pipeline', value: 'leads' }, file]), 400, 'invalid_input', /^the form has more than 10 text fields: send only "pipeline", "encoding", "delimiter" and "max_reject_ratio", then the file$/);
   assertError(await app.inject({ method: 'POST', url: '/imports?pipeline=leads', ...multipart([...extra(11), file]) }), 400, 'invalid_input', /more than 10 text fields/);
   assertError(await form([{ name: 'pipeline', value: 'leads' }, { name: 'note', value: 'z'.repeat(5000) }, file]), 400, 'invalid_input', /^form field "note" is longer than 4096 bytes$/);
   assertError(await form([{ name: 'pipeline', value: 'shoes' }, { name: 'file', filename: 'a.csv', content: leadsCsv(2) }]), 400, 'invalid_input', /unknown pipeline/);

@@ -160,7 +160,7 @@ test('Windows-1252 uploads keep their accents; a file that turns out not to be U
   assert.equal(late.status, 'failed');
   assert.equal(
     late.error,
-    'part 4: invalid file: lines 2002-2011 are not valid utf-8, the encoding detected from the start of the file (or given with the upload); save the file as UTF-8, or send it with encoding=windows-1252',
+    'part 4: invalid file: line 2002 is not valid utf-8 (byte 0xE3, the line\'s byte 22), the encoding detected from the start of the file (or given with the upload); save the file as UTF-8, or send it with encoding=windows-1252',
   );
   const { rows: none } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM leads WHERE email LIKE 'cp5___@example.com'`);
   assert.equal(none[0]!.n, 0, 'nothing of the failed import is kept');

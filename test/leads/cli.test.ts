@@ -9,6 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { repoRoot } from '../../src/config.ts';
+import { checkFileFormat } from '../../src/intake/accept.ts';
+import { getPipeline } from '../../src/pipelines/index.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
 let db: TestDb;
@@ -81,6 +83,24 @@ test('usage errors exit 2 with a clear message', async () => {
   const directory = await sluice(['import', dir, '--pipeline', 'leads']);
   assert.equal(directory.code, 2);
   assert.match(directory.stderr, /is not a file \(a directory\)/);
+});
+
+test('--delimiter for a fixed-width pipeline is bad usage (exit 2), in the words POST /imports refuses it with; nothing imported', async () => {
+  const fixture = fs.readFileSync(path.join(repoRoot, 'test', 'fixtures', 'neoway', 'base_teste_2000.txt'), 'utf8');
+  const file = write('purchases-5.txt', `${fixture.split('\n').slice(0, 6).join('\n')}\n`);
+  const r = await sluice(['import', file, '--pipeline', 'purchases', '--delimiter', ';', '--json']);
+  assert.equal(r.code, 2, r.stderr);
+  assert.equal(r.stdout, '');
+  let http = '';
+  try {
+    checkFileFormat(getPipeline('purchases'), { delimiter: ';' });
+  } catch (err) {
+    http = (err as Error).message;
+  }
+  assert.equal(http, 'delimiter is for CSV files: the purchases pipeline reads fixed-width files, whose columns are not delimited');
+  assert.equal(r.stderr, `sluice: --${http} [invalid_input]\n`);
+  const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM imports WHERE pipeline = 'purchases'`);
+  assert.deepEqual(rows, [{ n: 0 }]);
 });
 
 test('--encoding takes the labels POST /imports takes (latin1...); a file not UTF-8 past its start says which flag imports it', async () => {

@@ -1,8 +1,26 @@
 /** `sluice inspect <file>`: what Sluice detects in a file, and its parsed rows. */
+import fs from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
-import { detectFile, readRecords, type FormatKind } from '../../formats/record-reader.ts';
+import { HEADER_SAMPLE_ROWS, parseFixedWidthHeader } from '../../formats/fixed-width.ts';
+import { DETECT_SAMPLE_BYTES, detectFile, readRecords, type EncodingWording, type FileMeta, type FormatKind } from '../../formats/record-reader.ts';
+import { parseEncoding } from '../../formats/sniff.ts';
+import { splitWhitespace } from '../../formats/whitespace-columns.ts';
 import { fileArgument } from '../file-argument.ts';
+
+interface InspectFlags {
+  json?: boolean;
+  format?: string;
+  encoding?: string;
+  rows: string;
+}
+
+/** How inspect gives the encoding, for the error refusing one the file's first bytes contradict. */
+const GIVEN: EncodingWording = {
+  given: (e) => `given --encoding ${e}`,
+  use: (e) => `run it with --encoding ${e}`,
+  none: 'without --encoding',
+};
 
 export function registerInspect(program: Command): void {
   program
@@ -10,14 +28,21 @@ export function registerInspect(program: Command): void {
     .description('show the detected format, delimiter, encoding, header and parsed rows')
     .argument('<file>', 'path of the file')
     .option('--json', 'one JSON object on stdout')
-    .option('--format <kind>', 'csv or fixed-width', 'csv')
+    .option('--format <kind>', 'csv or fixed-width (default: detected; fixed-width for whitespace-aligned columns)')
+    .option('--encoding <enc>', 'force the encoding: utf-8 or windows-1252, or a label of either (default: detected)')
     .option('--rows <n>', 'rows to show', '20')
-    .action(async (file: string, flags: { json?: boolean; format: string; rows: string }) => {
-      if (flags.format !== 'csv' && flags.format !== 'fixed-width') throw new InvalidInputError('--format must be csv or fixed-width');
+    .action(async (file: string, flags: InspectFlags) => {
+      if (flags.format !== undefined && flags.format !== 'csv' && flags.format !== 'fixed-width') throw new InvalidInputError('--format must be csv or fixed-width');
+      // The labels `sluice import --encoding` and POST /imports take (src/formats/sniff.ts).
+      const encoding = flags.encoding === undefined ? undefined : parseEncoding(flags.encoding);
+      if (flags.encoding !== undefined && !encoding) {
+        throw new InvalidInputError(`--encoding must be utf-8 or windows-1252 (or a label of either: latin1, iso-8859-1, cp1252...), got ${flags.encoding}`);
+      }
       const limit = Number(flags.rows);
       if (!Number.isInteger(limit) || limit < 0) throw new InvalidInputError('--rows must be a whole number');
       fileArgument(file);
-      const meta = detectFile(file, flags.format as FormatKind);
+      let meta: FileMeta = detectFile(file, (flags.format as FormatKind | undefined) ?? 'csv', encoding ? { encoding } : {}, GIVEN);
+      if (flags.format === undefined && looksFixedWidth(sampleText(file, meta.encoding))) meta = { ...meta, format: 'fixed-width', delimiter: null };
       let header: string[] | undefined;
       const rows: string[][] = [];
       outer: for await (const batch of readRecords(file, meta, { format: meta.format, chunkBytes: 256 * 1024 })) {
@@ -34,8 +59,58 @@ export function registerInspect(program: Command): void {
       }
       // Fixed-width records have no delimiter (null in the JSON).
       const delim = meta.delimiter === null ? `none (${meta.format})` : meta.delimiter === '\t' ? 'tab' : meta.delimiter;
-      process.stdout.write(`format: ${meta.format}\nencoding: ${meta.encoding}${meta.bom ? ' (BOM)' : ''}\ndelimiter: ${delim}\n`);
+      const how =
+        flags.format !== undefined ? ' (as given)'
+        : meta.format === 'fixed-width' ? ' (detected: whitespace-aligned columns; --format csv reads it as CSV)'
+        : ' (detected; --format fixed-width reads whitespace-aligned exports)';
+      const given = encoding ? ' (as given)' : '';
+      process.stdout.write(`format: ${meta.format}${how}\nencoding: ${meta.encoding}${meta.bom ? ' (BOM)' : ''}${given}\ndelimiter: ${delim}\n`);
       process.stdout.write(`header (${out.header.length}): ${out.header.join(' | ')}\n`);
       rows.forEach((r, i) => process.stdout.write(`${String(i + 1).padStart(4)}: ${r.join(' | ')}\n`));
     });
+}
+
+/** The text of the file's first 64 KiB (the bytes format detection reads), its last line whole or dropped. */
+function sampleText(file: string, encoding: string): string {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const bytes = Buffer.alloc(DETECT_SAMPLE_BYTES);
+    const n = fs.readSync(fd, bytes, 0, bytes.length, 0);
+    const text = new TextDecoder(encoding).decode(bytes.subarray(0, n));
+    // Cut by the sample: its last line may be incomplete.
+    return n < bytes.length ? text : text.slice(0, text.lastIndexOf('\n') + 1);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Lines of a fixed-width sample looked at: the header and HEADER_SAMPLE_ROWS data lines. */
+const LOOKED_AT = 1 + HEADER_SAMPLE_ROWS;
+
+/**
+ * Whether the first lines read as a whitespace-aligned export (the purchases file) rather
+ * than a CSV: no CSV delimiter (, ; tab |) occurs the same number of times (at least once)
+ * on every line, at least two data lines split on whitespace into the same number of
+ * fields (two or more), and the header, read as fixed-width.ts reads it (its names may hold
+ * single spaces, placed by the data lines), has that many names. A CSV fails the first test
+ * (its delimiter is on every line) or, with a single column, the last ones (`Full Name` /
+ * `Ana Silva`: one name, two fields).
+ */
+export function looksFixedWidth(sample: string): boolean {
+  const lines = sample
+    .replace(/^\uFEFF/, '')
+    .split('\n')
+    .map((l) => l.replace(/\r$/, ''))
+    .filter((l) => l.trim() !== '')
+    .slice(0, LOOKED_AT);
+  if (lines.length < 3) return false;
+  for (const d of [',', ';', '\t', '|']) {
+    const counts = new Set(lines.map((l) => l.split(d).length - 1));
+    if (counts.size === 1 && !counts.has(0)) return false;
+  }
+  const [header, ...data] = lines as [string, ...string[]];
+  const fields = new Set(data.map((l) => splitWhitespace(l).length));
+  if (fields.size !== 1) return false;
+  const n = [...fields][0]!;
+  return n >= 2 && parseFixedWidthHeader(header, data).names.length === n;
 }

@@ -15,8 +15,12 @@ const encodingText =
   "The file's encoding, instead of the one detected from its first 64 KiB (UTF-8, else windows-1252): utf-8 or windows-1252, or any WHATWG label of either, " +
   'ASCII case-insensitive (utf8, unicode-1-1-utf-8...; latin1, iso-8859-1, cp1252, us-ascii, ascii... all mean windows-1252)';
 const delimiterText = 'The CSV delimiter, instead of the sniffed one: `,` `;` `|` or a tab (also `tab` or `\\t`). Refused for fixed-width pipelines (purchases)';
+const ratioText =
+  'The largest share of rejected rows (rejected / read) the import may have, from 0 to 1 (as `sluice import --max-reject-ratio`): ' +
+  'above it the import fails and nothing is merged (0: any rejected row fails it). Default 1 (no limit)';
 const encoding = { type: 'string', description: encodingText, example: 'windows-1252' };
 const delimiter = { type: 'string', description: delimiterText, example: ';' };
+const maxRejectRatio = { type: 'number', minimum: 0, maximum: 1, description: ratioText, example: 0.05 };
 
 export const importsOpenApi = {
   tags: [{ name: 'imports', description: 'File intake: upload a file, follow its import part by part, read its rejects.' }],
@@ -27,11 +31,11 @@ export const importsOpenApi = {
         operationId: 'createImport',
         summary: 'Uploads a file (or names a URL to fetch) and queues its import',
         description:
-          'Three ways in: (a) multipart/form-data with a text field `pipeline` (and optionally `encoding`, `delimiter`) followed by a file field `file` ' +
-          '(fields must come before the file, later ones are not read; `?pipeline=`, `?encoding=`, `?delimiter=` also work, a form field wins); ' +
-          '(b) any other content type (text/csv, text/plain, application/octet-stream) with the file as the raw body and `?pipeline=` (`?encoding=`, `?delimiter=` optional; ' +
+          'Three ways in: (a) multipart/form-data with a text field `pipeline` (and optionally `encoding`, `delimiter`, `max_reject_ratio`) followed by a file field `file` ' +
+          '(fields must come before the file, later ones are not read; `?pipeline=`, `?encoding=`, `?delimiter=`, `?max_reject_ratio=` also work, a form field wins); ' +
+          '(b) any other content type (text/csv, text/plain, application/octet-stream) with the file as the raw body and `?pipeline=` (`?encoding=`, `?delimiter=`, `?max_reject_ratio=` optional; ' +
           'the `charset` of Content-Type is the encoding when `?encoding=` is not given, and must agree with it when both are); ' +
-          '(c) application/json `{"pipeline","url","encoding"?,"delimiter"?}`: the server fetches the http(s) URL. ' +
+          '(c) application/json `{"pipeline","url","encoding"?,"delimiter"?,"max_reject_ratio"?}`: the server fetches the http(s) URL. ' +
           'Without an encoding, it is detected from the first 64 KiB; without a delimiter, it is sniffed. The upload is streamed into parts stored in PostgreSQL and answered once stored; ' +
           'workers import the parts in the background. File names are recorded, never used as paths. With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
         parameters: [
@@ -39,6 +43,10 @@ export const importsOpenApi = {
           { in: 'query', name: 'file_name', required: false, description: 'The file name to record for a raw body', schema: { type: 'string' } },
           { in: 'query', name: 'encoding', required: false, description: `${encodingText}. A form field \`encoding\` wins over it`, schema: { type: 'string' } },
           { in: 'query', name: 'delimiter', required: false, description: `${delimiterText}. A form field \`delimiter\` wins over it`, schema: { type: 'string' } },
+          {
+            in: 'query', name: 'max_reject_ratio', required: false, description: `${ratioText}. A form field \`max_reject_ratio\` wins over it`,
+            schema: { type: 'number', minimum: 0, maximum: 1 },
+          },
         ],
         requestBody: {
           required: true,
@@ -46,7 +54,7 @@ export const importsOpenApi = {
             'multipart/form-data': {
               schema: {
                 type: 'object',
-                properties: { pipeline: { type: 'string' }, encoding, delimiter, file: { type: 'string', format: 'binary' } },
+                properties: { pipeline: { type: 'string' }, encoding, delimiter, max_reject_ratio: maxRejectRatio, file: { type: 'string', format: 'binary' } },
                 required: ['file'],
               },
             },
@@ -55,7 +63,7 @@ export const importsOpenApi = {
             'application/json': {
               schema: {
                 type: 'object',
-                properties: { pipeline: { type: 'string' }, url: { type: 'string', format: 'uri' }, encoding, delimiter },
+                properties: { pipeline: { type: 'string' }, url: { type: 'string', format: 'uri' }, encoding, delimiter, max_reject_ratio: maxRejectRatio },
                 required: ['pipeline', 'url'],
               },
             },
@@ -68,7 +76,7 @@ export const importsOpenApi = {
           },
           '400': error(
             'Unknown pipeline, missing field, empty, binary or unreadable file, bad URL; an unknown encoding or delimiter, a charset that disagrees with `encoding`, ' +
-              'a delimiter for a fixed-width pipeline (invalid_input); a file whose first bytes contradict the encoding given (invalid_file)',
+              'a delimiter for a fixed-width pipeline, a max_reject_ratio that is not a number from 0 to 1 (invalid_input); a file whose first bytes contradict the encoding given (invalid_file)',
           ),
           '401': error('Missing or wrong API token'),
           '403': error('A write from a page of another site, or (without a token) a Host that is not a loopback name'),

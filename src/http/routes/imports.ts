@@ -141,18 +141,23 @@ interface AcceptOptions {
 const FORM_FIELDS = 10;
 const FIELD_BYTES = 4096;
 
+/** The form fields read (before the file), each also a query parameter of the same name. */
+const FORM_FIELD_NAMES = ['pipeline', 'encoding', 'delimiter', 'max_reject_ratio'] as const;
+type FormFieldName = (typeof FORM_FIELD_NAMES)[number];
+
 /**
- * multipart/form-data: the text field `pipeline` (and optionally `encoding`, `delimiter`),
- * then the file field `file`. The form is read in order and the file is streamed as it
- * arrives, so the fields must come first (the dashboard's form does); fields after the file
- * are not read. `?pipeline=`, `?encoding=`, `?delimiter=` work too; a form field wins.
+ * multipart/form-data: the text field `pipeline` (and optionally `encoding`, `delimiter`,
+ * `max_reject_ratio`), then the file field `file`. The form is read in order and the file is
+ * streamed as it arrives, so the fields must come first (the dashboard's form does); fields
+ * after the file are not read. `?pipeline=`, `?encoding=`, `?delimiter=`,
+ * `?max_reject_ratio=` work too; a form field wins.
  */
 async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring: Query }>, o: AcceptOptions) {
   // Parts are taken strictly in arrival order (not from the plugin's `fields`, which may
   // already hold fields sent after the file when the body arrives in one chunk), so the
   // rule "pipeline before the file" holds whatever the file's size.
   const parts = req.parts();
-  const fromForm: Partial<Record<'pipeline' | 'encoding' | 'delimiter', string>> = {};
+  const fromForm: Partial<Record<FormFieldName, string>> = {};
   let fields = 0;
   for (;;) {
     const next = await parts.next().catch((err: unknown) => {
@@ -161,9 +166,9 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
     if (next.done) throw new InvalidInputError('the form has no file: send the file in a field named "file"');
     const part = next.value;
     if (part.type === 'field') {
-      if (++fields > FORM_FIELDS) throw new InvalidInputError(`the form has more than ${FORM_FIELDS} text fields: send only "pipeline", "encoding" and "delimiter", then the file`);
+      if (++fields > FORM_FIELDS) throw new InvalidInputError(`the form has more than ${FORM_FIELDS} text fields: send only "pipeline", "encoding", "delimiter" and "max_reject_ratio", then the file`);
       if (part.valueTruncated) throw new InvalidInputError(`form field ${JSON.stringify(part.fieldname)} is longer than ${FIELD_BYTES} bytes`);
-      if (part.fieldname === 'pipeline' || part.fieldname === 'encoding' || part.fieldname === 'delimiter') fromForm[part.fieldname] = String(part.value);
+      if ((FORM_FIELD_NAMES as readonly string[]).includes(part.fieldname)) fromForm[part.fieldname as FormFieldName] = String(part.value);
       continue;
     }
     if (part.fieldname !== 'file') {
@@ -178,7 +183,8 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
         encoding: fromForm.encoding || stringParam(req.query, 'encoding'),
         delimiter: fromForm.delimiter || stringParam(req.query, 'delimiter'),
       });
-      return await acceptUpload(ctx, { pipeline, fileName: recordedName(part.filename), source: 'http', ...format }, part.file, o);
+      const limits = rejectLimit(fromForm.max_reject_ratio || stringParam(req.query, 'max_reject_ratio'));
+      return await acceptUpload(ctx, { pipeline, fileName: recordedName(part.filename), source: 'http', ...format, ...limits }, part.file, o);
     } finally {
       // Unread bytes (a refused upload) are drained so the parser reaches the end of the form.
       if (!part.file.readableEnded) part.file.resume();
@@ -188,12 +194,14 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
 
 /**
  * Any other content type: the body is the file, `?pipeline=` names the pipeline; the
- * encoding is `?encoding=` or else the Content-Type's charset (both: they must agree).
+ * encoding is `?encoding=` or else the Content-Type's charset (both: they must agree);
+ * `?delimiter=` and `?max_reject_ratio=` are optional.
  */
 async function fromRawBody(ctx: AppContext, req: FastifyRequest<{ Querystring: Query }>, o: AcceptOptions) {
   const pipeline = stringParam(req.query, 'pipeline');
   if (!pipeline) throw new InvalidInputError('pipeline is required: POST /imports?pipeline=<name> with the file as the body');
   const format = fileFormat({ encoding: stringParam(req.query, 'encoding'), delimiter: stringParam(req.query, 'delimiter') });
+  const limits = rejectLimit(stringParam(req.query, 'max_reject_ratio'));
   const charset = charsetOf(req.headers['content-type']);
   if (charset !== undefined) {
     const declared = parseEncoding(charset);
@@ -210,23 +218,25 @@ async function fromRawBody(ctx: AppContext, req: FastifyRequest<{ Querystring: Q
   // empty stream so it answers as for any empty file.
   const body = req.body instanceof Readable ? req.body : Readable.from([]);
   const fileName = recordedName(stringParam(req.query, 'file_name'));
-  return acceptUpload(ctx, { pipeline, fileName, source: 'http', ...format }, body, o);
+  return acceptUpload(ctx, { pipeline, fileName, source: 'http', ...format, ...limits }, body, o);
 }
 
 /**
- * application/json `{"pipeline": "...", "url": "https://...", "encoding"?, "delimiter"?}`:
- * the server fetches the file.
+ * application/json `{"pipeline": "...", "url": "https://...", "encoding"?, "delimiter"?,
+ * "max_reject_ratio"?}`: the server fetches the file.
  */
 async function fromUrl(ctx: AppContext, body: unknown, o: AcceptOptions) {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw new InvalidInputError('the JSON body must be an object {"pipeline": "...", "url": "..."}');
   }
-  const { pipeline, url, encoding, delimiter } = body as Record<string, unknown>;
+  const { pipeline, url, encoding, delimiter, max_reject_ratio: ratio } = body as Record<string, unknown>;
   if (typeof pipeline !== 'string' || pipeline === '') throw new InvalidInputError('"pipeline" must be a non-empty string');
   if (typeof url !== 'string' || url === '') throw new InvalidInputError('"url" must be a non-empty string');
   if (encoding !== undefined && typeof encoding !== 'string') throw new InvalidInputError('"encoding" must be a string');
   if (delimiter !== undefined && typeof delimiter !== 'string') throw new InvalidInputError('"delimiter" must be a string');
+  if (ratio !== undefined && typeof ratio !== 'number') throw new InvalidInputError('"max_reject_ratio" must be a number from 0 to 1');
   const format = fileFormat({ encoding, delimiter });
+  const limits = rejectLimit(ratio);
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -238,7 +248,7 @@ async function fromUrl(ctx: AppContext, body: unknown, o: AcceptOptions) {
   checkFileFormat(getPipeline(pipeline), format);
   const stream = await fetchRemote(url, o.maxBytes);
   try {
-    return await acceptUpload(ctx, { pipeline, fileName: urlFileName(parsed), source: 'url', ...format }, stream, o);
+    return await acceptUpload(ctx, { pipeline, fileName: urlFileName(parsed), source: 'url', ...format, ...limits }, stream, o);
   } finally {
     stream.destroy();
   }
@@ -281,6 +291,21 @@ function fileFormat(given: { encoding: string | undefined; delimiter: string | u
     if (!format.delimiter) throw new InvalidInputError(`delimiter must be one of , ; tab |, got ${JSON.stringify(given.delimiter.slice(0, 100))}`);
   }
   return format;
+}
+
+/**
+ * The largest share of rejected rows the import may have (`max_reject_ratio`, as `sluice
+ * import --max-reject-ratio`): above it the import fails and nothing is merged. A number from
+ * 0 to 1 written in decimal (`0`, `0.05`, `.5`, `1`), or a JSON number; anything else is a
+ * 400. Not given: no limit (1).
+ */
+function rejectLimit(given: string | number | undefined): { maxRejectRatio?: number } {
+  if (given === undefined) return {};
+  const ratio = typeof given === 'number' ? given : /^(?:\d+(?:\.\d*)?|\.\d+)$/.test(given) ? Number(given) : NaN;
+  if (!(ratio >= 0 && ratio <= 1)) {
+    throw new InvalidInputError(`max_reject_ratio must be a number from 0 to 1, got ${JSON.stringify(typeof given === 'string' ? given.slice(0, 100) : given)}`);
+  }
+  return { maxRejectRatio: ratio };
 }
 
 /**
