@@ -15,11 +15,20 @@ export function basicAuth(url: string): { url: string; headers: Record<string, s
     return { url, headers: {} };
   }
   if (!u.username && !u.password) return { url, headers: {} };
-  const user = decodeURIComponent(u.username);
-  const password = decodeURIComponent(u.password);
+  const user = decoded(u.username);
+  const password = decoded(u.password);
   u.username = '';
   u.password = '';
   return { url: u.toString(), headers: { authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` } };
+}
+
+/** Percent-decoded text; as written when it is not valid percent-encoding (`%zz`). */
+function decoded(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }
 
 /** `url` with its password replaced by `***` (the user kept, to say which account); unparseable text is returned masked whole. */

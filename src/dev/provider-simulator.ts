@@ -8,13 +8,17 @@
  *   garbage  HTTP 200 with bytes that are not XML
  *   empty    HTTP 200 with an empty body
  *   truncated the feed cut off in the middle
+ * With `basicAuth`, a fetch without that user and password gets HTTP 401 (control requests
+ * need none).
  * Control over HTTP (for a simulator run from the CLI):
  *   GET  /_control                         state as JSON
- *   POST /_control/mode?mode=error&count=2 fail the next 2 fetches (no count: until changed)
+ *   POST /_control/mode?mode=error&count=2 fail the next 2 fetches (no count: until changed;
+ *                                          a count that is not a whole number >= 1: HTTP 400)
  *   PUT  /_control/responses               body = one feed; replaces the sequence
  *   POST /_control/responses               body = one feed; appends it to the sequence
  * Any other GET is a fetch of the feed.
  */
+import { timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -32,15 +36,23 @@ export interface SimulatorOptions {
   generate?: Omit<GenerateOptions, 'round'>;
   /** Delay between chunks in `slow` mode (default 1,000 ms). */
   slowMs?: number;
+  /** Fetches must carry HTTP Basic authorization with this user and password (else 401). */
+  basicAuth?: { user: string; password: string };
 }
 
 export interface ProviderSimulator {
   url: string;
   /** Feed fetches received (control requests excluded). */
   readonly fetches: number;
+  /** Fails (or serves) in `mode` for the next `count` fetches (a whole number >= 1; default: until changed). */
   setMode(mode: SimulatorMode, count?: number): void;
   setResponses(feeds: string[]): void;
   close(): Promise<void>;
+}
+
+/** What is wrong with a mode's count, undefined when it is fine. */
+function countProblem(count: number): string | undefined {
+  return count === Infinity || (Number.isSafeInteger(count) && count >= 1) ? undefined : 'count must be a whole number of at least 1 (no count: until the mode is changed)';
 }
 
 const GARBAGE = Buffer.concat([Buffer.from('HTTP/1.1 502 <html><body>upstream error</body'), Buffer.from([0xff, 0xfe, 0x00])]);
@@ -55,6 +67,10 @@ export async function startProviderSimulator(options: SimulatorOptions = {}): Pr
   const slowMs = options.slowMs ?? 1000;
 
   const setMode = (m: SimulatorMode, count = Infinity) => {
+    // NaN (count=abc) never counted down: the mode stayed on forever.
+    const problem = countProblem(count);
+    if (problem) throw new RangeError(`${problem}, got ${count}`);
+    if (!SIMULATOR_MODES.includes(m)) throw new RangeError(`mode must be one of ${SIMULATOR_MODES.join(', ')}`);
     mode = m;
     modeCount = count;
   };
@@ -103,9 +119,12 @@ export async function startProviderSimulator(options: SimulatorOptions = {}): Pr
     if (url.pathname === '/_control/mode' && req.method === 'POST') {
       const m = url.searchParams.get('mode') as SimulatorMode;
       if (!SIMULATOR_MODES.includes(m)) return reply(400, { error: `mode must be one of ${SIMULATOR_MODES.join(', ')}` });
-      const count = url.searchParams.get('count');
-      setMode(m, count ? Number(count) : Infinity);
-      return reply(200, { mode });
+      const countText = url.searchParams.get('count');
+      const count = countText === null ? Infinity : /^\d+$/.test(countText) ? Number(countText) : Number.NaN;
+      const problem = countProblem(count);
+      if (problem) return reply(400, { error: `${problem}, got ${JSON.stringify(countText)}` });
+      setMode(m, count);
+      return reply(200, { mode, remaining: count === Infinity ? null : count });
     }
     if (url.pathname === '/_control/responses' && (req.method === 'PUT' || req.method === 'POST')) {
       const parts: Buffer[] = [];
@@ -127,6 +146,10 @@ export async function startProviderSimulator(options: SimulatorOptions = {}): Pr
       return;
     }
     fetches += 1;
+    if (options.basicAuth && !authorized(req.headers.authorization, options.basicAuth)) {
+      res.writeHead(401, { 'content-type': 'text/plain', 'www-authenticate': 'Basic realm="provider feed", charset="UTF-8"' }).end('unauthorized');
+      return;
+    }
     const current = mode;
     if (modeCount !== Infinity && --modeCount <= 0) setMode('ok');
     switch (current) {
@@ -167,4 +190,13 @@ export async function startProviderSimulator(options: SimulatorOptions = {}): Pr
       });
     },
   };
+}
+
+/** Whether an `authorization` header carries exactly `expected` as HTTP Basic credentials (UTF-8). */
+function authorized(header: string | undefined, expected: { user: string; password: string }): boolean {
+  const m = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(header ?? '');
+  if (!m) return false;
+  const given = Buffer.from(m[1]!, 'base64');
+  const wanted = Buffer.from(`${expected.user}:${expected.password}`, 'utf8');
+  return given.length === wanted.length && timingSafeEqual(given, wanted);
 }

@@ -10,6 +10,10 @@
  * than MAX_EVENT_CHARS keeps no more zones (it is rejected), so what one event holds is
  * bounded too.
  *
+ * The root element must be `<eventList>`: a provider in trouble may answer 200 with another
+ * document (`<error>rate limited</error>`, an XHTML maintenance page), which holds no events
+ * and must not pass for a feed that lists none (FeedRootError).
+ *
  * Security: a DOCTYPE is refused outright. saxes expands no external entities anyway, but a
  * feed has no use for a DTD, and refusing it closes XXE and entity-expansion ("billion
  * laughs") attacks before any of their declarations is read.
@@ -18,6 +22,23 @@ import { SaxesParser, type SaxesTagPlain } from 'saxes';
 import { InvalidFileError } from '../core/errors.ts';
 
 export type Attributes = Record<string, string>;
+
+/** The root element of the provider's feed. */
+export const FEED_ROOT = 'eventList';
+
+/**
+ * A well-formed document that is not the feed: its root element is not `<eventList>`. An
+ * invalid file (nothing of it is stored), but unlike bad bytes it is the provider's trouble
+ * (an error page served with 200), so a sync retries it as it does an HTTP 5xx.
+ */
+export class FeedRootError extends InvalidFileError {
+  readonly root: string;
+  constructor(root: string) {
+    const shown = root.length > 100 ? `${root.slice(0, 100)}…` : root;
+    super(`the document's root element is <${shown}>, not <${FEED_ROOT}>: not the event feed (an error or maintenance page?)`);
+    this.root = root;
+  }
+}
 
 /**
  * Longest tag, with the text and comments since the tag before it, in characters (1 Mi): far
@@ -84,6 +105,7 @@ export class XmlEventsReader {
     };
     p.on('opentag', (tag: SaxesTagPlain) => {
       ended();
+      if (!this.sawRoot && tag.name !== FEED_ROOT) throw new FeedRootError(tag.name);
       this.sawRoot = true;
       switch (tag.name) {
         case 'base_event':
@@ -117,7 +139,7 @@ export class XmlEventsReader {
     });
   }
 
-  /** Parses the next chunk; throws InvalidFileError on bad UTF-8, bad XML, a DOCTYPE or a tag over MAX_TOKEN_CHARS. */
+  /** Parses the next chunk; throws InvalidFileError on bad UTF-8, bad XML, a DOCTYPE, a root other than `<eventList>` or a tag over MAX_TOKEN_CHARS. */
   write(chunk: Uint8Array | string): void {
     if (this.failure) throw this.failure;
     try {

@@ -85,6 +85,23 @@ test('bad parameters: 400 with the error shape and data null; the years 0001 and
   assert.equal(widest.body.data.events.length, 4);
 });
 
+test('a UTC offset is held to the rule of /visits (hours 00-23, minutes 00-59), with or without its colon', async () => {
+  for (const offset of ['+25:00', '+24:00', '-24:00', '+23:60', '+2500', '+99:99']) {
+    const res = await get(`/search?starts_at=2021-06-30T21:00:00${encodeURIComponent(offset)}`);
+    assert.equal(res.status, 400, offset);
+    assert.equal(res.body.error.code, 'invalid_input');
+    assert.match(res.body.error.message, /starts_at has an impossible UTC offset/, offset);
+    const end = await get(`/search?ends_at=2021-06-30T21:00:00${encodeURIComponent(offset)}`);
+    assert.equal(end.status, 400, offset);
+    assert.match(end.body.error.message, /ends_at has an impossible UTC offset/, offset);
+  }
+  for (const offset of ['+23:59', '-23:59', '+00:00', '-0000', '+0530', 'Z']) {
+    const res = await get(`/search?starts_at=2021-06-30T21:00:00${encodeURIComponent(offset)}`);
+    assert.equal(res.status, 200, offset);
+    assert.deepEqual(titles(res.body as never), ['Evening', 'Evening', 'Next year'], offset);
+  }
+});
+
 test('the OpenAPI document publishes /search, and the responses match it (200, 400, 500)', async () => {
   const docRes = await app.inject({ method: 'GET', url: '/docs/openapi.json' });
   assert.equal(docRes.statusCode, 200);

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { InvalidFileError } from '../../src/core/errors.ts';
 import { generateFeed } from '../../src/dev/feed-generator.ts';
-import { MAX_EVENT_CHARS, MAX_TOKEN_CHARS, XmlEventsReader, type RawFeedEvent } from '../../src/formats/xml-events-reader.ts';
+import { FeedRootError, MAX_EVENT_CHARS, MAX_TOKEN_CHARS, XmlEventsReader, type RawFeedEvent } from '../../src/formats/xml-events-reader.ts';
 import { checkFeedEvent, eventUuid, uuidV5 } from '../../src/pipelines/events/feed-event.ts';
 import { RESPONSE_1, feedXml } from './feeds.ts';
 
@@ -61,6 +61,24 @@ test('garbage, empty, truncated and non-UTF-8 feeds fail as invalid files', () =
   for (const [xml, message] of cases) {
     assert.throws(() => read(xml), (err: Error) => err instanceof InvalidFileError && message.test(err.message), String(xml).slice(0, 40));
   }
+});
+
+test('a well-formed document whose root is not <eventList> (an error page) fails at its first tag, naming the root', () => {
+  const cases: Array<[string, string]> = [
+    ['<error>rate limited</error>', 'error'],
+    ['<?xml version="1.0"?>\n<!-- a comment first --><html><body>Maintenance</body></html>', 'html'],
+    ['<a><base_event base_event_id="1" sell_mode="online" title="T"><event event_id="1"/></base_event></a>', 'a'],
+  ];
+  for (const [xml, root] of cases) {
+    const events: RawFeedEvent[] = [];
+    const reader = new XmlEventsReader((e) => events.push(e));
+    assert.throws(() => {
+      reader.write(xml);
+      reader.end();
+    }, (err: Error) => err instanceof FeedRootError && err instanceof InvalidFileError && err.message.startsWith(`the document's root element is <${root}>, not <eventList>`), xml);
+    assert.equal(events.length, 0, xml);
+  }
+  assert.equal(read('<eventList/>').length, 0);
 });
 
 test('memory stays bounded while streaming a 100 MB feed', () => {

@@ -18,6 +18,7 @@ interface Opts {
   generate?: string;
   mode: string;
   slowMs: string;
+  basicAuth?: string;
 }
 
 export function registerDevProvider(program: Command): void {
@@ -29,10 +30,19 @@ export function registerDevProvider(program: Command): void {
     .option('--generate <NxM>', 'serve a generated feed of N events x M zones, e.g. 5000x200')
     .option('--mode <mode>', `start in this mode: ${SIMULATOR_MODES.join(', ')}`, 'ok')
     .option('--slow-ms <ms>', 'delay between chunks in slow mode', '1000')
+    .option('--basic-auth <user:password>', 'require HTTP Basic authorization for the feed (401 without it)')
     .action(async (opts: Opts) => {
       const port = Number(opts.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidInputError(`invalid port: ${opts.port}`);
       if (!SIMULATOR_MODES.includes(opts.mode as SimulatorMode)) throw new InvalidInputError(`--mode must be one of ${SIMULATOR_MODES.join(', ')}`);
+      const slowMs = Number(opts.slowMs);
+      if (!/^\d+$/.test(opts.slowMs) || !Number.isSafeInteger(slowMs)) throw new InvalidInputError(`--slow-ms must be a whole number of milliseconds, got ${JSON.stringify(opts.slowMs)}`);
+      let basicAuth: { user: string; password: string } | undefined;
+      if (opts.basicAuth !== undefined) {
+        const at = opts.basicAuth.indexOf(':');
+        if (at < 1) throw new InvalidInputError('--basic-auth takes user:password');
+        basicAuth = { user: opts.basicAuth.slice(0, at), password: opts.basicAuth.slice(at + 1) };
+      }
       let generate: { events: number; zones: number } | undefined;
       if (opts.generate) {
         const m = /^(\d+)x(\d+)$/.exec(opts.generate);
@@ -49,7 +59,8 @@ export function registerDevProvider(program: Command): void {
       if (!generate && !responses) throw new InvalidInputError('give --responses <files> or --generate NxM');
       const sim = await startProviderSimulator({
         port,
-        slowMs: Number(opts.slowMs),
+        slowMs,
+        ...(basicAuth ? { basicAuth } : {}),
         ...(responses ? { responses } : {}),
         ...(generate ? { generate } : {}),
       });

@@ -2,8 +2,13 @@
  * Fetching the provider feed as a stream of chunks, with the timeouts a remote service
  * needs: one until the response headers and between two chunks (a stalled provider), one
  * for the whole body (a trickling one), and a size limit.
+ *
+ * Credentials written in the URL (`https://user:password@host/feed`) are sent as HTTP Basic
+ * authorization (fetch refuses such a URL, quoting it whole), and no message of this module
+ * contains the password (feedUrlProblem, maskFeedUrl).
  */
 import { SluiceError } from '../../core/errors.ts';
+import { basicAuth, maskUrlPasswords, withoutPassword } from '../../core/url-credentials.ts';
 
 export interface FetchFeedOptions {
   /** Whole request, headers to last byte (default 120 s). */
@@ -30,6 +35,34 @@ export class ProviderError extends SluiceError {
   }
 }
 
+/**
+ * What is wrong with `url` as a feed URL (not a URL, or not http/https), undefined when it is
+ * fine. The message shows the URL with its password masked.
+ */
+export function feedUrlProblem(url: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return `must be an http:// or https:// URL, got ${JSON.stringify(maskFeedUrl(url, url))}, which is not a URL`;
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') return `must be an http:// or https:// URL, got ${JSON.stringify(withoutPassword(url))}`;
+  return undefined;
+}
+
+/**
+ * `text` (an error message, which may quote the feed URL, even one that does not parse) with
+ * the URL's password masked: the URL written whole is replaced by its masked form, then every
+ * `scheme://user:password@` in it is masked.
+ */
+export function maskFeedUrl(text: string, url: string): string {
+  if (url && text.includes(url)) {
+    const shown = URL.canParse(url) ? withoutPassword(url) : maskUrlPasswords(url);
+    text = text.replaceAll(url, shown);
+  }
+  return maskUrlPasswords(text);
+}
+
 /** HTTP statuses worth retrying: the provider's trouble, not our request's. */
 function retryableStatus(status: number): boolean {
   return status >= 500 || status === 408 || status === 429;
@@ -44,6 +77,11 @@ export async function* fetchFeed(url: string, options: FetchFeedOptions = {}): A
   const timeoutMs = options.timeoutMs ?? 120_000;
   const idleMs = options.idleTimeoutMs ?? 15_000;
   const maxBytes = options.maxBytes ?? 1 << 30;
+  // Not a URL, or ftp:, file:...: the same request would fail again (fetch said "unknown
+  // scheme", and the sync retried it).
+  const problem = feedUrlProblem(url);
+  if (problem) throw new ProviderError(`the feed URL ${problem}`, false);
+  const target = basicAuth(url);
   const ctrl = new AbortController();
   let reason = '';
   const abort = (why: string) => {
@@ -58,9 +96,11 @@ export async function* fetchFeed(url: string, options: FetchFeedOptions = {}): A
   try {
     let res: Response;
     try {
-      res = await fetch(url, { signal: ctrl.signal, headers: { accept: 'application/xml, text/xml' }, redirect: 'follow' });
+      // A redirect to another origin drops the authorization header (the fetch standard).
+      res = await fetch(target.url, { signal: ctrl.signal, headers: { ...target.headers, accept: 'application/xml, text/xml' }, redirect: 'follow' });
     } catch (err) {
-      throw new ProviderError(`provider unreachable: ${reason || causeMessage(err)}`, true, { cause: err });
+      // No `cause`: its message may quote the URL, password and all.
+      throw new ProviderError(`provider unreachable: ${maskFeedUrl(reason || causeMessage(err), url)}`, true);
     }
     if (res.status !== 200) {
       await res.body?.cancel().catch(() => {});
@@ -78,7 +118,7 @@ export async function* fetchFeed(url: string, options: FetchFeedOptions = {}): A
       }
     } catch (err) {
       if (err instanceof SluiceError) throw err;
-      throw new ProviderError(`reading the feed failed: ${reason || causeMessage(err)}`, true, { cause: err });
+      throw new ProviderError(`reading the feed failed: ${maskFeedUrl(reason || causeMessage(err), url)}`, true);
     }
   } finally {
     clearTimeout(total);

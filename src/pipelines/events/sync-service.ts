@@ -8,11 +8,13 @@
  */
 import { EventEmitter } from 'node:events';
 import type { FastifyInstance } from 'fastify';
-import { env, intEnv, redactUrl } from '../../config.ts';
+import { env, intEnv, redactUrl, SETTINGS } from '../../config.ts';
+import { InvalidInputError } from '../../core/errors.ts';
 import type { Pool } from '../../db/pool.ts';
 import { claimSyncSlot, failInterruptedSyncs } from '../../db/sql/events.ts';
 import type { Service } from '../../http/services.ts';
 import { CircuitBreaker, DEFAULT_COOLDOWN_MS, type CircuitBreakerOptions } from './circuit-breaker.ts';
+import { feedUrlProblem, maskFeedUrl } from './fetch-feed.ts';
 import { providerBreakerOpen, providerSyncs } from './metrics.ts';
 import { syncEvents, type SyncOptions, type SyncResult } from './sync.ts';
 
@@ -84,17 +86,42 @@ export class SyncScheduler extends EventEmitter<{ sync: [SyncResult]; skip: [str
     } catch (err) {
       // The database itself is unreachable: the sync did not start, or its failure could not
       // be recorded (the sweep of a later sync records it). The next tick tries again.
-      this.emit('unrecorded', `sync not run or not recorded: ${(err as Error).message}`);
+      this.emit('unrecorded', `sync not run or not recorded: ${maskFeedUrl((err as Error).message, this.options.url)}`);
     }
   }
 }
 
-/** Reads the scheduler's configuration; undefined when SLUICE_PROVIDER_URL is not set. */
-export function schedulerOptionsFromEnv(): SchedulerOptions | undefined {
+/** The numeric SLUICE_PROVIDER_* settings (their rules are in SETTINGS, src/config.ts). */
+export const PROVIDER_SETTINGS = ['SLUICE_PROVIDER_INTERVAL_S', 'SLUICE_PROVIDER_TIMEOUT_S', 'SLUICE_PROVIDER_IDLE_TIMEOUT_S', 'SLUICE_PROVIDER_RETRIES'] as const;
+
+/**
+ * Checks every SLUICE_PROVIDER_* value that is set against its rule in SETTINGS and throws one
+ * InvalidInputError naming each bad one (`sluice sync events`, before it opens anything;
+ * `serve` checks them with checkSettings). SLUICE_PROVIDER_URL is checked where it is read,
+ * with its password masked (checkSettings would quote the value whole).
+ */
+export function checkProviderSettings(): void {
+  const problems: string[] = [];
+  for (const name of PROVIDER_SETTINGS) {
+    const v = env(name);
+    const problem = v === undefined ? undefined : SETTINGS[name]!.check(v);
+    if (problem) problems.push(`${name} ${problem}, got ${JSON.stringify(v)}`);
+  }
+  if (problems.length > 0) throw new InvalidInputError(problems.join('; '));
+}
+
+/** The feed URL of SLUICE_PROVIDER_URL (undefined when unset); InvalidInputError, password masked, when it is not http(s). */
+export function providerUrlFromEnv(): string | undefined {
   const url = env('SLUICE_PROVIDER_URL');
-  if (!url) return undefined;
+  if (url === undefined) return undefined;
+  const problem = feedUrlProblem(url);
+  if (problem) throw new InvalidInputError(`SLUICE_PROVIDER_URL ${problem}`);
+  return url;
+}
+
+/** The sync's settings from SLUICE_PROVIDER_* (defaults: 60 s, 120 s, 15 s, 2 retries): serve's, and `sync events`' defaults. */
+export function providerSettingsFromEnv(): { intervalS: number; timeoutMs: number; idleTimeoutMs: number; retries: number } {
   return {
-    url,
     intervalS: intEnv('SLUICE_PROVIDER_INTERVAL_S', 60),
     timeoutMs: intEnv('SLUICE_PROVIDER_TIMEOUT_S', 120) * 1000,
     idleTimeoutMs: intEnv('SLUICE_PROVIDER_IDLE_TIMEOUT_S', 15) * 1000,
@@ -102,12 +129,20 @@ export function schedulerOptionsFromEnv(): SchedulerOptions | undefined {
   };
 }
 
+/** Reads the scheduler's configuration; undefined when SLUICE_PROVIDER_URL is not set. */
+export function schedulerOptionsFromEnv(): SchedulerOptions | undefined {
+  const url = providerUrlFromEnv();
+  if (!url) return undefined;
+  return { url, ...providerSettingsFromEnv() };
+}
+
 export const providerSyncService: Service = {
   name: 'provider-sync',
   async start(ctx, app: FastifyInstance) {
+    // A URL that is not http(s) is refused (InvalidInputError: serve exits 2) before anything.
+    const options = schedulerOptionsFromEnv();
     // Also without a URL: the process that ran them may have been restarted without one.
     await sweepInterruptedSyncs(ctx.pool, app);
-    const options = schedulerOptionsFromEnv();
     if (!options) return undefined;
     const scheduler = new SyncScheduler(ctx.pool, options);
     scheduler.on('sync', (r) => {

@@ -24,9 +24,9 @@ import {
   type SyncCounts,
   type SyncTrigger,
 } from '../../db/sql/events.ts';
-import { XmlEventsReader, type RawFeedEvent } from '../../formats/xml-events-reader.ts';
+import { FeedRootError, XmlEventsReader, type RawFeedEvent } from '../../formats/xml-events-reader.ts';
 import { checkFeedEvent, type FeedEvent, type FeedReject } from './feed-event.ts';
-import { fetchFeed, ProviderError, type FetchFeedOptions } from './fetch-feed.ts';
+import { fetchFeed, maskFeedUrl, ProviderError, type FetchFeedOptions } from './fetch-feed.ts';
 import { providerEvents, providerSyncs, providerSyncSeconds } from './metrics.ts';
 import { SyncOwner } from './sync-owner.ts';
 
@@ -83,6 +83,10 @@ export function retryableDbError(err: unknown): boolean {
 /** Whether another attempt of a sync that failed with `err` may succeed. */
 export function retryable(err: unknown): boolean {
   if (err instanceof ProviderError) return err.retryable;
+  // An error page served with 200 (its root is not <eventList>): the provider's trouble, like an
+  // HTTP 5xx, 408 or 429, so it is retried like them; and, like every failed sync, it counts
+  // toward the scheduler's circuit breaker.
+  if (err instanceof FeedRootError) return true;
   if (err instanceof InvalidFileError) return false; // the same bytes will not parse better
   return retryableDbError(err);
 }
@@ -139,7 +143,8 @@ async function runSync(pool: Pool, owner: SyncOwner, options: SyncOptions, start
       }
     }
   }
-  const message = errorMessage(lastError);
+  // Whatever failed may quote the feed URL: its password is never recorded, printed or logged.
+  const message = maskFeedUrl(errorMessage(lastError), options.url);
   await recordFailure(pool, syncId, counts, message, options.signal);
   providerSyncs.inc({ status: 'failed' });
   const durationMs = performance.now() - started;
