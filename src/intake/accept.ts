@@ -23,7 +23,7 @@ import type { Pipeline } from '../engine/pipeline.ts';
 import type { IntakeContext } from './context.ts';
 import { parserFor } from './part-job.ts';
 import { lineTerminator, RecordSplitter, type Part } from './splitter.ts';
-import { dropStaging, stageTableName } from './staging.ts';
+import { discardStaged, dropStaging, stageTableName } from './staging.ts';
 
 export interface AcceptOptions {
   /** Upload limit in bytes (default SLUICE_MAX_UPLOAD_BYTES or 2 GiB). */
@@ -143,7 +143,7 @@ async function receive(
       // No fsync per part: the upload is acknowledged (202) only after the final,
       // synchronous commit below, which makes every earlier part durable with it.
       await client.query('BEGIN; SET LOCAL synchronous_commit = off');
-      await insertPart(client, id, part);
+      if (!(await insertPart(client, id, part))) throw new UploadCancelled(id);
       await sendJob(boss, client, PART_QUEUE, { importId: id, n: part.n });
       if (part.n === 0) {
         // The merge starts with the first part and takes each part as soon as it is staged.
@@ -211,11 +211,24 @@ async function receive(
     return { id };
   } catch (err) {
     await inFlight.catch(() => {});
+    if (err instanceof UploadCancelled) {
+      // Cancelled by a user while it arrived (POST /imports/<id>/cancel): the import stays,
+      // cancelled, for them to see; what its parts staged goes, and no more of it is read.
+      await discardStaged(pool, id).catch(() => {});
+      throw new SluiceError('conflict', `import ${id} was cancelled while its file was being uploaded: the rest of the file was not read`);
+    }
     // Nothing half-written: the import row (its parts cascade) and its staging go.
     await pool.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1`, [id]).catch(() => {});
     await dropStaging(pool, id).catch(() => {});
     await pool.query('DELETE FROM imports WHERE id = $1', [id]).catch(() => {});
     throw err;
+  }
+}
+
+/** The import of an upload still arriving was cancelled: its next part is not stored. */
+class UploadCancelled extends Error {
+  constructor(id: string) {
+    super(`import ${id} was cancelled during its upload`);
   }
 }
 

@@ -6,11 +6,14 @@ import type { Client, Pool } from '../pool.ts';
 
 type Db = Pool | Client;
 
-export async function insertPart(db: Db, importId: string, p: { n: number; firstLine: number; lastLine: number; data: Buffer }): Promise<void> {
-  await db.query(
-    `INSERT INTO import_parts (import_id, n, first_line, last_line, bytes, data) VALUES ($1, $2, $3, $4, $5, $6)`,
+/** Stores part `p` of an upload; false (nothing stored) when its import is over already (cancelled during the upload). */
+export async function insertPart(db: Db, importId: string, p: { n: number; firstLine: number; lastLine: number; data: Buffer }): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `INSERT INTO import_parts (import_id, n, first_line, last_line, bytes, data)
+     SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM imports WHERE id = $1 AND status IN ('queued', 'running'))`,
     [importId, p.n, p.firstLine, p.lastLine, p.data.length, p.data],
   );
+  return rowCount === 1;
 }
 
 export async function setImportFormat(
