@@ -24,6 +24,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SluiceError, type ErrorCode } from '../core/errors.ts';
+import { basicAuth } from '../core/url-credentials.ts';
 
 export interface RateLimit {
   limit: number;
@@ -40,7 +41,7 @@ export interface RetryPolicy {
 }
 
 export interface PipedriveClientOptions {
-  /** API root including `/v1`, e.g. https://api.pipedrive.com/v1. */
+  /** API root including `/v1`, e.g. https://api.pipedrive.com/v1 (a user:password in it, e.g. for a proxy, goes as Basic auth). */
   baseUrl: string;
   token: string;
   concurrency: number;
@@ -331,16 +332,20 @@ export class PipedriveClient {
   /** Requests sent and not yet settled (answered, failed or aborted); `close()` calls waiting for none. */
   private sending = 0;
   private idle: Array<() => void> = [];
+  /** The base URL without credentials (fetch refuses them) and their Basic authorization. */
+  private readonly base: { url: string; headers: Record<string, string> };
 
   constructor(options: PipedriveClientOptions) {
     this.o = options;
+    const b = basicAuth(options.baseUrl);
+    this.base = { url: b.url.replace(/\/+$/, ''), headers: b.headers };
     this.window = new SlidingWindow(options.rateLimit);
     this.slots = new Slots(options.concurrency);
   }
 
   /** One API call with pacing and retries; resolves to the envelope's data and pagination. */
   async call<T>(method: string, path: string, opts: CallOptions = {}): Promise<{ data: T; pagination: Pagination | undefined }> {
-    const url = new URL(this.o.baseUrl + path);
+    const url = new URL(this.base.url + path);
     for (const [k, v] of Object.entries(opts.query ?? {})) url.searchParams.set(k, String(v));
     const { maxAttempts } = this.o.retry;
     let failures = 0;
@@ -377,6 +382,7 @@ export class PipedriveClient {
           res = await fetch(url, {
             method,
             headers: {
+              ...this.base.headers,
               'x-api-token': this.o.token,
               accept: 'application/json',
               ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),

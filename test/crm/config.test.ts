@@ -135,3 +135,27 @@ test('rate limits and schedules parse', () => {
   assert.throws(() => parseSchedule('cron', '* * *'), /expected 5 cron fields/);
   assert.throws(() => parseSchedule('cron', '0 0 31 2 *'), /never matches/);
 });
+
+test("the example's postgres destination works as its comment says; leftover pipedrive keys say they are pipedrive's", () => {
+  const file = path.join(repoRoot, 'examples/crm-sync.yaml');
+  const text = fs.readFileSync(file, 'utf8');
+  // The commented postgres destination, uncommented in place of the pipedrive one.
+  const block = /^# destination:\n(?:#   .*\n)+/m.exec(text)?.[0];
+  assert.ok(block, 'the example shows the postgres destination in a comment');
+  const postgres = block.replace(/^# /gm, '');
+  const withPostgres = text.replace(/^destination:\n(?:(?: {2}.*|\s*)\n)*/m, postgres);
+  assert.notEqual(withPostgres, text);
+  const dir = tmpDir();
+  fs.writeFileSync(path.join(dir, 'crm.yaml'), withPostgres);
+  assert.deepEqual(loadCrmConfig(path.join(dir, 'crm.yaml')).destination, { type: 'postgres' });
+  // Only the word changed: each pipedrive key is refused as such (not as a typo).
+  fs.writeFileSync(path.join(dir, 'word.yaml'), text.replace(/^( {2}type:) pipedrive\b/m, '$1 postgres'));
+  assert.throws(() => loadCrmConfig(path.join(dir, 'word.yaml')), (err: Error) => {
+    for (const k of ['person_key_field', 'deal_key_field', 'concurrency', 'rate_limit', 'daily_request_budget', 'retry', 'timeout_ms']) {
+      assert.ok(err.message.includes(`destination.${k}: only for the pipedrive destination`), `${k} in:\n${err.message}`);
+    }
+    assert.doesNotMatch(err.message, /unknown key/);
+    return true;
+  });
+  assert.match(problems({ sources, destination: { type: 'postgres', base_url: 'http://x/v1', colour: 'red' } }), /destination.base_url: only for the pipedrive destination[\s\S]*destination.colour: unknown key \(allowed: type\)/);
+});

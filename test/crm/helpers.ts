@@ -26,6 +26,10 @@ export class FileServer {
   hits = { ok: 0, notModified: 0 };
   /** When false, no validators are sent (a server that does not support them). */
   validators = true;
+  /** When set, every request must carry this HTTP Basic authorization (else 401). */
+  auth: { user: string; password: string } | undefined;
+  /** The `authorization` header of each request, in order. */
+  authorizations: Array<string | undefined> = [];
   private server: http.Server | undefined;
   url = '';
 
@@ -45,6 +49,14 @@ export class FileServer {
 
   async start(): Promise<string> {
     this.server = http.createServer((req, res) => {
+      this.authorizations.push(req.headers.authorization);
+      if (this.auth) {
+        const want = `Basic ${Buffer.from(`${this.auth.user}:${this.auth.password}`).toString('base64')}`;
+        if (req.headers.authorization !== want) {
+          res.writeHead(401, { 'www-authenticate': 'Basic realm="exports"' }).end('unauthorized');
+          return;
+        }
+      }
       const f = this.files.get((req.url ?? '/').slice(1));
       if (!f) {
         res.writeHead(404).end('not found');

@@ -1,17 +1,19 @@
 /**
  * `sluice sync crm --config <file> [--once] [--force] [--json]`: the CRM sync (issue 6).
  * With --once: one run, then exit (0 completed or skipped, 1 failed, 2 bad config); with
- * --json the summary is one JSON line on stdout. Without --once: runs on the config's
- * schedule until interrupted.
+ * --json every outcome is one JSON line on stdout: the run's summary, or, when no run could
+ * be recorded (a bad config, the pipeline locked, the database out of reach), the same shape
+ * with `run_id: null`, `status: "failed"`, `error` and `code`. Without --once: runs on the
+ * config's schedule until interrupted.
  */
 import type { Command } from 'commander';
-import { InvalidInputError } from '../../core/errors.ts';
+import { InvalidInputError, SluiceError } from '../../core/errors.ts';
 import { openDb } from '../../db/pool.ts';
 import { loadCrmConfig } from '../../pipelines/crm/config.ts';
 import { UNCONFIRMED } from '../../pipelines/crm/pipedrive-destination.ts';
 import { startSchedule } from '../../pipelines/crm/service.ts';
-import { CrmRunError, runCrmSync, type RunOutcome } from '../../pipelines/crm/sync.ts';
-import type { Counts } from '../../pipelines/crm/types.ts';
+import { CrmRunError, runCrmSync, runErrorMessage, type RunOutcome } from '../../pipelines/crm/sync.ts';
+import { zeroCounts, type Counts } from '../../pipelines/crm/types.ts';
 import { syncCommand } from './sync-events.ts';
 
 interface Opts {
@@ -25,9 +27,31 @@ function line(c: Counts): string {
   return `${c.created} created, ${c.updated} updated, ${c.unchanged} unchanged, ${c.failed} failed${c.unconfirmed ? `, ${c.unconfirmed} unconfirmed (settled by the next run)` : ''}`;
 }
 
+function errorCode(err: unknown): string {
+  return err instanceof SluiceError ? err.code : 'internal';
+}
+
+/**
+ * With --json, an outcome without a run (nothing recorded: a bad config, the pipeline
+ * locked by another process, the database out of reach): the summary's shape, all zero,
+ * `run_id` null.
+ */
+function reportNoRun(err: unknown, startedAt: number): void {
+  const summary = { persons: zeroCounts(), deals: zeroCounts(), requests: 0, retries_429: 0, duration_ms: Math.round(performance.now() - startedAt) };
+  process.stdout.write(`${JSON.stringify({ ...summary, run_id: null, status: 'failed', error: runErrorMessage(err), code: errorCode(err) })}\n`);
+}
+
+/** The error as the CLI prints it (sluice: message [code]): URL passwords masked. */
+function shown(err: unknown): unknown {
+  const message = runErrorMessage(err);
+  if (err instanceof Error && message === err.message) return err;
+  return new SluiceError(err instanceof SluiceError ? err.code : 'internal', message);
+}
+
 function report(o: RunOutcome, json: boolean): void {
   if (json) {
-    process.stdout.write(`${JSON.stringify({ ...o.summary, run_id: o.runId, status: o.status, ...(o.error ? { error: o.error } : {}) })}\n`);
+    const error = o.error ? { error: o.error, code: o.code ?? 'internal' } : {};
+    process.stdout.write(`${JSON.stringify({ ...o.summary, run_id: o.runId, status: o.status, ...error })}\n`);
   } else {
     const s = o.summary;
     const sources = Object.entries(o.sources)
@@ -58,28 +82,49 @@ export function registerSyncCrm(program: Command): void {
     .option('--force', 'process even when no source changed since the last completed run')
     .option('--json', 'print the run summary as one JSON line on stdout')
     .action(async (opts: Opts) => {
-      if (!opts.config) throw new InvalidInputError('--config is required');
-      const config = loadCrmConfig(opts.config);
-      const pool = await openDb({ max: 6, applicationName: 'sluice sync crm' });
+      const json = opts.json === true;
+      const startedAt = performance.now();
+      /** Set once a run's outcome (or a no-run JSON line) has been printed. */
+      let reported = false;
       try {
-        if (opts.once) {
-          try {
-            report(await runCrmSync(pool, config, { trigger: 'cli', force: opts.force }), opts.json === true);
-          } catch (err) {
-            if (err instanceof CrmRunError) report(err.outcome, opts.json === true);
-            throw err;
+        if (!opts.config) throw new InvalidInputError('--config is required');
+        if (opts.force && !opts.once) throw new InvalidInputError('--force applies to --once runs');
+        const config = loadCrmConfig(opts.config);
+        const pool = await openDb({ max: 6, applicationName: 'sluice sync crm' });
+        try {
+          if (opts.once) {
+            try {
+              report(await runCrmSync(pool, config, { trigger: 'cli', force: opts.force }), json);
+              reported = true;
+            } catch (err) {
+              if (err instanceof CrmRunError) {
+                report(err.outcome, json);
+                reported = true;
+              }
+              throw err;
+            }
+            return;
           }
-          return;
+          const service = startSchedule(pool, config, {
+            trigger: 'cli',
+            onRun: (o) => report(o, json),
+            // A run that could not start (the pipeline locked...): with --json, its line too.
+            onRunError: (err) => {
+              if (json) reportNoRun(err, performance.now());
+            },
+          });
+          await new Promise<void>((resolve) => {
+            process.once('SIGINT', resolve);
+            process.once('SIGTERM', resolve);
+          });
+          await service.stop();
+        } finally {
+          await pool.end();
         }
-        if (opts.force) throw new InvalidInputError('--force applies to --once runs');
-        const service = startSchedule(pool, config, { trigger: 'cli', onRun: (o) => report(o, opts.json === true) });
-        await new Promise<void>((resolve) => {
-          process.once('SIGINT', resolve);
-          process.once('SIGTERM', resolve);
-        });
-        await service.stop();
-      } finally {
-        await pool.end();
+      } catch (err) {
+        // With --json, every outcome prints one JSON line, a run that could not start too.
+        if (json && !reported) reportNoRun(err, startedAt);
+        throw shown(err);
       }
     });
 }

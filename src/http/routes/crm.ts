@@ -1,9 +1,12 @@
 /**
  * CRM sync runs for the dashboard: GET /crm/runs (newest first; ?limit=1..500, default 50;
- * ?pipeline=name) and GET /crm/runs/:id/failures (the records that failed in a run).
+ * ?pipeline=name) and GET /crm/runs/:id/failures (the records that failed in a run; 404 in
+ * the usual error form for a run that does not exist). URL passwords are masked in what is
+ * shown, also in runs recorded before sources' locations were stored masked.
  */
 import type { FastifyInstance } from 'fastify';
-import { InvalidInputError } from '../../core/errors.ts';
+import { InvalidInputError, NotFoundError } from '../../core/errors.ts';
+import { maskUrlPasswords } from '../../core/url-credentials.ts';
 import { listFailures, listRuns } from '../../db/sql/crm.ts';
 import type { AppContext } from '../context.ts';
 
@@ -14,16 +17,30 @@ function intParam(v: string | undefined, name: string, def: number, min: number,
   return n;
 }
 
+/** Every string in a JSON value with its URL passwords masked. */
+function masked<T>(v: T): T {
+  if (typeof v === 'string') return maskUrlPasswords(v) as T;
+  if (Array.isArray(v)) return v.map(masked) as T;
+  if (v !== null && typeof v === 'object' && !(v instanceof Date)) {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, masked(x)])) as T;
+  }
+  return v;
+}
+
 export function crmRoutes(app: FastifyInstance, ctx: AppContext): void {
   app.get('/crm/runs', async (req) => {
     const q = req.query as { limit?: string; pipeline?: string };
     const limit = intParam(q.limit, 'limit', 50, 1, 500);
-    return { runs: await listRuns(ctx.pool, limit, q.pipeline || undefined) };
+    const runs = await listRuns(ctx.pool, limit, q.pipeline || undefined);
+    return { runs: runs.map((r) => ({ ...r, error: r.error === null ? null : maskUrlPasswords(r.error), sources: masked(r.sources) })) };
   });
   app.get('/crm/runs/:id/failures', async (req) => {
     const { id } = req.params as { id: string };
     const q = req.query as { limit?: string };
     const runId = intParam(id, 'run id', 0, 1, Number.MAX_SAFE_INTEGER);
-    return { failures: await listFailures(ctx.pool, runId, intParam(q.limit, 'limit', 1000, 1, 10_000)) };
+    const limit = intParam(q.limit, 'limit', 1000, 1, 10_000);
+    const { rows } = await ctx.pool.query<{ found: boolean }>('SELECT EXISTS (SELECT 1 FROM crm_runs WHERE id = $1) AS found', [runId]);
+    if (!rows[0]?.found) throw new NotFoundError(`no CRM run ${runId}`);
+    return { failures: await listFailures(ctx.pool, runId, limit) };
   });
 }

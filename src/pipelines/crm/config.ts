@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { env } from '../../config.ts';
 import { InvalidInputError, errorMessage } from '../../core/errors.ts';
+import { maskUrlPasswords, withoutPassword } from '../../core/url-credentials.ts';
 import type { RateLimit, RetryPolicy } from '../../clients/pipedrive.ts';
 import { parseDuration, parseSchedule, type Schedule } from './schedule.ts';
 
@@ -60,8 +61,14 @@ export interface CrmConfig {
   /** Pipeline name: keys staging, runs and links (default `crm`). */
   name: string;
   file: string | undefined;
-  /** http(s) URLs or absolute local paths. */
+  /** http(s) URLs (credentials included, sent as Basic auth) or absolute local paths. */
   sources: Record<SourceName, string>;
+  /**
+   * `sources.<name>.allow_empty`: a source that may legitimately have no data rows. Without
+   * it, a source with none (a header alone: a truncated export) fails the run before the
+   * destination is written to.
+   */
+  allowEmpty: Record<SourceName, boolean>;
   schedule: CrmSchedule | undefined;
   value: { multiplier: number; currency: string; decimals: number };
   statusMap: Record<string, DealStatus>;
@@ -81,6 +88,17 @@ export const DEFAULT_STATUS_MAP: Record<string, DealStatus> = {
 export const DEFAULT_BASE_URL = 'https://api.pipedrive.com/v1';
 
 type Obj = Record<string, unknown>;
+
+/**
+ * A source's location as it may be shown, logged or stored: an http(s) URL with its password
+ * masked (`http://admin:***@host/x.csv`); a local path as it is.
+ */
+export function shownLocation(location: string): string {
+  return /^https?:\/\//i.test(location) ? withoutPassword(location) : location;
+}
+
+/** The keys only a Pipedrive destination takes (refused, saying so, for `type: postgres`). */
+const PIPEDRIVE_KEYS = ['base_url', 'person_key_field', 'deal_key_field', 'concurrency', 'rate_limit', 'daily_request_budget', 'retry', 'timeout_ms'];
 
 /** Collects every problem with its path, then throws them together. */
 class Problems {
@@ -162,16 +180,14 @@ function validDestination(raw: unknown, p: Problems): CrmConfig['destination'] {
   if (raw !== undefined && !isObj(raw)) p.add('destination', 'expected a mapping');
   const type = str(d, 'type', where, p, 'pipedrive');
   if (type === 'postgres') {
-    checkKeys(d, where, ['type'], p);
+    // Keys left over from a Pipedrive destination (`type` changed alone) say why they are refused.
+    const leftover = Object.keys(d).filter((k) => PIPEDRIVE_KEYS.includes(k));
+    for (const k of leftover) p.add(`${where}${k}`, 'only for the pipedrive destination (type: postgres takes no other key)');
+    checkKeys(Object.fromEntries(Object.entries(d).filter(([k]) => !leftover.includes(k))), where, ['type'], p);
     return { type: 'postgres' };
   }
   if (type !== 'pipedrive') p.add(`${where}type`, `expected "pipedrive" or "postgres", got ${JSON.stringify(type)}`);
-  checkKeys(
-    d,
-    where,
-    ['type', 'base_url', 'person_key_field', 'deal_key_field', 'concurrency', 'rate_limit', 'daily_request_budget', 'retry', 'timeout_ms'],
-    p,
-  );
+  checkKeys(d, where, ['type', ...PIPEDRIVE_KEYS], p);
   const baseUrl = str(d, 'base_url', where, p) ?? env('PIPEDRIVE_BASE_URL') ?? DEFAULT_BASE_URL;
   if (!/^https?:\/\/[^/]+/i.test(baseUrl)) p.add(`${where}base_url`, `expected an http(s) URL, got ${JSON.stringify(baseUrl)}`);
   let rateLimit: RateLimit = { limit: 80, windowMs: 2000 };
@@ -228,14 +244,29 @@ export function validateCrmConfig(doc: unknown, file?: string): CrmConfig {
 
   const baseDir = file ? path.dirname(path.resolve(file)) : process.cwd();
   const sources = {} as Record<SourceName, string>;
+  const allowEmpty = Object.fromEntries(SOURCE_NAMES.map((k) => [k, false])) as Record<SourceName, boolean>;
   const s: Obj = isObj(o.sources) ? o.sources : {};
   if (!isObj(o.sources)) p.add('sources', 'required: a mapping with customers, orders and payments (URLs or paths)');
   else checkKeys(s, 'sources.', [...SOURCE_NAMES], p);
   for (const k of SOURCE_NAMES) {
-    const v = s[k];
     if (!isObj(o.sources)) break;
+    let v = s[k];
+    // Either the location alone, or `{location, allow_empty}`.
+    if (isObj(v)) {
+      const entry = v;
+      checkKeys(entry, `sources.${k}.`, ['location', 'allow_empty'], p);
+      if (entry.allow_empty !== undefined && entry.allow_empty !== null) {
+        if (typeof entry.allow_empty === 'boolean') allowEmpty[k] = entry.allow_empty;
+        else p.add(`sources.${k}.allow_empty`, `expected true or false, got ${JSON.stringify(entry.allow_empty)}`);
+      }
+      v = entry.location;
+      if (typeof v !== 'string' || v.trim() === '') {
+        p.add(`sources.${k}.location`, 'required: an http(s) URL or a file path');
+        continue;
+      }
+    }
     if (typeof v !== 'string' || v.trim() === '') {
-      p.add(`sources.${k}`, 'required: an http(s) URL or a file path');
+      p.add(`sources.${k}`, 'required: an http(s) URL or a file path, or a mapping with `location` and `allow_empty`');
       continue;
     }
     const resolved = resolveSource(v.trim(), baseDir);
@@ -291,9 +322,10 @@ export function validateCrmConfig(doc: unknown, file?: string): CrmConfig {
   const destination = validDestination(o.destination, p);
   if (p.list.length) {
     const label = file ? `config ${file}` : 'config';
-    throw new InvalidInputError(`${label} is invalid:\n  ${p.list.join('\n  ')}`);
+    // A problem may quote a URL written with its password (a source, base_url): masked.
+    throw new InvalidInputError(maskUrlPasswords(`${label} is invalid:\n  ${p.list.join('\n  ')}`));
   }
-  return { name, file, sources, schedule, value, statusMap, defaultStatus: defaultStatus as DealStatus, destination };
+  return { name, file, sources, allowEmpty, schedule, value, statusMap, defaultStatus: defaultStatus as DealStatus, destination };
 }
 
 /** Reads and validates a YAML config file. */
@@ -308,7 +340,8 @@ export function loadCrmConfig(file: string): CrmConfig {
   try {
     doc = parseYaml(text);
   } catch (err) {
-    throw new InvalidInputError(`config ${file} is not valid YAML: ${errorMessage(err)}`, { cause: err });
+    // The parser quotes the offending line, maybe a URL with its password: masked.
+    throw new InvalidInputError(`config ${file} is not valid YAML: ${maskUrlPasswords(errorMessage(err))}`);
   }
   return validateCrmConfig(doc, file);
 }
@@ -320,7 +353,9 @@ export function loadCrmConfig(file: string): CrmConfig {
 export function configHash(c: CrmConfig): string {
   const d = c.destination;
   const shape = {
-    sources: c.sources,
+    // Without passwords: the hash is stored (crm_runs.config_hash), and a new password
+    // changes nothing in the output.
+    sources: Object.fromEntries(SOURCE_NAMES.map((k) => [k, shownLocation(c.sources[k])])),
     value: c.value,
     statusMap: c.statusMap,
     defaultStatus: c.defaultStatus,

@@ -243,7 +243,10 @@ export class PipedriveDestination implements Destination {
     let persons: Promise<void> = Promise.resolve();
     try {
       const [personKey, dealKey] = await timed('fields', () =>
-        Promise.all([this.ensureField(client, '/personFields', cfg.personKeyField), this.ensureField(client, '/dealFields', cfg.dealKeyField)]),
+        Promise.all([
+          this.ensureField(client, '/personFields', cfg.personKeyField, run.staged),
+          this.ensureField(client, '/dealFields', cfg.dealKeyField, run.staged),
+        ]),
       );
       result.details.fields = { person: personKey, deal: dealKey };
       await createSnapshotTables(db);
@@ -314,8 +317,12 @@ export class PipedriveDestination implements Destination {
     }
   }
 
-  /** The key of the custom field named `name` (exact name first, then case-insensitive). */
-  private async ensureField(client: PipedriveClient, path: string, name: string): Promise<string> {
+  /**
+   * The key of the custom field named `name` (exact name first, then case-insensitive),
+   * created if missing: only once the sources are staged (a source refused, e.g. empty, ends
+   * the run before anything is written to the CRM).
+   */
+  private async ensureField(client: PipedriveClient, path: string, name: string, staged: Promise<unknown>): Promise<string> {
     const find = async () => {
       const all: PdField[] = [];
       for await (const page of client.pages<PdField>(path)) all.push(...page);
@@ -323,6 +330,7 @@ export class PipedriveDestination implements Destination {
     };
     const found = await find();
     if (found) return found.key;
+    await staged;
     // Failed ambiguously, the create ends the run (UnconfirmedWriteError): the next run's
     // field list finds the field, or creates it then.
     const { data } = await client.call<PdField>('POST', path, { body: { name, field_type: 'varchar' } });

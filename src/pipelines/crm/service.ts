@@ -9,17 +9,19 @@
  * failed, and arms nothing.
  */
 import { env } from '../../config.ts';
-import { InvalidInputError, errorMessage } from '../../core/errors.ts';
+import { InvalidInputError } from '../../core/errors.ts';
 import type { Pool } from '../../db/pool.ts';
 import type { RunningService, Service } from '../../http/services.ts';
 import { loadCrmConfig, type CrmConfig } from './config.ts';
 import { nextRun } from './schedule.ts';
-import { runCrmSync, type RunOutcome } from './sync.ts';
+import { runCrmSync, runErrorMessage, type RunOutcome } from './sync.ts';
 
 export interface ScheduleOptions {
   trigger: 'schedule' | 'cli';
   /** Called after each run (completed, skipped or failed). */
   onRun?: ((o: RunOutcome) => void) | undefined;
+  /** Called when a run could not start, so has no outcome (the pipeline locked, the database unreachable). */
+  onRunError?: ((err: unknown) => void) | undefined;
   log?: ((line: string) => void) | undefined;
 }
 
@@ -68,6 +70,7 @@ export function startSchedule(pool: Pool, config: CrmConfig, options: ScheduleOp
     if (!retry) slot = nextRun(schedule, at);
     const attempt = misses > 0 ? ` (${retry ? 'retry, ' : ''}attempt ${misses + 1})` : '';
     let outcome: RunOutcome | undefined;
+    let error: unknown;
     controller = new AbortController();
     try {
       const o = await runCrmSync(pool, config, { trigger: options.trigger, signal: controller.signal });
@@ -75,8 +78,9 @@ export function startSchedule(pool: Pool, config: CrmConfig, options: ScheduleOp
       const s = o.summary;
       log(`crm sync ${config.name}: run ${o.runId} ${o.status}${attempt} (deals ${s.deals.created} created, ${s.deals.updated} updated, ${s.deals.failed} failed; ${s.requests} requests)`);
     } catch (err) {
-      log(`crm sync ${config.name}: ${errorMessage(err)}${attempt}`);
+      log(`crm sync ${config.name}: ${runErrorMessage(err)}${attempt}`);
       outcome = (err as { outcome?: RunOutcome }).outcome;
+      error = err;
     } finally {
       controller = undefined;
       current = undefined;
@@ -84,8 +88,9 @@ export function startSchedule(pool: Pool, config: CrmConfig, options: ScheduleOp
     // Outside the run's try: a throwing callback must not pass for a failed run (and a retry).
     try {
       if (outcome) options.onRun?.(outcome);
+      else options.onRunError?.(error);
     } catch (err) {
-      log(`crm sync ${config.name}: onRun: ${errorMessage(err)}`);
+      log(`crm sync ${config.name}: onRun: ${runErrorMessage(err)}`);
     }
     // Aborted by stop() (or stopped meanwhile): this MUST NOT arm a retry or a slot.
     if (stopped) return;

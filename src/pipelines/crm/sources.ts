@@ -4,6 +4,11 @@
  * (ETag, Last-Modified, content hash): an unchanged source is not re-processed unless
  * forced. HTTP uses conditional requests (RFC 9110 §13: If-None-Match, If-Modified-Since);
  * a local file's validator is its mtime and size.
+ *
+ * A URL's credentials (`http://user:password@host/x.csv`) go as HTTP Basic authorization;
+ * the location shown in messages, reports and stored state has its password masked.
+ * A source with no data rows (a header alone: a half-written export) is refused unless
+ * declared `allow_empty`: the rows already staged stay.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -12,6 +17,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { from as copyFrom } from 'pg-copy-streams';
 import { InvalidFileError, SluiceError, errorMessage } from '../../core/errors.ts';
+import { basicAuth, maskUrlPasswords } from '../../core/url-credentials.ts';
 import type { Pool } from '../../db/pool.ts';
 import {
   copyLoadTable,
@@ -21,10 +27,11 @@ import {
   saveSourceState,
   type SourceState,
 } from '../../db/sql/crm.ts';
-import { SOURCE_NAMES, type CrmConfig, type SourceName } from './config.ts';
+import { SOURCE_NAMES, shownLocation, type CrmConfig, type SourceName } from './config.ts';
 import { CsvForCopy } from './csv-for-copy.ts';
 
 export interface SourceReport {
+  /** Where it was read (a URL's password masked). */
   location: string;
   changed: boolean;
   /** new | changed | forced (different bytes): staged again; not_modified | same_content: kept as staged. */
@@ -51,19 +58,23 @@ function isHttp(location: string): boolean {
 /** Opens the source, or returns undefined when its validators say it is unchanged. */
 async function open(name: SourceName, location: string, prev: SourceState | undefined, conditional: boolean, signal?: AbortSignal): Promise<Opened | undefined> {
   if (isHttp(location)) {
-    const headers: Record<string, string> = {};
+    // fetch refuses a URL with credentials: they go as a Basic authorization header.
+    const { url, headers } = basicAuth(location);
+    const shown = shownLocation(location);
     if (conditional && prev?.etag) headers['if-none-match'] = prev.etag;
     if (conditional && prev?.last_modified) headers['if-modified-since'] = prev.last_modified;
     let res: Response;
     try {
-      res = await fetch(location, { headers, ...(signal ? { signal } : {}) });
+      res = await fetch(url, { headers, ...(signal ? { signal } : {}) });
     } catch (err) {
-      throw new SluiceError('unavailable', `source ${name}: cannot fetch ${location}: ${errorMessage((err as { cause?: unknown }).cause ?? err)}`, { cause: err });
+      // Not the error as cause: its message may quote the URL.
+      throw new SluiceError('unavailable', `source ${name}: cannot fetch ${shown}: ${maskUrlPasswords(errorMessage((err as { cause?: unknown }).cause ?? err))}`);
     }
     if (res.status === 304) return undefined;
     if (!res.ok || !res.body) {
       await res.body?.cancel();
-      throw new SluiceError('unavailable', `source ${name}: HTTP ${res.status} from ${location}`);
+      const hint = res.status === 401 || res.status === 403 ? ' (check the user and password in the URL)' : '';
+      throw new SluiceError('unavailable', `source ${name}: HTTP ${res.status} from ${shown}${hint}`);
     }
     return {
       stream: Readable.fromWeb(res.body as unknown as WebReadableStream<Uint8Array>),
@@ -86,8 +97,11 @@ async function open(name: SourceName, location: string, prev: SourceState | unde
 export interface Probe {
   pipeline: string;
   name: SourceName;
+  /** As shown and stored: a URL's password masked. */
   location: string;
   force: boolean;
+  /** `allow_empty`: no data rows is no refusal. */
+  allowEmpty: boolean;
   prev: SourceState | undefined;
   opened: Opened | undefined;
 }
@@ -100,27 +114,45 @@ export async function probeSource(
   location: string,
   force: boolean,
   signal?: AbortSignal,
+  allowEmpty = false,
 ): Promise<Probe> {
   const prev = await getSourceState(pool, pipelineName, name);
-  const conditional = !force && prev?.location === location;
+  // Stored without the password (a new password alone is the same source).
+  const shown = shownLocation(location);
+  const conditional = !force && prev?.location === shown;
   const opened = await open(name, location, prev, conditional, signal);
-  return { pipeline: pipelineName, name, location, force, prev, opened };
+  return { pipeline: pipelineName, name, location: shown, force, allowEmpty, prev, opened };
+}
+
+/**
+ * A source without a single data row, not declared `allow_empty`: most likely a broken
+ * export (a file truncated after its header), not an empty business. Synced, it would
+ * zero every deal's value (payments), fail every deal (customers) or update nothing.
+ */
+function emptySource(name: SourceName, location: string, why: string): InvalidFileError {
+  return new InvalidFileError(
+    `source ${name} (${location}) has no data rows (${why}); the run is refused before anything is written to the destination. ` +
+      `If this source may legitimately be empty, set sources.${name}.allow_empty: true`,
+  );
 }
 
 /** Streams an opened source into staging, unless its bytes are the ones already staged. */
 export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport> {
-  const { pipeline: pipelineName, name, location, force, prev, opened } = probe;
+  const { pipeline: pipelineName, name, location, force, allowEmpty, prev, opened } = probe;
   if (!opened) {
+    // Staged empty earlier (under allow_empty, since removed): refused likewise.
+    if (!allowEmpty && prev && prev.rows === 0) throw emptySource(name, location, 'none staged, and the source is unchanged');
     return { location, changed: false, reason: 'not_modified', rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0, bytes: 0 };
   }
   const sameLocation = prev?.location === location;
   const csv = new CsvForCopy();
+  /** Bytes read of the source (an error for one without a single byte). */
+  let bytes = 0;
   const client = await pool.connect();
   try {
     await client.query('BEGIN');
     await client.query(createLoadTable(name));
     const hash = createHash('sha256');
-    let bytes = 0;
     const hasher = new Transform({
       transform(chunk: Buffer, _enc, cb) {
         hash.update(chunk);
@@ -137,10 +169,16 @@ export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport
       // forced run still plans against the CRM; re-staging 1M rows would only compete
       // with it for the CPU). Remember the new validators so the next fetch can be a 304.
       await client.query('ROLLBACK');
+      if (!allowEmpty && state.rows === 0) throw emptySource(name, location, 'none staged, and the source is unchanged');
       await saveSourceState(pool, pipelineName, name, state, false);
       return { location, changed: false, reason: 'same_content', rows: state.rows, rejected: state.rejected, bytes };
     }
     const staged = await replaceStaged(client, pipelineName, name);
+    if (!allowEmpty && staged.rows === 0) {
+      // Rolled back (below): the rows staged before stay, and so do the validators, so the
+      // next run fetches the source again.
+      throw emptySource(name, location, staged.rejected ? `all ${staged.rejected} lines rejected` : 'no line after the header');
+    }
     await saveSourceState(client, pipelineName, name, { ...state, rows: staged.rows, rejected: staged.rejected }, true);
     await client.query('COMMIT');
     return {
@@ -157,6 +195,13 @@ export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport
     await client.query('ROLLBACK').catch(() => {});
     opened.stream.destroy();
     const pgErr = err as { code?: string; where?: string };
+    if (typeof pgErr.code === 'string' && /^22/.test(pgErr.code) && bytes === 0) {
+      // Not even a header (COPY would speak of "wrong number of fields in header line").
+      throw new InvalidFileError(
+        `source ${name} (${location}) is empty (0 bytes, not even its header line); the run is refused before anything is written to the destination` +
+          (allowEmpty ? ' (allow_empty accepts a header without data rows, not an empty file)' : ''),
+      );
+    }
     if (typeof pgErr.code === 'string' && /^22/.test(pgErr.code)) {
       // COPY's own refusals: header mismatch, missing or extra columns, bad quoting. COPY
       // counts the lines it was given: name the file's.
@@ -178,13 +223,14 @@ export async function refreshSource(
   location: string,
   force: boolean,
   signal?: AbortSignal,
+  allowEmpty = false,
 ): Promise<SourceReport> {
-  return loadSource(pool, await probeSource(pool, pipelineName, name, location, force, signal));
+  return loadSource(pool, await probeSource(pool, pipelineName, name, location, force, signal, allowEmpty));
 }
 
 /** Probes the three sources concurrently; a failure closes the bodies already opened. */
 export async function probeSources(pool: Pool, config: CrmConfig, force: boolean, signal?: AbortSignal): Promise<Probe[]> {
-  const settled = await Promise.allSettled(SOURCE_NAMES.map((n) => probeSource(pool, config.name, n, config.sources[n], force, signal)));
+  const settled = await Promise.allSettled(SOURCE_NAMES.map((n) => probeSource(pool, config.name, n, config.sources[n], force, signal, config.allowEmpty[n])));
   const failed = settled.find((r) => r.status === 'rejected');
   if (failed) {
     for (const r of settled) if (r.status === 'fulfilled') r.value.opened?.stream.destroy();

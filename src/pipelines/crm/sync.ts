@@ -4,7 +4,8 @@
  * state to the destination, and record the run. Used by `sluice sync crm` and the
  * scheduled service inside `sluice serve`.
  */
-import { SluiceError, errorMessage } from '../../core/errors.ts';
+import { SluiceError, errorMessage, type ErrorCode } from '../../core/errors.ts';
+import { maskUrlPasswords } from '../../core/url-credentials.ts';
 import { BudgetExhaustedError } from '../../clients/pipedrive.ts';
 import type { Pool } from '../../db/pool.ts';
 import {
@@ -43,13 +44,23 @@ export interface RunOutcome {
   /** The first failed records (all of them are in crm_failures). */
   failures: Failure[];
   error?: string;
+  /** With `error`: its code (unauthorized, unavailable, invalid_file...). */
+  code?: ErrorCode;
 }
 
-/** A failed run: the error, with the run's id and what it had done. */
+/**
+ * An error's message as it may be shown, logged or stored: the password of any URL it
+ * quotes masked (a source's URL with credentials).
+ */
+export function runErrorMessage(err: unknown): string {
+  return maskUrlPasswords(errorMessage(err));
+}
+
+/** A failed run: the error (URL passwords masked), with the run's id and what it had done. */
 export class CrmRunError extends SluiceError {
   readonly outcome: RunOutcome;
   constructor(cause: unknown, outcome: RunOutcome) {
-    super(cause instanceof SluiceError ? cause.code : 'internal', errorMessage(cause), { cause });
+    super(cause instanceof SluiceError ? cause.code : 'internal', runErrorMessage(cause), { cause });
     this.outcome = outcome;
   }
 }
@@ -95,10 +106,17 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
   let partial: DestinationResult | undefined;
   let written = Promise.resolve();
   let lastWrite = 0;
-  const outcome = (status: RunOutcome['status'], failures: Failure[], error?: string): RunOutcome => ({
-    runId, status, summary: summaryOf(partial, startedAt), sources, details: partial?.details ?? {}, failures, ...(error ? { error } : {}),
+  const outcome = (status: RunOutcome['status'], failures: Failure[], error?: string, code?: ErrorCode): RunOutcome => ({
+    runId, status, summary: summaryOf(partial, startedAt), sources, details: partial?.details ?? {}, failures, ...(error ? { error, code: code ?? 'internal' } : {}),
   });
   let staged: Promise<void> = Promise.resolve();
+  // A source that cannot be staged (empty, refused by COPY) ends the destination's work at
+  // once, its error as the reason: nothing is planned or written without the sources.
+  const abort = new AbortController();
+  const onAbort = () => abort.abort(options.signal?.reason);
+  if (options.signal?.aborted) onAbort();
+  else options.signal?.addEventListener('abort', onAbort, { once: true });
+  let stagingError: unknown;
   try {
     const probes = await probeSources(pool, config, force, options.signal);
     const last = await lastCompletedRun(pool, config.name);
@@ -124,12 +142,16 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
     staged = loadSources(pool, probes).then((r) => {
       sources = r;
     });
-    staged.catch(() => {}); // awaited by the destination, and below
+    staged.catch((err: unknown) => {
+      // awaited by the destination, and below
+      stagingError = err;
+      abort.abort(err);
+    });
     partial = await destinationFor(config).sync({
       pool,
       config,
       runId,
-      signal: options.signal,
+      signal: abort.signal,
       budgetLeft,
       staged,
       progress(r) {
@@ -148,13 +170,17 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
     await finishRun(pool, runId, { status: 'completed', requests: o.summary.requests, retries429: o.summary.retries_429, summary: o.summary, sources, details: o.details, error: null });
     crmRuns.inc({ pipeline: config.name, status: 'completed' });
     return o;
-  } catch (err) {
+  } catch (caught) {
     await staged.catch(() => {});
     await written;
+    // The destination may have failed of the staging's failure (aborted): report the cause.
+    const err = stagingError ?? caught;
     const failures = await listFailures(pool, runId, 20).catch(() => []);
-    const o = outcome('failed', failures, errorMessage(err));
+    const o = outcome('failed', failures, runErrorMessage(err), err instanceof SluiceError ? err.code : 'internal');
     await finishRun(pool, runId, { status: 'failed', requests: o.summary.requests, retries429: o.summary.retries_429, summary: o.summary, sources, details: o.details, error: o.error ?? null });
     crmRuns.inc({ pipeline: config.name, status: 'failed' });
     throw new CrmRunError(err, o);
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
   }
 }
