@@ -32,7 +32,9 @@ export function phoneNumber(v: string): string | null {
 
 /** A Brazilian state acronym: exactly two letters, upper-cased. */
 export function stateAcronym(v: string): string | { error: string } {
-  return /^[a-z]{2}$/i.test(v) ? v.toUpperCase() : { error: `state must be a 2-letter acronym, got ${JSON.stringify(v)}` };
+  // "<class>: <value>", as every reason: GET /imports/<id> counts rejects by the text before
+  // the colon (with the value in it, each bad value was a class of its own).
+  return /^[a-z]{2}$/i.test(v) ? v.toUpperCase() : { error: `state must be a 2-letter acronym: ${JSON.stringify(v)}` };
 }
 
 /** Tags: split on commas/semicolons, trimmed, empties dropped, comma-joined for staging. */
