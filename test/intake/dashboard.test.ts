@@ -70,7 +70,8 @@ test('an upload through the form is followed to 100% and completed, with its par
   assert.equal(await page.textContent('[data-testid=connection]'), 'live');
   assert.equal(await page.isVisible('#empty'), true, 'the empty list says so');
 
-  await upload(page, 'leads', 'leads-2400.csv', leadsCsv(2400, 5, 'dash'));
+  // 5 rejected rows, and one state refused alone (its row imported).
+  await upload(page, 'leads', 'leads-2400.csv', `${leadsCsv(2400, 5, 'dash')}dash-state@example.com,Lead S,Recife,Pernambuco\n`);
   await page.waitForFunction(() => /^Queued leads-2400\.csv/.test(document.querySelector('[data-testid=upload-message]').textContent));
   const refreshesAtUpload = Number(await page.getAttribute('body', 'data-refreshes'));
 
@@ -82,8 +83,8 @@ test('an upload through the form is followed to 100% and completed, with its par
   assert.equal(await c.locator('[data-testid=progress]').getAttribute('aria-valuenow'), '100');
   assert.equal(await c.locator('[data-f=seg-done]').evaluate((el: any) => el.style.width), '100%');
   assert.equal(await c.locator('[data-testid=progress-label]').textContent(), '5 / 5 parts · 100%');
-  assert.equal(await c.locator('[data-testid=rows-read]').textContent(), '2,405');
-  assert.equal(await c.locator('[data-testid=rows-inserted]').textContent(), '2,400');
+  assert.equal(await c.locator('[data-testid=rows-read]').textContent(), '2,406');
+  assert.equal(await c.locator('[data-testid=rows-inserted]').textContent(), '2,401');
   assert.equal(await c.locator('[data-testid=rows-rejected]').textContent(), '5');
   assert.equal(await c.locator('[data-testid=parts] .chip').count(), 5);
   assert.equal(await c.locator('[data-testid=parts] .chip[data-status=completed]').count(), 5);
@@ -92,12 +93,12 @@ test('an upload through the form is followed to 100% and completed, with its par
   // Rejects: the first 100 as a table, all of them as a CSV download.
   await c.locator('[data-testid=rejects-toggle]').click();
   await c.locator('[data-testid=rejects-table]').waitFor();
-  assert.equal(await c.locator('[data-testid=rejects-table] tbody tr').count(), 5);
+  assert.equal(await c.locator('[data-testid=rejects-table] tbody tr').count(), 6);
   const first = await c.locator('[data-testid=rejects-table] tbody tr').first().locator('td').allTextContents();
   assert.deepEqual(first, ['2,402', '(row)', 'email: not an email: "not-an-email-0"', 'not-an-email-0,"Bad, 0",Recife,PE']);
   const id = await c.getAttribute('data-id');
   assert.equal(await c.locator('[data-testid=rejects-csv]').getAttribute('href'), `/imports/${id}/rejects?format=csv`);
-  assert.match((await c.locator('[data-testid=rejects-toggle]').textContent())!, /^hide rejects \(5\)$/);
+  assert.match((await c.locator('[data-testid=rejects-toggle]').textContent())!, /^hide rejects \(6: 5 rows, 1 value\)$/);
 
   await page.screenshot({ path: artifactPath('dashboard.png'), fullPage: true });
   assert.deepEqual(errors, []);
