@@ -31,18 +31,32 @@ function decoded(text: string): string {
   }
 }
 
-/** `url` with its password replaced by `***` (the user kept, to say which account); unparseable text is returned masked whole. */
+/**
+ * `url` with its password replaced by `***` (the user kept, to say which account); a user
+ * without a password is a token (`https://TOKEN@host`), masked whole. Unparseable text is
+ * returned masked whole.
+ */
 export function withoutPassword(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = '***';
+    else if (u.username) u.username = '***';
     return u.toString();
   } catch {
     return '<unparseable url>';
   }
 }
 
-/** `text` with the password of every URL written in it masked (an error message that quotes a URL). */
+/**
+ * `text` with the credentials of every URL written in it masked (an error message that
+ * quotes a URL): `user:***@`, or `***@` for a user alone or with an empty password (a
+ * token). The credentials run to
+ * the last `@` before the host, so a password holding a raw `@` is masked whole.
+ */
 export function maskUrlPasswords(text: string): string {
-  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/[^\s/:@]*:)([^\s/@]*)@/gi, '$1***@');
+  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/)([^\s/?#]*)@/gi, (_, scheme: string, userinfo: string) => {
+    const colon = userinfo.indexOf(':');
+    const token = colon < 0 || colon === userinfo.length - 1; // a user alone, or with an empty password
+    return `${scheme}${token ? '***' : `${userinfo.slice(0, colon)}:***`}@`;
+  });
 }

@@ -143,7 +143,8 @@ async function receive(
       // No fsync per part: the upload is acknowledged (202) only after the final,
       // synchronous commit below, which makes every earlier part durable with it.
       await client.query('BEGIN; SET LOCAL synchronous_commit = off');
-      if (!(await insertPart(client, id, part))) throw new UploadCancelled(id);
+      const r = await insertPart(client, id, part);
+      if (!r.stored) throw new UploadEnded(r.status);
       await sendJob(boss, client, PART_QUEUE, { importId: id, n: part.n });
       if (part.n === 0) {
         // The merge starts with the first part and takes each part as soon as it is staged.
@@ -207,15 +208,22 @@ async function receive(
     if (parts === 0) throw new InvalidFileError('invalid file: no data rows after the header');
     // The upload is complete: parts_total tells the merge (sent with part 0) where the file
     // ends. This synchronous commit is what makes the parts durable before the 202.
-    await setPartsTotal(pool, id, parts, total);
+    const ended = await setPartsTotal(pool, id, parts, total);
+    if (ended !== null) throw new UploadEnded(ended);
     return { id };
   } catch (err) {
     await inFlight.catch(() => {});
-    if (err instanceof UploadCancelled) {
-      // Cancelled by a user while it arrived (POST /imports/<id>/cancel): the import stays,
-      // cancelled, for them to see; what its parts staged goes, and no more of it is read.
+    if (err instanceof UploadEnded) {
+      // Ended while its file arrived: cancelled by a user (POST /imports/<id>/cancel), or
+      // failed by a worker on an earlier part. The import stays as it ended, for them to see;
+      // no more of the file is read, and what its parts staged goes (again: a part stored
+      // while the end committed came after the ender's own drop).
       await discardStaged(pool, id).catch(() => {});
-      throw new SluiceError('conflict', `import ${id} was cancelled while its file was being uploaded: the rest of the file was not read`);
+      if (err.status === 'cancelled') {
+        throw new SluiceError('conflict', `import ${id} was cancelled while its file was being uploaded: the rest of the file was not read`);
+      }
+      // Failed: accepted as before, its status tells why (GET /imports/<id>).
+      return { id };
     }
     // Nothing half-written: the import row (its parts cascade) and its staging go.
     await pool.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1`, [id]).catch(() => {});
@@ -225,10 +233,12 @@ async function receive(
   }
 }
 
-/** The import of an upload still arriving was cancelled: its next part is not stored. */
-class UploadCancelled extends Error {
-  constructor(id: string) {
-    super(`import ${id} was cancelled during its upload`);
+/** The import of an upload still arriving is over (cancelled, failed): its next part is not stored. */
+class UploadEnded extends Error {
+  readonly status: string | null;
+  constructor(status: string | null) {
+    super(`the import ended (${status ?? 'deleted'}) during its upload`);
+    this.status = status;
   }
 }
 

@@ -98,6 +98,10 @@ test('looksFixedWidth: aligned columns with no delimiter on every line, the head
   assert.equal(looksFixedWidth('Email,Name\na@x.com,Ana Silva\nb@x.com,Rui Costa\n'), false);
   assert.equal(looksFixedWidth('a b;c d\n1 2;3 4\n5 6;7 8\n'), false);
   assert.equal(looksFixedWidth('Full Name\nAna Silva\nRui Costa\n'), false);
+  // One column of names with spaces whose first words line up, and a ragged CSV (a review found both read as fixed-width).
+  assert.equal(looksFixedWidth('Full Name\nJohn Smith\nMary Jones\nPaul Brown\nAnna Davis\n'), false);
+  assert.equal(looksFixedWidth('Nome Completo\nJoao Silva\nRita Souza\nLuis Gomes\n'), false);
+  assert.equal(looksFixedWidth('Full Name,Home City,State\nJohn Smith,Porto Alegre,RS\nMary Jones,Natal\nPaul Brown,Belo Horizonte,MG\n'), false);
   assert.equal(looksFixedWidth('Email\na@x.com\nb@x.com\n'), false);
   // Quoted commas in some rows only (no delimiter on every line), the header one word.
   assert.equal(looksFixedWidth('Email,Name\na@x.com,"Silva, Ana"\nb@x.com,"Costa, Rui"\n'), false);

@@ -92,9 +92,9 @@ const LOOKED_AT = 1 + HEADER_SAMPLE_ROWS;
  * than a CSV: no CSV delimiter (, ; tab |) occurs the same number of times (at least once)
  * on every line, at least two data lines split on whitespace into the same number of
  * fields (two or more), and the header, read as fixed-width.ts reads it (its names may hold
- * single spaces, placed by the data lines), has that many names. A CSV fails the first test
- * (its delimiter is on every line) or, with a single column, the last ones (`Full Name` /
- * `Ana Silva`: one name, two fields).
+ * single spaces, placed by the data lines), has that many names, set apart by runs of two or
+ * more spaces. A CSV fails the first tests (a delimiter in its header) or, with a single
+ * column, the last ones (`Full Name` / `John Smith`: no run of spaces in the header).
  */
 export function looksFixedWidth(sample: string): boolean {
   const lines = sample
@@ -109,8 +109,15 @@ export function looksFixedWidth(sample: string): boolean {
     if (counts.size === 1 && !counts.has(0)) return false;
   }
   const [header, ...data] = lines as [string, ...string[]];
+  // A delimiter in the header is a CSV's (a ragged one: a row short of a field). Not in the
+  // data: an aligned export's values may hold commas (`399,00`).
+  if (/[,;\t|]/.test(header)) return false;
+  // Aligned columns: the header's names are set apart by runs of two or more spaces (a
+  // name may hold single spaces); one column of names with spaces (`Full Name` / `John
+  // Smith`) has no such run.
+  const gaps = header.trim().split(/ {2,}/).length;
   const fields = new Set(data.map((l) => splitWhitespace(l).length));
   if (fields.size !== 1) return false;
   const n = [...fields][0]!;
-  return n >= 2 && parseFixedWidthHeader(header, data).names.length === n;
+  return n >= 2 && gaps >= 2 && parseFixedWidthHeader(header, data).names.length === n;
 }

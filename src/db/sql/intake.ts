@@ -6,14 +6,26 @@ import type { Client, Pool } from '../pool.ts';
 
 type Db = Pool | Client;
 
-/** Stores part `p` of an upload; false (nothing stored) when its import is over already (cancelled during the upload). */
-export async function insertPart(db: Db, importId: string, p: { n: number; firstLine: number; lastLine: number; data: Buffer }): Promise<boolean> {
-  const { rowCount } = await db.query(
-    `INSERT INTO import_parts (import_id, n, first_line, last_line, bytes, data)
-     SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM imports WHERE id = $1 AND status IN ('queued', 'running'))`,
+/**
+ * Stores part `p` of an upload while its import is unfinished; returns whether it was stored
+ * and the import's status (a cancel, or a worker failing the import on an earlier part,
+ * while the file still arrives).
+ */
+export async function insertPart(
+  db: Db,
+  importId: string,
+  p: { n: number; firstLine: number; lastLine: number; data: Buffer },
+): Promise<{ stored: boolean; status: string | null }> {
+  const { rows } = await db.query<{ stored: boolean; status: string | null }>(
+    `WITH imp AS (SELECT status FROM imports WHERE id = $1),
+     ins AS (
+       INSERT INTO import_parts (import_id, n, first_line, last_line, bytes, data)
+       SELECT $1, $2, $3, $4, $5, $6 WHERE (SELECT status FROM imp) IN ('queued', 'running')
+       RETURNING 1)
+     SELECT EXISTS (SELECT 1 FROM ins) AS stored, (SELECT status FROM imp) AS status`,
     [importId, p.n, p.firstLine, p.lastLine, p.data.length, p.data],
   );
-  return rowCount === 1;
+  return rows[0]!;
 }
 
 export async function setImportFormat(
@@ -26,8 +38,19 @@ export async function setImportFormat(
   ]);
 }
 
-export async function setPartsTotal(db: Db, id: string, total: number, bytes: number): Promise<void> {
-  await db.query(`UPDATE imports SET parts_total = $2, file_bytes = $3, updated_at = now() WHERE id = $1`, [id, total, bytes]);
+/**
+ * Records the end of an upload; null when its import is unfinished, else its status (it
+ * ended while the last parts arrived). The status is read by a statement of its own: a cancel
+ * committing while the update waited for it is seen only by a newer snapshot.
+ */
+export async function setPartsTotal(db: Db, id: string, total: number, bytes: number): Promise<string | null> {
+  const { rowCount } = await db.query(
+    `UPDATE imports SET parts_total = $2, file_bytes = $3, updated_at = now() WHERE id = $1 AND status IN ('queued', 'running')`,
+    [id, total, bytes],
+  );
+  if (rowCount === 1) return null;
+  const { rows } = await db.query<{ status: string }>('SELECT status FROM imports WHERE id = $1', [id]);
+  return rows[0]?.status ?? 'deleted';
 }
 
 export interface PartWork {
