@@ -124,16 +124,7 @@ test('cancelled mid-upload: no more parts are stored, the upload gets 409, the i
   const csv = leadsCsv(6000);
   const cut = csv.indexOf('\n', Math.floor(csv.length / 2)) + 1;
   // Chunked (no Content-Length): the file's end is unknown until it comes.
-  const req = http.request(`${base}/imports?pipeline=leads`, { method: 'POST', headers: { 'content-type': 'text/csv' } });
-  const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
-    req.on('response', (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve({ status: res.statusCode!, body }));
-    });
-    req.on('error', reject);
-  });
-  req.write(csv.slice(0, cut));
+  const up = chunkedUpload(csv.slice(0, cut));
   const id = await waitFor('the first parts stored', async () => {
     const { rows } = await db.pool.query<{ id: string }>(
       `SELECT i.id FROM imports i WHERE i.status = 'queued' AND (SELECT count(*) FROM import_parts p WHERE p.import_id = i.id) >= 2`,
@@ -142,9 +133,9 @@ test('cancelled mid-upload: no more parts are stored, the upload gets 409, the i
   });
   const cancelled = await fetch(`${base}/imports/${id}/cancel`, { method: 'POST' });
   assert.equal(cancelled.status, 200);
-  const stored = (await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM import_parts WHERE import_id = $1', [id])).rows[0]!.n;
-  req.end(csv.slice(cut));
-  const res = await answer;
+  const stored = await partsOf(id);
+  up.end(csv.slice(cut));
+  const res = await up.answer;
   assert.equal(res.status, 409, res.body);
   const body = JSON.parse(res.body) as { error: { code: string; message: string } };
   assert.equal(body.error.code, 'conflict');
