@@ -9,14 +9,12 @@
  * the parts, the queue, the merge's probes for existing records, the counts, repeated keys
  * (the file must name each document once).
  */
-import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { pipeline as streamPipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { mapHeader, RowMapper } from '../src/engine/row-mapper.ts';
-import { createDecoder, detectEncoding } from '../src/formats/sniff.ts';
-import { WhitespaceColumnsParser } from '../src/formats/whitespace-columns.ts';
+import { detectFile, readRecords } from '../src/formats/record-reader.ts';
 import { createStageSql, ident, stageCopySql } from '../src/load/merge-sql.ts';
 import { BufferedRejects } from '../src/load/rejects.ts';
 import { getPipeline } from '../src/pipelines/index.ts';
@@ -25,49 +23,25 @@ const pipeline = getPipeline('purchases');
 const STAGE = 'floor_stage';
 const TARGET = 'floor_purchases';
 
-/** The file's header line (as the server reads it: from the first 64 KiB). */
-function headerNames(file: string): string[] {
-  const fd = fs.openSync(file, 'r');
-  const sample = Buffer.alloc(64 * 1024);
-  const n = fs.readSync(fd, sample, 0, sample.length, 0);
-  fs.closeSync(fd);
-  const text = createDecoder(detectEncoding(sample.subarray(0, n)).encoding).write(sample.subarray(0, n));
-  const parser = new WhitespaceColumnsParser({ firstLine: 1 });
-  const first = parser.push(text.slice(0, text.indexOf('\n', text.indexOf('\n') + 1) + 1));
-  const names = [first, parser.end()].flatMap((b) => b.rows)[0];
-  if (!names) throw new Error(`${file}: no header and data line in its first 64 KiB`);
-  return names;
-}
-
-/** The file's staging rows as COPY text, a read chunk at a time (the header line skipped). */
-async function* copyText(file: string, names: string[]): AsyncGenerator<string> {
-  const mapper = new RowMapper(pipeline, mapHeader(pipeline, names), 0, new BufferedRejects('00000000-0000-0000-0000-000000000000'), { trackKeys: false });
-  const parser = new WhitespaceColumnsParser({ firstLine: 2 });
-  let decoder: ReturnType<typeof createDecoder> | undefined;
-  let header = true;
-  const emit = (text: string): string => {
+/**
+ * The file's staging rows as COPY text, a read chunk at a time: detected and read as
+ * `sluice import` reads a file (formats/record-reader.ts), the first record the header.
+ */
+async function* copyText(file: string): AsyncGenerator<string> {
+  const meta = detectFile(file, pipeline.format.kind);
+  let mapper: RowMapper | undefined;
+  for await (const batch of readRecords(file, meta, { format: meta.format, chunkBytes: 64 * 1024 })) {
     const out: string[] = [];
-    mapper.mapBatch(parser.push(text), out);
-    return out.length > 0 ? `${out.join('\n')}\n` : '';
-  };
-  for await (const chunk of fs.createReadStream(file, { highWaterMark: 64 * 1024 }) as AsyncIterable<Buffer>) {
-    decoder ??= createDecoder(detectEncoding(chunk).encoding);
-    let text = decoder.write(chunk);
-    if (header) {
-      const nl = text.indexOf('\n');
-      if (nl < 0) throw new Error(`${file}: header line longer than a read`);
-      text = text.slice(nl + 1);
-      header = false;
+    if (!mapper) {
+      if (batch.rows.length === 0) continue;
+      mapper = new RowMapper(pipeline, mapHeader(pipeline, batch.rows[0]!), 0, new BufferedRejects('00000000-0000-0000-0000-000000000000'), { trackKeys: false });
+      mapper.mapBatch({ rows: batch.rows.slice(1), lines: batch.lines.slice(1), raw: (i) => batch.raw(i + 1), errors: batch.errors }, out);
+    } else {
+      mapper.mapBatch(batch, out);
     }
-    const out = emit(text);
-    if (out) yield out;
+    if (out.length > 0) yield `${out.join('\n')}\n`;
   }
-  const rest = `${decoder?.end() ?? ''}`;
-  const out: string[] = [];
-  mapper.mapBatch(parser.push(rest), out);
-  mapper.mapBatch(parser.end(), out);
-  if (out.length > 0) yield `${out.join('\n')}\n`;
-  if (mapper.rejected > 0) throw new Error(`${file}: the floor expects a clean file, ${mapper.rejected} rows were rejected`);
+  if (!mapper || mapper.rejected > 0) throw new Error(`${file}: the floor expects a clean file with a header, ${mapper?.rejected ?? 0} rows were rejected`);
 }
 
 /**
@@ -85,11 +59,10 @@ export async function handWrittenImport(url: string, file: string): Promise<{ se
     const withOptions = options.length > 0 ? ` WITH (${options.join(', ')})` : '';
     await c.query(`DROP TABLE IF EXISTS ${TARGET}, ${STAGE}; CREATE TABLE ${TARGET} (LIKE purchases INCLUDING ALL)${withOptions}`);
     await c.query('CHECKPOINT');
-    const names = headerNames(file);
     const t = performance.now();
     await c.query('BEGIN');
     await c.query(createStageSql(pipeline, STAGE));
-    await streamPipeline(Readable.from(copyText(file, names)), c.query(copyFrom(stageCopySql(pipeline, STAGE))));
+    await streamPipeline(Readable.from(copyText(file)), c.query(copyFrom(stageCopySql(pipeline, STAGE))));
     const cols = [pipeline.key.name, ...pipeline.target.fields.map((f) => f.column)].map(ident).join(', ');
     const from = [pipeline.key.name, ...pipeline.target.fields.map((f) => f.from)].map(ident).join(', ');
     // Every document once (the floor expects that: a repeated one fails the primary key).
