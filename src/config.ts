@@ -130,5 +130,3 @@ export function checkSettings(command: SettingsCommand): void {
   if (problems.length > 0) throw new InvalidInputError(problems.join('; '));
 }
 
-/** Replaces the password of a connection URL, for messages and logs. */
-export { withoutPassword as redactUrl } from './core/url-credentials.ts';

@@ -5,7 +5,7 @@
  *
  * Credentials written in the URL (`https://user:password@host/feed`) are sent as HTTP Basic
  * authorization (fetch refuses such a URL, quoting it whole), and no message of this module
- * contains the password (feedUrlProblem, maskFeedUrl).
+ * contains the password (feedUrlProblem, maskUrlPasswords).
  */
 import { SluiceError } from '../../core/errors.ts';
 import { basicAuth, maskUrlPasswords, withoutPassword } from '../../core/url-credentials.ts';
@@ -44,23 +44,10 @@ export function feedUrlProblem(url: string): string | undefined {
   try {
     u = new URL(url);
   } catch {
-    return `must be an http:// or https:// URL, got ${JSON.stringify(maskFeedUrl(url, url))}, which is not a URL`;
+    return `must be an http:// or https:// URL, got ${JSON.stringify(maskUrlPasswords(url))}, which is not a URL`;
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return `must be an http:// or https:// URL, got ${JSON.stringify(withoutPassword(url))}`;
   return undefined;
-}
-
-/**
- * `text` (an error message, which may quote the feed URL, even one that does not parse) with
- * the URL's password masked: the URL written whole is replaced by its masked form, then every
- * `scheme://user:password@` in it is masked.
- */
-export function maskFeedUrl(text: string, url: string): string {
-  if (url && text.includes(url)) {
-    const shown = URL.canParse(url) ? withoutPassword(url) : maskUrlPasswords(url);
-    text = text.replaceAll(url, shown);
-  }
-  return maskUrlPasswords(text);
 }
 
 /** HTTP statuses worth retrying: the provider's trouble, not our request's. */
@@ -100,7 +87,7 @@ export async function* fetchFeed(url: string, options: FetchFeedOptions = {}): A
       res = await fetch(target.url, { signal: ctrl.signal, headers: { ...target.headers, accept: 'application/xml, text/xml' }, redirect: 'follow' });
     } catch (err) {
       // No `cause`: its message may quote the URL, password and all.
-      throw new ProviderError(`provider unreachable: ${maskFeedUrl(reason || causeMessage(err), url)}`, true);
+      throw new ProviderError(`provider unreachable: ${maskUrlPasswords(reason || causeMessage(err))}`, true);
     }
     if (res.status !== 200) {
       await res.body?.cancel().catch(() => {});
@@ -118,7 +105,7 @@ export async function* fetchFeed(url: string, options: FetchFeedOptions = {}): A
       }
     } catch (err) {
       if (err instanceof SluiceError) throw err;
-      throw new ProviderError(`reading the feed failed: ${maskFeedUrl(reason || causeMessage(err), url)}`, true);
+      throw new ProviderError(`reading the feed failed: ${maskUrlPasswords(reason || causeMessage(err))}`, true);
     }
   } finally {
     clearTimeout(total);

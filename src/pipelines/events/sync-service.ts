@@ -8,13 +8,14 @@
  */
 import { EventEmitter } from 'node:events';
 import type { FastifyInstance } from 'fastify';
-import { env, intEnv, redactUrl, SETTINGS } from '../../config.ts';
+import { env, intEnv, SETTINGS } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
+import { maskUrlPasswords, withoutPassword } from '../../core/url-credentials.ts';
 import type { Pool } from '../../db/pool.ts';
 import { claimSyncSlot, failInterruptedSyncs } from '../../db/sql/events.ts';
 import type { Service } from '../../http/services.ts';
 import { CircuitBreaker, DEFAULT_COOLDOWN_MS, type CircuitBreakerOptions } from './circuit-breaker.ts';
-import { feedUrlProblem, maskFeedUrl } from './fetch-feed.ts';
+import { feedUrlProblem } from './fetch-feed.ts';
 import { providerBreakerOpen, providerSyncs } from './metrics.ts';
 import { syncEvents, type SyncOptions, type SyncResult } from './sync.ts';
 
@@ -86,7 +87,7 @@ export class SyncScheduler extends EventEmitter<{ sync: [SyncResult]; skip: [str
     } catch (err) {
       // The database itself is unreachable: the sync did not start, or its failure could not
       // be recorded (the sweep of a later sync records it). The next tick tries again.
-      this.emit('unrecorded', `sync not run or not recorded: ${maskFeedUrl((err as Error).message, this.options.url)}`);
+      this.emit('unrecorded', `sync not run or not recorded: ${maskUrlPasswords((err as Error).message)}`);
     }
   }
 }
@@ -153,7 +154,7 @@ export const providerSyncService: Service = {
     scheduler.on('skip', (reason) => app.log.debug({ reason }, 'provider sync skipped'));
     // Not routine, unlike a skip: the database was out of reach (warn is the default level).
     scheduler.on('unrecorded', (reason) => app.log.warn({ reason }, 'provider sync not run or not recorded'));
-    app.log.info({ url: redactUrl(options.url), intervalS: options.intervalS }, 'provider sync scheduled');
+    app.log.info({ url: withoutPassword(options.url), intervalS: options.intervalS }, 'provider sync scheduled');
     scheduler.start();
     return { stop: () => scheduler.stop() };
   },

@@ -10,7 +10,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, InvalidFileError } from '../../core/errors.ts';
-import { redactUrl } from '../../config.ts';
+import { maskUrlPasswords, withoutPassword } from '../../core/url-credentials.ts';
 import type { Pool } from '../../db/pool.ts';
 import { errorCode, isDatabaseUnavailable } from '../../db/unavailable.ts';
 import {
@@ -26,7 +26,7 @@ import {
 } from '../../db/sql/events.ts';
 import { FeedRootError, XmlEventsReader, type RawFeedEvent } from '../../formats/xml-events-reader.ts';
 import { checkFeedEvent, type FeedEvent, type FeedReject } from './feed-event.ts';
-import { fetchFeed, maskFeedUrl, ProviderError, type FetchFeedOptions } from './fetch-feed.ts';
+import { fetchFeed, ProviderError, type FetchFeedOptions } from './fetch-feed.ts';
 import { providerEvents, providerSyncs, providerSyncSeconds } from './metrics.ts';
 import { SyncOwner } from './sync-owner.ts';
 
@@ -102,7 +102,7 @@ export async function syncEvents(pool: Pool, options: SyncOptions): Promise<Sync
   const started = performance.now();
   // Syncs whose process died (their owner lock is free) are failed first: one statement.
   const interrupted = await failInterruptedSyncs(pool);
-  const owner = await SyncOwner.start(pool, redactUrl(options.url), options.trigger ?? 'cli');
+  const owner = await SyncOwner.start(pool, withoutPassword(options.url), options.trigger ?? 'cli');
   try {
     const result = await runSync(pool, owner, options, started);
     return interrupted.length ? { ...result, interruptedSyncs: interrupted } : result;
@@ -144,7 +144,7 @@ async function runSync(pool: Pool, owner: SyncOwner, options: SyncOptions, start
     }
   }
   // Whatever failed may quote the feed URL: its password is never recorded, printed or logged.
-  const message = maskFeedUrl(errorMessage(lastError), options.url);
+  const message = maskUrlPasswords(errorMessage(lastError));
   await recordFailure(pool, syncId, counts, message, options.signal);
   providerSyncs.inc({ status: 'failed' });
   const durationMs = performance.now() - started;
