@@ -34,7 +34,7 @@ export function intEnv(name: string, fallback: number): number {
 }
 
 /** The commands that check their settings before opening anything. */
-export type SettingsCommand = 'serve' | 'worker' | 'import';
+export type SettingsCommand = 'serve' | 'worker' | 'import' | 'sync-events';
 
 interface Setting {
   /** The commands that read it (directly or in their routes, services and workers). */
@@ -70,6 +70,9 @@ function oneOf(...values: string[]): (v: string) => string | undefined {
 }
 
 const serve = ['serve'] as const;
+const provider = ['serve', 'sync-events'] as const;
+/** A timer's length in whole seconds. */
+const timerSeconds = wholeAtLeast(1, Math.floor(MAX_TIMER_MS / 1000));
 const number = (readBy: readonly SettingsCommand[]): Setting => ({ readBy, check: isNumber });
 
 /**
@@ -101,15 +104,14 @@ export const SETTINGS: Readonly<Record<string, Setting>> = {
   SLUICE_VISITS_APPLY_MS: number(serve),
   SLUICE_VISITS_MAINTENANCE: number(serve),
   SLUICE_VISITS_MAINTENANCE_MS: number(serve),
-  // Also checked by `sync events` (checkProviderSettings, src/pipelines/events/sync-service.ts),
-  // and its --interval, --timeout, --idle-timeout and --retries flags are held to the same
-  // rules. Seconds become timers: at most 2^31-1 ms, or Node fires them every millisecond.
-  // An interval of 0 fetched the provider in a loop (348 syncs in 6 s): at least 1 s.
-  SLUICE_PROVIDER_INTERVAL_S: { readBy: serve, check: wholeAtLeast(1, Math.floor(MAX_TIMER_MS / 1000)) },
-  SLUICE_PROVIDER_TIMEOUT_S: { readBy: serve, check: wholeAtLeast(1, Math.floor(MAX_TIMER_MS / 1000)) },
-  SLUICE_PROVIDER_IDLE_TIMEOUT_S: { readBy: serve, check: wholeAtLeast(1, Math.floor(MAX_TIMER_MS / 1000)) },
-  // -1 ran no attempt at all; a fraction is no count of retries.
-  SLUICE_PROVIDER_RETRIES: { readBy: serve, check: (v) => isNumber(v) ?? wholeAtLeast(0)(v) },
+  // Read by `serve` and `sync events` (whose --interval, --timeout, --idle-timeout and
+  // --retries flags are held to the same rules). Seconds become timers: at most 2^31-1 ms, or
+  // Node fires them every millisecond. An interval of 0 fetched the provider in a loop (348
+  // syncs in 6 s): at least 1 s. Retries: -1 ran no attempt at all; a fraction is no count.
+  SLUICE_PROVIDER_INTERVAL_S: { readBy: provider, check: timerSeconds },
+  SLUICE_PROVIDER_TIMEOUT_S: { readBy: provider, check: timerSeconds },
+  SLUICE_PROVIDER_IDLE_TIMEOUT_S: { readBy: provider, check: timerSeconds },
+  SLUICE_PROVIDER_RETRIES: { readBy: provider, check: (v) => isNumber(v) ?? wholeAtLeast(0)(v) },
   // Read by the import runner (src/engine/import-runner.ts, chunkRows) once the import's
   // row exists: a bad value would be recorded as a failed import instead of refused.
   SLUICE_CHUNK_ROWS: { readBy: ['import'], check: isPositiveInteger },

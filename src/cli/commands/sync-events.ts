@@ -6,12 +6,12 @@
  * syncs (`sync crm`) hang under.
  */
 import type { Command } from 'commander';
-import { SETTINGS } from '../../config.ts';
+import { checkSettings, SETTINGS } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { openDb } from '../../db/pool.ts';
 import { syncRejects } from '../../db/sql/events.ts';
 import { feedUrlProblem } from '../../pipelines/events/fetch-feed.ts';
-import { checkProviderSettings, providerSettingsFromEnv, providerUrlFromEnv, SyncScheduler } from '../../pipelines/events/sync-service.ts';
+import { providerSettingsFromEnv, providerUrlFromEnv, SyncScheduler } from '../../pipelines/events/sync-service.ts';
 import { syncEvents, type SyncResult } from '../../pipelines/events/sync.ts';
 
 /** The `sync` command, created on first use. */
@@ -64,7 +64,7 @@ export function registerSyncEvents(program: Command): void {
     .action(async (opts: Opts) => {
       // Everything before the database is opened: bad usage exits 2 with nothing left open.
       // The settings are checked as serve checks them, even those a flag overrides.
-      checkProviderSettings();
+      checkSettings('sync-events');
       const defaults = providerSettingsFromEnv();
       let url = opts.url;
       if (url !== undefined) {

@@ -8,7 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { FastifyInstance } from 'fastify';
-import { env, intEnv, SETTINGS } from '../../config.ts';
+import { env, intEnv } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { maskUrlPasswords, withoutPassword } from '../../core/url-credentials.ts';
 import type { Pool } from '../../db/pool.ts';
@@ -93,24 +93,6 @@ export class SyncScheduler extends EventEmitter<{ sync: [SyncResult]; skip: [str
 }
 
 /** The numeric SLUICE_PROVIDER_* settings (their rules are in SETTINGS, src/config.ts). */
-export const PROVIDER_SETTINGS = ['SLUICE_PROVIDER_INTERVAL_S', 'SLUICE_PROVIDER_TIMEOUT_S', 'SLUICE_PROVIDER_IDLE_TIMEOUT_S', 'SLUICE_PROVIDER_RETRIES'] as const;
-
-/**
- * Checks every SLUICE_PROVIDER_* value that is set against its rule in SETTINGS and throws one
- * InvalidInputError naming each bad one (`sluice sync events`, before it opens anything;
- * `serve` checks them with checkSettings). SLUICE_PROVIDER_URL is checked where it is read,
- * with its password masked (checkSettings would quote the value whole).
- */
-export function checkProviderSettings(): void {
-  const problems: string[] = [];
-  for (const name of PROVIDER_SETTINGS) {
-    const v = env(name);
-    const problem = v === undefined ? undefined : SETTINGS[name]!.check(v);
-    if (problem) problems.push(`${name} ${problem}, got ${JSON.stringify(v)}`);
-  }
-  if (problems.length > 0) throw new InvalidInputError(problems.join('; '));
-}
-
 /** The feed URL of SLUICE_PROVIDER_URL (undefined when unset); InvalidInputError, password masked, when it is not http(s). */
 export function providerUrlFromEnv(): string | undefined {
   const url = env('SLUICE_PROVIDER_URL');
