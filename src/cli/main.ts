@@ -6,6 +6,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { SluiceError, errorMessage } from '../core/errors.ts';
+import { maskUrlPasswords } from '../core/url-credentials.ts';
 
 type Register = (program: Command) => void;
 
@@ -60,7 +61,8 @@ try {
     process.exitCode = err.exitCode === 0 ? 0 : 2;
   } else {
     const code = err instanceof SluiceError ? ` [${err.code}]` : '';
-    process.stderr.write(`sluice: ${errorMessage(err)}${code}\n`);
+    // A URL in the message (a feed's, a CRM source's) is shown without its password.
+    process.stderr.write(`sluice: ${maskUrlPasswords(errorMessage(err))}${code}\n`);
     process.exitCode = err instanceof SluiceError && err.code === 'invalid_input' ? 2 : 1;
   }
 }

@@ -17,7 +17,7 @@ import { faultPause } from '../core/fault.ts';
 import type { Client, Pool } from '../db/pool.ts';
 import { createImport, failInterruptedImports, finishImport, lockImportOwner, unlockImportOwner, type ImportOutcome } from '../db/sql/imports.ts';
 import type { ParsedBatch } from '../formats/csv-parser.ts';
-import { detectFile, readRecords, type EncodingWording, type FileMeta } from '../formats/record-reader.ts';
+import { detectFile, GIVEN_ON_COMMAND_LINE, readRecords, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { PreparedChunks } from '../load/prepared-chunk.ts';
@@ -59,13 +59,6 @@ export interface ImportResult {
   meta?: { encoding: string; delimiter: string | null; ignored_columns: string[] };
   timings: Record<string, number>;
 }
-
-/** How `sluice import` gives the encoding, for the error refusing one the file's first bytes contradict. */
-const GIVEN_ON_COMMAND_LINE: EncodingWording = {
-  given: (e) => `given --encoding ${e}`,
-  use: (e) => `run it with --encoding ${e}`,
-  none: 'without --encoding',
-};
 
 /** Imports `file` with `pipeline`; never throws for bad input (the result says failed). */
 export async function runImport(o: ImportOptions): Promise<ImportResult> {

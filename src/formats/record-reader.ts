@@ -67,7 +67,22 @@ export function detectFile(
 /** Bytes to read before calling detectSample on a stream. */
 export const DETECT_SAMPLE_BYTES = SAMPLE_BYTES;
 
-const GIVEN: EncodingWording = { given: (e) => `given as ${e}`, use: (e) => `give the encoding ${e}`, none: 'give no encoding' };
+/** How `sluice import` and `sluice inspect` give the encoding. */
+export const GIVEN_ON_COMMAND_LINE: EncodingWording = {
+  given: (e) => `given --encoding ${e}`,
+  use: (e) => `run it with --encoding ${e}`,
+  none: 'without --encoding',
+};
+
+/**
+ * Why `delimiter` (`--delimiter` on the command line, `delimiter=` over HTTP) cannot be
+ * given to a pipeline reading `kind` files of name `pipeline`, or undefined: only CSV
+ * columns are delimited. Worded to follow the option's name.
+ */
+export function delimiterProblem(pipeline: string, kind: FormatKind): string | undefined {
+  return kind === 'csv' ? undefined : `is for CSV files: the ${pipeline} pipeline reads ${kind} files, whose columns are not delimited`;
+}
+
 
 /**
  * Format detection on the first bytes of a file (`bytes`: its size, when known). An encoding
@@ -78,7 +93,7 @@ export function detectSample(
   bytes: number,
   format: FormatKind,
   overrides: { encoding?: Encoding; delimiter?: string } = {},
-  wording: EncodingWording = GIVEN,
+  wording: EncodingWording = GIVEN_ON_COMMAND_LINE,
 ): FileMeta {
   if (sample.length === 0) throw new InvalidFileError('invalid file: the file is empty');
   if (looksBinary(sample)) throw new InvalidFileError('invalid file: binary content (not a text file)');

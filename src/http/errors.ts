@@ -28,6 +28,9 @@ export class HttpError extends SluiceError {
   }
 }
 
+/** The message of a 503 for a database out of reach (restarting, connection lost). */
+export const DATABASE_UNAVAILABLE = 'the database is unavailable; try again shortly';
+
 export function errorBody(code: string, message: string) {
   return { error: { code, message } };
 }
@@ -44,7 +47,7 @@ export function handleError(err: FastifyError | Error, req: FastifyRequest, repl
   // The database restarting or out of reach: the request may succeed again soon.
   if (isDatabaseUnavailable(err)) {
     req.log.warn({ err }, 'database unavailable');
-    return reply.status(503).send(errorBody('unavailable', 'the database is unavailable; try again shortly'));
+    return reply.status(503).send(errorBody('unavailable', DATABASE_UNAVAILABLE));
   }
   req.log.error({ err }, 'request failed');
   return reply.status(500).send(errorBody('internal', 'internal error'));

@@ -14,7 +14,7 @@ import { intEnv } from '../config.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
-import { DETECT_SAMPLE_BYTES, detectSample, type EncodingWording, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
+import { DETECT_SAMPLE_BYTES, delimiterProblem, detectSample, type EncodingWording, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
 import type { Delimiter, Encoding } from '../formats/sniff.ts';
 import { MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
 import { createStageSql } from '../load/merge-sql.ts';
@@ -58,10 +58,8 @@ export interface FileFormat {
  * or fetched.
  */
 export function checkFileFormat(pipeline: Pipeline, format: FileFormat): void {
-  if (format.delimiter === undefined) return;
-  if (pipeline.format.kind !== 'csv') {
-    throw new InvalidInputError(`delimiter is for CSV files: the ${pipeline.name} pipeline reads ${pipeline.format.kind} files, whose columns are not delimited`);
-  }
+  const problem = format.delimiter === undefined ? undefined : delimiterProblem(pipeline.name, pipeline.format.kind);
+  if (problem) throw new InvalidInputError(`delimiter ${problem}`);
 }
 
 /** Bytes of part 0 read for the samples of a fixed-width header (hundreds of lines). */
@@ -272,8 +270,7 @@ const SENT: EncodingWording = { given: (e) => `sent as ${e}`, use: (e) => `send 
  * UTF-8 sent as utf-8, a UTF-8 byte order mark sent as windows-1252.
  */
 function detect(sample: Buffer, bytes: number, kind: FormatKind, format: FileFormat): FileMeta {
-  const overrides = { ...(format.encoding ? { encoding: format.encoding } : {}), ...(format.delimiter ? { delimiter: format.delimiter } : {}) };
-  return detectSample(sample, bytes, kind, overrides, SENT);
+  return detectSample(sample, bytes, kind, format, SENT);
 }
 
 /** Parses the header (with the first data line, for fixed-width) and records the format. */

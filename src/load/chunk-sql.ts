@@ -18,7 +18,7 @@
  * same records meanwhile is caught by apply's row counts, which must equal prepare's.
  */
 import { keyIdentity, type Lookup, type Pipeline, type StageType } from '../engine/pipeline.ts';
-import { assignment, fieldValue, ident, lookupAssignment, lookupPresent, lookupStatements } from './merge-sql.ts';
+import { assignment, columnAssignment, fieldValue, ident, lookupAssignment, lookupPresent, lookupStatements } from './merge-sql.ts';
 
 export interface ChunkSql {
   /** prepare: one transaction (lookups resolved read-only, then the prepared table). */
@@ -188,7 +188,7 @@ export function chunkSql(
     ...lookups.map((l, i) => ({ column: l.column, v: `l${i}`, merge: l.merge, text: false, lookup: l as Lookup | undefined })),
   ];
   const sets = main.flatMap((a) => {
-    const r = a.lookup ? lookupAssignment(p, a.lookup, `m.${a.v}`, 't') : assignment(a.merge, `m.${a.v}`, `t.${ident(a.column)}`, a.text);
+    const r = columnAssignment(p, a, `m.${a.v}`, 't');
     return r ? [`${ident(a.column)} = ${r.set}`] : [];
   });
   // The records are reached where prepare found them, by their tuple ids (ctid): no index

@@ -132,6 +132,16 @@ export function lookupAssignment(p: Pipeline, l: Lookup, incoming: string, alias
   return { set: `CASE WHEN ${none} THEN ${incoming} ELSE ${stored} END`, changes: `(${none} AND ${incoming} IS NOT NULL)` };
 }
 
+/** assignment() for a field, lookupAssignment() for a lookup column (`a.lookup`), on the record aliased `alias`. */
+export function columnAssignment(
+  p: Pipeline,
+  a: { column: string; merge: MergePolicy; text: boolean; lookup?: Lookup | undefined },
+  incoming: string,
+  alias: string,
+): { set: string; changes: string } | undefined {
+  return a.lookup ? lookupAssignment(p, a.lookup, incoming, alias) : assignment(a.merge, incoming, `${alias}.${ident(a.column)}`, a.text);
+}
+
 function lookupFoldGroups(p: Pipeline): Map<string, string> {
   const lookups = p.target.lookups ?? [];
   const byColumn = new Map(lookups.map((l) => [l.column, l]));
@@ -329,11 +339,9 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     ...lookups.map((l, i) => ({ column: l.column, value: lookupValue(i), merge: l.merge, text: false, lookup: l as Lookup | undefined })),
   ];
   const vals = main.map((a, i) => ({ ...a, v: `v${i}` }));
-  const assign = (a: (typeof vals)[number], incoming: string) =>
-    a.lookup ? lookupAssignment(p, a.lookup, incoming, 't') : assignment(a.merge, incoming, `t.${ident(a.column)}`, a.text);
-  const changed = vals.map((a) => assign(a, `x.${a.v}`)?.changes).filter((c): c is string => c !== undefined);
+  const changed = vals.map((a) => columnAssignment(p, a, `x.${a.v}`, 't')?.changes).filter((c): c is string => c !== undefined);
   const updSets = vals.flatMap((a) => {
-    const r = assign(a, `m.${a.v}`);
+    const r = columnAssignment(p, a, `m.${a.v}`, 't');
     return r ? [`${ident(a.column)} = ${r.set}`] : [];
   });
   // Two statements. The probe fills sluice_m: each staged row, its merged values, the id of

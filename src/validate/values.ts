@@ -109,6 +109,11 @@ export function realDateTime(y: number, m: number, d: number, h = 0, mi = 0, s =
   return m >= 1 && m <= 12 && d >= 1 && d <= daysInMonth(y, m) && h >= 0 && h <= 23 && mi >= 0 && mi <= 59 && s >= 0 && s <= 59;
 }
 
+/** A UTC offset that exists: hours 00-23, minutes 00-59 (`+24:00`, `+25:00` do not). */
+export function realOffset(hours: number, minutes: number): boolean {
+  return hours >= 0 && hours <= 23 && minutes >= 0 && minutes <= 59;
+}
+
 /** The years Postgres stores in a date or timestamp written as 4 digits: it has no year 0. */
 export function storableYear(year: number): boolean {
   return year >= 1 && year <= 9999;

@@ -7,6 +7,7 @@ import { runImport } from '../../engine/import-runner.ts';
 import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
 import { getPipeline } from '../../pipelines/index.ts';
 import { fileArgument } from '../file-argument.ts';
+import { delimiterProblem } from '../../formats/record-reader.ts';
 import { ProgressBar } from '../progress.ts';
 
 interface ImportFlags {
@@ -42,11 +43,9 @@ export function registerImport(program: Command): void {
       }
       const delimiter = flags.delimiter === undefined ? undefined : parseDelimiter(flags.delimiter);
       if (flags.delimiter !== undefined && !delimiter) throw new InvalidInputError(`--delimiter must be one of , ; tab |`);
-      // As POST /imports refuses it (checkFileFormat in src/intake/accept.ts, not imported: it
-      // would load the job queue's modules into every import), in the flag's words.
-      if (delimiter !== undefined && pipeline.format.kind !== 'csv') {
-        throw new InvalidInputError(`--delimiter is for CSV files: the ${pipeline.name} pipeline reads ${pipeline.format.kind} files, whose columns are not delimited`);
-      }
+      // As POST /imports refuses it (checkFileFormat), in the flag's words.
+      const problem = delimiter === undefined ? undefined : delimiterProblem(pipeline.name, pipeline.format.kind);
+      if (problem) throw new InvalidInputError(`--delimiter ${problem}`);
       fileArgument(file);
       // Settings (SLUICE_CHUNK_ROWS) before the pool: the runner reads them once the import's
       // row exists, where a bad value would be recorded as a failed import, not refused.

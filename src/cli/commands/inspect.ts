@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
 import { HEADER_SAMPLE_ROWS, parseFixedWidthHeader } from '../../formats/fixed-width.ts';
-import { DETECT_SAMPLE_BYTES, detectFile, readRecords, type EncodingWording, type FileMeta, type FormatKind } from '../../formats/record-reader.ts';
+import { DETECT_SAMPLE_BYTES, detectFile, GIVEN_ON_COMMAND_LINE, readRecords, type FileMeta, type FormatKind } from '../../formats/record-reader.ts';
 import { parseEncoding } from '../../formats/sniff.ts';
 import { splitWhitespace } from '../../formats/whitespace-columns.ts';
 import { fileArgument } from '../file-argument.ts';
@@ -16,11 +16,6 @@ interface InspectFlags {
 }
 
 /** How inspect gives the encoding, for the error refusing one the file's first bytes contradict. */
-const GIVEN: EncodingWording = {
-  given: (e) => `given --encoding ${e}`,
-  use: (e) => `run it with --encoding ${e}`,
-  none: 'without --encoding',
-};
 
 export function registerInspect(program: Command): void {
   program
@@ -41,7 +36,7 @@ export function registerInspect(program: Command): void {
       const limit = Number(flags.rows);
       if (!Number.isInteger(limit) || limit < 0) throw new InvalidInputError('--rows must be a whole number');
       fileArgument(file);
-      let meta: FileMeta = detectFile(file, (flags.format as FormatKind | undefined) ?? 'csv', encoding ? { encoding } : {}, GIVEN);
+      let meta: FileMeta = detectFile(file, (flags.format as FormatKind | undefined) ?? 'csv', encoding ? { encoding } : {}, GIVEN_ON_COMMAND_LINE);
       if (flags.format === undefined && looksFixedWidth(sampleText(file, meta.encoding))) meta = { ...meta, format: 'fixed-width', delimiter: null };
       let header: string[] | undefined;
       const rows: string[][] = [];

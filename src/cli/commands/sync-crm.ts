@@ -41,13 +41,6 @@ function reportNoRun(err: unknown, startedAt: number): void {
   process.stdout.write(`${JSON.stringify({ ...summary, run_id: null, status: 'failed', error: runErrorMessage(err), code: errorCode(err) })}\n`);
 }
 
-/** The error as the CLI prints it (sluice: message [code]): URL passwords masked. */
-function shown(err: unknown): unknown {
-  const message = runErrorMessage(err);
-  if (err instanceof Error && message === err.message) return err;
-  return new SluiceError(err instanceof SluiceError ? err.code : 'internal', message);
-}
-
 function report(o: RunOutcome, json: boolean): void {
   if (json) {
     const error = o.error ? { error: o.error, code: o.code ?? 'internal' } : {};
@@ -124,7 +117,7 @@ export function registerSyncCrm(program: Command): void {
       } catch (err) {
         // With --json, every outcome prints one JSON line, a run that could not start too.
         if (json && !reported) reportNoRun(err, startedAt);
-        throw shown(err);
+        throw err; // printed by main.ts, URL passwords masked
       }
     });
 }

@@ -284,6 +284,12 @@ export async function listFailures(q: Q, runId: number, limit = 1000): Promise<F
   return rows;
 }
 
+/** Whether run `runId` was recorded. */
+export async function runExists(q: Q, runId: number): Promise<boolean> {
+  const { rows } = await q.query<{ found: boolean }>('SELECT EXISTS (SELECT 1 FROM crm_runs WHERE id = $1) AS found', [runId]);
+  return rows[0]!.found;
+}
+
 /** Session-level lock per pipeline, so the CLI and `serve` never run one pipeline twice. */
 export async function tryLockPipeline(q: Q, pipeline: string): Promise<boolean> {
   const { rows } = await q.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(7301030, hashtext($1)) AS ok`, [pipeline]);

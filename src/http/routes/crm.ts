@@ -7,7 +7,7 @@
 import type { FastifyInstance } from 'fastify';
 import { InvalidInputError, NotFoundError } from '../../core/errors.ts';
 import { maskUrlPasswords } from '../../core/url-credentials.ts';
-import { listFailures, listRuns } from '../../db/sql/crm.ts';
+import { listFailures, listRuns, runExists } from '../../db/sql/crm.ts';
 import type { AppContext } from '../context.ts';
 
 function intParam(v: string | undefined, name: string, def: number, min: number, max: number): number {
@@ -32,15 +32,16 @@ export function crmRoutes(app: FastifyInstance, ctx: AppContext): void {
     const q = req.query as { limit?: string; pipeline?: string };
     const limit = intParam(q.limit, 'limit', 50, 1, 500);
     const runs = await listRuns(ctx.pool, limit, q.pipeline || undefined);
-    return { runs: runs.map((r) => ({ ...r, error: r.error === null ? null : maskUrlPasswords(r.error), sources: masked(r.sources) })) };
+    // Runs recorded before URL passwords were masked at the source may still hold them.
+    return { runs: masked(runs) };
   });
   app.get('/crm/runs/:id/failures', async (req) => {
     const { id } = req.params as { id: string };
     const q = req.query as { limit?: string };
     const runId = intParam(id, 'run id', 0, 1, Number.MAX_SAFE_INTEGER);
     const limit = intParam(q.limit, 'limit', 1000, 1, 10_000);
-    const { rows } = await ctx.pool.query<{ found: boolean }>('SELECT EXISTS (SELECT 1 FROM crm_runs WHERE id = $1) AS found', [runId]);
-    if (!rows[0]?.found) throw new NotFoundError(`no CRM run ${runId}`);
-    return { failures: await listFailures(ctx.pool, runId, limit) };
+    const failures = await listFailures(ctx.pool, runId, limit);
+    if (failures.length === 0 && !(await runExists(ctx.pool, runId))) throw new NotFoundError(`no CRM run ${runId}`);
+    return { failures };
   });
 }

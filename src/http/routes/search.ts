@@ -7,9 +7,10 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
+import { DATABASE_UNAVAILABLE } from '../errors.ts';
 import type { SearchRange } from '../../db/sql/events.ts';
 import { isDatabaseUnavailable } from '../../db/unavailable.ts';
-import { realDateTime, storableYear } from '../../validate/values.ts';
+import { realDateTime, realOffset, storableYear } from '../../validate/values.ts';
 import { SearchBatcher, searchKey } from '../../pipelines/events/search-batcher.ts';
 import { SearchCache, type CacheMode } from '../../pipelines/events/search-cache.ts';
 import type { AppContext } from '../context.ts';
@@ -38,7 +39,7 @@ export function parseSearchBound(name: string, value: unknown): string | null {
   }
   // Not applied, but held to the rule of POST /visits (src/pipelines/visits/visit.ts): hours
   // 00-23, minutes 00-59. `+25:00` passed here while /visits refused `+24:00`.
-  if (m[9] !== undefined && (Number(m[9]) > 23 || Number(m[10]) > 59)) {
+  if (m[9] !== undefined && !realOffset(Number(m[9]), Number(m[10]))) {
     throw new InvalidInputError(`${name} has an impossible UTC offset (hours 00-23, minutes 00-59): ${m[8]}`);
   }
   const fraction = m[7] ? m[7].slice(0, 7) : '';
@@ -125,7 +126,7 @@ export function searchRoutes(app: FastifyInstance, ctx: AppContext): void {
       // endpoint answers it (src/http/errors.ts), in the spec's error shape; retry shortly.
       if (isDatabaseUnavailable(err)) {
         req.log.warn({ err }, 'search: database unavailable');
-        return errorReply(reply, 503, 'unavailable', 'the database is unavailable; try again shortly');
+        return errorReply(reply, 503, 'unavailable', DATABASE_UNAVAILABLE);
       }
       // The spec's 500 shape; the database error itself stays in the log.
       req.log.error({ err }, 'search failed');

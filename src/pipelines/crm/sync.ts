@@ -112,10 +112,8 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
   let staged: Promise<void> = Promise.resolve();
   // A source that cannot be staged (empty, refused by COPY) ends the destination's work at
   // once, its error as the reason: nothing is planned or written without the sources.
-  const abort = new AbortController();
-  const onAbort = () => abort.abort(options.signal?.reason);
-  if (options.signal?.aborted) onAbort();
-  else options.signal?.addEventListener('abort', onAbort, { once: true });
+  const staging = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, staging.signal]) : staging.signal;
   let stagingError: unknown;
   try {
     const probes = await probeSources(pool, config, force, options.signal);
@@ -145,13 +143,13 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
     staged.catch((err: unknown) => {
       // awaited by the destination, and below
       stagingError = err;
-      abort.abort(err);
+      staging.abort(err);
     });
     partial = await destinationFor(config).sync({
       pool,
       config,
       runId,
-      signal: abort.signal,
+      signal,
       budgetLeft,
       staged,
       progress(r) {
@@ -180,7 +178,5 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
     await finishRun(pool, runId, { status: 'failed', requests: o.summary.requests, retries429: o.summary.retries_429, summary: o.summary, sources, details: o.details, error: o.error ?? null });
     crmRuns.inc({ pipeline: config.name, status: 'failed' });
     throw new CrmRunError(err, o);
-  } finally {
-    options.signal?.removeEventListener('abort', onAbort);
   }
 }

@@ -12,7 +12,7 @@
  * - lag: from receipt to committed (visible to every reader).
  */
 import { InvalidInputError } from '../../core/errors.ts';
-import { realDateTime } from '../../validate/values.ts';
+import { realDateTime, realOffset } from '../../validate/values.ts';
 
 /** A validated visit; times are epoch milliseconds (cheaper than Date objects at 100k/s). */
 export interface Visit {
@@ -116,7 +116,7 @@ function rfc3339Time(m: RegExpExecArray): number {
   const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
   const offsetHours = m[9] === undefined ? 0 : Number(m[9]);
   const offsetMinutes = m[10] === undefined ? 0 : Number(m[10]);
-  if (!realDateTime(year, month, day, hour, minute, second) || offsetHours > 23 || offsetMinutes > 59) return Number.NaN;
+  if (!realDateTime(year, month, day, hour, minute, second) || !realOffset(offsetHours, offsetMinutes)) return Number.NaN;
   const utc = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
   // Date.UTC maps years 0-99 to 1900-1999; setUTCFullYear does not.
   utc.setUTCFullYear(year);
