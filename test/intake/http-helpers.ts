@@ -123,3 +123,15 @@ export async function leftovers(db: TestDb, importId: string): Promise<{ tables:
   const { rows } = await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM import_parts WHERE import_id = $1 AND data IS NOT NULL', [importId]);
   return { tables: (await stagingTables(db.pool, importId)).length, bytes: rows[0]!.n };
 }
+
+/** Every column of every lead and its lead_infos row, ids and timestamps aside, references by name: to compare two imports' tables. */
+export async function leadsSnapshot(pool: TestDb['pool']): Promise<unknown[]> {
+  const { rows } = await pool.query<{ lead: unknown }>(
+    `SELECT to_jsonb(l) - 'id' - 'created_at' - 'updated_at' - 'city_id' - 'state_id'
+              || jsonb_build_object('city', (SELECT name FROM cities WHERE id = l.city_id),
+                                    'state', (SELECT acronym FROM states WHERE id = l.state_id),
+                                    'info', (SELECT to_jsonb(i) - 'lead_id' - 'created_at' - 'updated_at' FROM lead_infos i WHERE i.lead_id = l.id)) AS lead
+       FROM leads l ORDER BY l.email`,
+  );
+  return rows.map((r) => r.lead);
+}

@@ -18,7 +18,7 @@ import { runPart } from '../../src/intake/part-job.ts';
 import { partTableName } from '../../src/intake/staging.ts';
 import { leads } from '../../src/pipelines/leads.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { startIntake, waitFor } from './http-helpers.ts';
+import { startIntake, waitFor, leadsSnapshot } from './http-helpers.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-intake-order-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -54,18 +54,6 @@ async function seed(db: TestDb): Promise<void> {
   );
 }
 
-/** Every column of every lead and its lead_infos row, ids and timestamps aside, references by name. */
-async function snapshot(db: TestDb) {
-  const { rows } = await db.pool.query(
-    `SELECT to_jsonb(l) - 'id' - 'created_at' - 'updated_at' - 'city_id' - 'state_id'
-              || jsonb_build_object('city', (SELECT name FROM cities WHERE id = l.city_id),
-                                    'state', (SELECT acronym FROM states WHERE id = l.state_id),
-                                    'info', (SELECT to_jsonb(i) - 'lead_id' - 'created_at' - 'updated_at' FROM lead_infos i WHERE i.lead_id = l.id)) AS lead
-       FROM leads l ORDER BY l.email`,
-  );
-  return rows.map((r) => r.lead);
-}
-
 /** The reference: the CLI import of the file, whose 14 rows are one chunk (merged at once). */
 async function reference() {
   const db = await testDb();
@@ -73,7 +61,7 @@ async function reference() {
   const file = path.join(dir, 'whole.csv');
   fs.writeFileSync(file, CSV);
   const r = await runImport({ pool: db.pool, pipeline: leads, file });
-  const table = await snapshot(db);
+  const table = await leadsSnapshot(db.pool);
   await db.close();
   assert.equal(r.status, 'completed', r.error);
   return { rows: r.rows, table };
@@ -91,9 +79,9 @@ async function intake(partRows: number, body: string, maxRejectRatio?: number): 
     });
     // A failed import is recorded first, then its staging dropped (no part commits a table after).
     const staged = async () => (await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`)).rows[0].n as number;
-    await waitFor('the staging tables to be dropped', async () => ((await staged()) === 0 ? true : undefined), 10_000).catch(() => {});
+    await waitFor('the staging tables to be dropped', async () => ((await staged()) === 0 ? true : undefined), 10_000);
     assert.equal(await staged(), 0, 'the staging tables are dropped with the merge');
-    return { status, table: await snapshot(db) };
+    return { status, table: await leadsSnapshot(db.pool) };
   } finally {
     await running.stop();
     await db.close();
@@ -115,7 +103,7 @@ test('too many rejects: the parts merged so far are rolled back, nothing remains
   const db = await testDb();
   const before = await (async () => {
     await seed(db);
-    return snapshot(db);
+    return leadsSnapshot(db.pool);
   })();
   await db.close();
   const bad = Array.from({ length: 20 }, (_, i) => `bad${i},X,,,,,,,,,,,`).join('\n');
@@ -146,7 +134,7 @@ test('a part whose staged rows vanished (crash recovery empties unlogged tables)
     assert.equal(await merged, 'completed');
     const status = await importStatus(db.pool, id);
     assert.deepEqual(status?.rows, whole.rows);
-    assert.deepEqual(await snapshot(db), whole.table);
+    assert.deepEqual(await leadsSnapshot(db.pool), whole.table);
   } finally {
     await running.stop();
     await db.close();

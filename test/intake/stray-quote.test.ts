@@ -18,7 +18,7 @@ import { buildServer } from '../../src/http/server.ts';
 import type { ImportStatus } from '../../src/intake/index.ts';
 import { leads } from '../../src/pipelines/leads.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { startIntake, waitFor, type Intake } from './http-helpers.ts';
+import { startIntake, waitFor, type Intake, leadsSnapshot } from './http-helpers.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-stray-quote-'));
 let db: TestDb;
@@ -53,18 +53,6 @@ function strayQuoteCsv(): string {
     else lines.push(`sq${i}@example.com,Lead ${i},Analyst,Recife,PE`);
   }
   return `${lines.join('\n')}\n`;
-}
-
-/** Every column of every lead and its lead_infos row, ids and timestamps aside, references by name. */
-async function snapshot(pool: TestDb['pool']) {
-  const { rows } = await pool.query<{ lead: unknown }>(
-    `SELECT to_jsonb(l) - 'id' - 'created_at' - 'updated_at' - 'city_id' - 'state_id'
-              || jsonb_build_object('city', (SELECT name FROM cities WHERE id = l.city_id),
-                                    'state', (SELECT acronym FROM states WHERE id = l.state_id),
-                                    'info', (SELECT to_jsonb(i) - 'lead_id' - 'created_at' - 'updated_at' FROM lead_infos i WHERE i.lead_id = l.id)) AS lead
-       FROM leads l ORDER BY l.email`,
-  );
-  return rows.map((r) => r.lead);
 }
 
 test('a stray quote in an unquoted field does not swallow the file: several parts, the rows `sluice import` stores', async () => {
@@ -109,7 +97,7 @@ test('a stray quote in an unquoted field does not swallow the file: several part
     const r = await runImport({ pool: ref.pool, pipeline: leads, file });
     assert.equal(r.status, 'completed', r.error);
     assert.deepEqual(s.rows, r.rows);
-    assert.deepEqual(await snapshot(db.pool), await snapshot(ref.pool));
+    assert.deepEqual(await leadsSnapshot(db.pool), await leadsSnapshot(ref.pool));
   } finally {
     await ref.close();
   }

@@ -192,7 +192,7 @@ test('the server receiving an upload killed (kill -9) mid-upload: the merge fail
   assert.equal((await db.pool.query('SELECT count(*)::int AS n FROM purchases')).rows[0].n, 0, 'nothing of it imported');
   // The failure is recorded first (so no part commits a table after the drop), then the drop.
   const staged = async () => (await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`)).rows[0].n as number;
-  await until(async () => (await staged()) === 0, 'its staging to be dropped', 10_000).catch(() => {});
+  await until(async () => (await staged()) === 0, 'its staging to be dropped', 10_000);
   assert.equal(await staged(), 0, 'its staging is dropped');
   // The target is free: the next import of the file completes.
   await assertSameTable(db, await finished(db, await upload(ctx)));
