@@ -14,6 +14,7 @@ import { SyncScheduler } from '../../src/pipelines/events/sync-service.ts';
 import { syncEvents, type SyncResult } from '../../src/pipelines/events/sync.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { killAll, startSluice } from '../helpers/processes.ts';
+import { exitedWithin } from '../cli/exit.ts';
 import { RESPONSE_1 } from './feeds.ts';
 
 const PASSWORD = 's3cretpw';
@@ -39,9 +40,7 @@ const withCredentials = (url: string, user: string, password: string) => url.rep
 /** `sluice sync events ...args` to its end: exit code, stdout, stderr. */
 async function cli(args: string[], env: Record<string, string> = {}, ms = 60_000) {
   const p = startSluice(['sync', 'events', ...args], { DATABASE_URL: db.url, SLUICE_PROVIDER_URL: '', ...env });
-  const timer = setTimeout(() => void p.kill('SIGKILL'), ms);
-  const code = await new Promise<number | null>((resolve) => (p.child.exitCode !== null ? resolve(p.child.exitCode) : p.child.once('exit', resolve)));
-  clearTimeout(timer);
+  const code = await exitedWithin(p, ms);
   return { code, output: p.output() };
 }
 
@@ -192,7 +191,7 @@ test('a sync interval below 1 s is bad usage: the --interval flag and SLUICE_PRO
   assert.equal(SETTINGS.SLUICE_PROVIDER_INTERVAL_S!.check('1'), undefined);
   // serve refuses it before it opens anything (the database URL here leads nowhere).
   const serve = startSluice(['serve', '--port', '0'], { DATABASE_URL: 'postgres://sluice:x@127.0.0.1:1/none', SLUICE_PROVIDER_URL: open.url, SLUICE_PROVIDER_INTERVAL_S: '0' });
-  const code = await new Promise<number | null>((resolve) => serve.child.once('exit', resolve));
+  const code = await exitedWithin(serve, 60_000);
   assert.equal(code, 2, serve.output());
   assert.match(serve.output(), /SLUICE_PROVIDER_INTERVAL_S must be a whole number from 1/);
 });
@@ -247,7 +246,7 @@ test('a URL that is not http(s) is bad usage at once (exit 2), and a sync given 
   assert.doesNotMatch(r.error ?? '', new RegExp(PASSWORD));
   // serve refuses it too (exit 2), and does not print the password.
   const serve = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_PROVIDER_URL: `ftp://bob:${PASSWORD}@127.0.0.1:1/feed` });
-  const code = await new Promise<number | null>((resolve) => serve.child.once('exit', resolve));
+  const code = await exitedWithin(serve, 60_000);
   assert.equal(code, 2, serve.output());
   assert.match(serve.output(), /SLUICE_PROVIDER_URL must be an http:\/\/ or https:\/\/ URL/);
   assert.doesNotMatch(serve.output(), new RegExp(PASSWORD));
