@@ -127,7 +127,7 @@ test('a first run with an empty source creates no key field', async () => {
 test('lines that are all rejects are no data rows either; refreshSource takes allow_empty', async () => {
   files.set('bad_orders.csv', 'id,user_id,order_date,status\nx,1,2018-01-01,placed\n');
   await assert.rejects(refreshSource(db.pool, 'empty-rejects', 'orders', `${files.url}/bad_orders.csv`, false), /source orders .* has no data rows \(all 1 lines rejected\)/);
-  const r = await refreshSource(db.pool, 'empty-rejects', 'orders', `${files.url}/bad_orders.csv`, false, undefined, true);
+  const r = await refreshSource(db.pool, 'empty-rejects', 'orders', `${files.url}/bad_orders.csv`, false, { allowEmpty: true });
   assert.equal(r.rows, 0);
   assert.equal(r.rejected, 1);
 });

@@ -113,9 +113,9 @@ export async function probeSource(
   name: SourceName,
   location: string,
   force: boolean,
-  signal?: AbortSignal,
-  allowEmpty = false,
+  options: { signal?: AbortSignal | undefined; allowEmpty?: boolean } = {},
 ): Promise<Probe> {
+  const { signal, allowEmpty = false } = options;
   const prev = await getSourceState(pool, pipelineName, name);
   // Stored without the password (a new password alone is the same source).
   const shown = shownLocation(location);
@@ -222,15 +222,14 @@ export async function refreshSource(
   name: SourceName,
   location: string,
   force: boolean,
-  signal?: AbortSignal,
-  allowEmpty = false,
+  options: { signal?: AbortSignal | undefined; allowEmpty?: boolean } = {},
 ): Promise<SourceReport> {
-  return loadSource(pool, await probeSource(pool, pipelineName, name, location, force, signal, allowEmpty));
+  return loadSource(pool, await probeSource(pool, pipelineName, name, location, force, options));
 }
 
 /** Probes the three sources concurrently; a failure closes the bodies already opened. */
 export async function probeSources(pool: Pool, config: CrmConfig, force: boolean, signal?: AbortSignal): Promise<Probe[]> {
-  const settled = await Promise.allSettled(SOURCE_NAMES.map((n) => probeSource(pool, config.name, n, config.sources[n], force, signal, config.allowEmpty[n])));
+  const settled = await Promise.allSettled(SOURCE_NAMES.map((n) => probeSource(pool, config.name, n, config.sources[n], force, { signal, allowEmpty: config.allowEmpty[n] })));
   const failed = settled.find((r) => r.status === 'rejected');
   if (failed) {
     for (const r of settled) if (r.status === 'fulfilled') r.value.opened?.stream.destroy();
