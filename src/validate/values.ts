@@ -109,6 +109,16 @@ export function realDateTime(y: number, m: number, d: number, h = 0, mi = 0, s =
   return m >= 1 && m <= 12 && d >= 1 && d <= daysInMonth(y, m) && h >= 0 && h <= 23 && mi >= 0 && mi <= 59 && s >= 0 && s <= 59;
 }
 
+/**
+ * A reject ratio (`--max-reject-ratio`, `max_reject_ratio=`): a number from 0 to 1 written
+ * in decimal (`0`, `0.05`, `.5`, `1`); undefined for anything else (`''`, `1e-1`, `-0`).
+ */
+export function parseRatio(text: string): number | undefined {
+  if (!/^(?:\d+(?:\.\d*)?|\.\d+)$/.test(text)) return undefined;
+  const n = Number(text);
+  return n >= 0 && n <= 1 ? n : undefined;
+}
+
 /** A UTC offset that exists: hours 00-23, minutes 00-59 (`+24:00`, `+25:00` do not). */
 export function realOffset(hours: number, minutes: number): boolean {
   return hours >= 0 && hours <= 23 && minutes >= 0 && minutes <= 59;

@@ -77,6 +77,10 @@ test('usage errors exit 2 with a clear message', async () => {
   assert.match(unknown.stderr, /unknown pipeline "nope" \(available: /);
   const ratio = await sluice(['import', file, '--pipeline', 'leads', '--max-reject-ratio', '2']);
   assert.equal(ratio.code, 2);
+  // As over HTTP: an empty value is no ratio (Number('') made it 0).
+  const empty = await sluice(['import', file, '--pipeline', 'leads', '--max-reject-ratio', '']);
+  assert.equal(empty.code, 2);
+  assert.match(empty.stderr, /--max-reject-ratio must be a number between 0 and 1, got ""/);
   const missing = await sluice(['import', path.join(dir, 'missing.csv'), '--pipeline', 'leads']);
   assert.equal(missing.code, 2);
   assert.match(missing.stderr, /no such file/);

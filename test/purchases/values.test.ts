@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { test } from 'node:test';
 import { splitFixedWidthRow } from '../../src/formats/fixed-width.ts';
-import { isValueError, parseBit, parseDecimalComma, parseIsoDate } from '../../src/validate/values.ts';
+import { isValueError, parseBit, parseDecimalComma, parseIsoDate, parseRatio } from '../../src/validate/values.ts';
 import { FIXTURE } from './reference.ts';
 
 test('parseDecimalComma: plain and grouped Brazilian decimals', () => {
@@ -94,4 +94,10 @@ test('tickets (purchases): rounded half away from zero to cents; at most 12 digi
     assert.deepEqual(money(input), { error: `out of range (at most 12 digits before the comma): ${JSON.stringify(input)}` }, input);
   }
   assert.match((money('1,2,3') as { error: string }).error, /^malformed number/);
+});
+
+test('parseRatio: a decimal from 0 to 1, the rule of --max-reject-ratio and max_reject_ratio=', () => {
+  for (const [text, n] of [['0', 0], ['1', 1], ['.5', 0.5], ['0.05', 0.05], ['1.0', 1]] as const) assert.equal(parseRatio(text), n, text);
+  // '' was 0 and 1e-1 was 0.1 on the command line (Number()), refused over HTTP.
+  for (const bad of ['', ' ', '1e-1', '-0', '1.01', '2', 'abc', '0x1']) assert.equal(parseRatio(bad), undefined, JSON.stringify(bad));
 });

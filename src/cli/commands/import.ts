@@ -6,6 +6,7 @@ import { openDb } from '../../db/pool.ts';
 import { runImport } from '../../engine/import-runner.ts';
 import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
 import { getPipeline } from '../../pipelines/index.ts';
+import { parseRatio } from '../../validate/values.ts';
 import { fileArgument } from '../file-argument.ts';
 import { delimiterProblem } from '../../formats/record-reader.ts';
 import { ProgressBar } from '../progress.ts';
@@ -32,9 +33,10 @@ export function registerImport(program: Command): void {
     .option('--no-progress', 'do not draw the progress bar')
     .action(async (file: string, flags: ImportFlags) => {
       const pipeline = getPipeline(flags.pipeline);
-      const ratio = flags.maxRejectRatio === undefined ? undefined : Number(flags.maxRejectRatio);
-      if (ratio !== undefined && !(ratio >= 0 && ratio <= 1)) {
-        throw new InvalidInputError(`--max-reject-ratio must be a number between 0 and 1, got ${flags.maxRejectRatio}`);
+      // The rule POST /imports applies to max_reject_ratio (src/validate/values.ts).
+      const ratio = flags.maxRejectRatio === undefined ? undefined : parseRatio(flags.maxRejectRatio);
+      if (flags.maxRejectRatio !== undefined && ratio === undefined) {
+        throw new InvalidInputError(`--max-reject-ratio must be a number between 0 and 1, got ${JSON.stringify(flags.maxRejectRatio)}`);
       }
       // The labels and delimiters POST /imports takes too (src/formats/sniff.ts).
       const encoding = flags.encoding === undefined ? undefined : parseEncoding(flags.encoding);

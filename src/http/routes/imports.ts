@@ -13,6 +13,7 @@ import { InvalidInputError, NotFoundError, SluiceError } from '../../core/errors
 import { getImport, listRejects } from '../../db/sql/imports.ts';
 import { acceptUpload, cancelImport, fetchRemote, importStatus, listImports } from '../../intake/index.ts';
 import { checkFileFormat, type FileFormat } from '../../intake/accept.ts';
+import { parseRatio } from '../../validate/values.ts';
 import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
 import { formatReject, rejectsCsvHeader, type RejectFormat } from '../../load/reject-format.ts';
 import type { Pool } from '../../db/pool.ts';
@@ -301,8 +302,8 @@ function fileFormat(given: { encoding: string | undefined; delimiter: string | u
  */
 function rejectLimit(given: string | number | undefined): { maxRejectRatio?: number } {
   if (given === undefined) return {};
-  const ratio = typeof given === 'number' ? given : /^(?:\d+(?:\.\d*)?|\.\d+)$/.test(given) ? Number(given) : NaN;
-  if (!(ratio >= 0 && ratio <= 1)) {
+  const ratio = typeof given === 'number' ? given : parseRatio(given);
+  if (ratio === undefined || !(ratio >= 0 && ratio <= 1)) {
     throw new InvalidInputError(`max_reject_ratio must be a number from 0 to 1, got ${JSON.stringify(typeof given === 'string' ? given.slice(0, 100) : given)}`);
   }
   return { maxRejectRatio: ratio };
