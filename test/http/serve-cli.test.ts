@@ -81,3 +81,16 @@ test('a configuration error met after the pool and the queue are open: serve clo
   assert.match(p.output(), /cannot read config \/nonexistent\/crm\.json/);
   assert.doesNotMatch(p.output(), /listening/);
 });
+
+test('SIGTERM and SIGINT: serve and worker stop what they opened and exit 0', async () => {
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    const serve = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_WORKERS: '1' });
+    const worker = startSluice(['worker', '--concurrency', '1'], { DATABASE_URL: db.url });
+    await serve.waitFor(/listening on/);
+    await worker.waitFor(/ready/);
+    serve.child.kill(signal);
+    worker.child.kill(signal);
+    assert.equal(await exitedWithin(serve, PROMPTLY_MS), 0, `serve, ${signal}: ${serve.output()}`);
+    assert.equal(await exitedWithin(worker, PROMPTLY_MS), 0, `worker, ${signal}: ${worker.output()}`);
+  }
+});

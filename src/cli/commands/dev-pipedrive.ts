@@ -10,6 +10,7 @@ import { PipedriveSimulator } from '../../dev/pipedrive-simulator.ts';
 import { isLoopback } from '../../http/auth.ts';
 import { parseRateLimit } from '../../pipelines/crm/config.ts';
 import { devCommand } from './dev-provider.ts';
+import { untilSignal } from '../until-signal.ts';
 
 interface Opts {
   port: string;
@@ -40,10 +41,7 @@ export function registerDevPipedrive(program: Command): void {
       const url = await sim.listen(port, opts.host);
       process.stdout.write(`${url}\n`);
       process.stderr.write(`pipedrive simulator on ${url} (rate limit ${opts.rateLimit}; control: ${url.replace(/\/v1$/, '')}/_sim/stats)\n`);
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
+      await untilSignal();
       await sim.close();
     });
 }

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
 import { SIMULATOR_MODES, startProviderSimulator, type SimulatorMode } from '../../dev/provider-simulator.ts';
+import { untilSignal } from '../until-signal.ts';
 
 /** The `dev` command, created on first use. */
 export function devCommand(program: Command): Command {
@@ -66,10 +67,7 @@ export function registerDevProvider(program: Command): void {
       });
       sim.setMode(opts.mode as SimulatorMode);
       process.stderr.write(`sluice: provider simulator serving ${sim.url} (control: ${sim.url.replace(/\/feed$/, '/_control')})\n`);
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
+      await untilSignal();
       await sim.close();
     });
 }

@@ -12,6 +12,7 @@ import { providerSyncService } from '../../pipelines/events/sync-service.ts';
 import { visitsMaintenanceService } from '../../pipelines/visits/maintenance.ts';
 import { crmSyncService } from '../../pipelines/crm/service.ts';
 import { intakeService } from '../../intake/service.ts';
+import { untilSignal } from '../until-signal.ts';
 
 /** Background services of `sluice serve`, in start order (each reads its own config). */
 const SERVICES: Service[] = [intakeService, providerSyncService, visitsMaintenanceService, crmSyncService];
@@ -51,8 +52,7 @@ export function registerServe(program: Command): void {
       try {
         app = await buildServer(ctx, { logger: true });
         services = await startServices(SERVICES, ctx, app);
-        process.once('SIGINT', () => void stop().then(() => process.exit(0)));
-        process.once('SIGTERM', () => void stop().then(() => process.exit(0)));
+        void untilSignal().then(stop).then(() => process.exit(0));
         // Fails when the port is taken (or the address is not ours), or when a route's
         // plugin fails to load: the workers and services started above must stop, or they
         // would keep the process alive without a server.

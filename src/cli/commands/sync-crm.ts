@@ -15,6 +15,7 @@ import { startSchedule } from '../../pipelines/crm/service.ts';
 import { CrmRunError, runCrmSync, runErrorMessage, type RunOutcome } from '../../pipelines/crm/sync.ts';
 import { zeroCounts, type Counts } from '../../pipelines/crm/types.ts';
 import { syncCommand } from './sync-events.ts';
+import { untilSignal } from '../until-signal.ts';
 
 interface Opts {
   config?: string;
@@ -106,10 +107,7 @@ export function registerSyncCrm(program: Command): void {
               if (json) reportNoRun(err, performance.now());
             },
           });
-          await new Promise<void>((resolve) => {
-            process.once('SIGINT', resolve);
-            process.once('SIGTERM', resolve);
-          });
+          await untilSignal();
           await service.stop();
         } finally {
           await pool.end();

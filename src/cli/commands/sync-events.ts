@@ -13,6 +13,7 @@ import { syncRejects } from '../../db/sql/events.ts';
 import { feedUrlProblem } from '../../pipelines/events/fetch-feed.ts';
 import { providerSettingsFromEnv, providerUrlFromEnv, SyncScheduler } from '../../pipelines/events/sync-service.ts';
 import { syncEvents, type SyncResult } from '../../pipelines/events/sync.ts';
+import { untilSignal } from '../until-signal.ts';
 
 /** The `sync` command, created on first use. */
 export function syncCommand(program: Command): Command {
@@ -93,10 +94,7 @@ export function registerSyncEvents(program: Command): void {
         scheduler.on('skip', (reason) => process.stderr.write(`sluice: sync skipped: ${reason}\n`));
         scheduler.on('unrecorded', (reason) => process.stderr.write(`sluice: ${reason}\n`));
         scheduler.start();
-        await new Promise<void>((resolve) => {
-          process.once('SIGINT', resolve);
-          process.once('SIGTERM', resolve);
-        });
+        await untilSignal();
         await scheduler.stop();
       } finally {
         await pool.end();

@@ -5,6 +5,7 @@ import { checkSettings } from '../../config.ts';
 import { databaseUrl, openDb } from '../../db/pool.ts';
 import { startWorkers, type RunningWorkers } from '../../intake/worker.ts';
 import { startBoss, type Boss } from '../../jobs/boss.ts';
+import { untilSignal } from '../until-signal.ts';
 
 export function registerWorker(program: Command): void {
   program
@@ -31,10 +32,7 @@ export function registerWorker(program: Command): void {
         throw err;
       }
       process.stderr.write(`sluice worker: ready (pid ${process.pid}, concurrency ${concurrency})\n`);
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
+      await untilSignal();
       await workers.stop();
       await boss.stop({ graceful: true, timeout: 10_000 });
       await pool.end();
