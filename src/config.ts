@@ -73,7 +73,6 @@ const serve = ['serve'] as const;
 const provider = ['serve', 'sync-events'] as const;
 /** A timer's length in whole seconds. */
 const timerSeconds = wholeAtLeast(1, Math.floor(MAX_TIMER_MS / 1000));
-const number = (readBy: readonly SettingsCommand[]): Setting => ({ readBy, check: isNumber });
 
 /**
  * Every setting with a constrained value, and the commands that read it. They are read
@@ -84,26 +83,28 @@ const number = (readBy: readonly SettingsCommand[]): Setting => ({ readBy, check
  * with intEnv must be listed here (test/cli/settings.test.ts checks it).
  */
 export const SETTINGS: Readonly<Record<string, Setting>> = {
-  SLUICE_PORT: number(serve),
-  SLUICE_DB_POOL: number(serve),
+  SLUICE_PORT: { readBy: serve, check: wholeAtLeast(0, 65535) },
+  // At least SLUICE_WORKERS + 3 as well (checked by serve: poolTooSmall).
+  SLUICE_DB_POOL: { readBy: serve, check: wholeAtLeast(1) },
   SLUICE_LOG_LEVEL: { readBy: serve, check: oneOf('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent') },
-  SLUICE_MAX_UPLOAD_BYTES: number(serve),
+  SLUICE_MAX_UPLOAD_BYTES: { readBy: serve, check: wholeAtLeast(1) },
   // Each part is a table and a job: -1 made one-row parts, thousands of them.
   SLUICE_PART_ROWS: { readBy: serve, check: wholeAtLeast(100) },
-  SLUICE_WORKERS: number(serve),
+  // -1 started no workers without a word: whole, 0 or more.
+  SLUICE_WORKERS: { readBy: serve, check: wholeAtLeast(0) },
   SLUICE_REAP_INTERVAL_MS: { readBy: serve, check: wholeAtLeast(1000, MAX_TIMER_MS) },
-  SLUICE_WORKER_WARMUP: number(['serve', 'worker']),
-  SLUICE_LIVE_MAX_STREAMS: number(serve),
+  SLUICE_WORKER_WARMUP: { readBy: ['serve', 'worker'], check: oneOf('0', '1') },
+  SLUICE_LIVE_MAX_STREAMS: { readBy: serve, check: wholeAtLeast(0) },
   SLUICE_SEARCH_CACHE: { readBy: serve, check: oneOf('strict', 'notify', 'off') },
-  SLUICE_VISITS_BATCH_MAX: number(serve),
-  SLUICE_VISITS_BATCH_BYTES: number(serve),
-  SLUICE_VISITS_FLUSH_MS: number(serve),
-  SLUICE_VISITS_MAX_PENDING: number(serve),
-  SLUICE_VISITS_FLUSHES: number(serve),
-  SLUICE_VISITS_TIMEOUT_MS: number(serve),
-  SLUICE_VISITS_APPLY_MS: number(serve),
-  SLUICE_VISITS_MAINTENANCE: number(serve),
-  SLUICE_VISITS_MAINTENANCE_MS: number(serve),
+  SLUICE_VISITS_BATCH_MAX: { readBy: serve, check: wholeAtLeast(1) },
+  SLUICE_VISITS_BATCH_BYTES: { readBy: serve, check: wholeAtLeast(1) },
+  SLUICE_VISITS_FLUSH_MS: { readBy: serve, check: wholeAtLeast(0, MAX_TIMER_MS) },
+  SLUICE_VISITS_MAX_PENDING: { readBy: serve, check: wholeAtLeast(1) },
+  SLUICE_VISITS_FLUSHES: { readBy: serve, check: wholeAtLeast(1) },
+  SLUICE_VISITS_TIMEOUT_MS: { readBy: serve, check: wholeAtLeast(1, MAX_TIMER_MS) },
+  SLUICE_VISITS_APPLY_MS: { readBy: serve, check: wholeAtLeast(0, MAX_TIMER_MS) },
+  SLUICE_VISITS_MAINTENANCE: { readBy: serve, check: oneOf('0', '1') },
+  SLUICE_VISITS_MAINTENANCE_MS: { readBy: serve, check: wholeAtLeast(1000, MAX_TIMER_MS) },
   // Read by `serve` and `sync events` (whose --interval, --timeout, --idle-timeout and
   // --retries flags are held to the same rules). Seconds become timers: at most 2^31-1 ms, or
   // Node fires them every millisecond. An interval of 0 fetched the provider in a loop (348

@@ -141,6 +141,21 @@ function startReaper(pool: Pool, boss: Boss, intervalMs: number): { stop(): Prom
   };
 }
 
+/** Part workers inside `sluice serve` (SLUICE_WORKERS, default 2; 0: none). */
+export function serveWorkers(): number {
+  return intEnv('SLUICE_WORKERS', 2);
+}
+
+/**
+ * Connections the intake needs from serve's pool to always make progress: one per part
+ * worker, and up to three for a merge (its transaction, the connection preparing the next
+ * part, and a short read of the parts' state). A smaller SLUICE_DB_POOL could leave a merge
+ * waiting for ever for its third connection while the parts hold the rest.
+ */
+export function intakeConnections(workers: number): number {
+  return workers > 0 ? workers + 3 : 0;
+}
+
 export const intakeService: Service = {
   name: 'intake',
   async start(ctx) {
@@ -149,7 +164,7 @@ export const intakeService: Service = {
     await sweepFinishedImports(ctx.pool);
     const boss = await startBoss(await databaseUrl());
     ctx.boss = boss;
-    const concurrency = intEnv('SLUICE_WORKERS', 2);
+    const concurrency = serveWorkers();
     let workers: Awaited<ReturnType<typeof startWorkers>> | undefined;
     try {
       report(await reapAbandonedJobs(ctx.pool, boss));

@@ -42,14 +42,14 @@ test('every setting read with intEnv is in SETTINGS, and every one listed is rea
 test('worker: a bad setting is refused before the database is opened (exit 2)', async () => {
   const p = startSluice(['worker'], { DATABASE_URL: NO_DATABASE, SLUICE_WORKER_WARMUP: 'maybe' });
   assert.equal(await exitedWithin(p, 30_000), 2, p.output());
-  assert.match(p.output(), /SLUICE_WORKER_WARMUP must be a number, got "maybe"/);
+  assert.match(p.output(), /SLUICE_WORKER_WARMUP must be 0 or 1, got "maybe"/);
   assert.doesNotMatch(p.output(), /ECONNREFUSED|ready/);
 });
 
 test('worker: the reported case, SLUICE_WORKER_WARMUP=maybe with the database up, exits 2 at once', async () => {
   const p = startSluice(['worker'], { DATABASE_URL: db.url, SLUICE_WORKER_WARMUP: 'maybe' });
   assert.equal(await exitedWithin(p, PROMPTLY_MS), 2, p.output());
-  assert.match(p.output(), /SLUICE_WORKER_WARMUP must be a number/);
+  assert.match(p.output(), /SLUICE_WORKER_WARMUP must be 0 or 1/);
   assert.doesNotMatch(p.output(), /ready/);
 });
 

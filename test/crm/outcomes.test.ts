@@ -57,6 +57,24 @@ test('--json prints one JSON object for a bad config too (exit 2)', async () => 
   assert.match(out.error, /sources.orders: required/);
 });
 
+test('--json prints one JSON object without --config, and for --force without --once (exit 2)', async () => {
+  // Until session 9 commander refused a missing --config itself: usage text, no JSON.
+  const cases: Array<[string[], RegExp]> = [
+    [['sync', 'crm', '--once', '--json'], /--config is required/],
+    [['sync', 'crm', '--force', '--json', '--config', path.join(dir, 'any.yaml')], /--force applies to --once runs/],
+  ];
+  for (const [args, message] of cases) {
+    const r = await runCli(args, { DATABASE_URL: 'postgres://unused@127.0.0.1:1/x' });
+    assert.equal(r.code, 2, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    assert.equal(lines.length, 1, r.stdout);
+    const out = JSON.parse(lines[0] as string);
+    assert.equal(out.status, 'failed');
+    assert.equal(out.code, 'invalid_input');
+    assert.match(out.error, message);
+  }
+});
+
 test('GET /crm/runs/:id/failures: 404 for a run that does not exist, 200 for one without failures', async () => {
   const runId = await insertRun(db.pool, { pipeline: 'outcomes', trigger: 'api', destination: 'postgres', forced: false, configHash: 'x' });
   const app = await buildServer({ pool: db.pool });

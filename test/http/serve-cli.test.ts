@@ -49,14 +49,21 @@ test('a port that is not a whole number 0-65535 is refused (exit 2)', async () =
 
 test('a setting with a bad value is refused before the database is opened (exit 2)', async () => {
   const cases: Array<[Record<string, string>, RegExp]> = [
-    [{ SLUICE_WORKERS: 'abc' }, /SLUICE_WORKERS must be a number, got "abc"/],
-    [{ SLUICE_VISITS_TIMEOUT_MS: 'x' }, /SLUICE_VISITS_TIMEOUT_MS must be a number, got "x"/],
-    [{ SLUICE_MAX_UPLOAD_BYTES: 'lots' }, /SLUICE_MAX_UPLOAD_BYTES must be a number, got "lots"/],
+    [{ SLUICE_WORKERS: 'abc' }, /SLUICE_WORKERS must be a whole number of at least 0, got "abc"/],
+    // Accepted until session 9: -1 started no workers, 0 bytes refused only once the database was open.
+    [{ SLUICE_WORKERS: '-1' }, /SLUICE_WORKERS must be a whole number of at least 0, got "-1"/],
+    [{ SLUICE_WORKERS: '1.5' }, /SLUICE_WORKERS must be a whole number of at least 0, got "1.5"/],
+    [{ SLUICE_MAX_UPLOAD_BYTES: '0' }, /SLUICE_MAX_UPLOAD_BYTES must be a whole number of at least 1, got "0"/],
+    [{ SLUICE_VISITS_MAINTENANCE: 'yes' }, /SLUICE_VISITS_MAINTENANCE must be 0 or 1, got "yes"/],
+    [{ SLUICE_VISITS_TIMEOUT_MS: 'x' }, /SLUICE_VISITS_TIMEOUT_MS must be a whole number from 1 to 2147483647, got "x"/],
+    [{ SLUICE_MAX_UPLOAD_BYTES: 'lots' }, /SLUICE_MAX_UPLOAD_BYTES must be a whole number of at least 1, got "lots"/],
+    // A pool the intake could run out of: a merge waiting for ever for its third connection.
+    [{ SLUICE_WORKERS: '4', SLUICE_DB_POOL: '6' }, /SLUICE_DB_POOL must be at least 7 with SLUICE_WORKERS=4 \(a connection per part worker, up to three for a merge\), got 6/],
     [{ SLUICE_PROVIDER_RETRIES: 'some' }, /SLUICE_PROVIDER_RETRIES must be a number/],
     [{ SLUICE_LOG_LEVEL: 'loud' }, /SLUICE_LOG_LEVEL must be fatal, error, warn, info, debug, trace or silent, got "loud"/],
     [{ SLUICE_SEARCH_CACHE: 'bogus' }, /SLUICE_SEARCH_CACHE must be strict, notify or off, got "bogus"/],
     // Every bad value at once, not one per attempt.
-    [{ SLUICE_WORKERS: 'abc', SLUICE_DB_POOL: 'big' }, /SLUICE_DB_POOL must be a number.*; SLUICE_WORKERS must be a number/],
+    [{ SLUICE_WORKERS: 'abc', SLUICE_DB_POOL: 'big' }, /SLUICE_DB_POOL must be a whole number of at least 1.*; SLUICE_WORKERS must be a whole number of at least 0/],
   ];
   for (const [env, message] of cases) {
     // Opening the pool before the check would fail on this URL with ECONNREFUSED (exit 1).
@@ -70,7 +77,7 @@ test('a setting with a bad value is refused before the database is opened (exit 
 test('the reported case: SLUICE_WORKERS=abc with the database up exits 2 at once', async () => {
   const p = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_WORKERS: 'abc' });
   assert.equal(await exitedWithin(p, PROMPTLY_MS), 2, p.output());
-  assert.match(p.output(), /SLUICE_WORKERS must be a number, got "abc"/);
+  assert.match(p.output(), /SLUICE_WORKERS must be a whole number of at least 0, got "abc"/);
 });
 
 test('a configuration error met after the pool and the queue are open: serve closes them and exits 2', async () => {

@@ -11,7 +11,7 @@ import { startServices, type RunningService, type Service } from '../../http/ser
 import { providerSyncService } from '../../pipelines/events/sync-service.ts';
 import { visitsMaintenanceService } from '../../pipelines/visits/maintenance.ts';
 import { crmSyncService } from '../../pipelines/crm/service.ts';
-import { intakeService } from '../../intake/service.ts';
+import { intakeConnections, intakeService, serveWorkers } from '../../intake/service.ts';
 import { untilSignal } from '../until-signal.ts';
 
 /** Background services of `sluice serve`, in start order (each reads its own config). */
@@ -35,7 +35,12 @@ export function registerServe(program: Command): void {
       if (!isLoopback(host) && !apiToken) {
         throw new InvalidInputError(`refusing to listen on ${host} without SLUICE_API_TOKEN (only loopback may run open)`);
       }
-      const pool = await openDb({ max: intEnv('SLUICE_DB_POOL', 20) });
+      const poolSize = intEnv('SLUICE_DB_POOL', 20);
+      const needed = intakeConnections(serveWorkers());
+      if (poolSize < needed) {
+        throw new InvalidInputError(`SLUICE_DB_POOL must be at least ${needed} with SLUICE_WORKERS=${serveWorkers()} (a connection per part worker, up to three for a merge), got ${poolSize}`);
+      }
+      const pool = await openDb({ max: poolSize });
       const ctx: AppContext = { pool, apiToken };
       let app: FastifyInstance | undefined;
       let services: RunningService | undefined;

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
 import { checkSettings } from '../../config.ts';
 import { databaseUrl, openDb } from '../../db/pool.ts';
+import { intakeConnections } from '../../intake/service.ts';
 import { startWorkers, type RunningWorkers } from '../../intake/worker.ts';
 import { startBoss, type Boss } from '../../jobs/boss.ts';
 import { untilSignal } from '../until-signal.ts';
@@ -17,9 +18,7 @@ export function registerWorker(program: Command): void {
       if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidInputError('--concurrency must be a positive whole number');
       // Settings before anything is opened: a bad value is bad usage (exit 2).
       checkSettings('worker');
-      // A connection per part being staged, two for the merge (its transaction and the one
-      // preparing its parts), one spare.
-      const pool = await openDb({ max: concurrency + 3, applicationName: 'sluice-worker' });
+      const pool = await openDb({ max: intakeConnections(concurrency), applicationName: 'sluice-worker' });
       let boss: Boss | undefined;
       let workers: RunningWorkers;
       try {
