@@ -16,6 +16,69 @@ export interface OpenApiPart {
   tags?: Array<{ name: string; description?: string }>;
 }
 
+/**
+ * The pieces every feature's operations share: the error body of src/http/errors.ts, the
+ * 500 and 503 any route may answer, and the API token of src/http/auth.ts.
+ */
+const apiErrorSchema: Json = {
+  type: 'object',
+  description: 'Every error: `{"error":{"code","message"}}` (src/http/errors.ts)',
+  properties: {
+    error: {
+      type: 'object',
+      properties: {
+        code: {
+          type: 'string',
+          enum: ['invalid_input', 'invalid_file', 'unauthorized', 'forbidden', 'not_found', 'conflict', 'too_large', 'unavailable', 'internal'],
+          example: 'invalid_input',
+        },
+        message: { type: 'string' },
+      },
+      required: ['code', 'message'],
+    },
+  },
+  required: ['error'],
+};
+
+const securitySchemes: Record<string, Json> = {
+  apiToken: {
+    type: 'http',
+    scheme: 'bearer',
+    description:
+      'The API token, `SLUICE_API_TOKEN`. Operations that list it need `Authorization: Bearer <token>` when the server has a token set; ' +
+      'without one (the server then listens on loopback only) nothing is checked. Reads (GET, HEAD) never need it.',
+  },
+};
+
+/** `security` of an operation that needs the API token when one is set (the writes, src/http/auth.ts). */
+export const apiTokenSecurity = [{ apiToken: [] }];
+
+/** A response with the `{"error":{"code","message"}}` body. */
+export function errorResponse(description: string): Json {
+  return { description, content: { 'application/json': { schema: { $ref: '#/components/schemas/ApiError' } } } };
+}
+
+/** The 503 every route answers while the server shuts down (the onRequest hook of src/http/server.ts). */
+export const UNAVAILABLE_CLOSING = 'the server is shutting down (a request on a kept-alive connection; `Connection: close` is added): retry on another instance';
+/** The 503 of a route that reads PostgreSQL (src/http/errors.ts). */
+export const UNAVAILABLE_DATABASE = 'the database cannot be reached (restarting, connection cut): retry shortly';
+
+/** The 500 and 503 answers: `unavailable` when `unavailableWhen` (default: the database, or a shutdown), `internal` for any other fault. */
+export function serverErrors(unavailableWhen = `${UNAVAILABLE_DATABASE}; or ${UNAVAILABLE_CLOSING}`): Record<string, Json> {
+  return {
+    '500': errorResponse('Any other server fault: code `internal`, message `internal error` (the cause stays in the server log)'),
+    '503': errorResponse(`Code \`unavailable\`: ${unavailableWhen}`),
+  };
+}
+
+/** The 401 of an operation with `apiTokenSecurity`. */
+export function unauthorizedResponse(extra = ''): Json {
+  return {
+    ...errorResponse(`SLUICE_API_TOKEN is set and \`Authorization: Bearer <token>\` is missing or wrong (code \`unauthorized\`)${extra}`),
+    headers: { 'WWW-Authenticate': { description: 'The scheme expected', schema: { type: 'string', example: 'Bearer realm="sluice"' } } },
+  };
+}
+
 const paths: Record<string, Json> = {};
 const schemas: Record<string, Json> = {};
 const tags = new Map<string, { name: string; description?: string }>();
@@ -47,7 +110,7 @@ export function openApiDocument(): Json {
     },
     tags: [...tags.values()],
     paths: sortedPaths,
-    components: { schemas: { ...schemas } },
+    components: { schemas: { ApiError: apiErrorSchema, ...schemas }, securitySchemes },
   };
 }
 

@@ -9,6 +9,8 @@ import { InvalidInputError, NotFoundError } from '../../core/errors.ts';
 import { maskUrlPasswords } from '../../core/url-credentials.ts';
 import { listFailures, listRuns, runExists } from '../../db/sql/crm.ts';
 import type { AppContext } from '../context.ts';
+import { addOpenApi } from '../openapi.ts';
+import { crmOpenApi } from './crm-openapi.ts';
 
 function intParam(v: string | undefined, name: string, def: number, min: number, max: number): number {
   if (v === undefined) return def;
@@ -28,6 +30,7 @@ function masked<T>(v: T): T {
 }
 
 export function crmRoutes(app: FastifyInstance, ctx: AppContext): void {
+  addOpenApi(crmOpenApi);
   app.get('/crm/runs', async (req) => {
     const q = req.query as { limit?: string; pipeline?: string };
     const limit = intParam(q.limit, 'limit', 50, 1, 500);

@@ -2,8 +2,11 @@
 import type { FastifyInstance } from 'fastify';
 import { registry } from '../metrics.ts';
 import type { AppContext } from '../context.ts';
+import { addOpenApi } from '../openapi.ts';
+import { healthOpenApi } from './health-openapi.ts';
 
 export function healthRoutes(app: FastifyInstance, ctx: AppContext): void {
+  addOpenApi(healthOpenApi);
   app.get('/healthz', async (_req, reply) => {
     try {
       await ctx.pool.query('SELECT 1');

@@ -1,9 +1,19 @@
 /** The OpenAPI description of the intake routes (src/http/routes/imports.ts). */
+import { apiTokenSecurity, errorResponse as error, serverErrors, unauthorizedResponse } from '../openapi.ts';
 
-const error = (description: string) => ({
-  description,
-  content: { 'application/json': { schema: { $ref: '#/components/schemas/ApiError' } } },
-});
+/** The Host check of src/http/auth.ts (refuseCrossSite), for reads and writes alike. */
+const hostText =
+  'without SLUICE_API_TOKEN, a `Host` header whose name (port and IPv6 brackets left out, lower-cased) is not `localhost`, `::1` or a name starting with `127.` ' +
+  '(or no `Host` at all): a server without a token answers its loopback names only, so a page whose DNS name was rebound to 127.0.0.1 cannot read the imports. ' +
+  'With a token set, the Host is not checked';
+const crossSiteText =
+  'a write from a page of another site, with or without a token: `Sec-Fetch-Site: cross-site` or `same-site`, or an `Origin` that is not this server ' +
+  '(its host and port compared with the `Host` header; `null` or an unparsable Origin refused too). Clients that are not browsers send neither header';
+/** 403 `forbidden` of the reads (GET) of /imports*. */
+const readForbidden = error(`Code \`forbidden\`: ${hostText}`);
+/** 403 `forbidden` of the writes (POST) of /imports*: checked first, before the token and the body. */
+const writeForbidden = error(`Code \`forbidden\`: ${crossSiteText}; or ${hostText}`);
+const givenOnce = 'a query parameter given more than once';
 
 const idParam = { in: 'path', name: 'id', required: true, description: 'The import id (a UUID)', schema: { type: 'string', format: 'uuid' } };
 const statusOk = {
@@ -18,6 +28,8 @@ const delimiterText = 'The CSV delimiter, instead of the sniffed one: `,` `;` `|
 const ratioText =
   'The largest share of rejected rows (rejected / read) the import may have, from 0 to 1 (as `sluice import --max-reject-ratio`): ' +
   'above it the import fails and nothing is merged (0: any rejected row fails it). Default 1 (no limit)';
+const rawText =
+  'The file itself, streamed as it arrives. The `charset` parameter of Content-Type gives its encoding (as `?encoding=`, which must then name the same one)';
 const encoding = { type: 'string', description: encodingText, example: 'windows-1252' };
 const delimiter = { type: 'string', description: delimiterText, example: ';' };
 const maxRejectRatio = { type: 'number', minimum: 0, maximum: 1, description: ratioText, example: 0.05 };
@@ -33,11 +45,13 @@ export const importsOpenApi = {
         description:
           'Three ways in: (a) multipart/form-data with a text field `pipeline` (and optionally `encoding`, `delimiter`, `max_reject_ratio`) followed by a file field `file` ' +
           '(fields must come before the file, later ones are not read; `?pipeline=`, `?encoding=`, `?delimiter=`, `?max_reject_ratio=` also work, a form field wins); ' +
-          '(b) any other content type (text/csv, text/plain, application/octet-stream) with the file as the raw body and `?pipeline=` (`?encoding=`, `?delimiter=`, `?max_reject_ratio=` optional; ' +
+          '(b) any other content type (text/csv, text/plain, application/octet-stream, anything else, or none) with the file as the raw body, streamed as it arrives and never parsed, ' +
+          'and `?pipeline=` (`?file_name=`, `?encoding=`, `?delimiter=`, `?max_reject_ratio=` optional; ' +
           'the `charset` of Content-Type is the encoding when `?encoding=` is not given, and must agree with it when both are); ' +
           '(c) application/json `{"pipeline","url","encoding"?,"delimiter"?,"max_reject_ratio"?}`: the server fetches the http(s) URL. ' +
           'Without an encoding, it is detected from the first 64 KiB; without a delimiter, it is sniffed. The upload is streamed into parts stored in PostgreSQL and answered once stored; ' +
           'workers import the parts in the background. File names are recorded, never used as paths. With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
+        security: apiTokenSecurity,
         parameters: [
           { in: 'query', name: 'pipeline', required: false, description: 'The pipeline (leads, purchases); required for raw bodies', schema: { type: 'string' } },
           { in: 'query', name: 'file_name', required: false, description: 'The file name to record for a raw body', schema: { type: 'string' } },
@@ -58,8 +72,16 @@ export const importsOpenApi = {
                 required: ['file'],
               },
             },
-            'text/csv': { schema: { type: 'string', format: 'binary', description: 'The file; a `charset` parameter gives its encoding (as `?encoding=`)' } },
-            'application/octet-stream': { schema: { type: 'string', format: 'binary' } },
+            'text/csv': { schema: { type: 'string', format: 'binary', description: rawText } },
+            'text/plain': { schema: { type: 'string', format: 'binary', description: rawText } },
+            'application/octet-stream': { schema: { type: 'string', format: 'binary', description: rawText } },
+            '*/*': {
+              schema: {
+                type: 'string',
+                format: 'binary',
+                description: `Any other type, or a body without Content-Type: the same as text/csv. ${rawText}`,
+              },
+            },
             'application/json': {
               schema: {
                 type: 'object',
@@ -72,15 +94,25 @@ export const importsOpenApi = {
         responses: {
           '202': {
             description: 'Stored and queued; follow status_url',
+            headers: { Location: { description: 'The import, `/imports/<id>`', schema: { type: 'string' } } },
             content: { 'application/json': { schema: { $ref: '#/components/schemas/ImportAccepted' } } },
           },
           '400': error(
-            'Unknown pipeline, missing field, empty, binary or unreadable file, bad URL; an unknown encoding or delimiter, a charset that disagrees with `encoding`, ' +
-              'a delimiter for a fixed-width pipeline, a max_reject_ratio that is not a number from 0 to 1 (invalid_input); a file whose first bytes contradict the encoding given (invalid_file)',
+            'Unknown or missing pipeline, no `file` part or one under another name, too many or too long form fields, malformed multipart, malformed JSON, bad or unreachable URL or one answering non-2xx, ' +
+              `${givenOnce}; an unknown encoding or delimiter, a charset that disagrees with \`encoding\` or is not an encoding Sluice reads, ` +
+              'a delimiter for a fixed-width pipeline, a max_reject_ratio that is not a number from 0 to 1 (invalid_input); an empty or binary file, a header without data rows, ' +
+              'no usable key column, a record over 16 MiB, a file whose first bytes contradict the encoding given (invalid_file)',
           ),
-          '401': error('Missing or wrong API token'),
-          '403': error('A write from a page of another site, or (without a token) a Host that is not a loopback name'),
-          '413': error('The upload is larger than SLUICE_MAX_UPLOAD_BYTES (code too_large)'),
+          '401': unauthorizedResponse(', checked before a byte of the body is read'),
+          '403': writeForbidden,
+          '409': error(
+            'Code `conflict`: the import was cancelled (POST /imports/{id}/cancel) while its file was still arriving: the rest is not read, ' +
+              'and the import stays `cancelled` with nothing staged. (An import a worker failed on an earlier part while the file arrived is answered 202; its status holds the error.)',
+          ),
+          '413': error(
+            'Code `too_large`: the upload is larger than SLUICE_MAX_UPLOAD_BYTES (default 2 GiB), or a remote `Content-Length` says so; or an application/json body over 1 MiB',
+          ),
+          ...serverErrors(),
         },
       },
       get: {
@@ -96,7 +128,9 @@ export const importsOpenApi = {
             description: 'A page of imports',
             content: { 'application/json': { schema: { $ref: '#/components/schemas/ImportList' } } },
           },
-          '400': error('Bad limit or cursor'),
+          '400': error(`Bad limit or cursor, or ${givenOnce} (invalid_input)`),
+          '403': readForbidden,
+          ...serverErrors(),
         },
       },
     },
@@ -106,7 +140,7 @@ export const importsOpenApi = {
         operationId: 'getImport',
         summary: 'The status of one import: counts, parts, rate and ETA',
         parameters: [idParam],
-        responses: { '200': statusOk, '404': error('No such import (or not a UUID)') },
+        responses: { '200': statusOk, '403': readForbidden, '404': error('No such import (or not a UUID)'), ...serverErrors() },
       },
     },
     '/imports/{id}/rejects': {
@@ -122,13 +156,18 @@ export const importsOpenApi = {
         responses: {
           '200': {
             description: 'CSV with the header line,field,reason,raw, or one JSON object per line',
+            headers: {
+              'Content-Disposition': { description: 'CSV only: `attachment; filename="rejects-<id>.csv"`', schema: { type: 'string' } },
+            },
             content: {
               'text/csv': { schema: { type: 'string' } },
               'application/x-ndjson': { schema: { $ref: '#/components/schemas/Reject' } },
             },
           },
-          '400': error('Bad format or limit'),
-          '404': error('No such import'),
+          '400': error(`Bad format or limit, or ${givenOnce}`),
+          '403': readForbidden,
+          '404': error('No such import (or not a UUID)'),
+          ...serverErrors(),
         },
       },
     },
@@ -137,24 +176,24 @@ export const importsOpenApi = {
         tags: ['imports'],
         operationId: 'cancelImport',
         summary: 'Cancels a queued or running import (no-op when it has finished)',
-        description: 'Parts not yet imported are dropped; nothing is merged. With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
+        description:
+          'Parts not yet imported are dropped; nothing is merged. An upload still arriving stops and is answered 409. No body is needed (any is ignored, ' +
+          'but one sent as application/json is parsed first). With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
+        security: apiTokenSecurity,
         parameters: [idParam],
-        responses: { '200': statusOk, '401': error('Missing or wrong API token'), '403': error('A write from a page of another site'), '404': error('No such import') },
+        responses: {
+          '200': statusOk,
+          '400': error('A body sent as application/json that is not valid JSON (invalid_input)'),
+          '401': unauthorizedResponse(),
+          '403': writeForbidden,
+          '404': error('No such import (or not a UUID)'),
+          '413': error('A body sent as application/json over 1 MiB (too_large)'),
+          ...serverErrors(),
+        },
       },
     },
   },
   schemas: {
-    ApiError: {
-      type: 'object',
-      properties: {
-        error: {
-          type: 'object',
-          properties: { code: { type: 'string', example: 'invalid_input' }, message: { type: 'string' } },
-          required: ['code', 'message'],
-        },
-      },
-      required: ['error'],
-    },
     ImportAccepted: {
       type: 'object',
       properties: { id: { type: 'string', format: 'uuid' }, status_url: { type: 'string', example: '/imports/0b6f…' } },

@@ -10,6 +10,8 @@ import { LiveHub } from '../../pipelines/visits/live-view.ts';
 import type { AppContext } from '../context.ts';
 import { HttpError } from '../errors.ts';
 import { loadStaticPage, sendStaticPage } from './dashboard.ts';
+import { addOpenApi } from '../openapi.ts';
+import { liveOpenApi } from './live-openapi.ts';
 
 const PAGE = path.join(repoRoot, 'src', 'web', 'live.html');
 /** Slow viewers are dropped rather than buffered without bound (about 100 snapshots). */
@@ -25,6 +27,7 @@ export function liveRoutes(app: FastifyInstance, ctx: AppContext, options: LiveR
   // Inline script and style allowed by hash only: page paths and visitor ids come from the
   // public and must never run (the page also writes them only as text).
   const page = loadStaticPage(PAGE);
+  addOpenApi(liveOpenApi);
 
   app.register(async (scope) => {
     const hub = new LiveHub(ctx.pool);

@@ -16,6 +16,8 @@ import { VisitorApplier } from '../../pipelines/visits/visitor-applier.ts';
 import { parseBatch, parseBatchText, parseVisit, type Visit } from '../../pipelines/visits/visit.ts';
 import { requireApiToken } from '../auth.ts';
 import type { AppContext } from '../context.ts';
+import { addOpenApi } from '../openapi.ts';
+import { visitsOpenApi } from './visits-openapi.ts';
 
 export const VISITOR_COOKIE = 'sluice_visitor';
 const COOKIE_VALUE = /^[A-Za-z0-9-]{1,128}$/;
@@ -35,6 +37,7 @@ export function visitsRoutes(app: FastifyInstance, ctx: AppContext, options: Vis
   const batchMax = options.batchMax ?? intEnv('SLUICE_VISITS_BATCH_MAX', 10_000);
   const batchBytes = options.batchBytes ?? intEnv('SLUICE_VISITS_BATCH_BYTES', 8 << 20);
   const visitBytes = options.visitBytes ?? 16 << 10;
+  addOpenApi(visitsOpenApi);
 
   // Encapsulated: the token hook, the body parsers and the close hook stay out of other
   // features' routes.

@@ -1,0 +1,64 @@
+/** The OpenAPI description of GET /healthz and GET /metrics (src/http/routes/health.ts, docs/operations.md). */
+import { serverErrors, UNAVAILABLE_CLOSING } from '../openapi.ts';
+
+export const healthOpenApi = {
+  tags: [{ name: 'operations', description: 'For load balancers and monitoring: health and Prometheus metrics. Open (no token).' }],
+  paths: {
+    '/healthz': {
+      get: {
+        tags: ['operations'],
+        operationId: 'health',
+        summary: 'Whether the database answers (`SELECT 1`)',
+        description: 'Never a 500: a failed check is the 503.',
+        responses: {
+          '200': {
+            description: 'The database answered',
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/Health' } } },
+          },
+          '503': {
+            description:
+              'The database did not answer: `{"status":"unavailable","error":{"code":"unavailable","message":"database unreachable"}}`; ' +
+              `or ${UNAVAILABLE_CLOSING}: \`{"error":{"code":"unavailable","message":…}}\` (no \`status\`)`,
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/HealthUnavailable' } } },
+          },
+        },
+      },
+    },
+    '/metrics': {
+      get: {
+        tags: ['operations'],
+        operationId: 'metrics',
+        summary: 'The metrics of this process, in the Prometheus text format',
+        description:
+          'HTTP requests by route and status, uploads, rows imported by this process\'s workers, visits, live viewers, CRM runs, and the Node.js process metrics, ' +
+          'all prefixed `sluice_` (docs/operations.md and each feature\'s doc).',
+        responses: {
+          '200': {
+            description: 'Prometheus text exposition format 0.0.4',
+            content: { 'text/plain; version=0.0.4; charset=utf-8': { schema: { type: 'string', example: 'sluice_http_requests_total{route="/healthz",status="200"} 3\n' } } },
+          },
+          ...serverErrors(UNAVAILABLE_CLOSING),
+        },
+      },
+    },
+  },
+  schemas: {
+    Health: {
+      type: 'object',
+      properties: { status: { type: 'string', enum: ['ok'] } },
+      required: ['status'],
+    },
+    HealthUnavailable: {
+      type: 'object',
+      properties: {
+        status: { type: 'string', enum: ['unavailable'], description: 'Absent when the server is shutting down' },
+        error: {
+          type: 'object',
+          properties: { code: { type: 'string', enum: ['unavailable'] }, message: { type: 'string' } },
+          required: ['code', 'message'],
+        },
+      },
+      required: ['error'],
+    },
+  },
+};
