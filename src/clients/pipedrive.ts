@@ -14,6 +14,11 @@
  *   nothing from the budget and frees its window slot at once;
  * - ends every request at once (`AccessRefusedError`) when the API refuses the token (401)
  *   or its user (403): every other request would be refused alike;
+ * - never follows a redirect (`MisdirectedError`, every request at once): the token travels
+ *   in `x-api-token`, a header fetch would forward to any host a redirect names (it drops
+ *   only `authorization` across origins), and the API itself never redirects: a 3xx means
+ *   `base_url` points somewhere else (a proxy, a login page, http:// answered by a
+ *   redirect to https://);
  * - gives up, for every request at once (`RateLimitedError`), when the API keeps refusing
  *   (50 429s in a row for one request) or asks to wait longer than `maxRetryAfterMs`: the
  *   account's limit is spent for longer than a run should hold its pipeline.
@@ -24,7 +29,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SluiceError, type ErrorCode } from '../core/errors.ts';
-import { basicAuth } from '../core/url-credentials.ts';
+import { basicAuth, withoutPassword } from '../core/url-credentials.ts';
 
 export interface RateLimit {
   limit: number;
@@ -85,6 +90,19 @@ export class PipedriveError extends SluiceError {
 export class AccessRefusedError extends PipedriveError {
   constructor(message: string, status: 401 | 403) {
     super(message, status, undefined, status === 401 ? 'unauthorized' : 'forbidden');
+  }
+}
+
+/**
+ * The API answered a redirect (3xx): `base_url` does not point at the API. Not followed (the
+ * token would go with it), and every request of the client fails with it alike: like a spent
+ * rate limit, it ends the run (not a PipedriveError, which fails one record).
+ */
+export class MisdirectedError extends SluiceError {
+  readonly status: number;
+  constructor(message: string, status: number) {
+    super('invalid_input', message);
+    this.status = status;
   }
 }
 
@@ -389,6 +407,8 @@ export class PipedriveClient {
             },
             body: opts.body !== undefined ? JSON.stringify(opts.body) : null,
             signal: ac.signal,
+            // Not followed: the token's header would go to wherever the redirect points.
+            redirect: 'manual',
           });
           answeredAt = performance.now();
           const text = await res.text();
@@ -449,6 +469,7 @@ export class PipedriveClient {
       const status = res?.status;
       const what = res ? `HTTP ${status}: ${envelope?.error ?? res.statusText}` : `network error ${networkCode(netErr)}`;
       if (status === 401 || status === 403) throw this.refused(`${method} ${path}: ${what}`, status);
+      if (res && status !== undefined && status >= 300 && status < 400) throw this.misdirected(method, path, res, url);
       const transient = res ? status !== undefined && status >= 500 : true;
       if (!transient) {
         const info = envelope?.error_info ? ` (${envelope.error_info})` : '';
@@ -503,6 +524,31 @@ export class PipedriveClient {
         ? `Pipedrive refused the API token (${what}): check PIPEDRIVE_API_TOKEN (wrong, revoked or expired); every request would be refused, so the run ends`
         : `Pipedrive refused the request (${what}): the user of PIPEDRIVE_API_TOKEN may not do this (check that user's permissions and the token); the run ends`;
     const err = new AccessRefusedError(why, status);
+    this.window.fail(err);
+    return err;
+  }
+
+  /**
+   * A 3xx: the API does not redirect, so `base_url` points elsewhere. This request and every
+   * other one fail with one error naming where the redirect led (credentials and query
+   * values masked); nothing was sent there.
+   */
+  private misdirected(method: string, path: string, res: Response, url: URL): MisdirectedError {
+    const location = res.headers.get('location');
+    let to = 'no Location';
+    if (location) {
+      try {
+        to = `Location: ${withoutPassword(new URL(location, url).toString())}`;
+      } catch {
+        to = 'a Location that is not a URL';
+      }
+    }
+    const err = new MisdirectedError(
+      `${method} ${path}: Pipedrive answered HTTP ${res.status} (a redirect, ${to}), which the API never does: ` +
+        `base_url (${withoutPassword(this.o.baseUrl)}) does not point at the API (check it, e.g. https:// rather than http://, and its path ending in /v1); ` +
+        `the redirect is not followed, so the API token is not sent there; the run ends`,
+      res.status,
+    );
     this.window.fail(err);
     return err;
   }

@@ -2,8 +2,16 @@
  * Credentials written into a URL (`https://user:secret@host/feed.xml`), as users give them
  * for a provider feed or a CRM source. fetch refuses such a URL outright ("Request cannot be
  * constructed from a URL that includes credentials", with the URL, password and all, in the
- * message), so they are sent as HTTP Basic authorization instead; and wherever the URL is
- * shown (messages, logs, stored errors), its password is masked (`withoutPassword`).
+ * message), so they are sent as HTTP Basic authorization instead (fetch drops that header on
+ * a redirect to another origin); and wherever the URL is shown (messages, logs, stored
+ * state and errors), its password is masked (`withoutPassword`, `maskUrlPasswords`).
+ *
+ * A query string often carries a secret too (`?access_token=...`, a signed URL's `sig=`):
+ * wherever a URL is shown, the value of every query parameter is masked as well
+ * (`?access_token=***&page=***`). One rule for every parameter, not a list of
+ * secret-looking names (which would always miss one: `key`, `k`, `X-Amz-Signature`, `s`...):
+ * names are kept (they say which parameters were given), a parameter without a value
+ * (`?download`, `?flag=`) is kept as written. The request itself uses the real URL.
  */
 
 /** The URL without its user and password, and their Basic `authorization` header (none without credentials). */
@@ -32,15 +40,32 @@ function decoded(text: string): string {
 }
 
 /**
- * `url` with its password replaced by `***` (the user kept, to say which account); a user
- * without a password is a token (`https://TOKEN@host`), masked whole. Unparseable text is
- * returned masked whole.
+ * A query string (without its `?`) with the value of every parameter replaced by `***`:
+ * `access_token=abc&page=2&flag` -> `access_token=***&page=***&flag`. A value runs from the
+ * first `=` to the next `&`; a parameter without one, or with an empty one, is kept.
+ */
+function maskQuery(query: string): string {
+  return query
+    .split('&')
+    .map((param) => {
+      const eq = param.indexOf('=');
+      return eq < 0 || eq === param.length - 1 ? param : `${param.slice(0, eq)}=***`;
+    })
+    .join('&');
+}
+
+/**
+ * `url` as it may be shown, logged or stored: its password replaced by `***` (the user
+ * kept, to say which account; a user without a password is a token,
+ * `https://TOKEN@host`, masked whole) and the value of every query parameter masked
+ * (`?access_token=***`). Unparseable text is returned masked whole.
  */
 export function withoutPassword(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = '***';
     else if (u.username) u.username = '***';
+    if (u.search.length > 1) u.search = maskQuery(u.search.slice(1));
     return u.toString();
   } catch {
     return '<unparseable url>';
@@ -48,15 +73,41 @@ export function withoutPassword(url: string): string {
 }
 
 /**
- * `text` with the credentials of every URL written in it masked (an error message that
- * quotes a URL): `user:***@`, or `***@` for a user alone or with an empty password (a
- * token). The credentials run to
- * the last `@` before the host, so a password holding a raw `@` is masked whole.
+ * Whether `withoutPassword(url)` masks a query value: two such URLs may then differ where
+ * their shown forms do not (`?date=2024-01-01`, `?date=2024-01-02` both show `?date=***`).
+ */
+export function hasQueryValues(url: string): boolean {
+  try {
+    const search = new URL(url).search.slice(1);
+    return search !== '' && maskQuery(search) !== search;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A URL written in text: scheme, authority (credentials included, to the last `@` before the
+ * host, so a password holding a raw `@` is masked whole), path, query. The path and query
+ * end at white space, a quote, `<`, `>` or a backtick (the URL quoted in a message); the
+ * query at `#` too.
+ */
+const URL_IN_TEXT = /\b([a-z][a-z0-9+.-]*:\/\/)([^\s/?#]*)([^\s?#"'<>`]*)(\?[^\s#"'<>`]*)?/gi;
+
+/**
+ * `text` with the credentials and query values of every URL written in it masked (an error
+ * message that quotes a URL): `user:***@`, or `***@` for a user alone or with an empty
+ * password (a token), and `?name=***` as `withoutPassword` does.
  */
 export function maskUrlPasswords(text: string): string {
-  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/)([^\s/?#]*)@/gi, (_, scheme: string, userinfo: string) => {
-    const colon = userinfo.indexOf(':');
-    const token = colon < 0 || colon === userinfo.length - 1; // a user alone, or with an empty password
-    return `${scheme}${token ? '***' : `${userinfo.slice(0, colon)}:***`}@`;
+  return text.replace(URL_IN_TEXT, (_, scheme: string, authority: string, path: string, query: string | undefined) => {
+    const at = authority.lastIndexOf('@');
+    let shown = authority;
+    if (at >= 0) {
+      const userinfo = authority.slice(0, at);
+      const colon = userinfo.indexOf(':');
+      const token = colon < 0 || colon === userinfo.length - 1; // a user alone, or with an empty password
+      shown = `${token ? '***' : `${userinfo.slice(0, colon)}:***`}${authority.slice(at)}`;
+    }
+    return `${scheme}${shown}${path}${query ? `?${maskQuery(query.slice(1))}` : ''}`;
   });
 }

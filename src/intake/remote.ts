@@ -1,7 +1,10 @@
 /**
  * Fetching a remote file for `POST /imports {"url"}`: streamed, with a size limit, at most
- * MAX_REDIRECTS redirects, 30 s to get the answer's headers and at most 30 s without a byte
- * after that (a big file may take as long as it needs).
+ * MAX_REDIRECTS redirects, 30 s to get the answer's headers, at most 30 s without a byte
+ * after that, and a minimum rate: at least 64 KiB in every 30 s the body is waited for
+ * (MIN_RATE). A big file may take as long as it needs at a real link's speed; a server
+ * trickling a line every 20 s (which the 30 s pause allows) no longer holds the import and
+ * its database connection for as long as it likes.
  *
  * The URL is user input, and the server must not become a way into its own network (SSRF:
  * cloud metadata at 169.254.169.254, databases and admin pages on localhost or the private
@@ -10,6 +13,10 @@
  * a literal address is checked before connecting, a name on the addresses it resolves to,
  * at connection time (the addresses checked are the ones connected to: no second lookup a
  * rebinding DNS server could answer differently).
+ *
+ * Credentials in the URL (`https://user:pw@host/x.csv`) go as Basic authorization to that
+ * URL and to a redirect's relative Location (same origin); an absolute Location is taken as
+ * written, without them.
  */
 import dns from 'node:dns';
 import http from 'node:http';
@@ -21,12 +28,26 @@ import { env } from '../config.ts';
 
 const MAX_REDIRECTS = 5;
 const TIMEOUT_MS = 30_000;
+/**
+ * The slowest body accepted: at least `bytes` in every `windowMs` the body is waited for
+ * (time the reader is behind does not count). 64 KiB per 30 s is about 17 kbit/s, far
+ * below any real link (a poor mobile one does 20 times that), so no honest download fails
+ * it, however big: a transfer this slow is a server trickling or stalled, ended within
+ * 30 s of falling below. A server sending just enough on purpose can still hold an import
+ * for up to the size limit over this rate: it is a floor, not a deadline.
+ */
+const MIN_RATE = { bytes: 64 * 1024, windowMs: 30_000 };
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
 /**
  * Loopback, private, shared (CGNAT), link-local, documentation, benchmarking, reserved,
  * multicast and broadcast ranges (IANA special-purpose registries), IPv4 and IPv6, with
- * NAT64 and 6to4 ranges (they reach IPv4 addresses not checked here).
+ * every IPv6 range that embeds an IPv4 address, blocked whole (the IPv4 address is not
+ * checked there; a translator or relay may reach it): IPv4-compatible ::/96, IPv4-translated
+ * ::ffff:0:0:0/96 (SIIT, RFC 2765), NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16
+ * and Teredo 2001::/32 (in 2001::/23). IPv4-mapped ::ffff:0:0/96 is the IPv4 address
+ * itself to the socket: checked as that address (mappedIPv4). Every IPv6 address outside
+ * 2000::/3 is refused besides (GLOBAL_UNICAST): the ranges below it are listed all the same.
  */
 const NOT_PUBLIC = new net.BlockList();
 for (const [address, prefix] of [
@@ -35,8 +56,8 @@ for (const [address, prefix] of [
   ['198.51.100.0', 24], ['203.0.113.0', 24], ['224.0.0.0', 4], ['240.0.0.0', 4],
 ] as const) NOT_PUBLIC.addSubnet(address, prefix, 'ipv4');
 for (const [address, prefix] of [
-  ['::', 96], ['64:ff9b::', 96], ['64:ff9b:1::', 48], ['100::', 64], ['2001::', 23], ['2001:db8::', 32], ['2002::', 16],
-  ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8],
+  ['::', 96], ['::ffff:0:0:0', 96], ['64:ff9b::', 96], ['64:ff9b:1::', 48], ['100::', 64], ['2001::', 23], ['2001:db8::', 32],
+  ['2002::', 16], ['3fff::', 20], ['fc00::', 7], ['fe80::', 10], ['fec0::', 10], ['ff00::', 8],
 ] as const) NOT_PUBLIC.addSubnet(address, prefix, 'ipv6');
 
 /** The IPv4 address inside an IPv4-mapped IPv6 address (::ffff:a.b.c.d), if it is one. */
@@ -52,13 +73,22 @@ function mappedIPv4(ip: string): string | undefined {
   return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
+/**
+ * Global unicast, the only IPv6 space the IANA allocates for the Internet (2000::/3): an
+ * address outside it (other than IPv4-mapped) is never a public server, whatever range a
+ * future RFC carves out of the rest.
+ */
+const GLOBAL_UNICAST = new net.BlockList();
+GLOBAL_UNICAST.addSubnet('2000::', 3, 'ipv6');
+
 /** True for an address a fetch on a user's behalf must not reach by default (anything not an IP address included). */
 export function isNonPublicAddress(ip: string): boolean {
   const family = net.isIP(ip);
   if (family === 4) return NOT_PUBLIC.check(ip, 'ipv4');
   if (family !== 6) return true;
   const v4 = mappedIPv4(ip);
-  return v4 ? NOT_PUBLIC.check(v4, 'ipv4') : NOT_PUBLIC.check(ip, 'ipv6');
+  if (v4) return NOT_PUBLIC.check(v4, 'ipv4');
+  return !GLOBAL_UNICAST.check(ip, 'ipv6') || NOT_PUBLIC.check(ip, 'ipv6');
 }
 
 export interface FetchOptions {
@@ -66,6 +96,8 @@ export interface FetchOptions {
   allowed?: (address: string) => boolean;
   /** The wait for the answer's headers, and the longest pause in its body (default 30 s). */
   timeoutMs?: number;
+  /** The slowest body accepted: at least `bytes` in every `windowMs` waited for (default 64 KiB per 30 s). */
+  minRate?: { bytes: number; windowMs: number };
 }
 
 /** A connection refused by the address policy (raised inside the request's DNS lookup). */
@@ -118,6 +150,39 @@ function request(u: URL, lookup: net.LookupFunction, timeoutMs: number): Promise
   });
 }
 
+/**
+ * Fails `res` (the reader gets a 400) when less than `rate.bytes` arrive in `rate.windowMs`
+ * of waiting for them. Only the time the reader waits counts: while data it has not read
+ * yet is buffered (the database is slow to take the parts), the socket is paused on our
+ * side, and the server is not to blame. Counted on the socket from the end of the headers
+ * (chunk framing included: a few bytes), sampled ten times per window.
+ */
+function enforceMinRate(res: http.IncomingMessage, u: URL, rate: { bytes: number; windowMs: number }): void {
+  const socket = res.socket;
+  const tick = Math.max(1, Math.floor(rate.windowMs / 10));
+  let waited = 0;
+  let from = socket.bytesRead;
+  const timer = setInterval(() => {
+    if (res.readableLength > 0) return; // the reader's turn, not the server's
+    waited += tick;
+    if (waited < rate.windowMs) return;
+    const got = socket.bytesRead - from;
+    if (got < rate.bytes) {
+      clearInterval(timer);
+      res.destroy(
+        new InvalidInputError(
+          `fetching ${where(u)}: too slow, ${got} bytes in ${rate.windowMs / 1000} s ` +
+            `(at least ${rate.bytes} bytes per ${rate.windowMs / 1000} s are required): the server is trickling or stalled`,
+        ),
+      );
+      return;
+    }
+    waited = 0;
+    from = socket.bytesRead;
+  }, tick);
+  timer.unref();
+  res.once('close', () => clearInterval(timer));
+}
 
 export async function fetchRemote(url: string, maxBytes: number, options: FetchOptions = {}): Promise<Readable> {
   const allowed = options.allowed ?? (env('SLUICE_FETCH_ALLOW_PRIVATE') === '1' ? () => true : (a: string) => !isNonPublicAddress(a));
@@ -160,6 +225,7 @@ export async function fetchRemote(url: string, maxBytes: number, options: FetchO
       res.destroy();
       throw new SluiceError('too_large', `remote file is ${length} bytes, above the limit of ${maxBytes}`);
     }
+    enforceMinRate(res, u, options.minRate ?? MIN_RATE);
     return res;
   }
 }

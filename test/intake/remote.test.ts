@@ -2,23 +2,36 @@
  * Fetching a file by URL for POST /imports: the address policy (no loopback, private,
  * link-local... addresses unless SLUICE_FETCH_ALLOW_PRIVATE=1), checked for literal
  * addresses, for names on what they resolve to, and on every hop of a redirect chain,
- * before anything is sent; redirects, errors and the size limit, against a real local
- * HTTP server that counts the requests it gets.
+ * before anything is sent; redirects, errors, the size limit and the minimum rate, against
+ * a real local HTTP server that counts the requests it gets.
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import { InvalidInputError } from '../../src/core/errors.ts';
 import { fetchRemote, isNonPublicAddress } from '../../src/intake/remote.ts';
 
 let server: http.Server;
 let port: number;
 const seen: string[] = [];
+/** The authorization header of each request, by path. */
+const authorizations: Array<[string, string | undefined]> = [];
+/** Another origin (another port): records the authorization it gets. */
+let other: http.Server;
+let otherPort: number;
 
 before(async () => {
+  other = http.createServer((req, res) => {
+    authorizations.push([`other${req.url}`, req.headers.authorization]);
+    res.writeHead(200).end('Email\nb@example.com\n');
+  });
+  await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+  otherPort = (other.address() as AddressInfo).port;
   server = http.createServer((req, res) => {
     seen.push(req.url!);
+    authorizations.push([req.url!, req.headers.authorization]);
     const hops = /^\/hops\/(\d+)$/.exec(req.url!);
     if (hops) {
       const n = Number(hops[1]);
@@ -37,6 +50,30 @@ before(async () => {
         setTimeout(line, req.url === '/stalls.csv' && i === 4 ? 600 : 50);
       };
       line();
+    } else if (req.url!.startsWith('/trickle.csv')) {
+      // A line every 10 ms, for as long as the client reads: about 1 KiB/s.
+      res.writeHead(200);
+      let i = 0;
+      const timer = setInterval(() => res.write(`line ${i++}\n`), 10);
+      res.on('close', () => clearInterval(timer));
+    } else if (req.url === '/steady.csv') {
+      // 8 KiB every 10 ms for 0.5 s: 800 KiB/s, many windows of the test's minimum rate.
+      res.writeHead(200);
+      let i = 0;
+      const timer = setInterval(() => {
+        res.write(Buffer.alloc(8192, 'x'));
+        if (++i === 50) {
+          clearInterval(timer);
+          res.end();
+        }
+      }, 10);
+      res.on('close', () => clearInterval(timer));
+    } else if (req.url === '/burst.csv') {
+      res.writeHead(200).end(Buffer.alloc(1 << 20, 'y'));
+    } else if (req.url === '/same-origin') {
+      res.writeHead(302, { location: '/to-other-origin' }).end();
+    } else if (req.url === '/to-other-origin') {
+      res.writeHead(302, { location: `http://127.0.0.1:${otherPort}/file.csv` }).end();
     } else if (req.url === '/to-other-loopback') {
       res.writeHead(307, { location: `http://127.0.0.2:${port}/file.csv` }).end();
     } else {
@@ -46,7 +83,10 @@ before(async () => {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   port = (server.address() as AddressInfo).port;
 });
-after(() => new Promise((resolve) => server.close(resolve)));
+after(async () => {
+  await new Promise((resolve) => server.close(resolve));
+  await new Promise((resolve) => other.close(resolve));
+});
 
 async function text(stream: NodeJS.ReadableStream): Promise<string> {
   let s = '';
@@ -71,6 +111,56 @@ test('non-public addresses: loopback, private, shared, link-local, reserved, mul
   for (const a of ['8.8.8.8', '1.1.1.1', '172.32.0.1', '100.128.0.1', '93.184.216.34', '2606:4700:4700::1111', '::ffff:8.8.8.8']) {
     assert.equal(isNonPublicAddress(a), false, a);
   }
+});
+
+test('IPv6 forms embedding an IPv4 address: mapped checked as that address, the others refused whole', () => {
+  const table: Array<[string, boolean, string]> = [
+    // IPv4-mapped ::ffff:0:0/96: the socket connects to the IPv4 address itself.
+    ['::ffff:127.0.0.1', true, 'mapped loopback'],
+    ['::ffff:7f00:1', true, 'mapped loopback, hex'],
+    ['::ffff:10.0.0.1', true, 'mapped private'],
+    ['::ffff:8.8.8.8', false, 'mapped public'],
+    // IPv4-translated ::ffff:0:0:0/96 (SIIT): the reviewer's bypass.
+    ['::ffff:0:7f00:1', true, 'translated loopback'],
+    ['::ffff:0:127.0.0.1', true, 'translated loopback, dotted'],
+    ['::ffff:0:a9fe:a9fe', true, 'translated metadata'],
+    ['::ffff:0:808:808', true, 'translated public: refused whole'],
+    // IPv4-compatible ::/96 (deprecated).
+    ['::7f00:1', true, 'compatible loopback'],
+    ['::127.0.0.1', true, 'compatible loopback, dotted'],
+    ['::808:808', true, 'compatible public: refused whole'],
+    // NAT64.
+    ['64:ff9b::7f00:1', true, 'NAT64 loopback'],
+    ['64:ff9b::808:808', true, 'NAT64 public: refused whole'],
+    ['64:ff9b:1::a00:1', true, 'local-use NAT64'],
+    // 6to4 and Teredo.
+    ['2002:7f00:1::1', true, '6to4 loopback'],
+    ['2002:a00:1::1', true, '6to4 private'],
+    ['2002:808:808::1', true, '6to4 public: refused whole'],
+    ['2001:0:4136:e378:8000:63bf:3fff:fdd2', true, 'Teredo'],
+    // Outside global unicast 2000::/3, and the new documentation prefix.
+    ['::ffff:1:7f00:1', true, 'not global unicast'],
+    ['4000::1', true, 'not global unicast'],
+    ['3fff::1', true, 'documentation 3fff::/20'],
+    ['2001:db8::1', true, 'documentation'],
+    ['2001:4860:4860::8888', false, 'public'],
+    ['2a00:1450:4001::200e', false, 'public'],
+  ];
+  for (const [address, refused, what] of table) assert.equal(isNonPublicAddress(address), refused, `${address} (${what})`);
+});
+
+test('a URL to an IPv4-translated loopback is refused before any request', async () => {
+  const before = seen.length;
+  await refused(`http://[::ffff:0:7f00:1]:${port}/file.csv`, /^"url" leads to ::ffff:0:7f00:1, a loopback, private or otherwise non-public address/);
+  assert.equal(seen.length, before);
+});
+
+test('credentials in the URL follow a same-origin redirect, not one to another origin', async () => {
+  const any = { allowed: () => true };
+  authorizations.length = 0;
+  assert.equal(await text(await fetchRemote(`http://u:pw@127.0.0.1:${port}/same-origin`, 1 << 20, any)), 'Email\nb@example.com\n');
+  const basic = `Basic ${Buffer.from('u:pw').toString('base64')}`;
+  assert.deepEqual(authorizations, [['/same-origin', basic], ['/to-other-origin', basic], ['other/file.csv', undefined]]);
 });
 
 test('by default a URL leading to this machine is refused before any request: a literal address, [::1], a name', async () => {
@@ -104,6 +194,31 @@ test('the timeout bounds the wait for an answer and each pause in the body, not 
   assert.equal(slow.split('\n').length, 9, 'a download longer than the timeout, without long pauses, completes');
   const stalls = await fetchRemote(`http://127.0.0.1:${port}/stalls.csv`, 1 << 20, o);
   await assert.rejects(text(stalls), (err: Error) => err instanceof InvalidInputError && /^fetching http:\/\/127\.0\.0\.1:\d+\/stalls\.csv: no data for 0\.3 s$/.test(err.message));
+});
+
+test('a body slower than the minimum rate fails the fetch, with a clear error', async () => {
+  // The reviewer's server sent a line every 20 s, within the 30 s pause: scaled down here.
+  const o = { allowed: () => true, timeoutMs: 5000, minRate: { bytes: 4096, windowMs: 200 } };
+  const t0 = performance.now();
+  const stream = await fetchRemote(`http://127.0.0.1:${port}/trickle.csv?token=secret`, 1 << 20, o);
+  await assert.rejects(text(stream), (err: Error) => {
+    assert.ok(err instanceof InvalidInputError, `${err.name}: ${err.message}`);
+    assert.match(err.message, /^fetching http:\/\/127\.0\.0\.1:\d+\/trickle\.csv: too slow, \d+ bytes in 0\.2 s \(at least 4096 bytes per 0\.2 s are required\): the server is trickling or stalled$/);
+    return true;
+  });
+  assert.ok(performance.now() - t0 < 3000, 'failed within a few windows');
+});
+
+test('the minimum rate: a steady body over many windows completes; time the reader is behind is not counted', async () => {
+  // 160 KiB per window sent, 16 KiB required: a margin for a busy machine's late timers.
+  const o = { allowed: () => true, timeoutMs: 5000, minRate: { bytes: 16 * 1024, windowMs: 200 } };
+  assert.equal((await text(await fetchRemote(`http://127.0.0.1:${port}/steady.csv`, 1 << 20, o))).length, 50 * 8192);
+  // The whole body sent at once, then the reader does not read for three windows (the
+  // database slow to take a part): its own delay, not the server's slowness. (A delay on
+  // purpose: what is tested is time passing without a read.)
+  const burst = await fetchRemote(`http://127.0.0.1:${port}/burst.csv`, 2 << 20, o);
+  await delay(600);
+  assert.equal((await text(burst)).length, 1 << 20);
 });
 
 test('SLUICE_FETCH_ALLOW_PRIVATE=1 allows private addresses', async () => {

@@ -5,8 +5,9 @@
  * forced. HTTP uses conditional requests (RFC 9110 §13: If-None-Match, If-Modified-Since);
  * a local file's validator is its mtime and size.
  *
- * A URL's credentials (`http://user:password@host/x.csv`) go as HTTP Basic authorization;
- * the location shown in messages, reports and stored state has its password masked.
+ * A URL's credentials (`http://user:password@host/x.csv`) go as HTTP Basic authorization
+ * (fetch drops it on a redirect to another origin); the location shown in messages, reports
+ * and stored state has its password and query values masked (`?access_token=***`).
  * A source with no data rows (a header alone: a half-written export) is refused unless
  * declared `allow_empty`: the rows already staged stay.
  */
@@ -17,7 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { from as copyFrom } from 'pg-copy-streams';
 import { InvalidFileError, SluiceError, errorMessage } from '../../core/errors.ts';
-import { basicAuth, maskUrlPasswords } from '../../core/url-credentials.ts';
+import { basicAuth, hasQueryValues, maskUrlPasswords } from '../../core/url-credentials.ts';
 import type { Pool } from '../../db/pool.ts';
 import {
   copyLoadTable,
@@ -62,10 +63,15 @@ async function open(name: SourceName, location: string, prev: SourceState | unde
     const { url, headers } = basicAuth(location);
     const shown = shownLocation(location);
     if (conditional && prev?.etag) headers['if-none-match'] = prev.etag;
-    if (conditional && prev?.last_modified) headers['if-modified-since'] = prev.last_modified;
+    // The stored location masks query values: the last fetch of `?date=***` may have been
+    // another resource, whose Last-Modified (later than this one's) would get a wrong 304.
+    // An entity tag is the server's name for one content (a hash, an MD5, mtime and size):
+    // another resource's hardly matches, so a query-string source still gets its 304s.
+    if (conditional && prev?.last_modified && !hasQueryValues(location)) headers['if-modified-since'] = prev.last_modified;
     let res: Response;
     try {
-      res = await fetch(url, { headers, ...(signal ? { signal } : {}) });
+      // Redirects followed: fetch drops the Basic authorization on one to another origin.
+      res = await fetch(url, { headers, redirect: 'follow', ...(signal ? { signal } : {}) });
     } catch (err) {
       // Not the error as cause: its message may quote the URL.
       throw new SluiceError('unavailable', `source ${name}: cannot fetch ${shown}: ${maskUrlPasswords(errorMessage((err as { cause?: unknown }).cause ?? err))}`);
@@ -117,7 +123,8 @@ export async function probeSource(
 ): Promise<Probe> {
   const { signal, allowEmpty = false } = options;
   const prev = await getSourceState(pool, pipelineName, name);
-  // Stored without the password (a new password alone is the same source).
+  // Stored without the password (a new password alone is the same source) nor query values
+  // (a new token alone is too; a changed `?date=` is told by its content, see open()).
   const shown = shownLocation(location);
   const conditional = !force && prev?.location === shown;
   const opened = await open(name, location, prev, conditional, signal);

@@ -1,0 +1,209 @@
+/**
+ * Sources whose URL carries a secret in its query string
+ * (`http://exporter:pw@host/raw_customers.csv?access_token=SECRET`): the request uses the
+ * real URL, and every place the URL is shown or stored masks each query value
+ * (`?access_token=***`): the run's outcome, crm_runs, crm_sources, GET /crm/runs, errors.
+ * The masked location stands for every value of the query, so a run after a change of
+ * `?date=` must not take the last resource's Last-Modified for this one's (no wrong 304):
+ * only the entity tag is sent then.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { buildServer } from '../../src/http/server.ts';
+import { validateCrmConfig } from '../../src/pipelines/crm/config.ts';
+import { CrmRunError, runCrmSync } from '../../src/pipelines/crm/sync.ts';
+import { testDb, type TestDb } from '../helpers/db.ts';
+import { FILES, JAFFLE } from './helpers.ts';
+
+const SECRET = 'QUERYSECRETx42';
+const PASSWORD = 'pwEXPORT77';
+const BASIC = `Basic ${Buffer.from(`exporter:${PASSWORD}`).toString('base64')}`;
+
+interface Seen {
+  path: string;
+  query: string;
+  ifNoneMatch: string | undefined;
+  ifModifiedSince: string | undefined;
+  status: number;
+}
+
+/**
+ * Exports behind a token in the query and Basic auth. `/dated/raw_customers.csv?date=...`
+ * is a different resource per date (its Last-Modified that date, no ETag); the other files
+ * carry an ETag and a Last-Modified and honour both conditions (`/open/...` without the token).
+ */
+let server: http.Server;
+let base = '';
+const seen: Seen[] = [];
+const files = new Map(FILES.map((f) => [f, fs.readFileSync(path.join(JAFFLE, f))]));
+const MODIFIED = new Date('2024-03-01T00:00:00Z');
+
+before(async () => {
+  server = http.createServer((req, res) => {
+    const u = new URL(req.url ?? '/', 'http://x');
+    const answer = (status: number, headers: Record<string, string> = {}, body?: Buffer | string) => {
+      seen.push({
+        path: u.pathname, query: u.search, status,
+        ifNoneMatch: req.headers['if-none-match'], ifModifiedSince: req.headers['if-modified-since'],
+      });
+      res.writeHead(status, headers).end(body);
+    };
+    if (req.headers.authorization !== BASIC) return answer(401);
+    if (!u.pathname.startsWith('/open/') && u.searchParams.get('access_token') !== SECRET) return answer(403);
+    const name = path.basename(u.pathname) as (typeof FILES)[number];
+    const body = files.get(name);
+    if (!body) return answer(404);
+    if (u.pathname.startsWith('/dated/')) {
+      const date = new Date(`${u.searchParams.get('date')}T00:00:00Z`);
+      const ims = req.headers['if-modified-since'];
+      if (ims && date.getTime() <= Date.parse(ims)) return answer(304);
+      // Each date's export differs: the first customer's name says which.
+      const text = body.toString().replace('1,Michael,P.', `1,Michael ${u.searchParams.get('date')},P.`);
+      return answer(200, { 'content-type': 'text/csv', 'last-modified': date.toUTCString() }, text);
+    }
+    const etag = `"${name}-v1"`;
+    if (req.headers['if-none-match'] === etag) return answer(304, { etag });
+    const ims = req.headers['if-modified-since'];
+    if (!req.headers['if-none-match'] && ims && MODIFIED.getTime() <= Date.parse(ims)) return answer(304);
+    answer(200, { 'content-type': 'text/csv', etag, 'last-modified': MODIFIED.toUTCString() }, body);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  base = `http://exporter:${PASSWORD}@127.0.0.1:${(server.address() as AddressInfo).port}`;
+  db = await testDb();
+});
+let db: TestDb;
+after(async () => {
+  server.closeAllConnections();
+  await new Promise<void>((r) => server.close(() => r()));
+  await db.close();
+});
+
+function config(name: string, customers?: string) {
+  const at = (f: string) => `${base}/files/${f}?access_token=${SECRET}&page=1`;
+  return validateCrmConfig({
+    name,
+    sources: { customers: customers ?? at('raw_customers.csv'), orders: at('raw_orders.csv'), payments: at('raw_payments.csv') },
+    destination: { type: 'postgres' },
+  });
+}
+
+/** Everything recorded about a pipeline's runs and sources, as text. */
+async function stored(pipeline: string): Promise<string> {
+  const runs = await db.pool.query(`SELECT row_to_json(r)::text AS t FROM crm_runs r WHERE pipeline = $1`, [pipeline]);
+  const sources = await db.pool.query(`SELECT row_to_json(s)::text AS t FROM crm_sources s WHERE pipeline = $1`, [pipeline]);
+  return [...runs.rows, ...sources.rows].map((r) => r.t).join('\n');
+}
+
+async function runsApi(pipeline: string): Promise<string> {
+  const app = await buildServer({ pool: db.pool });
+  try {
+    const res = await app.inject({ method: 'GET', url: `/crm/runs?pipeline=${pipeline}` });
+    assert.equal(res.statusCode, 200);
+    return res.body;
+  } finally {
+    await app.close();
+  }
+}
+
+function assertNoSecret(text: string): void {
+  assert.ok(!text.includes(SECRET), text);
+  assert.ok(!text.includes(PASSWORD), text);
+}
+
+test('the real URL is fetched; outcome, crm_runs, crm_sources and GET /crm/runs show ?access_token=***', async () => {
+  const first = await runCrmSync(db.pool, config('qs'), { trigger: 'cli' });
+  assert.equal(first.status, 'completed');
+  assert.equal(first.summary.persons.created, 100);
+  assert.equal(
+    first.sources.payments?.location,
+    `http://exporter:***@${base.replace(/^.*@/, '')}/files/raw_payments.csv?access_token=***&page=***`,
+  );
+  assertNoSecret(JSON.stringify(first));
+  const rows = await stored('qs');
+  assertNoSecret(rows);
+  assert.match(rows, /"location":"http:\/\/exporter:\*\*\*@127\.0\.0\.1:\d+\/files\/raw_customers\.csv\?access_token=\*\*\*&page=\*\*\*"/);
+  const api = await runsApi('qs');
+  assertNoSecret(api);
+  assert.match(api, /raw_orders\.csv\?access_token=\*\*\*&page=\*\*\*/);
+
+  // The masked location is the same source: conditional requests, by entity tag alone
+  // (the masked query may stand for another resource: its date would not do).
+  const before = seen.length;
+  const again = await runCrmSync(db.pool, config('qs'), { trigger: 'cli' });
+  assert.equal(again.status, 'skipped');
+  const requests = seen.slice(before);
+  assert.equal(requests.length, 3);
+  for (const r of requests) {
+    assert.equal(r.status, 304);
+    assert.match(r.ifNoneMatch ?? '', /-v1"$/);
+    assert.equal(r.ifModifiedSince, undefined);
+  }
+});
+
+test('another query value behind the same masked location: fetched again, not taken as unchanged', async () => {
+  const dated = (date: string) => `${base}/dated/raw_customers.csv?access_token=${SECRET}&date=${date}`;
+  const feb = await runCrmSync(db.pool, config('qs-dated', dated('2024-02-01')), { trigger: 'cli' });
+  assert.equal(feb.status, 'completed');
+  assert.equal(feb.sources.customers?.reason, 'new');
+  // An older export: with the February Last-Modified sent, this server would answer 304.
+  const before = seen.length;
+  const jan = await runCrmSync(db.pool, config('qs-dated', dated('2024-01-01')), { trigger: 'cli' });
+  assert.equal(jan.sources.customers?.location, feb.sources.customers?.location, 'shown alike');
+  assert.equal(jan.sources.customers?.reason, 'changed');
+  assert.equal(jan.summary.persons.updated, 1);
+  const r = seen.slice(before).find((x) => x.path === '/dated/raw_customers.csv');
+  assert.equal(r?.status, 200);
+  assert.equal(r?.ifModifiedSince, undefined);
+  // A URL without query values still sends both conditions.
+  const open = `${base}/open/raw_customers.csv`;
+  await runCrmSync(db.pool, config('qs-open', open), { trigger: 'cli' });
+  const mark = seen.length;
+  await runCrmSync(db.pool, config('qs-open', open), { trigger: 'cli' });
+  const o = seen.slice(mark).find((x) => x.path === '/open/raw_customers.csv');
+  assert.equal(o?.status, 304);
+  assert.equal(o?.ifModifiedSince, MODIFIED.toUTCString());
+  assert.match(o?.ifNoneMatch ?? '', /-v1"$/);
+});
+
+test('refused or unreachable: the error shows the query values masked, stored and thrown alike', async () => {
+  const refused = validateCrmConfig({
+    name: 'qs-refused',
+    sources: {
+      customers: `${base}/files/raw_customers.csv?access_token=WRONG${SECRET}`,
+      orders: `${base}/files/raw_orders.csv?access_token=WRONG${SECRET}`,
+      payments: `${base}/files/raw_payments.csv?access_token=WRONG${SECRET}`,
+    },
+    destination: { type: 'postgres' },
+  });
+  await assert.rejects(runCrmSync(db.pool, refused, { trigger: 'cli' }), (err: unknown) => {
+    assert.ok(err instanceof CrmRunError);
+    assert.match(err.message, /HTTP 403 from http:\/\/exporter:\*\*\*@127\.0\.0\.1:\d+\/files\/raw_\w+\.csv\?access_token=\*\*\*/);
+    assertNoSecret(err.message);
+    return true;
+  });
+  const down = validateCrmConfig({
+    name: 'qs-down',
+    sources: {
+      customers: `http://127.0.0.1:1/raw_customers.csv?access_token=${SECRET}`,
+      orders: `http://127.0.0.1:1/raw_orders.csv?access_token=${SECRET}`,
+      payments: `http://127.0.0.1:1/raw_payments.csv?access_token=${SECRET}`,
+    },
+    destination: { type: 'postgres' },
+  });
+  await assert.rejects(runCrmSync(db.pool, down, { trigger: 'cli' }), (err: unknown) => {
+    assert.ok(err instanceof CrmRunError);
+    assert.match(err.message, /cannot fetch http:\/\/127\.0\.0\.1:1\/raw_\w+\.csv\?access_token=\*\*\*/);
+    assertNoSecret(err.message);
+    return true;
+  });
+  for (const p of ['qs-refused', 'qs-down']) {
+    const rows = await stored(p);
+    assert.match(rows, /"status":"failed"/);
+    assertNoSecret(rows);
+    assertNoSecret(await runsApi(p));
+  }
+});
