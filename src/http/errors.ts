@@ -37,7 +37,13 @@ export function errorBody(code: string, message: string) {
 
 export function handleError(err: FastifyError | Error, req: FastifyRequest, reply: FastifyReply) {
   if (err instanceof HttpError) return reply.status(err.status).send(errorBody(err.code, err.message));
-  if (err instanceof SluiceError) return reply.status(STATUS[err.code]).send(errorBody(err.code, err.message));
+  if (err instanceof SluiceError) {
+    // An error that knows when to try again (`retryAfter`, in seconds: a server busy with as
+    // many uploads as it takes, src/intake/accept.ts) says so in Retry-After.
+    const retryAfter = (err as { retryAfter?: unknown }).retryAfter;
+    if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
+    return reply.status(STATUS[err.code]).send(errorBody(err.code, err.message));
+  }
   const fe = err as FastifyError;
   // Fastify's own client errors (bad JSON, body too large, bad content type...).
   if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {

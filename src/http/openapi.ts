@@ -45,12 +45,13 @@ const securitySchemes: Record<string, Json> = {
     type: 'http',
     scheme: 'bearer',
     description:
-      'The API token, `SLUICE_API_TOKEN`. Operations that list it need `Authorization: Bearer <token>` when the server has a token set; ' +
-      'without one (the server then listens on loopback only) nothing is checked. Reads (GET, HEAD) never need it.',
+      'The API token, `SLUICE_API_TOKEN` (src/http/auth.ts). When the server has one set, every operation that lists it, reads included, needs `Authorization: Bearer <token>` (else 401). ' +
+      'Without one the server listens on loopback only and these operations need a loopback `Host` instead (else 403), the visits (beacons from any site) aside. ' +
+      'The public operations (GET /healthz, /search, /live, /live/snapshot, /live/stream; the pages / and /docs) list no security: they are open to anyone, under any Host.',
   },
 };
 
-/** `security` of an operation that needs the API token when one is set (the writes, src/http/auth.ts). */
+/** `security` of an operation that is not public: the API token when one is set (src/http/auth.ts guardRoutes). */
 export const apiTokenSecurity = [{ apiToken: [] }];
 
 /** A response with the `{"error":{"code","message"}}` body. */
@@ -69,6 +70,23 @@ export function serverErrors(unavailableWhen = `${UNAVAILABLE_DATABASE}; or ${UN
     '500': errorResponse('Any other server fault: code `internal`, message `internal error` (the cause stays in the server log)'),
     '503': errorResponse(`Code \`unavailable\`: ${unavailableWhen}`),
   };
+}
+
+/** The Host check of src/http/auth.ts (guardRoutes), for every operation with `apiTokenSecurity`. */
+export const HOST_FORBIDDEN =
+  'without SLUICE_API_TOKEN, a `Host` header that is not a loopback name (port and IPv6 brackets left out): `localhost` (any case, a trailing dot allowed) or a literal IP address ' +
+  'in 127.0.0.0/8, `::1` or `::ffff:127.0.0.0/104`, and not a DNS name such as `127.attacker.example` (or no `Host` at all). ' +
+  'A server without a token listens on loopback and answers its loopback names only, so a page whose DNS name was rebound to 127.0.0.1 gets nothing. ' +
+  'With a token set, the Host is not checked';
+
+/** The 403 of an operation with `apiTokenSecurity` (the Host check; `extra` adds other causes). */
+export function hostForbiddenResponse(extra = ''): Json {
+  return errorResponse(`Code \`forbidden\`: ${extra}${HOST_FORBIDDEN}`);
+}
+
+/** The 401 and 403 of every operation with `apiTokenSecurity` (a write may give its own). */
+export function guardedResponses(): Record<string, Json> {
+  return { '401': unauthorizedResponse(', checked before the route runs and before any body is read'), '403': hostForbiddenResponse() };
 }
 
 /** The 401 of an operation with `apiTokenSecurity`. */

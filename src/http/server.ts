@@ -4,11 +4,12 @@
  */
 import Fastify, { type FastifyInstance } from 'fastify';
 import { SluiceError } from '../core/errors.ts';
+import { guardRoutes } from './auth.ts';
 import { handleError } from './errors.ts';
 import { httpRequests } from './metrics.ts';
 import type { AppContext } from './context.ts';
 import { healthRoutes } from './routes/health.ts';
-import { importsRoutes } from './routes/imports.ts';
+import { importsRoutes, type ImportsRouteOptions } from './routes/imports.ts';
 import { dashboardRoutes } from './routes/dashboard.ts';
 import { crmRoutes } from './routes/crm.ts';
 import { visitsRoutes } from './routes/visits.ts';
@@ -20,7 +21,20 @@ export interface ServerOptions {
   logger?: boolean;
   /** Maximum request body in bytes for JSON bodies (uploads have their own limit). */
   bodyLimit?: number;
+  /** How long close() lets requests in progress finish before their connections are cut (default CLOSE_GRACE_MS). */
+  closeGraceMs?: number;
+  /** Options of the imports routes (tests: a shorter upload idle timeout). */
+  imports?: ImportsRouteOptions;
 }
+
+/**
+ * How long close() (`serve` stopping on SIGTERM) waits for the requests in progress before it
+ * destroys their connections: an upload still arriving, or one whose client stalled, kept
+ * the process from ever stopping. 10 s: a short request finishes well within it, and the
+ * whole stop stays bounded (an orchestrator's SIGKILL usually comes after 30 s). An upload
+ * cut this way fails as one whose client hung up: nothing of it stays.
+ */
+export const CLOSE_GRACE_MS = 10_000;
 
 /** Builds the app without listening (tests use `app.inject`). */
 export async function buildServer(ctx: AppContext, options: ServerOptions = {}): Promise<FastifyInstance> {
@@ -35,10 +49,16 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   });
   app.setErrorHandler(handleError);
   // From the start of close() on, requests still arriving on open keep-alive connections get
-  // 503 (Fastify adds Connection: close); those already in progress finish normally.
+  // 503 (Fastify adds Connection: close); those already in progress finish normally, within
+  // the grace period.
   let closing = false;
   app.addHook('preClose', async () => {
     closing = true;
+    // Connections still open after the grace period are destroyed: the server's close (and
+    // so close()) then ends, and their requests fail where they are.
+    const force = setTimeout(() => app.server.closeAllConnections(), options.closeGraceMs ?? CLOSE_GRACE_MS);
+    force.unref();
+    app.server.once('close', () => clearTimeout(force));
   });
   app.addHook('onRequest', async () => {
     if (closing) throw new SluiceError('unavailable', 'the server is shutting down; retry on another instance');
@@ -49,8 +69,11 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   app.addHook('onResponse', async (req, reply) => {
     httpRequests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
   });
+  // Who may call what (src/http/auth.ts), on the root instance: every route, those of the
+  // plugins below and the 404 handler included, goes through it.
+  guardRoutes(app, ctx);
   healthRoutes(app, ctx);
-  importsRoutes(app, ctx);
+  importsRoutes(app, ctx, options.imports);
   dashboardRoutes(app, ctx);
   crmRoutes(app, ctx);
   visitsRoutes(app, ctx);

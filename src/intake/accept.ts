@@ -6,11 +6,18 @@
  * are staged (merge-job.ts). Bad files (empty, binary, unusable header, too big) fail the
  * upload with a clear error and leave nothing behind, as does a record that never ends
  * (splitter.ts bounds the memory an upload can take).
+ *
+ * An upload holds one database connection from its start to its end, and never asks for a
+ * second (owned()); a process takes at most maxUploads() at once, the others get 503 with
+ * Retry-After before their body is read; a body that sends nothing for
+ * UPLOAD_IDLE_TIMEOUT_MS is cut. So uploads, however many and however slow, cannot take the
+ * pool from the workers, the merges and the other requests.
  */
 import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { errorMessage, InvalidFileError, InvalidInputError, SluiceError } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
+import type { Client, Pool } from '../db/pool.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
@@ -22,6 +29,7 @@ import { getPipeline } from '../pipelines/index.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
 import type { IntakeContext } from './context.ts';
 import { parserFor } from './part-job.ts';
+import { intakeConnections, serveWorkers } from './service.ts';
 import { lineTerminator, RecordSplitter, type Part } from './splitter.ts';
 import { discardStaged, dropStaging, stageTableName } from './staging.ts';
 
@@ -32,6 +40,72 @@ export interface AcceptOptions {
   partRows?: number;
   /** The upload's size when known in advance (Content-Length): small files get smaller parts. */
   expectedBytes?: number | undefined;
+  /** How long the body may send nothing before the upload is cut (default UPLOAD_IDLE_TIMEOUT_MS; tests use less). */
+  idleTimeoutMs?: number | undefined;
+}
+
+/**
+ * An upload whose body sends no byte for this long is cut: it fails as one whose client hung
+ * up (nothing of it stays) and its connection goes back to the pool. Without it a client that
+ * stalls mid-file held its upload's database connection for ever (the server's sockets have
+ * no timeout: a big file may take as long as it needs, byte after byte). Only the time spent
+ * waiting for the body counts, never the time the server takes to store a part. 60 s: far
+ * longer than any pause of a working client or network, short enough that stalled clients
+ * cannot keep the uploads' share of the pool (maxUploads) busy for long.
+ */
+export const UPLOAD_IDLE_TIMEOUT_MS = 60_000;
+
+/**
+ * Connections of `serve`'s pool kept for everything but uploads and the intake's workers:
+ * short requests (/healthz, GET /imports, the dashboard), the reaper's connection, and
+ * the event and CRM syncs (a CRM sync holds its lock's connection while it writes).
+ */
+const OTHER_CONNECTIONS = 4;
+
+/**
+ * Uploads a process receives at once; more are refused (503 and Retry-After) before a byte
+ * of their body is read. Each upload holds one pool connection from its start to its end
+ * (its owner lock, and every statement of the upload on it), so without a cap enough slow
+ * uploads took every connection, and the workers, merges and every other request waited
+ * for ever. The cap leaves the intake what it needs to make progress (intakeConnections:
+ * SLUICE_WORKERS + 3, src/intake/service.ts) and OTHER_CONNECTIONS for the rest:
+ *
+ *   maxUploads = max(1, SLUICE_DB_POOL - (SLUICE_WORKERS + 3) - 4)
+ *
+ * (11 with the defaults, 20 connections and 2 workers). `pool` is the uploads' own: `serve`
+ * has one, whose size (`options.max`) is SLUICE_DB_POOL.
+ */
+export function maxUploads(pool: Pool): number {
+  const size = pool.options.max ?? 10; // pg's default
+  return Math.max(1, size - intakeConnections(serveWorkers()) - OTHER_CONNECTIONS);
+}
+
+/** What a refused upload is told to wait before it tries again (Retry-After, in seconds). */
+const UPLOAD_RETRY_AFTER_SECONDS = 5;
+
+/** Uploads in progress, by pool (one pool per process in `serve`). */
+const uploading = new WeakMap<Pool, number>();
+
+/** A 503 for an upload beyond maxUploads; `retryAfter` becomes its Retry-After header (src/http/errors.ts). */
+export class UploadsBusyError extends SluiceError {
+  readonly retryAfter = UPLOAD_RETRY_AFTER_SECONDS;
+  constructor(cap: number) {
+    super('unavailable', `${cap} upload${cap === 1 ? ' is' : 's are'} in progress on this server, the most it takes at once; retry shortly`);
+  }
+}
+
+/** Counts an upload in (UploadsBusyError beyond maxUploads); the returned function counts it out. */
+function takeUploadSlot(pool: Pool): () => void {
+  const cap = maxUploads(pool);
+  const now = uploading.get(pool) ?? 0;
+  if (now >= cap) throw new UploadsBusyError(cap);
+  uploading.set(pool, now + 1);
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    uploading.set(pool, (uploading.get(pool) ?? 1) - 1);
+  };
 }
 
 /**
@@ -96,38 +170,79 @@ export async function acceptUpload(
   const partRows = options.partRows ?? partRowsSetting();
   const { pool, boss } = ctx;
   if (!boss) throw new SluiceError('unavailable', 'the job queue is not running in this process');
-  // The upload's own connection holds the import's owner lock, from before the import
-  // exists until the upload ends: a merge waiting for parts that will never come (this
-  // process killed mid-upload) sees the lock free and fails the import instead of waiting
-  // forever with the target locked; a starting server fails the ones that had no part yet
-  // (service.ts).
+  // Refused before a byte of the body is read or a connection taken (maxUploads).
+  const release = takeUploadSlot(pool);
   const id = randomUUID();
-  const owner = await pool.connect();
   try {
-    await lockImportOwner(owner, id);
-    await createImport(pool, {
-      id, pipeline: pipeline.name, fileName: input.fileName, fileBytes: null, source: input.source, status: 'queued',
-      options: { maxRejectRatio: input.maxRejectRatio ?? 1, partRows },
+    return await owned(pool, id, async (owner) => {
+      await createImport(owner.client, {
+        id, pipeline: pipeline.name, fileName: input.fileName, fileBytes: null, source: input.source, status: 'queued',
+        options: { maxRejectRatio: input.maxRejectRatio ?? 1, partRows },
+      });
+      return await receive({ ...ctx, boss }, owner, { id, pipeline, partRows, maxBytes, format }, body, options);
     });
-    return await receive(ctx, { id, pipeline, partRows, maxBytes, format }, body, options);
+  } catch (err) {
+    if (!(err instanceof UploadEnded)) throw err;
+    // Ended while its file arrived: cancelled by a user (POST /imports/<id>/cancel), or
+    // failed by a worker on an earlier part. The import stays as it ended, for them to see;
+    // no more of the file was read, and what its parts staged goes (again: a part stored
+    // while the end committed came after the ender's own drop). Once the upload's connection
+    // is back in the pool: discardStaged takes connections of its own, and an upload never
+    // waits for one while it holds another.
+    await discardStaged(pool, id).catch(() => {});
+    if (err.status === 'cancelled') {
+      throw new SluiceError('conflict', `import ${id} was cancelled while its file was being uploaded: the rest of the file was not read`);
+    }
+    // Failed: accepted as before, its status tells why (GET /imports/<id>).
+    return { id };
   } finally {
-    // A connection that cannot unlock is not handed back to the pool holding the lock.
-    await unlockImportOwner(owner, id).then(() => owner.release(), (err: Error) => owner.release(err));
+    release();
   }
 }
 
-/** Stores the upload's parts (see acceptUpload); the import exists and its owner lock is held. */
+/** An upload's one connection, and whether it is still fit to go back to the pool. */
+interface Owner {
+  client: Client;
+  /** Set when the connection may be left in a transaction (a ROLLBACK failed): destroyed, never reused. */
+  broken?: Error;
+}
+
+/**
+ * Runs `work` on one connection holding the import's owner lock, from before the import
+ * exists until the upload ends: a merge waiting for parts that will never come (this process
+ * killed mid-upload) sees the lock free and fails the import instead of waiting forever with
+ * the target locked; a starting server fails the ones that had no part yet (service.ts).
+ * Every statement of the upload runs on this connection (the lock is a session lock: the
+ * parts' transactions on it leave it held), so an upload holds exactly one connection and
+ * never waits for a second one: uploads holding every connection of the pool, each waiting
+ * for one more, was a deadlock of the whole server.
+ */
+async function owned<T>(pool: Pool, id: string, work: (owner: Owner) => Promise<T>): Promise<T> {
+  const owner: Owner = { client: await pool.connect() };
+  try {
+    await lockImportOwner(owner.client, id);
+    return await work(owner);
+  } finally {
+    // A connection that cannot unlock (or may be inside a transaction) is not handed back to
+    // the pool holding the lock: destroyed, its session (and so the lock) ends with it.
+    if (owner.broken) owner.client.release(owner.broken);
+    else await unlockImportOwner(owner.client, id).then(() => owner.client.release(), (err: Error) => owner.client.release(err));
+  }
+}
+
+/** Stores the upload's parts (see acceptUpload); the import exists and `owner` holds its lock. */
 async function receive(
-  ctx: IntakeContext,
+  ctx: IntakeContext & { boss: NonNullable<IntakeContext['boss']> },
+  owner: Owner,
   o: { id: string; pipeline: Pipeline; partRows: number; maxBytes: number; format: FileFormat },
   body: Readable,
   options: AcceptOptions,
 ): Promise<{ id: string }> {
   const { id, pipeline, partRows, maxBytes, format } = o;
-  const pool = ctx.pool;
-  const boss = ctx.boss!;
+  const { boss } = ctx;
+  const db = owner.client;
   const stage = stageTableName(id);
-  await pool.query(createStageSql(pipeline, stage));
+  await db.query(createStageSql(pipeline, stage));
   const splitter = new RecordSplitter({ partRecords: partRows, quoted: pipeline.format.kind === 'csv' });
   let meta: FileMeta | undefined;
   let sample: Buffer[] = [];
@@ -135,31 +250,31 @@ async function receive(
   let total = 0;
   let parts = 0;
   const store = async (part: Part) => {
-    if (part.n === 0) await describe(ctx, id, pipeline, meta!, splitter.header!, part.data);
-    const client = await pool.connect();
+    if (part.n === 0) await describe(db, id, pipeline, meta!, splitter.header!, part.data);
     try {
       // No fsync per part: the upload is acknowledged (202) only after the final,
       // synchronous commit below, which makes every earlier part durable with it.
-      await client.query('BEGIN; SET LOCAL synchronous_commit = off');
-      const r = await insertPart(client, id, part);
+      await db.query('BEGIN; SET LOCAL synchronous_commit = off');
+      const r = await insertPart(db, id, part);
       if (!r.stored) throw new UploadEnded(r.status);
-      await sendJob(boss, client, PART_QUEUE, { importId: id, n: part.n });
+      await sendJob(boss, db, PART_QUEUE, { importId: id, n: part.n });
       if (part.n === 0) {
         // The merge starts with the first part and takes each part as soon as it is staged.
-        await setMergeEnqueued(client, id);
-        await sendJob(boss, client, MERGE_QUEUE, { importId: id });
+        await setMergeEnqueued(db, id);
+        await sendJob(boss, db, MERGE_QUEUE, { importId: id });
       }
-      await client.query('COMMIT');
+      await db.query('COMMIT');
     } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
+      // The connection goes on with the upload (and holds its lock): out of the transaction,
+      // or marked broken, never left inside it.
+      await db.query('ROLLBACK').catch((e: Error) => (owner.broken ??= e));
       throw err;
-    } finally {
-      client.release();
     }
     parts++;
   };
   // One part is stored while the next one arrives (never more than one in flight, so
-  // memory stays at two parts and part n is enqueued before part n + 1).
+  // memory stays at two parts and part n is enqueued before part n + 1). Nothing else runs
+  // on the connection meanwhile: every other statement below waits for `inFlight` first.
   let inFlight: Promise<void> = Promise.resolve();
   const enqueue = async (part: Part) => {
     await inFlight;
@@ -170,7 +285,7 @@ async function receive(
     for (const part of splitter.push(buf)) await enqueue(part);
   };
   try {
-    for await (const chunk of chunksOf(body)) {
+    for await (const chunk of chunksOf(body, options.idleTimeoutMs ?? UPLOAD_IDLE_TIMEOUT_MS)) {
       total += chunk.length;
       if (total > maxBytes) throw new SluiceError('too_large', `upload larger than the limit of ${maxBytes} bytes`);
       if (meta) {
@@ -206,27 +321,21 @@ async function receive(
     if (parts === 0) throw new InvalidFileError('invalid file: no data rows after the header');
     // The upload is complete: parts_total tells the merge (sent with part 0) where the file
     // ends. This synchronous commit is what makes the parts durable before the 202.
-    const ended = await setPartsTotal(pool, id, parts, total);
+    const ended = await setPartsTotal(db, id, parts, total);
     if (ended !== null) throw new UploadEnded(ended);
     return { id };
   } catch (err) {
     await inFlight.catch(() => {});
-    if (err instanceof UploadEnded) {
-      // Ended while its file arrived: cancelled by a user (POST /imports/<id>/cancel), or
-      // failed by a worker on an earlier part. The import stays as it ended, for them to see;
-      // no more of the file is read, and what its parts staged goes (again: a part stored
-      // while the end committed came after the ender's own drop).
-      await discardStaged(pool, id).catch(() => {});
-      if (err.status === 'cancelled') {
-        throw new SluiceError('conflict', `import ${id} was cancelled while its file was being uploaded: the rest of the file was not read`);
-      }
-      // Failed: accepted as before, its status tells why (GET /imports/<id>).
-      return { id };
+    // Cancelled or failed meanwhile: acceptUpload answers, once this connection is released.
+    if (err instanceof UploadEnded) throw err;
+    // Nothing half-written: the import row (its parts cascade) and its staging go. A broken
+    // connection cannot: its lock ended with it, and the import (queued, no parts_total) is
+    // failed by its merge, or by a server's reaper when it has none yet (service.ts).
+    if (!owner.broken) {
+      await db.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1`, [id]).catch(() => {});
+      await dropStaging(db, id).catch(() => {});
+      await db.query('DELETE FROM imports WHERE id = $1', [id]).catch(() => {});
     }
-    // Nothing half-written: the import row (its parts cascade) and its staging go.
-    await pool.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1`, [id]).catch(() => {});
-    await dropStaging(pool, id).catch(() => {});
-    await pool.query('DELETE FROM imports WHERE id = $1', [id]).catch(() => {});
     throw err;
   }
 }
@@ -243,14 +352,16 @@ class UploadEnded extends Error {
 /**
  * The body's chunks. A failure of the body itself (the client, or the server a URL is
  * fetched from, hung up mid-file) says so, and is not taken for the database's
- * (src/db/unavailable.ts also knows ECONNRESET: it would have answered 503).
+ * (src/db/unavailable.ts also knows ECONNRESET: it would have answered 503). A body that
+ * sends nothing for `idleMs` while it is waited for is destroyed (for a request, its
+ * connection closes) and the upload fails the same way (UPLOAD_IDLE_TIMEOUT_MS).
  */
-async function* chunksOf(body: Readable): AsyncGenerator<Buffer> {
+async function* chunksOf(body: Readable, idleMs: number): AsyncGenerator<Buffer> {
   const chunks = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   for (;;) {
     let next: IteratorResult<Buffer>;
     try {
-      next = await chunks.next();
+      next = await withIdleTimeout(chunks.next(), idleMs, () => body.destroy());
     } catch (err) {
       if (err instanceof SluiceError) throw err;
       throw new InvalidInputError(`the file stopped arriving before its end: ${errorMessage(err)}`, { cause: err });
@@ -258,6 +369,27 @@ async function* chunksOf(body: Readable): AsyncGenerator<Buffer> {
     if (next.done) return;
     yield next.value;
   }
+}
+
+/** `pending`, or after `ms` without it an InvalidInputError (`onIdle` called first). */
+function withIdleTimeout<T>(pending: Promise<T>, ms: number, onIdle: () => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      pending.catch(() => {}); // rejected by onIdle's destroy: nobody waits for it any more
+      onIdle();
+      reject(new InvalidInputError(`the file stopped arriving before its end: no byte for ${ms / 1000} s, the upload was cut`));
+    }, ms);
+    pending.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
 }
 
 /** How an upload gives its encoding, for the error refusing one its first bytes contradict. */
@@ -274,7 +406,7 @@ function detect(sample: Buffer, bytes: number, kind: FormatKind, format: FileFor
 }
 
 /** Parses the header (with the first data line, for fixed-width) and records the format. */
-async function describe(ctx: IntakeContext, id: string, pipeline: Pipeline, meta: FileMeta, headerBytes: Buffer, firstPart: Buffer) {
+async function describe(db: Client, id: string, pipeline: Pipeline, meta: FileMeta, headerBytes: Buffer, firstPart: Buffer) {
   const decoder = new TextDecoder(meta.encoding);
   // The header as the workers and `sluice import` read it: their parser from line 1. A
   // fixed-width header is placed by the first data lines (fixed-width.ts), so those of part
@@ -284,5 +416,5 @@ async function describe(ctx: IntakeContext, id: string, pipeline: Pipeline, meta
   const text = decoder.decode(headerBytes) + decoder.decode(firstPart.subarray(0, cut + 1));
   const header = [parser.push(text), parser.end()].flatMap((b) => b.rows)[0] ?? [];
   mapHeader(pipeline, header); // throws InvalidFileError on an unusable header
-  await setImportFormat(ctx.pool, id, { header, encoding: meta.encoding, delimiter: meta.delimiter });
+  await setImportFormat(db, id, { header, encoding: meta.encoding, delimiter: meta.delimiter });
 }

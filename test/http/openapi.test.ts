@@ -1,8 +1,8 @@
 /**
  * The published OpenAPI document (GET /docs/openapi.json) against the server itself, on real
  * Postgres and the real job queue (no workers): every route Fastify registered is an
- * operation of the document and every operation a route; writes, and only writes, declare
- * the API token; and real answers (2xx and errors, a database out of reach, a cancelled
+ * operation of the document and every operation a route; every operation but the public
+ * ones (src/http/auth.ts) declares the API token, with its 401 and 403; and real answers (2xx and errors, a database out of reach, a cancelled
  * upload, the live stream's first event) have a status code their operation declares, with
  * a JSON body that conforms to the declared schema.
  */
@@ -91,7 +91,14 @@ test('every route is an operation of the document with its method, and every ope
   }
 });
 
-test('the document is well formed: every $ref resolves, path parameters match, writes (and only they) declare the token', () => {
+/**
+ * The public operations (src/http/auth.ts PUBLIC_ROUTES, written out here on purpose): open to
+ * anyone under any Host. Every other operation, reads included, needs the token when one is
+ * set (rejects, file names, CRM failures and metrics are not for everyone).
+ */
+const PUBLIC_OPERATIONS = new Set(['get /healthz', 'get /search', 'get /live', 'get /live/snapshot', 'get /live/stream']);
+
+test('the document is well formed: every $ref resolves, path parameters match, every operation but the public ones declares the token', () => {
   const refs: string[] = [];
   const walk = (node: unknown): void => {
     if (Array.isArray(node)) node.forEach(walk);
@@ -111,10 +118,16 @@ test('the document is well formed: every $ref resolves, path parameters match, w
       const declared = ((op.parameters ?? []) as Json[]).filter((x) => x.in === 'path').map((x) => x.name).sort();
       assert.deepEqual(declared, inPath, `${method} ${p}: path parameters`);
       assert.ok(op.responses && Object.keys(op.responses).length > 0, `${method} ${p}: responses`);
-      // src/http/auth.ts: the token guards every method but GET and HEAD.
+      // src/http/auth.ts: the token (or, without one, a loopback Host) guards every route but the public ones.
       const needsToken = JSON.stringify(op.security ?? []) === JSON.stringify([{ apiToken: [] }]);
-      assert.equal(needsToken, method !== 'get', `${method} ${p}: security`);
-      if (needsToken) assert.ok(op.responses['401'], `${method} ${p}: 401`);
+      assert.equal(needsToken, !PUBLIC_OPERATIONS.has(`${method} ${p}`), `${method} ${p}: security`);
+      if (needsToken) {
+        assert.ok(op.responses['401']?.headers?.['WWW-Authenticate'], `${method} ${p}: 401 with WWW-Authenticate`);
+        // The Host check, on every protected route but the beacons (POST /visits*, from any site by design).
+        if (!p.startsWith('/visits')) assert.match(op.responses['403']?.description ?? '', /loopback/, `${method} ${p}: 403 of the Host check`);
+      } else {
+        assert.equal(op.responses['401'], undefined, `${method} ${p}: a public operation declares no 401`);
+      }
     }
   }
 });
@@ -248,27 +261,45 @@ test('health, metrics and the imports reads, the Host check included', async () 
   assert.equal((await call('GET', '/imports?limit=2', '/imports')).statusCode, 200);
   assert.equal((await call('GET', '/imports?limit=0', '/imports')).statusCode, 400);
   assert.equal((await call('GET', `/imports/${randomUUID()}`, '/imports/{id}')).statusCode, 404);
-  // Without a token, a read under another Host name is refused (DNS rebinding).
-  for (const [url, p] of [['/imports', '/imports'], [`/imports/${randomUUID()}`, '/imports/{id}'], [`/imports/${randomUUID()}/rejects`, '/imports/{id}/rejects']] as const) {
+  // Without a token, a read under another Host name is refused (DNS rebinding), on every protected route.
+  const reads = [
+    ['/imports', '/imports'], [`/imports/${randomUUID()}`, '/imports/{id}'], [`/imports/${randomUUID()}/rejects`, '/imports/{id}/rejects'],
+    ['/metrics', '/metrics'], ['/crm/runs', '/crm/runs'], ['/crm/runs/1/failures', '/crm/runs/{id}/failures'],
+  ] as const;
+  for (const [url, p] of reads) {
     assert.equal((await call('GET', url, p, { headers: { host: 'sluice.example.com:8080' } })).statusCode, 403, url);
   }
+  // Beacons come from any site by design: their Host is not checked.
+  const beacon = await call('POST', '/visits', '/visits', { headers: { host: '127.attacker.example', 'content-type': 'application/json' }, payload: '{"page_path":"/"}' });
+  assert.equal(beacon.statusCode, 202, beacon.body);
+  // The public ones answer any Host.
+  assert.equal((await call('GET', '/healthz', '/healthz', { headers: { host: 'sluice.example.com:8080' } })).statusCode, 200);
 });
 
-test('with a token: writes without it are 401 (WWW-Authenticate declared), reads stay open under any Host', async () => {
+test('with a token: every protected operation without it is 401 (WWW-Authenticate declared), reads included; with it, any Host', async () => {
   const guarded = await buildServer({ pool: db.pool, apiToken: 'secret-token' });
   try {
-    const paths: Array<[string, string]> = [
+    const writes: Array<[string, string]> = [
       ['/visits', '/visits'], ['/visits/batch', '/visits/batch'], ['/imports?pipeline=leads', '/imports'], [`/imports/${randomUUID()}/cancel`, '/imports/{id}/cancel'],
     ];
-    for (const [url, p] of paths) {
-      const res = await guarded.inject({ method: 'POST', url, headers: { 'content-type': 'application/json' }, payload: '{}' });
-      const declared = assertDeclared('POST', p, res);
-      assert.equal(res.statusCode, 401, url);
-      assert.ok(declared.headers['WWW-Authenticate'] && res.headers['www-authenticate'], url);
+    const reads: Array<[string, string]> = [
+      ['/imports', '/imports'], [`/imports/${randomUUID()}`, '/imports/{id}'], [`/imports/${randomUUID()}/rejects`, '/imports/{id}/rejects'],
+      ['/metrics', '/metrics'], ['/crm/runs', '/crm/runs'], ['/crm/runs/1/failures', '/crm/runs/{id}/failures'],
+    ];
+    for (const [method, list] of [['POST', writes], ['GET', reads]] as const) {
+      for (const [url, p] of list) {
+        const res = await guarded.inject({ method, url, ...(method === 'POST' ? { headers: { 'content-type': 'application/json' }, payload: '{}' } : {}) });
+        const declared = assertDeclared(method, p, res);
+        assert.equal(res.statusCode, 401, url);
+        assert.ok(declared.headers['WWW-Authenticate'] && res.headers['www-authenticate'], url);
+      }
     }
-    const read = await guarded.inject({ method: 'GET', url: '/imports', headers: { host: 'sluice.example.com' } });
+    const read = await guarded.inject({ method: 'GET', url: '/imports', headers: { host: 'sluice.example.com', authorization: 'Bearer secret-token' } });
     assertDeclared('GET', '/imports', read);
     assert.equal(read.statusCode, 200);
+    const open = await guarded.inject({ method: 'GET', url: '/live/snapshot', headers: { host: 'sluice.example.com' } });
+    assertDeclared('GET', '/live/snapshot', open);
+    assert.equal(open.statusCode, 200);
   } finally {
     await guarded.close();
   }

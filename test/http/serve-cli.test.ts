@@ -47,6 +47,33 @@ test('a port that is not a whole number 0-65535 is refused (exit 2)', async () =
   }
 });
 
+test('a host that is not a loopback address, without a token, is refused before the database is opened (exit 2)', async () => {
+  // Names that only look like loopback: a DNS name anyone can point at 0.0.0.0 or anywhere.
+  const cases: Array<[string[], Record<string, string>]> = [
+    [['--host', '127.attacker.test'], {}],
+    [['--host', 'localhost.evil.com'], {}],
+    [['--host', '0.0.0.0'], {}],
+    [[], { SLUICE_HOST: '127.0.0.1.nip.io' }],
+  ];
+  for (const [args, env] of cases) {
+    const p = startSluice(['serve', '--port', '0', ...args], { DATABASE_URL: NO_DATABASE, SLUICE_API_TOKEN: '', ...env });
+    assert.equal(await exitedWithin(p, 30_000), 2, `${JSON.stringify([args, env])}: ${p.output()}`);
+    assert.match(p.output(), /refusing to listen on \S+ without SLUICE_API_TOKEN: only a loopback address \(127\.0\.0\.1, ::1 or localhost\) may run open/);
+    assert.doesNotMatch(p.output(), /ECONNREFUSED|listening/);
+  }
+});
+
+test('--host localhost without a token: listens on loopback only, and says where', async () => {
+  const p = startSluice(['serve', '--port', '0', '--host', 'localhost'], { DATABASE_URL: db.url, SLUICE_WORKERS: '0', SLUICE_API_TOKEN: '' });
+  await p.waitFor(/listening on/);
+  const line = /sluice: listening on (.*)\n/.exec(p.output())![1]!;
+  // Each address bound (127.0.0.1, and ::1 where the machine has it), not the name asked for.
+  assert.match(line, /^http:\/\/(127\.0\.0\.1|\[::1\]):\d+( and http:\/\/(127\.0\.0\.1|\[::1\]):\d+)?$/, line);
+  const res = await fetch(`${line.split(' ')[0]}/healthz`);
+  assert.equal(res.status, 200);
+  await p.kill('SIGTERM');
+});
+
 test('a setting with a bad value is refused before the database is opened (exit 2)', async () => {
   const cases: Array<[Record<string, string>, RegExp]> = [
     [{ SLUICE_WORKERS: 'abc' }, /SLUICE_WORKERS must be a whole number of at least 0, got "abc"/],

@@ -3,11 +3,12 @@
  * two workers: a leads CSV uploaded through the form is followed (the list refreshes by
  * itself) until its progress bar reads 100% and its status `completed`; its rejects open as
  * a table; uploaded text is only ever shown as text; a server with an API token makes the
- * page ask for it; an encoding and a delimiter chosen on the form reach the server (a
+ * page ask for it, then list, follow and download (rejects CSV, metrics) with it; an encoding and a delimiter chosen on the form reach the server (a
  * Windows-1252 file detection would misread), and the delimiter is off for a fixed-width
  * pipeline. Screenshots go to test-artifacts/dashboard*.png.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { after, before, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
 import type { FastifyInstance } from 'fastify';
@@ -133,24 +134,65 @@ test('a refused upload is reported on the page', async () => {
   await page.close();
 });
 
-test('with an API token on the server, the page asks for it and then uploads', async () => {
+test('with an API token on the server, the page asks for it, then lists, uploads, follows and downloads with it', async () => {
   const guarded = await buildServer({ ...intake.ctx, apiToken: 'dash-token' });
   const guardedBase = await guarded.listen({ port: 0, host: '127.0.0.1' });
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const errors = pageErrors(page);
   try {
     await page.goto(guardedBase);
-    assert.equal(await page.isVisible('#token'), false, 'the token field starts folded away');
-    await upload(page, 'leads', 'guarded.csv', leadsCsv(10, 0, 'guarded'));
-    await page.waitForFunction(() => /API token/.test(document.querySelector('[data-testid=upload-message]').textContent));
+    // Reads need the token too: the first refresh of the list gets 401, which unfolds the field.
+    await page.waitForFunction(() => Number(document.body.dataset.refreshes ?? 0) >= 1);
+    assert.match((await page.textContent('[data-testid=connection]'))!, /^offline: missing or wrong API token/);
     assert.equal(await page.isVisible('#token'), true, 'a 401 unfolds the token field');
+    assert.equal(await page.locator('[data-testid=import]').count(), 0, 'no import listed without the token');
+    await upload(page, 'leads', 'guarded.csv', leadsCsv(10, 2, 'guarded'));
+    await page.waitForFunction(() => /^Upload refused: .*API token/.test(document.querySelector('[data-testid=upload-message]').textContent));
+
     await page.fill('#token', 'dash-token');
     await page.locator('#token').dispatchEvent('change');
-    await upload(page, 'leads', 'guarded.csv', leadsCsv(10, 0, 'guarded'));
+    // Entering the token refreshes the list at once: the imports of the tests above appear.
+    await page.waitForFunction(() => document.querySelector('[data-testid=connection]').textContent === 'live');
+    const { rows } = await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM imports');
+    await page.waitForFunction((n: number) => document.querySelectorAll('[data-testid=import]').length === n, Math.min(rows[0]!.n, 20));
+
+    await upload(page, 'leads', 'guarded.csv', leadsCsv(10, 2, 'guarded'));
+    assert.match(await uploadAnswer(page), /^Queued guarded\.csv/);
+    // Followed by the status polls, which carry the token.
     assert.equal(await waitFinished(page, 'guarded.csv'), 'completed');
-    // Kept in this browser for the next visit.
+    const c = card(page, 'guarded.csv');
+    assert.equal(await c.locator('[data-testid=progress]').getAttribute('data-percent'), '100');
+    assert.equal(await c.locator('[data-testid=progress-label]').textContent(), '1 / 1 parts · 100%');
+    assert.equal(await c.locator('[data-testid=rows-inserted]').textContent(), '10');
+    assert.equal(await c.locator('[data-testid=rows-rejected]').textContent(), '2');
+
+    // The rejects table and the CSV download (a link cannot carry the header: fetched, then saved).
+    await c.locator('[data-testid=rejects-toggle]').click();
+    await c.locator('[data-testid=rejects-table]').waitFor();
+    assert.equal(await c.locator('[data-testid=rejects-table] tbody tr').count(), 2);
+    const id = await c.getAttribute('data-id');
+    const [download] = await Promise.all([page.waitForEvent('download'), c.locator('[data-testid=rejects-csv]').click()]);
+    assert.equal(download.suggestedFilename(), `rejects-${id}.csv`);
+    const csv = fs.readFileSync((await download.path())!, 'utf8');
+    assert.deepEqual(csv.split('\r\n'), [
+      'line,field,reason,raw',
+      '12,,"email: not an email: ""not-an-email-0""","not-an-email-0,""Bad, 0"",Recife,PE"',
+      '13,,"email: not an email: ""not-an-email-1""","not-an-email-1,""Bad, 1"",Recife,PE"',
+      '',
+    ]);
+    // The metrics link too, shown in a new tab.
+    const [tab] = await Promise.all([page.waitForEvent('popup'), page.click('[data-testid=metrics]')]);
+    await tab.waitForFunction(() => /sluice_http_requests_total/.test(document.body?.textContent ?? ''));
+    await tab.close();
+
+    // Kept in this browser for the next visit, and used at once.
     await page.reload();
     assert.equal(await page.inputValue('#token'), 'dash-token');
+    await card(page, 'guarded.csv').waitFor();
+    assert.equal(await page.textContent('[data-testid=connection]'), 'live');
     await page.screenshot({ path: artifactPath('dashboard-token.png') });
+    // The 401s of the first refresh and upload are the only errors the page saw.
+    assert.deepEqual(errors.filter((e) => !/status of 401/.test(e)), []);
   } finally {
     await page.close();
     await guarded.close();

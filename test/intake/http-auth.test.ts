@@ -1,7 +1,8 @@
 /**
- * The API token (SLUICE_API_TOKEN): with it set, every write to the imports API needs
- * `Authorization: Bearer <token>` (401 JSON error otherwise, body never read); reads and
- * the dashboard stay open. Without it nothing is checked.
+ * The API token (SLUICE_API_TOKEN): with it set, every request to the imports API, reads
+ * included (the rejects are the customers' rows), needs `Authorization: Bearer <token>`
+ * (401 JSON error otherwise, body never read); the dashboard's page stays open. Without it
+ * the token is not checked. (Every other route: test/http/access.test.ts.)
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -52,28 +53,33 @@ test('uploads without the token, or with a wrong one, get 401 and create nothing
   assert.equal(rows[0]!.n, 0);
 });
 
-test('the right token passes (any case of "Bearer"); reads and the page need none', async () => {
+test('the right token passes (any case of "Bearer"), for reads too; the page needs none', async () => {
   const ok = await upload({ authorization: `Bearer ${TOKEN}` });
   assert.equal(ok.statusCode, 202, ok.body);
   const { id } = ok.json();
   assert.equal((await upload({ authorization: `bearer ${TOKEN}` })).statusCode, 202);
 
-  assert.equal((await app.inject({ method: 'GET', url: `/imports/${id}` })).statusCode, 200);
-  assert.equal((await app.inject({ method: 'GET', url: '/imports' })).statusCode, 200);
-  assert.equal((await app.inject({ method: 'GET', url: `/imports/${id}/rejects` })).statusCode, 200);
-  assert.equal((await app.inject({ method: 'HEAD', url: '/imports' })).statusCode, 200);
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  for (const url of [`/imports/${id}`, '/imports', `/imports/${id}/rejects`, `/imports/${id}/rejects?format=ndjson`]) {
+    assert401(await app.inject({ method: 'GET', url }));
+    assert401(await app.inject({ method: 'GET', url, headers: { authorization: 'Bearer nope' } }));
+    assert.equal((await app.inject({ method: 'GET', url, headers: auth })).statusCode, 200, url);
+  }
+  assert.equal((await app.inject({ method: 'HEAD', url: '/imports' })).statusCode, 401);
+  assert.equal((await app.inject({ method: 'HEAD', url: '/imports', headers: auth })).statusCode, 200);
   assert.equal((await app.inject({ method: 'GET', url: '/' })).statusCode, 200);
 
-  const cancel = await app.inject({ method: 'POST', url: `/imports/${id}/cancel`, headers: { authorization: `Bearer ${TOKEN}` } });
+  const cancel = await app.inject({ method: 'POST', url: `/imports/${id}/cancel`, headers: auth });
   assert.equal(cancel.statusCode, 200, cancel.body);
   assert.equal(cancel.json().status, 'cancelled');
 });
 
-test('without a token configured, writes are open (loopback-only servers)', async () => {
+test('without a token configured, reads and writes are open (loopback-only servers)', async () => {
   const open = await buildServer({ pool: db.pool, boss: intake.ctx.boss } as typeof intake.ctx);
   try {
     const res = await open.inject({ method: 'POST', url: '/imports?pipeline=nope', headers: { 'content-type': 'text/csv' }, payload: 'a\n1\n' });
     assert.equal(res.statusCode, 400, 'past the token check, refused for the unknown pipeline');
+    assert.equal((await open.inject({ method: 'GET', url: '/imports' })).statusCode, 200);
   } finally {
     await open.close();
   }

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import type { FastifyInstance } from 'fastify';
 import { checkSettings, env, intEnv } from '../../config.ts';
 import { openDb } from '../../db/pool.ts';
-import { isLoopback } from '../../http/auth.ts';
+import { isLoopback, listenUrl, nonLoopbackAddresses } from '../../http/auth.ts';
 import { buildServer } from '../../http/server.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import type { AppContext } from '../../http/context.ts';
@@ -33,7 +33,9 @@ export function registerServe(program: Command): void {
       const host = opts.host ?? env('SLUICE_HOST') ?? '127.0.0.1';
       const apiToken = env('SLUICE_API_TOKEN');
       if (!isLoopback(host) && !apiToken) {
-        throw new InvalidInputError(`refusing to listen on ${host} without SLUICE_API_TOKEN (only loopback may run open)`);
+        throw new InvalidInputError(
+          `refusing to listen on ${host} without SLUICE_API_TOKEN: only a loopback address (127.0.0.1, ::1 or localhost) may run open; set SLUICE_API_TOKEN or listen on 127.0.0.1`,
+        );
       }
       const poolSize = intEnv('SLUICE_DB_POOL', 20);
       const needed = intakeConnections(serveWorkers());
@@ -61,8 +63,16 @@ export function registerServe(program: Command): void {
         // Fails when the port is taken (or the address is not ours), or when a route's
         // plugin fails to load: the workers and services started above must stop, or they
         // would keep the process alive without a server.
-        const address = await app.listen({ port, host });
-        process.stderr.write(`sluice: listening on ${address}\n`);
+        await app.listen({ port, host });
+        // What was bound, not what was asked: `localhost` resolved by this machine's resolver
+        // (a hosts file may say anything) must still give loopback addresses only.
+        // (The main server's address first: Fastify lists it last.)
+        const bound = app.addresses().reverse();
+        const exposed = nonLoopbackAddresses(bound);
+        if (exposed.length > 0 && !apiToken) {
+          throw new InvalidInputError(`refusing to run without SLUICE_API_TOKEN: ${host} was bound to ${exposed.join(' and ')}, which is not loopback`);
+        }
+        process.stderr.write(`sluice: listening on ${bound.map(listenUrl).join(' and ')}\n`);
       } catch (err) {
         await stop();
         throw err;

@@ -1,16 +1,17 @@
 /** The OpenAPI description of the CRM sync runs' routes (src/http/routes/crm.ts, docs/crm.md). */
-import { errorResponse as error, serverErrors } from '../openapi.ts';
+import { apiTokenSecurity, errorResponse as error, guardedResponses, serverErrors } from '../openapi.ts';
 
 const count = { type: 'integer', minimum: 0 };
 const numberText = 'read as a JavaScript number (`1e2` is 100); an empty value is 0, and so refused';
 
 export const crmOpenApi = {
-  tags: [{ name: 'crm', description: 'CRM sync runs (docs/crm.md): what each run did, and the records that failed. Read-only and open (no token).' }],
+  tags: [{ name: 'crm', description: 'CRM sync runs (docs/crm.md): what each run did, and the records that failed. Read-only; with SLUICE_API_TOKEN set they need the token (the failures name customers\' records).' }],
   paths: {
     '/crm/runs': {
       get: {
         tags: ['crm'],
         operationId: 'listCrmRuns',
+        security: apiTokenSecurity,
         summary: 'Lists CRM sync runs, newest first',
         description: 'URL passwords in what is shown (sources\' locations, errors) are masked, also in runs recorded before they were masked at the source.',
         parameters: [
@@ -34,6 +35,7 @@ export const crmOpenApi = {
             },
           },
           '400': error('Code `invalid_input`: limit is not an integer from 1 to 500 (or is given more than once)'),
+          ...guardedResponses(),
           ...serverErrors(),
         },
       },
@@ -42,6 +44,7 @@ export const crmOpenApi = {
       get: {
         tags: ['crm'],
         operationId: 'listCrmRunFailures',
+        security: apiTokenSecurity,
         summary: 'The records that failed (or were not confirmed) in a run',
         parameters: [
           { in: 'path', name: 'id', required: true, description: `The run id, a positive integer, ${numberText}`, schema: { type: 'integer', minimum: 1 } },
@@ -64,6 +67,7 @@ export const crmOpenApi = {
             },
           },
           '400': error('Code `invalid_input`: the id is not a positive integer, or limit is not an integer from 1 to 10,000'),
+          ...guardedResponses(),
           '404': error('Code `not_found`: no such run (`no CRM run 999`)'),
           ...serverErrors(),
         },

@@ -2,7 +2,9 @@
  * CRM sync runs for the dashboard: GET /crm/runs (newest first; ?limit=1..500, default 50;
  * ?pipeline=name) and GET /crm/runs/:id/failures (the records that failed in a run; 404 in
  * the usual error form for a run that does not exist). URL passwords are masked in what is
- * shown, also in runs recorded before sources' locations were stored masked.
+ * shown, also in runs recorded before sources' locations were stored masked. Protected like
+ * every route that is not public (src/http/auth.ts): the API token when one is set, else a
+ * loopback Host (failures name customers' records).
  */
 import type { FastifyInstance } from 'fastify';
 import { InvalidInputError, NotFoundError } from '../../core/errors.ts';

@@ -1,7 +1,8 @@
 /**
  * GET /: the intake dashboard (src/web/dashboard.html), a static page that talks to the
- * imports API with fetch. Read-only to serve, so open like /healthz; uploading through it
- * needs the API token when one is set (the page asks for it).
+ * imports API with fetch. The page itself holds no data, so it is public (src/http/auth.ts
+ * PUBLIC_ROUTES); everything it fetches (the list, the statuses, the rejects, uploads) needs
+ * the API token when one is set, which the page asks for and sends on every call.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';

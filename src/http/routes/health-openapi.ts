@@ -1,15 +1,15 @@
 /** The OpenAPI description of GET /healthz and GET /metrics (src/http/routes/health.ts, docs/operations.md). */
-import { serverErrors, UNAVAILABLE_CLOSING } from '../openapi.ts';
+import { apiTokenSecurity, guardedResponses, serverErrors, UNAVAILABLE_CLOSING } from '../openapi.ts';
 
 export const healthOpenApi = {
-  tags: [{ name: 'operations', description: 'For load balancers and monitoring: health and Prometheus metrics. Open (no token).' }],
+  tags: [{ name: 'operations', description: 'For load balancers and monitoring: health (open to anyone, under any Host: probes use the container\'s address) and Prometheus metrics (protected: with SLUICE_API_TOKEN set the scraper sends the token).' }],
   paths: {
     '/healthz': {
       get: {
         tags: ['operations'],
         operationId: 'health',
         summary: 'Whether the database answers (`SELECT 1`)',
-        description: 'Never a 500: a failed check is the 503.',
+        description: 'Never a 500: a failed check is the 503. Public: no token, and any `Host` (container probes name the container\'s address).',
         responses: {
           '200': {
             description: 'The database answered',
@@ -28,6 +28,7 @@ export const healthOpenApi = {
       get: {
         tags: ['operations'],
         operationId: 'metrics',
+        security: apiTokenSecurity,
         summary: 'The metrics of this process, in the Prometheus text format',
         description:
           'HTTP requests by route and status, uploads, rows imported by this process\'s workers, visits, live viewers, CRM runs, and the Node.js process metrics, ' +
@@ -37,6 +38,7 @@ export const healthOpenApi = {
             description: 'Prometheus text exposition format 0.0.4',
             content: { 'text/plain; version=0.0.4; charset=utf-8': { schema: { type: 'string', example: 'sluice_http_requests_total{route="/healthz",status="200"} 3\n' } } },
           },
+          ...guardedResponses(),
           ...serverErrors(UNAVAILABLE_CLOSING),
         },
       },

@@ -1,4 +1,7 @@
-/** GET /healthz (database reachable) and GET /metrics (Prometheus text format). */
+/**
+ * GET /healthz (database reachable: open to probes) and GET /metrics (Prometheus text
+ * format: protected like every route that is not public, src/http/auth.ts).
+ */
 import type { FastifyInstance } from 'fastify';
 import { registry } from '../metrics.ts';
 import type { AppContext } from '../context.ts';

@@ -1,18 +1,15 @@
 /** The OpenAPI description of the intake routes (src/http/routes/imports.ts). */
-import { apiTokenSecurity, errorResponse as error, serverErrors, unauthorizedResponse } from '../openapi.ts';
+import { apiTokenSecurity, errorResponse as error, guardedResponses, hostForbiddenResponse, serverErrors, unauthorizedResponse } from '../openapi.ts';
 
-/** The Host check of src/http/auth.ts (refuseCrossSite), for reads and writes alike. */
-const hostText =
-  'without SLUICE_API_TOKEN, a `Host` header whose name (port and IPv6 brackets left out, lower-cased) is not `localhost`, `::1` or a name starting with `127.` ' +
-  '(or no `Host` at all): a server without a token answers its loopback names only, so a page whose DNS name was rebound to 127.0.0.1 cannot read the imports. ' +
-  'With a token set, the Host is not checked';
 const crossSiteText =
   'a write from a page of another site, with or without a token: `Sec-Fetch-Site: cross-site` or `same-site`, or an `Origin` that is not this server ' +
-  '(its host and port compared with the `Host` header; `null` or an unparsable Origin refused too). Clients that are not browsers send neither header';
-/** 403 `forbidden` of the reads (GET) of /imports*. */
-const readForbidden = error(`Code \`forbidden\`: ${hostText}`);
-/** 403 `forbidden` of the writes (POST) of /imports*: checked first, before the token and the body. */
-const writeForbidden = error(`Code \`forbidden\`: ${crossSiteText}; or ${hostText}`);
+  '(its host and port compared with the `Host` header; `null` or an unparsable Origin refused too), checked before the body is read. Clients that are not browsers send neither header; or ';
+/** 401 and 403 `forbidden` of the reads (GET) of /imports*: the token, or without one the Host. */
+const readGuarded = guardedResponses();
+/** 403 `forbidden` of the writes (POST) of /imports*: the cross-site check, or the Host. */
+const writeForbidden = hostForbiddenResponse(crossSiteText);
+/** Said by every operation of /imports*: the rejects and the lists carry the customers' data. */
+const tokenText = ' With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`, as every operation of the imports API does, reads included.';
 const givenOnce = 'a query parameter given more than once';
 
 const idParam = { in: 'path', name: 'id', required: true, description: 'The import id (a UUID)', schema: { type: 'string', format: 'uuid' } };
@@ -50,7 +47,7 @@ export const importsOpenApi = {
           'the `charset` of Content-Type is the encoding when `?encoding=` is not given, and must agree with it when both are); ' +
           '(c) application/json `{"pipeline","url","encoding"?,"delimiter"?,"max_reject_ratio"?}`: the server fetches the http(s) URL. ' +
           'Without an encoding, it is detected from the first 64 KiB; without a delimiter, it is sniffed. The upload is streamed into parts stored in PostgreSQL and answered once stored; ' +
-          'workers import the parts in the background. File names are recorded, never used as paths. With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
+          'workers import the parts in the background. File names are recorded, never used as paths.' + tokenText,
         security: apiTokenSecurity,
         parameters: [
           { in: 'query', name: 'pipeline', required: false, description: 'The pipeline (leads, purchases); required for raw bodies', schema: { type: 'string' } },
@@ -119,6 +116,8 @@ export const importsOpenApi = {
         tags: ['imports'],
         operationId: 'listImports',
         summary: 'Lists imports, newest first',
+        description: `Their file names, pipelines, counts and errors.${tokenText}`,
+        security: apiTokenSecurity,
         parameters: [
           { in: 'query', name: 'limit', required: false, description: 'Imports per page, 1 to 100 (default 20)', schema: { type: 'integer', minimum: 1, maximum: 100 } },
           { in: 'query', name: 'cursor', required: false, description: 'next_cursor of the previous page', schema: { type: 'string' } },
@@ -129,7 +128,7 @@ export const importsOpenApi = {
             content: { 'application/json': { schema: { $ref: '#/components/schemas/ImportList' } } },
           },
           '400': error(`Bad limit or cursor, or ${givenOnce} (invalid_input)`),
-          '403': readForbidden,
+          ...readGuarded,
           ...serverErrors(),
         },
       },
@@ -139,8 +138,10 @@ export const importsOpenApi = {
         tags: ['imports'],
         operationId: 'getImport',
         summary: 'The status of one import: counts, parts, rate and ETA',
+        description: tokenText.trim(),
+        security: apiTokenSecurity,
         parameters: [idParam],
-        responses: { '200': statusOk, '403': readForbidden, '404': error('No such import (or not a UUID)'), ...serverErrors() },
+        responses: { '200': statusOk, ...readGuarded, '404': error('No such import (or not a UUID)'), ...serverErrors() },
       },
     },
     '/imports/{id}/rejects': {
@@ -148,6 +149,8 @@ export const importsOpenApi = {
         tags: ['imports'],
         operationId: 'getImportRejects',
         summary: 'Streams the rows (and fields) the import rejected, in line order',
+        description: `Each reject with the raw text of its row: the customers' data.${tokenText}`,
+        security: apiTokenSecurity,
         parameters: [
           idParam,
           { in: 'query', name: 'format', required: false, description: 'csv (default, as an attachment) or ndjson', schema: { type: 'string', enum: ['csv', 'ndjson'] } },
@@ -165,7 +168,7 @@ export const importsOpenApi = {
             },
           },
           '400': error(`Bad format or limit, or ${givenOnce}`),
-          '403': readForbidden,
+          ...readGuarded,
           '404': error('No such import (or not a UUID)'),
           ...serverErrors(),
         },
@@ -178,13 +181,13 @@ export const importsOpenApi = {
         summary: 'Cancels a queued or running import (no-op when it has finished)',
         description:
           'Parts not yet imported are dropped; nothing is merged. An upload still arriving stops and is answered 409. No body is needed (any is ignored, ' +
-          'but one sent as application/json is parsed first). With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
+          'but one sent as application/json is parsed first).' + tokenText,
         security: apiTokenSecurity,
         parameters: [idParam],
         responses: {
           '200': statusOk,
           '400': error('A body sent as application/json that is not valid JSON (invalid_input)'),
-          '401': unauthorizedResponse(),
+          '401': unauthorizedResponse(', checked before the body is read'),
           '403': writeForbidden,
           '404': error('No such import (or not a UUID)'),
           '413': error('A body sent as application/json over 1 MiB (too_large)'),

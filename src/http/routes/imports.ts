@@ -43,6 +43,8 @@ export interface ImportsRouteOptions {
   maxUploadBytes?: number;
   /** Rows per part (default: the intake engine's). */
   partRows?: number;
+  /** How long an upload's body may send nothing before it is cut (default: the intake's, 60 s; tests use less). */
+  uploadIdleTimeoutMs?: number;
 }
 
 type Query = Record<string, unknown>;
@@ -50,7 +52,11 @@ type Query = Record<string, unknown>;
 export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: ImportsRouteOptions = {}): void {
   const maxBytes = options.maxUploadBytes ?? intEnv('SLUICE_MAX_UPLOAD_BYTES', DEFAULT_MAX_UPLOAD_BYTES);
   if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) throw new InvalidInputError(`SLUICE_MAX_UPLOAD_BYTES must be a positive integer, got ${maxBytes}`);
-  const acceptOptions = { maxBytes, ...(options.partRows !== undefined ? { partRows: options.partRows } : {}) };
+  const acceptOptions = {
+    maxBytes,
+    ...(options.partRows !== undefined ? { partRows: options.partRows } : {}),
+    idleTimeoutMs: options.uploadIdleTimeoutMs,
+  };
   addOpenApi(importsOpenApi);
 
   // An encapsulated scope: the raw-body parser and the token hook below apply to these
@@ -132,6 +138,7 @@ interface AcceptOptions {
   maxBytes: number;
   partRows?: number;
   expectedBytes?: number | undefined;
+  idleTimeoutMs?: number | undefined;
 }
 
 /**

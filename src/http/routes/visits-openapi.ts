@@ -32,6 +32,7 @@ const unavailable =
   `or ${UNAVAILABLE_CLOSING}`;
 
 const common = (bodyLimit: string) => ({
+  // No 403: beacons come from any site by design, so a server without a token does not check their Host (src/http/auth.ts).
   '401': unauthorizedResponse(', checked before the body is read: whatever its size, type or content'),
   '413': error(`Code \`too_large\`: the body is over ${bodyLimit}`),
   '415': error(
