@@ -37,6 +37,20 @@ import { discardStaged, dropStaging, partTableName, partTables, stageTableName }
 export interface PartSignal {
   wait(): Promise<void>;
   close(): void;
+  /** Aborted when the worker stops: a merge still waiting for parts then hands over (MergeStopped). */
+  stop?: AbortSignal;
+}
+
+/**
+ * The worker running a merge is stopping (SIGTERM, SIGINT) while the merge waits for parts:
+ * it rolls back, and the worker hands the merge job over (worker.ts). Waiting on would hold
+ * the stop for as long as the rest of the file takes, for ever when no other worker is
+ * left to stage the parts (the stopping one takes no more).
+ */
+export class MergeStopped extends Error {
+  constructor() {
+    super('the worker stopped while the merge waited for parts: handed over to another worker');
+  }
 }
 
 const pollOnly = (): PartSignal => ({ wait: () => new Promise((r) => setTimeout(r, 250)), close: () => {} });
@@ -214,7 +228,7 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
     importRows.inc({ pipeline: pipeline.name, outcome: 'rejected' }, merged.rejected);
     return 'completed';
   } catch (err) {
-    if (err instanceof PartLost) throw err;
+    if (err instanceof PartLost || err instanceof MergeStopped) throw err;
     if (err instanceof Rollback) {
       if (err.outcome === 'skipped') {
         // Ended by someone else (a failed part, a cancel), whose drop may have given way to
@@ -352,6 +366,7 @@ async function followParts(
         }
         continue;
       }
+      if (signal.stop?.aborted) throw new MergeStopped();
       const t = performance.now();
       await signal.wait();
       waited += performance.now() - t;

@@ -18,10 +18,10 @@ import { errorMessage } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
 import { databaseUrl } from '../db/pool.ts';
 import { PART_DONE } from '../db/sql/intake.ts';
-import { MERGE_QUEUE, PART_QUEUE, listenForJobs, type Boss } from '../jobs/boss.ts';
+import { MERGE_QUEUE, PART_QUEUE, listenForJobs, sendJob, type Boss } from '../jobs/boss.ts';
 import type { IntakeContext } from './context.ts';
 import { failImport } from './fail.ts';
-import { gaveUpMessage, runMerge, type PartSignal } from './merge-job.ts';
+import { gaveUpMessage, MergeStopped, runMerge, type PartSignal } from './merge-job.ts';
 import { runPart } from './part-job.ts';
 import { warmUp } from './warm-up.ts';
 
@@ -87,14 +87,19 @@ interface Loop {
 class PartSignals {
   private readonly open = new Map<string, Wakeup>();
 
-  follow(importId: string, backstopMs: number): PartSignal {
+  /** Also ends the merge's waits when `stop` is aborted (the worker stopping). */
+  follow(importId: string, backstopMs: number, stop: AbortSignal): PartSignal {
     const w = new Wakeup();
     this.open.set(importId, w);
+    const wake = () => w.wake();
+    stop.addEventListener('abort', wake);
     return {
       wait: async () => void (await w.wait(backstopMs)),
       close: () => {
+        stop.removeEventListener('abort', wake);
         if (this.open.get(importId) === w) this.open.delete(importId);
       },
+      stop,
     };
   }
 
@@ -104,6 +109,16 @@ class PartSignals {
 
   signalAll(): void {
     for (const w of this.open.values()) w.wake();
+  }
+}
+
+/** Sends a fresh merge job for `importId` (its merge rolled back: MergeStopped). */
+async function handOver(ctx: IntakeContext, boss: Boss, importId: string): Promise<void> {
+  const client = await ctx.pool.connect();
+  try {
+    await sendJob(boss, client, MERGE_QUEUE, { importId });
+  } finally {
+    client.release();
   }
 }
 
@@ -165,6 +180,7 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
   // Before the first fetch: the first parts should not run in cold code (warm-up.ts).
   if (intEnv('SLUICE_WORKER_WARMUP', 1) !== 0) warmUp();
   const signals = new PartSignals();
+  const stopping = new AbortController();
   const loops = [
     ...Array.from({ length: options.concurrency }, () =>
       startLoop<{ importId: string; n: number }>(boss, PART_QUEUE, (d) => runPart(ctx, d.importId, d.n)),
@@ -172,7 +188,17 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
     startLoop<{ importId: string }>(
       boss,
       MERGE_QUEUE,
-      (d) => runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS)),
+      async (d) => {
+        try {
+          await runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS, stopping.signal));
+        } catch (err) {
+          if (!(err instanceof MergeStopped)) throw err;
+          // Handed over: rolled back, a fresh job for another worker (one that starts later
+          // included), and this one completes. A fresh job, not a failed attempt: a stop is
+          // no error, and on the job's last attempt a failure would end the import.
+          await handOver(ctx, boss, d.importId);
+        }
+      },
       // Nothing else would end the import: it stayed `running`, its staging kept. When this
       // cannot be recorded (the database is down), neither can the fail() after it: the job's
       // heartbeat lapses, pg-boss fails it and the reaper ends the import (service.ts).
@@ -195,6 +221,8 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
         l.stopped = true;
         l.wakeup.wake();
       }
+      // The parts in hand finish; a merge waiting for parts hands over (MergeStopped).
+      stopping.abort();
       await Promise.all(loops.map((l) => l.done));
       await listener.close();
     },

@@ -22,6 +22,7 @@ import { purchases } from '../../src/pipelines/purchases.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { queueDatabases } from './http-helpers.ts';
 import { killAll, startSluice, until } from '../helpers/processes.ts';
+import { exitedWithin } from '../cli/exit.ts';
 
 const FIXTURE = path.join(repoRoot, 'test/fixtures/neoway/base_teste_2000.txt');
 const COLUMNS = `document, document_type, document_valid, private, incomplete, last_purchase_date, avg_ticket,
@@ -218,4 +219,25 @@ test('a starting server fails the uploads a dead server left before their first 
     await unlockImportOwner(holder, live);
     holder.release();
   }
+});
+
+test('SIGTERM to the only worker while its merge waits for parts: it hands the merge over and exits; the next worker completes the import', async () => {
+  const { db, a, id } = await pausedUpload();
+  await heldPart(db, id);
+  // The merge (in the same process, the only one) waits for parts nobody else will stage.
+  await until(async () => {
+    const { rows } = await db.pool.query(`SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-merge'`);
+    return rows.length > 0;
+  }, 'the merge to start');
+  a.child.kill('SIGTERM');
+  fs.rmSync(pauseFile); // the part in hand finishes, as a stop promises
+  // Until session 9 it never exited: the merge waited for the parts its stopped loops would not take.
+  assert.equal(await exitedWithin(a, 20_000), 0, a.output());
+  const { rows } = await db.pool.query(`SELECT state FROM pgboss.job WHERE name = 'sluice-merge' AND data->>'importId' = $1 ORDER BY created_on`, [id]);
+  assert.deepEqual(rows.map((r) => r.state), ['completed', 'created'], 'the stopped merge completed its job and sent a fresh one');
+  const before = await importStatus(db.pool, id);
+  assert.equal(before?.status, 'running');
+  const b = worker(db);
+  await assertSameTable(db, await finished(db, id));
+  await b.kill();
 });
