@@ -41,7 +41,11 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   const app = Fastify({
     // Request logging stays off by default (SLUICE_LOG_LEVEL=info turns it on): at thousands
     // of requests per second it would cost more than the requests.
-    logger: options.logger ? { level: process.env.SLUICE_LOG_LEVEL ?? 'warn', redact: ['req.headers.authorization'] } : false,
+    // The token never reaches the log: the request's headers, and @fastify/multipart's trace
+    // line of its busboy options (which hold the request's headers too).
+    logger: options.logger
+      ? { level: process.env.SLUICE_LOG_LEVEL ?? 'warn', redact: ['req.headers.authorization', 'busboyOptions.headers.authorization'] }
+      : false,
     bodyLimit: options.bodyLimit ?? 1 << 20,
     // Fastify's own 503 while closing has its own body ({"error":"Service Unavailable",...}):
     // the hook below answers in Sluice's {"error":{"code","message"}} form instead.

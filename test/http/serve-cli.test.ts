@@ -128,3 +128,20 @@ test('SIGTERM and SIGINT: serve and worker stop what they opened and exit 0', as
     assert.equal(await exitedWithin(worker, PROMPTLY_MS), 0, `worker, ${signal}: ${worker.output()}`);
   }
 });
+
+test('SLUICE_LOG_LEVEL=trace: the API token of a multipart upload is not in the log', async () => {
+  // @fastify/multipart logs its busboy options at trace level, the request's headers with them.
+  const token = 'tok-never-logged-5d1e';
+  const p = startSluice(['serve', '--port', '0'], { DATABASE_URL: db.url, SLUICE_WORKERS: '0', SLUICE_API_TOKEN: token, SLUICE_LOG_LEVEL: 'trace' });
+  await p.waitFor(/listening on/);
+  const base = /listening on (http:\/\/\S+)/.exec(p.output())![1]!;
+  const form = new FormData();
+  form.append('pipeline', 'leads');
+  form.append('file', new Blob(['Email,Name\na@example.com,A\n']), 'leads.csv');
+  const res = await fetch(`${base}/imports`, { method: 'POST', body: form, headers: { authorization: `Bearer ${token}` } });
+  assert.equal(res.status, 202, await res.text());
+  await p.waitFor(/busboyOptions/);
+  await p.kill();
+  assert.doesNotMatch(p.output(), new RegExp(token));
+  assert.match(p.output(), /"authorization":"\[Redacted\]"/);
+});
