@@ -4,6 +4,8 @@
  */
 import pg from 'pg';
 import { env } from '../config.ts';
+import { InvalidInputError } from '../core/errors.ts';
+import { withoutPassword } from '../core/url-credentials.ts';
 import { ensureEmbedded } from './embedded.ts';
 import { migrate } from './migrate.ts';
 
@@ -15,10 +17,28 @@ export type Client = pg.PoolClient;
 
 let cachedUrl: string | undefined;
 
+/**
+ * DATABASE_URL if it is a PostgreSQL URL, else bad usage (exit 2) naming the variable: `not a
+ * url` failed later as "getaddrinfo ENOTFOUND base", a bad port as "Invalid URL". The value
+ * is shown with its password and query values masked.
+ */
+function checkedUrl(value: string): string {
+  let ok = false;
+  try {
+    ok = ['postgres:', 'postgresql:', 'socket:'].includes(new URL(value).protocol);
+  } catch {
+    // not a URL at all
+  }
+  if (!ok) {
+    throw new InvalidInputError(`DATABASE_URL must be a postgres:// or postgresql:// URL (user, password, host, port, database), got ${withoutPassword(value)}`);
+  }
+  return value;
+}
+
 /** The database URL: DATABASE_URL, else the embedded server's (database `sluice`). */
 export async function databaseUrl(): Promise<string> {
   const fromEnv = env('DATABASE_URL');
-  if (fromEnv) return fromEnv;
+  if (fromEnv) return checkedUrl(fromEnv);
   if (cachedUrl) return cachedUrl;
   const adminUrl = await ensureEmbedded();
   await ensureDatabase(adminUrl, 'sluice');

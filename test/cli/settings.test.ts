@@ -76,3 +76,19 @@ test('a timer setting beyond what setTimeout can wait (2^31-1 ms) is refused: No
   assert.equal(check(String(2 ** 31)), 'must be a whole number from 1000 to 2147483647');
   assert.equal(check('999'), 'must be a whole number from 1000 to 2147483647');
 });
+
+test('a DATABASE_URL that is not a PostgreSQL URL is bad usage (exit 2), named, its password masked', async () => {
+  const cases: Array<[string, RegExp]> = [
+    ['not a url', /DATABASE_URL must be a postgres:\/\/ or postgresql:\/\/ URL \(user, password, host, port, database\), got <unparseable url>/],
+    ['postgres://u:secretpw@localhost:abc/db', /DATABASE_URL must be a postgres:\/\/ .*got <unparseable url>/],
+    ['http://u:secretpw@localhost:5432/db', /DATABASE_URL must be a postgres:\/\/ .*got http:\/\/u:\*\*\*@localhost:5432\/db/],
+  ];
+  for (const [url, message] of cases) {
+    for (const args of [['serve', '--port', '0'], ['rejects', '00000000-0000-0000-0000-000000000000']]) {
+      const p = startSluice(args, { DATABASE_URL: url });
+      assert.equal(await exitedWithin(p, 30_000), 2, `${args[0]} ${url}: ${p.output()}`);
+      assert.match(p.output(), message);
+      assert.doesNotMatch(p.output(), /secretpw|ENOTFOUND/);
+    }
+  }
+});
