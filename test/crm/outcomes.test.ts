@@ -92,3 +92,19 @@ test('GET /crm/runs/:id/failures: 404 for a run that does not exist, 200 for one
     await app.close();
   }
 });
+
+test('GET /crm/runs reads its parameters strictly: 1e2, 0x10, " 7" and a repeated pipeline are 400s', async () => {
+  const app = await buildServer({ pool: db.pool });
+  try {
+    for (const url of ['/crm/runs?limit=1e2', '/crm/runs?limit=0x10', '/crm/runs?limit=%207', '/crm/runs?pipeline=a&pipeline=b', '/crm/runs/1/failures?limit=1.5', '/crm/runs/0x1/failures']) {
+      const res = await app.inject({ method: 'GET', url });
+      assert.equal(res.statusCode, 400, `${url}: ${res.body}`);
+      assert.equal(res.json().error.code, 'invalid_input', url);
+    }
+    const ok = await app.inject({ method: 'GET', url: '/crm/runs?limit=7&pipeline=none' });
+    assert.equal(ok.statusCode, 200, ok.body);
+    assert.deepEqual(ok.json(), { runs: [] });
+  } finally {
+    await app.close();
+  }
+});

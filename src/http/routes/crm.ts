@@ -13,13 +13,7 @@ import { listFailures, listRuns, runExists } from '../../db/sql/crm.ts';
 import type { AppContext } from '../context.ts';
 import { addOpenApi } from '../openapi.ts';
 import { crmOpenApi } from './crm-openapi.ts';
-
-function intParam(v: string | undefined, name: string, def: number, min: number, max: number): number {
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new InvalidInputError(`${name} must be an integer from ${min} to ${max}`);
-  return n;
-}
+import { intParam, stringParam, type Query } from '../query-params.ts';
 
 /** Every string in a JSON value with its URL passwords masked. */
 function masked<T>(v: T): T {
@@ -34,17 +28,16 @@ function masked<T>(v: T): T {
 export function crmRoutes(app: FastifyInstance, ctx: AppContext): void {
   addOpenApi(crmOpenApi);
   app.get('/crm/runs', async (req) => {
-    const q = req.query as { limit?: string; pipeline?: string };
-    const limit = intParam(q.limit, 'limit', 50, 1, 500);
-    const runs = await listRuns(ctx.pool, limit, q.pipeline || undefined);
+    const q = req.query as Query;
+    const limit = intParam(q, 'limit', { min: 1, max: 500 }) ?? 50;
+    const runs = await listRuns(ctx.pool, limit, stringParam(q, 'pipeline'));
     // Runs recorded before URL passwords were masked at the source may still hold them.
     return { runs: masked(runs) };
   });
   app.get('/crm/runs/:id/failures', async (req) => {
-    const { id } = req.params as { id: string };
-    const q = req.query as { limit?: string };
-    const runId = intParam(id, 'run id', 0, 1, Number.MAX_SAFE_INTEGER);
-    const limit = intParam(q.limit, 'limit', 1000, 1, 10_000);
+    const runId = intParam(req.params as Query, 'id', { min: 1, max: Number.MAX_SAFE_INTEGER });
+    if (runId === undefined) throw new InvalidInputError('id must be an integer >= 1');
+    const limit = intParam(req.query as Query, 'limit', { min: 1, max: 10_000 }) ?? 1000;
     const failures = await listFailures(ctx.pool, runId, limit);
     if (failures.length === 0 && !(await runExists(ctx.pool, runId))) throw new NotFoundError(`no CRM run ${runId}`);
     return { failures };

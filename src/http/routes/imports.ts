@@ -23,6 +23,8 @@ import { registry } from '../metrics.ts';
 import { addOpenApi } from '../openapi.ts';
 import { importsOpenApi } from './imports-openapi.ts';
 import { getPipeline } from '../../pipelines/index.ts';
+import { intParam, stringParam, type Query } from '../query-params.ts';
+import { maskUrlPasswords } from '../../core/url-credentials.ts';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024 ** 3;
@@ -47,7 +49,6 @@ export interface ImportsRouteOptions {
   uploadIdleTimeoutMs?: number;
 }
 
-type Query = Record<string, unknown>;
 
 export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: ImportsRouteOptions = {}): void {
   const maxBytes = options.maxUploadBytes ?? intEnv('SLUICE_MAX_UPLOAD_BYTES', DEFAULT_MAX_UPLOAD_BYTES);
@@ -249,7 +250,7 @@ async function fromUrl(ctx: AppContext, body: unknown, o: AcceptOptions) {
   try {
     parsed = new URL(url);
   } catch {
-    throw new InvalidInputError(`"url" is not a URL: ${JSON.stringify(url.slice(0, 200))}`);
+    throw new InvalidInputError(`"url" is not a URL: ${JSON.stringify(maskUrlPasswords(url.slice(0, 200)))}`);
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new InvalidInputError('"url" must be http or https');
   // An unknown pipeline, or a delimiter for a fixed-width one, is refused before anything is fetched.
@@ -343,23 +344,6 @@ function isJson(req: FastifyRequest): boolean {
 function importId(raw: string): string {
   if (!UUID.test(raw)) throw new NotFoundError(`no import ${JSON.stringify(raw.slice(0, 64))}`);
   return raw.toLowerCase();
-}
-
-function stringParam(query: Query, name: string): string | undefined {
-  const v = query[name];
-  if (v === undefined || v === '') return undefined;
-  if (typeof v !== 'string') throw new InvalidInputError(`${name} must be given once`);
-  return v;
-}
-
-function intParam(query: Query, name: string, range: { min: number; max: number }): number | undefined {
-  const v = stringParam(query, name);
-  if (v === undefined) return undefined;
-  const n = /^\d{1,16}$/.test(v) ? Number(v) : NaN;
-  if (!(n >= range.min && n <= range.max)) {
-    throw new InvalidInputError(range.max === Number.MAX_SAFE_INTEGER ? `${name} must be an integer >= ${range.min}` : `${name} must be an integer from ${range.min} to ${range.max}`);
-  }
-  return n;
 }
 
 /**
