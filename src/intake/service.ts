@@ -19,6 +19,7 @@ import { gaveUpMessage } from './merge-job.ts';
 import { failAbandonedPart } from './part-job.ts';
 import { dropStaging, sweepFinishedImports } from './staging.ts';
 import { startWorkers } from './worker.ts';
+import { logImportEnd } from './status.ts';
 
 /**
  * How often a running server looks for imports nobody will end (SLUICE_REAP_INTERVAL_MS).
@@ -168,7 +169,7 @@ export const intakeService: Service = {
     let workers: Awaited<ReturnType<typeof startWorkers>> | undefined;
     try {
       report(await reapAbandonedJobs(ctx.pool, boss));
-      workers = concurrency > 0 ? await startWorkers(ctx, { concurrency }) : undefined;
+      workers = concurrency > 0 ? await startWorkers(ctx, { concurrency, onImportEnd: logImportEnd }) : undefined;
     } catch (err) {
       await boss.stop({ graceful: false }).catch(() => {});
       throw err;

@@ -23,6 +23,7 @@ import type { IntakeContext } from './context.ts';
 import { failImport } from './fail.ts';
 import { gaveUpMessage, MergeStopped, runMerge, type PartSignal } from './merge-job.ts';
 import { runPart } from './part-job.ts';
+import { importStatus, type ImportStatus } from './status.ts';
 import { warmUp } from './warm-up.ts';
 
 export interface RunningWorkers {
@@ -174,7 +175,13 @@ function startLoop<T>(
   return loop;
 }
 
-export async function startWorkers(ctx: IntakeContext, options: { concurrency: number }): Promise<RunningWorkers> {
+export interface WorkerOptions {
+  concurrency: number;
+  /** Told of each import whose merge this process ran to its end (completed, failed, cancelled): an operator's log line. */
+  onImportEnd?: (status: ImportStatus) => void;
+}
+
+export async function startWorkers(ctx: IntakeContext, options: WorkerOptions): Promise<RunningWorkers> {
   const boss = ctx.boss;
   if (!boss) throw new Error('startWorkers needs the job queue (ctx.boss)');
   // Before the first fetch: the first parts should not run in cold code (warm-up.ts).
@@ -191,6 +198,10 @@ export async function startWorkers(ctx: IntakeContext, options: { concurrency: n
       async (d) => {
         try {
           await runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS, stopping.signal));
+          if (options.onImportEnd) {
+            const s = await importStatus(ctx.pool, d.importId).catch(() => undefined);
+            if (s && (s.status === 'completed' || s.status === 'failed' || s.status === 'cancelled')) options.onImportEnd(s);
+          }
         } catch (err) {
           if (!(err instanceof MergeStopped)) throw err;
           // Handed over: rolled back, a fresh job for another worker (one that starts later

@@ -113,6 +113,10 @@ test('an import spread over three worker processes; its end is announced (NOTIFY
     const status = await importStatus(db.pool, id);
     assert.ok(status);
     await assertSameTable(db, status);
+    // The worker that ran the merge says so on stderr, once (an operator's log line).
+    const line = new RegExp(`sluice: import ${id} \\(purchases, base_teste_2000\\.txt\\) completed in \\d+\\.\\d\\d s: 2,000 read, 2,000 inserted, 0 updated, 0 unchanged, 0 rejected\\n`);
+    await until(async () => workers.some((w) => line.test(w.output())), 'the import end in a worker\'s log', 10_000);
+    assert.equal(workers.filter((w) => line.test(w.output())).length, 1);
   } finally {
     await listener.query('UNLISTEN *');
     listener.release();

@@ -4,6 +4,7 @@ import { InvalidInputError } from '../../core/errors.ts';
 import { checkSettings } from '../../config.ts';
 import { databaseUrl, openDb } from '../../db/pool.ts';
 import { intakeConnections } from '../../intake/service.ts';
+import { logImportEnd } from '../../intake/status.ts';
 import { startWorkers, type RunningWorkers } from '../../intake/worker.ts';
 import { startBoss, type Boss } from '../../jobs/boss.ts';
 import { untilSignal } from '../until-signal.ts';
@@ -23,7 +24,7 @@ export function registerWorker(program: Command): void {
       let workers: RunningWorkers;
       try {
         boss = await startBoss(await databaseUrl());
-        workers = await startWorkers({ pool, boss }, { concurrency });
+        workers = await startWorkers({ pool, boss }, { concurrency, onImportEnd: logImportEnd });
       } catch (err) {
         // The queue and the pool would keep the process alive after the error.
         await boss?.stop({ graceful: false }).catch(() => {});
