@@ -26,6 +26,7 @@ import { repoRoot } from '../src/config.ts';
 import { databaseUrl, ensureDatabase, openDb, withDatabase } from '../src/db/pool.ts';
 import { handWrittenImport } from './intake-floor.ts';
 import { dropDatabase, median, procCpuMs } from './lib.ts';
+import { writePurchasesFile } from '../src/gen/purchases.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -50,37 +51,10 @@ const work = path.join(repoRoot, '.sluice', 'bench');
 fs.mkdirSync(work, { recursive: true });
 const generated = path.join(work, `purchases-${ROWS}.txt`);
 
-function cpf(seed: number): string {
-  const d = String(100_000_000 + (seed % 899_999_999)).slice(0, 9).split('').map(Number);
-  for (const len of [9, 10]) {
-    let sum = 0;
-    for (let i = 0; i < len; i++) sum += d[i]! * (len + 1 - i);
-    const r = (sum * 10) % 11;
-    d.push(r === 10 ? 0 : r);
-  }
-  const s = d.join('');
-  return `${s.slice(0, 3)}.${s.slice(3, 6)}.${s.slice(6, 9)}-${s.slice(9)}`;
-}
-
-/** A purchases file in the shared file's layout (header offsets 0,19,31,43,65,87,111,131). */
+/** The generated file, written once and kept (src/gen/purchases.ts). */
 function generate(file: string, rows: number): void {
   if (fs.existsSync(file)) return;
-  const fd = fs.openSync(file, 'w');
-  const pad = (s: string, n: number) => s.padEnd(n);
-  fs.writeSync(fd, `${pad('CPF', 19)}${pad('PRIVATE', 12)}${pad('INCOMPLETO', 12)}${pad('DATA DA ÚLTIMA COMPRA', 22)}${pad('TICKET MÉDIO', 22)}${pad('TICKET DA ÚLTIMA COMPRA', 24)}${pad('LOJA MAIS FREQUÊNTE', 20)}LOJA DA ÚLTIMA COMPRA\n`);
-  let chunk = '';
-  for (let i = 1; i <= rows; i++) {
-    const full = i % 3 !== 0;
-    const date = `20${10 + (i % 10)}-${String(1 + (i % 12)).padStart(2, '0')}-${String(1 + (i % 28)).padStart(2, '0')}`;
-    const money = `${100 + (i % 900)},${String(i % 100).padStart(2, '0')}`;
-    chunk += `${pad(cpf(i * 7919), 19)}${pad(String(i % 2), 12)}${pad(String((i >> 1) % 2), 12)}${pad(full ? date : 'NULL', 22)}${pad(full ? money : 'NULL', 22)}${pad(full ? money : 'NULL', 24)}${pad(full ? '79.379.491/0008-50' : 'NULL', 20)}${full ? '79.379.491/0001-83' : 'NULL'}\n`;
-    if (i % 50_000 === 0) {
-      fs.writeSync(fd, chunk);
-      chunk = '';
-    }
-  }
-  fs.writeSync(fd, chunk);
-  fs.closeSync(fd);
+  writePurchasesFile(file, rows);
 }
 
 function sluice(args: string[], env: Record<string, string>): ChildProcess {

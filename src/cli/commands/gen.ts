@@ -1,8 +1,9 @@
-/** `sluice gen leads|csv`: synthetic data for demos and benchmarks. */
+/** `sluice gen leads|csv|purchases`: synthetic data for demos and benchmarks. */
 import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
 import { openDb } from '../../db/pool.ts';
 import { generateLeads, writeLeadsCsv } from '../../gen/leads.ts';
+import { writePurchasesFile } from '../../gen/purchases.ts';
 
 function count(v: string): number {
   const n = Number(v.replace(/_/g, ''));
@@ -12,6 +13,21 @@ function count(v: string): number {
 
 export function registerGen(program: Command): void {
   const gen = program.command('gen').description('generate synthetic data');
+  gen
+    .command('purchases')
+    .description('write a purchases file in the layout of the Neoway export (base_teste.txt), for the purchases pipeline')
+    .argument('<n>', 'number of rows')
+    .option('--out <file>', 'output file', 'purchases.txt')
+    .option('--first <k>', 'number of the first row: files with ranges that do not overlap share no CPF', '1')
+    .action((n: string, flags: { out: string; first: string }) => {
+      const rows = count(n);
+      const first = count(flags.first);
+      if (rows < 1) throw new InvalidInputError('expected at least 1 row');
+      if (first < 1) throw new InvalidInputError('--first must be at least 1');
+      const t = performance.now();
+      writePurchasesFile(flags.out, rows, first);
+      process.stderr.write(`wrote ${flags.out}: ${rows} rows (rows ${first}-${first + rows - 1}) in ${((performance.now() - t) / 1000).toFixed(1)}s\n`);
+    });
   gen
     .command('leads')
     .description('insert n random leads into the base (set-based)')
