@@ -526,3 +526,17 @@ test('upload counters reach /metrics', async () => {
   assert.match(res.body, /sluice_http_uploads_total\{source="multipart",outcome="accepted"\} \d+/);
   assert.match(res.body, /sluice_http_uploads_total\{source="raw",outcome="invalid_file"\} \d+/);
 });
+
+test('/metrics: the backlog read from the database (queued imports by pipeline, queued jobs by queue)', async () => {
+  const body = multipart([{ name: 'pipeline', value: 'leads' }, { name: 'file', filename: 'm.csv', content: leadsCsv(3) }]);
+  const res = await app.inject({ method: 'POST', url: '/imports', payload: body.payload, headers: body.headers });
+  assert.equal(res.statusCode, 202, res.body);
+  // No workers here: what the upload queued stays queued. The gauges must say what the tables say.
+  const imports = (await db.pool.query(`SELECT pipeline, status, count(*)::int AS n FROM imports WHERE status IN ('queued', 'running') GROUP BY 1, 2`)).rows;
+  const jobs = (await db.pool.query(`SELECT name, state::text, count(*)::int AS n FROM pgboss.job WHERE name IN ('sluice-part', 'sluice-merge') AND state IN ('created', 'retry', 'active') GROUP BY 1, 2`)).rows;
+  assert.ok(imports.some((r) => r.pipeline === 'leads' && r.status === 'queued' && r.n >= 1), JSON.stringify(imports));
+  assert.ok(jobs.some((r) => r.name === 'sluice-part' && r.n >= 1), JSON.stringify(jobs));
+  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body;
+  for (const r of imports) assert.match(text, new RegExp(`^sluice_imports_unfinished\\{pipeline="${r.pipeline}",status="${r.status}"\\} ${r.n}$`, 'm'));
+  for (const r of jobs) assert.match(text, new RegExp(`^sluice_queue_jobs\\{queue="${r.name}",state="${r.state}"\\} ${r.n}$`, 'm'));
+});

@@ -25,6 +25,7 @@ import { importsOpenApi } from './imports-openapi.ts';
 import { getPipeline } from '../../pipelines/index.ts';
 import { intParam, stringParam, type Query } from '../query-params.ts';
 import { maskUrlPasswords } from '../../core/url-credentials.ts';
+import { measureIntake } from '../../intake/metrics.ts';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024 ** 3;
@@ -59,6 +60,7 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
     idleTimeoutMs: options.uploadIdleTimeoutMs,
   };
   addOpenApi(importsOpenApi);
+  measureIntake(ctx.pool);
 
   // An encapsulated scope: the raw-body parser and the token hook below apply to these
   // routes only, never to the rest of the server.
