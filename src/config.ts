@@ -49,15 +49,17 @@ function isNumber(v: string): string | undefined {
 }
 
 
+/** Plain decimal digits: `Number` also takes ' ' (0), '0x10', '1e3' and '  7'. */
+const DIGITS = /^\d{1,16}$/;
+
 function isPositiveInteger(v: string): string | undefined {
-  const n = Number(v);
-  return Number.isInteger(n) && n >= 1 ? undefined : 'must be a positive integer';
+  return DIGITS.test(v) && Number(v) >= 1 ? undefined : 'must be a positive integer';
 }
 
 function wholeAtLeast(min: number, max = Number.MAX_SAFE_INTEGER): (v: string) => string | undefined {
   return (v) => {
     const n = Number(v);
-    if (Number.isInteger(n) && n >= min && n <= max) return undefined;
+    if (DIGITS.test(v) && n >= min && n <= max) return undefined;
     return max === Number.MAX_SAFE_INTEGER ? `must be a whole number of at least ${min}` : `must be a whole number from ${min} to ${max}`;
   };
 }

@@ -23,11 +23,17 @@ let cachedUrl: string | undefined;
  * is shown with its password and query values masked.
  */
 function checkedUrl(value: string): string {
-  let ok = false;
-  try {
-    ok = ['postgres:', 'postgresql:', 'socket:'].includes(new URL(value).protocol);
-  } catch {
-    // not a URL at all
+  // A socket directory and a database name (`/var/run/postgresql dbname`), as pg takes them.
+  let ok = value.startsWith('/');
+  if (!ok && /^(postgres|postgresql|socket):/i.test(value)) {
+    try {
+      new URL(value);
+      ok = true;
+    } catch {
+      // An empty host, the socket named by ?host= (`postgres://user:pw@/db?host=/cloudsql/x`):
+      // pg takes it, the WHATWG parser does not. A bad port or host is still refused.
+      ok = /^postgres(ql)?:\/\/[^/?#@]*@?\//i.test(value);
+    }
   }
   if (!ok) {
     throw new InvalidInputError(`DATABASE_URL must be a postgres:// or postgresql:// URL (user, password, host, port, database), got ${withoutPassword(value)}`);

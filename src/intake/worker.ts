@@ -18,7 +18,7 @@ import { errorMessage } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
 import { databaseUrl } from '../db/pool.ts';
 import { PART_DONE } from '../db/sql/intake.ts';
-import { MERGE_QUEUE, PART_QUEUE, listenForJobs, sendJob, type Boss } from '../jobs/boss.ts';
+import { MERGE_QUEUE, PART_QUEUE, inTransaction, listenForJobs, sendJob, type Boss } from '../jobs/boss.ts';
 import type { IntakeContext } from './context.ts';
 import { failImport } from './fail.ts';
 import { gaveUpMessage, MergeStopped, runMerge, type PartSignal } from './merge-job.ts';
@@ -113,13 +113,25 @@ class PartSignals {
   }
 }
 
-/** Sends a fresh merge job for `importId` (its merge rolled back: MergeStopped). */
-async function handOver(ctx: IntakeContext, boss: Boss, importId: string): Promise<void> {
+/**
+ * Sends a fresh merge job for `importId` and completes `job` (its merge rolled back:
+ * MergeStopped), in one transaction: killed in between, the process leaves either the old
+ * job (retried when its heartbeat lapses) or the new one, never both (two merges would be
+ * serialized and the second skip, but the old one's last attempt would fail the import).
+ */
+async function handOver(ctx: IntakeContext, boss: Boss, importId: string, job: JobWithMetadata<unknown>): Promise<void> {
   const client = await ctx.pool.connect();
+  let broken: Error | undefined;
   try {
+    await client.query('BEGIN');
     await sendJob(boss, client, MERGE_QUEUE, { importId });
+    await boss.complete(MERGE_QUEUE, job, null, inTransaction(client));
+    await client.query('COMMIT');
+  } catch (err) {
+    await client.query('ROLLBACK').catch((e: Error) => (broken = e));
+    throw err;
   } finally {
-    client.release();
+    client.release(broken);
   }
 }
 
@@ -134,7 +146,7 @@ const PART_WAIT_MS = 250;
 function startLoop<T>(
   boss: Boss,
   queue: string,
-  handle: (data: T) => Promise<unknown>,
+  handle: (data: T, job: JobWithMetadata<T>) => Promise<unknown>,
   lastFailed?: (data: T, err: unknown, attempts: number) => Promise<unknown>,
 ): Loop {
   const loop: Loop = { queue, stopped: false, done: Promise.resolve(), wakeup: new Wakeup() };
@@ -159,7 +171,8 @@ function startLoop<T>(
       idle = IDLE_MIN_MS;
       const beat = setInterval(() => void boss.touch(queue, job).catch(() => {}), HEARTBEAT_MS);
       try {
-        await handle(job.data);
+        await handle(job.data, job);
+        // (A no-op for a job the handler completed itself: handOver.)
         await boss.complete(queue, job).catch(() => {});
       } catch (err) {
         // pg-boss retries with backoff up to the job's retry limit. retryCount is 0 on the
@@ -195,7 +208,7 @@ export async function startWorkers(ctx: IntakeContext, options: WorkerOptions): 
     startLoop<{ importId: string }>(
       boss,
       MERGE_QUEUE,
-      async (d) => {
+      async (d, job) => {
         try {
           await runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS, stopping.signal));
           if (options.onImportEnd) {
@@ -207,7 +220,7 @@ export async function startWorkers(ctx: IntakeContext, options: WorkerOptions): 
           // Handed over: rolled back, a fresh job for another worker (one that starts later
           // included), and this one completes. A fresh job, not a failed attempt: a stop is
           // no error, and on the job's last attempt a failure would end the import.
-          await handOver(ctx, boss, d.importId);
+          await handOver(ctx, boss, d.importId, job);
         }
       },
       // Nothing else would end the import: it stayed `running`, its staging kept. When this

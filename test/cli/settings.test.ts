@@ -83,6 +83,13 @@ test('a DATABASE_URL that is not a PostgreSQL URL is bad usage (exit 2), named, 
     ['postgres://u:secretpw@localhost:abc/db', /DATABASE_URL must be a postgres:\/\/ .*got <unparseable url>/],
     ['http://u:secretpw@localhost:5432/db', /DATABASE_URL must be a postgres:\/\/ .*got http:\/\/u:\*\*\*@localhost:5432\/db/],
   ];
+  // What pg takes is not refused: socket forms the WHATWG URL parser refuses. (They fail
+  // later, on connecting to a socket that is not there: exit 1, not bad usage.)
+  for (const url of ['postgres://user:pw@/db?host=/nonexistent/sock', 'postgresql://user@/db?host=/nonexistent/sock', '/nonexistent/sock dbname']) {
+    const p = startSluice(['rejects', '00000000-0000-0000-0000-000000000000'], { DATABASE_URL: url });
+    assert.equal(await exitedWithin(p, 30_000), 1, `${url}: ${p.output()}`);
+    assert.doesNotMatch(p.output(), /DATABASE_URL must be/);
+  }
   for (const [url, message] of cases) {
     for (const args of [['serve', '--port', '0'], ['rejects', '00000000-0000-0000-0000-000000000000']]) {
       const p = startSluice(args, { DATABASE_URL: url });

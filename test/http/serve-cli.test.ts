@@ -80,6 +80,9 @@ test('a setting with a bad value is refused before the database is opened (exit 
     // Accepted until session 9: -1 started no workers, 0 bytes refused only once the database was open.
     [{ SLUICE_WORKERS: '-1' }, /SLUICE_WORKERS must be a whole number of at least 0, got "-1"/],
     [{ SLUICE_WORKERS: '1.5' }, /SLUICE_WORKERS must be a whole number of at least 0, got "1.5"/],
+    // Number() reads ' ' as 0 (no workers, silently) and '0x10' as 16.
+    [{ SLUICE_WORKERS: ' ' }, /SLUICE_WORKERS must be a whole number of at least 0, got " "/],
+    [{ SLUICE_DB_POOL: '0x10' }, /SLUICE_DB_POOL must be a whole number of at least 1, got "0x10"/],
     [{ SLUICE_MAX_UPLOAD_BYTES: '0' }, /SLUICE_MAX_UPLOAD_BYTES must be a whole number of at least 1, got "0"/],
     [{ SLUICE_VISITS_MAINTENANCE: 'yes' }, /SLUICE_VISITS_MAINTENANCE must be 0 or 1, got "yes"/],
     [{ SLUICE_VISITS_TIMEOUT_MS: 'x' }, /SLUICE_VISITS_TIMEOUT_MS must be a whole number from 1 to 2147483647, got "x"/],
