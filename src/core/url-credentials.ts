@@ -73,19 +73,6 @@ export function withoutPassword(url: string): string {
 }
 
 /**
- * Whether `withoutPassword(url)` masks a query value: two such URLs may then differ where
- * their shown forms do not (`?date=2024-01-01`, `?date=2024-01-02` both show `?date=***`).
- */
-export function hasQueryValues(url: string): boolean {
-  try {
-    const search = new URL(url).search.slice(1);
-    return search !== '' && maskQuery(search) !== search;
-  } catch {
-    return false;
-  }
-}
-
-/**
  * A URL written in text: scheme, authority (credentials included, to the last `@` before the
  * host, so a password holding a raw `@` is masked whole), path, query. The path and query
  * end at white space, a quote, `<`, `>` or a backtick (the URL quoted in a message); the

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { basicAuth, hasQueryValues, maskUrlPasswords, withoutPassword } from '../../src/core/url-credentials.ts';
+import { basicAuth, maskUrlPasswords, withoutPassword } from '../../src/core/url-credentials.ts';
 
 test('basicAuth: the URL without its credentials, and their Basic header (percent-decoded; bad escapes as written)', () => {
   assert.deepEqual(basicAuth('http://h/feed'), { url: 'http://h/feed', headers: {} });
@@ -62,11 +62,4 @@ test('maskUrlPasswords masks query values of every URL in a text, up to a quote 
   for (const url of ['https://bob:pw@h/x?a=1&b', 'https://h:8443/p/q?access_token=s&x=', 'http://TOKEN@h/?k=v']) {
     assert.equal(maskUrlPasswords(url), withoutPassword(url), url);
   }
-});
-
-test('hasQueryValues: whether the shown form hides a value (two such URLs may show alike)', () => {
-  assert.equal(hasQueryValues('https://h/x?date=2024-01-01'), true);
-  assert.equal(hasQueryValues('https://u:p@h/x'), false);
-  assert.equal(hasQueryValues('https://h/x?download&empty='), false);
-  assert.equal(hasQueryValues('not a url?a=1'), false);
 });

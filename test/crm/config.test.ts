@@ -5,7 +5,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { repoRoot } from '../../src/config.ts';
-import { loadCrmConfig, parseRateLimit, validateCrmConfig } from '../../src/pipelines/crm/config.ts';
+import { configHash, loadCrmConfig, parseRateLimit, shownLocation, sourceIdentity, validateCrmConfig } from '../../src/pipelines/crm/config.ts';
 import { nextRun, parseSchedule } from '../../src/pipelines/crm/schedule.ts';
 import { runCli, tmpDir } from './helpers.ts';
 
@@ -158,4 +158,31 @@ test("the example's postgres destination works as its comment says; leftover pip
     return true;
   });
   assert.match(problems({ sources, destination: { type: 'postgres', base_url: 'http://x/v1', colour: 'red' } }), /destination.base_url: only for the pipedrive destination[\s\S]*destination.colour: unknown key \(allowed: type\)/);
+});
+
+test("a source's identity and the fingerprint: the query counts (another ?date= is another source), the password does not", () => {
+  const at = (customers: string) =>
+    validateCrmConfig({ sources: { customers, orders: 'https://h.example/o.csv', payments: '/data/p.csv' }, destination: { type: 'postgres' } });
+  const url = (userinfo: string, query: string) => `https://${userinfo}exports.example/raw_customers.csv${query}`;
+  const base = url('admin:s3cret@', '?date=2024-01-01&access_token=TOKEN1');
+  const fingerprint = (u: string) => configHash(at(u));
+  // Another query value: shown alike, yet another source and another fingerprint.
+  for (const other of [url('admin:s3cret@', '?date=2024-02-01&access_token=TOKEN1'), url('admin:s3cret@', '?date=2024-01-01&access_token=TOKEN2'), url('admin:s3cret@', '?account=a'), url('admin:s3cret@', '')]) {
+    assert.notEqual(sourceIdentity(other), sourceIdentity(base), other);
+    assert.notEqual(fingerprint(other), fingerprint(base), other);
+  }
+  assert.equal(shownLocation(url('admin:s3cret@', '?date=2024-02-01&access_token=TOKEN1')), shownLocation(base));
+  assert.notEqual(sourceIdentity(url('', '?account=b')), sourceIdentity(url('', '?account=a')));
+  // Another password, or another token given as the user alone: the same source and fingerprint.
+  for (const same of [url('admin:rotated@', '?date=2024-01-01&access_token=TOKEN1'), url('admin:%40x@', '?date=2024-01-01&access_token=TOKEN1')]) {
+    assert.equal(sourceIdentity(same), sourceIdentity(base), same);
+    assert.equal(fingerprint(same), fingerprint(base), same);
+  }
+  assert.equal(sourceIdentity(url('TOKEN9@', '')), sourceIdentity(url('TOKEN8@', '')));
+  assert.equal(fingerprint(url('TOKEN9@', '')), fingerprint(url('TOKEN8@', '')));
+  // The user of user:password says which account (shown, too): another one is another source.
+  assert.notEqual(sourceIdentity(url('other:s3cret@', '?date=2024-01-01&access_token=TOKEN1')), sourceIdentity(base));
+  // A digest: neither the password nor a query value in it; a local path is hashed as given.
+  assert.match(sourceIdentity(base), /^[0-9a-f]{64}$/);
+  assert.notEqual(sourceIdentity('/data/a.csv'), sourceIdentity('/data/b.csv'));
 });

@@ -86,6 +86,25 @@ test('a source URL with user:password is fetched with HTTP Basic auth; the passw
   const again = await sync(config);
   assert.equal(again.code, 0, again.stderr);
   assert.equal(JSON.parse(again.stdout.trim()).status, 'skipped');
+
+  // The password rotated (server and config): the same sources, still conditional (three
+  // 304s), the same fingerprint, the run skipped; the new password stored nowhere either.
+  const rotated = 'pw456ROTATED';
+  files.auth = { user: 'admin', password: rotated };
+  try {
+    const notModified = files.hits.notModified;
+    const r2 = await sync(writeConfig(dir, withCredentials(rotated), apiUrl, { name: 'creds' }));
+    assert.equal(r2.code, 0, r2.stderr);
+    assert.equal(JSON.parse(r2.stdout.trim()).status, 'skipped');
+    assert.equal(files.hits.notModified, notModified + 3);
+    assert.ok(!`${r2.stdout}${r2.stderr}`.includes(rotated));
+    const recorded = await stored('creds');
+    assert.ok(!recorded.includes(rotated) && !recorded.includes(PASSWORD), recorded);
+    const hashes = await db.pool.query(`SELECT DISTINCT config_hash FROM crm_runs WHERE pipeline = 'creds'`);
+    assert.equal(hashes.rowCount, 1);
+  } finally {
+    files.auth = { user: 'admin', password: PASSWORD };
+  }
 });
 
 test('a refused password or an unreachable server fails the run without showing the password', async () => {

@@ -3,9 +3,12 @@
  * (`http://exporter:pw@host/raw_customers.csv?access_token=SECRET`): the request uses the
  * real URL, and every place the URL is shown or stored masks each query value
  * (`?access_token=***`): the run's outcome, crm_runs, crm_sources, GET /crm/runs, errors.
- * The masked location stands for every value of the query, so a run after a change of
- * `?date=` must not take the last resource's Last-Modified for this one's (no wrong 304):
- * only the entity tag is sent then.
+ * The masked location stands for every value of the query, so it cannot tell whether the
+ * last fetch was this resource: a digest of the real URL does (its query included, its
+ * password not; crm_sources.location_sha256). Another `?date=` is fetched unconditionally
+ * (neither the last resource's Last-Modified nor its entity tag, which a server's version
+ * counter may share between resources, is sent) and the config's fingerprint changes; a
+ * rotated password is the same resource (conditional, both validators; the run skipped).
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -21,7 +24,9 @@ import { FILES, JAFFLE } from './helpers.ts';
 
 const SECRET = 'QUERYSECRETx42';
 const PASSWORD = 'pwEXPORT77';
-const BASIC = `Basic ${Buffer.from(`exporter:${PASSWORD}`).toString('base64')}`;
+/** The exporter's password after a rotation: both are accepted. */
+const ROTATED = 'pwROTATED88';
+const BASIC = [PASSWORD, ROTATED].map((pw) => `Basic ${Buffer.from(`exporter:${pw}`).toString('base64')}`);
 
 interface Seen {
   path: string;
@@ -35,12 +40,16 @@ interface Seen {
  * Exports behind a token in the query and Basic auth. `/dated/raw_customers.csv?date=...`
  * is a different resource per date (its Last-Modified that date, no ETag); the other files
  * carry an ETag and a Last-Modified and honour both conditions (`/open/...` without the token).
+ * `/versioned/raw_customers.csv?date=...` also differs per date, but its entity tag is the
+ * export's version counter, one for every date (`"v<version>"`), and If-None-Match alone is
+ * honoured: the tag of one date's export answers 304 for any other.
  */
 let server: http.Server;
 let base = '';
 const seen: Seen[] = [];
 const files = new Map(FILES.map((f) => [f, fs.readFileSync(path.join(JAFFLE, f))]));
 const MODIFIED = new Date('2024-03-01T00:00:00Z');
+const VERSION = '"v7"';
 
 before(async () => {
   server = http.createServer((req, res) => {
@@ -52,7 +61,7 @@ before(async () => {
       });
       res.writeHead(status, headers).end(body);
     };
-    if (req.headers.authorization !== BASIC) return answer(401);
+    if (!BASIC.includes(req.headers.authorization ?? '')) return answer(401);
     if (!u.pathname.startsWith('/open/') && u.searchParams.get('access_token') !== SECRET) return answer(403);
     const name = path.basename(u.pathname) as (typeof FILES)[number];
     const body = files.get(name);
@@ -64,6 +73,11 @@ before(async () => {
       // Each date's export differs: the first customer's name says which.
       const text = body.toString().replace('1,Michael,P.', `1,Michael ${u.searchParams.get('date')},P.`);
       return answer(200, { 'content-type': 'text/csv', 'last-modified': date.toUTCString() }, text);
+    }
+    if (u.pathname.startsWith('/versioned/')) {
+      if (req.headers['if-none-match'] === VERSION) return answer(304, { etag: VERSION });
+      const text = body.toString().replace('1,Michael,P.', `1,Michael of ${u.searchParams.get('date')?.slice(0, 7)},P.`);
+      return answer(200, { 'content-type': 'text/csv', etag: VERSION }, text);
     }
     const etag = `"${name}-v1"`;
     if (req.headers['if-none-match'] === etag) return answer(304, { etag });
@@ -82,8 +96,8 @@ after(async () => {
   await db.close();
 });
 
-function config(name: string, customers?: string) {
-  const at = (f: string) => `${base}/files/${f}?access_token=${SECRET}&page=1`;
+function config(name: string, customers?: string, password = PASSWORD) {
+  const at = (f: string) => `${base.replace(PASSWORD, password)}/files/${f}?access_token=${SECRET}&page=1`;
   return validateCrmConfig({
     name,
     sources: { customers: customers ?? at('raw_customers.csv'), orders: at('raw_orders.csv'), payments: at('raw_payments.csv') },
@@ -112,6 +126,7 @@ async function runsApi(pipeline: string): Promise<string> {
 function assertNoSecret(text: string): void {
   assert.ok(!text.includes(SECRET), text);
   assert.ok(!text.includes(PASSWORD), text);
+  assert.ok(!text.includes(ROTATED), text);
 }
 
 test('the real URL is fetched; outcome, crm_runs, crm_sources and GET /crm/runs show ?access_token=***', async () => {
@@ -130,8 +145,8 @@ test('the real URL is fetched; outcome, crm_runs, crm_sources and GET /crm/runs 
   assertNoSecret(api);
   assert.match(api, /raw_orders\.csv\?access_token=\*\*\*&page=\*\*\*/);
 
-  // The masked location is the same source: conditional requests, by entity tag alone
-  // (the masked query may stand for another resource: its date would not do).
+  // The same real URL is the same source: conditional requests, on both validators (its
+  // identity includes the query, so they are this resource's own).
   const before = seen.length;
   const again = await runCrmSync(db.pool, config('qs'), { trigger: 'cli' });
   assert.equal(again.status, 'skipped');
@@ -140,7 +155,7 @@ test('the real URL is fetched; outcome, crm_runs, crm_sources and GET /crm/runs 
   for (const r of requests) {
     assert.equal(r.status, 304);
     assert.match(r.ifNoneMatch ?? '', /-v1"$/);
-    assert.equal(r.ifModifiedSince, undefined);
+    assert.equal(r.ifModifiedSince, MODIFIED.toUTCString());
   }
 });
 
@@ -158,15 +173,84 @@ test('another query value behind the same masked location: fetched again, not ta
   const r = seen.slice(before).find((x) => x.path === '/dated/raw_customers.csv');
   assert.equal(r?.status, 200);
   assert.equal(r?.ifModifiedSince, undefined);
-  // A URL without query values still sends both conditions.
+  // The same date again: this resource's own Last-Modified is sent, and honoured.
+  const mark = seen.length;
+  const same = await runCrmSync(db.pool, config('qs-dated', dated('2024-01-01')), { trigger: 'cli' });
+  assert.equal(same.status, 'skipped');
+  const o = seen.slice(mark).find((x) => x.path === '/dated/raw_customers.csv');
+  assert.equal(o?.status, 304);
+  assert.equal(o?.ifModifiedSince, new Date('2024-01-01T00:00:00Z').toUTCString());
+  // A URL without query values sends both conditions too.
   const open = `${base}/open/raw_customers.csv`;
   await runCrmSync(db.pool, config('qs-open', open), { trigger: 'cli' });
-  const mark = seen.length;
+  const mark2 = seen.length;
   await runCrmSync(db.pool, config('qs-open', open), { trigger: 'cli' });
-  const o = seen.slice(mark).find((x) => x.path === '/open/raw_customers.csv');
-  assert.equal(o?.status, 304);
-  assert.equal(o?.ifModifiedSince, MODIFIED.toUTCString());
-  assert.match(o?.ifNoneMatch ?? '', /-v1"$/);
+  const p = seen.slice(mark2).find((x) => x.path === '/open/raw_customers.csv');
+  assert.equal(p?.status, 304);
+  assert.equal(p?.ifModifiedSince, MODIFIED.toUTCString());
+  assert.match(p?.ifNoneMatch ?? '', /-v1"$/);
+});
+
+/** crm_sources' customers row and the pipeline's last run's config fingerprint. */
+async function identityOf(pipeline: string): Promise<{ location: string; location_sha256: string | null; config_hash: string }> {
+  const { rows } = await db.pool.query(
+    `SELECT s.location, s.location_sha256,
+            (SELECT config_hash FROM crm_runs r WHERE r.pipeline = s.pipeline ORDER BY id DESC LIMIT 1) AS config_hash
+       FROM crm_sources s WHERE s.pipeline = $1 AND s.source = 'customers'`,
+    [pipeline],
+  );
+  return rows[0];
+}
+
+test('another ?date= where the ETag is a version counter shared by every date: fetched unconditionally, the new export staged', async () => {
+  const versioned = (date: string, password = PASSWORD) =>
+    `${base.replace(PASSWORD, password)}/versioned/raw_customers.csv?access_token=${SECRET}&date=${date}`;
+  const jan = await runCrmSync(db.pool, config('qs-versioned', versioned('2024-01-01')), { trigger: 'cli' });
+  assert.equal(jan.status, 'completed');
+  const janId = await identityOf('qs-versioned');
+
+  // February's export carries the same entity tag ("v7"): sent, it would get a 304 and
+  // January's rows would stay staged, the run skipped.
+  const before = seen.length;
+  const feb = await runCrmSync(db.pool, config('qs-versioned', versioned('2024-02-01')), { trigger: 'cli' });
+  const r = seen.slice(before).find((x) => x.path === '/versioned/raw_customers.csv');
+  assert.equal(r?.ifNoneMatch, undefined, 'not conditional on the other date\'s entity tag');
+  assert.equal(r?.status, 200);
+  assert.equal(feb.status, 'completed');
+  assert.equal(feb.sources.customers?.reason, 'changed');
+  assert.equal(feb.summary.persons.updated, 1);
+  const { rows } = await db.pool.query(`SELECT first_name FROM crm_customers WHERE pipeline = 'qs-versioned' AND id = 1`);
+  assert.deepEqual(rows, [{ first_name: 'Michael of 2024-02' }]);
+  const febId = await identityOf('qs-versioned');
+  assert.equal(febId.location, janId.location, 'shown alike: ?access_token=***&date=***');
+  assert.notEqual(febId.location_sha256, janId.location_sha256);
+  assert.notEqual(febId.config_hash, janId.config_hash, 'another source: another fingerprint');
+
+  // The exporter's password rotated: the same resource. Conditional (the entity tag of
+  // February's export, both validators of the others), every source a 304, the run skipped.
+  const mark = seen.length;
+  const rotated = await runCrmSync(db.pool, config('qs-versioned', versioned('2024-02-01', ROTATED), ROTATED), { trigger: 'cli' });
+  assert.equal(rotated.status, 'skipped');
+  const requests = seen.slice(mark);
+  assert.equal(requests.length, 3);
+  for (const x of requests) assert.equal(x.status, 304, JSON.stringify(x));
+  assert.equal(requests.find((x) => x.path === '/versioned/raw_customers.csv')?.ifNoneMatch, VERSION);
+  for (const x of requests.filter((y) => y.path.startsWith('/files/'))) assert.equal(x.ifModifiedSince, MODIFIED.toUTCString());
+  const rotatedId = await identityOf('qs-versioned');
+  assert.equal(rotatedId.location_sha256, febId.location_sha256);
+  assert.equal(rotatedId.config_hash, febId.config_hash, 'a new password alone: the same fingerprint');
+
+  // Nothing secret stored in clear: neither password, the token, nor the query's values.
+  const recorded = await stored('qs-versioned');
+  assertNoSecret(recorded);
+  assert.ok(!/date=2024/.test(recorded), recorded);
+  assert.ok(!recorded.includes(versioned('2024-02-01')), recorded);
+  const { rows: columns } = await db.pool.query(`SELECT * FROM crm_sources WHERE pipeline = 'qs-versioned'`);
+  assert.equal(columns.length, 3);
+  for (const row of columns) {
+    assert.match(row.location_sha256, /^[0-9a-f]{64}$/);
+    assertNoSecret(JSON.stringify(row));
+  }
 });
 
 test('refused or unreachable: the error shows the query values masked, stored and thrown alike', async () => {

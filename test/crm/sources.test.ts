@@ -1,6 +1,7 @@
 /**
  * Sources: HTTP with ETag/Last-Modified (304s: not re-processed), servers without
- * validators (content hash), local paths (mtime+size), per-line rejects, whole-file
+ * validators (content hash), a stored row without the identity hash (one unconditional
+ * fetch), local paths (mtime+size), per-line rejects, whole-file
  * refusals (header), mixed newlines, a byte order mark and empty lines.
  */
 import assert from 'node:assert/strict';
@@ -51,6 +52,22 @@ test('HTTP: ETag remembered, an unchanged source answers 304 and is not re-proce
   assert.equal(changed.rows, 100);
   const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM crm_orders WHERE pipeline = 'http'`);
   assert.equal(rows[0].n, 100);
+});
+
+test('a row stored before the identity hash (migration 0047): one unconditional fetch, then conditional again', async () => {
+  const url = `${files.url}/raw_payments.csv`;
+  assert.equal((await refreshSource(db.pool, 'legacy', 'payments', url, false)).reason, 'new');
+  await db.pool.query(`UPDATE crm_sources SET location_sha256 = NULL WHERE pipeline = 'legacy'`);
+  const hits = { ...files.hits };
+  // Which resource the stored validators belong to is unknown: none is sent.
+  const unknown = await refreshSource(db.pool, 'legacy', 'payments', url, false);
+  assert.equal(unknown.reason, 'changed');
+  assert.deepEqual(files.hits, { ok: hits.ok + 1, notModified: hits.notModified });
+  const { rows } = await db.pool.query(`SELECT location, location_sha256 FROM crm_sources WHERE pipeline = 'legacy'`);
+  assert.equal(rows[0].location, url);
+  assert.match(rows[0].location_sha256, /^[0-9a-f]{64}$/);
+  assert.equal((await refreshSource(db.pool, 'legacy', 'payments', url, false)).reason, 'not_modified');
+  assert.equal(files.hits.notModified, hits.notModified + 1);
 });
 
 test('HTTP without validators: the same bytes are recognised by their hash', async () => {

@@ -40,7 +40,14 @@ const STAGE_INSERT: Record<SourceName, string> = {
 const STAGE_TABLE: Record<SourceName, string> = { customers: 'crm_customers', orders: 'crm_orders', payments: 'crm_payments' };
 
 export interface SourceState {
+  /** As shown: a URL's password and query values masked (for display, not identity). */
   location: string;
+  /**
+   * Which resource was fetched (sourceIdentity: a SHA-256 of the URL with its query, without
+   * its password): a request is conditional only when it is unchanged. NULL before
+   * migration 0047.
+   */
+  location_sha256: string | null;
   etag: string | null;
   last_modified: string | null;
   sha256: string | null;
@@ -50,7 +57,7 @@ export interface SourceState {
 
 export async function getSourceState(q: Q, pipeline: string, source: SourceName): Promise<SourceState | undefined> {
   const { rows } = await q.query<SourceState>(
-    'SELECT location, etag, last_modified, sha256, rows, rejected FROM crm_sources WHERE pipeline = $1 AND source = $2',
+    'SELECT location, location_sha256, etag, last_modified, sha256, rows, rejected FROM crm_sources WHERE pipeline = $1 AND source = $2',
     [pipeline, source],
   );
   return rows[0];
@@ -101,13 +108,13 @@ export async function replaceStaged(q: Q, pipeline: string, source: SourceName):
 
 export async function saveSourceState(q: Q, pipeline: string, source: SourceName, s: SourceState, changed: boolean): Promise<void> {
   await q.query(
-    `INSERT INTO crm_sources (pipeline, source, location, etag, last_modified, sha256, rows, rejected, fetched_at, changed_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now())
-     ON CONFLICT (pipeline, source) DO UPDATE SET location = EXCLUDED.location, etag = EXCLUDED.etag,
-       last_modified = EXCLUDED.last_modified, sha256 = EXCLUDED.sha256, rows = EXCLUDED.rows,
+    `INSERT INTO crm_sources (pipeline, source, location, location_sha256, etag, last_modified, sha256, rows, rejected, fetched_at, changed_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now())
+     ON CONFLICT (pipeline, source) DO UPDATE SET location = EXCLUDED.location, location_sha256 = EXCLUDED.location_sha256,
+       etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified, sha256 = EXCLUDED.sha256, rows = EXCLUDED.rows,
        rejected = EXCLUDED.rejected, fetched_at = now(),
-       changed_at = CASE WHEN $9 THEN now() ELSE crm_sources.changed_at END`,
-    [pipeline, source, s.location, s.etag, s.last_modified, s.sha256, s.rows, s.rejected, changed],
+       changed_at = CASE WHEN $10 THEN now() ELSE crm_sources.changed_at END`,
+    [pipeline, source, s.location, s.location_sha256, s.etag, s.last_modified, s.sha256, s.rows, s.rejected, changed],
   );
 }
 

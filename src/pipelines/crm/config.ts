@@ -97,6 +97,32 @@ export function shownLocation(location: string): string {
   return /^https?:\/\//i.test(location) ? withoutPassword(location) : location;
 }
 
+/**
+ * Which resource a source location names, as a SHA-256 (hex): of the URL without its
+ * credentials (the password masked as in `shownLocation`, a user given alone, a token,
+ * masked whole; the user of `user:password@` kept, it says which account) but with its
+ * query as written (`?date=2024-01-01`, `?account=a`: a query names the resource, a
+ * password never does); of a local path as given. Two locations are the same source when
+ * their identities are equal (a rotated password is; another `?date=` is not): only then is
+ * a request conditional on the last fetch's validators (crm_sources.location_sha256), and
+ * the config's fingerprint changes with it. A digest, so the query's secrets
+ * (`?access_token=`) are not stored in clear; equal identities imply equal shown locations.
+ */
+export function sourceIdentity(location: string): string {
+  let text = location;
+  if (/^https?:\/\//i.test(location)) {
+    try {
+      const u = new URL(location);
+      if (u.password) u.password = '***';
+      else if (u.username) u.username = '***';
+      text = u.toString();
+    } catch {
+      // not a URL after all: hashed as written (never stored, never shown)
+    }
+  }
+  return createHash('sha256').update(text).digest('hex');
+}
+
 /** The keys only a Pipedrive destination takes (refused, saying so, for `type: postgres`). */
 const PIPEDRIVE_KEYS = ['base_url', 'person_key_field', 'deal_key_field', 'concurrency', 'rate_limit', 'daily_request_budget', 'retry', 'timeout_ms'];
 
@@ -353,9 +379,10 @@ export function loadCrmConfig(file: string): CrmConfig {
 export function configHash(c: CrmConfig): string {
   const d = c.destination;
   const shape = {
-    // Without passwords: the hash is stored (crm_runs.config_hash), and a new password
-    // changes nothing in the output.
-    sources: Object.fromEntries(SOURCE_NAMES.map((k) => [k, shownLocation(c.sources[k])])),
+    // Each source's identity: its URL without the password (a new password changes nothing
+    // in the output) but with its query (another `?date=` is another source: processed
+    // again). Its digest, not the URL with its query secrets, even in this unstored shape.
+    sources: Object.fromEntries(SOURCE_NAMES.map((k) => [k, sourceIdentity(c.sources[k])])),
     value: c.value,
     statusMap: c.statusMap,
     defaultStatus: c.defaultStatus,

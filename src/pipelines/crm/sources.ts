@@ -7,7 +7,9 @@
  *
  * A URL's credentials (`http://user:password@host/x.csv`) go as HTTP Basic authorization
  * (fetch drops it on a redirect to another origin); the location shown in messages, reports
- * and stored state has its password and query values masked (`?access_token=***`).
+ * and stored state has its password and query values masked (`?access_token=***`). Whether
+ * the last fetch was this same resource is told by a digest of the real URL instead (its
+ * query included, its password not: config.ts sourceIdentity), never by the masked form.
  * A source with no data rows (a header alone: a half-written export) is refused unless
  * declared `allow_empty`: the rows already staged stay.
  */
@@ -18,7 +20,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { from as copyFrom } from 'pg-copy-streams';
 import { InvalidFileError, SluiceError, errorMessage } from '../../core/errors.ts';
-import { basicAuth, hasQueryValues, maskUrlPasswords } from '../../core/url-credentials.ts';
+import { basicAuth, maskUrlPasswords } from '../../core/url-credentials.ts';
 import type { Pool } from '../../db/pool.ts';
 import {
   copyLoadTable,
@@ -28,7 +30,7 @@ import {
   saveSourceState,
   type SourceState,
 } from '../../db/sql/crm.ts';
-import { SOURCE_NAMES, shownLocation, type CrmConfig, type SourceName } from './config.ts';
+import { SOURCE_NAMES, shownLocation, sourceIdentity, type CrmConfig, type SourceName } from './config.ts';
 import { CsvForCopy } from './csv-for-copy.ts';
 
 export interface SourceReport {
@@ -56,18 +58,20 @@ function isHttp(location: string): boolean {
   return /^https?:\/\//i.test(location);
 }
 
-/** Opens the source, or returns undefined when its validators say it is unchanged. */
+/**
+ * Opens the source, or returns undefined when its validators say it is unchanged.
+ * `conditional`: the last fetch (`prev`) was this very resource (same identity).
+ */
 async function open(name: SourceName, location: string, prev: SourceState | undefined, conditional: boolean, signal?: AbortSignal): Promise<Opened | undefined> {
   if (isHttp(location)) {
     // fetch refuses a URL with credentials: they go as a Basic authorization header.
     const { url, headers } = basicAuth(location);
     const shown = shownLocation(location);
+    // Both validators are this resource's own: `conditional` compares the real query (not
+    // the masked `?date=***`), so neither another resource's Last-Modified nor its entity
+    // tag (a server's version counter may be shared by all its resources) is ever sent.
     if (conditional && prev?.etag) headers['if-none-match'] = prev.etag;
-    // The stored location masks query values: the last fetch of `?date=***` may have been
-    // another resource, whose Last-Modified (later than this one's) would get a wrong 304.
-    // An entity tag is the server's name for one content (a hash, an MD5, mtime and size):
-    // another resource's hardly matches, so a query-string source still gets its 304s.
-    if (conditional && prev?.last_modified && !hasQueryValues(location)) headers['if-modified-since'] = prev.last_modified;
+    if (conditional && prev?.last_modified) headers['if-modified-since'] = prev.last_modified;
     let res: Response;
     try {
       // Redirects followed: fetch drops the Basic authorization on one to another origin.
@@ -103,8 +107,10 @@ async function open(name: SourceName, location: string, prev: SourceState | unde
 export interface Probe {
   pipeline: string;
   name: SourceName;
-  /** As shown and stored: a URL's password masked. */
+  /** As shown and stored: a URL's password and query values masked. */
   location: string;
+  /** Which resource it is (sourceIdentity), stored beside it: the next probe's "same source". */
+  locationSha256: string;
   force: boolean;
   /** `allow_empty`: no data rows is no refusal. */
   allowEmpty: boolean;
@@ -123,12 +129,14 @@ export async function probeSource(
 ): Promise<Probe> {
   const { signal, allowEmpty = false } = options;
   const prev = await getSourceState(pool, pipelineName, name);
-  // Stored without the password (a new password alone is the same source) nor query values
-  // (a new token alone is too; a changed `?date=` is told by its content, see open()).
-  const shown = shownLocation(location);
-  const conditional = !force && prev?.location === shown;
+  // The same source when the real URL is, its password aside (a new password alone is the
+  // same resource) but its query included (another `?date=`, `?account=` is another one,
+  // though both show as `?date=***`). A row from before migration 0047 has no identity:
+  // another source, so one unconditional fetch.
+  const identity = sourceIdentity(location);
+  const conditional = !force && prev?.location_sha256 === identity;
   const opened = await open(name, location, prev, conditional, signal);
-  return { pipeline: pipelineName, name, location: shown, force, allowEmpty, prev, opened };
+  return { pipeline: pipelineName, name, location: shownLocation(location), locationSha256: identity, force, allowEmpty, prev, opened };
 }
 
 /**
@@ -145,13 +153,13 @@ function emptySource(name: SourceName, location: string, why: string): InvalidFi
 
 /** Streams an opened source into staging, unless its bytes are the ones already staged. */
 export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport> {
-  const { pipeline: pipelineName, name, location, force, allowEmpty, prev, opened } = probe;
+  const { pipeline: pipelineName, name, location, locationSha256, force, allowEmpty, prev, opened } = probe;
   if (!opened) {
     // Staged empty earlier (under allow_empty, since removed): refused likewise.
     if (!allowEmpty && prev && prev.rows === 0) throw emptySource(name, location, 'none staged, and the source is unchanged');
     return { location, changed: false, reason: 'not_modified', rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0, bytes: 0 };
   }
-  const sameLocation = prev?.location === location;
+  const sameSource = prev?.location_sha256 === locationSha256;
   const csv = new CsvForCopy();
   /** Bytes read of the source (an error for one without a single byte). */
   let bytes = 0;
@@ -169,8 +177,8 @@ export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport
     });
     await pipeline(opened.stream, hasher, csv, client.query(copyFrom(copyLoadTable(name))));
     const sha256 = hash.digest('hex');
-    const state = { location, etag: opened.etag, last_modified: opened.lastModified, sha256, rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0 };
-    if (sameLocation && prev?.sha256 === sha256) {
+    const state = { location, location_sha256: locationSha256, etag: opened.etag, last_modified: opened.lastModified, sha256, rows: prev?.rows ?? 0, rejected: prev?.rejected ?? 0 };
+    if (sameSource && prev?.sha256 === sha256) {
       // Same bytes under new validators (a re-upload, a server without ETags), or fetched
       // again by a forced run: the staged rows are what these bytes give, so keep them (a
       // forced run still plans against the CRM; re-staging 1M rows would only compete
