@@ -23,7 +23,7 @@ import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '..
 import { mapHeader } from '../engine/row-mapper.ts';
 import { DETECT_SAMPLE_BYTES, delimiterProblem, detectSample, type EncodingWording, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
 import type { Delimiter, Encoding } from '../formats/sniff.ts';
-import { MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
+import { inTransaction, MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
 import { createStageSql } from '../load/merge-sql.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
@@ -42,6 +42,13 @@ export interface AcceptOptions {
   expectedBytes?: number | undefined;
   /** How long the body may send nothing before the upload is cut (default UPLOAD_IDLE_TIMEOUT_MS; tests use less). */
   idleTimeoutMs?: number | undefined;
+  /**
+   * Aborted when nobody waits for the answer any more (`POST /imports {"url"}` whose client
+   * hung up). Whoever aborts it also ends the body (the fetch it stops); the upload checks it
+   * once the body has ended, before the end is recorded: a file read whole just as its
+   * client left is not accepted for nobody.
+   */
+  signal?: AbortSignal | undefined;
 }
 
 /**
@@ -318,6 +325,7 @@ async function receive(
     const last = splitter.end();
     if (last) await enqueue(last);
     await inFlight;
+    options.signal?.throwIfAborted();
     if (parts === 0) throw new InvalidFileError('invalid file: no data rows after the header');
     // The upload is complete: parts_total tells the merge (sent with part 0) where the file
     // ends. This synchronous commit is what makes the parts durable before the 202.
@@ -325,18 +333,55 @@ async function receive(
     if (ended !== null) throw new UploadEnded(ended);
     return { id };
   } catch (err) {
-    await inFlight.catch(() => {});
+    // The part in flight may have found the import over (UploadEnded) while the loop waited
+    // for the body, which then failed (cut for idleness, client gone, too large): the end
+    // is what the client is told, not the body's error.
+    const endedInFlight = await inFlight.then(() => undefined, (e: unknown) => (e instanceof UploadEnded ? e : undefined));
     // Cancelled or failed meanwhile: acceptUpload answers, once this connection is released.
     if (err instanceof UploadEnded) throw err;
-    // Nothing half-written: the import row (its parts cascade) and its staging go. A broken
-    // connection cannot: its lock ended with it, and the import (queued, no parts_total) is
-    // failed by its merge, or by a server's reaper when it has none yet (service.ts).
+    if (endedInFlight) throw endedInFlight;
+    // Nothing half-written: the import row (its parts cascade), its waiting jobs and its
+    // staging go. A broken connection cannot: its lock ended with it, and the import
+    // (queued, no parts_total) is failed by its merge, or by a server's reaper when it has
+    // none yet (service.ts).
     if (!owner.broken) {
-      await db.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1`, [id]).catch(() => {});
+      // Only an import still unfinished is taken back: one cancelled by a user or failed by
+      // a worker meanwhile (no part in flight to tell) stays as it ended, like above.
+      const ended = await endIfUnfinished(db, id).catch(() => null);
+      if (ended !== null) throw new UploadEnded(ended);
+      if (parts > 0) await deleteWaitingJobs(boss, db, id).catch(() => {});
       await dropStaging(db, id).catch(() => {});
       await db.query('DELETE FROM imports WHERE id = $1', [id]).catch(() => {});
     }
     throw err;
+  }
+}
+
+/**
+ * Cancels the import of a failed upload if it is still unfinished (its workers then stop),
+ * and returns null; else the status it ended with (cancelled, failed). The status is read by
+ * a statement of its own, as in setPartsTotal. A row already gone is null too: there is
+ * nothing to keep.
+ */
+async function endIfUnfinished(db: Client, id: string): Promise<string | null> {
+  const { rowCount } = await db.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1 AND status IN ('queued', 'running')`, [id]);
+  if (rowCount === 1) return null;
+  const { rows } = await db.query<{ status: string }>('SELECT status FROM imports WHERE id = $1', [id]);
+  return rows[0]?.status ?? null;
+}
+
+/**
+ * Deletes the part and merge jobs of a failed upload's import that no worker has taken yet
+ * (a job already taken finds the import cancelled, then gone, and does nothing), through
+ * pg-boss (which keeps its queue counts), on the upload's connection.
+ */
+async function deleteWaitingJobs(boss: NonNullable<IntakeContext['boss']>, db: Client, id: string): Promise<void> {
+  for (const queue of [PART_QUEUE, MERGE_QUEUE]) {
+    const { rows } = await db.query<{ id: string }>(
+      `SELECT id FROM pgboss.job WHERE name = $1 AND state < 'active' AND data->>'importId' = $2`,
+      [queue, id],
+    );
+    if (rows.length > 0) await boss.deleteJob(queue, rows.map((r) => r.id), inTransaction(db));
   }
 }
 

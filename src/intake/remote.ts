@@ -17,13 +17,18 @@
  * Credentials in the URL (`https://user:pw@host/x.csv`) go as Basic authorization to that
  * URL and to a redirect's relative Location (same origin); an absolute Location is taken as
  * written, without them.
+ *
+ * An abort signal (`signal`) stops the fetch wherever it is: the request waiting for its
+ * answer, a redirect, or the body being read (the stream returned fails with the reason).
+ * `POST /imports {"url"}` aborts it when its client's connection closes before the answer:
+ * without it the server went on fetching (and importing) a file nobody waited for.
  */
 import dns from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import type { Readable } from 'node:stream';
-import { InvalidInputError, SluiceError } from '../core/errors.ts';
+import { errorMessage, InvalidInputError, SluiceError } from '../core/errors.ts';
 import { env } from '../config.ts';
 
 const MAX_REDIRECTS = 5;
@@ -98,6 +103,8 @@ export interface FetchOptions {
   timeoutMs?: number;
   /** The slowest body accepted: at least `bytes` in every `windowMs` waited for (default 64 KiB per 30 s). */
   minRate?: { bytes: number; windowMs: number };
+  /** Stops the fetch when aborted: fetchRemote rejects, or the body it returned fails, with the reason (see stopped). */
+  signal?: AbortSignal | undefined;
 }
 
 /** A connection refused by the address policy (raised inside the request's DNS lookup). */
@@ -127,16 +134,38 @@ function guardedLookup(allowed: (address: string) => boolean): net.LookupFunctio
 /** Where a URL points, for messages: never its query string or credentials (they may hold secrets). */
 const where = (u: URL) => `${u.origin}${u.pathname}`;
 
-/** The answer's headers for one request (no redirect followed), within TIMEOUT_MS; then at most TIMEOUT_MS between bytes. */
-function request(u: URL, lookup: net.LookupFunction, timeoutMs: number): Promise<http.IncomingMessage> {
+/**
+ * The error of a fetch stopped by its signal: the signal's reason when it is a SluiceError
+ * (the caller's own words), else a 400 saying so.
+ */
+function stopped(signal: AbortSignal, u: URL): SluiceError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof SluiceError) return reason;
+  return new InvalidInputError(`fetching ${where(u)} was stopped: ${errorMessage(reason)}`, { cause: reason });
+}
+
+/**
+ * The answer's headers for one request (no redirect followed), within TIMEOUT_MS; then at
+ * most TIMEOUT_MS between bytes. `signal` destroys the request, or once answered its body.
+ */
+function request(u: URL, lookup: net.LookupFunction, timeoutMs: number, signal: AbortSignal | undefined): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
     const get = u.protocol === 'https:' ? https.get : http.get;
     let response: http.IncomingMessage | undefined;
+    const onAbort = () => {
+      const reason = stopped(signal!, u);
+      if (response) response.destroy(reason);
+      else req.destroy(reason);
+    };
     const req = get(u, { lookup, headers: { accept: '*/*', 'accept-encoding': 'identity', 'user-agent': 'sluice' } }, (res) => {
       clearTimeout(timer);
       response = res;
+      // Listened to until the body is over (read, or destroyed): a signal outliving the
+      // fetch does not keep it.
+      res.once('close', () => signal?.removeEventListener('abort', onAbort));
       resolve(res);
     });
+    signal?.addEventListener('abort', onAbort, { once: true });
     const timer = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs / 1000} s`)), timeoutMs);
     // Once the body flows, its reader gets the reason (a 400: the remote side stalled).
     req.setTimeout(timeoutMs, () => {
@@ -145,6 +174,7 @@ function request(u: URL, lookup: net.LookupFunction, timeoutMs: number): Promise
     });
     req.on('error', (err) => {
       clearTimeout(timer);
+      if (!response) signal?.removeEventListener('abort', onAbort);
       reject(err);
     });
   });
@@ -193,15 +223,18 @@ export async function fetchRemote(url: string, maxBytes: number, options: FetchO
   } catch {
     throw new InvalidInputError(`not a URL: ${JSON.stringify(url)}`);
   }
+  const { signal } = options;
   for (let hop = 0; ; hop++) {
+    if (signal?.aborted) throw stopped(signal, u);
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new InvalidInputError('url must be http or https');
     // A literal address is connected to without a lookup: checked here.
     const host = u.hostname.replace(/^\[(.*)\]$/, '$1');
     if (net.isIP(host) && !allowed(host)) throw new InvalidInputError(refusedMessage(host));
     let res: http.IncomingMessage;
     try {
-      res = await request(u, lookup, options.timeoutMs ?? TIMEOUT_MS);
+      res = await request(u, lookup, options.timeoutMs ?? TIMEOUT_MS, signal);
     } catch (err) {
+      if (signal?.aborted) throw stopped(signal, u);
       if (err instanceof Refused) throw new InvalidInputError(refusedMessage(err.host));
       throw new InvalidInputError(`could not fetch ${where(u)}: ${(err as Error).message}`);
     }
@@ -226,6 +259,8 @@ export async function fetchRemote(url: string, maxBytes: number, options: FetchO
       throw new SluiceError('too_large', `remote file is ${length} bytes, above the limit of ${maxBytes}`);
     }
     enforceMinRate(res, u, options.minRate ?? MIN_RATE);
+    // Aborted between the answer and here: the body is already destroyed with the reason.
+    if (signal?.aborted) throw stopped(signal, u);
     return res;
   }
 }

@@ -21,6 +21,8 @@ const authorizations: Array<[string, string | undefined]> = [];
 /** Another origin (another port): records the authorization it gets. */
 let other: http.Server;
 let otherPort: number;
+/** One per request of /hang or /endless.csv: resolved when the server sees its response closed. */
+const closes: Array<Promise<void>> = [];
 
 before(async () => {
   other = http.createServer((req, res) => {
@@ -68,6 +70,13 @@ before(async () => {
         }
       }, 10);
       res.on('close', () => clearInterval(timer));
+    } else if (req.url === '/hang' || req.url === '/endless.csv') {
+      // /hang never answers; /endless.csv sends 4 KiB every 10 ms for as long as it is read.
+      closes.push(new Promise((resolve) => res.on('close', () => resolve())));
+      if (req.url === '/hang') return;
+      res.writeHead(200);
+      const timer = setInterval(() => res.write(Buffer.alloc(4096, 'z')), 10);
+      res.on('close', () => clearInterval(timer));
     } else if (req.url === '/burst.csv') {
       res.writeHead(200).end(Buffer.alloc(1 << 20, 'y'));
     } else if (req.url === '/same-origin') {
@@ -84,6 +93,7 @@ before(async () => {
   port = (server.address() as AddressInfo).port;
 });
 after(async () => {
+  server.closeAllConnections();
   await new Promise((resolve) => server.close(resolve));
   await new Promise((resolve) => other.close(resolve));
 });
@@ -228,4 +238,54 @@ test('SLUICE_FETCH_ALLOW_PRIVATE=1 allows private addresses', async () => {
   } finally {
     delete process.env.SLUICE_FETCH_ALLOW_PRIVATE;
   }
+});
+
+/** Resolves once `check()` holds, polling every 10 ms; fails after `ms` (a bounded wait, not a sleep). */
+async function until(what: string, check: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!check()) {
+    if (performance.now() > deadline) throw new Error(`no ${what} within ${ms} ms`);
+    await delay(10);
+  }
+}
+
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms)));
+  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+}
+
+test('an abort signal stops the fetch: before any request, waiting for the answer, or mid-body (the server sees its response closed)', async () => {
+  const any = { allowed: () => true };
+  // Aborted already: nothing is requested.
+  const requests = seen.length;
+  await refused(`http://127.0.0.1:${port}/file.csv?token=secret`, /^fetching http:\/\/127\.0\.0\.1:\d+\/file\.csv was stopped: /, { ...any, signal: AbortSignal.abort() });
+  assert.equal(seen.length, requests);
+
+  // Waiting for the answer's headers: the request is destroyed, the error is the signal's reason when a SluiceError.
+  const waiting = new AbortController();
+  const n = closes.length;
+  const pending = fetchRemote(`http://127.0.0.1:${port}/hang`, 1 << 20, { ...any, signal: waiting.signal });
+  await until('request of /hang', () => closes.length > n);
+  waiting.abort(new InvalidInputError('the client left'));
+  await assert.rejects(pending, (err: Error) => err instanceof InvalidInputError && err.message === 'the client left');
+  await within(closes[n]!, 10_000, 'close of /hang seen by the server');
+
+  // Mid-body: the stream fails with the reason (a 400 for any other reason), the server's response closes.
+  const reading = new AbortController();
+  const body = await fetchRemote(`http://127.0.0.1:${port}/endless.csv`, 1 << 30, { ...any, signal: reading.signal });
+  const chunks = body[Symbol.asyncIterator]();
+  assert.equal((await chunks.next()).done, false);
+  reading.abort();
+  await assert.rejects(chunks.next(), (err: Error) => {
+    assert.ok(err instanceof InvalidInputError, `${err.name}: ${err.message}`);
+    assert.match(err.message, /^fetching http:\/\/127\.0\.0\.1:\d+\/endless\.csv was stopped: /);
+    return true;
+  });
+  await within(closes[n + 1]!, 10_000, 'close of /endless.csv seen by the server');
+
+  // A signal aborted after the body was read whole changes nothing.
+  const done = new AbortController();
+  assert.equal(await text(await fetchRemote(`http://127.0.0.1:${port}/file.csv`, 1 << 20, { ...any, signal: done.signal })), 'Email\na@example.com\n');
+  done.abort();
 });

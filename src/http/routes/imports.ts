@@ -7,7 +7,7 @@
 import { Readable } from 'node:stream';
 import multipart from '@fastify/multipart';
 import client from 'prom-client';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { intEnv } from '../../config.ts';
 import { InvalidInputError, NotFoundError, SluiceError } from '../../core/errors.ts';
 import { getImport, listRejects } from '../../db/sql/imports.ts';
@@ -88,7 +88,7 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
       try {
         const { id } =
           source === 'multipart' ? await fromMultipart(ctx, req, withLength)
-          : source === 'url' ? await fromUrl(ctx, req.body, acceptOptions)
+          : source === 'url' ? await fromUrl(ctx, req.body, { ...acceptOptions, signal: whileClientWaits(reply) })
           : await fromRawBody(ctx, req, withLength);
         uploads.inc({ source, outcome: 'accepted' });
         return reply
@@ -142,6 +142,31 @@ interface AcceptOptions {
   partRows?: number;
   expectedBytes?: number | undefined;
   idleTimeoutMs?: number | undefined;
+  /** Aborted when the client is gone (whileClientWaits): stops a URL's fetch, and so its upload. */
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * A signal aborted when the client's connection closes before its answer is sent: the client
+ * hung up, or the server cut it (close() after its grace period, src/http/server.ts). A
+ * file the server fetches itself does not arrive through the client's connection, so
+ * nothing else stops it: the import went on, for as long as the remote server took, kept
+ * `serve` from stopping, and was stored whole for a client that got no answer (and would
+ * retry). The response's 'close' tells, not the request's: Node emits that one as soon as
+ * the request's body is read.
+ */
+function whileClientWaits(reply: FastifyReply): AbortSignal {
+  const controller = new AbortController();
+  const res = reply.raw;
+  const gone = () => {
+    if (!res.writableFinished) {
+      controller.abort(new InvalidInputError('the client closed its connection before the import was answered: the fetch of its file was stopped'));
+    }
+  };
+  // Closed already (while the JSON body was read): aborted from the start.
+  if (res.destroyed) gone();
+  else res.once('close', gone);
+  return controller.signal;
 }
 
 /**
@@ -234,7 +259,8 @@ async function fromRawBody(ctx: AppContext, req: FastifyRequest<{ Querystring: Q
 
 /**
  * application/json `{"pipeline": "...", "url": "https://...", "encoding"?, "delimiter"?,
- * "max_reject_ratio"?}`: the server fetches the file.
+ * "max_reject_ratio"?}`: the server fetches the file. `o.signal` (the client gone) stops
+ * the fetch, and the upload fails as one whose client hung up: nothing of it stays.
  */
 async function fromUrl(ctx: AppContext, body: unknown, o: AcceptOptions) {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
@@ -257,7 +283,7 @@ async function fromUrl(ctx: AppContext, body: unknown, o: AcceptOptions) {
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new InvalidInputError('"url" must be http or https');
   // An unknown pipeline, or a delimiter for a fixed-width one, is refused before anything is fetched.
   checkFileFormat(getPipeline(pipeline), format);
-  const stream = await fetchRemote(url, o.maxBytes);
+  const stream = await fetchRemote(url, o.maxBytes, { signal: o.signal });
   try {
     return await acceptUpload(ctx, { pipeline, fileName: urlFileName(parsed), source: 'url', ...format, ...limits }, stream, o);
   } finally {
