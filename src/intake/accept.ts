@@ -75,16 +75,24 @@ const OTHER_CONNECTIONS = 4;
  * (its owner lock, and every statement of the upload on it), so without a cap enough slow
  * uploads took every connection, and the workers, merges and every other request waited
  * for ever. The cap leaves the intake what it needs to make progress (intakeConnections:
- * SLUICE_WORKERS + 3, src/intake/service.ts) and OTHER_CONNECTIONS for the rest:
+ * SLUICE_WORKERS + 3, none without workers, src/intake/service.ts) and OTHER_CONNECTIONS
+ * for the rest:
  *
- *   maxUploads = max(1, SLUICE_DB_POOL - (SLUICE_WORKERS + 3) - 4)
+ *   maxUploads = SLUICE_DB_POOL - intakeConnections(SLUICE_WORKERS) - 4
  *
- * (11 with the defaults, 20 connections and 2 workers). `pool` is the uploads' own: `serve`
- * has one, whose size (`options.max`) is SLUICE_DB_POOL.
+ * (11 with the defaults, 20 connections and 2 workers; 16 with SLUICE_WORKERS=0). `serve`
+ * refuses a smaller pool than servePoolMinimum, so it is at least 1 there; a smaller pool
+ * (tests) still takes one upload at a time. `pool` is the uploads' own: `serve` has one,
+ * whose size (`options.max`) is SLUICE_DB_POOL.
  */
 export function maxUploads(pool: Pool): number {
   const size = pool.options.max ?? 10; // pg's default
   return Math.max(1, size - intakeConnections(serveWorkers()) - OTHER_CONNECTIONS);
+}
+
+/** The smallest pool `serve` runs with: the intake's connections, the others', one upload. */
+export function servePoolMinimum(workers: number): number {
+  return intakeConnections(workers) + OTHER_CONNECTIONS + 1;
 }
 
 /** What a refused upload is told to wait before it tries again (Retry-After, in seconds). */

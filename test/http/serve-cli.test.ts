@@ -88,7 +88,8 @@ test('a setting with a bad value is refused before the database is opened (exit 
     [{ SLUICE_VISITS_TIMEOUT_MS: 'x' }, /SLUICE_VISITS_TIMEOUT_MS must be a whole number from 1 to 2147483647, got "x"/],
     [{ SLUICE_MAX_UPLOAD_BYTES: 'lots' }, /SLUICE_MAX_UPLOAD_BYTES must be a whole number of at least 1, got "lots"/],
     // A pool the intake could run out of: a merge waiting for ever for its third connection.
-    [{ SLUICE_WORKERS: '4', SLUICE_DB_POOL: '6' }, /SLUICE_DB_POOL must be at least 7 with SLUICE_WORKERS=4 \(a connection per part worker, up to three for a merge\), got 6/],
+    [{ SLUICE_WORKERS: '4', SLUICE_DB_POOL: '11' }, /SLUICE_DB_POOL must be at least 12 with SLUICE_WORKERS=4 \(a connection per part worker and up to three for a merge, four for other requests, one for an upload\), got 11/],
+    [{ SLUICE_WORKERS: '0', SLUICE_DB_POOL: '4' }, /SLUICE_DB_POOL must be at least 5 with SLUICE_WORKERS=0 /],
     [{ SLUICE_PROVIDER_RETRIES: 'some' }, /SLUICE_PROVIDER_RETRIES must be a number/],
     [{ SLUICE_LOG_LEVEL: 'loud' }, /SLUICE_LOG_LEVEL must be fatal, error, warn, info, debug, trace or silent, got "loud"/],
     [{ SLUICE_SEARCH_CACHE: 'bogus' }, /SLUICE_SEARCH_CACHE must be strict, notify or off, got "bogus"/],

@@ -11,7 +11,8 @@ import { startServices, type RunningService, type Service } from '../../http/ser
 import { providerSyncService } from '../../pipelines/events/sync-service.ts';
 import { visitsMaintenanceService } from '../../pipelines/visits/maintenance.ts';
 import { crmSyncService } from '../../pipelines/crm/service.ts';
-import { intakeConnections, intakeService, serveWorkers } from '../../intake/service.ts';
+import { servePoolMinimum } from '../../intake/accept.ts';
+import { intakeService, serveWorkers } from '../../intake/service.ts';
 import { untilSignal } from '../until-signal.ts';
 
 /** Background services of `sluice serve`, in start order (each reads its own config). */
@@ -38,9 +39,11 @@ export function registerServe(program: Command): void {
         );
       }
       const poolSize = intEnv('SLUICE_DB_POOL', 20);
-      const needed = intakeConnections(serveWorkers());
+      const needed = servePoolMinimum(serveWorkers());
       if (poolSize < needed) {
-        throw new InvalidInputError(`SLUICE_DB_POOL must be at least ${needed} with SLUICE_WORKERS=${serveWorkers()} (a connection per part worker, up to three for a merge), got ${poolSize}`);
+        throw new InvalidInputError(
+          `SLUICE_DB_POOL must be at least ${needed} with SLUICE_WORKERS=${serveWorkers()} (a connection per part worker and up to three for a merge, four for other requests, one for an upload), got ${poolSize}`,
+        );
       }
       const pool = await openDb({ max: poolSize });
       const ctx: AppContext = { pool, apiToken };
