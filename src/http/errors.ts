@@ -40,8 +40,10 @@ export function handleError(err: FastifyError | Error, req: FastifyRequest, repl
   if (err instanceof SluiceError) {
     // An error that knows when to try again (`retryAfter`, in seconds: a server busy with as
     // many uploads as it takes, src/intake/accept.ts) says so in Retry-After.
+    // It also closes the connection: the request's body was not read (a refused upload may be
+    // gigabytes), and Node would otherwise read it to its end to keep the connection alive.
     const retryAfter = (err as { retryAfter?: unknown }).retryAfter;
-    if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
+    if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter)).header('connection', 'close');
     return reply.status(STATUS[err.code]).send(errorBody(err.code, err.message));
   }
   const fe = err as FastifyError;

@@ -108,6 +108,7 @@ async function getPromptly(base: string, path: string): Promise<number> {
 function assertBusy(a: Answer, cap: number) {
   assert.equal(a.status, 503, a.body);
   assert.equal(a.headers['retry-after'], '5');
+  assert.equal(a.headers.connection, 'close', 'the unread body is not drained');
   const { error } = JSON.parse(a.body) as { error: { code: string; message: string } };
   assert.equal(error.code, 'unavailable');
   const n = cap === 1 ? '1 upload is' : `${cap} uploads are`;
