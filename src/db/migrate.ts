@@ -33,6 +33,21 @@ function checksum(sql: string): string {
   return createHash('sha256').update(sql).digest('hex');
 }
 
+let warned = false;
+
+/**
+ * Says once per process (stderr) that the database holds migrations this version does not
+ * have: a newer Sluice migrated it, and this one may not know its tables' new rules. Not
+ * refused: migrations only add, and running an older version for a while (a rollback, a
+ * rolling upgrade) is allowed; but it should not go unnoticed.
+ */
+function warnIfNewer(recorded: Array<{ version: number; name: string }>, known: Set<number>): void {
+  const newer = recorded.filter((r) => !known.has(r.version)).map((r) => r.name);
+  if (newer.length === 0 || warned) return;
+  warned = true;
+  process.stderr.write(`sluice: warning: the database has migrations this version of Sluice does not (${newer.join(', ')}): a newer Sluice migrated it; run the same version in every process\n`);
+}
+
 /** Applies pending migrations (from `dir`, default migrations/); returns the names applied. */
 export async function migrate(pool: pg.Pool, dir = migrationsDir): Promise<string[]> {
   const client = await pool.connect();
@@ -43,10 +58,12 @@ export async function migrate(pool: pg.Pool, dir = migrationsDir): Promise<strin
       version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), checksum text)`);
     // Databases migrated before checksums were recorded: their files are taken as applied.
     await client.query('ALTER TABLE sluice_migrations ADD COLUMN IF NOT EXISTS checksum text');
-    const { rows } = await client.query<{ version: number; checksum: string | null }>('SELECT version, checksum FROM sluice_migrations');
+    const { rows } = await client.query<{ version: number; name: string; checksum: string | null }>('SELECT version, name, checksum FROM sluice_migrations ORDER BY version');
     const done = new Map(rows.map((r) => [r.version, r.checksum]));
     const applied: string[] = [];
-    for (const m of listMigrations(dir)) {
+    const files = listMigrations(dir);
+    warnIfNewer(rows, new Set(files.map((m) => m.version)));
+    for (const m of files) {
       const sum = checksum(m.sql);
       if (done.has(m.version)) {
         const recorded = done.get(m.version) ?? null;

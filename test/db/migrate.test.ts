@@ -7,7 +7,8 @@ import { after, before, test } from 'node:test';
 import { migrate, migrationsDir } from '../../src/db/migrate.ts';
 import { openDb } from '../../src/db/pool.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { until } from '../helpers/processes.ts';
+import { killAll, startSluice, until } from '../helpers/processes.ts';
+import { exited } from '../cli/exit.ts';
 
 let db: TestDb;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-migrations-'));
@@ -16,6 +17,7 @@ before(async () => {
   for (const f of fs.readdirSync(migrationsDir)) fs.copyFileSync(path.join(migrationsDir, f), path.join(dir, f));
 });
 after(async () => {
+  await killAll();
   await db.close();
   fs.rmSync(dir, { recursive: true, force: true });
 });
@@ -52,5 +54,18 @@ test('a start whose migrations fail closes the connections it opened (they kept 
     }, 'the failed start\'s connections to close', 3_000);
   } finally {
     await db.pool.query(`UPDATE sluice_migrations SET checksum = NULL WHERE version = 1`);
+  }
+});
+
+test('a database migrated by a newer Sluice: a process of this version warns, naming the migrations, and runs', async () => {
+  // A version no file of the repository has (the test above applied its 9999 here too).
+  await db.pool.query(`INSERT INTO sluice_migrations (version, name, checksum) VALUES (8888, '8888_from_the_future.sql', repeat('f', 64))`);
+  try {
+    const p = startSluice(['rejects', '00000000-0000-0000-0000-000000000000'], { DATABASE_URL: db.url });
+    await exited(p);
+    assert.match(p.output(), /sluice: warning: the database has migrations this version of Sluice does not \([^)]*8888_from_the_future\.sql[^)]*\): a newer Sluice migrated it/);
+    assert.match(p.output(), /no import 00000000-0000-0000-0000-000000000000/, 'and the command ran');
+  } finally {
+    await db.pool.query('DELETE FROM sluice_migrations WHERE version = 8888');
   }
 });
