@@ -121,7 +121,7 @@ export function failInterruptedUploads(client: Client, cleanup: (id: string) => 
 }
 
 /** The error of an import whose upload stopped before its end (its server died). */
-export const UPLOAD_INTERRUPTED = 'upload interrupted: the server receiving the file stopped before its end; nothing was imported';
+export const UPLOAD_INTERRUPTED = 'upload interrupted: the server receiving the file stopped, or lost its database connection, before the end of the file; nothing was imported, send it again';
 
 export interface ImportOutcome {
   status: 'completed' | 'failed' | 'cancelled';
