@@ -61,15 +61,27 @@ function maskQuery(query: string): string {
  * (`?access_token=***`). Unparseable text is returned masked whole.
  */
 export function withoutPassword(url: string): string {
+  const u = credentialsMasked(url);
+  if (!u) return '<unparseable url>';
+  if (u.search.length > 1) u.search = maskQuery(u.search.slice(1));
+  return u.toString();
+}
+
+/**
+ * `url` parsed, its password replaced by `***` (a user without a password, a token, masked
+ * whole), its query as written; undefined when it is not a URL. withoutPassword masks the
+ * query too; a CRM source's identity keeps it (src/pipelines/crm/config.ts).
+ */
+export function credentialsMasked(url: string): URL | undefined {
+  let u: URL;
   try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    else if (u.username) u.username = '***';
-    if (u.search.length > 1) u.search = maskQuery(u.search.slice(1));
-    return u.toString();
+    u = new URL(url);
   } catch {
-    return '<unparseable url>';
+    return undefined;
   }
+  if (u.password) u.password = '***';
+  else if (u.username) u.username = '***';
+  return u;
 }
 
 /**

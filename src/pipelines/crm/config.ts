@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { env } from '../../config.ts';
 import { InvalidInputError, errorMessage } from '../../core/errors.ts';
-import { maskUrlPasswords, withoutPassword } from '../../core/url-credentials.ts';
+import { credentialsMasked, maskUrlPasswords, withoutPassword } from '../../core/url-credentials.ts';
 import type { RateLimit, RetryPolicy } from '../../clients/pipedrive.ts';
 import { parseDuration, parseSchedule, type Schedule } from './schedule.ts';
 
@@ -109,17 +109,8 @@ export function shownLocation(location: string): string {
  * (`?access_token=`) are not stored in clear; equal identities imply equal shown locations.
  */
 export function sourceIdentity(location: string): string {
-  let text = location;
-  if (/^https?:\/\//i.test(location)) {
-    try {
-      const u = new URL(location);
-      if (u.password) u.password = '***';
-      else if (u.username) u.username = '***';
-      text = u.toString();
-    } catch {
-      // not a URL after all: hashed as written (never stored, never shown)
-    }
-  }
+  // Not a URL after all: hashed as written (never stored, never shown).
+  const text = /^https?:\/\//i.test(location) ? (credentialsMasked(location)?.toString() ?? location) : location;
   return createHash('sha256').update(text).digest('hex');
 }
 
