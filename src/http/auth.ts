@@ -98,19 +98,6 @@ export function guardRoutes(app: FastifyInstance, ctx: AppContext): void {
   });
 }
 
-/**
- * A Fastify hook (usable as onRequest or preHandler) that answers 401 `unauthorized` for a
- * request of any method without the right bearer token, when one is set. guardRoutes already
- * checks every protected route; the scopes of uploads (/imports) and beacons (/visits) install
- * this too, as onRequest, so their bodies are never read for an unauthorised request even
- * when their routes are mounted without guardRoutes (tests mount visitsRoutes alone).
- */
-export function requireApiToken(ctx: AppContext) {
-  return async function apiTokenGuard(req: FastifyRequest, reply: FastifyReply): Promise<void> {
-    if (ctx.apiToken) checkToken(ctx.apiToken, req, reply);
-  };
-}
-
 /** IPv4 127.0.0.0/8 and IPv6 ::1; BlockList also matches IPv4-mapped IPv6 (::ffff:127.0.0.1). */
 const LOOPBACK = new BlockList();
 LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
@@ -164,14 +151,11 @@ export function hostName(host: string): string {
  * `forbidden`) when the browser says it comes from another site (`Sec-Fetch-Site`
  * `cross-site` or `same-site`: another port of 127.0.0.1 is the same site) or names an
  * `Origin` that is not this server. Clients that are not browsers send neither header.
- * Without a token (loopback only) the `Host` must also be a loopback name, so a page whose
- * DNS name was rebound to 127.0.0.1 cannot read the imports either.
+ * (The token and the loopback Host are guardRoutes' checks, for every protected route.)
  * Not for /visits: its beacons come from the customers' sites by design.
  */
-export function refuseCrossSite(ctx: AppContext) {
+export function refuseCrossSite() {
   return async function crossSiteGuard(req: FastifyRequest): Promise<void> {
-    // guardRoutes checked the Host already; again here for these routes mounted without it.
-    if (!ctx.apiToken) checkHost(req);
     if (READ_METHODS.has(req.method)) return;
     const host = req.headers.host ?? '';
     const site = req.headers['sec-fetch-site'];

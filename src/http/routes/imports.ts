@@ -17,7 +17,7 @@ import { parseRatio } from '../../validate/values.ts';
 import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
 import { formatReject, rejectsCsvHeader, type RejectFormat } from '../../load/reject-format.ts';
 import type { Pool } from '../../db/pool.ts';
-import { refuseCrossSite, requireApiToken } from '../auth.ts';
+import { refuseCrossSite } from '../auth.ts';
 import type { AppContext } from '../context.ts';
 import { registry } from '../metrics.ts';
 import { addOpenApi } from '../openapi.ts';
@@ -62,13 +62,12 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
   addOpenApi(importsOpenApi);
   measureIntake(ctx.pool);
 
-  // An encapsulated scope: the raw-body parser and the token hook below apply to these
-  // routes only, never to the rest of the server.
+  // An encapsulated scope: the raw-body parser and the cross-site hook below apply to these
+  // routes only, never to the rest of the server. The token (or, without one, a loopback
+  // Host) is checked by the server's guardRoutes (src/http/auth.ts), onRequest: an
+  // unauthorised upload is refused before a byte of its body is read.
   app.register(async (scope) => {
-    // onRequest rather than preHandler: an unauthorised upload is refused before a byte of
-    // its body is read.
-    scope.addHook('onRequest', refuseCrossSite(ctx));
-    scope.addHook('onRequest', requireApiToken(ctx));
+    scope.addHook('onRequest', refuseCrossSite());
     await scope.register(multipart, {
       // One more byte than allowed, so the engine (which counts) sees the excess and answers
       // 413 itself instead of busboy silently truncating the file at the limit.

@@ -14,7 +14,6 @@ import { IngestBuffer, type IngestOptions } from '../../pipelines/visits/ingest-
 import { invalidVisitRequests } from '../../pipelines/visits/metrics.ts';
 import { VisitorApplier } from '../../pipelines/visits/visitor-applier.ts';
 import { parseBatch, parseBatchText, parseVisit, type Visit } from '../../pipelines/visits/visit.ts';
-import { requireApiToken } from '../auth.ts';
 import type { AppContext } from '../context.ts';
 import { addOpenApi } from '../openapi.ts';
 import { visitsOpenApi } from './visits-openapi.ts';
@@ -39,13 +38,12 @@ export function visitsRoutes(app: FastifyInstance, ctx: AppContext, options: Vis
   const visitBytes = options.visitBytes ?? 16 << 10;
   addOpenApi(visitsOpenApi);
 
-  // Encapsulated: the token hook, the body parsers and the close hook stay out of other
-  // features' routes.
+  // Encapsulated: the body parsers and the close hook stay out of other features' routes.
+  // The token is checked by the server's guardRoutes (src/http/auth.ts) onRequest: a request
+  // without it is refused (401) before its body is read, so neither its size (413), its type
+  // (415) nor its content (400) is looked at, and an 8 MiB body is never parsed for an
+  // anonymous client.
   app.register(async (scope) => {
-    // onRequest rather than in the handler: a request without the token is refused (401)
-    // before its body is read, so neither its size (413), its type (415) nor its content
-    // (400) is looked at, and an 8 MiB body is never parsed for an anonymous client.
-    scope.addHook('onRequest', requireApiToken(ctx));
     const applier = new VisitorApplier(ctx.pool);
     const buffer = new IngestBuffer(ctx.pool, { ...options.ingest, onFlushed: () => applier.poke() });
     // Runs after the server stopped accepting requests: everything received gets flushed,
