@@ -19,7 +19,7 @@ import { errorMessage, InvalidFileError, InvalidInputError, SluiceError } from '
 import { intEnv } from '../config.ts';
 import type { Client, Pool } from '../db/pool.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
-import { insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
+import { cancelImportRow, endedStatus, insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
 import { DETECT_SAMPLE_BYTES, delimiterProblem, detectSample, type EncodingWording, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
 import type { Delimiter, Encoding } from '../formats/sniff.ts';
@@ -299,6 +299,16 @@ async function receive(
   const feed = async (buf: Buffer) => {
     for (const part of splitter.push(buf)) await enqueue(part);
   };
+  /** Once the sample is in (64 KiB, or the whole of a smaller file): the format, the cuts, then its bytes. */
+  const begin = async (all: Buffer, whole: boolean) => {
+    meta = detect(whole ? all : all.subarray(0, DETECT_SAMPLE_BYTES), whole ? all.length : 0, pipeline.format.kind, format);
+    if (pipeline.format.kind === 'csv') {
+      splitter.terminator = lineTerminator(all);
+      splitter.delimiter = (meta.delimiter ?? ',').charCodeAt(0);
+    }
+    if (!whole) splitter.partRecords = partRowsFor(partRows, options.expectedBytes, all, splitter.terminator);
+    await feed(all);
+  };
   try {
     for await (const chunk of chunksOf(body, options.idleTimeoutMs ?? UPLOAD_IDLE_TIMEOUT_MS)) {
       total += chunk.length;
@@ -311,25 +321,11 @@ async function receive(
       sampleBytes += chunk.length;
       if (sampleBytes >= DETECT_SAMPLE_BYTES) {
         const all = Buffer.concat(sample);
-        meta = detect(all.subarray(0, DETECT_SAMPLE_BYTES), 0, pipeline.format.kind, format);
-        if (pipeline.format.kind === 'csv') {
-          splitter.terminator = lineTerminator(all);
-          splitter.delimiter = (meta.delimiter ?? ',').charCodeAt(0);
-        }
-        splitter.partRecords = partRowsFor(partRows, options.expectedBytes, all, splitter.terminator);
         sample = [];
-        await feed(all);
+        await begin(all, false);
       }
     }
-    if (!meta) {
-      const all = Buffer.concat(sample);
-      meta = detect(all, all.length, pipeline.format.kind, format);
-      if (pipeline.format.kind === 'csv') {
-        splitter.terminator = lineTerminator(all);
-        splitter.delimiter = (meta.delimiter ?? ',').charCodeAt(0);
-      }
-      await feed(all);
-    }
+    if (!meta) await begin(Buffer.concat(sample), true);
     const last = splitter.end();
     if (last) await enqueue(last);
     await inFlight;
@@ -355,27 +351,15 @@ async function receive(
     if (!owner.broken) {
       // Only an import still unfinished is taken back: one cancelled by a user or failed by
       // a worker meanwhile (no part in flight to tell) stays as it ended, like above.
-      const ended = await endIfUnfinished(db, id).catch(() => null);
-      if (ended !== null) throw new UploadEnded(ended);
+      // (cancelImportRow also stops its workers; a row already gone has nothing to keep.)
+      const ended = (await cancelImportRow(db, id).catch(() => false)) ? null : await endedStatus(db, id).catch(() => null);
+      if (ended !== null && ended !== 'deleted') throw new UploadEnded(ended);
       if (parts > 0) await deleteWaitingJobs(boss, db, id).catch(() => {});
       await dropStaging(db, id).catch(() => {});
       await db.query('DELETE FROM imports WHERE id = $1', [id]).catch(() => {});
     }
     throw err;
   }
-}
-
-/**
- * Cancels the import of a failed upload if it is still unfinished (its workers then stop),
- * and returns null; else the status it ended with (cancelled, failed). The status is read by
- * a statement of its own, as in setPartsTotal. A row already gone is null too: there is
- * nothing to keep.
- */
-async function endIfUnfinished(db: Client, id: string): Promise<string | null> {
-  const { rowCount } = await db.query(`UPDATE imports SET status = 'cancelled' WHERE id = $1 AND status IN ('queued', 'running')`, [id]);
-  if (rowCount === 1) return null;
-  const { rows } = await db.query<{ status: string }>('SELECT status FROM imports WHERE id = $1', [id]);
-  return rows[0]?.status ?? null;
 }
 
 /**

@@ -48,7 +48,15 @@ export async function setPartsTotal(db: Db, id: string, total: number, bytes: nu
     `UPDATE imports SET parts_total = $2, file_bytes = $3, updated_at = now() WHERE id = $1 AND status IN ('queued', 'running')`,
     [id, total, bytes],
   );
-  if (rowCount === 1) return null;
+  return rowCount === 1 ? null : endedStatus(db, id);
+}
+
+/**
+ * The status of an import a conditional update found over (cancelled, failed, completed),
+ * read by a statement of its own (the update saw the row as of its snapshot); `deleted` when
+ * the row is gone.
+ */
+export async function endedStatus(db: Db, id: string): Promise<string> {
   const { rows } = await db.query<{ status: string }>('SELECT status FROM imports WHERE id = $1', [id]);
   return rows[0]?.status ?? 'deleted';
 }
