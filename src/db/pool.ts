@@ -5,7 +5,7 @@
 import pg from 'pg';
 import { env } from '../config.ts';
 import { InvalidInputError } from '../core/errors.ts';
-import { withoutPassword } from '../core/url-credentials.ts';
+import { maskUrlPasswords } from '../core/url-credentials.ts';
 import { ensureEmbedded } from './embedded.ts';
 import { migrate } from './migrate.ts';
 
@@ -36,7 +36,7 @@ function checkedUrl(value: string): string {
     }
   }
   if (!ok) {
-    throw new InvalidInputError(`DATABASE_URL must be a postgres:// or postgresql:// URL (user, password, host, port, database), got ${withoutPassword(value)}`);
+    throw new InvalidInputError(`DATABASE_URL must be a postgres:// or postgresql:// URL (user, password, host, port, database), got ${maskUrlPasswords(value)}`);
   }
   return value;
 }
@@ -108,4 +108,26 @@ export async function openDb(options: OpenDbOptions = {}): Promise<Pool> {
     }
   }
   return pool;
+}
+
+/**
+ * Runs `fn` on one pool client inside a transaction opened by `begin` (`BEGIN`, or BEGIN
+ * with SET LOCAL limits built by the caller from its own numbers), then COMMIT; on an
+ * error ROLLBACK, and a client whose ROLLBACK fails (its connection lost) is not handed back
+ * to the pool.
+ */
+export async function withTransaction<T>(pool: Pool, begin: string, fn: (client: Client) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  try {
+    await client.query(begin);
+    const result = await fn(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => (broken = err as Error));
+    throw err;
+  } finally {
+    client.release(broken);
+  }
 }

@@ -105,8 +105,27 @@ export async function importStatus(pool: Pool, id: string): Promise<ImportStatus
   return toStatus(rows[0]);
 }
 
+/** What the log line of an import's end says: the import row alone (no parts, no rejects). */
+export type ImportEnd = Pick<ImportStatus, 'id' | 'pipeline' | 'file_name' | 'status' | 'error' | 'rows' | 'created_at' | 'started_at' | 'finished_at'>;
+
+/** The import's end (its row only: cheap after every merge), undefined while it is unfinished or gone. */
+export async function importEnd(pool: Pool, id: string): Promise<ImportEnd | undefined> {
+  const { rows } = await pool.query<Pick<Row, 'id' | 'pipeline' | 'file_name' | 'status' | 'error' | 'rows_read' | 'rows_inserted' | 'rows_updated' | 'rows_unchanged' | 'rows_rejected' | 'created_at' | 'started_at' | 'finished_at'>>(
+    `SELECT id, pipeline, file_name, status, error, rows_read, rows_inserted, rows_updated, rows_unchanged, rows_rejected, created_at, started_at, finished_at
+       FROM imports WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')`,
+    [id],
+  );
+  const r = rows[0];
+  if (!r) return undefined;
+  return {
+    id: r.id, pipeline: r.pipeline, file_name: r.file_name, status: r.status, error: r.error,
+    rows: { read: Number(r.rows_read), inserted: Number(r.rows_inserted), updated: Number(r.rows_updated), unchanged: Number(r.rows_unchanged), rejected: Number(r.rows_rejected) },
+    created_at: r.created_at.toISOString(), started_at: r.started_at?.toISOString() ?? null, finished_at: r.finished_at?.toISOString() ?? null,
+  };
+}
+
 /** Writes describeImportEnd's line to stderr (`sluice worker`, `sluice serve`'s workers). */
-export function logImportEnd(s: ImportStatus): void {
+export function logImportEnd(s: ImportEnd): void {
   process.stderr.write(`sluice: ${describeImportEnd(s)}\n`);
 }
 
@@ -116,7 +135,7 @@ export function logImportEnd(s: ImportStatus): void {
  * unchanged, 0 rejected`, or `... failed after 2.3 s: <error>` (stored errors have their URL
  * credentials masked already).
  */
-export function describeImportEnd(s: ImportStatus): string {
+function describeImportEnd(s: ImportEnd): string {
   const from = s.started_at ?? s.created_at;
   const secs = s.finished_at ? ` ${s.status === 'completed' ? 'in' : 'after'} ${((Date.parse(s.finished_at) - Date.parse(from)) / 1000).toFixed(2)} s` : '';
   const what = `import ${s.id} (${s.pipeline}${s.file_name ? `, ${s.file_name}` : ''}) ${s.status}${secs}`;

@@ -16,14 +16,14 @@
 import type { JobWithMetadata } from 'pg-boss';
 import { errorMessage } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
-import { databaseUrl } from '../db/pool.ts';
+import { databaseUrl, withTransaction } from '../db/pool.ts';
 import { PART_DONE } from '../db/sql/intake.ts';
 import { MERGE_QUEUE, PART_QUEUE, inTransaction, listenForJobs, sendJob, type Boss } from '../jobs/boss.ts';
 import type { IntakeContext } from './context.ts';
 import { failImport } from './fail.ts';
 import { gaveUpMessage, MergeStopped, runMerge, type PartSignal } from './merge-job.ts';
 import { runPart } from './part-job.ts';
-import { importStatus, type ImportStatus } from './status.ts';
+import { importEnd, type ImportEnd } from './status.ts';
 import { warmUp } from './warm-up.ts';
 
 export interface RunningWorkers {
@@ -120,19 +120,10 @@ class PartSignals {
  * serialized and the second skip, but the old one's last attempt would fail the import).
  */
 async function handOver(ctx: IntakeContext, boss: Boss, importId: string, job: JobWithMetadata<unknown>): Promise<void> {
-  const client = await ctx.pool.connect();
-  let broken: Error | undefined;
-  try {
-    await client.query('BEGIN');
+  await withTransaction(ctx.pool, 'BEGIN', async (client) => {
     await sendJob(boss, client, MERGE_QUEUE, { importId });
     await boss.complete(MERGE_QUEUE, job, null, inTransaction(client));
-    await client.query('COMMIT');
-  } catch (err) {
-    await client.query('ROLLBACK').catch((e: Error) => (broken = e));
-    throw err;
-  } finally {
-    client.release(broken);
-  }
+  });
 }
 
 /** Backstop of a merge's wait for parts when no notification comes (listener down). */
@@ -191,7 +182,7 @@ function startLoop<T>(
 export interface WorkerOptions {
   concurrency: number;
   /** Told of each import whose merge this process ran to its end (completed, failed, cancelled): an operator's log line. */
-  onImportEnd?: (status: ImportStatus) => void;
+  onImportEnd?: (end: ImportEnd) => void;
 }
 
 export async function startWorkers(ctx: IntakeContext, options: WorkerOptions): Promise<RunningWorkers> {
@@ -212,8 +203,8 @@ export async function startWorkers(ctx: IntakeContext, options: WorkerOptions): 
         try {
           await runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS, stopping.signal));
           if (options.onImportEnd) {
-            const s = await importStatus(ctx.pool, d.importId).catch(() => undefined);
-            if (s && (s.status === 'completed' || s.status === 'failed' || s.status === 'cancelled')) options.onImportEnd(s);
+            const end = await importEnd(ctx.pool, d.importId).catch(() => undefined);
+            if (end) options.onImportEnd(end);
           }
         } catch (err) {
           if (!(err instanceof MergeStopped)) throw err;

@@ -79,8 +79,9 @@ test('a timer setting beyond what setTimeout can wait (2^31-1 ms) is refused: No
 
 test('a DATABASE_URL that is not a PostgreSQL URL is bad usage (exit 2), named, its password masked', async () => {
   const cases: Array<[string, RegExp]> = [
-    ['not a url', /DATABASE_URL must be a postgres:\/\/ or postgresql:\/\/ URL \(user, password, host, port, database\), got <unparseable url>/],
-    ['postgres://u:secretpw@localhost:abc/db', /DATABASE_URL must be a postgres:\/\/ .*got <unparseable url>/],
+    ['not a url', /DATABASE_URL must be a postgres:\/\/ or postgresql:\/\/ URL \(user, password, host, port, database\), got not a url/],
+    // Not a URL to the WHATWG parser (a bad port): the value is still shown, its password masked.
+    ['postgres://u:secretpw@localhost:abc/db', /DATABASE_URL must be a postgres:\/\/ .*got postgres:\/\/u:\*\*\*@localhost:abc\/db/],
     ['http://u:secretpw@localhost:5432/db', /DATABASE_URL must be a postgres:\/\/ .*got http:\/\/u:\*\*\*@localhost:5432\/db/],
   ];
   // What pg takes is not refused: socket forms the WHATWG URL parser refuses. (They fail

@@ -10,7 +10,7 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { from as copyFrom } from 'pg-copy-streams';
-import type { Client, Pool } from '../pool.ts';
+import { withTransaction, type Client, type Pool } from '../pool.ts';
 import { BinaryCopyWriter } from '../../load/copy-binary.ts';
 import { RECENT_PER_FLUSH, type BatchRollup } from '../../pipelines/visits/rollup.ts';
 import type { Visit } from '../../pipelines/visits/visit.ts';
@@ -39,29 +39,6 @@ export async function copyVisits(client: Client, batch: readonly Visit[]): Promi
  */
 export async function beginWithin(client: Client, timeoutMs: number): Promise<void> {
   await client.query(`BEGIN; SET LOCAL transaction_timeout = ${Math.max(1, Math.ceil(timeoutMs))}`);
-}
-
-/**
- * Runs `fn` on one pool client inside a transaction opened by `begin` (BEGIN with SET LOCAL
- * limits, built from numbers in this module only: the pool's other users keep their settings).
- * For the live view's reads and the housekeeping: a lock held for ever must not hold a pool
- * client for ever, nor the shutdown that waits for the pool.
- */
-async function inTransaction<T>(pool: Pool, begin: string, fn: (client: Client) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
-  let broken: Error | undefined;
-  try {
-    await client.query(begin);
-    const result = await fn(client);
-    await client.query('COMMIT');
-    return result;
-  } catch (err) {
-    // A client whose ROLLBACK fails has lost its connection: it must not go back to the pool.
-    await client.query('ROLLBACK').catch(() => (broken = err as Error));
-    throw err;
-  } finally {
-    client.release(broken);
-  }
 }
 
 /** Creates the partition of a UTC day (YYYY-MM-DD) if missing; safe to call concurrently. */
@@ -210,7 +187,7 @@ export async function liveSnapshot(pool: Pool, now: Date, windowSeconds: number,
   // Pages are counted per minute: take every minute that overlaps the window.
   const firstMinute = new Date(Math.floor((now.getTime() - windowSeconds * 1000) / 60_000) * 60_000);
   const begin = `BEGIN READ ONLY; SET LOCAL statement_timeout = ${Math.max(1, Math.ceil(timeoutMs))}`;
-  const { rows } = await inTransaction(pool, begin, (client) =>
+  const { rows } = await withTransaction(pool, begin, (client) =>
     client.query<LiveRow>(
       `SELECT
          (SELECT coalesce(json_agg(json_build_array(s, v) ORDER BY s), '[]')
@@ -277,7 +254,7 @@ const COMPACT: Array<{ table: string; time: string; keys: string; values: string
  * a table lock (HOUSEKEEPING_BEGIN).
  */
 export async function compactRollups(pool: Pool, from: Date, to: Date): Promise<boolean> {
-  return inTransaction(pool, HOUSEKEEPING_BEGIN, async (client) => {
+  return withTransaction(pool, HOUSEKEEPING_BEGIN, async (client) => {
     const { rows } = await client.query<{ locked: boolean }>('SELECT pg_try_advisory_xact_lock(7301021) AS locked');
     if (!rows[0]!.locked) return false;
     for (const c of COMPACT) {
@@ -308,7 +285,7 @@ export async function compactRollups(pool: Pool, from: Date, to: Date): Promise<
  * are kept.
  */
 export async function deleteOldRollups(pool: Pool, now: Date): Promise<number> {
-  const { rows } = await inTransaction(pool, HOUSEKEEPING_BEGIN, (client) =>
+  const { rows } = await withTransaction(pool, HOUSEKEEPING_BEGIN, (client) =>
     client.query<{ n: number }>(
       `WITH a AS (DELETE FROM visitor_seconds WHERE second < $1::timestamptz - interval '15 minutes' RETURNING 1),
             b AS (DELETE FROM visit_seconds WHERE second < $1::timestamptz - interval '1 day' RETURNING 1),
