@@ -13,6 +13,7 @@ import { Readable } from 'node:stream';
 import { pipeline as streamPipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
+import { withoutFirstRow } from '../src/engine/import-runner.ts';
 import { mapHeader, RowMapper } from '../src/engine/row-mapper.ts';
 import { detectFile, readRecords } from '../src/formats/record-reader.ts';
 import { createStageSql, ident, stageCopySql } from '../src/load/merge-sql.ts';
@@ -35,7 +36,7 @@ async function* copyText(file: string): AsyncGenerator<string> {
     if (!mapper) {
       if (batch.rows.length === 0) continue;
       mapper = new RowMapper(pipeline, mapHeader(pipeline, batch.rows[0]!), 0, new BufferedRejects('00000000-0000-0000-0000-000000000000'), { trackKeys: false });
-      mapper.mapBatch({ rows: batch.rows.slice(1), lines: batch.lines.slice(1), raw: (i) => batch.raw(i + 1), errors: batch.errors }, out);
+      mapper.mapBatch(withoutFirstRow(batch), out);
     } else {
       mapper.mapBatch(batch, out);
     }

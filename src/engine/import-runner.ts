@@ -17,7 +17,7 @@ import { faultPause } from '../core/fault.ts';
 import type { Client, Pool } from '../db/pool.ts';
 import { createImport, failInterruptedImports, finishImport, lockImportOwner, unlockImportOwner, type ImportOutcome } from '../db/sql/imports.ts';
 import type { ParsedBatch } from '../formats/csv-parser.ts';
-import { detectFile, GIVEN_ON_COMMAND_LINE, readRecords, type FileMeta } from '../formats/record-reader.ts';
+import { detectFile, readRecords, type FileMeta } from '../formats/record-reader.ts';
 import type { Encoding } from '../formats/sniff.ts';
 import { MergeSession, type MergeCounts } from '../load/merge.ts';
 import { PreparedChunks } from '../load/prepared-chunk.ts';
@@ -70,7 +70,7 @@ export async function runImport(o: ImportOptions): Promise<ImportResult> {
   let meta: FileMeta | undefined;
   let bytes: number | null = null;
   try {
-    meta = detectFile(o.file, o.pipeline.format.kind, { encoding: o.encoding, delimiter: o.delimiter }, GIVEN_ON_COMMAND_LINE);
+    meta = detectFile(o.file, o.pipeline.format.kind, { encoding: o.encoding, delimiter: o.delimiter });
     bytes = meta.bytes;
   } catch (err) {
     if (!(err instanceof InvalidFileError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
@@ -172,7 +172,7 @@ async function fail(
 }
 
 /** The batch without its first record (the header). */
-function withoutFirstRow(b: ParsedBatch): ParsedBatch {
+export function withoutFirstRow(b: ParsedBatch): ParsedBatch {
   return { rows: b.rows.slice(1), lines: b.lines.slice(1), raw: (i) => b.raw(i + 1), errors: b.errors };
 }
 

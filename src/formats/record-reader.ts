@@ -47,12 +47,13 @@ export interface EncodingWording {
 }
 
 /** Inspects the first bytes of a file: encoding, delimiter; throws on empty/binary files and on an encoding they contradict. */
-export function detectFile(
-  path: string,
-  format: FormatKind,
-  overrides: { encoding?: Encoding; delimiter?: string } = {},
-  wording?: EncodingWording,
-): FileMeta {
+export function detectFile(path: string, format: FormatKind, overrides: { encoding?: Encoding; delimiter?: string } = {}): FileMeta {
+  const { sample, bytes } = readSample(path);
+  return detectSample(sample, bytes, format, overrides);
+}
+
+/** The file's first bytes, those format detection reads (64 KiB at most), and its size. */
+export function readSample(path: string): { sample: Buffer; bytes: number } {
   const bytes = fs.statSync(path).size;
   const fd = fs.openSync(path, 'r');
   const sample = Buffer.alloc(Math.min(SAMPLE_BYTES, bytes));
@@ -61,14 +62,14 @@ export function detectFile(
   } finally {
     fs.closeSync(fd);
   }
-  return detectSample(sample, bytes, format, overrides, wording);
+  return { sample, bytes };
 }
 
 /** Bytes to read before calling detectSample on a stream. */
 export const DETECT_SAMPLE_BYTES = SAMPLE_BYTES;
 
 /** How `sluice import` and `sluice inspect` give the encoding. */
-export const GIVEN_ON_COMMAND_LINE: EncodingWording = {
+const GIVEN_ON_COMMAND_LINE: EncodingWording = {
   given: (e) => `given --encoding ${e}`,
   use: (e) => `run it with --encoding ${e}`,
   none: 'without --encoding',

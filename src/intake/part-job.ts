@@ -26,6 +26,7 @@ import { getPipeline } from '../pipelines/index.ts';
 import type { Pool } from '../db/pool.ts';
 import type { IntakeContext } from './context.ts';
 import { failImport, gaveUp } from './fail.ts';
+import { lineTerminator } from './splitter.ts';
 import { createPartTable, partTableName } from './staging.ts';
 
 export type PartOutcome = 'completed' | 'skipped' | 'failed';
@@ -102,9 +103,8 @@ export function decodePart(work: Pick<PartWork, 'encoding' | 'first_line'>, data
     return new TextDecoder(work.encoding as Encoding, { fatal: true }).decode(data);
   } catch {
     const at = Math.max(0, invalidUtf8At(data, true));
-    // Lines end at LF (or CRLF), or at a lone CR in files without any LF (the splitter cuts
-    // parts at the same terminator and counts first_line with it).
-    const eol = data.includes(0x0a) ? 0x0a : 0x0d;
+    // Lines end where the splitter cut them and counted first_line: its lineTerminator.
+    const eol = lineTerminator(data);
     let line = Number(work.first_line);
     let lineStart = 0;
     for (let i = data.indexOf(eol); i >= 0 && i < at; i = data.indexOf(eol, i + 1)) {

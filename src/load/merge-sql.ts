@@ -93,15 +93,6 @@ function fold(col: string, policy: MergePolicy): string {
 }
 
 /**
- * Fold expressions for the staging columns of lookups that depend on each other (a city
- * matched by its name and its state's id): such columns are taken together from ONE row,
- * never each from its own. Folded one by one, rows (no city, no state), (Campinas, no
- * state), (Niterói, RJ) of one key gave "Campinas" with "RJ": a city no row names, created
- * in the lookup table. The row is the first (last, for `overwrite`) one that names the most
- * dependent lookup (the city), else the next (the state), and so on; the fold of a key then
- * sees the place one row gave. Lookups without dependencies fold column by column as before.
- */
-/**
  * The lookups that depend on each other, in groups: each lookup that depends on another, with
  * everything it depends on (a city with its state), the most dependent first.
  */
@@ -142,6 +133,15 @@ export function columnAssignment(
   return a.lookup ? lookupAssignment(p, a.lookup, incoming, alias) : assignment(a.merge, incoming, `${alias}.${ident(a.column)}`, a.text);
 }
 
+/**
+ * Fold expressions for the staging columns of lookups that depend on each other (a city
+ * matched by its name and its state's id): such columns are taken together from ONE row,
+ * never each from its own. Folded one by one, rows (no city, no state), (Campinas, no
+ * state), (Niterói, RJ) of one key gave "Campinas" with "RJ": a city no row names, created
+ * in the lookup table. The row is the first (last, for `overwrite`) one that names the most
+ * dependent lookup (the city), else the next (the state), and so on; the fold of a key then
+ * sees the place one row gave. Lookups without dependencies fold column by column as before.
+ */
 function lookupFoldGroups(p: Pipeline): Map<string, string> {
   const lookups = p.target.lookups ?? [];
   const byColumn = new Map(lookups.map((l) => [l.column, l]));

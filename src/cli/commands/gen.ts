@@ -5,9 +5,11 @@ import { openDb } from '../../db/pool.ts';
 import { generateLeads, writeLeadsCsv } from '../../gen/leads.ts';
 import { writePurchasesFile } from '../../gen/purchases.ts';
 
-function count(v: string): number {
-  const n = Number(v.replace(/_/g, ''));
-  if (!Number.isInteger(n) || n < 0) throw new InvalidInputError(`expected a whole number, got ${v}`);
+/** A whole number in plain digits, `_` allowed between them (`2_000_000`); `Number` would take ' ', `1e3` and `0x10`. */
+function count(v: string, min = 0): number {
+  const digits = v.replace(/_/g, '');
+  const n = /^\d{1,16}$/.test(digits) ? Number(digits) : NaN;
+  if (!(n >= min)) throw new InvalidInputError(`expected a whole number${min > 0 ? ` of at least ${min}` : ''}, got ${v}`);
   return n;
 }
 
@@ -20,10 +22,8 @@ export function registerGen(program: Command): void {
     .option('--out <file>', 'output file', 'purchases.txt')
     .option('--first <k>', 'number of the first row: files with ranges that do not overlap share no CPF', '1')
     .action((n: string, flags: { out: string; first: string }) => {
-      const rows = count(n);
-      const first = count(flags.first);
-      if (rows < 1) throw new InvalidInputError('expected at least 1 row');
-      if (first < 1) throw new InvalidInputError('--first must be at least 1');
+      const rows = count(n, 1);
+      const first = count(flags.first, 1);
       const t = performance.now();
       writePurchasesFile(flags.out, rows, first);
       process.stderr.write(`wrote ${flags.out}: ${rows} rows (rows ${first}-${first + rows - 1}) in ${((performance.now() - t) / 1000).toFixed(1)}s\n`);

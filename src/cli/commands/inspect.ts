@@ -1,9 +1,8 @@
 /** `sluice inspect <file>`: what Sluice detects in a file, and its parsed rows. */
-import fs from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
 import { HEADER_SAMPLE_ROWS, parseFixedWidthHeader } from '../../formats/fixed-width.ts';
-import { DETECT_SAMPLE_BYTES, detectFile, GIVEN_ON_COMMAND_LINE, readRecords, type FileMeta, type FormatKind } from '../../formats/record-reader.ts';
+import { detectSample, readRecords, readSample, type FileMeta, type FormatKind } from '../../formats/record-reader.ts';
 import { parseEncoding } from '../../formats/sniff.ts';
 import { splitWhitespace } from '../../formats/whitespace-columns.ts';
 import { fileArgument } from '../file-argument.ts';
@@ -14,8 +13,6 @@ interface InspectFlags {
   encoding?: string;
   rows: string;
 }
-
-/** How inspect gives the encoding, for the error refusing one the file's first bytes contradict. */
 
 export function registerInspect(program: Command): void {
   program
@@ -36,8 +33,10 @@ export function registerInspect(program: Command): void {
       const limit = Number(flags.rows);
       if (!Number.isInteger(limit) || limit < 0) throw new InvalidInputError('--rows must be a whole number');
       fileArgument(file);
-      let meta: FileMeta = detectFile(file, (flags.format as FormatKind | undefined) ?? 'csv', encoding ? { encoding } : {}, GIVEN_ON_COMMAND_LINE);
-      if (flags.format === undefined && looksFixedWidth(sampleText(file, meta.encoding))) meta = { ...meta, format: 'fixed-width', delimiter: null };
+      // The first bytes read once: for the format's detection, and for the fixed-width test.
+      const { sample, bytes } = readSample(file);
+      let meta: FileMeta = detectSample(sample, bytes, (flags.format as FormatKind | undefined) ?? 'csv', encoding ? { encoding } : {});
+      if (flags.format === undefined && looksFixedWidth(sampleText(sample, bytes, meta.encoding))) meta = { ...meta, format: 'fixed-width', delimiter: null };
       let header: string[] | undefined;
       const rows: string[][] = [];
       outer: for await (const batch of readRecords(file, meta, { format: meta.format, chunkBytes: 256 * 1024 })) {
@@ -65,18 +64,11 @@ export function registerInspect(program: Command): void {
     });
 }
 
-/** The text of the file's first 64 KiB (the bytes format detection reads), its last line whole or dropped. */
-function sampleText(file: string, encoding: string): string {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const bytes = Buffer.alloc(DETECT_SAMPLE_BYTES);
-    const n = fs.readSync(fd, bytes, 0, bytes.length, 0);
-    const text = new TextDecoder(encoding).decode(bytes.subarray(0, n));
-    // Cut by the sample: its last line may be incomplete.
-    return n < bytes.length ? text : text.slice(0, text.lastIndexOf('\n') + 1);
-  } finally {
-    fs.closeSync(fd);
-  }
+/** The text of the file's first bytes (readSample's), its last line whole or dropped. */
+function sampleText(sample: Buffer, bytes: number, encoding: string): string {
+  const text = new TextDecoder(encoding).decode(sample);
+  // Cut by the sample: its last line may be incomplete.
+  return sample.length === bytes ? text : text.slice(0, text.lastIndexOf('\n') + 1);
 }
 
 /** Lines of a fixed-width sample looked at: the header and HEADER_SAMPLE_ROWS data lines. */

@@ -2,7 +2,7 @@
 import { apiTokenSecurity, errorResponse as error, guardedResponses, serverErrors } from '../openapi.ts';
 
 const count = { type: 'integer', minimum: 0 };
-const numberText = 'read as a JavaScript number (`1e2` is 100); an empty value is 0, and so refused';
+const numberText = 'in plain decimal digits (`1e2`, `0x10` or a repeated parameter are 400s; src/http/query-params.ts)';
 
 export const crmOpenApi = {
   tags: [{ name: 'crm', description: 'CRM sync runs (docs/crm.md): what each run did, and the records that failed. Read-only; with SLUICE_API_TOKEN set they need the token (the failures name customers\' records).' }],

@@ -92,7 +92,6 @@ export class SyncScheduler extends EventEmitter<{ sync: [SyncResult]; skip: [str
   }
 }
 
-/** The numeric SLUICE_PROVIDER_* settings (their rules are in SETTINGS, src/config.ts). */
 /** The feed URL of SLUICE_PROVIDER_URL (undefined when unset); InvalidInputError, password masked, when it is not http(s). */
 export function providerUrlFromEnv(): string | undefined {
   const url = env('SLUICE_PROVIDER_URL');
