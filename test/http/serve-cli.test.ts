@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { killAll, startSluice } from '../helpers/processes.ts';
+import { killAll, startSluice, until } from '../helpers/processes.ts';
 import { NO_DATABASE, exitedWithin } from '../cli/exit.ts';
 
 /**
@@ -126,12 +126,23 @@ test('SIGTERM and SIGINT: serve and worker stop what they opened and exit 0', as
     const worker = startSluice(['worker', '--concurrency', '1'], { DATABASE_URL: db.url });
     await serve.waitFor(/listening on/);
     await worker.waitFor(/ready/);
+    assert.ok((await theirConnections()) > 0, 'the queue, its listener and the worker pool are open');
     serve.child.kill(signal);
     worker.child.kill(signal);
     assert.equal(await exitedWithin(serve, PROMPTLY_MS), 0, `serve, ${signal}: ${serve.output()}`);
     assert.equal(await exitedWithin(worker, PROMPTLY_MS), 0, `worker, ${signal}: ${worker.output()}`);
+    // What they opened is closed (their backends leave pg_stat_activity a moment after).
+    await until(async () => (await theirConnections()) === 0, `${signal}: the processes' connections to close`, 5_000);
   }
 });
+
+/** Backends of this database opened by serve's and a worker's queue, listener and worker pool (named; serve's own pool is named like the test's). */
+async function theirConnections(): Promise<number> {
+  const { rows } = await db.pool.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name IN ('sluice-jobs', 'sluice-listen', 'sluice-worker')`,
+  );
+  return rows[0]!.n;
+}
 
 test('SLUICE_LOG_LEVEL=trace: the API token of a multipart upload is not in the log', async () => {
   // @fastify/multipart logs its busboy options at trace level, the request's headers with them.

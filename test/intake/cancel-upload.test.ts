@@ -145,6 +145,6 @@ test('cancelled mid-upload: no more parts are stored, the upload gets 409, the i
     [id],
   );
   assert.deepEqual(after.rows, [{ status: 'cancelled', parts: stored }], 'no part stored after the cancel (6 would be the whole file)');
-  assert.ok(stored < 6, `${stored} parts`);
+  assert.ok(stored < 6, `a precondition: the cancel came before the whole file was stored (${stored} parts)`);
   assert.deepEqual(await leftovers(db, id), { tables: 0, bytes: 0 });
 });
