@@ -3,6 +3,7 @@
  * "any HTTP endpoint" source), the expected persons and deals computed independently from
  * the jaffle CSVs, config files, the CLI as a subprocess, and views of the simulator.
  */
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -15,6 +16,8 @@ import { stringify } from 'yaml';
 import { repoRoot } from '../../src/config.ts';
 import { PipedriveSimulator } from '../../src/dev/pipedrive-simulator.ts';
 import { validateCrmConfig } from '../../src/pipelines/crm/config.ts';
+import type { Pool } from '../../src/db/pool.ts';
+import { buildServer } from '../../src/http/server.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
 export const JAFFLE = path.join(repoRoot, 'test/fixtures/jaffle');
@@ -226,4 +229,23 @@ export function inProcessCrm(prefix: string, defaults: Record<string, unknown> =
     await ctx.db.close();
   });
   return ctx;
+}
+
+/** Everything recorded about a pipeline's runs and sources (crm_runs, crm_sources), as text: what must hold no secret. */
+export async function storedRunsText(pool: Pool, pipeline: string): Promise<string> {
+  const runs = await pool.query(`SELECT row_to_json(r)::text AS t FROM crm_runs r WHERE pipeline = $1`, [pipeline]);
+  const sources = await pool.query(`SELECT row_to_json(s)::text AS t FROM crm_sources s WHERE pipeline = $1`, [pipeline]);
+  return [...runs.rows, ...sources.rows].map((r) => r.t).join('\n');
+}
+
+/** The body of GET /crm/runs?pipeline=... (asserted 200), from a server built on `pool`. */
+export async function runsApiBody(pool: Pool, pipeline: string): Promise<string> {
+  const app = await buildServer({ pool });
+  try {
+    const res = await app.inject({ method: 'GET', url: `/crm/runs?pipeline=${pipeline}` });
+    assert.equal(res.statusCode, 200);
+    return res.body;
+  } finally {
+    await app.close();
+  }
 }

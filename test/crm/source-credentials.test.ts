@@ -7,11 +7,10 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { PipedriveSimulator } from '../../src/dev/pipedrive-simulator.ts';
-import { buildServer } from '../../src/http/server.ts';
 import { validateCrmConfig } from '../../src/pipelines/crm/config.ts';
 import { startSchedule } from '../../src/pipelines/crm/service.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { FileServer, runCli, tmpDir, until, writeConfig } from './helpers.ts';
+import { FileServer, runCli, tmpDir, until, writeConfig, runsApiBody, storedRunsText } from './helpers.ts';
 
 const PASSWORD = 'pw123SECRET';
 const TOKEN = 'credentials-token';
@@ -40,23 +39,8 @@ function withCredentials(password: string): string {
   return files.url.replace('http://', `http://admin:${password}@`);
 }
 
-/** Everything recorded about a pipeline's runs and sources, as text. */
-async function stored(pipeline: string): Promise<string> {
-  const runs = await db.pool.query(`SELECT row_to_json(r)::text AS t FROM crm_runs r WHERE pipeline = $1`, [pipeline]);
-  const sources = await db.pool.query(`SELECT row_to_json(s)::text AS t FROM crm_sources s WHERE pipeline = $1`, [pipeline]);
-  return [...runs.rows, ...sources.rows].map((r) => r.t).join('\n');
-}
-
-async function runsApi(pipeline: string): Promise<string> {
-  const app = await buildServer({ pool: db.pool });
-  try {
-    const res = await app.inject({ method: 'GET', url: `/crm/runs?pipeline=${pipeline}` });
-    assert.equal(res.statusCode, 200);
-    return res.body;
-  } finally {
-    await app.close();
-  }
-}
+const stored = (pipeline: string) => storedRunsText(db.pool, pipeline);
+const runsApi = (pipeline: string) => runsApiBody(db.pool, pipeline);
 
 function sync(config: string) {
   return runCli(['sync', 'crm', '--once', '--json', '--config', config], { DATABASE_URL: db.url, PIPEDRIVE_API_TOKEN: TOKEN });

@@ -16,11 +16,10 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { buildServer } from '../../src/http/server.ts';
 import { validateCrmConfig } from '../../src/pipelines/crm/config.ts';
 import { CrmRunError, runCrmSync } from '../../src/pipelines/crm/sync.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { FILES, JAFFLE } from './helpers.ts';
+import { FILES, JAFFLE, runsApiBody, storedRunsText } from './helpers.ts';
 
 const SECRET = 'QUERYSECRETx42';
 const PASSWORD = 'pwEXPORT77';
@@ -105,23 +104,8 @@ function config(name: string, customers?: string, password = PASSWORD) {
   });
 }
 
-/** Everything recorded about a pipeline's runs and sources, as text. */
-async function stored(pipeline: string): Promise<string> {
-  const runs = await db.pool.query(`SELECT row_to_json(r)::text AS t FROM crm_runs r WHERE pipeline = $1`, [pipeline]);
-  const sources = await db.pool.query(`SELECT row_to_json(s)::text AS t FROM crm_sources s WHERE pipeline = $1`, [pipeline]);
-  return [...runs.rows, ...sources.rows].map((r) => r.t).join('\n');
-}
-
-async function runsApi(pipeline: string): Promise<string> {
-  const app = await buildServer({ pool: db.pool });
-  try {
-    const res = await app.inject({ method: 'GET', url: `/crm/runs?pipeline=${pipeline}` });
-    assert.equal(res.statusCode, 200);
-    return res.body;
-  } finally {
-    await app.close();
-  }
-}
+const stored = (pipeline: string) => storedRunsText(db.pool, pipeline);
+const runsApi = (pipeline: string) => runsApiBody(db.pool, pipeline);
 
 function assertNoSecret(text: string): void {
   assert.ok(!text.includes(SECRET), text);

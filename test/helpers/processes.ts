@@ -129,3 +129,12 @@ export async function importHeldBeforeWrite<T>(o: {
     fs.rmSync(o.pause, { force: true });
   }
 }
+
+/** `p`, or a failure naming `what` when it has not settled within `ms` (a bounded wait, not a sleep). */
+export function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+}

@@ -12,6 +12,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { InvalidInputError } from '../../src/core/errors.ts';
 import { fetchRemote, isNonPublicAddress } from '../../src/intake/remote.ts';
+import { withDeadline } from '../helpers/processes.ts';
 
 let server: http.Server;
 let port: number;
@@ -249,12 +250,6 @@ async function until(what: string, check: () => boolean, ms = 10_000): Promise<v
   }
 }
 
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms)));
-  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
-}
-
 test('an abort signal stops the fetch: before any request, waiting for the answer, or mid-body (the server sees its response closed)', async () => {
   const any = { allowed: () => true };
   // Aborted already: nothing is requested.
@@ -269,7 +264,7 @@ test('an abort signal stops the fetch: before any request, waiting for the answe
   await until('request of /hang', () => closes.length > n);
   waiting.abort(new InvalidInputError('the client left'));
   await assert.rejects(pending, (err: Error) => err instanceof InvalidInputError && err.message === 'the client left');
-  await within(closes[n]!, 10_000, 'close of /hang seen by the server');
+  await withDeadline(closes[n]!, 10_000, 'close of /hang seen by the server');
 
   // Mid-body: the stream fails with the reason (a 400 for any other reason), the server's response closes.
   const reading = new AbortController();
@@ -282,7 +277,7 @@ test('an abort signal stops the fetch: before any request, waiting for the answe
     assert.match(err.message, /^fetching http:\/\/127\.0\.0\.1:\d+\/endless\.csv was stopped: /);
     return true;
   });
-  await within(closes[n + 1]!, 10_000, 'close of /endless.csv seen by the server');
+  await withDeadline(closes[n + 1]!, 10_000, 'close of /endless.csv seen by the server');
 
   // A signal aborted after the body was read whole changes nothing.
   const done = new AbortController();

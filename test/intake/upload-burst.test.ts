@@ -24,7 +24,7 @@ import { cancelImport } from '../../src/intake/cancel.ts';
 import { failImport } from '../../src/intake/fail.ts';
 import { startWorkers, type RunningWorkers } from '../../src/intake/worker.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { killAll, startSluice, type Proc } from '../helpers/processes.ts';
+import { killAll, startSluice, withDeadline, type Proc } from '../helpers/processes.ts';
 import { exitedWithin } from '../cli/exit.ts';
 import { leadsCsv, leftovers, startIntake, waitFor, type Intake } from './http-helpers.ts';
 
@@ -87,14 +87,6 @@ async function upload(base: string, query: string, csv: string, ms = 60_000): Pr
   const a = await withDeadline(up.answer, ms, `an answer to the upload ${query}`);
   assert.ok(a, `the upload ${query} got no answer (connection closed)`);
   return a;
-}
-
-function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms);
-  });
-  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
 }
 
 /** GET `path`, answered within 10 s (the reported defect: it hung for ever). */

@@ -17,6 +17,7 @@ import { buildServer } from '../../src/http/server.ts';
 import { ownerAlive } from '../../src/db/sql/imports.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { leadsCsv, leftovers, startIntake, waitFor, type Intake } from './http-helpers.ts';
+import { withDeadline } from '../helpers/processes.ts';
 
 let db: TestDb;
 let intake: Intake;
@@ -82,14 +83,6 @@ function postUrlImport(base: string, name: string) {
   const closed = new Promise<void>((resolve) => req.on('close', () => resolve()));
   req.end(JSON.stringify({ pipeline: 'leads', url: `${remoteBase}/${name}.csv` }));
   return { closed, answer: () => status, destroy: () => req.destroy() };
-}
-
-function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms);
-  });
-  return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
 }
 
 /** The import of `${name}.csv` once it has stored a part (and so its part and merge jobs). */
