@@ -107,6 +107,10 @@ export const SETTINGS: Readonly<Record<string, Setting>> = {
   SLUICE_VISITS_APPLY_MS: { readBy: serve, check: wholeAtLeast(0, MAX_TIMER_MS) },
   SLUICE_VISITS_MAINTENANCE: { readBy: serve, check: oneOf('0', '1') },
   SLUICE_VISITS_MAINTENANCE_MS: { readBy: serve, check: wholeAtLeast(1000, MAX_TIMER_MS) },
+  // Days a finished import is kept (0: for ever; src/intake/retention.ts). -1 would put the
+  // cutoff in the future and delete every finished import at once; 100 years at most.
+  SLUICE_IMPORTS_RETENTION_DAYS: { readBy: serve, check: wholeAtLeast(0, 36500) },
+  SLUICE_IMPORTS_RETENTION_MS: { readBy: serve, check: wholeAtLeast(1000, MAX_TIMER_MS) },
   // Read by `serve` and `sync events` (whose --interval, --timeout, --idle-timeout and
   // --retries flags are held to the same rules). Seconds become timers: at most 2^31-1 ms, or
   // Node fires them every millisecond. An interval of 0 fetched the provider in a loop (348

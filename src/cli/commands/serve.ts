@@ -13,10 +13,11 @@ import { visitsMaintenanceService } from '../../pipelines/visits/maintenance.ts'
 import { crmSyncService } from '../../pipelines/crm/service.ts';
 import { servePoolMinimum } from '../../intake/accept.ts';
 import { intakeService, serveWorkers } from '../../intake/service.ts';
+import { importsRetentionService } from '../../intake/retention.ts';
 import { untilSignal } from '../until-signal.ts';
 
 /** Background services of `sluice serve`, in start order (each reads its own config). */
-const SERVICES: Service[] = [intakeService, providerSyncService, visitsMaintenanceService, crmSyncService];
+const SERVICES: Service[] = [intakeService, providerSyncService, visitsMaintenanceService, crmSyncService, importsRetentionService];
 
 export function registerServe(program: Command): void {
   program

@@ -169,3 +169,76 @@ export async function listRejects(db: Db, id: string, after: { line: number; id:
   );
   return rows;
 }
+
+/**
+ * Retention (src/intake/retention.ts): the statuses an import ends in. Only imports in one of
+ * them are ever deleted; a queued or running one is someone's work in progress, whatever its age.
+ */
+const FINISHED = `status IN ('completed', 'failed', 'cancelled')`;
+
+/** Arbitrary, constant: "sluice imports retention", one sweeper at a time. */
+const RETENTION_LOCK = 7_301_003;
+
+/**
+ * The retention's cutoff: the server's now() less `days` days (Postgres's clock, not this
+ * process's, which may disagree with the finished_at it wrote). ISO 8601 to the microsecond,
+ * as to_json writes it, so passing it back as `$n::timestamptz` loses nothing.
+ */
+export async function retentionCutoff(db: Db, days: number): Promise<string> {
+  const { rows } = await db.query<{ cutoff: string }>(`SELECT to_json(now() - make_interval(days => $1::int)) #>> '{}' AS cutoff`, [days]);
+  return rows[0]!.cutoff;
+}
+
+/**
+ * Takes the retention's lock for the caller's transaction: false when another process
+ * holds it (it is sweeping; the caller skips rather than deleting the same rows behind it).
+ */
+export async function tryRetentionLock(client: Client): Promise<boolean> {
+  const { rows } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_xact_lock($1) AS ok', [RETENTION_LOCK]);
+  return rows[0]!.ok;
+}
+
+/**
+ * Up to `limit` imports that ended before `cutoff`, oldest first. (No index leads with
+ * finished_at: a scan of imports, once per retention batch.)
+ */
+export async function expiredImports(db: Db, cutoff: string, limit: number): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `SELECT id FROM imports WHERE ${FINISHED} AND finished_at < $1::timestamptz ORDER BY finished_at, id LIMIT $2`,
+    [cutoff, limit],
+  );
+  return rows.map((r) => r.id);
+}
+
+/**
+ * Deletes up to `limit` rejects of the imports `ids`; how many went. Rows are picked by
+ * ctid (a TID scan): import_rejects has no key of its own, and its `id` no index. Run before
+ * deleteExpiredImports, a batch at a time, so no transaction deletes an import's hundreds of
+ * thousands of rejects at once through the cascade.
+ */
+export async function deleteRejectsOf(db: Db, ids: string[], limit: number): Promise<number> {
+  const { rowCount } = await db.query(
+    `DELETE FROM import_rejects
+      WHERE ctid = ANY (ARRAY(SELECT ctid FROM import_rejects WHERE import_id = ANY ($1::uuid[]) LIMIT $2))`,
+    [ids, limit],
+  );
+  return rowCount ?? 0;
+}
+
+/**
+ * Deletes the imports `ids` that still ended before `cutoff` (checked again on the row
+ * deleted), their parts and any rejects left with them (ON DELETE CASCADE). How many imports
+ * and rejects went: the rejects are counted in the statement's snapshot, taken before the
+ * cascade runs.
+ */
+export async function deleteExpiredImports(db: Db, ids: string[], cutoff: string): Promise<{ imports: number; rejects: number }> {
+  const { rows } = await db.query<{ imports: number; rejects: number }>(
+    `WITH gone AS (
+       DELETE FROM imports WHERE id = ANY ($1::uuid[]) AND ${FINISHED} AND finished_at < $2::timestamptz RETURNING id
+     )
+     SELECT (SELECT count(*) FROM gone)::bigint AS imports,
+            (SELECT count(*) FROM import_rejects WHERE import_id IN (SELECT id FROM gone))::bigint AS rejects`,
+    [ids, cutoff],
+  );
+  return rows[0]!;
+}
