@@ -86,10 +86,12 @@ const timerSeconds = wholeAtLeast(1, Math.floor(MAX_TIMER_MS / 1000));
  */
 export const SETTINGS: Readonly<Record<string, Setting>> = {
   SLUICE_PORT: { readBy: serve, check: wholeAtLeast(0, 65535) },
-  // At least SLUICE_WORKERS + 3 as well (checked by serve: poolTooSmall).
+  // At least servePoolMinimum(SLUICE_WORKERS) as well: SLUICE_WORKERS + 8, 5 without workers (checked by serve).
   SLUICE_DB_POOL: { readBy: serve, check: wholeAtLeast(1) },
   SLUICE_LOG_LEVEL: { readBy: serve, check: oneOf('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent') },
   SLUICE_MAX_UPLOAD_BYTES: { readBy: serve, check: wholeAtLeast(1) },
+  // `yes` or `true` read as off without a word (only 1 allows).
+  SLUICE_FETCH_ALLOW_PRIVATE: { readBy: serve, check: oneOf('0', '1') },
   // Each part is a table and a job: -1 made one-row parts, thousands of them.
   SLUICE_PART_ROWS: { readBy: serve, check: wholeAtLeast(100) },
   // -1 started no workers without a word: whole, 0 or more.

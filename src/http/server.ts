@@ -3,6 +3,7 @@
  * feature, and the background services (scheduled syncs, workers) that run beside it.
  */
 import Fastify, { type FastifyInstance } from 'fastify';
+import { env } from '../config.ts';
 import { SluiceError } from '../core/errors.ts';
 import { guardRoutes } from './auth.ts';
 import { handleError } from './errors.ts';
@@ -44,7 +45,7 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
     // The token never reaches the log: the request's headers, and @fastify/multipart's trace
     // line of its busboy options (which hold the request's headers too).
     logger: options.logger
-      ? { level: process.env.SLUICE_LOG_LEVEL ?? 'warn', redact: ['req.headers.authorization', 'busboyOptions.headers.authorization'] }
+      ? { level: env('SLUICE_LOG_LEVEL') ?? 'warn', redact: ['req.headers.authorization', 'busboyOptions.headers.authorization'] }
       : false,
     bodyLimit: options.bodyLimit ?? 1 << 20,
     // Fastify's own 503 while closing has its own body ({"error":"Service Unavailable",...}):

@@ -10,6 +10,7 @@ import { after, before, test } from 'node:test';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { killAll, startSluice, until } from '../helpers/processes.ts';
 import { NO_DATABASE, exitedWithin } from '../cli/exit.ts';
+import { buildServer } from '../../src/http/server.ts';
 
 /**
  * For a process that has opened the database: well under pg's 10 s idle timeout, after
@@ -93,6 +94,10 @@ test('a setting with a bad value is refused before the database is opened (exit 
     [{ SLUICE_PROVIDER_RETRIES: 'some' }, /SLUICE_PROVIDER_RETRIES must be a number/],
     [{ SLUICE_LOG_LEVEL: 'loud' }, /SLUICE_LOG_LEVEL must be fatal, error, warn, info, debug, trace or silent, got "loud"/],
     [{ SLUICE_SEARCH_CACHE: 'bogus' }, /SLUICE_SEARCH_CACHE must be strict, notify or off, got "bogus"/],
+    // Read as off without a word until session 10 (only 1 allows private addresses).
+    [{ SLUICE_FETCH_ALLOW_PRIVATE: 'yes' }, /SLUICE_FETCH_ALLOW_PRIVATE must be 0 or 1, got "yes"/],
+    // A name that does not resolve failed at listen (exit 1), after the pool, queue and workers started.
+    [{ SLUICE_API_TOKEN: 'x', SLUICE_HOST: 'bogus.invalid' }, /cannot listen on bogus\.invalid: the name does not resolve \(E[A-Z_]+\)/],
     // Every bad value at once, not one per attempt.
     [{ SLUICE_WORKERS: 'abc', SLUICE_DB_POOL: 'big' }, /SLUICE_DB_POOL must be a whole number of at least 1.*; SLUICE_WORKERS must be a whole number of at least 0/],
   ];
@@ -159,4 +164,16 @@ test('SLUICE_LOG_LEVEL=trace: the API token of a multipart upload is not in the 
   await p.kill();
   assert.doesNotMatch(p.output(), new RegExp(token));
   assert.match(p.output(), /"authorization":"\[Redacted\]"/);
+});
+
+test('SLUICE_LOG_LEVEL set but empty is the default level (warn), as every other empty setting is unset', async () => {
+  process.env.SLUICE_LOG_LEVEL = '';
+  try {
+    const app = await buildServer({ pool: db.pool }, { logger: true });
+    // It was `info`: pino took the empty string for its default, a log line per request.
+    assert.equal(app.log.level, 'warn');
+    await app.close();
+  } finally {
+    delete process.env.SLUICE_LOG_LEVEL;
+  }
 });

@@ -28,7 +28,7 @@ export function registerImport(program: Command): void {
     .requiredOption('--pipeline <name>', 'pipeline to use (e.g. leads)')
     .option('--json', 'print one JSON object with the result on stdout')
     .option('--max-reject-ratio <r>', 'fail, merging nothing, when rejected/read exceeds r (0..1)')
-    .option('--encoding <enc>', 'force the encoding: utf-8 or windows-1252 (default: detected)')
+    .option('--encoding <enc>', 'force the encoding: utf-8 or windows-1252, or a label of either such as latin1 (default: detected)')
     .option('--delimiter <d>', 'force the CSV delimiter (default: sniffed among , ; tab |)')
     .option('--no-progress', 'do not draw the progress bar')
     .action(async (file: string, flags: ImportFlags) => {

@@ -8,7 +8,7 @@ import { formatReject, rejectsCsvHeader, type RejectFormat } from '../../load/re
 export function registerRejects(program: Command): void {
   program
     .command('rejects')
-    .description('print the rejected rows of an import: line number, reason, raw line')
+    .description('print the rejected rows of an import: line number, field (empty for a whole-row reject), reason, raw line')
     .argument('<import-id>', 'the import id (from `sluice import`)')
     .option('--format <fmt>', 'csv or ndjson', 'csv')
     .action(async (id: string, flags: { format: string }) => {

@@ -1,4 +1,5 @@
 /** `sluice serve`: the HTTP server, plus the background services configured by env. */
+import { lookup } from 'node:dns/promises';
 import type { Command } from 'commander';
 import type { FastifyInstance } from 'fastify';
 import { checkSettings, env, intEnv } from '../../config.ts';
@@ -39,6 +40,11 @@ export function registerServe(program: Command): void {
           `refusing to listen on ${host} without SLUICE_API_TOKEN: only a loopback address (127.0.0.1, ::1 or localhost) may run open; set SLUICE_API_TOKEN or listen on 127.0.0.1`,
         );
       }
+      // A name that does not resolve is bad usage, told before the pool, queue and workers
+      // start (it failed at listen, exit 1, after all of them).
+      await lookup(host, { all: true }).catch((err: NodeJS.ErrnoException) => {
+        throw new InvalidInputError(`cannot listen on ${host}: the name does not resolve (${err.code ?? err.message})`);
+      });
       const poolSize = intEnv('SLUICE_DB_POOL', 20);
       const needed = servePoolMinimum(serveWorkers());
       if (poolSize < needed) {

@@ -74,7 +74,7 @@ export function registerSyncCrm(program: Command): void {
     // Checked in the action, not by commander: with --json a missing one is a JSON line too.
     .option('--config <file>', 'pipeline config (YAML), see examples/crm-sync.yaml (required)')
     .option('--once', 'run once and exit (default: run on the config schedule until interrupted)')
-    .option('--force', 'process even when no source changed since the last completed run')
+    .option('--force', 'with --once: process even when no source changed since the last completed run')
     .option('--json', 'print the run summary as one JSON line on stdout')
     .action(async (opts: Opts) => {
       const json = opts.json === true;

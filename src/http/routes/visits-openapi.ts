@@ -91,7 +91,7 @@ export const visitsOpenApi = {
           'NDJSON (application/x-ndjson, application/ndjson, application/jsonl), a JSON array (application/json), or either of them as text/plain. ' +
           'Each item is a Visit; items without `visitor_id` take the cookie visitor. At most SLUICE_VISITS_BATCH_MAX visits (default 10,000) and ' +
           'SLUICE_VISITS_BATCH_BYTES bytes (default 8 MiB). The first bad item fails the request and nothing is stored; the message says where ' +
-          '(`line 3: not valid JSON`, `item 7: visited_at is in the future`). The body must be valid UTF-8. ' +
+          '(`line 3: not valid JSON`, `item 7: visited_at is in the future`; lines count from 1, array items from 0, their index). The body must be valid UTF-8. ' +
           'With SLUICE_API_TOKEN set this needs `Authorization: Bearer <token>`.',
         security: apiTokenSecurity,
         parameters: [cookieParam],
