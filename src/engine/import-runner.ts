@@ -3,7 +3,9 @@
  * staging -> set-based merge, all in one transaction. Pipelined: the file is merged in
  * chunks of CHUNK_ROWS rows, Postgres merging one chunk while Node parses the next (both
  * cores busy). A chunk holds the first row of each of its keys; a row whose key may have
- * been met before is kept for a last merge, so every key's rows still apply in file order.
+ * been met before is kept for a last merge, so every key's rows still apply in file order,
+ * and so is the first row of a key that recurred before its chunk was merged (all of that
+ * key's rows are then folded together).
  * Bad input fails the import with a clear error and leaves the target tables untouched
  * (the transaction rolls back); rejects are kept for review.
  */
@@ -220,11 +222,53 @@ export function chunkTarget(chunks: number, rowsRead: number, bytesRead: number,
 class Lines {
   pieces: Buffer[] = [];
   rows = 0;
+  /**
+   * Of a chunk: the mapper's recurredCount before it mapped the batch of the chunk's first
+   * row. A key that recurred since may have its first row here; one that recurred before
+   * cannot (its first row was mapped earlier, and later rows of a key never join a chunk).
+   */
+  mark = 0;
 
   add(lines: string[], from = 0, to = lines.length): void {
     if (to <= from) return;
     this.pieces.push(Buffer.from(`${lines.slice(from, to).join('\n')}\n`));
     this.rows += to - from;
+  }
+
+  /**
+   * Moves to `to` the lines whose key is in `keys` (COPY text, as staged). A staging line is
+   * `line\tpart\tkey\t...\n`, and COPY text escapes tabs and newlines inside values, so the
+   * key lies between the second and third tab byte (UTF-8 never uses those bytes inside a
+   * character). Pieces are cut, not decoded: only the keys are read as strings.
+   */
+  moveKeys(keys: Set<string>, to: Lines): void {
+    const pieces: Buffer[] = [];
+    const moved: Buffer[] = [];
+    for (const piece of this.pieces) {
+      const kept: Buffer[] = [];
+      let keptFrom = 0;
+      for (let start = 0; start < piece.length; ) {
+        const end = piece.indexOf(0x0a, start) + 1;
+        const key = piece.indexOf(0x09, piece.indexOf(0x09, start) + 1) + 1;
+        if (keys.has(piece.toString('utf8', key, piece.indexOf(0x09, key)))) {
+          if (start > keptFrom) kept.push(piece.subarray(keptFrom, start));
+          moved.push(piece.subarray(start, end));
+          keptFrom = end;
+          this.rows--;
+          to.rows++;
+        }
+        start = end;
+      }
+      if (keptFrom === 0) {
+        pieces.push(piece);
+        continue;
+      }
+      if (keptFrom < piece.length) kept.push(piece.subarray(keptFrom));
+      // Copied out: a subarray would keep the whole piece alive.
+      if (kept.length > 0) pieces.push(Buffer.concat(kept));
+    }
+    this.pieces = pieces;
+    if (moved.length > 0) to.pieces.push(Buffer.concat(moved));
   }
 }
 
@@ -306,8 +350,22 @@ async function stageAndMerge(
     await (c ? c.db : client).query(createStageSql(o.pipeline, c ? TEMP_CHUNK : CHUNK, c !== null));
     return c;
   };
+  /**
+   * Moves out of the chunk, to the last merge, the rows of its keys that recurred before
+   * its merge: their later rows wait there already, so every row of such a key is folded
+   * together (a file imported twice is then all unchanged, as the intake does within a
+   * part). A key that recurs only after its chunk was merged stays split (README). The
+   * chunk is scanned only when some key recurred since its first batch was mapped; past
+   * MAX_SUSPECTS recurring keys (row-mapper.ts) they are no longer listed, and stay split.
+   */
+  const takeRecurred = () => {
+    const now = mapper!.recurredCount();
+    if (chunk.rows === 0 || now === undefined || now <= chunk.mark) return;
+    chunk.moveKeys(mapper!.recurredSince(chunk.mark)!, later);
+  };
   /** Starts the merge of the chunk; with `wait`, waits for it. */
   const flushChunk = async (wait: boolean) => {
+    takeRecurred();
     if (chunk.rows === 0) {
       // The last chunk may have filled up, and started merging, with the file's last row.
       if (wait) await settle();
@@ -356,6 +414,8 @@ async function stageAndMerge(
       }
       const out: string[] = [];
       const outLater: string[] = [];
+      // Keys recurring from here on may have their first row in this batch (Lines.mark).
+      const mark = mapper?.recurredCount() ?? 0;
       if (!mapper) {
         // The first record is the header; the rest of the batch is data.
         const mapping = mapHeader(o.pipeline, batch.rows[0]!);
@@ -369,6 +429,7 @@ async function stageAndMerge(
       const limit = fixed ? size : chunkTarget(chunks, mapper.read, bytes, meta.bytes);
       for (let i = 0; i < out.length; ) {
         const n = Math.max(0, Math.min(limit - chunk.rows, out.length - i));
+        if (chunk.rows === 0 && n > 0) chunk.mark = mark;
         chunk.add(out, i, i + n);
         i += n;
         if (chunk.rows >= limit) await flushChunk(false);

@@ -285,6 +285,28 @@ export class RowMapper {
     return this.suspects ? [...this.suspects] : undefined;
   }
 
+  /**
+   * How many keys have recurred so far (each counted once, in the order they recurred), or
+   * undefined once they are too many to list (MAX_SUSPECTS). A mark for recurredSince.
+   */
+  recurredCount(): number | undefined {
+    return this.suspects?.size;
+  }
+
+  /**
+   * The keys that recurred after the first `mark` (a recurredCount), as staging lines hold
+   * them (COPY text, copyData), or undefined once they are too many to list.
+   */
+  recurredSince(mark: number): Set<string> | undefined {
+    if (!this.suspects) return undefined;
+    const out = new Set<string>();
+    let i = 0;
+    // A Set iterates in insertion order, and keys are only ever added to it.
+    // Never undefined: a key holding a NUL is rejected before it is noted.
+    for (const k of this.suspects) if (i++ >= mark) out.add(copyData(k)!);
+    return out;
+  }
+
   private reject(line: number, reason: string, raw: RawText): void {
     this.rejected++;
     this.rejects.add(line, null, reason, raw.text());

@@ -138,9 +138,13 @@ export function columnAssignment(
  * matched by its name and its state's id): such columns are taken together from ONE row,
  * never each from its own. Folded one by one, rows (no city, no state), (Campinas, no
  * state), (Niterói, RJ) of one key gave "Campinas" with "RJ": a city no row names, created
- * in the lookup table. The row is the first (last, for `overwrite`) one that names the most
- * dependent lookup (the city), else the next (the state), and so on; the fold of a key then
- * sees the place one row gave. Lookups without dependencies fold column by column as before.
+ * in the lookup table. The row is the first (last, for `overwrite`) one that gives any
+ * lookup of the group a value (lookupPresent): the place the same rows keep when applied
+ * one at a time in file order (a chunk, then the last merge), since a fill-if-blank group
+ * is filled whole and only while the record has none of its columns (lookupAssignment).
+ * Ranking the city above the state, as this did, folded rows (no city, SP), (Campinas, SP)
+ * into Campinas/SP where split they gave SP alone: the chunk size changed the lead. Lookups
+ * without dependencies fold column by column as before.
  */
 function lookupFoldGroups(p: Pipeline): Map<string, string> {
   const lookups = p.target.lookups ?? [];
@@ -154,13 +158,11 @@ function lookupFoldGroups(p: Pipeline): Map<string, string> {
     const top = group[0]!;
     const policies = new Set(group.map((l) => l.merge));
     if (policies.size > 1) throw new Error(`pipeline ${p.name}: lookups ${group.map((l) => l.column).join(', ')} depend on each other and must share one merge policy`);
-    const newest = top.merge === 'overwrite';
-    // The rank of a row: which lookup of the group it names first (the most dependent first).
-    const rank = `CASE ${group.map((l, i) => `WHEN ${ident(l.match.find((m) => m.from)?.from ?? sources(l)[0]!)} IS NOT NULL THEN ${i}`).join(' ')} ELSE ${group.length} END`;
-    const order = `${rank}, line${newest ? ' DESC' : ''}`;
+    const order = `line${top.merge === 'overwrite' ? ' DESC' : ''}`;
+    // Read from the fold's `gone` (the key's rows), qualified by its name.
+    const names = [...new Set(group.map((l) => lookupPresent(p, l.column, 'gone')))].join(' OR ');
     const cols = [...new Set(group.flatMap(sources))];
-    const any = cols.map((c) => `${ident(c)} IS NOT NULL`).join(' OR ');
-    for (const c of cols) out.set(c, `(array_agg(${ident(c)} ORDER BY ${order}) FILTER (WHERE ${any}))[1] AS ${ident(c)}`);
+    for (const c of cols) out.set(c, `(array_agg(${ident(c)} ORDER BY ${order}) FILTER (WHERE ${names}))[1] AS ${ident(c)}`);
   }
   return out;
 }

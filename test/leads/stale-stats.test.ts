@@ -72,7 +72,9 @@ test('a target named by its key (purchases), recorded empty: reached by its key 
   const text = await explained(async () => {
     const r = await runImport({ pool: db.pool, pipeline: purchases, file });
     assert.equal(r.status, 'completed', r.error);
-    assert.deepEqual(r.rows, { read: 350, inserted: 0, updated: 350, unchanged: 0, rejected: 0 });
+    // The 50 met again are folded with their first rows (met before their chunk merged): flipped
+    // then restored, unchanged, 100 rows.
+    assert.deepEqual(r.rows, { read: 350, inserted: 0, updated: 250, unchanged: 100, rejected: 0 });
   });
   assertReachedByIndex(text, ['prepare', 'apply_update', 'probe', 'upsert'], ['purchases']);
 });
