@@ -16,12 +16,19 @@
  *   what hand-edited files contain and the caller's validators see the value anyway;
  * - a UTF-8 BOM (U+FEFF) at the very start is dropped; lines with zero characters are
  *   skipped but counted, so reported line numbers match what an editor shows;
- * - records may have different field counts (§2.4 says "should"): the caller decides.
+ * - records may have different field counts (§2.4 says "should"): the caller decides;
+ * - a record longer than maxRecordChars is rejected (an error of the batch, not a row) and
+ *   discarded as it arrives, never held: where the limit falls outside quotes, up to the next
+ *   line terminator (quotes past the limit are not trusted to swallow lines); where it falls
+ *   inside a quoted field, up to where the grammar ends the record (the quote closes, then a
+ *   line terminator outside quotes), so a long quoted value costs only its own record. A
+ *   quote still open at the end of the input fails the whole file (CsvError).
  *
  * Chunking never changes the result: a record that is not complete at the end of a push is
- * kept (as the only state, `#tail`, at most maxRecordChars long) and re-scanned from its
- * start on the next push. Every decision, including the length limit, depends only on
- * character positions in the record. Field values are slices of the pushed text: holding
+ * kept (`#tail`, at most maxRecordChars long) and re-scanned from its start on the next
+ * push; an over-long record being discarded keeps only where its discarding stands (in or
+ * out of quotes, the line count, the first 201 characters for the report). Every decision,
+ * including the length limit, depends only on character positions in the record. Field values are slices of the pushed text: holding
  * on to rows keeps their chunk alive, so callers should copy what they store long-term.
  */
 import { InvalidFileError } from '../core/errors.ts';
@@ -48,7 +55,7 @@ export interface ParsedBatch {
   errors: Array<{ line: number; reason: string; raw: string }>;
 }
 
-/** Fatal parse error (an unbalanced quote): the rest of the file cannot be parsed. */
+/** Fatal parse error (a quote never closed): the rest of the file cannot be parsed. */
 export class CsvError extends InvalidFileError {
   readonly line: number;
   constructor(message: string, line: number) {
@@ -64,6 +71,20 @@ const CR = 0x0d;
 const BOM = 0xfeff;
 /** How much of a rejected record is kept for the error report. */
 const RAW_PREVIEW = 200;
+
+/**
+ * Where the discarding of an over-long record stands (CsvParser.#skipState): LINE, the
+ * limit fell outside quotes (the record ends at the next line terminator); else the grammar
+ * is followed: inside a quoted field (QUOTED), right after a `"` in one (QUOTE_END: it closes
+ * the field, or is the first of `""`), at the start of a field (FIELD_START: a `"` opens a
+ * quoted field), in unquoted text (FIELD).
+ */
+const LINE = 0;
+const QUOTED = 1;
+const QUOTE_END = 2;
+const FIELD_START = 3;
+const FIELD = 4;
+type SkipState = typeof LINE | typeof QUOTED | typeof QUOTE_END | typeof FIELD_START | typeof FIELD;
 
 class Batch implements ParsedBatch {
   readonly rows: string[][] = [];
@@ -113,10 +134,16 @@ export class CsvParser {
   #started = false;
   /** The last push ended with a CR terminator: an LF at the start of the next one is its CRLF. */
   #skipLF = false;
-  /** Discarding the rest of an over-long line, up to its terminator. */
+  /** Discarding the rest of an over-long record, up to its terminator. */
   #skipping = false;
+  #skipState: SkipState = LINE;
+  /** Line of the record being discarded. */
   #skipLine = 0;
-  /** First RAW_PREVIEW + 1 chars of the line being discarded (the +1 tells it was cut). */
+  /** Line where the quoted field open in the discarded record started (for CsvError). */
+  #skipQuoteLine = 0;
+  /** The discarded text so far ended with a CR inside quotes (an LF next completes a CRLF: one line break). */
+  #skipCR = false;
+  /** First RAW_PREVIEW + 1 chars of the record being discarded (the +1 tells it was cut). */
   #skipRaw = '';
 
   constructor(options: CsvOptions) {
@@ -191,11 +218,11 @@ export class CsvParser {
     const out = new Batch();
     this.#tail = '';
     try {
-      if (this.#skipping) this.#finishSkip(out);
+      if (this.#skipping) this.#endSkip(out);
       else this.#scan(data, 0, true, out);
     } finally {
       this.#line = this.#firstLine;
-      this.#started = this.#skipLF = this.#skipping = false;
+      this.#started = this.#skipLF = this.#skipping = this.#skipCR = false;
       this.#skipRaw = '';
     }
     return out;
@@ -211,14 +238,9 @@ export class CsvParser {
     let line = this.#line;
 
     if (this.#skipping) {
-      const t = nextTerminator(data, pos);
-      const stop = t < 0 ? len : t;
-      const room = RAW_PREVIEW + 1 - this.#skipRaw.length;
-      if (room > 0) this.#skipRaw += detach(data.slice(pos, Math.min(stop, pos + room)));
-      if (t < 0) return; // the whole push belongs to the discarded line
-      this.#finishSkip(out);
-      line = this.#line + 1;
-      pos = this.#afterTerminator(data, t, final);
+      pos = this.#discard(data, pos, final, out);
+      if (pos < 0) return; // the whole push belongs to the discarded record
+      line = this.#line;
     }
 
     // Next delimiter, LF and CR at or after the scan position (len when there is none).
@@ -254,7 +276,15 @@ export class CsvParser {
           for (;;) {
             const at = q < bound ? data.indexOf('"', q) : -1;
             if (at < 0 || at >= bound) {
-              if (len > limit) throw pastLimit(qLine, max);
+              if (len > limit) {
+                // The quote is still open at the limit: the record is too long, but the
+                // quote may close further on. Reject the record and discard it, following
+                // the quotes, rather than fail the file (it fails if the quote never closes).
+                pos = this.#overlong(data, start, p + 1, QUOTED, line, nl, final, out);
+                if (pos < 0) return;
+                line = this.#line;
+                continue records;
+              }
               if (!final) return this.#suspend(data, start, line);
               throw new CsvError(`unbalanced quote: the quoted field starting at line ${qLine} is never closed`, qLine);
             }
@@ -289,7 +319,7 @@ export class CsvParser {
             // j === limit: only a line terminator may sit there.
             c = data.charCodeAt(j);
             if (c !== LF && c !== CR) {
-              pos = this.#overlong(data, start, j, line, nl, final, out);
+              pos = this.#overlong(data, start, j, LINE, line, nl, final, out);
               if (pos < 0) return;
               line = this.#line;
               continue records;
@@ -328,25 +358,112 @@ export class CsvParser {
   }
 
   /**
-   * The record starting at `start` has a character at `at` = start + max, outside quotes:
-   * reject it and discard up to the next line terminator, quotes or not (a stray quote
-   * past the limit must not swallow the file). Returns where to continue, or -1 when the
-   * terminator is not in this push (the rest of the line is discarded as it arrives).
+   * The record starting at `start` (on `line`, `nl` line breaks before `from`) is longer than
+   * the limit: reject it and discard it from `from`, in `state`. LINE (a character outside
+   * quotes at start + max): up to the next line terminator, quotes or not (a stray quote
+   * past the limit must not swallow the file). QUOTED (a quoted field open at start + max,
+   * `from` just after its opening quote): following the grammar, up to the line terminator
+   * after the quote closes. Returns where to continue, or -1 when the record's end is not in
+   * this push (the rest is discarded as it arrives).
    */
-  #overlong(data: string, start: number, at: number, line: number, nl: number, final: boolean, out: Batch): number {
+  #overlong(data: string, start: number, from: number, state: SkipState, line: number, nl: number, final: boolean, out: Batch): number {
+    this.#skipping = true;
+    this.#skipState = state;
     this.#skipLine = line;
-    this.#line = line + nl;
-    const t = nextTerminator(data, at);
+    this.#line = this.#skipQuoteLine = line + nl;
+    this.#skipCR = false;
+    this.#skipRaw = detach(data.slice(start, Math.min(from, start + RAW_PREVIEW + 1)));
+    return this.#discard(data, from, final, out);
+  }
+
+  /**
+   * Discards data[pos..] up to the end of the over-long record (keeping the start of its
+   * text for the report): returns where to continue after its terminator, or -1 when the
+   * record goes on past `data`.
+   */
+  #discard(data: string, pos: number, final: boolean, out: Batch): number {
+    const t = this.#recordEnd(data, pos);
     const stop = t < 0 ? data.length : t;
-    this.#skipRaw = detach(data.slice(start, Math.min(stop, start + RAW_PREVIEW + 1)));
-    if (t < 0 && !final) {
-      this.#skipping = true;
-      return -1;
+    const room = RAW_PREVIEW + 1 - this.#skipRaw.length;
+    if (room > 0) this.#skipRaw += detach(data.slice(pos, Math.min(stop, pos + room)));
+    if (t < 0) {
+      if (!final) return -1;
+      this.#endSkip(out);
+      return data.length;
     }
     this.#finishSkip(out);
-    if (t < 0) return data.length;
     this.#line++;
     return this.#afterTerminator(data, t, final);
+  }
+
+  /**
+   * The index of the line terminator that ends the discarded record, searching data from
+   * `pos` in #skipState; or -1 (the state and the line count are kept for the next push).
+   * Only positions are found (indexOf); nothing of the record is kept.
+   */
+  #recordEnd(data: string, pos: number): number {
+    const len = data.length;
+    const dStr = String.fromCharCode(this.#delim);
+    let state = this.#skipState;
+    let i = pos;
+    // Next line terminator and delimiter at or after i (len: none), searched again only
+    // once i passes them, so that a record of many fields is not searched over and over.
+    let t = -1;
+    let d = -1;
+    while (i < len) {
+      if (state === QUOTED) {
+        const at = data.indexOf('"', i);
+        const stop = at < 0 ? len : at;
+        // Line breaks inside the value still advance physical lines, a CRLF split between
+        // two pushes counting once.
+        const from = this.#skipCR && data.charCodeAt(i) === LF ? i + 1 : i;
+        this.#line += countBreaks(data, from, stop);
+        if (at < 0) {
+          this.#skipCR = data.charCodeAt(len - 1) === CR;
+          i = len;
+          break;
+        }
+        this.#skipCR = false;
+        i = at + 1;
+        state = QUOTE_END;
+        continue;
+      }
+      if (state === QUOTE_END || state === FIELD_START) {
+        if (data.charCodeAt(i) === QUOTE) {
+          // `""` inside the value, or a quote opening a field.
+          if (state === FIELD_START) this.#skipQuoteLine = this.#line;
+          i++;
+          state = QUOTED;
+          continue;
+        }
+        state = FIELD; // text after a closing quote is appended, a `"` in it is literal
+      }
+      if (t < i) t = found(nextTerminator(data, i), len);
+      if (state === FIELD) {
+        if (d < i) d = found(data.indexOf(dStr, i), len);
+        if (d < t) {
+          i = d + 1;
+          state = FIELD_START;
+          continue;
+        }
+      }
+      if (t < len) {
+        this.#skipState = state;
+        return t;
+      }
+      i = len;
+    }
+    this.#skipState = state;
+    return -1;
+  }
+
+  /** The input ended in a discarded record: it is rejected, unless a quote is still open in it. */
+  #endSkip(out: Batch): void {
+    if (this.#skipState === QUOTED) {
+      const qLine = this.#skipQuoteLine;
+      throw new CsvError(`unbalanced quote: the quoted field starting at line ${qLine} is never closed`, qLine);
+    }
+    this.#finishSkip(out);
   }
 
   #finishSkip(out: Batch): void {
@@ -374,10 +491,6 @@ function countBreaks(s: string, from: number, to: number): number {
     if (c === CR || (c === LF && s.charCodeAt(i - 1) !== CR)) n++;
   }
   return n;
-}
-
-function pastLimit(line: number, max: number): CsvError {
-  return new CsvError(`unbalanced quote: the quoted field starting at line ${line} runs past ${max} characters`, line);
 }
 
 /** Index of the first CR or LF at or after `from`, or -1. */

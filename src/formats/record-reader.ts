@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { InvalidFileError } from '../core/errors.ts';
 import { CsvParser, type ParsedBatch } from './csv-parser.ts';
-import { createDecoder, detectEncoding, encodingContradiction, looksBinary, sniffDelimiter, type Encoding } from './sniff.ts';
+import { createDecoder, detectEncoding, encodingContradiction, excelSeparatorLine, looksBinary, sniffDelimiter, utf16Bom, type Encoding } from './sniff.ts';
 import { WhitespaceColumnsParser } from './whitespace-columns.ts';
 
 export type FormatKind = 'csv' | 'fixed-width';
@@ -97,6 +97,10 @@ export function detectSample(
   wording: EncodingWording = GIVEN_ON_COMMAND_LINE,
 ): FileMeta {
   if (sample.length === 0) throw new InvalidFileError('invalid file: the file is empty');
+  // Before the binary test, which UTF-16 fails (the NUL byte of each ASCII character).
+  if (utf16Bom(sample)) {
+    throw new InvalidFileError(`invalid file: UTF-16 text (Excel's "Unicode Text"), which Sluice does not read: save it as "CSV UTF-8" instead`);
+  }
   if (looksBinary(sample)) throw new InvalidFileError('invalid file: binary content (not a text file)');
   const contradiction = overrides.encoding && encodingContradiction(sample, overrides.encoding);
   if (contradiction === 'not-utf-8') {
@@ -110,6 +114,15 @@ export function detectSample(
   let delimiter: string | null = null;
   if (format === 'csv') {
     const text = new TextDecoder(encoding).decode(sample);
+    // Refused rather than honoured: the HTTP intake cuts the upload into parts from its
+    // first line on (src/intake/accept.ts), taking `sep=;` for the header, so skipping the
+    // line here would import the file from the command line and not over HTTP.
+    const sep = excelSeparatorLine(text);
+    if (sep !== undefined) {
+      throw new InvalidFileError(
+        `invalid file: the first line ${JSON.stringify(sep)} is Excel's delimiter hint, not a header: remove that line (the delimiter is detected from the header and rows)`,
+      );
+    }
     delimiter = overrides.delimiter ?? sniffDelimiter(text);
   }
   return { format, encoding, bom: det.bom, delimiter, bytes };

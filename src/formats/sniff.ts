@@ -60,7 +60,21 @@ export function encodingContradiction(sample: Uint8Array, given: Encoding): 'not
   return undefined;
 }
 
-/** True for NUL bytes or > 10% control bytes other than \t \n \r \f (UTF-16 counts as binary). */
+/**
+ * The byte order mark of UTF-16 text at the start of `sample` (FF FE little-endian, as
+ * Excel's "Unicode Text" writes it; FE FF big-endian), or undefined. Sluice does not decode
+ * UTF-16; without this test such a file is refused as binary (its ASCII has NUL bytes),
+ * which tells the user nothing. (A UTF-32 LE BOM, FF FE 00 00, also matches: the remedy is
+ * the same.)
+ */
+export function utf16Bom(sample: Uint8Array): 'utf-16le' | 'utf-16be' | undefined {
+  if (sample.length < 2) return undefined;
+  if (sample[0] === 0xff && sample[1] === 0xfe) return 'utf-16le';
+  if (sample[0] === 0xfe && sample[1] === 0xff) return 'utf-16be';
+  return undefined;
+}
+
+/** True for NUL bytes or > 10% control bytes other than \t \n \r \f (UTF-16 without a BOM counts as binary). */
 export function looksBinary(sample: Uint8Array): boolean {
   let controls = 0;
   for (let i = 0; i < sample.length; i++) {
@@ -85,6 +99,16 @@ export function parseDelimiter(input: string): Delimiter | undefined {
   return DELIMITERS.find((x) => x === d);
 }
 const SNIFF_RECORDS = 20;
+
+/**
+ * The first line of Excel's delimiter hint (`sep=;`: exactly `sep=` and one character, then
+ * a line end or the end of the text; a UTF-8 BOM before it is skipped), or undefined. Excel
+ * reads the line as the file's delimiter, so files made for Excel in locales whose list
+ * separator differs carry it; read as the header, it hides the real one.
+ */
+export function excelSeparatorLine(sampleText: string): string | undefined {
+  return /^\ufeff?(sep=[^\r\n])(?:\r|\n|$)/.exec(sampleText)?.[1];
+}
 
 /**
  * The delimiter giving the most consistent field count (> 1) over the first ~20 records,

@@ -5,6 +5,7 @@
  */
 import type { Pipeline } from '../engine/pipeline.ts';
 import { parseYesNo } from '../validate/boolean.ts';
+import { cityName } from '../validate/city.ts';
 import { isEmail, normalizeEmail } from '../validate/email.ts';
 import { facebookUrl, linkedinUrl, phoneNumber, stateAcronym, tagList, twitterHandle, websiteUrl } from '../validate/social.ts';
 
@@ -33,7 +34,10 @@ export const leads: Pipeline = {
     { name: 'linkedin', headers: ['linkedin'], type: 'text', parse: linkedinUrl },
     { name: 'website', headers: ['website', 'site'], type: 'text', parse: websiteUrl },
     { name: 'mobile_phone', headers: ['celular', 'telefone', 'phone', 'mobile phone'], type: 'text', parse: phoneNumber },
-    { name: 'city', headers: ['city', 'cidade'], type: 'text' },
+    // Bounded (city.ts): a unique index holds it (cities' name, state_id), whose entries have
+    // a size limit. So does leads.email (at most 254 characters, email.ts); name, job title,
+    // tags and lead_infos are in no index, so their length has no such limit.
+    { name: 'city', headers: ['city', 'cidade'], type: 'text', parse: cityName, onInvalid: 'field' },
     { name: 'state', headers: ['state', 'estado', 'uf'], type: 'text', parse: stateAcronym, onInvalid: 'field' },
     {
       name: 'opportunity',

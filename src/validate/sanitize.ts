@@ -26,6 +26,15 @@ export function sanitizeText(s: string): string {
   return t;
 }
 
+/**
+ * `s` in Unicode NFC (composed: `a` + U+0303 -> `ã`), as most tools write text; macOS tools
+ * may export NFD, which compares unequal to the same word typed elsewhere. ASCII (most
+ * cells) is returned as it is: it is its own NFC, and normalize() would still scan it.
+ */
+export function nfc(s: string): string {
+  return isAscii(s) ? s : s.normalize('NFC');
+}
+
 /** `s` with every character but the ASCII digits 0-9 removed (`123.456.789-09` -> `12345678909`). */
 export function digitsOnly(s: string): string {
   const n = s.length;

@@ -136,18 +136,47 @@ test('csv: over-long record: quotes past the limit are ignored up to the line en
   assert.equal(r.errors[0].line, 1);
 });
 
-test('csv: over-long quoted field throws CsvError (unbalanced quote)', () => {
+test('csv: a quoted field closed past the limit rejects only its record; the next lines keep their numbers', () => {
+  const long = `"${'q,\n'.repeat(40)}"`; // 122 chars over 41 lines
+  const r = parse(`a,b\n${long},"x\ny",z\nc,d\n`, { maxRecordChars: 100 });
+  assert.deepEqual(r.rows, [['a', 'b'], ['c', 'd']]);
+  assert.deepEqual(r.lines, [1, 44]);
+  assert.deepEqual(r.errors, [{ line: 2, reason: 'record longer than 100 characters', raw: `${long},"x\ny",z` }]);
+});
+
+test('csv: a quote still open past the limit is discarded as it arrives, and fails the file at its end', () => {
   const p = new CsvParser({ delimiter: ',', maxRecordChars: 100 });
   assert.deepEqual(p.push('a,b\n1,"never closed\n').rows, [['a', 'b']]);
+  for (let i = 0; i < 20; i++) {
+    const b = p.push('more text, more\n');
+    assert.deepEqual([b.rows, b.errors], [[], []]);
+    assert.ok(p.bufferedChars <= 201, `buffered ${p.bufferedChars} chars`);
+  }
   assert.throws(
-    () => {
-      for (let i = 0; i < 20; i++) p.push('more text, more\n');
-    },
+    () => p.end(),
     (err: unknown) =>
       err instanceof CsvError &&
       err.line === 2 &&
-      err.message === 'unbalanced quote: the quoted field starting at line 2 runs past 100 characters',
+      err.message === 'unbalanced quote: the quoted field starting at line 2 is never closed',
   );
+});
+
+test('csv: a 3 MB quoted value, pushed in pieces, is one rejected record, not held', () => {
+  const p = new CsvParser({ delimiter: ',' }); // default limit: 1 Mi chars
+  const out: Result = { rows: [], lines: [], raws: [], errors: [] };
+  collect(out, p.push('Name,Email\n"'));
+  const mb = 'a""b\r\n'.repeat((1 << 20) / 8);
+  for (let i = 0; i < 3; i++) {
+    collect(out, p.push(mb));
+    if (i >= 1) assert.ok(p.bufferedChars <= 201, `buffered ${p.bufferedChars} chars after ${i + 1} MB`);
+  }
+  collect(out, p.push('",l1@x.com\r'));
+  collect(out, p.push('\nB,l2@x.com\n'));
+  collect(out, p.end());
+  assert.deepEqual(out.rows, [['Name', 'Email'], ['B', 'l2@x.com']]);
+  // 3 MiB / 8 CRLFs inside the value: the next record is that many lines further on.
+  assert.deepEqual(out.lines, [1, 3 + 3 * (1 << 17)]);
+  assert.deepEqual(out.errors, [{ line: 2, reason: `record longer than ${1 << 20} characters`, raw: `"${mb.slice(0, 199)}…` }]);
 });
 
 test('csv: a 50 MB line is discarded as it arrives, not buffered', () => {
@@ -241,27 +270,40 @@ function outcome(chunks: string[], maxRecordChars: number): Result | string {
   }
 }
 
-/** A deliberately naive char-by-char reading of the same rules, to check the fast path. */
-function reference(text: string): Result | string {
+/**
+ * A deliberately naive char-by-char reading of the same rules, to check the fast path. A
+ * record with a character at start + max is over-long: outside quotes, it ends at the next
+ * line terminator; inside a quoted field, where the grammar ends it.
+ */
+function reference(text: string, max = 1 << 20): Result | string {
   const rows: string[][] = [];
   const lines: number[] = [];
+  const raws: string[] = [];
+  const errors: Result['errors'] = [];
   let i = text.startsWith('\ufeff') ? 1 : 0;
   let line = 1;
   const n = text.length;
+  const eol = (k: number) => text[k] === '\n' || text[k] === '\r';
   while (i < n) {
-    if (text[i] === '\n' || text[i] === '\r') {
+    if (eol(i)) {
       i += text.startsWith('\r\n', i) ? 2 : 1;
       line++;
       continue;
     }
+    const start = i;
     const recLine = line;
     const fields: string[] = [];
-    for (;;) {
+    let over = false;
+    // Outside quotes, a record character at the limit: discard up to the line end.
+    const pastLimit = () => !over && i >= start + max && i < n && !eol(i);
+    record: for (;;) {
       let field = '';
+      if (pastLimit()) break record;
       if (text[i] === '"') {
         const qLine = line;
         for (i++; ; ) {
           if (i >= n) return `${qLine}: unbalanced quote: the quoted field starting at line ${qLine} is never closed`;
+          if (i >= start + max) over = true;
           if (text[i] === '"') {
             if (text[i + 1] !== '"') break;
             field += '"';
@@ -273,19 +315,32 @@ function reference(text: string): Result | string {
         }
         i++;
       }
-      while (i < n && text[i] !== ',' && text[i] !== '\n' && text[i] !== '\r') field += text[i++];
+      while (i < n && text[i] !== ',' && !eol(i)) {
+        if (pastLimit()) break record;
+        field += text[i++];
+      }
+      if (pastLimit()) break record;
       fields.push(field);
       if (text[i] !== ',') break;
       i++;
     }
-    rows.push(fields);
-    lines.push(recLine);
+    if (pastLimit()) {
+      over = true;
+      while (i < n && !eol(i)) i++;
+    }
+    const raw = text.slice(start, i);
+    if (over) errors.push({ line: recLine, reason: `record longer than ${max} characters`, raw: raw.length > 200 ? `${raw.slice(0, 200)}…` : raw });
+    else {
+      rows.push(fields);
+      lines.push(recLine);
+      raws.push(raw);
+    }
     if (i < n) {
       i += text.startsWith('\r\n', i) ? 2 : 1;
       line++;
     }
   }
-  return { rows, lines, raws: [], errors: [] };
+  return { rows, lines, raws, errors };
 }
 
 test('csv property: random chunking of messy text gives the one-chunk result', () => {
@@ -294,11 +349,7 @@ test('csv property: random chunking of messy text gives the one-chunk result', (
     const text = messyText(rand, 5 + Math.floor(rand() * 80));
     const max = rand() < 0.3 ? 5 + Math.floor(rand() * 30) : 1 << 20;
     const whole = outcome([text], max);
-    if (max === 1 << 20) {
-      const ref = reference(text);
-      const got = typeof whole === 'string' ? whole : { ...whole, raws: [] };
-      assert.deepEqual(got, ref, `run ${run}: ${JSON.stringify(text)}`);
-    }
+    assert.deepEqual(whole, reference(text, max), `run ${run} (max ${max}): ${JSON.stringify(text)}`);
     for (let k = 0; k < 6; k++) {
       const chunks = randomChunks(rand, text);
       assert.deepEqual(outcome(chunks, max), whole, `run ${run}: ${JSON.stringify(text)} as ${JSON.stringify(chunks)}`);
@@ -316,6 +367,7 @@ test('csv property: long records across large chunks (pending-record stitching)'
     }
     const max = rand() < 0.3 ? 2000 + Math.floor(rand() * 6000) : 1 << 20;
     const whole = outcome([text], max);
+    assert.deepEqual(whole, reference(text, max), `run ${run} (max ${max})`);
     for (let k = 0; k < 4; k++) {
       const chunks: string[] = [];
       for (let i = 0; i < text.length; ) {

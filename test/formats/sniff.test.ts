@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createDecoder, detectEncoding, looksBinary, sniffDelimiter } from '../../src/formats/sniff.ts';
+import { createDecoder, detectEncoding, excelSeparatorLine, looksBinary, sniffDelimiter, utf16Bom } from '../../src/formats/sniff.ts';
+import { detectSample } from '../../src/formats/record-reader.ts';
 import { InvalidFileError } from '../../src/core/errors.ts';
 
 const utf8 = (s: string) => new TextEncoder().encode(s);
@@ -104,6 +105,56 @@ test('binary: NUL bytes, UTF-16 and control-heavy data are binary', () => {
   assert.equal(looksBinary(png), true);
   // One control byte in 20 (5%) is tolerated.
   assert.equal(looksBinary(Uint8Array.from([...utf8('x'.repeat(19)), 0x1b])), false);
+});
+
+// ---- Excel's exports: UTF-16 "Unicode Text", the `sep=` hint ------------------------------
+
+test('utf16Bom: the two UTF-16 byte order marks, nothing else', () => {
+  assert.equal(utf16Bom(Uint8Array.from(Buffer.from('\ufeffName\tEmail\r\n', 'utf16le'))), 'utf-16le');
+  assert.equal(utf16Bom(Uint8Array.from(Buffer.from('\ufeffName\tEmail\r\n', 'utf16le').swap16())), 'utf-16be');
+  assert.equal(utf16Bom(utf8('\ufeffName,Email\n')), undefined); // UTF-8's BOM
+  assert.equal(utf16Bom(Uint8Array.from(Buffer.from('Name\tEmail\r\n', 'utf16le'))), undefined); // no BOM: binary
+  assert.equal(utf16Bom(Uint8Array.of(0xff)), undefined);
+  assert.equal(utf16Bom(latin1('ÿþ')), 'utf-16le'); // "ÿþ" in windows-1252 is that BOM: no file starts so
+});
+
+test('excelSeparatorLine: exactly `sep=` and one character on the first line', () => {
+  assert.equal(excelSeparatorLine('sep=;\r\nName;Email\r\n'), 'sep=;');
+  assert.equal(excelSeparatorLine('sep=,\nName,Email\n'), 'sep=,');
+  assert.equal(excelSeparatorLine('sep=\t\rName\tEmail\r'), 'sep=\t');
+  assert.equal(excelSeparatorLine('\ufeffsep=|\nName|Email\n'), 'sep=|');
+  assert.equal(excelSeparatorLine('sep=;'), 'sep=;');
+  for (const text of ['Name;Email\nsep=;\n', 'sep=;;\nName\n', 'sep=\nName\n', 'SEP=;\nName\n', ' sep=;\n', 'sep=; \n', 'separator,email\n', '']) {
+    assert.equal(excelSeparatorLine(text), undefined, JSON.stringify(text));
+  }
+});
+
+test('detectSample: UTF-16 text is refused naming what to do, before the binary test', () => {
+  for (const bytes of [Buffer.from('\ufeffName\tEmail\r\nA\ta2@x.com\r\n', 'utf16le'), Buffer.from('\ufeffName\tEmail\r\n', 'utf16le').swap16()]) {
+    for (const format of ['csv', 'fixed-width'] as const) {
+      assert.throws(
+        () => detectSample(bytes, bytes.length, format),
+        (err: unknown) => err instanceof InvalidFileError && /^invalid file: UTF-16 text \(Excel's "Unicode Text"\).*save it as "CSV UTF-8"/.test(err.message),
+      );
+    }
+  }
+  // Without a BOM it is still binary content.
+  const bare = Buffer.from('Name\tEmail\r\n', 'utf16le');
+  assert.throws(() => detectSample(bare, bare.length, 'csv'), /binary content/);
+});
+
+test('detectSample: a CSV whose first line is `sep=;` is refused with what that line is', () => {
+  const file = Buffer.from('sep=;\r\nName;Email\r\nA;a1@x.com\r\n');
+  const message = (err: unknown) =>
+    err instanceof InvalidFileError && /^invalid file: the first line "sep=;" is Excel's delimiter hint, not a header: remove that line/.test(err.message);
+  assert.throws(() => detectSample(file, file.length, 'csv'), message);
+  // With a delimiter given, the line would still be read as the header.
+  assert.throws(() => detectSample(file, file.length, 'csv', { delimiter: ';' }), message);
+  const latin = Buffer.from('sep=;\nNome;Email\nJoão;j@x.com\n', 'latin1');
+  assert.throws(() => detectSample(latin, latin.length, 'csv'), message);
+  // Without the line, the same file is sniffed as usual.
+  const rest = file.subarray('sep=;\r\n'.length);
+  assert.equal(detectSample(rest, rest.length, 'csv').delimiter, ';');
 });
 
 // ---- createDecoder -----------------------------------------------------------------------

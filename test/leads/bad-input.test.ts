@@ -88,6 +88,21 @@ test('a 50 MB line is rejected as one row, without holding it, and the rest impo
   assert.ok(rej[0].len < 1000);
 });
 
+test('a quoted value over 1 MiB that closes is rejected as one row, with its line; the rest imports', async () => {
+  const file = path.join(dir, 'long-quoted.csv');
+  fs.writeFileSync(file, `Name,Email,Job Title,State\n"${'a\n'.repeat(550_000)}",l1@example.com,Dev,SP\nB,l2@example.com,CEO,XYZ\n`);
+  const r = await importFile(file);
+  assert.equal(r.status, 'completed', r.error);
+  assert.deepEqual(r.rows, { read: 2, inserted: 1, updated: 0, unchanged: 0, rejected: 1 });
+  const rej = (await db.pool.query('SELECT line, field, reason, length(raw) AS len FROM import_rejects WHERE import_id = $1 ORDER BY line', [r.id])).rows;
+  // The line breaks inside the long value count: B's row (its state refused) is on line 550,003.
+  assert.deepEqual(rej, [
+    { line: 2, field: null, reason: `record longer than ${1 << 20} characters`, len: 201 },
+    { line: 550_003, field: 'state', reason: 'state must be a 2-letter acronym: "XYZ"', len: 24 },
+  ]);
+  assert.equal((await db.pool.query(`SELECT job_title FROM leads WHERE email = 'l2@example.com'`)).rows[0].job_title, 'CEO');
+});
+
 test('a Windows-1252 file is detected and converted', async () => {
   const text = 'Email;Nome;City\nlatin@example.com;João Conceição;São Paulo\n';
   const r = await importFile(write(Buffer.from(text, 'latin1')));
