@@ -1,12 +1,13 @@
 /**
- * npm run bench:intake -- [--rows 2000000] [--workers 1,2,4] [--runs 3] [--timeout-s 900]   (--rows 0: the shared file only)
+ * npm run bench:intake -- [--rows 2000000] [--workers 1,2,4] [--runs 3] [--timeout-s 900] [--idle-s S]   (--rows 0: the shared file only)
  *
  * The intake service end to end on loopback: `sluice serve` (no in-process workers) plus N
  * `sluice worker` processes, started fresh for each run; each run uploads the real file once
  * (the first import after a start, timed apart), then, into an emptied table, the timed
  * file over HTTP (with its Content-Length) and waits for `completed`: woken by the import's
  * finished NOTIFY, it then reads GET /imports/<id> (--poll-ms N: polls GET every N ms
- * instead, the old way). Files:
+ * instead, the old way; --idle-s S: the timed upload comes S seconds after the first import
+ * ends, as to a service that sat idle, whose idle connections may have closed). Files:
  * the real shared file (49,998 rows; skipped when ../shared is absent) and a generated file
  * of --rows rows in the same format. Baseline in the same run: raw COPY of the same bytes
  * into a one-text-column table; and the hand-written floor (intake-floor.ts: one process,
@@ -37,6 +38,7 @@ const { values: args } = parseArgs({
     'poll-ms': { type: 'string', default: '0' },
     // An import not completed after this many seconds fails the benchmark (a hang ends it).
     'timeout-s': { type: 'string', default: '900' },
+    'idle-s': { type: 'string', default: '0' },
   },
 });
 const ROWS = Number(args.rows);
@@ -44,6 +46,7 @@ const WORKERS = args.workers!.split(',').map(Number);
 const RUNS = Number(args.runs);
 const POLL_MS = Number(args['poll-ms']);
 const TIMEOUT_MS = Number(args['timeout-s']) * 1000;
+const IDLE_MS = Number(args['idle-s']) * 1000;
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
 const shared = path.resolve(repoRoot, '..', 'shared', 'data', 'neoway', 'base_teste.txt');
@@ -253,6 +256,7 @@ async function timed(file: string, workers: number, first: string | undefined): 
       await pool.query('TRUNCATE purchases');
       await pool.query('CHECKPOINT');
     }
+    if (IDLE_MS > 0) await new Promise((r) => setTimeout(r, IDLE_MS));
     const who = new Map<number, string>(procs.map((p, i) => [p.pid!, i === 0 ? 'serve' : 'workers']));
     const cpuPids = async () => {
       for (const [pid, w] of await pgProcesses()) who.set(pid, w);

@@ -79,6 +79,14 @@ export async function ensureDatabase(adminUrl: string, database: string, templat
 export interface OpenDbOptions {
   url?: string;
   max?: number;
+  /**
+   * Connections kept open however long they stay idle (pg-pool's `min`; the others close
+   * after 10 s idle). For the long-running processes: a connection opened anew costs the
+   * request that needs it a SCRAM exchange, a backend's start and that backend's cold
+   * catalog caches, which made an upload arriving after a quiet spell slower than one right
+   * after another (README, intake benchmark).
+   */
+  keep?: number;
   migrate?: boolean;
   applicationName?: string;
 }
@@ -89,6 +97,7 @@ export async function openDb(options: OpenDbOptions = {}): Promise<Pool> {
   const pool = new pg.Pool({
     connectionString: url,
     max: options.max ?? 10,
+    min: options.keep ?? 0,
     application_name: options.applicationName ?? 'sluice',
   });
   // An idle client that loses its connection must not crash the process; the next

@@ -52,7 +52,8 @@ export function registerServe(program: Command): void {
           `SLUICE_DB_POOL must be at least ${needed} with SLUICE_WORKERS=${serveWorkers()} (a connection per part worker and up to three for a merge, four for other requests, one for an upload), got ${poolSize}`,
         );
       }
-      const pool = await openDb({ max: poolSize });
+      // What the intake and one upload need stays open (openDb: keep).
+      const pool = await openDb({ max: poolSize, keep: needed });
       const ctx: AppContext = { pool, apiToken };
       let app: FastifyInstance | undefined;
       let services: RunningService | undefined;

@@ -19,7 +19,7 @@ export function registerWorker(program: Command): void {
       if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidInputError('--concurrency must be a positive whole number');
       // Settings before anything is opened: a bad value is bad usage (exit 2).
       checkSettings('worker');
-      const pool = await openDb({ max: intakeConnections(concurrency), applicationName: 'sluice-worker' });
+      const pool = await openDb({ max: intakeConnections(concurrency), keep: intakeConnections(concurrency), applicationName: 'sluice-worker' });
       let boss: Boss | undefined;
       let workers: RunningWorkers;
       try {
