@@ -5,9 +5,9 @@
  * to a merge still holding a table: that merge drops them itself when it sees the import
  * failed), then the end is announced.
  */
-import { finishImport } from '../db/sql/imports.ts';
-import { notifyImportFinished } from '../db/sql/intake.ts';
-import type { Pool } from '../db/pool.ts';
+import { finishImport, type ImportOutcome } from '../db/sql/imports.ts';
+import { cancelUnfinishedParts, notifyImportFinished } from '../db/sql/intake.ts';
+import { withTransaction, type Pool } from '../db/pool.ts';
 import { discardStaged } from './staging.ts';
 
 /** The end of the error of a job the queue gave up on: ` (gave up after N attempts)`. */
@@ -16,13 +16,26 @@ export function gaveUp(attempts: number): string {
 }
 
 /**
+ * Records the import failed (`outcome`) while it is queued or running, and its parts still
+ * queued or running as cancelled (cancelUnfinishedParts: nothing else would end them, and
+ * GET /imports/<id> showed them queued for ever), in one transaction; false (nothing
+ * touched) when it was over already (completed, cancelled, failed by someone else).
+ */
+export async function recordFailure(pool: Pool, importId: string, outcome: Omit<ImportOutcome, 'status'>): Promise<boolean> {
+  return withTransaction(pool, 'BEGIN', async (client) => {
+    // The import row first, as a part completing locks it before its part (lockImport).
+    if (!(await finishImport(client, importId, { ...outcome, status: 'failed' }, true))) return false;
+    await cancelUnfinishedParts(client, importId);
+    return true;
+  });
+}
+
+/**
  * Fails the import with `error` while it is queued or running; false (nothing touched) when
  * it was over already (completed, cancelled, failed by someone else).
  */
 export async function failImport(pool: Pool, importId: string, error: string): Promise<boolean> {
-  const ended = await finishImport(pool, importId, {
-    status: 'failed', error, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {},
-  }, true);
+  const ended = await recordFailure(pool, importId, { error, read: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0, timings: {} });
   if (!ended) return false;
   // Left behind if this fails: the next server start sweeps it (sweepFinishedImports).
   await discardStaged(pool, importId).catch(() => {});

@@ -16,9 +16,9 @@
  */
 import { errorMessage } from '../core/errors.ts';
 import type { Client, Pool } from '../db/pool.ts';
-import { finishImport, ownerAlive, UPLOAD_INTERRUPTED } from '../db/sql/imports.ts';
+import { ownerAlive, UPLOAD_INTERRUPTED } from '../db/sql/imports.ts';
 import {
-  dropPartData, finishMerged, importForWork, mergerState, mergeWork, notifyImportFinished, requeuePart,
+  dropPartData, finishMerged, importForWork, lockImport, mergerState, mergeWork, notifyImportFinished, requeuePart,
 } from '../db/sql/intake.ts';
 import { PART_QUEUE, sendJob, type Boss } from '../jobs/boss.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
@@ -30,26 +30,31 @@ import { PreparedChunks } from '../load/prepared-chunk.ts';
 import { getPipeline } from '../pipelines/index.ts';
 import type { IntakeContext } from './context.ts';
 import { KeyFilter } from '../engine/key-filter.ts';
-import { gaveUp } from './fail.ts';
+import { gaveUp, recordFailure } from './fail.ts';
 import { discardStaged, dropStaging, partTableName, partTables, stageTableName } from './staging.ts';
 
 /** Tells a merge that a part of its import may have been staged (a notification or a timeout). */
 export interface PartSignal {
   wait(): Promise<void>;
   close(): void;
-  /** Aborted when the worker stops: a merge still waiting for parts then hands over (MergeStopped). */
+  /**
+   * Aborted when the worker stops: a merge still waiting for parts, or for its target's lock
+   * (held by another import's merge), then hands over (MergeStopped).
+   */
   stop?: AbortSignal;
 }
 
 /**
- * The worker running a merge is stopping (SIGTERM, SIGINT) while the merge waits for parts:
- * it rolls back, and the worker hands the merge job over (worker.ts). Waiting on would hold
- * the stop for as long as the rest of the file takes, for ever when no other worker is
- * left to stage the parts (the stopping one takes no more).
+ * The worker running a merge is stopping (SIGTERM, SIGINT) while the merge waits for parts,
+ * or for its target's lock (MergeSession.begin): it rolls back, and the worker hands the
+ * merge job over (worker.ts). Waiting on would hold the stop for as long as the rest of the
+ * file takes, for ever when no other worker is left to stage the parts (the stopping one
+ * takes no more), or for as long as another import's merge holds the lock (its upload's
+ * whole length: it is pipelined with it).
  */
 export class MergeStopped extends Error {
-  constructor() {
-    super('the worker stopped while the merge waited for parts: handed over to another worker');
+  constructor(what = 'parts') {
+    super(`the worker stopped while the merge waited for ${what}: handed over to another worker`);
   }
 }
 
@@ -169,6 +174,13 @@ export function gaveUpMessage(error: string, attempts: number): string {
  */
 async function restageLostParts(boss: Boss, client: Client, importId: string): Promise<void> {
   await client.query('BEGIN');
+  // Under the import's row lock, as its end is recorded (fail.ts): a part put back in the
+  // queue of an import failed meanwhile would stay `queued` for ever.
+  const imp = await lockImport(client, importId);
+  if (!imp || !active(imp.status)) {
+    await client.query('ROLLBACK');
+    return;
+  }
   const tables = new Set(await partTables(client, importId));
   for (const p of (await mergerState(client, importId, 0))?.done ?? []) {
     const name = partTableName(importId, p.n);
@@ -202,7 +214,9 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
     const legacy = (await client.query(`SELECT EXISTS (SELECT 1 FROM ${ident(stage)}) AS rows`)).rows[0].rows as boolean;
     const chunked = !legacy && (!start.header || mapHeader(pipeline, start.header).keyIndexes.length <= 1);
     const session = new MergeSession(client, pipeline, timings, chunked);
-    await session.begin();
+    // Another import's merge into the same target may hold its lock for minutes (a merge
+    // follows its upload): a stopping worker does not wait for it.
+    if (!(await session.begin(signal.stop))) throw new MergeStopped("its target's lock");
     let merged: Merged;
     try {
       merged = await followParts(client, session, { pipeline, importId, stage, chunked, pool }, timings, signal);
@@ -237,11 +251,14 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
         if (now === 'failed' || now === 'cancelled') await discardStaged(pool, importId, 'merge').catch(() => {});
         return 'skipped';
       }
-      // The end first, so no part commits a table after the drop; then what was staged.
-      await finishImport(pool, importId, {
-        status: 'failed', error: err.outcome.fail, read: err.outcome.read, inserted: 0, updated: 0, unchanged: 0, rejected: err.outcome.rejected, timings,
-      }, true);
+      // The end first (its parts still queued or running with it, an upload cut short
+      // leaves some), so no part commits a table after the drop; then what was staged.
+      const ended = await recordFailure(pool, importId, {
+        error: err.outcome.fail, read: err.outcome.read, inserted: 0, updated: 0, unchanged: 0, rejected: err.outcome.rejected, timings,
+      });
       await discardStaged(pool, importId, 'merge').catch(() => {});
+      // Ended by someone else meanwhile (a cancel): theirs to announce.
+      if (!ended) return 'skipped';
       await notifyImportFinished(pool, importId);
       return 'failed';
     }

@@ -181,7 +181,11 @@ function startLoop<T>(
 
 export interface WorkerOptions {
   concurrency: number;
-  /** Told of each import whose merge this process ran to its end (completed, failed, cancelled): an operator's log line. */
+  /**
+   * Told of each import whose merge this process ran to its end (completed, failed,
+   * cancelled): an operator's log line. Not by a merge that finds its import completed by
+   * another (each import is told of once).
+   */
   onImportEnd?: (end: ImportEnd) => void;
 }
 
@@ -201,10 +205,13 @@ export async function startWorkers(ctx: IntakeContext, options: WorkerOptions): 
       MERGE_QUEUE,
       async (d, job) => {
         try {
-          await runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS, stopping.signal));
+          const outcome = await runMerge(ctx, d.importId, (id) => signals.follow(id, PART_WAIT_MS, stopping.signal));
           if (options.onImportEnd) {
             const end = await importEnd(ctx.pool, d.importId).catch(() => undefined);
-            if (end) options.onImportEnd(end);
+            // A skipped merge found the import ended by someone else. Completed: by another
+            // merge of it (a job run twice), whose worker told of it (it was told twice).
+            // Failed or cancelled: by a part, a cancel or the reaper, which tell nobody.
+            if (end && (outcome !== 'skipped' || end.status !== 'completed')) options.onImportEnd(end);
           }
         } catch (err) {
           if (!(err instanceof MergeStopped)) throw err;

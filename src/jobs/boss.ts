@@ -42,6 +42,17 @@ export const PART_RETRY_LIMIT = 4;
  */
 const MERGE_RETRY_LIMIT = 8;
 
+/**
+ * How long a merge job may be active before pg-boss fails it (and retries it): 24 h,
+ * pg-boss's maximum. pg-boss fails an active job past started_on + expire_seconds whatever
+ * its heartbeats say, and a merge is active from its import's first part to its last (it
+ * is pipelined with the upload): a 2 GiB upload over a slow link, or an import queued behind
+ * another's merge lock, ran past the 1 h it had before, and a second merge of the
+ * import started (the first still running). A worker that dies is found by its heartbeat
+ * (10 s) as before; this only bounds a merge whose worker lives but never ends.
+ */
+export const MERGE_EXPIRE_SECONDS = 24 * 60 * 60;
+
 /** Starts a pg-boss instance on `url` and makes sure the queues exist. */
 export async function startBoss(url: string, options: { supervise?: boolean } = {}): Promise<PgBoss> {
   const boss = new PgBoss({
@@ -70,22 +81,26 @@ export async function startBoss(url: string, options: { supervise?: boolean } = 
 
 /** Creates the queues, or brings those of an earlier version up to date. */
 async function ensureQueues(boss: PgBoss): Promise<void> {
-  const common = { heartbeatSeconds: 10, retryBackoff: true, retryDelay: 1, retryDelayMax: 30, notify: false, expireInSeconds: 3600 };
+  const common = { heartbeatSeconds: 10, retryBackoff: true, retryDelay: 1, retryDelayMax: 30, notify: false };
   // No heartbeat: a dead letter is handled in well under a second; one whose reaper died is
   // taken again after expireInSeconds.
   const dead = { retryLimit: 10, retryBackoff: true, retryDelay: 1, retryDelayMax: 30, notify: false, expireInSeconds: 300 };
   await boss.createQueue(MERGE_DEAD_QUEUE, dead).catch(ignoreExists);
   await boss.createQueue(PART_DEAD_QUEUE, dead).catch(ignoreExists);
   const queues = [
-    [PART_QUEUE, { retryLimit: PART_RETRY_LIMIT, deadLetter: PART_DEAD_QUEUE }],
-    [MERGE_QUEUE, { retryLimit: MERGE_RETRY_LIMIT, deadLetter: MERGE_DEAD_QUEUE }],
+    // A part takes seconds: an hour is far beyond a live one.
+    [PART_QUEUE, { retryLimit: PART_RETRY_LIMIT, deadLetter: PART_DEAD_QUEUE, expireInSeconds: 3600 }],
+    [MERGE_QUEUE, { retryLimit: MERGE_RETRY_LIMIT, deadLetter: MERGE_DEAD_QUEUE, expireInSeconds: MERGE_EXPIRE_SECONDS }],
   ] as const;
   for (const [name, own] of queues) {
     await boss.createQueue(name, { ...common, ...own }).catch(ignoreExists);
     // A queue created by an earlier version keeps its options (the merge's retryLimit 5, no
-    // dead letter queue): brought up to date. A job takes them when it is sent.
+    // dead letter queue, its 1 h expiry): brought up to date. A job takes them when it is
+    // sent (one sent before keeps the old ones).
     const q = await boss.getQueue(name);
-    if (q?.retryLimit !== own.retryLimit || q.deadLetter !== own.deadLetter) await boss.updateQueue(name, own);
+    if (q?.retryLimit !== own.retryLimit || q.deadLetter !== own.deadLetter || q.expireInSeconds !== own.expireInSeconds) {
+      await boss.updateQueue(name, own);
+    }
   }
 }
 

@@ -4,6 +4,7 @@
  * are serialized by an advisory lock, so file order and counts stay exact when imports
  * (or the parts of one import) finish at the same time.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 import type { QueryResult } from 'pg';
 import type { Client } from '../db/pool.ts';
 import type { Pipeline, StageType } from '../engine/pipeline.ts';
@@ -36,8 +37,14 @@ function lockKey(table: string): string {
   return `sluice:merge:${table}`;
 }
 
+/**
+ * Between two tries for the target's lock by a merge that gives way when its worker stops
+ * (MergeSession.begin): at most this late after the lock is let go does it start.
+ */
+const LOCK_RETRY_MS = 100;
+
 /** One statement of a merge; `name` times it (imports.timings), settings have none. */
-interface Statement {
+export interface Statement {
   name?: string;
   text: string;
 }
@@ -104,12 +111,50 @@ export class MergeSession {
     return last!;
   }
 
-  async begin(): Promise<void> {
+  /**
+   * Opens the transaction and takes the target's lock, waiting for the merge that holds it.
+   * With `stop` (a worker's merge, src/intake/merge-job.ts), the wait ends when `stop` is
+   * aborted: the transaction is rolled back and begin returns false. Without it (`sluice
+   * import`), it waits as long as the other merge takes.
+   */
+  async begin(stop?: AbortSignal): Promise<boolean> {
     await this.client.query('BEGIN');
-    await this.step('lock', `SELECT pg_advisory_xact_lock(hashtext('${lockKey(this.pipeline.target.table)}'))`);
+    if (!(await this.lock(stop))) {
+      await this.rollback();
+      return false;
+    }
     await this.client.query(`CREATE TEMP TABLE sluice_ids (key text, id bigint, inserted boolean, changed boolean) ON COMMIT DROP;
       CREATE TEMP TABLE sluice_ids_all (key text, inserted boolean, changed boolean) ON COMMIT DROP
       ${this.pipeline.target.child ? '; CREATE TEMP TABLE sluice_child_changed (id bigint) ON COMMIT DROP' : ''}`);
+    return true;
+  }
+
+  /**
+   * Takes the target's lock (timed as `lock`); false when `stop` was aborted first. A backend
+   * waiting in pg_advisory_xact_lock gets out only by a cancel sent on another connection,
+   * so with `stop` the lock is tried (pg_try_advisory_xact_lock) every LOCK_RETRY_MS, and
+   * at once when `stop` is aborted. A stopping worker's merge then gives way instead of
+   * holding the stop until another import's merge ends (32 s in a review, behind a slow
+   * upload). Tries do not queue: a `sluice import` waiting in pg_advisory_xact_lock takes
+   * the lock before them, and merges trying take it in no particular order.
+   */
+  private async lock(stop?: AbortSignal): Promise<boolean> {
+    const key = `hashtext('${lockKey(this.pipeline.target.table)}')`;
+    if (!stop) {
+      await this.step('lock', `SELECT pg_advisory_xact_lock(${key})`);
+      return true;
+    }
+    const t0 = performance.now();
+    try {
+      for (;;) {
+        if ((await this.client.query(`SELECT pg_try_advisory_xact_lock(${key}) AS ok`)).rows[0].ok) return true;
+        if (stop.aborted) return false;
+        // Rejects (AbortError) when `stop` is aborted: the next turn tries once more, then gives way.
+        await delay(LOCK_RETRY_MS, undefined, { signal: stop }).catch(() => {});
+      }
+    } finally {
+      this.timings.lock = Math.round((this.timings.lock ?? 0) + performance.now() - t0);
+    }
   }
 
   /** Lookups, then the target's probe and upsert. */
@@ -275,19 +320,36 @@ export class MergeSession {
    * narrow chunk's new records are the rows of its staging table not in its prepared table.
    */
   async rememberPrepared(chunks: ChunkOrigin[], stage: string): Promise<void> {
+    await this.run(this.rememberStatements(chunks, stage));
+  }
+
+  /** rememberPrepared's statements, one `ids` per chunk (test/intake/merge-ids-plan.test.ts reads their plans). */
+  rememberStatements(chunks: ChunkOrigin[], stage: string): Statement[] {
     const K = ident(this.pipeline.key.name);
     const later = `(SELECT s.${K} FROM ${ident(stage)} s)`;
-    for (const c of chunks) {
-      const P = ident(c.prepared);
-      await this.step(
-        'ids',
-        c.source
-          ? `INSERT INTO sluice_ids_all SELECT m.${K}, p.tid IS NULL, coalesce(p.changed OR p.cchanged, false)
-               FROM ${ident(c.source)} m LEFT JOIN ${P} p ON p.key = m.${K}
-              WHERE m.${K} IN ${later} ${c.exclude ? `AND NOT (${c.exclude})` : ''}`
-          : `INSERT INTO sluice_ids_all SELECT p.key, p.tid IS NULL, p.changed OR p.cchanged FROM ${P} p WHERE p.key IN ${later}`,
-      );
-    }
+    return [
+      // Hash or merge joins only. None of these tables has statistics (part and prepared
+      // tables are never analyzed, `stage` is a temporary table), and a narrow chunk's
+      // `exclude` (hashtext of the key = ANY of its keys met before, an expression no
+      // statistics describe) is estimated to leave 1 row of the thousands there are: the
+      // plan was a nested loop reading `stage` once per row of the part: 19.6 s, and 66 s
+      // for another file, instead of 0.25 s (keys repeated across parts). ANALYZE of
+      // `stage` got a hash join on that file too, but leaves the 1-row estimate, costs
+      // ~80 ms and slowed the merge of `stage` after it.
+      { text: 'SET LOCAL enable_nestloop = off' },
+      ...chunks.map((c): Statement => {
+        const P = ident(c.prepared);
+        return {
+          name: 'ids',
+          text: c.source
+            ? `INSERT INTO sluice_ids_all SELECT m.${K}, p.tid IS NULL, coalesce(p.changed OR p.cchanged, false)
+                 FROM ${ident(c.source)} m LEFT JOIN ${P} p ON p.key = m.${K}
+                WHERE m.${K} IN ${later} ${c.exclude ? `AND NOT (${c.exclude})` : ''}`
+            : `INSERT INTO sluice_ids_all SELECT p.key, p.tid IS NULL, p.changed OR p.cchanged FROM ${P} p WHERE p.key IN ${later}`,
+        };
+      }),
+      { text: 'SET LOCAL enable_nestloop = on' },
+    ];
   }
 
   async commit(): Promise<void> {

@@ -2,12 +2,13 @@
  * Wake-ups on real Postgres: a job sent in a transaction is announced to listening workers
  * at COMMIT and never for a rollback; a listener whose connection is killed comes back on
  * its own and then wakes every queue (notifications may have been missed meanwhile). Two
- * parts that COPYed rejects lock their import row without a deadlock.
+ * parts that COPYed rejects lock their import row without a deadlock. A merge job expires
+ * after 24 h, not 1 h, on a fresh database and on one an earlier version set up.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { lockImport } from '../../src/db/sql/intake.ts';
-import { MERGE_QUEUE, PART_QUEUE, listenForJobs, sendJob, startBoss, type Boss, type JobListener } from '../../src/jobs/boss.ts';
+import { MERGE_EXPIRE_SECONDS, MERGE_QUEUE, PART_QUEUE, listenForJobs, sendJob, startBoss, type Boss, type JobListener } from '../../src/jobs/boss.ts';
 import { PgBoss } from 'pg-boss';
 import { until } from '../helpers/processes.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
@@ -141,4 +142,36 @@ test('a queue whose setup fails after it started is stopped: its pool and superv
     );
     return rows[0]!.n === 0 ? true : undefined;
   }, 'the failed queue to close its connections', 5_000);
+});
+
+test("a merge job may run 24 h (pg-boss's maximum) before pg-boss fails it, also on a database set up by an earlier version", async () => {
+  // pg-boss fails an active job past started_on + expire_seconds whatever its heartbeats say:
+  // with the 1 h it had, a merge following a long upload was failed and a second one started.
+  const expiry = async () =>
+    (await db.pool.query<{ name: string; expire_seconds: number }>(
+      `SELECT name, expire_seconds FROM pgboss.queue WHERE name IN ($1, $2) ORDER BY name`,
+      [MERGE_QUEUE, PART_QUEUE],
+    )).rows.map((r) => [r.name, r.expire_seconds]);
+  assert.equal(MERGE_EXPIRE_SECONDS, 86_400);
+  assert.deepEqual(await expiry(), [[MERGE_QUEUE, 86_400], [PART_QUEUE, 3600]]);
+  // A queue an earlier version created keeps its options: the next start brings it up to date.
+  await boss.updateQueue(MERGE_QUEUE, { expireInSeconds: 3600 });
+  assert.deepEqual(await expiry(), [[MERGE_QUEUE, 3600], [PART_QUEUE, 3600]]);
+  const restarted = await startBoss(db.url, { supervise: false });
+  try {
+    assert.deepEqual(await expiry(), [[MERGE_QUEUE, 86_400], [PART_QUEUE, 3600]]);
+    // A job takes its queue's expiry when it is sent; the dead worker is still found by the heartbeat.
+    const client = await db.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await sendJob(restarted, client, MERGE_QUEUE, { importId: 'expiry' });
+      const { rows } = await client.query(`SELECT expire_seconds, heartbeat_seconds FROM pgboss.job WHERE name = $1 AND data->>'importId' = 'expiry'`, [MERGE_QUEUE]);
+      assert.deepEqual(rows, [{ expire_seconds: 86_400, heartbeat_seconds: 10 }]);
+    } finally {
+      await client.query('ROLLBACK');
+      client.release();
+    }
+  } finally {
+    await restarted.stop({ graceful: false });
+  }
 });

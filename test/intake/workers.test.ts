@@ -4,7 +4,9 @@
  * dropped database connection in the middle of a part; the merge's second connection (the
  * one preparing parts) dropped. Each ends with the purchases table
  * compared row by row with the single-process import of the same file. Then the server
- * receiving an upload killed mid-upload, and uploads a dead server left behind.
+ * receiving an upload killed mid-upload, and uploads a dead server left behind; a stopped
+ * worker's merge waiting for parts or for another import's merge lock handed over; a merge
+ * job run again for an import completed already (skipped, without a second log line).
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -15,9 +17,10 @@ import { after, before, test } from 'node:test';
 import { repoRoot } from '../../src/config.ts';
 import { runImport } from '../../src/engine/import-runner.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../../src/db/sql/imports.ts';
+import { withTransaction } from '../../src/db/pool.ts';
 import { IMPORTS_CHANNEL } from '../../src/db/sql/intake.ts';
 import { acceptUpload, importStatus, type ImportStatus } from '../../src/intake/index.ts';
-import type { Boss } from '../../src/jobs/boss.ts';
+import { MERGE_QUEUE, sendJob, type Boss } from '../../src/jobs/boss.ts';
 import { purchases } from '../../src/pipelines/purchases.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { queueDatabases } from './http-helpers.ts';
@@ -244,4 +247,68 @@ test('SIGTERM to the only worker while its merge waits for parts: it hands the m
   const b = worker(db);
   await assertSameTable(db, await finished(db, id));
   await b.kill();
+});
+
+test("SIGTERM to a worker whose merge waits for another import's merge lock: it hands the merge over at once; the next worker completes the import", async (t) => {
+  const { db, ctx } = await setup();
+  // Another import's merge into purchases, as far as the lock goes (src/load/merge.ts).
+  const holder = await db.pool.connect();
+  let id: string;
+  try {
+    await holder.query('BEGIN');
+    await holder.query(`SELECT pg_advisory_xact_lock(hashtext('sluice:merge:purchases'))`);
+    const a = worker(db);
+    await a.waitFor(/ready/);
+    id = await upload(ctx);
+    // Every part staged: the merge waits for nothing but the lock (pg_try_advisory_xact_lock
+    // again and again; it was pg_advisory_xact_lock).
+    await until(async () => {
+      const { rows } = await db.pool.query(
+        `SELECT (SELECT count(*)::int FROM import_parts WHERE import_id = $1 AND status = 'completed') AS staged,
+                EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-merge'
+                           AND query LIKE '%advisory_xact_lock(hashtext(''sluice:merge:purchases''))%') AS waiting`,
+        [id],
+      );
+      return rows[0].staged === 10 && rows[0].waiting;
+    }, 'the merge to wait for the lock, every part staged');
+    const sent = performance.now();
+    a.child.kill('SIGTERM');
+    // It used to wait in pg_advisory_xact_lock, and exit once the lock was let go
+    // (32 s after SIGTERM in a review, behind a slow upload), here never (the test holds it).
+    assert.equal(await exitedWithin(a, 10_000), 0, a.output());
+    const took = performance.now() - sent;
+    t.diagnostic(`exited ${Math.round(took)} ms after SIGTERM, the lock still held`);
+    const { rows } = await db.pool.query(`SELECT state FROM pgboss.job WHERE name = 'sluice-merge' AND data->>'importId' = $1 ORDER BY created_on`, [id]);
+    assert.deepEqual(rows.map((r) => r.state), ['completed', 'created'], 'the stopped merge completed its job and sent a fresh one');
+    assert.equal((await importStatus(db.pool, id))?.status, 'running');
+    assert.equal((await db.pool.query('SELECT count(*)::int AS n FROM purchases')).rows[0].n, 0, 'nothing merged');
+  } finally {
+    await holder.query('COMMIT');
+    holder.release();
+  }
+  const b = worker(db);
+  await assertSameTable(db, await finished(db, id));
+  await b.kill();
+});
+
+test('a merge job run again for an import completed already (pg-boss retrying one it timed out): skipped, and the import is told of once', async () => {
+  const { db, ctx } = await setup();
+  const w = worker(db);
+  await w.waitFor(/ready/);
+  const id = await upload(ctx);
+  await assertSameTable(db, await finished(db, id));
+  await withTransaction(db.pool, 'BEGIN', (client) => sendJob(ctx.boss, client, MERGE_QUEUE, { importId: id }));
+  // Merges run one at a time in a worker: once the next import's end is told, the job sent
+  // again has been handled (and any line of it written before).
+  await until(async () => {
+    const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM pgboss.job WHERE name = $1 AND data->>'importId' = $2 AND state = 'completed'`, [MERGE_QUEUE, id]);
+    return rows[0].n === 2;
+  }, 'the merge job sent again to be done');
+  const next = await upload(ctx);
+  await finished(db, next);
+  await w.waitFor(new RegExp(`sluice: import ${next} \\(purchases, base_teste_2000\\.txt\\) completed`), 10_000);
+  const told = w.output().match(new RegExp(`sluice: import ${id} `, 'g')) ?? [];
+  // The skipped merge used to tell of the import again ("completed" twice).
+  assert.equal(told.length, 1, w.output());
+  await w.kill();
 });

@@ -290,8 +290,20 @@ export async function cancelImportRow(db: Db, id: string): Promise<boolean> {
   );
   if (!rowCount) return false;
   // The parts' bytes go with the staging tables (discardStaged, src/intake/cancel.ts).
-  await db.query(`UPDATE import_parts SET status = 'cancelled' WHERE import_id = $1 AND status IN ('queued', 'running')`, [id]);
+  await cancelUnfinishedParts(db, id);
   return true;
+}
+
+/**
+ * The parts still queued or running of an import that ended without completing (cancelled,
+ * failed) become `cancelled`: their jobs find the import over and do nothing (startPart
+ * claims a part only while its import is queued or running, and a part in flight rolls back
+ * when it sees it over, lockImport), so nothing would end them. Call it after the import's
+ * end is recorded (or in the same transaction): a part then cannot be claimed or completed
+ * again. A part that failed keeps `failed` and its error.
+ */
+export async function cancelUnfinishedParts(db: Db, id: string): Promise<void> {
+  await db.query(`UPDATE import_parts SET status = 'cancelled' WHERE import_id = $1 AND status IN ('queued', 'running')`, [id]);
 }
 
 export async function importForWork(db: Db, id: string) {
