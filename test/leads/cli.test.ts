@@ -54,6 +54,9 @@ test('import --json prints one result object; exit 0 when completed', async () =
   assert.deepEqual(out.rows, { read: 3, inserted: 2, updated: 0, unchanged: 0, rejected: 1 });
   assert.match(r.stderr, /rows\/s/, 'progress goes to stderr');
 
+  // The whole-row reject is counted; no field reject, so no line about them.
+  assert.doesNotMatch(r.stderr, /field value/);
+
   const csv = await sluice(['rejects', out.id]);
   assert.equal(csv.code, 0, csv.stderr);
   assert.equal(csv.stdout, 'line,field,reason,raw\r\n4,,"email: not an email: ""nope""","nope,Bad"\r\n');
@@ -185,4 +188,14 @@ test('gen leads inserts set-based; gen csv writes the original format with exist
   const res = JSON.parse(imp.stdout);
   assert.deepEqual(res.rows, { read: 1000, inserted: 700, updated: res.rows.updated, unchanged: res.rows.unchanged, rejected: 0 });
   assert.equal(res.rows.updated + res.rows.unchanged, 300);
+});
+
+test('field rejects (the row imported without the value) are told on stderr, with where to see them', async () => {
+  const file = write('fields.csv', 'Email,State\nfield1@example.com,Sao Paulo\nfield2@example.com,XYZ\nfield3@example.com,SP\n');
+  const r = await sluice(['import', file, '--pipeline', 'leads', '--no-progress']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /inserted 3, updated 0, unchanged 0, rejected 0 /);
+  const id = /^import (\S+) completed/.exec(r.stdout)?.[1];
+  assert.ok(id, r.stdout);
+  assert.equal(r.stderr, `2 field values rejected (their rows imported without them)\nsee the rejects: sluice rejects ${id}\n`);
 });

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { checkSettings } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import { openDb } from '../../db/pool.ts';
+import { fieldRejectCount } from '../../db/sql/imports.ts';
 import { runImport } from '../../engine/import-runner.ts';
 import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
 import { getPipeline } from '../../pipelines/index.ts';
@@ -74,7 +75,11 @@ export function registerImport(program: Command): void {
               `unchanged ${rows.unchanged}, rejected ${rows.rejected} in ${(duration_ms / 1000).toFixed(2)}s\n`,
           );
           if (error) process.stderr.write(`error: ${error}\n`);
-          if (rows.rejected > 0) process.stderr.write(`see the rejects: sluice rejects ${id}\n`);
+          // Field rejects (an invalid state, a city too long) leave their row imported and
+          // are not in `rejected`: without this line nothing said some values were dropped.
+          const fields = await fieldRejectCount(pool, id);
+          if (fields > 0) process.stderr.write(`${fields} field value${fields === 1 ? '' : 's'} rejected (${fields === 1 ? 'its row' : 'their rows'} imported without ${fields === 1 ? 'it' : 'them'})\n`);
+          if (rows.rejected > 0 || fields > 0) process.stderr.write(`see the rejects: sluice rejects ${id}\n`);
         }
         process.exitCode = status === 'completed' ? 0 : 1;
       } finally {

@@ -160,6 +160,12 @@ export interface RejectRow {
   raw: string;
 }
 
+/** Field rejects of an import: values left out of rows that were imported (not in `rejected`). */
+export async function fieldRejectCount(db: Db, id: string): Promise<number> {
+  const { rows } = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM import_rejects WHERE import_id = $1 AND field IS NOT NULL', [id]);
+  return rows[0]!.n;
+}
+
 /** Rejects of an import in line order, `limit` at a time after the cursor (line, id). */
 export async function listRejects(db: Db, id: string, after: { line: number; id: number }, limit: number): Promise<RejectRow[]> {
   const { rows } = await db.query<RejectRow>(
