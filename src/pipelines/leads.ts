@@ -15,7 +15,9 @@ export const leads: Pipeline = {
   format: { kind: 'csv' },
   key: {
     name: 'email',
-    headers: [/\s?email$/i],
+    // The original rule (a name ending in "email"), and the spellings of common exports it
+    // missed: Mailchimp's "Email Address", "E-mail" (refused as "email information missing").
+    headers: [/\s?email$/i, /^e-?mail(\s+address)?$/i],
     type: 'text',
     multiple: 'first-existing',
     missingMessage: 'invalid file: email information missing',

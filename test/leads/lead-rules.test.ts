@@ -153,6 +153,16 @@ test('blank and malformed emails are rejected with their reason, line and raw te
   assert.match(rej[1]!.reason, /^email: not an email/);
 });
 
+test('"Email Address" (Mailchimp) and "E-mail" name the key too', async () => {
+  for (const header of ['Email Address', 'E-mail', 'e-mail address', 'EMAIL']) {
+    const email = `${header.toLowerCase().replace(/\W/g, '')}@example.com`;
+    const r = await importText(`Name,${header}\nSpelled,${email}\n`);
+    assert.equal(r.status, 'completed', `${header}: ${r.error}`);
+    assert.equal(r.rows.inserted + r.rows.updated + r.rows.unchanged, 1, header);
+    assert.equal((await lead(email))?.name, 'Spelled', header);
+  }
+});
+
 test('no email column: the import fails with the original status and writes nothing', async () => {
   const before = (await db.pool.query('SELECT count(*)::int AS n FROM leads')).rows[0].n;
   const r = await importText('Name,Phone\nNo Key,123\n');
