@@ -5,11 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { SETTINGS, repoRoot } from '../../src/config.ts';
-import { testDb, type TestDb } from '../helpers/db.ts';
+import { testDbAndDir, type TestDb } from '../helpers/db.ts';
 import { killAll, startSluice } from '../helpers/processes.ts';
 import { NO_DATABASE, exitedWithin } from './exit.ts';
 
@@ -17,15 +16,7 @@ import { NO_DATABASE, exitedWithin } from './exit.ts';
 const PROMPTLY_MS = 8_000;
 
 let db: TestDb;
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-settings-'));
-before(async () => {
-  db = await testDb();
-});
-after(async () => {
-  await killAll();
-  await db.close();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const dir = testDbAndDir('sluice-settings-', (d) => (db = d), killAll);
 
 test('every setting read with intEnv is in SETTINGS, and every one listed is read somewhere', () => {
   const sources = fs

@@ -5,6 +5,10 @@
  * points it at .sluice-test). A database is dropped only when the test file passes.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before } from 'node:test';
 import pg from 'pg';
 import { env } from '../../src/config.ts';
 import { ensureEmbedded } from '../../src/db/embedded.ts';
@@ -75,4 +79,25 @@ export async function testDb(options: { max?: number } = {}): Promise<TestDb> {
       }
     },
   };
+}
+
+/**
+ * A test file's database and scratch directory, the set-up most file-importing tests share:
+ * registers before() (testDb(), handed to `use`) and after() (`first`, e.g. killAll for
+ * the processes the tests started, then the database closed and the directory removed).
+ * Returns the directory, made at once (tests write their files there).
+ */
+export function testDbAndDir(prefix: string, use: (db: TestDb) => void, first?: () => Promise<void>): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  let db: TestDb | undefined;
+  before(async () => {
+    db = await testDb();
+    use(db);
+  });
+  after(async () => {
+    await first?.();
+    await db?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
 }

@@ -5,23 +5,15 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { repoRoot } from '../../src/config.ts';
 import { checkFileFormat } from '../../src/intake/accept.ts';
 import { getPipeline } from '../../src/pipelines/index.ts';
-import { testDb, type TestDb } from '../helpers/db.ts';
+import { testDbAndDir, type TestDb } from '../helpers/db.ts';
 
 let db: TestDb;
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-cli-'));
-before(async () => {
-  db = await testDb();
-});
-after(async () => {
-  await db.close();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const dir = testDbAndDir('sluice-cli-', (d) => (db = d));
 
 function sluice(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {

@@ -3,22 +3,14 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { runImport, type ImportResult } from '../../src/engine/import-runner.ts';
 import { leads } from '../../src/pipelines/leads.ts';
-import { testDb, type TestDb } from '../helpers/db.ts';
+import { testDbAndDir, type TestDb } from '../helpers/db.ts';
 
 let db: TestDb;
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-leads-'));
-before(async () => {
-  db = await testDb();
-});
-after(async () => {
-  await db.close();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const dir = testDbAndDir('sluice-leads-', (d) => (db = d));
 
 let n = 0;
 async function importText(text: string | Buffer, opts: { maxRejectRatio?: number } = {}): Promise<ImportResult> {

@@ -6,14 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { runImport, type ImportResult } from '../../src/engine/import-runner.ts';
 import { leads } from '../../src/pipelines/leads.ts';
 import { parseYesNo } from '../../src/validate/boolean.ts';
 import { cityName, MAX_CITY_CHARS } from '../../src/validate/city.ts';
-import { testDb, type TestDb } from '../helpers/db.ts';
+import { testDbAndDir, type TestDb } from '../helpers/db.ts';
 
 const NFD_SAO = 'Sa\u0303o Paulo';
 const NFC_SAO = 'S\u00e3o Paulo';
@@ -53,14 +52,7 @@ test('parseYesNo: não in NFC or NFD, any case', () => {
 // ---- Real imports ------------------------------------------------------------------------
 
 let db: TestDb;
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-messy-'));
-before(async () => {
-  db = await testDb();
-});
-after(async () => {
-  await db.close();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const dir = testDbAndDir('sluice-messy-', (d) => (db = d));
 
 let n = 0;
 async function importFile(content: string | Buffer): Promise<ImportResult> {

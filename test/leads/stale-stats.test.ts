@@ -8,26 +8,18 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { runImport } from '../../src/engine/import-runner.ts';
 import { LEADS_CSV_HEADER } from '../../src/gen/leads.ts';
 import { repoRoot } from '../../src/config.ts';
 import { leads } from '../../src/pipelines/leads.ts';
 import { purchases } from '../../src/pipelines/purchases.ts';
-import { testDb, type TestDb } from '../helpers/db.ts';
+import { testDbAndDir, type TestDb } from '../helpers/db.ts';
 
 const FIXTURE = path.join(repoRoot, 'test/fixtures/neoway/base_teste_2000.txt');
 let db: TestDb;
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-stats-'));
-before(async () => {
-  db = await testDb();
-});
-after(async () => {
-  await db.close();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const dir = testDbAndDir('sluice-stats-', (d) => (db = d));
 
 test('with the targets recorded empty, the merge still reaches them by index only', async () => {
   await db.pool.query(`INSERT INTO leads (email, name) SELECT 'l' || i || '@x.com', 'N' FROM generate_series(1, 20000) i`);

@@ -4,25 +4,16 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { runImport } from '../../src/engine/import-runner.ts';
 import { purchases } from '../../src/pipelines/purchases.ts';
-import { testDb, type TestDb } from '../helpers/db.ts';
+import { testDbAndDir, type TestDb } from '../helpers/db.ts';
 import { exitedWithin } from '../cli/exit.ts';
 import { killAll, startSluice } from '../helpers/processes.ts';
 
 let db: TestDb;
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-gen-'));
-before(async () => {
-  db = await testDb();
-});
-after(async () => {
-  await killAll();
-  await db.close();
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const dir = testDbAndDir('sluice-gen-', (d) => (db = d), killAll);
 
 test('two generated files (rows 1-3000, 3001-6000) import whole, every document and store valid, none shared', async () => {
   const files = [path.join(dir, 'a.txt'), path.join(dir, 'b.txt')];
