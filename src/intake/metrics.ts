@@ -5,9 +5,9 @@
  * waiting or running. Two small queries per scrape: the unfinished imports through their
  * partial index (migration 0046), the live jobs of four queues.
  */
-import type pg from 'pg';
 import client from 'prom-client';
 import type { Pool } from '../db/pool.ts';
+import { liveJobCounts, unfinishedImportCounts } from '../db/sql/intake.ts';
 import { registry } from '../http/metrics.ts';
 import { MERGE_DEAD_QUEUE, MERGE_QUEUE, PART_DEAD_QUEUE, PART_QUEUE } from '../jobs/boss.ts';
 
@@ -19,42 +19,34 @@ export function measureIntake(pool: Pool): void {
   source = pool;
 }
 
-/** Rows of `sql` on the measured pool, none when it fails (a scrape never fails for them). */
-async function read<T extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<T[]> {
-  if (!source) return [];
-  try {
-    return (await source.query<T>(sql, params)).rows;
-  } catch {
-    return [];
-  }
+/**
+ * A gauge set at each scrape from counts read on the measured pool (`count`: rows of its
+ * labels and `n`); none when the read fails (a scrape never fails for them).
+ */
+function countGauge(name: string, help: string, labelNames: readonly string[], count: (pool: Pool) => Promise<Array<{ n: number } & Record<string, string | number>>>): void {
+  new client.Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    async collect() {
+      const rows = source ? await count(source).catch(() => []) : [];
+      this.reset();
+      for (const { n, ...labels } of rows) this.set(labels, n);
+    },
+  });
 }
 
-new client.Gauge({
-  name: 'sluice_imports_unfinished',
-  help: 'Imports queued or running in the database (every process sharing it), by pipeline and status',
-  labelNames: ['pipeline', 'status'] as const,
-  registers: [registry],
-  async collect() {
-    const rows = await read<{ pipeline: string; status: string; n: number }>(
-      `SELECT pipeline, status, count(*)::int AS n FROM imports WHERE status IN ('queued', 'running') GROUP BY 1, 2`,
-    );
-    this.reset();
-    for (const r of rows) this.set({ pipeline: r.pipeline, status: r.status }, r.n);
-  },
-});
+countGauge(
+  'sluice_imports_unfinished',
+  'Imports queued or running in the database (every process sharing it), by pipeline and status',
+  ['pipeline', 'status'],
+  unfinishedImportCounts,
+);
 
-new client.Gauge({
-  name: 'sluice_queue_jobs',
-  help: 'Intake jobs in the queue (every process sharing it): waiting (created, retry) or active, by queue',
-  labelNames: ['queue', 'state'] as const,
-  registers: [registry],
-  async collect() {
-    const rows = await read<{ queue: string; state: string; n: number }>(
-      `SELECT name AS queue, state::text, count(*)::int AS n FROM pgboss.job
-        WHERE name = ANY ($1::text[]) AND state IN ('created', 'retry', 'active') GROUP BY 1, 2`,
-      [[PART_QUEUE, MERGE_QUEUE, PART_DEAD_QUEUE, MERGE_DEAD_QUEUE]],
-    );
-    this.reset();
-    for (const r of rows) this.set({ queue: r.queue, state: r.state }, r.n);
-  },
-});
+countGauge(
+  'sluice_queue_jobs',
+  'Intake jobs in the queue (every process sharing it): waiting (created, retry) or active, by queue',
+  ['queue', 'state'],
+  (pool) => liveJobCounts(pool, [PART_QUEUE, MERGE_QUEUE, PART_DEAD_QUEUE, MERGE_DEAD_QUEUE]),
+);

@@ -318,3 +318,21 @@ export async function importForWork(db: Db, id: string) {
   }>(`SELECT pipeline, status, header, encoding, delimiter, options, parts_total FROM imports WHERE id = $1`, [id]);
   return rows[0];
 }
+
+/** Imports queued or running, by pipeline and status (its partial index, migration 0046): /metrics. */
+export async function unfinishedImportCounts(db: Db): Promise<Array<{ pipeline: string; status: string; n: number }>> {
+  const { rows } = await db.query<{ pipeline: string; status: string; n: number }>(
+    `SELECT pipeline, status, count(*)::int AS n FROM imports WHERE status IN ('queued', 'running') GROUP BY 1, 2`,
+  );
+  return rows;
+}
+
+/** Jobs of `queues` waiting (created, retry) or active, by queue and state: /metrics. */
+export async function liveJobCounts(db: Db, queues: string[]): Promise<Array<{ queue: string; state: string; n: number }>> {
+  const { rows } = await db.query<{ queue: string; state: string; n: number }>(
+    `SELECT name AS queue, state::text, count(*)::int AS n FROM pgboss.job
+      WHERE name = ANY ($1::text[]) AND state IN ('created', 'retry', 'active') GROUP BY 1, 2`,
+    [queues],
+  );
+  return rows;
+}
