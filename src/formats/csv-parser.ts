@@ -286,7 +286,7 @@ export class CsvParser {
                 continue records;
               }
               if (!final) return this.#suspend(data, start, line);
-              throw new CsvError(`unbalanced quote: the quoted field starting at line ${qLine} is never closed`, qLine);
+              throw unbalancedQuote(qLine);
             }
             q = at;
             if (q + 1 >= len) {
@@ -460,8 +460,7 @@ export class CsvParser {
   /** The input ended in a discarded record: it is rejected, unless a quote is still open in it. */
   #endSkip(out: Batch): void {
     if (this.#skipState === QUOTED) {
-      const qLine = this.#skipQuoteLine;
-      throw new CsvError(`unbalanced quote: the quoted field starting at line ${qLine} is never closed`, qLine);
+      throw unbalancedQuote(this.#skipQuoteLine);
     }
     this.#finishSkip(out);
   }
@@ -481,6 +480,11 @@ export class CsvParser {
 /** indexOf result with "none" as len, so that min() picks the nearest. */
 function found(i: number, len: number): number {
   return i < 0 ? len : i;
+}
+
+/** A quoted field that starts on `line` and never closes: the rest of the file cannot be parsed. */
+function unbalancedQuote(line: number): CsvError {
+  return new CsvError(`unbalanced quote: the quoted field starting at line ${line} is never closed`, line);
 }
 
 /** Line breaks in s[from, to): CR, LF and CRLF count one each. */

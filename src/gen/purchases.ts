@@ -7,16 +7,13 @@
  * 50,000-row chunks: memory stays flat whatever the size.
  */
 import fs from 'node:fs';
+import { checkDigit } from '../validate/cpf.ts';
 
 /** A formatted CPF (`ddd.ddd.ddd-dd`) with valid check digits, from 9 base digits derived from `seed`. */
-export function cpfFor(seed: number): string {
+function cpfFor(seed: number): string {
   const d = String(100_000_000 + (seed % 899_999_999)).slice(0, 9).split('').map(Number);
-  for (const len of [9, 10]) {
-    let sum = 0;
-    for (let i = 0; i < len; i++) sum += d[i]! * (len + 1 - i);
-    const r = (sum * 10) % 11;
-    d.push(r === 10 ? 0 : r);
-  }
+  // Weights 10..2 over the 9 digits, then 11..2 over them and the first check digit.
+  for (const len of [9, 10]) d.push(checkDigit(d.slice(0, len).reduce((sum, x, i) => sum + x * (len + 1 - i), 0)));
   const s = d.join('');
   return `${s.slice(0, 3)}.${s.slice(3, 6)}.${s.slice(6, 9)}-${s.slice(9)}`;
 }

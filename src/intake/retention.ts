@@ -54,18 +54,22 @@ export async function sweepImports(pool: Pool, days: number, options: SweepOptio
   // Once per sweep, so every batch (and the log line) uses the same cutoff.
   const cutoff = await retentionCutoff(pool, days);
   const result: SweepResult = { skipped: false, cutoff, imports: 0, rejects: 0 };
+  // Imports whose rejects outnumber a batch: kept for the next transactions, rather than
+  // found again by a scan of `imports` per 50,000 rejects.
+  let pending: string[] | undefined;
   for (let batch = 0; !signal?.aborted; batch++) {
     let outcome: { imports: number; rejects: number; more: boolean } | undefined;
     try {
       outcome = await withTransaction(pool, BATCH_BEGIN, async (client) => {
         if (!(await tryRetentionLock(client))) return undefined;
-        const ids = await expiredImports(client, cutoff, importsPerBatch);
+        const ids = pending ?? (await expiredImports(client, cutoff, importsPerBatch));
         if (ids.length === 0) return { imports: 0, rejects: 0, more: false };
         const rejects = await deleteRejectsOf(client, ids, rejectsPerBatch);
         // The batch's rejects may not all be gone: their imports wait for the next transaction.
-        if (rejects === rejectsPerBatch) return { imports: 0, rejects, more: true };
-        const gone = await deleteExpiredImports(client, ids, cutoff);
-        return { imports: gone.imports, rejects: rejects + gone.rejects, more: ids.length === importsPerBatch };
+        pending = rejects === rejectsPerBatch ? ids : undefined;
+        if (pending) return { imports: 0, rejects, more: true };
+        const imports = await deleteExpiredImports(client, ids, cutoff);
+        return { imports, rejects, more: ids.length === importsPerBatch };
       });
     } catch (err) {
       if (batch === 0) throw err;

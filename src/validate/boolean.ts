@@ -6,9 +6,11 @@ const FALSE = new Set(['0', 'n', 'nao', 'não', 'no', 'false']);
 
 /** `0|n|nao|não|no` -> false, `1|y|yes|s|sim` -> true (`não` in NFC or NFD); anything else is an error. */
 export function parseYesNo(value: string): boolean | { error: string } {
-  // NFC: a macOS export may write `não` decomposed (`a` + U+0303), which the set does not hold.
-  const v = nfc(value.trim().toLowerCase());
-  if (TRUE.has(v)) return true;
-  if (FALSE.has(v)) return false;
+  const t = value.trim().toLowerCase();
+  if (TRUE.has(t)) return true;
+  if (FALSE.has(t)) return false;
+  // Only on a miss, NFC: a macOS export may write `não` decomposed (`a` + U+0303).
+  const v = nfc(t);
+  if (v !== t && FALSE.has(v)) return false;
   return { error: `not a yes/no value: ${JSON.stringify(value)}` };
 }

@@ -1,5 +1,5 @@
 /** City names of the lead pipeline, as they are matched and stored in `cities`. */
-import { nfc } from './sanitize.ts';
+import { collapseWhitespace, nfc } from './sanitize.ts';
 
 /**
  * Longest city name accepted, in UTF-16 code units (`String.length`). `cities` has a unique
@@ -11,9 +11,6 @@ import { nfc } from './sanitize.ts';
  */
 export const MAX_CITY_CHARS = 200;
 
-const WHITESPACE_RUN = /\s+/g;
-const NEEDS_WS_WORK = /\s\s|[^\S ]/;
-
 /**
  * A city cell (trimmed, non-blank): NFC, each run of whitespace one space, so the same city
  * written in NFD (macOS exports), in NFC or with a doubled space is one row of `cities`.
@@ -21,9 +18,7 @@ const NEEDS_WS_WORK = /\s\s|[^\S ]/;
  * an error (a field reject: the row imports without its place's city).
  */
 export function cityName(v: string): string | { error: string } {
-  let c = nfc(v);
-  // The row mapper trimmed the cell, so only inner runs (and tabs, NBSPs...) are left.
-  if (NEEDS_WS_WORK.test(c)) c = c.replace(WHITESPACE_RUN, ' ').trim();
+  const c = collapseWhitespace(nfc(v));
   if (c.length > MAX_CITY_CHARS) {
     // "<class>: <value>", as every reason (see stateAcronym); the value cut, the raw row is stored whole.
     return { error: `city longer than ${MAX_CITY_CHARS} characters: ${JSON.stringify(`${c.slice(0, 40)}…`)}` };

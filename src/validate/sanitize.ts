@@ -22,8 +22,12 @@ export function sanitizeText(s: string): string {
   let t = s.toUpperCase();
   // NFD/NFC are the costly steps; plain ASCII (most rows) has nothing to decompose.
   if (!isAscii(t)) t = t.normalize('NFD').replace(COMBINING_MARKS, '').normalize('NFC');
-  if (NEEDS_WS_WORK.test(t)) t = t.replace(WHITESPACE_RUN, ' ').trim();
-  return t;
+  return collapseWhitespace(t);
+}
+
+/** `s` trimmed, each run of whitespace (tabs, NBSPs...) one space; untouched when already so. */
+export function collapseWhitespace(s: string): string {
+  return NEEDS_WS_WORK.test(s) ? s.replace(WHITESPACE_RUN, ' ').trim() : s;
 }
 
 /**

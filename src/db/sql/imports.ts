@@ -233,18 +233,13 @@ export async function deleteRejectsOf(db: Db, ids: string[], limit: number): Pro
 
 /**
  * Deletes the imports `ids` that still ended before `cutoff` (checked again on the row
- * deleted), their parts and any rejects left with them (ON DELETE CASCADE). How many imports
- * and rejects went: the rejects are counted in the statement's snapshot, taken before the
- * cascade runs.
+ * deleted), with their parts (ON DELETE CASCADE; their rejects went first, deleteRejectsOf);
+ * how many went.
  */
-export async function deleteExpiredImports(db: Db, ids: string[], cutoff: string): Promise<{ imports: number; rejects: number }> {
-  const { rows } = await db.query<{ imports: number; rejects: number }>(
-    `WITH gone AS (
-       DELETE FROM imports WHERE id = ANY ($1::uuid[]) AND ${FINISHED} AND finished_at < $2::timestamptz RETURNING id
-     )
-     SELECT (SELECT count(*) FROM gone)::bigint AS imports,
-            (SELECT count(*) FROM import_rejects WHERE import_id IN (SELECT id FROM gone))::bigint AS rejects`,
+export async function deleteExpiredImports(db: Db, ids: string[], cutoff: string): Promise<number> {
+  const { rowCount } = await db.query(
+    `DELETE FROM imports WHERE id = ANY ($1::uuid[]) AND ${FINISHED} AND finished_at < $2::timestamptz`,
     [ids, cutoff],
   );
-  return rows[0]!;
+  return rowCount ?? 0;
 }
