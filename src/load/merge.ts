@@ -332,8 +332,8 @@ export class MergeSession {
       // tables are never analyzed, `stage` is a temporary table), and a narrow chunk's
       // `exclude` (hashtext of the key = ANY of its keys met before, an expression no
       // statistics describe) is estimated to leave 1 row of the thousands there are: the
-      // plan was a nested loop reading `stage` once per row of the part: 19.6 s, and 66 s
-      // for another file, instead of 0.25 s (keys repeated across parts). ANALYZE of
+      // plan was a nested loop reading `stage` once per row of the part: 17.6-19.6 s, and
+      // 66-132 s into a fuller table, against 0.21-0.37 s (keys repeated across parts). ANALYZE of
       // `stage` got a hash join on that file too, but leaves the 1-row estimate, costs
       // ~80 ms and slowed the merge of `stage` after it.
       { text: 'SET LOCAL enable_nestloop = off' },

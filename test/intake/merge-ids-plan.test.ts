@@ -3,8 +3,8 @@
  * narrow chunk, the outcome of its keys met again later in the file. Its tables have no
  * statistics and a part's rows are filtered by `exclude` (hashtext of the key = ANY of its
  * keys met before), which Postgres estimates to leave 1 row: it planned a nested loop
- * reading the rows met again once per row of the part, 19.6 s and 66 s against 0.25 s for
- * files whose keys repeat across parts. Here the statements' plans on tables shaped like a
+ * reading the rows met again once per row of the part, for files whose keys repeat across
+ * parts: 17.6-19.6 s (a review's runs) and 66-132 s (a fuller table) against 0.21-0.37 s. Here the statements' plans on tables shaped like a
  * part's (real Postgres, no timing): the same statements without the session's settings
  * plan that nested loop, the session's do not, and they remember the right keys.
  */
