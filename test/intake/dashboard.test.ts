@@ -5,7 +5,8 @@
  * a table; uploaded text is only ever shown as text; a server with an API token makes the
  * page ask for it, then list, follow and download (rejects CSV, metrics) with it; an encoding and a delimiter chosen on the form reach the server (a
  * Windows-1252 file detection would misread), and the delimiter is off for a fixed-width
- * pipeline. Screenshots go to test-artifacts/dashboard*.png.
+ * pipeline; rejects that fail to load show the server's message (a wrong token's 401, a
+ * deleted import's 404). Screenshots go to test-artifacts/dashboard*.png.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -276,4 +277,68 @@ test('the delimiter control is disabled, and not sent, for a fixed-width pipelin
   assert.deepEqual(await recordedFormat(page, 'purchases-sample.txt'), { encoding: 'utf-8', delimiter: null });
   assert.deepEqual(errors, []);
   await page.close();
+});
+
+/** Opens the rejects of the card `c` and waits until they failed to load; returns the text shown. */
+async function failedRejects(c: ReturnType<typeof card>): Promise<string> {
+  await c.locator('[data-testid=rejects-toggle]').click();
+  const box = c.locator('[data-testid=rejects]');
+  await box.locator('p', { hasText: /^could not load rejects: / }).waitFor();
+  return (await box.textContent())!;
+}
+
+test("a failed rejects request shows the server's message: a wrong API token (401), which unfolds the token field", async () => {
+  const guarded = await buildServer({ ...intake.ctx, apiToken: 'rejects-token' });
+  const guardedBase = await guarded.listen({ port: 0, host: '127.0.0.1' });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const errors = pageErrors(page);
+  try {
+    await page.goto(guardedBase);
+    await page.fill('#token', 'rejects-token');
+    await page.locator('#token').dispatchEvent('change');
+    await page.waitForFunction(() => document.querySelector('[data-testid=connection]').textContent === 'live');
+    await upload(page, 'leads', 'rejects-401.csv', leadsCsv(5, 2, 'rejects401'));
+    assert.match(await uploadAnswer(page), /^Queued rejects-401\.csv/);
+    assert.equal(await waitFinished(page, 'rejects-401.csv'), 'completed');
+    const c = card(page, 'rejects-401.csv');
+    assert.equal(await c.locator('[data-testid=rows-rejected]').textContent(), '2');
+
+    // A wrong token: the refresh it starts gets 401 (the card stays, the page goes offline).
+    await page.fill('#token', 'not-the-token');
+    await page.locator('#token').dispatchEvent('change');
+    await page.waitForFunction(() => /^offline: missing or wrong API token/.test(document.querySelector('[data-testid=connection]').textContent));
+    // Folded again, so that the rejects' own 401 is seen to unfold it.
+    await page.locator('#token-box').evaluate((el: any) => { el.open = false; });
+    assert.equal(await page.isVisible('#token'), false);
+
+    assert.equal(await failedRejects(c), 'could not load rejects: missing or wrong API token (send Authorization: Bearer <token>)');
+    assert.equal(await page.isVisible('#token'), true, "the rejects' 401 unfolds the token field");
+    assert.equal(await c.locator('[data-testid=rejects-table]').count(), 0);
+    await page.screenshot({ path: artifactPath('dashboard-rejects-401.png') });
+    assert.deepEqual(errors.filter((e) => !/status of 401/.test(e)), []);
+  } finally {
+    await page.close();
+    await guarded.close();
+  }
+});
+
+test("a failed rejects request shows the server's message: an import deleted (as retention does) before its rejects are opened (404)", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const errors = pageErrors(page);
+  try {
+    await page.goto(base);
+    await upload(page, 'leads', 'rejects-404.csv', leadsCsv(5, 2, 'rejects404'));
+    assert.match(await uploadAnswer(page), /^Queued rejects-404\.csv/);
+    assert.equal(await waitFinished(page, 'rejects-404.csv'), 'completed');
+    const c = card(page, 'rejects-404.csv');
+    const id = (await c.getAttribute('data-id'))!;
+    // Its rejects and parts go with it (ON DELETE CASCADE); its card stays (a refresh only adds and updates cards).
+    const { rowCount } = await db.pool.query('DELETE FROM imports WHERE id = $1', [id]);
+    assert.equal(rowCount, 1);
+
+    assert.equal(await failedRejects(c), `could not load rejects: no import ${id}`);
+    assert.deepEqual(errors.filter((e) => !/status of 404/.test(e)), []);
+  } finally {
+    await page.close();
+  }
 });
