@@ -26,6 +26,7 @@ import { getPipeline } from '../pipelines/index.ts';
 import type { Pool } from '../db/pool.ts';
 import type { IntakeContext } from './context.ts';
 import { failImport, gaveUp } from './fail.ts';
+import { partRetries } from './metrics.ts';
 import { lineTerminator } from './splitter.ts';
 import { createPartTable, partTableName } from './staging.ts';
 
@@ -146,6 +147,9 @@ export async function runPart(ctx: IntakeContext, importId: string, n: number): 
   // One round trip: the import's format and the part claimed (attempts + 1); its bytes below.
   const work = await startPart(pool, importId, n);
   if (!work || work.attempts === null) return 'skipped';
+  // A retry: an earlier attempt claimed this part and did not complete it (/metrics). The
+  // pipeline is one the import was accepted for (a bounded label).
+  if (work.attempts > 1) partRetries.inc({ pipeline: work.pipeline });
   if (!work.header || !work.encoding) throw new Error(`import ${importId} has no recorded header yet`);
   const pipeline = getPipeline(work.pipeline);
   let t = t0;

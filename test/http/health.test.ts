@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { openDb } from '../../src/db/pool.ts';
 import { buildServer } from '../../src/http/server.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
+import { until } from '../helpers/processes.ts';
+import { startTcpProxy } from '../helpers/tcp-proxy.ts';
 
 let db: TestDb;
 let app: FastifyInstance;
@@ -48,4 +51,75 @@ test('a database out of reach is a 503 "unavailable" on every route, not a 500',
   } finally {
     await down.close();
   }
+});
+
+/** The one 503 body of /healthz, whatever the cause: exactly `{"error":{"code":"unavailable","message"}}`. */
+function assertUnavailable(body: unknown, message: string): void {
+  assert.deepEqual(body, { error: { code: 'unavailable', message } });
+}
+
+test('GET /healthz over HTTP with the database cut (a TCP proxy gone down): 503 in the API error form; 200 once it is back', async () => {
+  const proxy = await startTcpProxy(db.url);
+  const pool = await openDb({ url: proxy.url, migrate: false });
+  const server = await buildServer({ pool });
+  try {
+    await server.listen({ port: 0, host: '127.0.0.1' });
+    const { port } = server.server.address() as net.AddressInfo;
+    const healthz = () => fetch(`http://127.0.0.1:${port}/healthz`);
+    const up = await healthz();
+    assert.equal(up.status, 200);
+    assert.deepEqual(await up.json(), { status: 'ok' });
+
+    // Open connections cut, new ones reset: as while Postgres restarts or the network is down.
+    proxy.down();
+    const down = await healthz();
+    assert.equal(down.status, 503);
+    assert.match(down.headers.get('content-type') ?? '', /^application\/json/);
+    assertUnavailable(await down.json(), 'the database is unavailable; try again shortly');
+
+    proxy.up();
+    const back = await until(async () => {
+      const res = await healthz();
+      return res.status === 200 ? res : void (await res.body?.cancel());
+    }, '/healthz to answer 200 again', 10_000);
+    assert.deepEqual(await back.json(), { status: 'ok' });
+  } finally {
+    await server.close();
+    await pool.end();
+    await proxy.close();
+  }
+});
+
+test('GET /healthz on a keep-alive connection once close() has begun: 503 in the same form, with Connection: close', async () => {
+  const server = await buildServer({ pool: db.pool });
+  await server.listen({ port: 0, host: '127.0.0.1' });
+  const { port } = server.server.address() as net.AddressInfo;
+  // A request in progress (headers read, body not complete) keeps the connection, and so the
+  // server, open while close() begins; a request pipelined behind it arrives during the close.
+  const visit = JSON.stringify({ page_path: '/healthz-closing', visitor_id: 'healthz-closing' });
+  const socket = net.connect(port, '127.0.0.1');
+  let received = '';
+  socket.setEncoding('utf8');
+  socket.on('data', (d) => (received += d));
+  const ended = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+  const inProgress = new Promise<void>((resolve) => server.server.once('request', () => resolve()));
+  socket.write(`POST /visits HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${visit.length}\r\n\r\n${visit.slice(0, 5)}`);
+  await inProgress;
+  const closed = server.close();
+  // Fastify stops listening once the preClose hooks (which mark the server as closing) ran.
+  while (server.server.listening) await new Promise((resolve) => setImmediate(resolve));
+  socket.write(`${visit.slice(5)}GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+  await ended;
+  await closed;
+
+  // Two responses framed by Content-Length: the visit's, then the health check's.
+  const split = received.indexOf('\r\n\r\n');
+  const firstLength = Number(/content-length: *(\d+)/i.exec(received.slice(0, split))![1]);
+  const rest = received.slice(split + 4 + firstLength);
+  assert.match(received, /^HTTP\/1\.1 202 /, received);
+  const [head, body] = [rest.slice(0, rest.indexOf('\r\n\r\n')), rest.slice(rest.indexOf('\r\n\r\n') + 4)];
+  assert.match(head, /^HTTP\/1\.1 503 /, received);
+  assert.match(head, /\r\nconnection: close\r\n/i);
+  assert.match(head, /\r\ncontent-type: application\/json/i);
+  assertUnavailable(JSON.parse(body), 'the server is shutting down; retry on another instance');
 });

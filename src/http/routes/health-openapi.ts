@@ -1,5 +1,6 @@
 /** The OpenAPI description of GET /healthz and GET /metrics (src/http/routes/health.ts, docs/operations.md). */
-import { apiTokenSecurity, guardedResponses, serverErrors, UNAVAILABLE_CLOSING } from '../openapi.ts';
+import { DATABASE_UNAVAILABLE } from '../errors.ts';
+import { apiTokenSecurity, errorResponse, guardedResponses, serverErrors, UNAVAILABLE_CLOSING } from '../openapi.ts';
 
 export const healthOpenApi = {
   tags: [{ name: 'operations', description: 'For load balancers and monitoring: health (open to anyone, under any Host: probes use the container\'s address) and Prometheus metrics (protected: with SLUICE_API_TOKEN set the scraper sends the token).' }],
@@ -15,12 +16,12 @@ export const healthOpenApi = {
             description: 'The database answered',
             content: { 'application/json': { schema: { $ref: '#/components/schemas/Health' } } },
           },
-          '503': {
-            description:
-              'The database did not answer: `{"status":"unavailable","error":{"code":"unavailable","message":"database unreachable"}}`; ' +
-              `or ${UNAVAILABLE_CLOSING}: \`{"error":{"code":"unavailable","message":…}}\` (no \`status\`)`,
-            content: { 'application/json': { schema: { $ref: '#/components/schemas/HealthUnavailable' } } },
-          },
+          '503': errorResponse(
+            'Code `unavailable`, in the one error form of every route, whichever the cause (a probe needs only the status): ' +
+              `the database did not answer (message \`${DATABASE_UNAVAILABLE}\`); or ${UNAVAILABLE_CLOSING} ` +
+              '(message `the server is shutting down; retry on another instance`). ' +
+              'Until this version the database\'s 503 also had `"status":"unavailable"` and the message `database unreachable`',
+          ),
         },
       },
     },
@@ -31,7 +32,7 @@ export const healthOpenApi = {
         security: apiTokenSecurity,
         summary: 'The metrics of this process, in the Prometheus text format',
         description:
-          'HTTP requests by route and status, uploads, rows imported by this process\'s workers, visits, live viewers, CRM runs, and the Node.js process metrics, ' +
+          'HTTP requests by route and status, uploads, rows imported and part attempts retried by this process\'s workers, visits, live viewers, CRM runs, and the Node.js process metrics, ' +
           'all prefixed `sluice_` (docs/operations.md and each feature\'s doc).',
         responses: {
           '200': {
@@ -49,18 +50,6 @@ export const healthOpenApi = {
       type: 'object',
       properties: { status: { type: 'string', enum: ['ok'] } },
       required: ['status'],
-    },
-    HealthUnavailable: {
-      type: 'object',
-      properties: {
-        status: { type: 'string', enum: ['unavailable'], description: 'Absent when the server is shutting down' },
-        error: {
-          type: 'object',
-          properties: { code: { type: 'string', enum: ['unavailable'] }, message: { type: 'string' } },
-          required: ['code', 'message'],
-        },
-      },
-      required: ['error'],
     },
   },
 };
