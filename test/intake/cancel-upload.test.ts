@@ -14,7 +14,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../../src/http/server.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { startWorkers, type RunningWorkers } from '../../src/intake/worker.ts';
-import { leadsCsv, leftovers, startIntake, waitFor, type Intake } from './http-helpers.ts';
+import { leadsCsv, leftovers, startIntake, waitFor, waitForNoLeftovers, waitForStoredParts, type Intake } from './http-helpers.ts';
 
 let db: TestDb;
 let intake: Intake;
@@ -58,12 +58,7 @@ test('cancelled while its last part is stored: 409 all the same, and no part kee
   const csv = leadsCsv(2500, 0, 'last');
   const cut = csv.indexOf('last2300@');
   const up = chunkedUpload(csv.slice(0, cut));
-  const id = await waitFor('two parts stored', async () => {
-    const { rows } = await db.pool.query<{ id: string }>(
-      `SELECT i.id FROM imports i WHERE i.file_name IS NULL AND i.status = 'queued' AND (SELECT count(*) FROM import_parts p WHERE p.import_id = i.id) >= 2`,
-    );
-    return rows[0]?.id;
-  });
+  const id = await waitForStoredParts('two parts stored', db.pool, { fileName: null, status: 'queued', atLeast: 2 });
   // The cancel's update open while the last part arrives and is stored (it saw the import
   // still queued), committed after: the end of the upload must see it.
   const cancel = await db.pool.connect();
@@ -71,7 +66,7 @@ test('cancelled while its last part is stored: 409 all the same, and no part kee
     await cancel.query('BEGIN');
     await cancel.query(`UPDATE imports SET status = 'cancelled', finished_at = now(), updated_at = now() WHERE id = $1`, [id]);
     up.end(csv.slice(cut));
-    await waitFor('the last part stored', async () => ((await partsOf(id)) >= 3 ? true : undefined));
+    await waitForStoredParts('the last part stored', db.pool, { id, atLeast: 3 });
     await cancel.query('COMMIT');
   } finally {
     cancel.release();
@@ -110,10 +105,7 @@ test('failed by a worker while its file arrives: the upload stops and answers 20
     assert.deepEqual(after, { status: 'failed', error: failed.error });
     assert.equal(await partsOf(failed.id), stored, 'no part stored after the failure');
     // The failing part drops what it can; a merge still holding a table drops the rest when it rolls back.
-    await waitFor('the failed import\'s staging dropped', async () => {
-      const left = await leftovers(db, failed.id);
-      return left.tables === 0 && left.bytes === 0 ? true : undefined;
-    });
+    await waitForNoLeftovers('the failed import\'s staging dropped', db, failed.id);
   } finally {
     end(); // the import's merge waits for the end of the file
     await workers.stop();
@@ -125,12 +117,7 @@ test('cancelled mid-upload: no more parts are stored, the upload gets 409, the i
   const cut = csv.indexOf('\n', Math.floor(csv.length / 2)) + 1;
   // Chunked (no Content-Length): the file's end is unknown until it comes.
   const up = chunkedUpload(csv.slice(0, cut));
-  const id = await waitFor('the first parts stored', async () => {
-    const { rows } = await db.pool.query<{ id: string }>(
-      `SELECT i.id FROM imports i WHERE i.status = 'queued' AND (SELECT count(*) FROM import_parts p WHERE p.import_id = i.id) >= 2`,
-    );
-    return rows[0]?.id;
-  });
+  const id = await waitForStoredParts('the first parts stored', db.pool, { status: 'queued', atLeast: 2 });
   const cancelled = await fetch(`${base}/imports/${id}/cancel`, { method: 'POST' });
   assert.equal(cancelled.status, 200);
   const stored = await partsOf(id);

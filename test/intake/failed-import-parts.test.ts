@@ -1,9 +1,12 @@
 /**
  * The parts of an import failed by one of them: none is left `queued` or `running` (GET
- * /imports/<id> showed them so for ever, their jobs done, no work left), as after a cancel.
- * The file: 2,000 purchases rows in 4 parts, part 2 holding a byte that is not UTF-8 (0xE9)
- * past the first 64 KiB (the encoding is detected from those: UTF-8). Real Postgres, the
- * real queue; workers in this process, or the parts run one by one.
+ * /imports/<id> showed them so for ever, their jobs done, no work left), as after a cancel
+ * (src/intake/fail.ts, recordFailure). A part still queued when the import fails ends
+ * `cancelled`, and so does a part running then. The file: 2,000 purchases rows in 4 parts,
+ * part 2 holding a byte that is not UTF-8 (0xE9) past the first 64 KiB (the encoding is
+ * detected from those: UTF-8). Real Postgres, the real queue. The parts are run one by one
+ * here, with no worker taking any, so which are queued, running or done when part 2 fails
+ * is the test's choice, not the timing's; workers in this process take the jobs after.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -44,8 +47,8 @@ function badFile(): Buffer {
   return bytes;
 }
 
-/** The upload, its parts queued; with `workers`, part workers (and a merge loop) in this process. */
-async function setup(workers = 0) {
+/** The upload, its parts and their jobs queued, no worker taking them until `workers` is called. */
+async function setup() {
   const db = await testDb();
   const intake = await startIntake(db, { workers: 0 });
   const open: (typeof opened)[number] = { db, intake };
@@ -53,15 +56,29 @@ async function setup(workers = 0) {
   const { id } = await acceptUpload(intake.ctx, { pipeline: 'purchases', fileName: 'bad.txt', source: 'test' }, Readable.from([badFile()]), { partRows: 500 });
   // The ends the workers tell of (what `sluice worker` writes on stderr).
   const ends: ImportEnd[] = [];
-  if (workers > 0) open.workers = await startWorkers(intake.ctx, { concurrency: workers, onImportEnd: (e) => ends.push(e) });
-  return { db, ctx: intake.ctx, id, ends, stop: () => open.workers?.stop() };
+  return {
+    db, ctx: intake.ctx, id, ends,
+    /** From now on, `concurrency` part workers (and a merge loop) in this process. */
+    workers: async (concurrency: number) => {
+      open.workers = await startWorkers(intake.ctx, { concurrency, onImportEnd: (e) => ends.push(e) });
+    },
+    stop: () => open.workers?.stop(),
+  };
 }
 
 const partStatuses = (s: ImportStatus | undefined) => s?.part_list.map((p) => p.status);
 
-test('an import failed by its part 2 of 4: no part is left queued or running; its end is told once', async () => {
-  const { db, id, ends, stop } = await setup(2);
-  // Every part job done (the ones after the failure find the import over), so nothing is in flight.
+test('an import failed by its part 2 of 4 while parts 1 and 3 are queued: they end cancelled, no part is left queued or running; its end is told once', async () => {
+  const { db, ctx, id, ends, workers, stop } = await setup();
+  // No worker takes a part yet: part 0 staged here, parts 1 and 3 left queued, then part 2 fails the import.
+  assert.equal(await runPart(ctx, id, 0), 'completed');
+  assert.deepEqual(partStatuses(await importStatus(db.pool, id)), ['completed', 'queued', 'queued', 'queued']);
+  assert.equal(await runPart(ctx, id, 2), 'failed');
+  // The failure (recordFailure) cancelled the parts that were queued, in its transaction.
+  assert.deepEqual(partStatuses(await importStatus(db.pool, id)), ['completed', 'cancelled', 'failed', 'cancelled']);
+  // Now workers take the four part jobs and the merge (sent with part 0): all after the failure.
+  await workers(2);
+  // Every part job done (they find the import over), so nothing is in flight.
   const status = await until(async () => {
     const { rows } = await db.pool.query(
       `SELECT count(*) FILTER (WHERE state IN ('completed', 'failed'))::int AS done, count(*)::int AS n FROM pgboss.job WHERE name = $1 AND data->>'importId' = $2`,
@@ -74,10 +91,10 @@ test('an import failed by its part 2 of 4: no part is left queued or running; it
   const parts = partStatuses(status)!;
   assert.equal(parts[2], 'failed');
   assert.deepEqual(parts.filter((p) => p === 'queued' || p === 'running'), [], JSON.stringify(status.part_list));
-  // Part 3: completed when a worker staged it before the failure, else cancelled (taken after
-  // it, or rolled back by it). Which one depends on timing: the second test makes the
-  // running-then-cancelled case happen step by step.
-  assert.ok(['completed', 'cancelled'].includes(parts[3]!), parts[3]);
+  // Parts 1 and 3, queued when part 2 failed the import, stay cancelled: their jobs, run
+  // after it, did not claim them. (The second test makes the running-then-cancelled case.)
+  assert.equal(parts[3], 'cancelled');
+  assert.deepEqual(parts, ['completed', 'cancelled', 'failed', 'cancelled']);
   assert.deepEqual(status.parts, { total: 4, completed: parts.filter((p) => p === 'completed').length, failed: 1, running: 0 });
   // The merge (sent with part 0) finds it failed: its worker tells of the end, once.
   await until(async () => ends.length > 0, 'the end to be told');

@@ -14,7 +14,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../../src/http/server.ts';
 import type { ImportStatus } from '../../src/intake/index.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { leadsCsv, leadsWithCity, leftovers, startIntake, waitFor, type Intake } from './http-helpers.ts';
+import { leadsCsv, leadsWithCity, startIntake, waitForImportEnd, waitForNoLeftovers, type Intake } from './http-helpers.ts';
 
 let db: TestDb;
 let intake: Intake;
@@ -55,17 +55,11 @@ after(async () => {
   await db.close();
 });
 
+/** GET /imports/<id>, answered 200 (what waitForImportEnd polls here). */
 async function status(id: string): Promise<ImportStatus> {
   const res = await fetch(`${base}/imports/${id}`);
   assert.equal(res.status, 200);
   return (await res.json()) as ImportStatus;
-}
-
-function finished(id: string): Promise<ImportStatus> {
-  return waitFor(`import ${id} to finish`, async () => {
-    const s = await status(id);
-    return s.status === 'queued' || s.status === 'running' ? undefined : s;
-  });
 }
 
 test('a multipart upload (FormData, as the dashboard sends it) is imported part by part', async () => {
@@ -77,7 +71,7 @@ test('a multipart upload (FormData, as the dashboard sends it) is imported part 
   const { id, status_url } = (await res.json()) as { id: string; status_url: string };
   assert.equal(status_url, `/imports/${id}`);
 
-  const s = await finished(id);
+  const s = await waitForImportEnd(id, status);
   assert.equal(s.status, 'completed', s.error ?? '');
   assert.equal(s.file_name, 'leads-2400.csv');
   assert.deepEqual(s.parts, { total: 5, completed: 5, failed: 0, running: 0 });
@@ -114,7 +108,7 @@ test('a raw body streamed with ?pipeline= (a re-import: every row unchanged)', a
     method: 'POST', body, headers: { 'content-type': 'text/csv' }, duplex: 'half',
   } as RequestInit);
   assert.equal(res.status, 202, await res.clone().text());
-  const s = await finished(((await res.json()) as { id: string }).id);
+  const s = await waitForImportEnd(((await res.json()) as { id: string }).id, status);
   assert.equal(s.status, 'completed', s.error ?? '');
   assert.equal(s.file_name, 'again.csv');
   assert.deepEqual(s.rows, { read: 2407, inserted: 0, updated: 0, unchanged: 2400, rejected: 7 });
@@ -124,7 +118,7 @@ test('a CSV whose lines end with a lone CR (old Mac exports) is split into parts
   const csv = leadsCsv(1200, 2, 'mac').replace(/\n/g, '\r');
   const res = await fetch(`${base}/imports?pipeline=leads&file_name=mac.csv`, { method: 'POST', body: csv, headers: { 'content-type': 'text/csv' } });
   assert.equal(res.status, 202, await res.clone().text());
-  const s = await finished(((await res.json()) as { id: string }).id);
+  const s = await waitForImportEnd(((await res.json()) as { id: string }).id, status);
   assert.equal(s.status, 'completed', s.error ?? '');
   assert.equal(s.parts.total, 3, 'parts of 500 records, cut at the CRs');
   assert.deepEqual(s.rows, { read: 1202, inserted: 1200, updated: 0, unchanged: 0, rejected: 2 });
@@ -144,7 +138,7 @@ test('Windows-1252 uploads keep their accents; a file that turns out not to be U
       method: 'POST', body: Buffer.from(text, 'latin1'), headers: { 'content-type': 'text/csv' },
     });
     assert.equal(res.status, 202, await res.clone().text());
-    return finished(((await res.json()) as { id: string }).id);
+    return waitForImportEnd(((await res.json()) as { id: string }).id, status);
   };
   const cp = await upload(`Email,Name,Cidade,UF\n${rows(0, 1200, 'José Conceição').join('\n')}\n`, 'cp1252.csv');
   assert.equal(cp.status, 'completed', cp.error ?? '');
@@ -184,7 +178,7 @@ test('a `;`-delimited file sent with ?delimiter=; is imported with that delimite
     method: 'POST', body: `${lines.join('\r\n')}\r\n`, headers: { 'content-type': 'text/csv' },
   });
   assert.equal(res.status, 202, await res.clone().text());
-  const s = await finished(((await res.json()) as { id: string }).id);
+  const s = await waitForImportEnd(((await res.json()) as { id: string }).id, status);
   assert.equal(s.status, 'completed', s.error ?? '');
   assert.equal(s.parts.total, 2);
   assert.deepEqual(s.rows, { read: 600, inserted: 600, updated: 0, unchanged: 0, rejected: 0 });
@@ -199,13 +193,10 @@ test('a quote never closed in a later part fails the import naming the line in t
   const res = await fetch(`${base}/imports?pipeline=leads&file_name=uq.csv`, { method: 'POST', body: lines.join('\n'), headers: { 'content-type': 'text/csv' } });
   assert.equal(res.status, 202, await res.clone().text());
   const { id } = (await res.json()) as { id: string };
-  const s = await finished(id);
+  const s = await waitForImportEnd(id, status);
   assert.equal(s.status, 'failed');
   assert.equal(s.error, 'part 2: unbalanced quote: the quoted field starting at line 1100 is never closed');
-  await waitFor('the failed import\'s staging tables and part bytes to go', async () => {
-    const left = await leftovers(db, id);
-    return left.tables === 0 && left.bytes === 0 ? true : undefined;
-  });
+  await waitForNoLeftovers('the failed import\'s staging tables and part bytes to go', db, id);
 });
 
 test('a URL is fetched by the server and imported; the name recorded is the path\'s last segment', async () => {
@@ -215,7 +206,7 @@ test('a URL is fetched by the server and imported; the name recorded is the path
     body: JSON.stringify({ pipeline: 'leads', url: `${filesBase}/exports/remote-leads.csv?token=abc` }),
   });
   assert.equal(res.status, 202, await res.clone().text());
-  const s = await finished(((await res.json()) as { id: string }).id);
+  const s = await waitForImportEnd(((await res.json()) as { id: string }).id, status);
   assert.equal(s.status, 'completed', s.error ?? '');
   assert.equal(s.file_name, 'remote-leads.csv', 'never the query string (it may hold credentials)');
   assert.equal(s.parts.total, 2);

@@ -1,12 +1,13 @@
 /**
  * Shared by the intake HTTP and dashboard tests: a server context with the real job queue
  * (and optionally real workers), multipart bodies built by hand (so tests control field
- * order), lead CSVs, and a deadline-bounded wait.
+ * order), lead CSVs, and deadline-bounded waits on an import's state (its end, its stored
+ * parts, its staging and bytes gone, its row gone): each a poll of a condition, not a sleep.
  */
 import { randomBytes } from 'node:crypto';
 import type { AppContext } from '../../src/http/context.ts';
 import type { IntakeContext } from '../../src/intake/index.ts';
-import { startWorkers, type RunningWorkers } from '../../src/intake/index.ts';
+import { importStatus, startWorkers, type ImportStatus, type RunningWorkers } from '../../src/intake/index.ts';
 import { startBoss, type Boss } from '../../src/jobs/boss.ts';
 import { stagingTables } from '../../src/load/staging.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
@@ -81,6 +82,80 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/**
+ * Polls import `id`'s status until it has ended (any status but queued or running) and
+ * returns that status. `read` is how the test looks: GET /imports/<id> (over HTTP or
+ * in-process), or a pool, for importStatus straight from the database. An undefined status
+ * (no such import yet) is waited on. `timeoutMs`: 60 s by default.
+ */
+export function waitForImportEnd(id: string, read: TestDb['pool'] | ((id: string) => Promise<ImportStatus | undefined>), timeoutMs = 60_000): Promise<ImportStatus> {
+  const look = typeof read === 'function' ? read : (i: string) => importStatus(read, i);
+  return waitFor(`import ${id} to finish`, async () => {
+    const s = await look(id);
+    return s === undefined || s.status === 'queued' || s.status === 'running' ? undefined : s;
+  }, timeoutMs);
+}
+
+/** GET <base>/imports/<id>, its body as it comes (a reader for waitForImportEnd). */
+export function statusOverHttp(base: string): (id: string) => Promise<ImportStatus> {
+  return async (id) => (await (await fetch(`${base}/imports/${id}`)).json()) as ImportStatus;
+}
+
+/**
+ * Which import a wait is about: `id`, and/or its `fileName` (null: none given, as a raw body
+ * without file_name) and `status` (e.g. still `queued`).
+ */
+export interface ImportMatch {
+  id?: string;
+  fileName?: string | null;
+  status?: ImportStatus['status'];
+}
+
+/**
+ * Waits until an import matching `match` has at least `atLeast` parts stored (rows in
+ * import_parts, whatever their status) and returns its id (the first found when several
+ * match). `timeoutMs` and `everyMs` as for waitFor.
+ */
+export function waitForStoredParts(what: string, pool: TestDb['pool'], match: ImportMatch & { atLeast: number }, timeoutMs = 60_000, everyMs = 100): Promise<string> {
+  const params: unknown[] = [match.atLeast];
+  const where = ['(SELECT count(*) FROM import_parts p WHERE p.import_id = i.id) >= $1'];
+  if (match.id !== undefined) where.push(`i.id = $${params.push(match.id)}`);
+  if (match.fileName === null) where.push('i.file_name IS NULL');
+  else if (match.fileName !== undefined) where.push(`i.file_name = $${params.push(match.fileName)}`);
+  if (match.status !== undefined) where.push(`i.status = $${params.push(match.status)}`);
+  return waitFor(what, async () => {
+    const { rows } = await pool.query<{ id: string }>(`SELECT i.id FROM imports i WHERE ${where.join(' AND ')}`, params);
+    return rows[0]?.id;
+  }, timeoutMs, everyMs);
+}
+
+/**
+ * Waits until import `id` has left nothing behind (leftovers: no staging table, no part
+ * holding its bytes), as an ended import's clean-up does just after its end is recorded.
+ */
+export function waitForNoLeftovers(what: string, db: TestDb, importId: string, timeoutMs = 60_000): Promise<true> {
+  return waitFor(what, async () => {
+    const left = await leftovers(db, importId);
+    return left.tables === 0 && left.bytes === 0 ? true : undefined;
+  }, timeoutMs);
+}
+
+/** Waits until the row of import `id` is deleted (an upload cut or aborted removes its import). */
+export function waitForImportRemoved(pool: TestDb['pool'], id: string, timeoutMs = 60_000, everyMs = 100): Promise<true> {
+  return waitFor(`import ${id} removed`, async () => ((await pool.query('SELECT 1 FROM imports WHERE id = $1', [id])).rows.length === 0 ? true : undefined), timeoutMs, everyMs);
+}
+
+/** The staging tables of every import in the database (`sluice_stage_%`). */
+export async function stagingTableCount(pool: TestDb['pool']): Promise<number> {
+  const { rows } = await pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`);
+  return rows[0]!.n;
+}
+
+/** Waits until no import has a staging table left (stagingTableCount is 0). */
+export function waitForNoStaging(what: string, pool: TestDb['pool'], timeoutMs = 60_000): Promise<true> {
+  return waitFor(what, async () => ((await stagingTableCount(pool)) === 0 ? true : undefined), timeoutMs);
 }
 
 /**

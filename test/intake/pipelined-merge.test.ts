@@ -18,7 +18,7 @@ import { runPart } from '../../src/intake/part-job.ts';
 import { partTableName } from '../../src/intake/staging.ts';
 import { leads } from '../../src/pipelines/leads.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { startIntake, waitFor, leadsSnapshot } from './http-helpers.ts';
+import { startIntake, waitFor, leadsSnapshot, stagingTableCount, waitForImportEnd, waitForNoStaging } from './http-helpers.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-intake-order-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -73,14 +73,10 @@ async function intake(partRows: number, body: string, maxRejectRatio?: number): 
   try {
     await seed(db);
     const { id } = await acceptUpload(running.ctx, { pipeline: 'leads', fileName: 'order.csv', source: 'test', maxRejectRatio }, Readable.from([Buffer.from(body)]), { partRows });
-    const status = await waitFor(`import with ${partRows}-row parts`, async () => {
-      const s = await importStatus(db.pool, id);
-      return s && ['completed', 'failed', 'cancelled'].includes(s.status) ? s : undefined;
-    });
+    const status = await waitForImportEnd(id, db.pool);
     // A failed import is recorded first, then its staging dropped (no part commits a table after).
-    const staged = async () => (await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`)).rows[0].n as number;
-    await waitFor('the staging tables to be dropped', async () => ((await staged()) === 0 ? true : undefined), 10_000);
-    assert.equal(await staged(), 0, 'the staging tables are dropped with the merge');
+    await waitForNoStaging('the staging tables to be dropped', db.pool, 10_000);
+    assert.equal(await stagingTableCount(db.pool), 0, 'the staging tables are dropped with the merge');
     return { status, table: await leadsSnapshot(db.pool) };
   } finally {
     await running.stop();

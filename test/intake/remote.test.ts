@@ -13,6 +13,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { InvalidInputError } from '../../src/core/errors.ts';
 import { fetchRemote, isNonPublicAddress } from '../../src/intake/remote.ts';
 import { withDeadline } from '../helpers/processes.ts';
+import { waitFor } from './http-helpers.ts';
 
 let server: http.Server;
 let port: number;
@@ -241,15 +242,6 @@ test('SLUICE_FETCH_ALLOW_PRIVATE=1 allows private addresses', async () => {
   }
 });
 
-/** Resolves once `check()` holds, polling every 10 ms; fails after `ms` (a bounded wait, not a sleep). */
-async function until(what: string, check: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!check()) {
-    if (performance.now() > deadline) throw new Error(`no ${what} within ${ms} ms`);
-    await delay(10);
-  }
-}
-
 test('an abort signal stops the fetch: before any request, waiting for the answer, or mid-body (the server sees its response closed)', async () => {
   const any = { allowed: () => true };
   // Aborted already: nothing is requested.
@@ -261,7 +253,7 @@ test('an abort signal stops the fetch: before any request, waiting for the answe
   const waiting = new AbortController();
   const n = closes.length;
   const pending = fetchRemote(`http://127.0.0.1:${port}/hang`, 1 << 20, { ...any, signal: waiting.signal });
-  await until('request of /hang', () => closes.length > n);
+  await waitFor('request of /hang', async () => (closes.length > n ? true : undefined), 10_000, 10);
   waiting.abort(new InvalidInputError('the client left'));
   await assert.rejects(pending, (err: Error) => err instanceof InvalidInputError && err.message === 'the client left');
   await withDeadline(closes[n]!, 10_000, 'close of /hang seen by the server');

@@ -14,7 +14,7 @@ import { buildServer } from '../../src/http/server.ts';
 import type { ImportStatus } from '../../src/intake/index.ts';
 import { decodePart } from '../../src/intake/part-job.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { leadsCsv, leftovers, multipart, startIntake, waitFor, type Intake } from './http-helpers.ts';
+import { leadsCsv, multipart, startIntake, waitForImportEnd, waitForNoLeftovers, type Intake } from './http-helpers.ts';
 
 let db: TestDb;
 let intake: Intake;
@@ -43,16 +43,14 @@ after(async () => {
   await db.close();
 });
 
-async function finished(id: string): Promise<ImportStatus> {
-  return waitFor(`import ${id} to finish`, async () => {
-    const s = (await app.inject({ method: 'GET', url: `/imports/${id}` })).json() as ImportStatus;
-    return s.status === 'queued' || s.status === 'running' ? undefined : s;
-  });
+/** GET /imports/<id>, in-process (what waitForImportEnd polls here). */
+async function status(id: string): Promise<ImportStatus> {
+  return (await app.inject({ method: 'GET', url: `/imports/${id}` })).json() as ImportStatus;
 }
 
 async function accepted(res: { statusCode: number; body: string; json(): unknown }): Promise<ImportStatus> {
   assert.equal(res.statusCode, 202, res.body);
-  return finished((res.json() as { id: string }).id);
+  return waitForImportEnd((res.json() as { id: string }).id, status);
 }
 
 async function importCount(): Promise<number> {
@@ -81,10 +79,7 @@ test('a Windows-1252 accent past the first 64 KiB of a file read as UTF-8 fails 
   );
   assert.equal(await leadCount('late'), 0);
   // Its staging and part bytes go (dropped just after the import is failed).
-  await waitFor('the failed import to be cleaned up', async () => {
-    const left = await leftovers(db, s.id);
-    return left.tables === 0 && left.bytes === 0 ? true : undefined;
-  }, 30_000);
+  await waitForNoLeftovers('the failed import to be cleaned up', db, s.id, 30_000);
 });
 
 test('decodePart: the line and byte of the first invalid byte, whatever the line ends', () => {

@@ -15,10 +15,9 @@ import { after, before, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { runImport } from '../../src/engine/import-runner.ts';
 import { buildServer } from '../../src/http/server.ts';
-import type { ImportStatus } from '../../src/intake/index.ts';
 import { leads } from '../../src/pipelines/leads.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { startIntake, waitFor, type Intake, leadsSnapshot } from './http-helpers.ts';
+import { startIntake, statusOverHttp, waitForImportEnd, type Intake, leadsSnapshot } from './http-helpers.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-stray-quote-'));
 let db: TestDb;
@@ -71,11 +70,7 @@ test('a stray quote in an unquoted field does not swallow the file: several part
   } as RequestInit);
   assert.equal(res.status, 202, await res.clone().text());
   const { id } = (await res.json()) as { id: string };
-  const s = await waitFor(`import ${id} to finish`, async () => {
-    const r = await fetch(`${base}/imports/${id}`);
-    const st = (await r.json()) as ImportStatus;
-    return st.status === 'queued' || st.status === 'running' ? undefined : st;
-  });
+  const s = await waitForImportEnd(id, statusOverHttp(base));
   assert.equal(s.status, 'completed', s.error ?? '');
   assert.deepEqual(s.parts, { total: 6, completed: 6, failed: 0, running: 0 }, '3,000 rows in parts of 500, not one');
   assert.deepEqual(s.rows, { read: 3000, inserted: 3000, updated: 0, unchanged: 0, rejected: 0 });

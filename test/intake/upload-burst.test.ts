@@ -16,7 +16,6 @@ import pg from 'pg';
 import { after, before, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../../src/http/server.ts';
-import type { ImportStatus } from '../../src/intake/index.ts';
 import { acceptUpload, maxUploads } from '../../src/intake/accept.ts';
 import { lockImportOwner, ownerAlive, unlockImportOwner } from '../../src/db/sql/imports.ts';
 import { SluiceError } from '../../src/core/errors.ts';
@@ -26,7 +25,7 @@ import { startWorkers, type RunningWorkers } from '../../src/intake/worker.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { killAll, startSluice, withDeadline, type Proc } from '../helpers/processes.ts';
 import { exitedWithin } from '../cli/exit.ts';
-import { leadsCsv, leftovers, startIntake, waitFor, type Intake } from './http-helpers.ts';
+import { leadsCsv, leftovers, startIntake, statusOverHttp, waitFor, waitForImportEnd, waitForImportRemoved, waitForStoredParts, type Intake } from './http-helpers.ts';
 
 let db: TestDb;
 const savedWorkers = process.env.SLUICE_WORKERS;
@@ -195,11 +194,7 @@ test('more concurrent uploads than the pool has connections: each answered (202,
 
   // Every accepted import completes with its 200 rows; nothing else was created.
   for (const id of accepted) {
-    const s = await waitFor(`import ${id} to finish`, async () => {
-      const res = await fetch(`${serveBase}/imports/${id}`);
-      const status = (await res.json()) as ImportStatus;
-      return status.status === 'queued' || status.status === 'running' ? undefined : status;
-    });
+    const s = await waitForImportEnd(id, statusOverHttp(serveBase));
     assert.equal(s.status, 'completed', JSON.stringify(s));
     assert.equal(s.rows.read, 200);
     assert.equal(s.rows.inserted, 200);
@@ -249,12 +244,7 @@ test('a body that stalls mid-file (raw or multipart) is cut after the idle timeo
     const text = leadsCsv(3000, 0, 'stall');
     const cut = text.indexOf('stall2000@');
     const up = openUpload(base, 'pipeline=leads&file_name=stalled.csv', text.slice(0, cut));
-    const id = await waitFor('three parts of the stalled upload stored', async () => {
-      const { rows } = await small.pool.query<{ id: string }>(
-        `SELECT i.id FROM imports i WHERE i.file_name = 'stalled.csv' AND (SELECT count(*) FROM import_parts p WHERE p.import_id = i.id) >= 3`,
-      );
-      return rows[0]?.id;
-    }, 30_000, 20);
+    const id = await waitForStoredParts('three parts of the stalled upload stored', small.pool, { fileName: 'stalled.csv', atLeast: 3 }, 30_000, 20);
     const stalledAt = Date.now();
     assert.ok((await leftovers(small, id)).bytes > 0, 'the stored parts keep their bytes while the upload goes on');
 
@@ -269,7 +259,7 @@ test('a body that stalls mid-file (raw or multipart) is cut after the idle timeo
     assert.equal(up.answered, undefined, 'a raw body cut for idleness gets no answer (its request is destroyed)');
 
     // Nothing of it stays: no import, no part, no staging table, no bytes.
-    await waitFor('the stalled import removed', async () => ((await small.pool.query('SELECT 1 FROM imports WHERE id = $1', [id])).rows.length === 0 ? true : undefined), 10_000, 20);
+    await waitForImportRemoved(small.pool, id, 10_000, 20);
     assert.deepEqual(await leftovers(small, id), { tables: 0, bytes: 0 });
     const { rows: parts } = await small.pool.query('SELECT 1 FROM import_parts WHERE import_id = $1', [id]);
     assert.equal(parts.length, 0);
@@ -292,10 +282,7 @@ test('a body that stalls mid-file (raw or multipart) is cut after the idle timeo
     const a = await upload(base, 'pipeline=leads', csv200('after-'));
     assert.equal(a.status, 202, a.body);
     const next = (JSON.parse(a.body) as { id: string }).id;
-    const s = await waitFor(`import ${next} to finish`, async () => {
-      const status = (await (await fetch(`${base}/imports/${next}`)).json()) as ImportStatus;
-      return status.status === 'queued' || status.status === 'running' ? undefined : status;
-    });
+    const s = await waitForImportEnd(next, statusOverHttp(base));
     assert.equal(s.status, 'completed', JSON.stringify(s));
     assert.equal(s.rows.inserted, 200);
     const { rows } = await small.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM imports WHERE status IN ('queued', 'running')`);
@@ -394,13 +381,7 @@ for (const end of ['cancelled', 'failed'] as const) {
       const body = hangingUpBody(csv.slice(0, at(2050)), more, csv.slice(at(2050), at(2150)));
       const accepted = acceptUpload(intake.ctx, { pipeline: 'leads', fileName: `${prefix}.csv`, source: 'test' }, body, { partRows: 100 });
       accepted.catch(() => {}); // awaited below
-      const id = await waitFor('parts 0-19 stored', async () => {
-        const { rows } = await own.pool.query<{ id: string }>(
-          `SELECT i.id FROM imports i WHERE i.file_name = $1 AND (SELECT count(*) FROM import_parts p WHERE p.import_id = i.id) >= 20`,
-          [`${prefix}.csv`],
-        );
-        return rows[0]?.id;
-      }, 30_000, 20);
+      const id = await waitForStoredParts('parts 0-19 stored', own.pool, { fileName: `${prefix}.csv`, atLeast: 20 }, 30_000, 20);
       const error = 'part 7: invalid file: line 701 is not valid utf-8 (a worker failed it)';
       if (end === 'cancelled') await cancelImport(intake.ctx, id);
       else assert.equal(await failImport(own.pool, id, error), true);
@@ -436,12 +417,7 @@ test('cancelled while its file arrives, then its client hangs up (no part in fli
     const base = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
     const text = leadsCsv(3000, 0, 'hangup');
     const up = openUpload(base, 'pipeline=leads&file_name=hangup.csv', text.slice(0, text.indexOf('hangup2050@')));
-    const id = await waitFor('parts 0-19 stored', async () => {
-      const { rows } = await own.pool.query<{ id: string }>(
-        `SELECT i.id FROM imports i WHERE i.file_name = 'hangup.csv' AND (SELECT count(*) FROM import_parts p WHERE p.import_id = i.id) >= 20`,
-      );
-      return rows[0]?.id;
-    }, 30_000, 20);
+    const id = await waitForStoredParts('parts 0-19 stored', own.pool, { fileName: 'hangup.csv', atLeast: 20 }, 30_000, 20);
     const cancelled = await fetch(`${base}/imports/${id}/cancel`, { method: 'POST' });
     assert.equal(cancelled.status, 200, await cancelled.text());
     up.destroy();

@@ -16,7 +16,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../../src/http/server.ts';
 import { ownerAlive } from '../../src/db/sql/imports.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { leadsCsv, leftovers, startIntake, waitFor, type Intake } from './http-helpers.ts';
+import { leadsCsv, leftovers, startIntake, waitForImportRemoved, waitForStoredParts, type Intake } from './http-helpers.ts';
 import { withDeadline } from '../helpers/processes.ts';
 
 let db: TestDb;
@@ -87,13 +87,7 @@ function postUrlImport(base: string, name: string) {
 
 /** The import of `${name}.csv` once it has stored a part (and so its part and merge jobs). */
 async function importUnderWay(name: string): Promise<string> {
-  const id = await waitFor(`the import of ${name}.csv to store a part`, async () => {
-    const { rows } = await db.pool.query<{ id: string }>(
-      `SELECT i.id FROM imports i WHERE i.file_name = $1 AND EXISTS (SELECT 1 FROM import_parts p WHERE p.import_id = i.id)`,
-      [`${name}.csv`],
-    );
-    return rows[0]?.id;
-  }, 30_000, 20);
+  const id = await waitForStoredParts(`the import of ${name}.csv to store a part`, db.pool, { fileName: `${name}.csv`, atLeast: 1 }, 30_000, 20);
   assert.ok((await jobsOf(id)) >= 2, 'its part and merge jobs were sent');
   assert.equal(fetches.get(name)?.isClosed(), false, 'the file is still being fetched');
   return id;
@@ -104,7 +98,7 @@ const jobsOf = async (id: string) =>
 
 /** Nothing of the import stays: no row, part, job, staging table or stored bytes; its upload's connection is back, unlocked. */
 async function assertNothingLeft(id: string): Promise<void> {
-  await waitFor(`import ${id} removed`, async () => ((await db.pool.query('SELECT 1 FROM imports WHERE id = $1', [id])).rows.length === 0 ? true : undefined), 30_000, 20);
+  await waitForImportRemoved(db.pool, id, 30_000, 20);
   assert.equal((await db.pool.query('SELECT 1 FROM import_parts WHERE import_id = $1', [id])).rows.length, 0);
   assert.equal(await jobsOf(id), 0, 'the import\'s jobs were left in the queue');
   assert.deepEqual(await leftovers(db, id), { tables: 0, bytes: 0 });

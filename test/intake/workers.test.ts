@@ -23,7 +23,7 @@ import { acceptUpload, importStatus, type ImportStatus } from '../../src/intake/
 import { MERGE_QUEUE, sendJob, type Boss } from '../../src/jobs/boss.ts';
 import { purchases } from '../../src/pipelines/purchases.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { queueDatabases } from './http-helpers.ts';
+import { queueDatabases, stagingTableCount, waitForImportEnd, waitForNoStaging } from './http-helpers.ts';
 import { killAll, startSluice, until } from '../helpers/processes.ts';
 import { exitedWithin } from '../cli/exit.ts';
 
@@ -63,12 +63,8 @@ async function upload(ctx: { pool: TestDb['pool']; boss: Boss }): Promise<string
   return id;
 }
 
-async function finished(db: TestDb, id: string, ms = 90_000): Promise<ImportStatus> {
-  return until(async () => {
-    const s = await importStatus(db.pool, id);
-    return s && ['completed', 'failed', 'cancelled'].includes(s.status) ? s : undefined;
-  }, `import ${id} to finish`, ms);
-}
+/** How long an import of the fixture by these workers may take (a loaded machine's margin). */
+const IMPORT_MS = 90_000;
 
 async function assertSameTable(db: TestDb, status: ImportStatus) {
   assert.equal(status.status, 'completed', status.error ?? '');
@@ -77,8 +73,7 @@ async function assertSameTable(db: TestDb, status: ImportStatus) {
   assert.equal(status.parts.completed, 10);
   const rows = (await db.pool.query(`SELECT ${COLUMNS} FROM purchases ORDER BY document`)).rows;
   assert.deepEqual(rows, expectedRows, 'the table matches the single-process import row by row');
-  const stage = await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`);
-  assert.equal(stage.rows[0].n, 0, 'staging is dropped after the merge');
+  assert.equal(await stagingTableCount(db.pool), 0, 'staging is dropped after the merge');
 }
 
 /** A fresh database, one worker paused with its part's rows COPYed, and an upload. */
@@ -134,7 +129,7 @@ test('kill -9 of a worker holding a part: another worker takes it within 30 s; n
   const killedAt = Date.now();
   fs.rmSync(pauseFile);
   const b = worker(db);
-  const status = await finished(db, id);
+  const status = await waitForImportEnd(id, db.pool, IMPORT_MS);
   const part = status.part_list.find((p) => p.n === held.n)!;
   assert.ok(part.attempts >= 2, `part ${held.n} was attempted again (${part.attempts})`);
   const { rows } = await db.pool.query('SELECT finished_at FROM import_parts WHERE import_id = $1 AND n = $2', [id, held.n]);
@@ -148,7 +143,7 @@ test('a database connection dropped in the middle of a part: the part is retried
   const held = await heldPart(db, id);
   await db.pool.query('SELECT pg_terminate_backend($1)', [held.pid]);
   fs.rmSync(pauseFile);
-  const status = await finished(db, id);
+  const status = await waitForImportEnd(id, db.pool, IMPORT_MS);
   const part = status.part_list.find((p) => p.n === held.n)!;
   assert.ok(part.attempts >= 2, `part ${held.n} was attempted again (${part.attempts})`);
   await assertSameTable(db, status);
@@ -165,7 +160,7 @@ test("the merge's second connection (preparing parts) dropped: the merge is retr
   }, 'the merge to open its second connection');
   await db.pool.query('SELECT pg_terminate_backend($1)', [pid]);
   fs.rmSync(pauseFile);
-  const status = await finished(db, id);
+  const status = await waitForImportEnd(id, db.pool, IMPORT_MS);
   await assertSameTable(db, status);
   const { rows } = await db.pool.query(`SELECT retry_count FROM pgboss.job WHERE name = 'sluice-merge' AND data->>'importId' = $1`, [id]);
   assert.ok(rows[0].retry_count >= 1, `the merge was retried (${JSON.stringify(rows)})`);
@@ -194,16 +189,15 @@ test('the server receiving an upload killed (kill -9) mid-upload: the merge fail
     return rows[0]?.id as string | undefined;
   }, 'the merge to wait for the rest of the upload');
   await srv.kill('SIGKILL');
-  const status = await finished(db, id, 30_000);
+  const status = await waitForImportEnd(id, db.pool, 30_000);
   assert.equal(status.status, 'failed');
   assert.match(status.error ?? '', /upload interrupted/);
   assert.equal((await db.pool.query('SELECT count(*)::int AS n FROM purchases')).rows[0].n, 0, 'nothing of it imported');
   // The failure is recorded first (so no part commits a table after the drop), then the drop.
-  const staged = async () => (await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'sluice_stage_%'`)).rows[0].n as number;
-  await until(async () => (await staged()) === 0, 'its staging to be dropped', 10_000);
-  assert.equal(await staged(), 0, 'its staging is dropped');
+  await waitForNoStaging('its staging to be dropped', db.pool, 10_000);
+  assert.equal(await stagingTableCount(db.pool), 0, 'its staging is dropped');
   // The target is free: the next import of the file completes.
-  await assertSameTable(db, await finished(db, await upload(ctx)));
+  await assertSameTable(db, await waitForImportEnd(await upload(ctx), db.pool, IMPORT_MS));
   await w.kill();
 });
 
@@ -245,7 +239,7 @@ test('SIGTERM to the only worker while its merge waits for parts: it hands the m
   const before = await importStatus(db.pool, id);
   assert.equal(before?.status, 'running');
   const b = worker(db);
-  await assertSameTable(db, await finished(db, id));
+  await assertSameTable(db, await waitForImportEnd(id, db.pool, IMPORT_MS));
   await b.kill();
 });
 
@@ -287,7 +281,7 @@ test("SIGTERM to a worker whose merge waits for another import's merge lock: it 
     holder.release();
   }
   const b = worker(db);
-  await assertSameTable(db, await finished(db, id));
+  await assertSameTable(db, await waitForImportEnd(id, db.pool, IMPORT_MS));
   await b.kill();
 });
 
@@ -296,7 +290,7 @@ test('a merge job run again for an import completed already (pg-boss retrying on
   const w = worker(db);
   await w.waitFor(/ready/);
   const id = await upload(ctx);
-  await assertSameTable(db, await finished(db, id));
+  await assertSameTable(db, await waitForImportEnd(id, db.pool, IMPORT_MS));
   await withTransaction(db.pool, 'BEGIN', (client) => sendJob(ctx.boss, client, MERGE_QUEUE, { importId: id }));
   // Merges run one at a time in a worker: once the next import's end is told, the job sent
   // again has been handled (and any line of it written before).
@@ -305,7 +299,7 @@ test('a merge job run again for an import completed already (pg-boss retrying on
     return rows[0].n === 2;
   }, 'the merge job sent again to be done');
   const next = await upload(ctx);
-  await finished(db, next);
+  await waitForImportEnd(next, db.pool, IMPORT_MS);
   await w.waitFor(new RegExp(`sluice: import ${next} \\(purchases, base_teste_2000\\.txt\\) completed`), 10_000);
   const told = w.output().match(new RegExp(`sluice: import ${id} `, 'g')) ?? [];
   // The skipped merge used to tell of the import again ("completed" twice).
