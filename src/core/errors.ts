@@ -16,9 +16,12 @@ export type ErrorCode =
 
 export class SluiceError extends Error {
   readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  /** When trying again may succeed, in seconds (HTTP: the Retry-After header). */
+  readonly retryAfter: number | undefined;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; retryAfter?: number }) {
     super(message, options);
     this.code = code;
+    this.retryAfter = options?.retryAfter;
     this.name = new.target.name;
   }
 }

@@ -36,14 +36,16 @@ export function errorBody(code: string, message: string) {
 }
 
 export function handleError(err: FastifyError | Error, req: FastifyRequest, reply: FastifyReply) {
+  // An answer before the request's body was read to its end (an upload refused as too
+  // large, a file found invalid mid-way, a busy server) closes the connection: the client
+  // may still be sending the rest, which the server will not read, and a kept-alive
+  // connection would then hang the client's next request on it.
+  if (!req.raw.complete) reply.header('connection', 'close');
   if (err instanceof HttpError) return reply.status(err.status).send(errorBody(err.code, err.message));
   if (err instanceof SluiceError) {
-    // An error that knows when to try again (`retryAfter`, in seconds: a server busy with as
-    // many uploads as it takes, src/intake/accept.ts) says so in Retry-After.
-    // It also closes the connection: the request's body was not read (a refused upload may be
-    // gigabytes), and Node would otherwise read it to its end to keep the connection alive.
-    const retryAfter = (err as { retryAfter?: unknown }).retryAfter;
-    if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter)).header('connection', 'close');
+    // An error that knows when to try again (a server busy with as many uploads as it takes,
+    // src/intake/accept.ts) says so in Retry-After.
+    if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter));
     return reply.status(STATUS[err.code]).send(errorBody(err.code, err.message));
   }
   const fe = err as FastifyError;

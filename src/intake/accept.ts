@@ -101,11 +101,12 @@ const UPLOAD_RETRY_AFTER_SECONDS = 5;
 /** Uploads in progress, by pool (one pool per process in `serve`). */
 const uploading = new WeakMap<Pool, number>();
 
-/** A 503 for an upload beyond maxUploads; `retryAfter` becomes its Retry-After header (src/http/errors.ts). */
+/** A 503 for an upload beyond maxUploads, with a Retry-After (src/http/errors.ts). */
 export class UploadsBusyError extends SluiceError {
-  readonly retryAfter = UPLOAD_RETRY_AFTER_SECONDS;
   constructor(cap: number) {
-    super('unavailable', `${cap} upload${cap === 1 ? ' is' : 's are'} in progress on this server, the most it takes at once; retry shortly`);
+    super('unavailable', `${cap} upload${cap === 1 ? ' is' : 's are'} in progress on this server, the most it takes at once; retry shortly`, {
+      retryAfter: UPLOAD_RETRY_AFTER_SECONDS,
+    });
   }
 }
 
@@ -365,15 +366,16 @@ async function receive(
 /**
  * Deletes the part and merge jobs of a failed upload's import that no worker has taken yet
  * (a job already taken finds the import cancelled, then gone, and does nothing), through
- * pg-boss (which keeps its queue counts), on the upload's connection.
+ * pg-boss (which keeps its queue counts), on the upload's connection, a page at a time.
  */
 async function deleteWaitingJobs(boss: NonNullable<IntakeContext['boss']>, db: Client, id: string): Promise<void> {
+  const on = inTransaction(db);
   for (const queue of [PART_QUEUE, MERGE_QUEUE]) {
-    const { rows } = await db.query<{ id: string }>(
-      `SELECT id FROM pgboss.job WHERE name = $1 AND state < 'active' AND data->>'importId' = $2`,
-      [queue, id],
-    );
-    if (rows.length > 0) await boss.deleteJob(queue, rows.map((r) => r.id), inTransaction(db));
+    let page: { id: string }[];
+    do {
+      page = await boss.findJobs(queue, { ...on, data: { importId: id }, queued: true, limit: 1000 });
+      if (page.length > 0) await boss.deleteJob(queue, page.map((j) => j.id), on);
+    } while (page.length === 1000);
   }
 }
 
