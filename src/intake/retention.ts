@@ -7,6 +7,7 @@
  * at a time, the others skip that round.
  */
 import { intEnv } from '../config.ts';
+import { repeatAfterEach } from '../core/repeat.ts';
 import { withTransaction, type Pool } from '../db/pool.ts';
 import { deleteExpiredImports, deleteRejectsOf, expiredImports, retentionCutoff, tryRetentionLock } from '../db/sql/imports.ts';
 import type { RunningService, Service } from '../http/services.ts';
@@ -105,30 +106,10 @@ export const importsRetentionService: Service = {
     const days = retentionDays();
     if (days === 0) return undefined;
     const everyMs = intEnv('SLUICE_IMPORTS_RETENTION_MS', 3_600_000);
-    const stopping = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
-    let current: Promise<void> | undefined;
-    // The next sweep is timed from the end of the one before (a first sweep over years of
-    // imports may outlast the interval), and the first is not awaited: `serve` listens only
-    // once every service has started.
-    const sweep = () => {
-      current = sweepImports(ctx.pool, days, { signal: stopping.signal })
-        // Errors are retried on the next round; a database outage is reported by /healthz.
-        .then(report, () => {})
-        .finally(() => {
-          current = undefined;
-          if (stopping.signal.aborted) return;
-          timer = setTimeout(sweep, everyMs);
-          timer.unref();
-        });
-    };
-    sweep();
-    return {
-      async stop() {
-        stopping.abort();
-        clearTimeout(timer);
-        await current;
-      },
-    };
+    // The first sweep is not awaited: `serve` listens only once every service has started.
+    // Each next one is timed from the end of the one before (a first sweep over years of
+    // imports may outlast the interval). Errors are retried on the next round; a database
+    // outage is reported by /healthz.
+    return repeatAfterEach((signal) => sweepImports(ctx.pool, days, { signal }).then(report), everyMs, 'now');
   },
 };

@@ -7,6 +7,7 @@
  * queue gave up on.
  */
 import { errorMessage } from '../core/errors.ts';
+import { repeatAfterEach, type Repeating } from '../core/repeat.ts';
 import { intEnv } from '../config.ts';
 import { databaseUrl, type Pool } from '../db/pool.ts';
 import { failInterruptedImports, failInterruptedUploads } from '../db/sql/imports.ts';
@@ -113,33 +114,16 @@ function report(failed: string[]): void {
 }
 
 /** Reaps every `intervalMs` (the first tick one interval from now) until stopped. */
-function startReaper(pool: Pool, boss: Boss, intervalMs: number): { stop(): Promise<void> } {
-  let stopped = false;
-  let timer: NodeJS.Timeout | undefined;
-  let current: Promise<void> | undefined;
-  const tick = () => {
-    current = reap(pool, boss)
-      .then(report, (err: unknown) => {
+function startReaper(pool: Pool, boss: Boss, intervalMs: number): Repeating {
+  return repeatAfterEach(
+    (signal) =>
+      reap(pool, boss).then(report, (err: unknown) => {
         // The database is unreachable for now: the next tick tries again.
-        if (!stopped) process.stderr.write(`sluice: reaping interrupted imports failed: ${errorMessage(err)}\n`);
-      })
-      .finally(() => {
-        current = undefined;
-        if (!stopped) schedule();
-      });
-  };
-  const schedule = () => {
-    timer = setTimeout(tick, intervalMs);
-    timer.unref();
-  };
-  schedule();
-  return {
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await current;
-    },
-  };
+        if (!signal.aborted) process.stderr.write(`sluice: reaping interrupted imports failed: ${errorMessage(err)}\n`);
+      }),
+    intervalMs,
+    'after-interval',
+  );
 }
 
 /** Part workers inside `sluice serve` (SLUICE_WORKERS, default 2; 0: none). */
