@@ -121,22 +121,33 @@ export async function openDb(options: OpenDbOptions = {}): Promise<Pool> {
 
 /**
  * Runs `fn` on one pool client inside a transaction opened by `begin` (`BEGIN`, or BEGIN
- * with SET LOCAL limits built by the caller from its own numbers), then COMMIT; on an
- * error ROLLBACK, and a client whose ROLLBACK fails (its connection lost) is not handed back
- * to the pool.
+ * with SET LOCAL limits built by the caller from its own numbers): see transactionOn. A
+ * client whose ROLLBACK fails (its connection lost) is not handed back to the pool.
  */
 export async function withTransaction<T>(pool: Pool, begin: string, fn: (client: Client) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   let broken: Error | undefined;
   try {
+    return await transactionOn(client, begin, () => fn(client), (e) => (broken = e));
+  } finally {
+    client.release(broken);
+  }
+}
+
+/**
+ * Runs `fn` inside a transaction on `client`, opened by `begin`, then COMMIT; when anything
+ * throws, ROLLBACK and the error goes on. A ROLLBACK that fails leaves the connection unfit
+ * to reuse (it may still be inside the transaction): `onBroken` gets that error, and the
+ * caller then releases the client with it (destroyed, not pooled).
+ */
+export async function transactionOn<T>(client: Client, begin: string, fn: () => Promise<T>, onBroken: (err: Error) => void): Promise<T> {
+  try {
     await client.query(begin);
-    const result = await fn(client);
+    const result = await fn();
     await client.query('COMMIT');
     return result;
   } catch (err) {
-    await client.query('ROLLBACK').catch(() => (broken = err as Error));
+    await client.query('ROLLBACK').catch((e: Error) => onBroken(e));
     throw err;
-  } finally {
-    client.release(broken);
   }
 }

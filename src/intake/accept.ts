@@ -17,7 +17,7 @@ import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { errorMessage, InvalidFileError, InvalidInputError, SluiceError } from '../core/errors.ts';
 import { intEnv } from '../config.ts';
-import type { Client, Pool } from '../db/pool.ts';
+import { transactionOn, type Client, type Pool } from '../db/pool.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { cancelImportRow, endedStatus, insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
@@ -267,10 +267,10 @@ async function receive(
   let parts = 0;
   const store = async (part: Part) => {
     if (part.n === 0) await describe(db, id, pipeline, meta!, splitter.header!, part.data);
-    try {
-      // No fsync per part: the upload is acknowledged (202) only after the final,
-      // synchronous commit below, which makes every earlier part durable with it.
-      await db.query('BEGIN; SET LOCAL synchronous_commit = off');
+    // No fsync per part: the upload is acknowledged (202) only after the final, synchronous
+    // commit below, which makes every earlier part durable with it. The connection goes on
+    // with the upload (and holds its lock): out of the transaction, or marked broken.
+    await transactionOn(db, 'BEGIN; SET LOCAL synchronous_commit = off', async () => {
       const r = await insertPart(db, id, part);
       if (!r.stored) throw new UploadEnded(r.status);
       await sendJob(boss, db, PART_QUEUE, { importId: id, n: part.n });
@@ -279,13 +279,7 @@ async function receive(
         await setMergeEnqueued(db, id);
         await sendJob(boss, db, MERGE_QUEUE, { importId: id });
       }
-      await db.query('COMMIT');
-    } catch (err) {
-      // The connection goes on with the upload (and holds its lock): out of the transaction,
-      // or marked broken, never left inside it.
-      await db.query('ROLLBACK').catch((e: Error) => (owner.broken ??= e));
-      throw err;
-    }
+    }, (e) => (owner.broken ??= e));
     parts++;
   };
   // One part is stored while the next one arrives (never more than one in flight, so

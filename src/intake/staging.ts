@@ -5,7 +5,7 @@
  * `<stage>` itself stays empty unless a merge of the whole file at once needs every row in
  * one table (several key columns).
  */
-import type { Client, Pool } from '../db/pool.ts';
+import { transactionOn, type Client, type Pool } from '../db/pool.ts';
 import { dropFinishedPartData, dropPartData } from '../db/sql/intake.ts';
 import { ident } from '../load/merge-sql.ts';
 import { errorCode } from '../db/unavailable.ts';
@@ -53,13 +53,9 @@ async function dropGivingWay(pool: Pool, tables: string[]): Promise<void> {
   let broken: Error | undefined;
   try {
     for (const drop of dropStatements(tables)) {
-      await client.query('BEGIN');
       try {
-        await client.query(`SET LOCAL lock_timeout = '200ms'`);
-        await client.query(drop);
-        await client.query('COMMIT');
+        await transactionOn(client, `BEGIN; SET LOCAL lock_timeout = '200ms'`, () => client.query(drop), (e) => (broken = e));
       } catch (err) {
-        await client.query('ROLLBACK').catch((e: Error) => (broken = e));
         if (errorCode(err) === LOCK_NOT_AVAILABLE) return;
         throw err;
       }
