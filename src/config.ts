@@ -5,6 +5,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InvalidInputError } from './core/errors.ts';
+import { wholeNumber } from './core/whole-number.ts';
 
 /** The repository root (this file is src/config.ts). */
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -48,18 +49,14 @@ function isNumber(v: string): string | undefined {
   return Number.isFinite(Number(v)) ? undefined : 'must be a number';
 }
 
-
-/** Plain decimal digits: `Number` also takes ' ' (0), '0x10', '1e3' and '  7'. */
-const DIGITS = /^\d{1,16}$/;
-
 function isPositiveInteger(v: string): string | undefined {
-  return DIGITS.test(v) && Number(v) >= 1 ? undefined : 'must be a positive integer';
+  return (wholeNumber(v) ?? 0) >= 1 ? undefined : 'must be a positive integer';
 }
 
 function wholeAtLeast(min: number, max = Number.MAX_SAFE_INTEGER): (v: string) => string | undefined {
   return (v) => {
-    const n = Number(v);
-    if (DIGITS.test(v) && n >= min && n <= max) return undefined;
+    const n = wholeNumber(v);
+    if (n !== undefined && n >= min && n <= max) return undefined;
     return max === Number.MAX_SAFE_INTEGER ? `must be a whole number of at least ${min}` : `must be a whole number from ${min} to ${max}`;
   };
 }

@@ -4,6 +4,7 @@
  * number is plain decimal digits (`1e2`, `0x10`, ` 7` are refused, though `Number` takes them).
  */
 import { InvalidInputError } from '../core/errors.ts';
+import { wholeNumber } from '../core/whole-number.ts';
 
 export type Query = Record<string, unknown>;
 
@@ -19,8 +20,8 @@ export function stringParam(query: Query, name: string): string | undefined {
 export function intParam(query: Query, name: string, range: { min: number; max: number }): number | undefined {
   const v = stringParam(query, name);
   if (v === undefined) return undefined;
-  const n = /^\d{1,16}$/.test(v) ? Number(v) : NaN;
-  if (!(n >= range.min && n <= range.max)) {
+  const n = wholeNumber(v);
+  if (n === undefined || n < range.min || n > range.max) {
     throw new InvalidInputError(range.max === Number.MAX_SAFE_INTEGER ? `${name} must be an integer >= ${range.min}` : `${name} must be an integer from ${range.min} to ${range.max}`);
   }
   return n;

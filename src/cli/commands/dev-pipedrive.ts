@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
+import { wholeNumber } from '../../core/whole-number.ts';
 import { PipedriveSimulator } from '../../dev/pipedrive-simulator.ts';
 import { isLoopback } from '../../http/auth.ts';
 import { parseRateLimit } from '../../pipelines/crm/config.ts';
@@ -30,8 +31,8 @@ export function registerDevPipedrive(program: Command): void {
     .option('--token <token>', 'required API token (default PIPEDRIVE_API_TOKEN; unset = any)')
     .option('--latency <ms>', 'added to every response', '0')
     .action(async (opts: Opts) => {
-      const port = Number(opts.port);
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidInputError(`invalid port: ${opts.port}`);
+      const port = wholeNumber(opts.port);
+      if (port === undefined || port > 65535) throw new InvalidInputError(`invalid port: ${opts.port}`);
       if (!isLoopback(opts.host)) throw new InvalidInputError(`the simulator listens on loopback only, not ${opts.host}`);
       const rateLimit = opts.rateLimit === 'none' ? undefined : parseRateLimit(opts.rateLimit);
       if (opts.rateLimit !== 'none' && !rateLimit) throw new InvalidInputError(`--rate-limit: expected like 80/2s or none, got ${opts.rateLimit}`);

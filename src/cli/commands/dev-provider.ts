@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
+import { wholeNumber } from '../../core/whole-number.ts';
 import { SIMULATOR_MODES, startProviderSimulator, type SimulatorMode } from '../../dev/provider-simulator.ts';
 import { untilSignal } from '../until-signal.ts';
 
@@ -33,11 +34,11 @@ export function registerDevProvider(program: Command): void {
     .option('--slow-ms <ms>', 'delay between chunks in slow mode', '1000')
     .option('--basic-auth <user:password>', 'require HTTP Basic authorization for the feed (401 without it)')
     .action(async (opts: Opts) => {
-      const port = Number(opts.port);
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidInputError(`invalid port: ${opts.port}`);
+      const port = wholeNumber(opts.port);
+      if (port === undefined || port > 65535) throw new InvalidInputError(`invalid port: ${opts.port}`);
       if (!SIMULATOR_MODES.includes(opts.mode as SimulatorMode)) throw new InvalidInputError(`--mode must be one of ${SIMULATOR_MODES.join(', ')}`);
-      const slowMs = Number(opts.slowMs);
-      if (!/^\d+$/.test(opts.slowMs) || !Number.isSafeInteger(slowMs)) throw new InvalidInputError(`--slow-ms must be a whole number of milliseconds, got ${JSON.stringify(opts.slowMs)}`);
+      const slowMs = wholeNumber(opts.slowMs);
+      if (slowMs === undefined) throw new InvalidInputError(`--slow-ms must be a whole number of milliseconds, got ${JSON.stringify(opts.slowMs)}`);
       let basicAuth: { user: string; password: string } | undefined;
       if (opts.basicAuth !== undefined) {
         const at = opts.basicAuth.indexOf(':');

@@ -1,15 +1,15 @@
 /** `sluice gen leads|csv|purchases`: synthetic data for demos and benchmarks. */
 import type { Command } from 'commander';
 import { InvalidInputError } from '../../core/errors.ts';
+import { wholeNumber } from '../../core/whole-number.ts';
 import { openDb } from '../../db/pool.ts';
 import { generateLeads, writeLeadsCsv } from '../../gen/leads.ts';
 import { writePurchasesFile } from '../../gen/purchases.ts';
 
 /** A whole number in plain digits, `_` allowed between them (`2_000_000`); `Number` would take ' ', `1e3` and `0x10`. */
 function count(v: string, min = 0): number {
-  const digits = v.replace(/_/g, '');
-  const n = /^\d{1,16}$/.test(digits) ? Number(digits) : NaN;
-  if (!(n >= min)) throw new InvalidInputError(`expected a whole number${min > 0 ? ` of at least ${min}` : ''}, got ${v}`);
+  const n = wholeNumber(v.replace(/_/g, ''));
+  if (n === undefined || n < min) throw new InvalidInputError(`expected a whole number${min > 0 ? ` of at least ${min}` : ''}, got ${v}`);
   return n;
 }
 
