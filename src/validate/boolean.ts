@@ -1,10 +1,16 @@
-/** Yes/no cells as spreadsheets write them, in English and Portuguese (any case). */
+/**
+ * Yes/no cells as spreadsheets write them, in English and Portuguese (any case); TRUE/FALSE
+ * cells exported by a Portuguese Excel read VERDADEIRO/FALSO.
+ */
 import { nfc } from './sanitize.ts';
 
-const TRUE = new Set(['1', 'y', 'yes', 's', 'sim', 'true']);
-const FALSE = new Set(['0', 'n', 'nao', 'não', 'no', 'false']);
+const TRUE = new Set(['1', 'y', 'yes', 's', 'sim', 'true', 'verdadeiro']);
+const FALSE = new Set(['0', 'n', 'nao', 'não', 'no', 'false', 'falso']);
 
-/** `0|n|nao|não|no` -> false, `1|y|yes|s|sim` -> true (`não` in NFC or NFD); anything else is an error. */
+/**
+ * `0|n|nao|não|no|false|falso` -> false, `1|y|yes|s|sim|true|verdadeiro` -> true (`não` in NFC
+ * or NFD); anything else is an error.
+ */
 export function parseYesNo(value: string): boolean | { error: string } {
   const t = value.trim().toLowerCase();
   if (TRUE.has(t)) return true;

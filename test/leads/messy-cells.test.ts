@@ -41,9 +41,13 @@ test(`cityName: at most ${MAX_CITY_CHARS} characters, counted after the clean-up
   });
 });
 
-test('parseYesNo: não in NFC or NFD, any case', () => {
+test('parseYesNo: não in NFC or NFD, any case; true/false and a Portuguese Excel\'s VERDADEIRO/FALSO', () => {
   for (const v of ['não', 'na\u0303o', 'NA\u0303O', 'NÃO', 'nao', ' Não ']) assert.equal(parseYesNo(v), false, JSON.stringify(v));
   for (const v of ['sim', 'SIM', 'y', '1']) assert.equal(parseYesNo(v), true, v);
+  // A Portuguese Excel's TRUE/FALSE, and the English ones.
+  for (const v of ['VERDADEIRO', 'Verdadeiro', 'TRUE']) assert.equal(parseYesNo(v), true, v);
+  for (const v of ['FALSO', 'falso', 'FALSE']) assert.equal(parseYesNo(v), false, v);
+  assert.deepEqual(parseYesNo('talvez'), { error: 'not a yes/no value: "talvez"' });
   assert.deepEqual(parseYesNo('talvez'), { error: 'not a yes/no value: "talvez"' });
   // A combining mark on its own does not make a yes/no value.
   assert.deepEqual(parseYesNo('n\u0303'), { error: `not a yes/no value: ${JSON.stringify('n\u0303')}` });
