@@ -18,7 +18,7 @@ import { errorMessage } from '../core/errors.ts';
 import type { Client, Pool } from '../db/pool.ts';
 import { ownerAlive, UPLOAD_INTERRUPTED } from '../db/sql/imports.ts';
 import {
-  dropPartData, finishMerged, importForWork, lockImport, mergerState, mergeWork, notifyImportFinished, requeuePart,
+  dropPartData, finishMerged, mergeConnectionName, importForWork, lockImport, mergerState, mergeWork, notifyImportFinished, requeuePart,
 } from '../db/sql/intake.ts';
 import { PART_QUEUE, sendJob, type Boss } from '../jobs/boss.ts';
 import type { Pipeline } from '../engine/pipeline.ts';
@@ -206,8 +206,9 @@ async function merge(ctx: IntakeContext, importId: string, signal: PartSignal): 
   const client = await pool.connect();
   let broken = false;
   try {
-    // Told apart from the part workers' connections in pg_stat_activity.
-    await client.query(`SET application_name = 'sluice-merge'`);
+    // Told apart from the part workers' connections in pg_stat_activity, and found by a
+    // cancel of its import (endMergeConnection, cancel.ts).
+    await client.query(`SELECT set_config('application_name', $1, false)`, [mergeConnectionName(importId)]);
     const t0 = performance.now();
     // Rows in the import's main staging table come from a version that staged there: such
     // an import is merged whole, as are files with several key columns.

@@ -33,7 +33,8 @@ export interface MergeHints {
   possibleDuplicates?: string[];
 }
 
-function lockKey(table: string): string {
+/** The text whose hashtext is the advisory lock every merge into `table` takes (one at a time). */
+export function lockKey(table: string): string {
   return `sluice:merge:${table}`;
 }
 

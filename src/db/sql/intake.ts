@@ -282,6 +282,29 @@ export async function dropFinishedPartData(db: Db): Promise<number> {
   return rowCount ?? 0;
 }
 
+/** The name of an intake merge's connection in pg_stat_activity (merge-job.ts). */
+export function mergeConnectionName(importId: string): string {
+  return `sluice-merge ${importId}`;
+}
+
+/**
+ * Ends the connection of a merge of import `id` still at work (its connection is named by
+ * mergeConnectionName), and waits up to 5 s for its backend to exit: Postgres rolls its
+ * transaction back and lets go of its locks, the target's merge lock included. For an
+ * import already recorded as cancelled: a merge in a long statement (the last rows of a big
+ * file, an index under contention) or waiting for another import's merge to let go of the
+ * target would otherwise go on until that ends, holding its worker's merge slot and, in the
+ * first case, the target. Returns how many connections were ended (0 or 1).
+ */
+export async function endMergeConnection(db: Db, id: string): Promise<number> {
+  const { rows } = await db.query<{ n: number }>(
+    `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000))::int AS n
+       FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()`,
+    [mergeConnectionName(id)],
+  );
+  return rows[0]!.n;
+}
+
 export async function cancelImportRow(db: Db, id: string): Promise<boolean> {
   const { rowCount } = await db.query(
     `UPDATE imports SET status = 'cancelled', finished_at = now(), updated_at = now()
