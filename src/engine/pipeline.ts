@@ -26,11 +26,20 @@
 export type MergePolicy =
   /** the newest non-blank value replaces the stored one; blank leaves it unchanged */
   | 'overwrite'
-  /** set only while the stored value is blank; in a file, the first non-blank value wins */
+  /**
+   * set only while the stored value is blank (NULL, or text of white space only); in a file,
+   * the first non-blank value wins
+   */
   | 'fill-if-blank'
-  /** values are added to the stored set (array), keeping first-seen order, no duplicates */
+  /**
+   * a cell is a comma-separated list of members (each trimmed); they are added to the
+   * stored set (array), keeping first-seen order, no duplicates
+   */
   | 'add-to-set'
-  /** set when the record is created, never changed afterwards */
+  /**
+   * set when the record is created, by the file's first row of the key (blank included:
+   * then NULL), never changed afterwards
+   */
   | 'keep-first';
 
 /** Postgres type of a staging column. */

@@ -113,6 +113,24 @@ interface ColumnPlan {
   rejectsRow: boolean;
   /** Text values need COPY escaping; other types are written as the parser returned them. */
   text: boolean;
+  /** Feeds an add-to-set field: its value is a comma-separated list of members (setMembers). */
+  set: boolean;
+}
+
+/**
+ * An add-to-set cell's members, comma-separated, each trimmed, blanks dropped, each once in
+ * first-seen order (null when none is left): what the merge takes for a set ("a, a,b" adds
+ * a and b once), whatever the column's parser did, so that a key's rows give the same set
+ * folded together or merged apart (another chunk or part).
+ */
+export function setMembers(value: string): string | null {
+  if (!value.includes(',')) return value.trim() || null;
+  const members = new Set<string>();
+  for (const m of value.split(',')) {
+    const t = m.trim();
+    if (t) members.add(t);
+  }
+  return members.size > 0 ? [...members].join(',') : null;
 }
 
 /** The raw text of the current record, produced only when a reject needs it. */
@@ -148,11 +166,12 @@ export class RowMapper {
     this.pipeline = pipeline;
     this.mapping = mapping;
     this.rejects = rejects;
+    const sets = new Set([...pipeline.target.fields, ...(pipeline.target.child?.fields ?? [])].filter((f) => f.merge === 'add-to-set').map((f) => f.from));
     this.plan = pipeline.columns.map((col, c) => {
       const indexes = mapping.columnIndexes[c]!;
       return {
         index: indexes.length === 1 ? indexes[0]! : -1, indexes, name: col.name, parse: col.parse,
-        rejectsRow: (col.onInvalid ?? 'row') === 'row', text: col.type === 'text',
+        rejectsRow: (col.onInvalid ?? 'row') === 'row', text: col.type === 'text', set: sets.has(col.name),
       };
     });
     this.keyIndex = mapping.keyIndexes.length === 1 ? mapping.keyIndexes[0]! : -1;
@@ -207,6 +226,7 @@ export class RowMapper {
         (fieldIssues ??= []).push({ field: col.name, reason: value.error });
         value = null;
       }
+      if (col.set && typeof value === 'string') value = setMembers(value);
       if (col.text && typeof value === 'string') {
         const copied = copyData(value);
         if (copied === undefined) return this.reject(line, `${col.name}: ${NUL_REASON}`, raw);
