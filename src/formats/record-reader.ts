@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { InvalidFileError } from '../core/errors.ts';
 import { CsvParser, type ParsedBatch } from './csv-parser.ts';
-import { createDecoder, detectEncoding, encodingContradiction, excelSeparatorLine, looksBinary, sniffDelimiter, utf16Bom, type Encoding } from './sniff.ts';
+import { createDecoder, detectEncoding, encodingContradiction, excelSeparatorLine, looksBinary, parseDelimiter, sniffDelimiter, utf16Bom, type Encoding } from './sniff.ts';
 import { WhitespaceColumnsParser } from './whitespace-columns.ts';
 
 export type FormatKind = 'csv' | 'fixed-width';
@@ -32,18 +32,31 @@ export interface FileMeta {
   bom: boolean;
   delimiter: string | null;
   bytes: number;
+  /**
+   * Excel's delimiter hint (`sep=;`) on the first line of a CSV, honoured: its character is
+   * `delimiter`, and the line is the file's first `bytes` bytes (a UTF-8 BOM before it and
+   * its line end included), which the readers skip: the header is on line 2, and line
+   * numbers stay those of the file. Null without one (and for fixed-width files).
+   */
+  hint: { line: string; bytes: number } | null;
 }
 
 const SAMPLE_BYTES = 64 * 1024;
 
 /**
- * How the user gave the encoding, for the error refusing one the first bytes contradict:
- * `given('utf-8')` ends "it was ..." and `use(e)` / `none` say how to give another or none.
+ * How the user gave an option of the file's format (its value, `v`), for the errors refusing
+ * one the file contradicts: `given(v)` follows "it was" (encoding) or "but" (delimiter), and
+ * `use(v)` / `none` say how to give another or none.
  */
-export interface EncodingWording {
-  given(e: Encoding): string;
-  use(e: Encoding): string;
+export interface OptionWording<V extends string = string> {
+  given(v: V): string;
+  use(v: V): string;
   none: string;
+}
+
+/** How the user gave the encoding (the top level, as before) and the delimiter. */
+export interface EncodingWording extends OptionWording<Encoding> {
+  delimiter: OptionWording;
 }
 
 /** Inspects the first bytes of a file: encoding, delimiter; throws on empty/binary files and on an encoding they contradict. */
@@ -68,11 +81,21 @@ export function readSample(path: string): { sample: Buffer; bytes: number } {
 /** Bytes to read before calling detectSample on a stream. */
 export const DETECT_SAMPLE_BYTES = SAMPLE_BYTES;
 
-/** How `sluice import` and `sluice inspect` give the encoding. */
+/** A delimiter as a message names it: `";"`, or `tab`. */
+export function delimiterName(d: string): string {
+  return d === '\t' ? 'tab' : JSON.stringify(d);
+}
+
+/** How `sluice import` and `sluice inspect` give the encoding and the delimiter. */
 const GIVEN_ON_COMMAND_LINE: EncodingWording = {
   given: (e) => `given --encoding ${e}`,
   use: (e) => `run it with --encoding ${e}`,
   none: 'without --encoding',
+  delimiter: {
+    given: (d) => `--delimiter ${delimiterName(d)} was given`,
+    use: (d) => `run it with --delimiter ${delimiterName(d)}`,
+    none: 'without --delimiter',
+  },
 };
 
 /**
@@ -112,20 +135,44 @@ export function detectSample(
   const det = detectEncoding(sample);
   const encoding = overrides.encoding ?? det.encoding;
   let delimiter: string | null = null;
+  let hint: FileMeta['hint'] = null;
   if (format === 'csv') {
     const text = new TextDecoder(encoding).decode(sample);
-    // Refused rather than honoured: the HTTP intake cuts the upload into parts from its
-    // first line on (src/intake/accept.ts), taking `sep=;` for the header, so skipping the
-    // line here would import the file from the command line and not over HTTP.
-    const sep = excelSeparatorLine(text);
-    if (sep !== undefined) {
-      throw new InvalidFileError(
-        `invalid file: the first line ${JSON.stringify(sep)} is Excel's delimiter hint, not a header: remove that line (the delimiter is detected from the header and rows)`,
-      );
-    }
-    delimiter = overrides.delimiter ?? sniffDelimiter(text);
+    hint = excelHint(sample, text, overrides.delimiter, wording.delimiter);
+    // The hint says what the file's author chose: it wins over sniffing (and agrees with a
+    // delimiter given, or excelHint refused the file).
+    delimiter = hint ? hint.line.slice(4) : (overrides.delimiter ?? sniffDelimiter(text));
   }
-  return { format, encoding, bom: det.bom, delimiter, bytes };
+  return { format, encoding, bom: det.bom, delimiter, bytes, hint };
+}
+
+/**
+ * Excel's delimiter hint on the first line of a CSV (excelSeparatorLine: exactly `sep=` and
+ * one character), honoured by both ways in: `sluice import` (readRecords skips its bytes) and
+ * the HTTP intake (src/intake/accept.ts feeds the splitter what follows them, from line 2).
+ * Its bytes: a UTF-8 BOM, the five of `sep=X` (X is one of Sluice's delimiters, all ASCII:
+ * one byte in both encodings) and its line end, CRLF, CR or LF. Refused (InvalidFileError)
+ * when its character is not a delimiter Sluice reads, or differs from the one `given`
+ * (never one silently over the other).
+ */
+function excelHint(sample: Buffer, text: string, given: string | undefined, wording: OptionWording): FileMeta['hint'] {
+  const line = excelSeparatorLine(text);
+  if (line === undefined) return null;
+  const d = line.slice(4);
+  if (!parseDelimiter(d)) {
+    throw new InvalidFileError(
+      `invalid file: the first line ${JSON.stringify(line)} is Excel's delimiter hint, for ${delimiterName(d)}, which is not a delimiter Sluice reads (, ; tab |): save the file with one of those`,
+    );
+  }
+  if (given !== undefined && given !== d) {
+    throw new InvalidFileError(
+      `invalid file: the first line ${JSON.stringify(line)} is Excel's delimiter hint, for ${delimiterName(d)}, but ${wording.given(given)}: ${wording.use(d)} or ${wording.none}, or remove that line`,
+    );
+  }
+  let bytes = (sample[0] === 0xef && sample[1] === 0xbb && sample[2] === 0xbf ? 3 : 0) + 'sep=;'.length;
+  if (sample[bytes] === 0x0d) bytes += sample[bytes + 1] === 0x0a ? 2 : 1;
+  else if (sample[bytes] === 0x0a) bytes += 1;
+  return { line, bytes };
 }
 
 export interface RecordProgress {
@@ -133,24 +180,30 @@ export interface RecordProgress {
   bytes: number;
 }
 
-/** Streams the file's records as parser batches. */
+/**
+ * Streams the file's records as parser batches. Read from its start, a CSV's Excel delimiter
+ * hint (meta.hint) is skipped: the first record is the header on line 2, and the lines
+ * and byte offsets the batches and errors name are still those of the file.
+ */
 export async function* readRecords(
   path: string,
   meta: FileMeta,
   options: ReaderOptions,
   progress?: (p: RecordProgress) => void,
 ): AsyncGenerator<ParsedBatch> {
+  const skip = meta.format === 'csv' && meta.hint && !options.start ? meta.hint.bytes : 0;
+  const firstLine = (options.firstLine ?? 1) + (skip > 0 ? 1 : 0);
   const parser =
     meta.format === 'csv'
-      ? new CsvParser({ delimiter: meta.delimiter ?? ',', firstLine: options.firstLine ?? 1, maxRecordChars: options.maxRecordChars })
-      : new WhitespaceColumnsParser({ firstLine: options.firstLine ?? 1, maxRecordChars: options.maxRecordChars });
-  const decoder = createDecoder(meta.encoding);
+      ? new CsvParser({ delimiter: meta.delimiter ?? ',', firstLine, maxRecordChars: options.maxRecordChars })
+      : new WhitespaceColumnsParser({ firstLine, maxRecordChars: options.maxRecordChars });
+  const decoder = createDecoder(meta.encoding, skip);
   const stream = fs.createReadStream(path, {
     highWaterMark: options.chunkBytes ?? 4 << 20,
-    start: options.start,
+    start: skip > 0 ? skip : options.start,
     end: options.end === undefined ? undefined : options.end - 1,
   });
-  let bytes = 0;
+  let bytes = skip;
   for await (const chunk of stream as AsyncIterable<Buffer>) {
     bytes += chunk.length;
     const text = decoder.write(chunk);

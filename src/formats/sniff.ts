@@ -104,7 +104,9 @@ const SNIFF_RECORDS = 20;
  * The first line of Excel's delimiter hint (`sep=;`: exactly `sep=` and one character, then
  * a line end or the end of the text; a UTF-8 BOM before it is skipped), or undefined. Excel
  * reads the line as the file's delimiter, so files made for Excel in locales whose list
- * separator differs carry it; read as the header, it hides the real one.
+ * separator differs carry it; read as the header, it hides the real one. Sluice honours it
+ * too (record-reader.ts, excelHint). A first line with more after the character
+ * (`sep=;x`) is not one: it is the header.
  */
 export function excelSeparatorLine(sampleText: string): string | undefined {
   return /^\ufeff?(sep=[^\r\n])(?:\r|\n|$)/.exec(sampleText)?.[1];
@@ -196,8 +198,12 @@ function fieldCounts(text: string, d: number): { counts: number[]; freq: number 
   return { counts, freq };
 }
 
-/** A streaming decoder; throws InvalidFileError ('invalid UTF-8 at byte offset N ...') on bad UTF-8. */
-export function createDecoder(encoding: Encoding): { write(chunk: Uint8Array): string; end(): string } {
+/**
+ * A streaming decoder; throws InvalidFileError ('invalid UTF-8 at byte offset N ...') on bad
+ * UTF-8. `offset`: the file's byte offset of the first byte written (default 0; a reader
+ * that skipped the file's first bytes, an Excel `sep=` line, still names the file's offsets).
+ */
+export function createDecoder(encoding: Encoding, offset = 0): { write(chunk: Uint8Array): string; end(): string } {
   if (encoding === 'windows-1252') {
     // Single-byte: every byte decodes, nothing is ever pending between chunks.
     const decoder = new TextDecoder('windows-1252');
@@ -206,7 +212,7 @@ export function createDecoder(encoding: Encoding): { write(chunk: Uint8Array): s
   // fatal: a file sniffed as UTF-8 from its first KB can still hold Latin-1 bytes further
   // on; failing loudly beats silently importing U+FFFD into the database.
   const decoder = new TextDecoder('utf-8', { fatal: true });
-  let offset = 0; // bytes written so far
+  // `offset`: the file's offset of the next byte written (bytes written so far, plus the start).
   let pending: Uint8Array = new Uint8Array(0); // the incomplete sequence the decoder holds
   return {
     write(chunk) {

@@ -21,7 +21,7 @@ import { transactionOn, type Client, type Pool } from '../db/pool.ts';
 import { createImport, lockImportOwner, unlockImportOwner } from '../db/sql/imports.ts';
 import { cancelImportRow, endedStatus, insertPart, setImportFormat, setMergeEnqueued, setPartsTotal } from '../db/sql/intake.ts';
 import { mapHeader } from '../engine/row-mapper.ts';
-import { DETECT_SAMPLE_BYTES, delimiterProblem, detectSample, type EncodingWording, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
+import { DETECT_SAMPLE_BYTES, delimiterName, delimiterProblem, detectSample, type EncodingWording, type FileMeta, type FormatKind } from '../formats/record-reader.ts';
 import type { Delimiter, Encoding } from '../formats/sniff.ts';
 import { inTransaction, MERGE_QUEUE, PART_QUEUE, sendJob } from '../jobs/boss.ts';
 import { createStageSql } from '../load/merge-sql.ts';
@@ -302,7 +302,16 @@ async function receive(
       splitter.delimiter = (meta.delimiter ?? ',').charCodeAt(0);
     }
     if (!whole) splitter.partRecords = partRowsFor(partRows, options.expectedBytes, all, splitter.terminator);
-    await feed(all);
+    if (meta.hint) {
+      // Excel's `sep=;` line (its delimiter is meta.delimiter): never given to the splitter,
+      // which takes its first line for the header. What follows it starts on line 2, so the
+      // header is line 2 and the parts' lines (first_line, rejects) stay the file's, as in
+      // `sluice import` (readRecords skips the same bytes). The sample holds the whole line.
+      splitter.firstLine = 2;
+      await feed(all.subarray(meta.hint.bytes));
+    } else {
+      await feed(all);
+    }
   };
   try {
     for await (const chunk of chunksOf(body, options.idleTimeoutMs ?? UPLOAD_IDLE_TIMEOUT_MS)) {
@@ -325,7 +334,8 @@ async function receive(
     if (last) await enqueue(last);
     await inFlight;
     options.signal?.throwIfAborted();
-    if (parts === 0) throw new InvalidFileError('invalid file: no data rows after the header');
+    // No header at all: a file of Excel's `sep=;` line alone (any other is refused as empty).
+    if (parts === 0) throw new InvalidFileError(`invalid file: ${splitter.header === undefined ? 'no header row' : 'no data rows after the header'}`);
     // The upload is complete: parts_total tells the merge (sent with part 0) where the file
     // ends. This synchronous commit is what makes the parts durable before the 202.
     const ended = await setPartsTotal(db, id, parts, total);
@@ -425,14 +435,24 @@ function withIdleTimeout<T>(pending: Promise<T>, ms: number, onIdle: () => void)
   });
 }
 
-/** How an upload gives its encoding, for the error refusing one its first bytes contradict. */
-const SENT: EncodingWording = { given: (e) => `sent as ${e}`, use: (e) => `send it with encoding=${e}`, none: 'without an encoding' };
+/** How an upload gives its encoding and delimiter, for the errors refusing one its first bytes contradict. */
+const SENT: EncodingWording = {
+  given: (e) => `sent as ${e}`,
+  use: (e) => `send it with encoding=${e}`,
+  none: 'without an encoding',
+  delimiter: {
+    given: (d) => `it was sent with delimiter ${delimiterName(d)}`,
+    use: (d) => `send it with delimiter ${delimiterName(d)}`,
+    none: 'without a delimiter',
+  },
+};
 
 /**
  * The file's format from its first bytes, with what the client gave instead of what would be
  * detected. An encoding the first bytes contradict is refused here, before the 202, rather
  * than failing the import in its first part or misreading its header: bytes that are not
- * UTF-8 sent as utf-8, a UTF-8 byte order mark sent as windows-1252.
+ * UTF-8 sent as utf-8, a UTF-8 byte order mark sent as windows-1252; so is a delimiter other
+ * than the one of an Excel `sep=` first line (which, without one, is the delimiter).
  */
 function detect(sample: Buffer, bytes: number, kind: FormatKind, format: FileFormat): FileMeta {
   return detectSample(sample, bytes, kind, format, SENT);

@@ -5,7 +5,9 @@
  * multi-byte character, so scanning bytes is exact). The terminator is LF (which covers
  * CRLF), or CR for files whose lines end with a lone CR (old Mac exports; chosen by the
  * caller from the first bytes, lineTerminator()). The first record (the header) is split
- * off. Physical line numbers are tracked so rejects point at the right line of the file.
+ * off. Physical line numbers are tracked so rejects point at the right line of the file:
+ * from `firstLine` on, 2 when the caller kept an Excel `sep=` line from the splitter (the
+ * header then starts on line 2, src/intake/accept.ts).
  *
  * Quoted fields are found exactly as the CSV parser (formats/csv-parser.ts) finds them:
  * each part is parsed on its own, so a cut inside what the parser reads as a quoted field
@@ -64,6 +66,8 @@ export interface SplitterOptions {
   terminator?: number;
   /** The CSV delimiter's byte (default ','; the delimiters are ASCII): a quote after it starts a quoted field. */
   delimiter?: number;
+  /** Physical line of the file on which the first byte pushed is (default 1). */
+  firstLine?: number;
   maxPartBytes?: number;
   maxRecordBytes?: number;
 }
@@ -75,6 +79,11 @@ export class RecordSplitter {
   terminator: number;
   /** The CSV delimiter's byte; may be changed before the first bytes are pushed. */
   delimiter: number;
+  /**
+   * Physical line of the file on which the first byte pushed is: 1, or 2 when the caller
+   * kept Excel's `sep=` line from the splitter; may be changed before the first bytes are pushed.
+   */
+  firstLine: number;
   private readonly quoted: boolean;
   private readonly maxPartBytes: number;
   private readonly maxRecordBytes: number;
@@ -102,6 +111,7 @@ export class RecordSplitter {
     this.quoted = options.quoted;
     this.terminator = options.terminator ?? LF;
     this.delimiter = options.delimiter ?? COMMA;
+    this.firstLine = options.firstLine ?? 1;
     this.maxPartBytes = options.maxPartBytes ?? MAX_PART_BYTES;
     this.maxRecordBytes = options.maxRecordBytes ?? MAX_RECORD_BYTES;
   }
@@ -111,6 +121,7 @@ export class RecordSplitter {
     const parts: Part[] = [];
     if (buf.length === 0) return parts;
     const eol = this.terminator;
+    if (this.seen === 0) this.line = this.partStartLine = this.firstLine;
     if (this.seen < 3) this.lead = Buffer.concat([this.lead, buf.subarray(0, 3 - this.seen)]);
     let start = 0;
     // Where the record being read began in this buffer (0: in an earlier one).

@@ -143,18 +143,54 @@ test('detectSample: UTF-16 text is refused naming what to do, before the binary 
   assert.throws(() => detectSample(bare, bare.length, 'csv'), /binary content/);
 });
 
-test('detectSample: a CSV whose first line is `sep=;` is refused with what that line is', () => {
+test('detectSample: a CSV whose first line is `sep=;` has that delimiter, and the line is the bytes to skip', () => {
   const file = Buffer.from('sep=;\r\nName;Email\r\nA;a1@x.com\r\n');
-  const message = (err: unknown) =>
-    err instanceof InvalidFileError && /^invalid file: the first line "sep=;" is Excel's delimiter hint, not a header: remove that line/.test(err.message);
-  assert.throws(() => detectSample(file, file.length, 'csv'), message);
-  // With a delimiter given, the line would still be read as the header.
-  assert.throws(() => detectSample(file, file.length, 'csv', { delimiter: ';' }), message);
+  const meta = detectSample(file, file.length, 'csv');
+  assert.equal(meta.delimiter, ';');
+  assert.deepEqual(meta.hint, { line: 'sep=;', bytes: 'sep=;\r\n'.length });
+  // The same delimiter given: no contradiction.
+  assert.deepEqual(detectSample(file, file.length, 'csv', { delimiter: ';' }).hint, { line: 'sep=;', bytes: 7 });
   const latin = Buffer.from('sep=;\nNome;Email\nJoão;j@x.com\n', 'latin1');
-  assert.throws(() => detectSample(latin, latin.length, 'csv'), message);
-  // Without the line, the same file is sniffed as usual.
+  const l = detectSample(latin, latin.length, 'csv');
+  assert.deepEqual([l.encoding, l.delimiter, l.hint], ['windows-1252', ';', { line: 'sep=;', bytes: 6 }]);
+  // A BOM before it is part of the bytes skipped; a lone CR ends it; so does the end of the file.
+  const bom = Buffer.from('\ufeffsep=,\nName,Email\n');
+  assert.deepEqual(detectSample(bom, bom.length, 'csv').hint, { line: 'sep=,', bytes: 3 + 6 });
+  const cr = Buffer.from('sep=\t\rName\tEmail\r');
+  assert.deepEqual([detectSample(cr, cr.length, 'csv').delimiter, detectSample(cr, cr.length, 'csv').hint], ['\t', { line: 'sep=\t', bytes: 6 }]);
+  const alone = Buffer.from('sep=|');
+  assert.deepEqual([detectSample(alone, alone.length, 'csv').delimiter, detectSample(alone, alone.length, 'csv').hint], ['|', { line: 'sep=|', bytes: 5 }]);
+  // The hint wins over sniffing: these rows would be sniffed as ';'.
+  const hinted = Buffer.from('sep=,\nName;Email;City\nA;a@x.com;Recife\nB;b@x.com;Olinda\n');
+  assert.equal(detectSample(hinted.subarray(6), hinted.length - 6, 'csv').delimiter, ';');
+  assert.equal(detectSample(hinted, hinted.length, 'csv').delimiter, ',');
+  // Without the line, the same file is sniffed as usual, and has no hint.
   const rest = file.subarray('sep=;\r\n'.length);
-  assert.equal(detectSample(rest, rest.length, 'csv').delimiter, ';');
+  assert.deepEqual([detectSample(rest, rest.length, 'csv').delimiter, detectSample(rest, rest.length, 'csv').hint], [';', null]);
+  // More after the character: a header, not a hint.
+  const header = Buffer.from('sep=;x\nA;b\n');
+  assert.equal(detectSample(header, header.length, 'csv').hint, null);
+  // Fixed-width files have no hint: the line is theirs to read (as their header).
+  assert.equal(detectSample(file, file.length, 'fixed-width').hint, null);
+});
+
+test('detectSample: a `sep=` hint contradicting the delimiter given, or for a character Sluice does not read, is refused naming them', () => {
+  const file = Buffer.from('sep=;\r\nName;Email\r\nA;a1@x.com\r\n');
+  assert.throws(
+    () => detectSample(file, file.length, 'csv', { delimiter: ',' }),
+    (err: unknown) =>
+      err instanceof InvalidFileError &&
+      err.message === `invalid file: the first line "sep=;" is Excel's delimiter hint, for ";", but --delimiter "," was given: run it with --delimiter ";" or without --delimiter, or remove that line`,
+  );
+  const tab = Buffer.from('sep=\t\nName\tEmail\n');
+  assert.throws(() => detectSample(tab, tab.length, 'csv', { delimiter: '|' }), /hint, for tab, but --delimiter "\|" was given: run it with --delimiter tab or/);
+  for (const c of [':', ' ', '"', 'x']) {
+    const odd = Buffer.from(`sep=${c}\nName${c}Email\n`);
+    assert.throws(
+      () => detectSample(odd, odd.length, 'csv'),
+      (err: unknown) => err instanceof InvalidFileError && err.message === `invalid file: the first line ${JSON.stringify(`sep=${c}`)} is Excel's delimiter hint, for ${JSON.stringify(c)}, which is not a delimiter Sluice reads (, ; tab |): save the file with one of those`,
+    );
+  }
 });
 
 // ---- createDecoder -----------------------------------------------------------------------
@@ -192,6 +228,15 @@ test('decoder: the offset is right when the bad sequence started in the previous
   const dec = createDecoder('utf-8');
   assert.equal(dec.write(Uint8Array.of(0x61, 0x62, 0xe2, 0x82)), 'ab'); // € cut after 2 of 3 bytes
   assert.throws(() => dec.write(Uint8Array.of(0x41)), /^InvalidFileError: invalid UTF-8 at byte offset 2:/);
+});
+
+test('decoder: started past the first bytes of the file (a skipped `sep=` line), it names the file\'s offsets', () => {
+  const dec = createDecoder('utf-8', 7);
+  assert.equal(dec.write(utf8('id,name\n')), 'id,name\n');
+  assert.throws(() => dec.write(latin1('2,São\n')), /^InvalidFileError: invalid UTF-8 at byte offset 18:/); // 7 + 8 + 3
+  const cut = createDecoder('utf-8', 7);
+  assert.equal(cut.write(Uint8Array.of(0x61, 0xf0, 0x9f)), 'a');
+  assert.throws(() => cut.end(), /invalid UTF-8 at byte offset 8: the file ends in the middle/);
 });
 
 test('decoder: a file ending in the middle of a char throws at end()', () => {

@@ -1,7 +1,7 @@
 /**
  * Messy cells and Excel's exports in the lead import: an over-long city (a field reject,
  * not a failed import), values in decomposed Unicode (NFD, as macOS tools export) and
- * doubled spaces, the `sep=` first line and UTF-16 "Unicode Text". The cell parsers on
+ * doubled spaces, the `sep=` first line (honoured) and UTF-16 "Unicode Text". The cell parsers on
  * their own, then real imports on real Postgres.
  */
 import assert from 'node:assert/strict';
@@ -133,15 +133,15 @@ test('São Paulo in NFD, in NFC and with two spaces is one city; não in NFD is 
   assert.notEqual((await lead('upper@x.com')).city_id, [...ids][0]);
 });
 
-test("Excel's `sep=;` first line fails the import, saying what the line is and what to do", async () => {
+test("Excel's `sep=;` first line is honoured: skipped, its ';' the delimiter, lines counted from it", async () => {
   const before = await leadCount();
-  const r = await importFile('sep=;\r\nName;Email\r\nA;a1@x.com\r\n');
-  assert.equal(r.status, 'failed');
-  assert.equal(
-    r.error,
-    `invalid file: the first line "sep=;" is Excel's delimiter hint, not a header: remove that line (the delimiter is detected from the header and rows)`,
-  );
-  assert.equal(await leadCount(), before);
+  const r = await importFile('sep=;\r\nName;Email\r\nA;sep1@x.com\r\nB;not-an-email\r\n');
+  assert.equal(r.status, 'completed', r.error);
+  assert.equal(r.meta?.delimiter, ';');
+  assert.deepEqual(r.rows, { read: 2, inserted: 1, updated: 0, unchanged: 0, rejected: 1 });
+  assert.equal(await leadCount(), before + 1);
+  // The header is line 2, the rows lines 3 and 4: the file's own lines.
+  assert.deepEqual(await rejects(r.id), [{ line: 4, field: null, reason: 'email: not an email: "not-an-email"', raw_length: 'B;not-an-email'.length }]);
   // Without it, the file imports with ';' detected.
   const ok = await importFile('Name;Email\r\nA;a1@x.com\r\n');
   assert.equal(ok.status, 'completed', ok.error);

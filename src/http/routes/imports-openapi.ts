@@ -98,7 +98,8 @@ export const importsOpenApi = {
             'Unknown or missing pipeline, no `file` part or one under another name, too many or too long form fields, malformed multipart, malformed JSON, bad or unreachable URL or one answering non-2xx, ' +
               `${givenOnce}; an unknown encoding or delimiter, a charset that disagrees with \`encoding\` or is not an encoding Sluice reads, ` +
               'a delimiter for a fixed-width pipeline, a max_reject_ratio that is not a number from 0 to 1 (invalid_input); an empty or binary file, a header without data rows, ' +
-              'no usable key column, a record over 16 MiB, a file whose first bytes contradict the encoding given (invalid_file)',
+              'no usable key column, a record over 16 MiB, a file whose first bytes contradict the encoding given, UTF-16 text, ' +
+              'an Excel `sep=` first line for a character that is not a delimiter Sluice reads or other than the delimiter given (invalid_file)',
           ),
           '401': unauthorizedResponse(', checked before a byte of the body is read'),
           '403': writeForbidden,
