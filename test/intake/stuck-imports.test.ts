@@ -115,7 +115,7 @@ test('a merge whose worker is killed during its last attempt: a running server f
     const id = await upload(ctx);
     await until(async () => {
       const { rows } = await db.pool.query(
-        `SELECT count(*) FILTER (WHERE application_name = 'sluice-merge') AS merge,
+        `SELECT count(*) FILTER (WHERE application_name LIKE 'sluice-merge %') AS merge,
                 count(*) FILTER (WHERE application_name = 'sluice-worker' AND state = 'idle in transaction') AS held
            FROM pg_stat_activity WHERE datname = current_database()`,
       );

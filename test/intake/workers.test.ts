@@ -90,7 +90,7 @@ async function pausedUpload() {
 async function heldPart(db: TestDb, id: string) {
   return until(async () => {
     const { rows } = await db.pool.query(
-      `SELECT p.n, (SELECT pid FROM pg_stat_activity WHERE application_name = 'sluice-worker' AND state = 'idle in transaction' LIMIT 1) AS pid
+      `SELECT p.n, (SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-worker' AND state = 'idle in transaction' LIMIT 1) AS pid
          FROM import_parts p WHERE p.import_id = $1 AND p.status = 'running'`,
       [id],
     );
@@ -184,7 +184,7 @@ test('the server receiving an upload killed (kill -9) mid-upload: the merge fail
     const { rows } = await db.pool.query(
       `SELECT i.id FROM imports i WHERE i.parts_total IS NULL
           AND EXISTS (SELECT 1 FROM import_parts p WHERE p.import_id = i.id AND p.n = 2 AND p.status = 'completed')
-          AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-merge')`,
+          AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'sluice-merge %')`,
     );
     return rows[0]?.id as string | undefined;
   }, 'the merge to wait for the rest of the upload');
@@ -227,7 +227,7 @@ test('SIGTERM to the only worker while its merge waits for parts: it hands the m
   await heldPart(db, id);
   // The merge (in the same process, the only one) waits for parts nobody else will stage.
   await until(async () => {
-    const { rows } = await db.pool.query(`SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-merge'`);
+    const { rows } = await db.pool.query(`SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'sluice-merge %'`);
     return rows.length > 0;
   }, 'the merge to start');
   a.child.kill('SIGTERM');
@@ -259,7 +259,7 @@ test("SIGTERM to a worker whose merge waits for another import's merge lock: it 
     await until(async () => {
       const { rows } = await db.pool.query(
         `SELECT (SELECT count(*)::int FROM import_parts WHERE import_id = $1 AND status = 'completed') AS staged,
-                EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice-merge'
+                EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'sluice-merge %'
                            AND query LIKE '%advisory_xact_lock(hashtext(''sluice:merge:purchases''))%') AS waiting`,
         [id],
       );
