@@ -287,7 +287,7 @@ async function failedRejects(c: ReturnType<typeof card>): Promise<string> {
   return (await box.textContent())!;
 }
 
-test("a failed rejects request shows the server's message: a wrong API token (401), which unfolds the token field", async () => {
+test("a failed rejects request shows the server's message: a wrong API token (401)", async () => {
   const guarded = await buildServer({ ...intake.ctx, apiToken: 'rejects-token' });
   const guardedBase = await guarded.listen({ port: 0, host: '127.0.0.1' });
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
@@ -307,12 +307,10 @@ test("a failed rejects request shows the server's message: a wrong API token (40
     await page.fill('#token', 'not-the-token');
     await page.locator('#token').dispatchEvent('change');
     await page.waitForFunction(() => /^offline: missing or wrong API token/.test(document.querySelector('[data-testid=connection]').textContent));
-    // Folded again, so that the rejects' own 401 is seen to unfold it.
-    await page.locator('#token-box').evaluate((el: any) => { el.open = false; });
-    assert.equal(await page.isVisible('#token'), false);
-
+    // (Whether this 401 unfolds the token field cannot be told apart here: the list's own
+    // refresh, every second or ten, gets 401 too and unfolds it.)
     assert.equal(await failedRejects(c), 'could not load rejects: missing or wrong API token (send Authorization: Bearer <token>)');
-    assert.equal(await page.isVisible('#token'), true, "the rejects' 401 unfolds the token field");
+    assert.equal(await page.isVisible('#token'), true, 'the token field is open');
     assert.equal(await c.locator('[data-testid=rejects-table]').count(), 0);
     await page.screenshot({ path: artifactPath('dashboard-rejects-401.png') });
     assert.deepEqual(errors.filter((e) => !/status of 401/.test(e)), []);
