@@ -6,6 +6,8 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { SluiceError, type ErrorCode } from '../core/errors.ts';
 import { isDatabaseUnavailable } from '../db/unavailable.ts';
+import { awaitsContinue } from './continue.ts';
+import { drainRequest } from './drain.ts';
 
 const STATUS: Record<ErrorCode, number> = {
   invalid_input: 400,
@@ -36,18 +38,21 @@ export function errorBody(code: string, message: string) {
 }
 
 export function handleError(err: FastifyError | Error, req: FastifyRequest, reply: FastifyReply) {
-  // An answer before the request's body was read to its end (an upload refused as too
-  // large, a file found invalid mid-way, a busy server) closes the connection: the client
-  // may still be sending the rest, which the server will not read, and a kept-alive
-  // connection would then hang the client's next request on it.
-  if (!req.raw.complete) reply.header('connection', 'close');
-  if (err instanceof HttpError) return reply.status(err.status).send(errorBody(err.code, err.message));
-  if (err instanceof SluiceError) {
+  if (err instanceof SluiceError && err.retryAfter !== undefined) {
     // An error that knows when to try again (a server busy with as many uploads as it takes,
-    // src/intake/accept.ts) says so in Retry-After.
-    if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter));
-    return reply.status(STATUS[err.code]).send(errorBody(err.code, err.message));
+    // src/intake/accept.ts) says so in Retry-After, and closes the connection: a busy server
+    // does not read the refused body (it may be gigabytes).
+    reply.header('retry-after', String(err.retryAfter)).header('connection', 'close');
+  } else if (!req.raw.complete && awaitsContinue(req.raw)) {
+    // Refused before its `100 Continue`: the client never sent the body (continue.ts).
+    reply.header('connection', 'close');
+  } else if (!req.raw.complete && reply.getHeader('connection') !== 'close') {
+    // Answered before the body was read to its end: the rest is read and dropped (bounded),
+    // so the client gets this answer and the connection its next request (drain.ts).
+    drainRequest(req.raw);
   }
+  if (err instanceof HttpError) return reply.status(err.status).send(errorBody(err.code, err.message));
+  if (err instanceof SluiceError) return reply.status(STATUS[err.code]).send(errorBody(err.code, err.message));
   const fe = err as FastifyError;
   // Fastify's own client errors (bad JSON, body too large, bad content type...).
   if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {

@@ -6,11 +6,13 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { env } from '../config.ts';
 import { SluiceError } from '../core/errors.ts';
 import { guardRoutes } from './auth.ts';
+import { clientErrorHandler, trackUnanswered } from './client-errors.ts';
 import { handleError } from './errors.ts';
 import { httpRequests } from './metrics.ts';
 import type { AppContext } from './context.ts';
 import { healthRoutes } from './routes/health.ts';
-import { importsRoutes, type ImportsRouteOptions } from './routes/imports.ts';
+import { importsRoutes, isRawUpload, type ImportsRouteOptions } from './routes/imports.ts';
+import { deferContinue } from './continue.ts';
 import { dashboardRoutes } from './routes/dashboard.ts';
 import { crmRoutes } from './routes/crm.ts';
 import { visitsRoutes } from './routes/visits.ts';
@@ -51,7 +53,13 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
     // Fastify's own 503 while closing has its own body ({"error":"Service Unavailable",...}):
     // the hook below answers in Sluice's {"error":{"code","message"}} form instead.
     return503OnClosing: false,
+    // Requests the HTTP parser cannot read: answered in Sluice's error form, or, behind a
+    // request still unanswered (a pipelined upload), by cutting the connection.
+    clientErrorHandler,
   });
+  trackUnanswered(app);
+  // `100 Continue` once a body is about to be read, not before the checks (continue.ts).
+  deferContinue(app, isRawUpload);
   app.setErrorHandler(handleError);
   // From the start of close() on, requests still arriving on open keep-alive connections get
   // 503 (Fastify adds Connection: close); those already in progress finish normally, within

@@ -49,6 +49,11 @@ export interface AcceptOptions {
    * client left is not accepted for nobody.
    */
   signal?: AbortSignal | undefined;
+  /**
+   * Called right before the body's first byte is read, once the upload has its slot, its
+   * import and its staging: a raw upload's `100 Continue` (src/http/continue.ts).
+   */
+  beforeRead?: (() => void) | undefined;
 }
 
 /**
@@ -314,6 +319,7 @@ async function receive(
     }
   };
   try {
+    options.beforeRead?.();
     for await (const chunk of chunksOf(body, options.idleTimeoutMs ?? UPLOAD_IDLE_TIMEOUT_MS)) {
       total += chunk.length;
       if (total > maxBytes) throw new SluiceError('too_large', `upload larger than the limit of ${maxBytes} bytes`);
@@ -404,7 +410,7 @@ async function* chunksOf(body: Readable, idleMs: number): AsyncGenerator<Buffer>
   for (;;) {
     let next: IteratorResult<Buffer>;
     try {
-      next = await withIdleTimeout(chunks.next(), idleMs, () => body.destroy());
+      next = await withIdleTimeout(chunks.next(), idleMs, () => body.destroy(), `the file stopped arriving before its end: no byte for ${idleMs / 1000} s, the upload was cut`);
     } catch (err) {
       if (err instanceof SluiceError) throw err;
       throw new InvalidInputError(`the file stopped arriving before its end: ${errorMessage(err)}`, { cause: err });
@@ -414,13 +420,13 @@ async function* chunksOf(body: Readable, idleMs: number): AsyncGenerator<Buffer>
   }
 }
 
-/** `pending`, or after `ms` without it an InvalidInputError (`onIdle` called first). */
-function withIdleTimeout<T>(pending: Promise<T>, ms: number, onIdle: () => void): Promise<T> {
+/** `pending`, or after `ms` without it an InvalidInputError saying `cut` (`onIdle` called first). */
+export function withIdleTimeout<T>(pending: Promise<T>, ms: number, onIdle: () => void, cut: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => {
       pending.catch(() => {}); // rejected by onIdle's destroy: nobody waits for it any more
       onIdle();
-      reject(new InvalidInputError(`the file stopped arriving before its end: no byte for ${ms / 1000} s, the upload was cut`));
+      reject(new InvalidInputError(cut));
     }, ms);
     pending.then(
       (v) => {

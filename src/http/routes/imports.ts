@@ -12,7 +12,8 @@ import { intEnv } from '../../config.ts';
 import { InvalidInputError, NotFoundError, SluiceError } from '../../core/errors.ts';
 import { getImport, listRejects } from '../../db/sql/imports.ts';
 import { acceptUpload, cancelImport, fetchRemote, importStatus, listImports } from '../../intake/index.ts';
-import { checkFileFormat, type FileFormat } from '../../intake/accept.ts';
+import { continueBody } from '../continue.ts';
+import { checkFileFormat, UPLOAD_IDLE_TIMEOUT_MS, withIdleTimeout, type FileFormat } from '../../intake/accept.ts';
 import { parseRatio } from '../../validate/values.ts';
 import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
 import { formatReject, rejectsCsvHeader, type RejectFormat } from '../../load/reject-format.ts';
@@ -85,10 +86,16 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
       // the intake cut a small file into smaller parts.
       const withLength = { ...acceptOptions, expectedBytes: Number(req.headers['content-length']) || undefined };
       try {
+        // Announced larger than the limit allows: refused before a byte of it is read or
+        // stored, and the connection closed rather than the body read to drop it.
+        if (source !== 'url' && (withLength.expectedBytes ?? 0) > maxBytes + (source === 'multipart' ? FORM_OVERHEAD_BYTES : 0)) {
+          reply.header('connection', 'close');
+          throw new SluiceError('too_large', `upload larger than the limit of ${maxBytes} bytes (Content-Length: ${withLength.expectedBytes})`);
+        }
         const { id } =
           source === 'multipart' ? await fromMultipart(ctx, req, withLength)
           : source === 'url' ? await fromUrl(ctx, req.body, { ...acceptOptions, signal: whileClientWaits(reply) })
-          : await fromRawBody(ctx, req, withLength);
+          : await fromRawBody(ctx, req, { ...withLength, beforeRead: () => continueBody(req.raw, reply.raw) });
         uploads.inc({ source, outcome: 'accepted' });
         return reply
           .status(202)
@@ -143,6 +150,8 @@ interface AcceptOptions {
   idleTimeoutMs?: number | undefined;
   /** Aborted when the client is gone (whileClientWaits): stops a URL's fetch, and so its upload. */
   signal?: AbortSignal | undefined;
+  /** Right before the body is first read (a raw upload's `100 Continue`). */
+  beforeRead?: (() => void) | undefined;
 }
 
 /**
@@ -175,6 +184,8 @@ function whileClientWaits(reply: FastifyReply): AbortSignal {
  */
 const FORM_FIELDS = 10;
 const FIELD_BYTES = 4096;
+/** What a form may hold beside its file: its fields, part headers and boundaries. */
+const FORM_OVERHEAD_BYTES = FORM_FIELDS * (FIELD_BYTES + 512) + 64 * 1024;
 
 /** The form fields read (before the file), each also a query parameter of the same name. */
 const FORM_FIELD_NAMES = ['pipeline', 'encoding', 'delimiter', 'max_reject_ratio'] as const;
@@ -194,9 +205,17 @@ async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring:
   const parts = req.parts();
   const fromForm: Partial<Record<FormFieldName, string>> = {};
   let fields = 0;
+  // The file's own idle cut starts with the file: until then a form that stops arriving
+  // (its fields half sent) is cut the same way, or it would hold its connection for ever.
+  const idleMs = o.idleTimeoutMs ?? UPLOAD_IDLE_TIMEOUT_MS;
   for (;;) {
-    const next = await parts.next().catch((err: unknown) => {
-      throw clientError(err, 'malformed multipart body');
+    const next = await withIdleTimeout(
+      parts.next(),
+      idleMs,
+      () => req.raw.destroy(),
+      `the form stopped arriving before its file: no byte for ${idleMs / 1000} s, the upload was cut`,
+    ).catch((err: unknown) => {
+      throw err instanceof SluiceError ? err : clientError(err, 'malformed multipart body');
     });
     if (next.done) throw new InvalidInputError('the form has no file: send the file in a field named "file"');
     const part = next.value;
@@ -361,6 +380,15 @@ function charsetOf(contentType: string | undefined): string | undefined {
     return value === '' ? undefined : value;
   }
   return undefined;
+}
+
+/**
+ * POST /imports with the file as the body (not a form, not JSON): its route sends `100
+ * Continue` itself, once its parameters are checked (src/http/continue.ts).
+ */
+export function isRawUpload(req: FastifyRequest): boolean {
+  const type = (req.headers['content-type'] ?? '').toLowerCase();
+  return req.method === 'POST' && req.url.split('?')[0] === '/imports' && !type.startsWith('multipart/form-data') && !isJson(req);
 }
 
 function isJson(req: FastifyRequest): boolean {
