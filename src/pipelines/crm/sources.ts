@@ -136,6 +136,11 @@ export async function probeSource(
   const identity = sourceIdentity(location);
   const conditional = !force && prev?.location_sha256 === identity;
   const opened = await open(name, location, prev, conditional, signal);
+  // Read only once every source is probed (loadSource): an error of its body before then
+  // (the connection cut while the others answer) had no listener, and an 'error' event
+  // without one ends the process (a review: `sluice serve` died at its scheduled run).
+  // loadSource reports it, from `stream.errored`.
+  opened?.stream.on('error', () => {});
   return { pipeline: pipelineName, name, location: shownLocation(location), locationSha256: identity, force, allowEmpty, prev, opened };
 }
 
@@ -208,7 +213,13 @@ export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport
     };
   } catch (err) {
     await client.query('ROLLBACK').catch(() => {});
+    const broke = opened.stream.errored;
     opened.stream.destroy();
+    if (broke && !(broke instanceof SluiceError)) {
+      // The source itself failed (the connection cut mid-file, a file unreadable): the run
+      // cannot go on, and may succeed when tried again. Its message may quote the URL.
+      throw new SluiceError('unavailable', `source ${name}: reading ${location} failed before its end: ${maskUrlPasswords(errorMessage((broke as { cause?: unknown }).cause ?? broke))}`);
+    }
     const pgErr = err as { code?: string; where?: string };
     if (typeof pgErr.code === 'string' && /^22/.test(pgErr.code) && bytes === 0) {
       // Not even a header (COPY would speak of "wrong number of fields in header line").
