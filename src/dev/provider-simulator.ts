@@ -21,6 +21,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import { Readable } from 'node:stream';
+import { wholeNumber } from '../core/whole-number.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { generateFeed, type GenerateOptions } from './feed-generator.ts';
 
@@ -120,7 +121,7 @@ export async function startProviderSimulator(options: SimulatorOptions = {}): Pr
       const m = url.searchParams.get('mode') as SimulatorMode;
       if (!SIMULATOR_MODES.includes(m)) return reply(400, { error: `mode must be one of ${SIMULATOR_MODES.join(', ')}` });
       const countText = url.searchParams.get('count');
-      const count = countText === null ? Infinity : /^\d+$/.test(countText) ? Number(countText) : Number.NaN;
+      const count = countText === null ? Infinity : (wholeNumber(countText) ?? Number.NaN);
       const problem = countProblem(count);
       if (problem) return reply(400, { error: `${problem}, got ${JSON.stringify(countText)}` });
       setMode(m, count);

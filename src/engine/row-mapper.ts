@@ -8,6 +8,7 @@ import type { Pipeline, SourceColumn, CellResult } from './pipeline.ts';
 import { copyArray, copyData } from '../load/copy-text.ts';
 import type { RejectCollector } from '../load/rejects.ts';
 import type { ParsedBatch } from '../formats/csv-parser.ts';
+import { setMembers } from '../validate/set-members.ts';
 import { KeyFilter } from './key-filter.ts';
 
 /** Header text compared case-, accent- and spacing-insensitively. */
@@ -117,21 +118,6 @@ interface ColumnPlan {
   set: boolean;
 }
 
-/**
- * An add-to-set cell's members, comma-separated, each trimmed, blanks dropped, each once in
- * first-seen order (null when none is left): what the merge takes for a set ("a, a,b" adds
- * a and b once), whatever the column's parser did, so that a key's rows give the same set
- * folded together or merged apart (another chunk or part).
- */
-export function setMembers(value: string): string | null {
-  if (!value.includes(',')) return value.trim() || null;
-  const members = new Set<string>();
-  for (const m of value.split(',')) {
-    const t = m.trim();
-    if (t) members.add(t);
-  }
-  return members.size > 0 ? [...members].join(',') : null;
-}
 
 /** The raw text of the current record, produced only when a reject needs it. */
 export interface RawText {

@@ -3,8 +3,10 @@
  * Continue` before it sends the body. Node answered it at once, before the token, the Host
  * and the upload's parameters were checked, so a refused upload was invited to send its body
  * (and the docs' "refused before a byte of its body is read" did not hold). Now the server
- * sends it only when the body is about to be read: in preParsing for every request but a raw
- * upload, whose route sends it once its parameters are checked (routes/imports.ts). A
+ * sends it only when the body is about to be read: in preParsing for every request but a
+ * file upload, whose route sends it itself (routes/imports.ts): a raw body once its
+ * parameters are checked and it has an upload slot, a form (whose fields are in the body)
+ * once its Content-Length has passed. A
  * request answered without it never had its body sent: its connection is closed after the
  * answer (errors.ts), not kept waiting for a body that will not come.
  */

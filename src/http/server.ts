@@ -11,7 +11,7 @@ import { handleError } from './errors.ts';
 import { httpRequests } from './metrics.ts';
 import type { AppContext } from './context.ts';
 import { healthRoutes } from './routes/health.ts';
-import { importsRoutes, isRawUpload, type ImportsRouteOptions } from './routes/imports.ts';
+import { importsRoutes, isFileUpload, type ImportsRouteOptions } from './routes/imports.ts';
 import { deferContinue } from './continue.ts';
 import { dashboardRoutes } from './routes/dashboard.ts';
 import { crmRoutes } from './routes/crm.ts';
@@ -59,7 +59,7 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   });
   trackUnanswered(app);
   // `100 Continue` once a body is about to be read, not before the checks (continue.ts).
-  deferContinue(app, isRawUpload);
+  deferContinue(app, isFileUpload);
   app.setErrorHandler(handleError);
   // From the start of close() on, requests still arriving on open keep-alive connections get
   // 503 (Fastify adds Connection: close); those already in progress finish normally, within

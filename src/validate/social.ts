@@ -1,4 +1,5 @@
 /** Normalizers of the lead pipeline's contact fields (rules of the original system). */
+import { setMembers } from './set-members.ts';
 
 /** Twitter handle without the leading `@`. */
 export function twitterHandle(v: string): string | null {
@@ -39,7 +40,5 @@ export function stateAcronym(v: string): string | { error: string } {
 
 /** Tags: split on commas/semicolons, trimmed, empties dropped, comma-joined for staging. */
 export function tagList(v: string): string | null {
-  if (v.indexOf(',') < 0 && v.indexOf(';') < 0) return v;
-  const tags = [...new Set(v.split(/[,;]/).map((t) => t.trim()).filter((t) => t !== ''))];
-  return tags.length === 0 ? null : tags.join(',');
+  return setMembers(v.includes(';') ? v.replaceAll(';', ',') : v);
 }

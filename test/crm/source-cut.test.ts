@@ -21,7 +21,9 @@ const crm = inProcessCrm('sourcecut');
  * sources are still being probed (customers answers 300 ms late), so before anything reads
  * it (what ended the process); or cut part way through its reading.
  */
-let mode: 'whole' | 'cut-at-once' | 'cut-while-probing' | 'cut-later' = 'whole';
+let mode: 'whole' | 'cut-at-once' | 'cut-while-probing' | 'cut-later' | 'bad-header' = 'whole';
+/** customers in 'bad-header' mode: 4 MB under a header COPY refuses (the stream is still being read when it does). */
+const BAD_CUSTOMERS = `ident,first_name,last_name\n${Array.from({ length: 200_000 }, (_, i) => `${i},A${i},B`).join('\n')}\n`;
 let server: http.Server;
 let base = '';
 
@@ -29,6 +31,7 @@ before(async () => {
   server = http.createServer((req, res) => {
     const name = (req.url ?? '/').slice(1);
     if (!(FILES as readonly string[]).includes(name)) return void res.writeHead(404).end();
+    if (name === 'raw_customers.csv' && mode === 'bad-header') return void res.writeHead(200, { 'content-type': 'text/csv' }).end(BAD_CUSTOMERS);
     const body = fs.readFileSync(path.join(JAFFLE, name));
     if (name === 'raw_customers.csv' && mode === 'cut-while-probing') {
       return void setTimeout(() => res.writeHead(200, { 'content-type': 'text/csv' }).end(body), 300);
@@ -70,6 +73,18 @@ for (const m of ['cut-at-once', 'cut-while-probing', 'cut-later'] as const) {
     assert.equal(rows[0]?.status, 'failed');
   });
 }
+
+test('a source COPY refuses (a wrong header), still streaming when it does, is invalid_file naming the line, not unavailable', async () => {
+  mode = 'bad-header';
+  for (let i = 0; i < 3; i++) {
+    await assert.rejects(runCrmSync(crm.db.pool, config(), { trigger: 'cli' }), (err: unknown) => {
+      assert.ok(err instanceof CrmRunError, String(err));
+      assert.equal(err.code, 'invalid_file', err.message);
+      assert.match(err.message, /^source customers \(http:\/\/127\.0\.0\.1:\d+\/raw_customers\.csv\): .*\(line \d+/);
+      return true;
+    });
+  }
+});
 
 test('the same pipeline, payments whole again: the run completes', async () => {
   mode = 'whole';

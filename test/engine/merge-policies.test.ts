@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import { after, test } from 'node:test';
 import { runImport } from '../../src/engine/import-runner.ts';
 import type { Pipeline } from '../../src/engine/pipeline.ts';
-import { setMembers } from '../../src/engine/row-mapper.ts';
+import { setMembers } from '../../src/validate/set-members.ts';
 import { acceptUpload } from '../../src/intake/index.ts';
 import { pipelines } from '../../src/pipelines/index.ts';
 import { leads } from '../../src/pipelines/leads.ts';

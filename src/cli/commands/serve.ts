@@ -7,6 +7,7 @@ import { openDb } from '../../db/pool.ts';
 import { isLoopback, listenUrl, nonLoopbackAddresses } from '../../http/auth.ts';
 import { buildServer } from '../../http/server.ts';
 import { InvalidInputError } from '../../core/errors.ts';
+import { wholeNumber } from '../../core/whole-number.ts';
 import type { AppContext } from '../../http/context.ts';
 import { startServices, type RunningService, type Service } from '../../http/services.ts';
 import { providerSyncService } from '../../pipelines/events/sync-service.ts';
@@ -31,8 +32,8 @@ export function registerServe(program: Command): void {
       // nothing is left behind to keep the process alive.
       checkSettings('serve');
       const portText = opts.port ?? String(intEnv('SLUICE_PORT', 8080));
-      const port = Number(portText);
-      if (!/^\d+$/.test(portText) || port > 65535) throw new InvalidInputError(`invalid port: ${JSON.stringify(portText)} (a whole number 0-65535)`);
+      const port = wholeNumber(portText);
+      if (port === undefined || port > 65535) throw new InvalidInputError(`invalid port: ${JSON.stringify(portText)} (a whole number 0-65535)`);
       const host = opts.host ?? env('SLUICE_HOST') ?? '127.0.0.1';
       const apiToken = env('SLUICE_API_TOKEN');
       if (!isLoopback(host) && !apiToken) {

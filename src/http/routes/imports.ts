@@ -13,6 +13,7 @@ import { InvalidInputError, NotFoundError, SluiceError } from '../../core/errors
 import { getImport, listRejects } from '../../db/sql/imports.ts';
 import { acceptUpload, cancelImport, fetchRemote, importStatus, listImports } from '../../intake/index.ts';
 import { continueBody } from '../continue.ts';
+import { DRAIN_MAX_BYTES } from '../drain.ts';
 import { checkFileFormat, UPLOAD_IDLE_TIMEOUT_MS, withIdleTimeout, type FileFormat } from '../../intake/accept.ts';
 import { parseRatio } from '../../validate/values.ts';
 import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
@@ -87,13 +88,15 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
       const withLength = { ...acceptOptions, expectedBytes: Number(req.headers['content-length']) || undefined };
       try {
         // Announced larger than the limit allows: refused before a byte of it is read or
-        // stored, and the connection closed rather than the body read to drop it.
+        // stored. A body the server would drain anyway (src/http/drain.ts) is read and
+        // dropped, so that a client writing it all before reading gets this answer; a
+        // bigger one is not read: the connection is closed.
         if (source !== 'url' && (withLength.expectedBytes ?? 0) > maxBytes + (source === 'multipart' ? FORM_OVERHEAD_BYTES : 0)) {
-          reply.header('connection', 'close');
+          if (withLength.expectedBytes! > DRAIN_MAX_BYTES) reply.header('connection', 'close');
           throw new SluiceError('too_large', `upload larger than the limit of ${maxBytes} bytes (Content-Length: ${withLength.expectedBytes})`);
         }
         const { id } =
-          source === 'multipart' ? await fromMultipart(ctx, req, withLength)
+          source === 'multipart' ? await fromMultipart(ctx, req, reply, withLength)
           : source === 'url' ? await fromUrl(ctx, req.body, { ...acceptOptions, signal: whileClientWaits(reply) })
           : await fromRawBody(ctx, req, { ...withLength, beforeRead: () => continueBody(req.raw, reply.raw) });
         uploads.inc({ source, outcome: 'accepted' });
@@ -198,10 +201,13 @@ type FormFieldName = (typeof FORM_FIELD_NAMES)[number];
  * after the file are not read. `?pipeline=`, `?encoding=`, `?delimiter=`,
  * `?max_reject_ratio=` work too; a form field wins.
  */
-async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring: Query }>, o: AcceptOptions) {
+async function fromMultipart(ctx: AppContext, req: FastifyRequest<{ Querystring: Query }>, reply: FastifyReply, o: AcceptOptions) {
   // Parts are taken strictly in arrival order (not from the plugin's `fields`, which may
   // already hold fields sent after the file when the body arrives in one chunk), so the
   // rule "pipeline before the file" holds whatever the file's size.
+  // Its fields are in the body: `100 Continue` now, once the token, the Host and the
+  // Content-Length have passed (src/http/continue.ts).
+  continueBody(req.raw, reply.raw);
   const parts = req.parts();
   const fromForm: Partial<Record<FormFieldName, string>> = {};
   let fields = 0;
@@ -383,12 +389,11 @@ function charsetOf(contentType: string | undefined): string | undefined {
 }
 
 /**
- * POST /imports with the file as the body (not a form, not JSON): its route sends `100
- * Continue` itself, once its parameters are checked (src/http/continue.ts).
+ * POST /imports with a file (a raw body or a form; not JSON): its route sends `100 Continue`
+ * itself, once what it can check before the body has passed (src/http/continue.ts).
  */
-export function isRawUpload(req: FastifyRequest): boolean {
-  const type = (req.headers['content-type'] ?? '').toLowerCase();
-  return req.method === 'POST' && req.url.split('?')[0] === '/imports' && !type.startsWith('multipart/form-data') && !isJson(req);
+export function isFileUpload(req: FastifyRequest): boolean {
+  return req.method === 'POST' && req.url.split('?')[0] === '/imports' && !isJson(req);
 }
 
 function isJson(req: FastifyRequest): boolean {

@@ -16,6 +16,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { Readable, Transform } from 'node:stream';
+import pg from 'pg';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { from as copyFrom } from 'pg-copy-streams';
@@ -215,7 +216,9 @@ export async function loadSource(pool: Pool, probe: Probe): Promise<SourceReport
     await client.query('ROLLBACK').catch(() => {});
     const broke = opened.stream.errored;
     opened.stream.destroy();
-    if (broke && !(broke instanceof SluiceError)) {
+    // A COPY that refuses the data destroys the source with its own error (pipeline): that
+    // is the file's fault, answered below as invalid_file with its line, not the source's.
+    if (broke && !(broke instanceof SluiceError) && !(broke instanceof pg.DatabaseError)) {
       // The source itself failed (the connection cut mid-file, a file unreadable): the run
       // cannot go on, and may succeed when tried again. Its message may quote the URL.
       throw new SluiceError('unavailable', `source ${name}: reading ${location} failed before its end: ${maskUrlPasswords(errorMessage((broke as { cause?: unknown }).cause ?? broke))}`);
