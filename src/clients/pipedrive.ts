@@ -56,6 +56,12 @@ export interface PipedriveClientOptions {
   /** Requests left today; undefined = no budget. Decremented per request sent (not per unsent attempt). */
   budget?: { remaining: number } | undefined;
   signal?: AbortSignal | undefined;
+  /**
+   * Called before each attempt that may be sent (retries too), before it waits for its
+   * slots; the attempt goes only once this resolves, and fails with its error when it
+   * rejects. A run counts its requests into Postgres here, so a killed run loses none.
+   */
+  beforeSend?: (() => Promise<void> | undefined) | undefined;
 }
 
 export interface ClientStats {
@@ -372,6 +378,8 @@ export class PipedriveClient {
       let res: Response | undefined;
       let envelope: Envelope<T> | undefined;
       let netErr: unknown;
+      // MUST come before anything is sent: a kill after this finds the attempt counted.
+      await this.o.beforeSend?.();
       await this.slots.take();
       let acquired = false;
       let answeredAt: number | undefined;

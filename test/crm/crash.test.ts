@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { PipedriveSimulator } from '../../src/dev/pipedrive-simulator.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
-import { FileServer, crmState, expectedJaffle, runCli, tmpDir, writeConfig } from './helpers.ts';
+import { FileServer, crmState, expectedJaffle, killAtDealCreate, runCli, tmpDir, writeConfig } from './helpers.ts';
 
 let db: TestDb;
 let sim: PipedriveSimulator;
@@ -33,17 +33,7 @@ test('kill -9 half-way, run again: no duplicates, every record once, the dead ru
   const config = writeConfig(tmpDir(), files.url, apiUrl);
   const env = { DATABASE_URL: db.url, PIPEDRIVE_API_TOKEN: TOKEN };
   const child = runCli(['sync', 'crm', '--once', '--json', '--config', config], env);
-  let dealCreates = 0;
-  await new Promise<void>((resolve) => {
-    const onRequest = (r: { route: string; status: number }) => {
-      if (r.route === 'POST /v1/deals' && r.status === 201 && ++dealCreates === 40) {
-        process.kill(child.pid, 'SIGKILL');
-        sim.off('request', onRequest);
-        resolve();
-      }
-    };
-    sim.on('request', onRequest);
-  });
+  await killAtDealCreate(sim, child.pid, 40);
   const killed = await child;
   assert.equal(killed.signal, 'SIGKILL');
   // Requests the killed process had already sent are still applied by the CRM.

@@ -249,3 +249,18 @@ export async function runsApiBody(pool: Pool, pipeline: string): Promise<string>
     await app.close();
   }
 }
+
+/** SIGKILLs process `pid` once `sim` has answered its `n`th deal create (201). */
+export function killAtDealCreate(sim: PipedriveSimulator, pid: number, n: number): Promise<void> {
+  let dealCreates = 0;
+  return new Promise<void>((resolve) => {
+    const onRequest = (r: { route: string; status: number }) => {
+      if (r.route === 'POST /v1/deals' && r.status === 201 && ++dealCreates === n) {
+        process.kill(pid, 'SIGKILL');
+        sim.off('request', onRequest);
+        resolve();
+      }
+    };
+    sim.on('request', onRequest);
+  });
+}

@@ -100,10 +100,10 @@ interface Armed {
 }
 
 /** Starts the schedule with its runs (onRun) and log lines recorded; `onRun` sees run n. */
-function watch(config: CrmConfig, onRun?: (o: RunOutcome, n: number) => void) {
+async function watch(config: CrmConfig, onRun?: (o: RunOutcome, n: number) => void) {
   const runs: RunOutcome[] = [];
   const lines: Array<{ loggedAt: number; text: string }> = [];
-  const service = startSchedule(db.pool, config, {
+  const service = await startSchedule(db.pool, config, {
     trigger: 'schedule',
     log: (text) => lines.push({ loggedAt: Date.now(), text }),
     onRun(o) {
@@ -111,7 +111,7 @@ function watch(config: CrmConfig, onRun?: (o: RunOutcome, n: number) => void) {
       onRun?.(o, runs.length);
     },
   });
-  const first = /first run at (\S+)$/.exec(lines[0]?.text ?? '')?.[1];
+  const first = /, first run at (\S+)(?: \(.*\))?$/.exec(lines[0]?.text ?? '')?.[1];
   assert.ok(first, lines[0]?.text);
   return {
     name: config.name,
@@ -179,7 +179,7 @@ test('schedule.retry_after: 5 min by default, a duration, or off', () => {
 
 test('(1) a failed run is retried after retry_after; the retry completes once the CRM is back', async () => {
   sim.addFault(CRM_DOWN);
-  const w = watch(scheduled({ interval: '3s', retry_after: '200ms' }), (_o, n) => {
+  const w = await watch(scheduled({ interval: '3s', retry_after: '200ms' }), (_o, n) => {
     if (n === 1) sim.clearFaults(); // the CRM is back before the retry
   });
   try {
@@ -207,7 +207,7 @@ test('(1) a failed run is retried after retry_after; the retry completes once th
 
 test('(2) the follow-up backs off exponentially across consecutive unsuccessful runs', async () => {
   sim.addFault(CRM_DOWN);
-  const w = watch(scheduled({ interval: '4s', retry_after: '100ms' }));
+  const w = await watch(scheduled({ interval: '4s', retry_after: '100ms' }));
   try {
     const outcomes = [];
     for (let n = 1; n <= 4; n++) outcomes.push(await w.run(n));
@@ -231,7 +231,7 @@ test('(3) the follow-up is never later than the next slot: unconfirmed records, 
   const title = [...expectedJaffle().deals.values()][0]?.title;
   // Every create of these deals is answered 504 and never applied: unconfirmed, run after run.
   sim.addFault({ status: 504, count: -1, method: 'POST', path: '/v1/deals', match: { title } });
-  const w = watch(scheduled({ interval: '3s', retry_after: '1h' }));
+  const w = await watch(scheduled({ interval: '3s', retry_after: '1h' }));
   try {
     const first = await w.run(1);
     assert.equal(first.status, 'completed');
@@ -261,7 +261,7 @@ test('(4) a clean run goes back to the slots, and the next unsuccessful run star
   const url = await files.start();
   const orders = files.text('raw_orders.csv');
   sim.addFault(CRM_DOWN);
-  const w = watch(scheduled({ interval: '3s', retry_after: '200ms' }, url), (_o, n) => {
+  const w = await watch(scheduled({ interval: '3s', retry_after: '200ms' }, url), (_o, n) => {
     if (n === 2) sim.clearFaults(); // down for the first run and its first retry
     if (n === 3) {
       // A changed source, and the CRM down again: the run at the next slot has work and fails.
@@ -300,7 +300,7 @@ test('(4) a clean run goes back to the slots, and the next unsuccessful run star
 
 test('(5) stop() during the wait for a follow-up, or during a run, arms nothing', async () => {
   sim.addFault(CRM_DOWN);
-  const w = watch(scheduled({ interval: '1s', retry_after: '300ms' }));
+  const w = await watch(scheduled({ interval: '1s', retry_after: '300ms' }));
   const first = await w.run(1);
   assert.equal(first.status, 'failed');
   const [retry] = w.armed();
@@ -319,7 +319,7 @@ test('(5) stop() during the wait for a follow-up, or during a run, arms nothing'
   sim.clearFaults();
   sim.addFault({ status: 429, count: 1, retryAfter: 60 });
   const faults = sim.stats.faults;
-  const v = watch(scheduled({ interval: '1s', retry_after: '100ms' }));
+  const v = await watch(scheduled({ interval: '1s', retry_after: '100ms' }));
   await until(() => sim.stats.faults > faults, 'the run waiting out a 429');
   await v.service.stop();
   const aborted = v.runs[0];

@@ -120,7 +120,7 @@ test("the scheduled service's log and outcomes show no password", async () => {
   });
   const lines: string[] = [];
   const outcomes: string[] = [];
-  const service = startSchedule(db.pool, config, { trigger: 'schedule', log: (l) => lines.push(l), onRun: (o) => outcomes.push(JSON.stringify(o)) });
+  const service = await startSchedule(db.pool, config, { trigger: 'schedule', log: (l) => lines.push(l), onRun: (o) => outcomes.push(JSON.stringify(o)) });
   try {
     await until(() => outcomes.length >= 1, 'a scheduled run');
   } finally {

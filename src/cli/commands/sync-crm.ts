@@ -100,7 +100,8 @@ export function registerSyncCrm(program: Command): void {
             }
             return;
           }
-          const service = startSchedule(pool, config, {
+          // Reads the pipeline's last run first: the schedule goes on from it across restarts.
+          const service = await startSchedule(pool, config, {
             trigger: 'cli',
             onRun: (o) => report(o, json),
             // A run that could not start (the pipeline locked...): with --json, its line too.

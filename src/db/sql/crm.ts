@@ -195,8 +195,27 @@ export async function insertRun(q: Q, r: { pipeline: string; trigger: string; de
   return (rows[0] as { id: number }).id;
 }
 
+/**
+ * A running run's progress. `requests` never goes down here: while the run is going the
+ * column holds the requests reserved ahead of sending (reserveRequests), which the run's
+ * own count only catches up with; finishRun settles it to the real count.
+ */
 export async function updateRunProgress(q: Q, id: number, requests: number, retries429: number, summary: unknown): Promise<void> {
-  await q.query('UPDATE crm_runs SET requests = $2, retries_429 = $3, summary = $4 WHERE id = $1', [id, requests, retries429, JSON.stringify(summary)]);
+  await q.query('UPDATE crm_runs SET requests = greatest(requests, $2), retries_429 = $3, summary = $4 WHERE id = $1', [
+    id,
+    requests,
+    retries429,
+    JSON.stringify(summary),
+  ]);
+}
+
+/**
+ * Reserves requests of a running run before they are sent: `requests` becomes at least
+ * `upTo`, so a process killed at any moment leaves a count no lower than what it sent (the
+ * daily budget sums this column). finishRun replaces it by the real count.
+ */
+export async function reserveRequests(q: Q, id: number, upTo: number): Promise<void> {
+  await q.query(`UPDATE crm_runs SET requests = greatest(requests, $2) WHERE id = $1 AND status = 'running'`, [id, upTo]);
 }
 
 export async function finishRun(
@@ -226,6 +245,51 @@ export async function lastCompletedRun(
             coalesce((r.summary #>> '{persons,unconfirmed}')::int, 0) + coalesce((r.summary #>> '{deals,unconfirmed}')::int, 0) AS unconfirmed,
             EXISTS (SELECT 1 FROM crm_sources s WHERE s.pipeline = r.pipeline AND s.changed_at > r.finished_at) AS staged_since
        FROM crm_runs r WHERE r.pipeline = $1 AND r.status = 'completed' ORDER BY r.id DESC LIMIT 1`,
+    [pipeline],
+  );
+  return rows[0];
+}
+
+/** The first key of a pipeline's run lock (pg_try_advisory_lock(PIPELINE_LOCK, hashtext(pipeline))). */
+const PIPELINE_LOCK = 7301030;
+
+/** A pipeline's last run as the schedule sees it at start (lastRun). */
+export interface LastRun {
+  id: number;
+  status: 'running' | 'completed' | 'skipped' | 'failed';
+  started_at: Date;
+  /**
+   * When it ended: finished_at; for a run still marked running, its last progress
+   * (started_at + the summary's duration_ms, written at most a second apart) or its start.
+   */
+  ended_at: Date;
+  /** Failed and unconfirmed persons and deals it left (0 unless it completed with some). */
+  failed: number;
+  unconfirmed: number;
+  /**
+   * Marked running while some session holds the pipeline's lock: a run in progress in
+   * another process, not one left by a process that died.
+   */
+  in_progress: boolean;
+}
+
+/**
+ * The pipeline's newest run, whatever its trigger or status. The lock is looked up in
+ * pg_locks, not taken: taking it, even for a moment, would refuse a run starting then.
+ */
+export async function lastRun(q: Q, pipeline: string): Promise<LastRun | undefined> {
+  const { rows } = await q.query<LastRun>(
+    `SELECT r.id, r.status, r.started_at,
+            coalesce(r.finished_at, r.started_at + coalesce((r.summary ->> 'duration_ms')::bigint, 0) * interval '1 millisecond') AS ended_at,
+            coalesce((r.summary #>> '{persons,failed}')::int, 0) + coalesce((r.summary #>> '{deals,failed}')::int, 0) AS failed,
+            coalesce((r.summary #>> '{persons,unconfirmed}')::int, 0) + coalesce((r.summary #>> '{deals,unconfirmed}')::int, 0) AS unconfirmed,
+            r.status = 'running' AND EXISTS (
+              SELECT 1 FROM pg_locks l
+               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND l.classid = ${PIPELINE_LOCK} AND l.objid = hashtext(r.pipeline)::oid
+            ) AS in_progress
+       FROM crm_runs r WHERE r.pipeline = $1 ORDER BY r.started_at DESC, r.id DESC LIMIT 1`,
     [pipeline],
   );
   return rows[0];
@@ -299,12 +363,12 @@ export async function runExists(q: Q, runId: number): Promise<boolean> {
 
 /** Session-level lock per pipeline, so the CLI and `serve` never run one pipeline twice. */
 export async function tryLockPipeline(q: Q, pipeline: string): Promise<boolean> {
-  const { rows } = await q.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(7301030, hashtext($1)) AS ok`, [pipeline]);
+  const { rows } = await q.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(${PIPELINE_LOCK}, hashtext($1)) AS ok`, [pipeline]);
   return rows[0]?.ok === true;
 }
 
 export async function unlockPipeline(q: Q, pipeline: string): Promise<void> {
-  await q.query(`SELECT pg_advisory_unlock(7301030, hashtext($1))`, [pipeline]);
+  await q.query(`SELECT pg_advisory_unlock(${PIPELINE_LOCK}, hashtext($1))`, [pipeline]);
 }
 
 /** How big the CRM was at the end of the pipeline's last run that said (list paging hint). */

@@ -213,6 +213,7 @@ export class PipedriveDestination implements Destination {
       timeoutMs: cfg.timeoutMs,
       budget: run.budgetLeft === undefined ? undefined : { remaining: run.budgetLeft },
       signal: run.signal,
+      beforeSend: run.reserveRequest,
     });
     const result: DestinationResult = { persons: zeroCounts(), deals: zeroCounts(), requests: 0, retries_429: 0, details: {} };
     const snapshotOf = () => {

@@ -6,13 +6,15 @@
  * by an ordinary run sooner than the next slot: `schedule.retry_after` after it ends,
  * doubled per consecutive unsuccessful run, never later than the next slot; a clean run
  * goes back to the slots. Stopping aborts the run in progress, which is then recorded as
- * failed, and arms nothing.
+ * failed, and arms nothing. The schedule survives a restart: its first run is placed from
+ * the pipeline's last recorded run (firstRun), not from the moment the process started.
  */
 import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import type { Pool } from '../../db/pool.ts';
+import { lastRun, type LastRun } from '../../db/sql/crm.ts';
 import type { RunningService, Service } from '../../http/services.ts';
-import { loadCrmConfig, type CrmConfig } from './config.ts';
+import { loadCrmConfig, type CrmConfig, type CrmSchedule } from './config.ts';
 import { nextRun } from './schedule.ts';
 import { runCrmSync, runErrorMessage, type RunOutcome } from './sync.ts';
 
@@ -44,18 +46,101 @@ export function retryReason(outcome: RunOutcome | undefined): string | undefined
   return `run ${outcome.runId} left ${what} record${failed + unconfirmed === 1 ? '' : 's'}`;
 }
 
-export function startSchedule(pool: Pool, config: CrmConfig, options: ScheduleOptions): RunningService {
+/**
+ * Why the last recorded run calls for a follow-up (undefined: it was clean, or it is still
+ * going on in another process), as retryReason says it of an outcome. A run still marked
+ * running by no live process was cut short: unsuccessful.
+ */
+export function lastRunFailure(last: LastRun): string | undefined {
+  if (last.status === 'failed') return `failed run ${last.id}`;
+  if (last.status === 'running') return last.in_progress ? undefined : `run ${last.id}, left running by a process that stopped`;
+  if (last.status !== 'completed' || last.failed + last.unconfirmed === 0) return undefined;
+  const what = [last.failed ? `${last.failed} failed` : '', last.unconfirmed ? `${last.unconfirmed} unconfirmed` : ''].filter(Boolean).join(' and ');
+  return `run ${last.id}, which left ${what} record${last.failed + last.unconfirmed === 1 ? '' : 's'}`;
+}
+
+export interface FirstRun {
+  /** When the first run goes. */
+  at: Date;
+  /** The regular slot it is measured against: `at`, unless a follow-up comes first. */
+  slot: Date;
+  /** The first run is a follow-up (a retry that leaves the slot in place). */
+  retry: boolean;
+  /** Unsuccessful runs the backoff counts (1 after an unsuccessful last run). */
+  misses: number;
+  /** Why `at` is not simply the next slot after now (undefined: it is). */
+  why?: string | undefined;
+}
+
+/**
+ * Where a schedule starting at `now` places its first run, given the pipeline's last
+ * recorded run (any trigger), as if the process had been running all along:
+ * - no run yet: the next slot after now (an interval: now + interval);
+ * - interval: the last run's start + interval (its end + interval when it outlived the
+ *   interval, as a live process does), or now when that has passed;
+ * - cron: now when a slot came after the last run ended and has passed (one catch-up,
+ *   however many were missed; a slot during the run was skipped by the live process),
+ *   else the next slot;
+ * - the last run unsuccessful (failed, left failed or unconfirmed records, or left
+ *   running by a dead process: ended at its last progress): its follow-up at its end +
+ *   retry_after, not before now, counted as one miss, never later than the slot
+ *   (retry_after off: the slot).
+ */
+export function firstRun(schedule: CrmSchedule, last: LastRun | undefined, now: Date): FirstRun {
+  const plain = nextRun(schedule, now);
+  if (!last) return { at: plain, slot: plain, retry: false, misses: 0 };
+  const started = last.started_at.getTime();
+  const ended = Math.max(started, last.ended_at.getTime());
+  let slot = plain;
+  let why: string | undefined;
+  if (schedule.kind === 'interval') {
+    // A live process arms the next slot after a run at the later of these.
+    const outlived = started + schedule.intervalMs <= ended;
+    const since = outlived ? `run ${last.id} ended at ${iso(ended)}` : `run ${last.id} started at ${iso(started)}`;
+    const due = (outlived ? ended : started) + schedule.intervalMs;
+    slot = new Date(Math.max(now.getTime(), due));
+    why = due <= now.getTime() ? `the interval since ${since} has passed` : `one interval after ${since}`;
+  } else if (nextRun(schedule, new Date(ended)) <= now) {
+    slot = now;
+    why = `a slot was missed since run ${last.id} ended at ${iso(ended)}`;
+  }
+  const failure = lastRunFailure(last);
+  if (failure === undefined) return { at: slot, slot, retry: false, misses: 0, why };
+  if (schedule.retryAfterMs !== undefined) {
+    const followUp = new Date(Math.max(now.getTime(), ended + schedule.retryAfterMs));
+    if (followUp < slot) return { at: followUp, slot, retry: true, misses: 1, why: `follow-up of ${failure}, attempt 2` };
+  }
+  const instead = schedule.retryAfterMs === undefined ? 'retry_after is off, so the slot' : 'the slot comes no later than its follow-up';
+  return { at: slot, slot, retry: false, misses: 1, why: `${why ? `${why}; ` : ''}attempt 2 after ${failure}: ${instead}` };
+}
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
+}
+
+/**
+ * Starts the schedule; reads the pipeline's last run first (firstRun). The database out of
+ * reach then: logged, and the first run is the next slot after now.
+ */
+export async function startSchedule(pool: Pool, config: CrmConfig, options: ScheduleOptions): Promise<RunningService> {
   const schedule = config.schedule;
   if (!schedule) throw new InvalidInputError(`${config.file ?? 'config'}: a scheduled sync needs schedule.cron or schedule.interval`);
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  let last: LastRun | undefined;
+  try {
+    last = await lastRun(pool, config.name);
+  } catch (err) {
+    log(`crm sync ${config.name}: could not read the last run (${runErrorMessage(err)}); the first run is the next slot after now`);
+  }
+  const first = firstRun(schedule, last, new Date());
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
   let current: Promise<void> | undefined;
   let controller: AbortController | undefined;
   /** The next regular slot: a retry run leaves it in place, a run at a slot moves it on. */
-  let slot = nextRun(schedule, new Date());
+  let slot = first.slot;
   /** Consecutive unsuccessful runs (0 after a clean one): sets the retry's backoff. */
-  let misses = 0;
+  let misses = first.misses;
 
   const arm = (at: Date, retry: boolean) => {
     if (stopped) return;
@@ -115,9 +200,10 @@ export function startSchedule(pool: Pool, config: CrmConfig, options: ScheduleOp
     arm(slot, false);
   };
 
-  arm(slot, false);
+  arm(first.at, first.retry);
   const retries = schedule.retryAfterMs === undefined ? 'no retries' : `retries from ${schedule.retryAfterMs / 1000} s`;
-  log(`crm sync ${config.name}: scheduled (${schedule.kind} ${schedule.text}, ${retries}), first run at ${slot.toISOString()}`);
+  const why = first.why ? ` (${first.why})` : '';
+  log(`crm sync ${config.name}: scheduled (${schedule.kind} ${schedule.text}, ${retries}), first run at ${first.at.toISOString()}${why}`);
   return {
     async stop() {
       stopped = true;
@@ -134,6 +220,6 @@ export const crmSyncService: Service = {
   async start(ctx) {
     const file = env('SLUICE_CRM_CONFIG');
     if (!file) return undefined;
-    return startSchedule(ctx.pool, loadCrmConfig(file), { trigger: 'schedule' });
+    return await startSchedule(ctx.pool, loadCrmConfig(file), { trigger: 'schedule' });
   },
 };

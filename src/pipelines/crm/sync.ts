@@ -15,6 +15,7 @@ import {
   lastCompletedRun,
   listFailures,
   requestsToday,
+  reserveRequests,
   tryLockPipeline,
   unlockPipeline,
   updateRunProgress,
@@ -25,7 +26,7 @@ import { crmRuns } from './metrics.ts';
 import { PipedriveDestination } from './pipedrive-destination.ts';
 import { PostgresDestination } from './postgres-destination.ts';
 import { loadSources, probeSources, type SourceReport } from './sources.ts';
-import { zeroCounts, type Destination, type DestinationResult, type SyncSummary } from './types.ts';
+import { zeroCounts, type Destination, type DestinationResult, type DestinationRun, type SyncSummary } from './types.ts';
 
 export interface RunOptions {
   trigger: 'cli' | 'schedule' | 'api';
@@ -62,6 +63,63 @@ export class CrmRunError extends SluiceError {
   constructor(cause: unknown, outcome: RunOutcome) {
     super(cause instanceof SluiceError ? cause.code : 'internal', runErrorMessage(cause), { cause });
     this.outcome = outcome;
+  }
+}
+
+/**
+ * Requests reserved in crm_runs per write, ahead of sending: what a killed run may count
+ * beyond what it sent (plus requests that had reserved and were still waiting to go).
+ */
+export const RESERVE_BLOCK = 20;
+
+/**
+ * Counts a run's requests into crm_runs.requests *before* they are sent, so that a process
+ * killed at any moment (kill -9, OOM, power) leaves a count no lower than what may have
+ * reached the API: the daily budget, which sums that column, is never overrun by a crash.
+ * The destination calls `take()` before each attempt it may send and sends only once it
+ * resolves. Reserved a block ahead: the next block is written in the background when half
+ * the current one is used, so a request waits for Postgres only when requests outrun the
+ * writes (or the write fails: then it is not sent, and the run ends with that error).
+ * finishRun settles the column to the real count; a reservation landing after it changes
+ * nothing (it only touches a running run).
+ */
+export class RequestReservation {
+  /** Attempts announced by `take()`. */
+  private taken = 0;
+  /** Durable: crm_runs.requests is at least this. */
+  private reserved = 0;
+  private writing: Promise<void> | undefined;
+  private readonly pool: Pool;
+  private readonly runId: number;
+
+  constructor(pool: Pool, runId: number) {
+    this.pool = pool;
+    this.runId = runId;
+  }
+
+  /** Before each attempt: resolves once it is counted in Postgres (undefined: it already is). */
+  take(): Promise<void> | undefined {
+    const n = ++this.taken;
+    if (this.reserved - n < RESERVE_BLOCK / 2) this.write().catch(() => {}); // a waiter below sees its error
+    return n <= this.reserved ? undefined : this.until(n);
+  }
+
+  private async until(n: number): Promise<void> {
+    while (this.reserved < n) await this.write();
+  }
+
+  /** One write at a time: up to everything announced so far plus a block. */
+  private write(): Promise<void> {
+    this.writing ??= (async () => {
+      const upTo = this.taken + RESERVE_BLOCK;
+      try {
+        await reserveRequests(this.pool, this.runId, upTo);
+        this.reserved = Math.max(this.reserved, upTo);
+      } finally {
+        this.writing = undefined;
+      }
+    })();
+    return this.writing;
   }
 }
 
@@ -145,13 +203,15 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
       stagingError = err;
       staging.abort(err);
     });
-    partial = await destinationFor(config).sync({
+    const reservation = new RequestReservation(pool, runId);
+    const run: DestinationRun = {
       pool,
       config,
       runId,
       signal,
       budgetLeft,
       staged,
+      reserveRequest: () => reservation.take(),
       progress(r) {
         partial = r;
         const now = performance.now();
@@ -160,7 +220,8 @@ async function locked(pool: Pool, config: CrmConfig, options: RunOptions, starte
         const s = summaryOf(r, startedAt);
         written = written.then(() => updateRunProgress(pool, runId, s.requests, s.retries_429, s)).catch(() => {});
       },
-    });
+    };
+    partial = await destinationFor(config).sync(run);
     await staged;
     await written;
     const failures = await listFailures(pool, runId, 20);

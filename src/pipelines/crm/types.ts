@@ -54,6 +54,11 @@ export interface DestinationRun {
   staged: Promise<unknown>;
   /** Requests the daily budget still allows (undefined: no budget). */
   budgetLeft: number | undefined;
+  /**
+   * Called before each request attempt that may reach the CRM; the attempt is sent once it
+   * resolves (the run has then counted it in crm_runs, so a killed run under-counts none).
+   */
+  reserveRequest?: (() => Promise<void> | undefined) | undefined;
   /** Called now and then with partial counts, for the run record. */
   progress(partial: DestinationResult): void;
 }
