@@ -28,6 +28,8 @@ export interface ServerOptions {
   closeGraceMs?: number;
   /** Options of the imports routes (tests: a shorter upload idle timeout). */
   imports?: ImportsRouteOptions;
+  /** How long /healthz waits for the database (default HEALTH_TIMEOUT_MS; tests use less). */
+  healthTimeoutMs?: number;
 }
 
 /**
@@ -85,7 +87,7 @@ export async function buildServer(ctx: AppContext, options: ServerOptions = {}):
   // Who may call what (src/http/auth.ts), on the root instance: every route, those of the
   // plugins below and the 404 handler included, goes through it.
   guardRoutes(app, ctx);
-  healthRoutes(app, ctx);
+  healthRoutes(app, ctx, options.healthTimeoutMs);
   importsRoutes(app, ctx, options.imports);
   dashboardRoutes(app, ctx);
   crmRoutes(app, ctx);

@@ -1,7 +1,8 @@
 /**
  * A TCP proxy in front of PostgreSQL for fault tests: its connections can be dropped (as a
- * load balancer, pgbouncer or the network does), and it can go down (open connections cut,
- * new ones reset at once, as while the server restarts) and come back up.
+ * load balancer, pgbouncer or the network does), it can go down (open connections cut,
+ * new ones reset at once, as while the server restarts) and come back up, and it can stall
+ * (nothing passes either way, connections left open: packets dropped by the network).
  */
 import net from 'node:net';
 
@@ -17,6 +18,9 @@ export interface TcpProxy {
   /** Drops every open connection and resets new ones until `up()`. */
   down(): void;
   up(): void;
+  /** Passes nothing either way, on open and new connections, keeping them open, until `flow()`. */
+  stall(): void;
+  flow(): void;
   close(): Promise<void>;
 }
 
@@ -24,6 +28,12 @@ export async function startTcpProxy(url: string): Promise<TcpProxy> {
   const target = new URL(url);
   const sockets = new Set<net.Socket>();
   let isDown = false;
+  let stalled = false;
+  /** Forwarding on `from`'s data, held while stalled (a stall drops, it does not buffer). */
+  const forward = (from: net.Socket, to: net.Socket) => {
+    from.on('data', (d: Buffer) => void (stalled || to.write(d)));
+    from.on('end', () => to.end());
+  };
   const server = net.createServer((client) => {
     client.on('error', () => {});
     if (isDown) {
@@ -42,8 +52,8 @@ export async function startTcpProxy(url: string): Promise<TcpProxy> {
         upstream.destroy();
       });
     }
-    client.pipe(upstream);
-    upstream.pipe(client);
+    forward(client, upstream);
+    forward(upstream, client);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const proxied = new URL(url);
@@ -62,6 +72,12 @@ export async function startTcpProxy(url: string): Promise<TcpProxy> {
     },
     up() {
       isDown = false;
+    },
+    stall() {
+      stalled = true;
+    },
+    flow() {
+      stalled = false;
     },
     close() {
       proxy.dropAll();

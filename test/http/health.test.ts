@@ -123,3 +123,38 @@ test('GET /healthz on a keep-alive connection once close() has begun: 503 in the
   assert.match(head, /\r\ncontent-type: application\/json/i);
   assertUnavailable(JSON.parse(body), 'the server is shutting down; retry on another instance');
 });
+
+test('GET /healthz with the database not answering (a TCP proxy that drops everything): 503 within its timeout, not a hang; 200 once packets flow', async () => {
+  const proxy = await startTcpProxy(db.url);
+  const pool = await openDb({ url: proxy.url, migrate: false });
+  const server = await buildServer({ pool }, { healthTimeoutMs: 500 });
+  try {
+    await server.listen({ port: 0, host: '127.0.0.1' });
+    const { port } = server.server.address() as net.AddressInfo;
+    const healthz = () => fetch(`http://127.0.0.1:${port}/healthz`);
+    assert.equal((await healthz()).status, 200);
+
+    proxy.stall();
+    for (let i = 0; i < 3; i++) {
+      const started = Date.now();
+      const res = await healthz();
+      const took = Date.now() - started;
+      assert.equal(res.status, 503);
+      assertUnavailable(await res.json(), 'the database is unavailable; try again shortly');
+      assert.ok(took >= 450 && took < 5000, `answered after ${took} ms`);
+    }
+
+    proxy.flow();
+    const back = await until(async () => {
+      const res = await healthz();
+      return res.status === 200 ? res : void (await res.body?.cancel());
+    }, '/healthz to answer 200 again', 10_000);
+    assert.deepEqual(await back.json(), { status: 'ok' });
+  } finally {
+    await server.close();
+    // The proxy first: connections opened during the stall lost their start-up messages and
+    // would wait for ever (pg has no connect timeout here), and the pool's end with them.
+    await proxy.close();
+    await pool.end();
+  }
+});
