@@ -32,6 +32,7 @@ import { parserFor } from './part-job.ts';
 import { intakeConnections, serveWorkers } from './service.ts';
 import { lineTerminator, RecordSplitter, type Part } from './splitter.ts';
 import { discardStaged, dropStaging, stageTableName } from './staging.ts';
+import { logImportReceived } from './status.ts';
 
 export interface AcceptOptions {
   /** Upload limit in bytes (default SLUICE_MAX_UPLOAD_BYTES or 2 GiB). */
@@ -54,6 +55,8 @@ export interface AcceptOptions {
    * import and its staging: a raw upload's `100 Continue` (src/http/continue.ts).
    */
   beforeRead?: (() => void) | undefined;
+  /** Write the operator's line of an upload stored whole (logImportReceived; `sluice serve`). */
+  logReceived?: boolean | undefined;
 }
 
 /**
@@ -102,6 +105,16 @@ export function servePoolMinimum(workers: number): number {
 
 /** What a refused upload is told to wait before it tries again (Retry-After, in seconds). */
 const UPLOAD_RETRY_AFTER_SECONDS = 5;
+
+/**
+ * An upload taken: its import, and (when it was stored whole) its parts and bytes; an
+ * upload a worker failed while it arrived is answered with the id alone.
+ */
+export interface Accepted {
+  id: string;
+  parts?: number;
+  bytes?: number;
+}
 
 /** Uploads in progress, by pool (one pool per process in `serve`). */
 const uploading = new WeakMap<Pool, number>();
@@ -183,7 +196,7 @@ export async function acceptUpload(
   input: { pipeline: string; fileName: string | null; source: string; maxRejectRatio?: number } & FileFormat,
   body: Readable,
   options: AcceptOptions = {},
-): Promise<{ id: string }> {
+): Promise<Accepted> {
   const pipeline = getPipeline(input.pipeline);
   checkFileFormat(pipeline, input);
   const format: FileFormat = { encoding: input.encoding, delimiter: input.delimiter };
@@ -194,14 +207,19 @@ export async function acceptUpload(
   // Refused before a byte of the body is read or a connection taken (maxUploads).
   const release = takeUploadSlot(pool);
   const id = randomUUID();
+  const t0 = performance.now();
   try {
-    return await owned(pool, id, async (owner) => {
+    const accepted = await owned(pool, id, async (owner) => {
       await createImport(owner.client, {
         id, pipeline: pipeline.name, fileName: input.fileName, fileBytes: null, source: input.source, status: 'queued',
         options: { maxRejectRatio: input.maxRejectRatio ?? 1, partRows },
       });
       return await receive({ ...ctx, boss }, owner, { id, pipeline, partRows, maxBytes, format }, body, options);
     });
+    if (options.logReceived && accepted.parts !== undefined) {
+      logImportReceived({ id, pipeline: pipeline.name, fileName: input.fileName, parts: accepted.parts, bytes: accepted.bytes ?? 0, ms: performance.now() - t0 });
+    }
+    return accepted;
   } catch (err) {
     if (!(err instanceof UploadEnded)) throw err;
     // Ended while its file arrived: cancelled by a user (POST /imports/<id>/cancel), or
@@ -258,7 +276,7 @@ async function receive(
   o: { id: string; pipeline: Pipeline; partRows: number; maxBytes: number; format: FileFormat },
   body: Readable,
   options: AcceptOptions,
-): Promise<{ id: string }> {
+): Promise<Accepted> {
   const { id, pipeline, partRows, maxBytes, format } = o;
   const { boss } = ctx;
   const db = owner.client;
@@ -346,7 +364,7 @@ async function receive(
     // ends. This synchronous commit is what makes the parts durable before the 202.
     const ended = await setPartsTotal(db, id, parts, total);
     if (ended !== null) throw new UploadEnded(ended);
-    return { id };
+    return { id, parts, bytes: total };
   } catch (err) {
     // The part in flight may have found the import over (UploadEnded) while the loop waited
     // for the body, which then failed (cut for idleness, client gone, too large): the end

@@ -67,6 +67,9 @@ test('a part that fails once and succeeds on its retry counts 1 retry on serve\'
   const accepted = (await res.json()) as { id: string };
   assert.equal(res.status, 202, JSON.stringify(accepted));
   const { id } = accepted;
+  // The operator's line of the upload (the import's start; its end comes from the worker).
+  const size = fs.statSync(FIXTURE).size;
+  await serve.waitFor(new RegExp(`sluice: import ${id} \\(purchases, base_teste_2000\\.txt\\) received: ${size.toLocaleString('en-US')} bytes in \\d+ parts, \\d+\\.\\d\\d s\\n`));
 
   // The one worker holds a part: its rows COPYed, its transaction open (the last statement
   // the part's COPY), waiting on the pause file.

@@ -69,7 +69,7 @@ export function registerServe(program: Command): void {
         await pool.end().catch(() => {});
       };
       try {
-        app = await buildServer(ctx, { logger: true });
+        app = await buildServer(ctx, { logger: true, imports: { logUploads: true } });
         services = await startServices(SERVICES, ctx, app);
         void untilSignal().then(stop).then(() => process.exit(0));
         // Fails when the port is taken (or the address is not ours), or when a route's

@@ -50,6 +50,8 @@ export interface ImportsRouteOptions {
   partRows?: number;
   /** How long an upload's body may send nothing before it is cut (default: the intake's, 60 s; tests use less). */
   uploadIdleTimeoutMs?: number;
+  /** A line on stderr per upload stored (`sluice serve`; the end's line comes from the worker that merged it). */
+  logUploads?: boolean;
 }
 
 
@@ -60,6 +62,7 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
     maxBytes,
     ...(options.partRows !== undefined ? { partRows: options.partRows } : {}),
     idleTimeoutMs: options.uploadIdleTimeoutMs,
+    logReceived: options.logUploads,
   };
   addOpenApi(importsOpenApi);
   measureIntake(ctx.pool);
@@ -155,6 +158,7 @@ interface AcceptOptions {
   signal?: AbortSignal | undefined;
   /** Right before the body is first read (a raw upload's `100 Continue`). */
   beforeRead?: (() => void) | undefined;
+  logReceived?: boolean | undefined;
 }
 
 /**
