@@ -137,3 +137,33 @@ test('a run stopped mid-flight records the requests it sent, settled (no reserva
   assert.equal(run?.requests, counted);
   assert.ok(counted >= sim.stats.requests && counted <= sim.stats.requests + CONCURRENCY, `recorded ${counted}, the CRM received ${sim.stats.requests}`);
 });
+
+test('a run failed from outside while it goes (it lost its lock, another process took it for dead) stops sending at its next reservation, and keeps that outcome', async () => {
+  const config = validateCrmConfig({
+    name: 'taken-over',
+    sources: { customers: `${JAFFLE}/raw_customers.csv`, orders: `${JAFFLE}/raw_orders.csv`, payments: `${JAFFLE}/raw_payments.csv` },
+    destination: { base_url: apiUrl, concurrency: CONCURRENCY, rate_limit: '10000/1s' },
+  });
+  let personCreates = 0;
+  let marked: Promise<unknown> | undefined;
+  let receivedWhenMarked = 0;
+  const onRequest = (r: { route: string }) => {
+    if (r.route === 'POST /v1/persons' && ++personCreates === 30) {
+      receivedWhenMarked = sim.stats.requests;
+      // What failInterruptedRuns does to a run whose lock it could take.
+      marked = db.pool.query(`UPDATE crm_runs SET status = 'failed', error = 'interrupted (test)' WHERE pipeline = 'taken-over' AND status = 'running'`);
+    }
+  };
+  sim.on('request', onRequest);
+  try {
+    await assert.rejects(runCrmSync(db.pool, config, { trigger: 'cli' }), (err: CrmRunError) => /no longer recorded as running/.test(err.message));
+  } finally {
+    sim.off('request', onRequest);
+  }
+  await marked;
+  const [run] = await runs('taken-over');
+  assert.equal(run?.status, 'failed');
+  assert.equal(run?.error, 'interrupted (test)', 'the outcome recorded by the other process is kept');
+  // At most what it had reserved (a block ahead) plus the attempts already past their reservation.
+  assert.ok(sim.stats.requests <= receivedWhenMarked + RESERVE_BLOCK + CONCURRENCY, `${sim.stats.requests} received, ${receivedWhenMarked} when it was failed`);
+});

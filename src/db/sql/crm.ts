@@ -6,6 +6,7 @@
  */
 import type pg from 'pg';
 import type { SourceName } from '../../pipelines/crm/config.ts';
+import { SluiceError } from '../../core/errors.ts';
 
 type Q = Pick<pg.ClientBase, 'query'>;
 
@@ -215,7 +216,11 @@ export async function updateRunProgress(q: Q, id: number, requests: number, retr
  * daily budget sums this column). finishRun replaces it by the real count.
  */
 export async function reserveRequests(q: Q, id: number, upTo: number): Promise<void> {
-  await q.query(`UPDATE crm_runs SET requests = greatest(requests, $2) WHERE id = $1 AND status = 'running'`, [id, upTo]);
+  const { rowCount } = await q.query(`UPDATE crm_runs SET requests = greatest(requests, $2) WHERE id = $1 AND status = 'running'`, [id, upTo]);
+  // Not running any more: another process took this run for a dead one's and failed it
+  // (this one lost its pipeline lock with its connection). Nothing more may be sent: what
+  // it sends now is counted nowhere.
+  if (rowCount !== 1) throw new SluiceError('conflict', `run ${id} is no longer recorded as running (its pipeline lock was lost, and another process failed it): stopped before sending more`);
 }
 
 export async function finishRun(
@@ -223,9 +228,11 @@ export async function finishRun(
   id: number,
   f: { status: string; requests: number; retries429: number; summary: unknown; sources: unknown; details: unknown; error: string | null },
 ): Promise<void> {
+  // Only while running: a run another process failed meanwhile (it lost its lock) keeps
+  // that outcome.
   await q.query(
     `UPDATE crm_runs SET status = $2, requests = $3, retries_429 = $4, summary = $5, sources = $6, details = $7,
-       error = $8, finished_at = now() WHERE id = $1`,
+       error = $8, finished_at = now() WHERE id = $1 AND status = 'running'`,
     [id, f.status, f.requests, f.retries429, JSON.stringify(f.summary), JSON.stringify(f.sources), JSON.stringify(f.details ?? {}), f.error],
   );
 }
@@ -274,11 +281,12 @@ export interface LastRun {
 }
 
 /**
- * The pipeline's newest run, whatever its trigger or status. The lock is looked up in
- * pg_locks, not taken: taking it, even for a moment, would refuse a run starting then.
+ * The pipeline's newest runs (up to `limit`), newest first, whatever their trigger or
+ * status, and the database's clock (`now`: the runs' times are its own). The lock is looked
+ * up in pg_locks, not taken: taking it, even for a moment, would refuse a run starting then.
  */
-export async function lastRun(q: Q, pipeline: string): Promise<LastRun | undefined> {
-  const { rows } = await q.query<LastRun>(
+export async function lastRuns(q: Q, pipeline: string, limit = 50): Promise<{ runs: LastRun[]; now: Date }> {
+  const { rows } = await q.query<LastRun & { db_now: Date }>(
     `SELECT r.id, r.status, r.started_at,
             coalesce(r.finished_at, r.started_at + coalesce((r.summary ->> 'duration_ms')::bigint, 0) * interval '1 millisecond') AS ended_at,
             coalesce((r.summary #>> '{persons,failed}')::int, 0) + coalesce((r.summary #>> '{deals,failed}')::int, 0) AS failed,
@@ -288,11 +296,13 @@ export async function lastRun(q: Q, pipeline: string): Promise<LastRun | undefin
                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                  AND l.classid = ${PIPELINE_LOCK} AND l.objid = hashtext(r.pipeline)::oid
-            ) AS in_progress
-       FROM crm_runs r WHERE r.pipeline = $1 ORDER BY r.started_at DESC, r.id DESC LIMIT 1`,
-    [pipeline],
+            ) AS in_progress,
+            now() AS db_now
+       FROM crm_runs r WHERE r.pipeline = $1 ORDER BY r.started_at DESC, r.id DESC LIMIT $2`,
+    [pipeline, limit],
   );
-  return rows[0];
+  if (rows.length === 0) return { runs: [], now: (await q.query<{ now: Date }>('SELECT now()')).rows[0]!.now };
+  return { runs: rows.map(({ db_now: _, ...r }) => r), now: rows[0]!.db_now };
 }
 
 /** Requests this pipeline sent since UTC midnight (the daily budget's spend). */

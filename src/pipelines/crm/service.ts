@@ -12,7 +12,7 @@
 import { env } from '../../config.ts';
 import { InvalidInputError } from '../../core/errors.ts';
 import type { Pool } from '../../db/pool.ts';
-import { lastRun, type LastRun } from '../../db/sql/crm.ts';
+import { lastRuns, type LastRun } from '../../db/sql/crm.ts';
 import type { RunningService, Service } from '../../http/services.ts';
 import { loadCrmConfig, type CrmConfig, type CrmSchedule } from './config.ts';
 import { nextRun } from './schedule.ts';
@@ -66,15 +66,16 @@ export interface FirstRun {
   slot: Date;
   /** The first run is a follow-up (a retry that leaves the slot in place). */
   retry: boolean;
-  /** Unsuccessful runs the backoff counts (1 after an unsuccessful last run). */
+  /** Unsuccessful runs in a row up to the last one (0 after a clean run): the backoff counts them. */
   misses: number;
   /** Why `at` is not simply the next slot after now (undefined: it is). */
   why?: string | undefined;
 }
 
 /**
- * Where a schedule starting at `now` places its first run, given the pipeline's last
- * recorded run (any trigger), as if the process had been running all along:
+ * Where a schedule starting at `now` places its first run, given the pipeline's recorded
+ * runs (`runs`, newest first, any trigger; `now` on the database's clock, as their times),
+ * as if the process had been running all along:
  * - no run yet: the next slot after now (an interval: now + interval);
  * - interval: the last run's start + interval (its end + interval when it outlived the
  *   interval, as a live process does), or now when that has passed;
@@ -82,12 +83,18 @@ export interface FirstRun {
  *   however many were missed; a slot during the run was skipped by the live process),
  *   else the next slot;
  * - the last run unsuccessful (failed, left failed or unconfirmed records, or left
- *   running by a dead process: ended at its last progress): its follow-up at its end +
- *   retry_after, not before now, counted as one miss, never later than the slot
- *   (retry_after off: the slot).
+ *   running by a dead process: ended at its last progress): misses = the unsuccessful
+ *   runs in a row up to it, and its follow-up at its end + retry_after x 2^(misses - 1),
+ *   never later than the slot (retry_after off: the slot), as the live process's backoff;
+ * - the last run left running by a dead process: nothing before its end + the larger of
+ *   retry_after and `guardMs` (the CRM's request timeout), follow-up or slot alike: a
+ *   create it sent may still be applied by the CRM (docs/crm.md, Crash safety).
+ * (A live process measures an interval from its last slot run, not from a follow-up: after
+ * a restart it counts from the last run of any kind. docs/crm.md says so.)
  */
-export function firstRun(schedule: CrmSchedule, last: LastRun | undefined, now: Date): FirstRun {
+export function firstRun(schedule: CrmSchedule, runs: LastRun[], now: Date, guardMs = 0): FirstRun {
   const plain = nextRun(schedule, now);
+  const last = runs[0];
   if (!last) return { at: plain, slot: plain, retry: false, misses: 0 };
   const started = last.started_at.getTime();
   const ended = Math.max(started, last.ended_at.getTime());
@@ -106,12 +113,23 @@ export function firstRun(schedule: CrmSchedule, last: LastRun | undefined, now: 
   }
   const failure = lastRunFailure(last);
   if (failure === undefined) return { at: slot, slot, retry: false, misses: 0, why };
+  let misses = 0;
+  while (misses < runs.length && lastRunFailure(runs[misses]!) !== undefined) misses++;
+  // A dead process's run: wait out what it may still have in flight.
+  const dead = last.status === 'running';
+  const earliest = dead ? ended + Math.max(schedule.retryAfterMs ?? 0, guardMs) : 0;
+  const guarded = (at: Date) => (at.getTime() < earliest ? new Date(earliest) : at);
+  const guard = `, not before ${iso(earliest)}: what it sent may still be applied`;
   if (schedule.retryAfterMs !== undefined) {
-    const followUp = new Date(Math.max(now.getTime(), ended + schedule.retryAfterMs));
-    if (followUp < slot) return { at: followUp, slot, retry: true, misses: 1, why: `follow-up of ${failure}, attempt 2` };
+    const due = new Date(Math.max(now.getTime(), ended + schedule.retryAfterMs * 2 ** Math.min(misses - 1, 40)));
+    const followUp = guarded(due);
+    const note = followUp > due ? guard : '';
+    if (followUp < slot) return { at: followUp, slot, retry: true, misses, why: `follow-up of ${failure}, attempt ${misses + 1}${note}` };
   }
   const instead = schedule.retryAfterMs === undefined ? 'retry_after is off, so the slot' : 'the slot comes no later than its follow-up';
-  return { at: slot, slot, retry: false, misses: 1, why: `${why ? `${why}; ` : ''}attempt 2 after ${failure}: ${instead}` };
+  const at = guarded(slot);
+  const note = at > slot ? guard : '';
+  return { at, slot: at, retry: false, misses, why: `${why ? `${why}; ` : ''}attempt ${misses + 1} after ${failure}: ${instead}${note}` };
 }
 
 function iso(ms: number): string {
@@ -126,13 +144,19 @@ export async function startSchedule(pool: Pool, config: CrmConfig, options: Sche
   const schedule = config.schedule;
   if (!schedule) throw new InvalidInputError(`${config.file ?? 'config'}: a scheduled sync needs schedule.cron or schedule.interval`);
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  let last: LastRun | undefined;
+  let first: FirstRun;
   try {
-    last = await lastRun(pool, config.name);
+    // The runs' times are the database's clock. Within a second of this process's, that
+    // one is used as it is; further apart, the database's, the result moved onto this one.
+    const { runs, now } = await lastRuns(pool, config.name);
+    const skew = Date.now() - now.getTime();
+    const far = Math.abs(skew) > 1000;
+    const f = firstRun(schedule, runs, far ? now : new Date(), config.destination.type === 'pipedrive' ? config.destination.timeoutMs : 0);
+    first = far ? { ...f, at: new Date(f.at.getTime() + skew), slot: new Date(f.slot.getTime() + skew) } : f;
   } catch (err) {
     log(`crm sync ${config.name}: could not read the last run (${runErrorMessage(err)}); the first run is the next slot after now`);
+    first = firstRun(schedule, [], new Date());
   }
-  const first = firstRun(schedule, last, new Date());
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
   let current: Promise<void> | undefined;
