@@ -42,8 +42,13 @@ export function parseSearchBound(name: string, value: unknown): string | null {
   if (m[9] !== undefined && !realOffset(Number(m[9]), Number(m[10]))) {
     throw new InvalidInputError(`${name} has an impossible UTC offset (hours 00-23, minutes 00-59): ${m[8]}`);
   }
-  const fraction = m[7] ? m[7].slice(0, 7) : '';
-  return `${y}-${mo}-${d}T${h}:${mi}:${s}${fraction}`;
+  // One spelling per instant: microseconds at most (Postgres' precision), without trailing
+  // zeros, so `21:00:00.000` is `21:00:00` and `.50` is `.5`. With fixed-width fields and a
+  // fraction without trailing zeros, comparing two bounds as strings compares their instants
+  // (parseSearch's `starts_at` after `ends_at`; it compared `…00.000` > `…00` and refused equal
+  // times), and one instant has one cache key.
+  const digits = m[7] ? m[7].slice(1, 7).replace(/0+$/, '') : '';
+  return `${y}-${mo}-${d}T${h}:${mi}:${s}${digits ? `.${digits}` : ''}`;
 }
 
 function cacheMode(): CacheMode {
@@ -65,6 +70,7 @@ interface ParsedSearch {
 function parseSearch(startsAtParam: unknown, endsAtParam: unknown): ParsedSearch {
   const startsAt = parseSearchBound('starts_at', startsAtParam);
   const endsAt = parseSearchBound('ends_at', endsAtParam);
+  // Canonical bounds (parseSearchBound): string order is time order.
   if (startsAt && endsAt && startsAt > endsAt) throw new InvalidInputError('starts_at must not be after ends_at');
   const range = { startsAt, endsAt };
   return { rawStartsAt: startsAtParam as string | undefined, rawEndsAt: endsAtParam as string | undefined, range, key: searchKey(range) };

@@ -1,7 +1,7 @@
 /**
  * Fetching the provider feed as a stream of chunks, with the timeouts a remote service
- * needs: one until the response headers and between two chunks (a stalled provider), one
- * for the whole body (a trickling one), and a size limit.
+ * needs: an idle one, started again at the response headers and at each chunk (a stalled
+ * provider), one for the whole body (a trickling one), and a size limit.
  *
  * Credentials written in the URL (`https://user:password@host/feed`) are sent as HTTP Basic
  * authorization (fetch refuses such a URL, quoting it whole), and no message of this module
@@ -13,7 +13,7 @@ import { basicAuth, maskUrlPasswords, withoutPassword } from '../../core/url-cre
 export interface FetchFeedOptions {
   /** Whole request, headers to last byte (default 120 s). */
   timeoutMs?: number;
-  /** Until the headers, and between two chunks of the body (default 15 s). */
+  /** Until the headers, and between two chunks of the body; the headers start it again for the first chunk (default 15 s). */
   idleTimeoutMs?: number;
   /**
    * Largest body accepted (default 1 GiB). It bounds the download and the stage's temp-table
@@ -89,6 +89,11 @@ export async function* fetchFeed(url: string, options: FetchFeedOptions = {}): A
       // No `cause`: its message may quote the URL, password and all.
       throw new ProviderError(`provider unreachable: ${maskUrlPasswords(reason || causeMessage(err))}`, true);
     }
+    // Headers in: the idle timeout starts again, for the body's first chunk. (It ran on from
+    // the request, so headers at 0.1 s and a first chunk at idle + 0.5 s failed as "no response
+    // headers".) Each wait names itself in its message.
+    clearTimeout(idle);
+    idle = setTimeout(() => abort(`the body stalled for ${idleMs} ms after the response headers`), idleMs);
     if (res.status !== 200) {
       await res.body?.cancel().catch(() => {});
       throw new ProviderError(`provider answered HTTP ${res.status}`, retryableStatus(res.status));
@@ -98,7 +103,7 @@ export async function* fetchFeed(url: string, options: FetchFeedOptions = {}): A
     try {
       for await (const chunk of res.body) {
         clearTimeout(idle);
-        idle = setTimeout(() => abort(`the body stalled for ${idleMs} ms`), idleMs);
+        idle = setTimeout(() => abort(`the body stalled for ${idleMs} ms between two chunks`), idleMs);
         bytes += chunk.byteLength;
         if (bytes > maxBytes) throw new ProviderError(`the feed exceeds ${maxBytes} bytes`, false);
         yield chunk;
