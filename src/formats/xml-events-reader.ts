@@ -65,12 +65,48 @@ export interface RawFeedEvent {
 export interface XmlEventsReaderOptions {
   /** Zones kept per event before the rest are dropped (default 10,000). */
   maxZonesPerEvent?: number;
+  /** Deepest element nesting accepted (default MAX_FEED_DEPTH). */
+  maxDepth?: number;
+}
+
+/**
+ * Deepest element nesting accepted (64). The provider's feed needs 5 (`eventList > output >
+ * base_event > event > zone`). saxes keeps a stack of the open elements: `<eventList>`
+ * followed by millions of `<a>` grew it without bound (30 MB of them took 2.9 GB and killed
+ * `sluice serve`). Deeper fails as an invalid file, like a tag over MAX_TOKEN_CHARS.
+ */
+export const MAX_FEED_DEPTH = 64;
+
+/** Characters looked at for an HTML doctype before the parser gets them (an XML declaration, then `<!DOCTYPE html`). */
+const HEAD_CHARS = 128;
+/** An HTML document's start, in any case: a BOM, white space and an XML declaration may come first. */
+const HTML_DOCTYPE = /^\ufeff?\s*(<\?xml[^>]*\?>\s*)?<!doctype\s+html(\s|>)/i;
+
+/**
+ * A 200 answer that declares itself an HTML document (`<!DOCTYPE html>`, XHTML's `<!DOCTYPE
+ * html PUBLIC …>`): a maintenance or error page, a FeedRootError, so the sync retries it as
+ * it does an HTTP 5xx. Every other DOCTYPE is refused (XXE, entity expansion).
+ */
+export class HtmlPageError extends FeedRootError {
+  constructor(doctypeName: string) {
+    super(doctypeName);
+    this.message = `the document declares <!DOCTYPE ${doctypeName}>: an HTML page, not the event feed (an error or maintenance page?)`;
+  }
 }
 
 export class XmlEventsReader {
   private readonly parser = new SaxesParser({ xmlns: false, position: true });
   private readonly decoder = new TextDecoder('utf-8', { fatal: true });
   private readonly maxZones: number;
+  private readonly maxDepth: number;
+  /** Elements open now. */
+  private depth = 0;
+  /**
+   * The document's first characters, held back from the parser until they tell whether it
+   * is an HTML page: HTML5's `<!doctype html>` is not XML (saxes calls a lower-case doctype
+   * malformed, which is not retried), so it is recognised here first.
+   */
+  private head: string | undefined = '';
   private base: Attributes | undefined;
   private current: RawFeedEvent | undefined;
   private sawRoot = false;
@@ -86,8 +122,11 @@ export class XmlEventsReader {
 
   constructor(onEvent: (event: RawFeedEvent) => void, options: XmlEventsReaderOptions = {}) {
     this.maxZones = options.maxZonesPerEvent ?? 10_000;
+    this.maxDepth = options.maxDepth ?? MAX_FEED_DEPTH;
     const p = this.parser;
-    p.on('doctype', () => {
+    p.on('doctype', (doctype: string) => {
+      const name = /^\s*(\S+)/.exec(doctype)?.[1] ?? '';
+      if (/^html$/i.test(name)) throw new HtmlPageError('html');
       throw new InvalidFileError('the feed declares a DOCTYPE: DTDs and entities are refused');
     });
     p.on('error', (err) => {
@@ -105,6 +144,10 @@ export class XmlEventsReader {
     };
     p.on('opentag', (tag: SaxesTagPlain) => {
       ended();
+      // Thrown inside the chunk's parse: the stack never holds more than the limit.
+      if (++this.depth > this.maxDepth) {
+        throw new InvalidFileError(`the feed nests elements more than ${this.maxDepth} deep (at line ${p.line}; the event feed needs 5): not read further`);
+      }
       if (!this.sawRoot && tag.name !== FEED_ROOT) throw new FeedRootError(tag.name);
       this.sawRoot = true;
       switch (tag.name) {
@@ -129,6 +172,7 @@ export class XmlEventsReader {
     });
     p.on('closetag', (tag) => {
       ended();
+      this.depth--;
       if (tag.name === 'event' && this.current) {
         const e = this.current;
         this.current = undefined;
@@ -143,18 +187,30 @@ export class XmlEventsReader {
   write(chunk: Uint8Array | string): void {
     if (this.failure) throw this.failure;
     try {
-      const text = typeof chunk === 'string' ? chunk : this.decoder.decode(chunk, { stream: true });
+      let text = typeof chunk === 'string' ? chunk : this.decoder.decode(chunk, { stream: true });
       this.bytes += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.byteLength;
-      if (!this.nonBlank && /\S/.test(text)) this.nonBlank = true;
-      this.parser.write(text);
-      this.chars += text.length;
-      // A tag still open: checked per chunk, so the parser holds at most the limit and one
-      // chunk more (a tag that ends inside the chunk was checked as it ended).
-      if (this.chars - this.tokenEnd > MAX_TOKEN_CHARS) throw this.tooLong();
+      if (this.head !== undefined) {
+        this.head += text;
+        if (HTML_DOCTYPE.test(this.head)) throw new HtmlPageError('html');
+        if (this.head.length < HEAD_CHARS) return;
+        text = this.head;
+        this.head = undefined;
+      }
+      this.parse(text);
     } catch (err) {
       this.failure = asFileError(err);
       throw this.failure;
     }
+  }
+
+  /** Gives `text` to the parser. */
+  private parse(text: string): void {
+    if (!this.nonBlank && /\S/.test(text)) this.nonBlank = true;
+    this.parser.write(text);
+    this.chars += text.length;
+    // A tag still open: checked per chunk, so the parser holds at most the limit and one
+    // chunk more (a tag that ends inside the chunk was checked as it ended).
+    if (this.chars - this.tokenEnd > MAX_TOKEN_CHARS) throw this.tooLong();
   }
 
   private tooLong(): InvalidFileError {
@@ -164,6 +220,17 @@ export class XmlEventsReader {
   /** Ends the document; throws if it is empty, truncated or malformed. */
   end(): void {
     if (this.failure) throw this.failure;
+    try {
+      if (this.head !== undefined) {
+        // A document shorter than the head: given to the parser now.
+        const head = this.head;
+        this.head = undefined;
+        this.parse(head);
+      }
+    } catch (err) {
+      this.failure = asFileError(err);
+      throw this.failure;
+    }
     if (!this.nonBlank) throw new InvalidFileError('the feed is empty');
     try {
       const rest = this.decoder.decode();

@@ -26,7 +26,6 @@ import {
 } from '../../db/sql/events.ts';
 import { FeedRootError, XmlEventsReader, type RawFeedEvent } from '../../formats/xml-events-reader.ts';
 import { checkFeedEvent, type FeedEvent, type FeedReject } from './feed-event.ts';
-import { FeedGuard } from './feed-guard.ts';
 import { fetchFeed, ProviderError, type FetchFeedOptions } from './fetch-feed.ts';
 import { providerEvents, providerSyncs, providerSyncSeconds } from './metrics.ts';
 import { SyncOwner } from './sync-owner.ts';
@@ -202,8 +201,6 @@ async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: numb
     lost.abort();
   };
   client.on('error', onClientError);
-  // Sees each chunk before the reader: nesting depth (saxes' stack) and HTML pages.
-  const guard = new FeedGuard();
   const reader = new XmlEventsReader((raw: RawFeedEvent) => {
     counts.eventsSeen += 1;
     const checked = checkFeedEvent(raw);
@@ -252,7 +249,6 @@ async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: numb
     const signal = options.signal ? AbortSignal.any([options.signal, lost.signal]) : lost.signal;
     for await (const chunk of fetchFeed(options.url, { ...options, signal })) {
       if (clientError) throw clientError;
-      guard.write(chunk);
       reader.write(chunk);
       await flush(false);
     }

@@ -1,16 +1,16 @@
 /**
- * The feed guard (src/pipelines/events/feed-guard.ts): a feed nested deeper than the limit
- * fails as an invalid file before the parser's stack can grow (30 MB of `<a>` once took 2.9 GB
- * and killed `sluice serve`), and an HTML page with a DOCTYPE is the maintenance-page case,
- * retried like an HTTP 5xx, while other DOCTYPEs are still refused.
+ * The feed reader's guards (src/formats/xml-events-reader.ts): a feed nested deeper than the
+ * limit fails as an invalid file inside the chunk that goes too deep, before the parser's
+ * stack can grow (30 MB of `<a>` once took 2.9 GB and killed `sluice serve`), and an HTML
+ * page with a DOCTYPE is the maintenance-page case, retried like an HTTP 5xx, while other
+ * DOCTYPEs are still refused.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { InvalidFileError } from '../../src/core/errors.ts';
 import { generateFeed } from '../../src/dev/feed-generator.ts';
 import { startProviderSimulator, type ProviderSimulator } from '../../src/dev/provider-simulator.ts';
-import { FeedRootError } from '../../src/formats/xml-events-reader.ts';
-import { FeedGuard, HtmlPageError, MAX_FEED_DEPTH } from '../../src/pipelines/events/feed-guard.ts';
+import { FeedRootError, HtmlPageError, MAX_FEED_DEPTH, XmlEventsReader } from '../../src/formats/xml-events-reader.ts';
 import { syncEvents } from '../../src/pipelines/events/sync.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { RESPONSE_1 } from './feeds.ts';
@@ -29,19 +29,20 @@ after(async () => {
 /** `<eventList>` and `depth - 1` nested `<a>`, all closed: a well-formed document `depth` deep. */
 const nested = (depth: number) => `<?xml version="1.0"?>\n<eventList>${'<a>'.repeat(depth - 1)}${'</a>'.repeat(depth - 1)}</eventList>\n`;
 
-/** Runs `xml` through a guard in chunks of `size` bytes. */
+/** Reads `xml` to its end in chunks of `size` bytes. */
 function guard(xml: string, size = Infinity, maxDepth?: number): void {
-  const g = new FeedGuard(maxDepth);
+  const r = new XmlEventsReader(() => {}, { maxDepth });
   const bytes = Buffer.from(xml);
   const step = size === Infinity ? bytes.length : size;
-  for (let i = 0; i < bytes.length; i += step) g.write(new Uint8Array(bytes.subarray(i, i + step)));
+  for (let i = 0; i < bytes.length; i += step) r.write(new Uint8Array(bytes.subarray(i, i + step)));
+  r.end();
 }
 
-const tooDeep = new RegExp(`^the feed nests elements more than ${MAX_FEED_DEPTH} deep \\(at byte \\d+; the event feed needs 5\\)`);
+const tooDeep = new RegExp(`^the feed nests elements more than ${MAX_FEED_DEPTH} deep \\(at line \\d+; the event feed needs 5\\)`);
 
 const stored = async () => (await db.pool.query<{ n: string; version: string }>('SELECT (SELECT count(*) FROM provider_events) AS n, (SELECT version FROM provider_feed_state) AS version')).rows[0];
 
-test('the guard counts exactly: the real feed is 5 deep at any chunk boundary, the limit itself passes and one more fails', () => {
+test('the reader counts depth exactly: the real feed is 5 deep at any chunk boundary, the limit itself passes and one more fails', () => {
   for (const size of [Infinity, 1, 3, 64]) {
     guard(RESPONSE_1, size, 5); // eventList > output > base_event > event > zone (self-closing)
     assert.throws(() => guard(RESPONSE_1, size, 4), (err: Error) => err instanceof InvalidFileError && /more than 4 deep/.test(err.message));
@@ -50,7 +51,7 @@ test('the guard counts exactly: the real feed is 5 deep at any chunk boundary, t
   guard([...generateFeed({ events: 50, zones: 20 })].join(''), 1000, 5);
   // What is not a tag does not count: quoted `>` and `/>`, comments, CDATA, PIs, text.
   guard(
-    '<?xml version="1.0"?><?pi <a><b> ?><eventList note="a > b /> c" other=\'<x>\'>x > y /> z' +
+    '<?xml version="1.0"?><?pi <a><b> ?><eventList note="a > b /> c" other=\'x/>y\'>x > y /> z' +
       '<!-- <a><b><c> --><![CDATA[<a><b><c>]]><output><zone z="/"/></output></eventList>',
     1,
     3,
@@ -88,7 +89,7 @@ test('5 MB of unclosed <a> fails at once, in its first chunk, instead of growing
   assert.deepEqual(await stored(), before);
 });
 
-test('the real feed still syncs with the guard', async () => {
+test('the real feed still syncs', async () => {
   sim.setResponses([RESPONSE_1]);
   const r = await syncEvents(db.pool, { url: sim.url, trigger: 'test', retries: 0 });
   assert.equal(r.status, 'completed', r.error);
@@ -101,15 +102,16 @@ const XHTML_PAGE = `<?xml version="1.0" encoding="UTF-8"?>
 `;
 const HTML5_PAGE = '<!DOCTYPE html><html><head><title>Maintenance</title></head><body>Back soon.</body></html>';
 
-test('a DOCTYPE naming html is a maintenance page (FeedRootError, retried); any other DOCTYPE is left to the reader, which refuses it', () => {
+test('a DOCTYPE naming html is a maintenance page (FeedRootError, retried); any other DOCTYPE is refused', () => {
   for (const page of [XHTML_PAGE, HTML5_PAGE, '<!doctype html><html></html>', '<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN"><HTML></HTML>']) {
     for (const size of [Infinity, 1]) {
       assert.throws(() => guard(page, size), (err: Error) => err instanceof HtmlPageError && err instanceof FeedRootError && /declares <!DOCTYPE html>: an HTML page/i.test(err.message), page.slice(0, 60));
     }
   }
-  // XXE and friends: not the guard's, and not mistaken for a page.
-  guard('<?xml version="1.0"?><!DOCTYPE eventList [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><eventList>&xxe;</eventList>');
-  guard('<!DOCTYPE htmlx><htmlx/>');
+  // XXE and friends: refused, and not mistaken for a page.
+  for (const refused of ['<?xml version="1.0"?><!DOCTYPE eventList [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><eventList>&xxe;</eventList>', '<!DOCTYPE htmlx><htmlx/>']) {
+    assert.throws(() => guard(refused), (err: Error) => !(err instanceof HtmlPageError) && /the feed declares a DOCTYPE: DTDs and entities are refused/.test(err.message));
+  }
 });
 
 test('an HTML maintenance page with a DOCTYPE, then the feed: retried, the sync completes at its 2nd attempt', async () => {
