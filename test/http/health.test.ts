@@ -6,7 +6,7 @@ import { openDb } from '../../src/db/pool.ts';
 import { buildServer } from '../../src/http/server.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { until } from '../helpers/processes.ts';
-import { startTcpProxy } from '../helpers/tcp-proxy.ts';
+import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.ts';
 
 let db: TestDb;
 let app: FastifyInstance;
@@ -58,14 +58,38 @@ function assertUnavailable(body: unknown, message: string): void {
   assert.deepEqual(body, { error: { code: 'unavailable', message } });
 }
 
-test('GET /healthz over HTTP with the database cut (a TCP proxy gone down): 503 in the API error form; 200 once it is back', async () => {
+/**
+ * A server listening on 127.0.0.1 whose database is behind a TCP proxy; `use` gets the proxy
+ * and a GET /healthz. Afterwards `/healthz` must answer 200 again (the proxy back to normal
+ * by then); the proxy is closed before the pool, whose connections opened during a stall
+ * would otherwise wait for ever (pg has no connect timeout here), and its end with them.
+ */
+async function proxiedHealthz(
+  options: { healthTimeoutMs?: number },
+  use: (proxy: TcpProxy, healthz: () => Promise<Response>) => Promise<void>,
+): Promise<void> {
   const proxy = await startTcpProxy(db.url);
   const pool = await openDb({ url: proxy.url, migrate: false });
-  const server = await buildServer({ pool });
+  const server = await buildServer({ pool }, options);
   try {
     await server.listen({ port: 0, host: '127.0.0.1' });
     const { port } = server.server.address() as net.AddressInfo;
     const healthz = () => fetch(`http://127.0.0.1:${port}/healthz`);
+    await use(proxy, healthz);
+    const back = await until(async () => {
+      const res = await healthz();
+      return res.status === 200 ? res : void (await res.body?.cancel());
+    }, '/healthz to answer 200 again', 10_000);
+    assert.deepEqual(await back.json(), { status: 'ok' });
+  } finally {
+    await server.close();
+    await proxy.close();
+    await pool.end();
+  }
+}
+
+test('GET /healthz over HTTP with the database cut (a TCP proxy gone down): 503 in the API error form; 200 once it is back', async () => {
+  await proxiedHealthz({}, async (proxy, healthz) => {
     const up = await healthz();
     assert.equal(up.status, 200);
     assert.deepEqual(await up.json(), { status: 'ok' });
@@ -76,18 +100,8 @@ test('GET /healthz over HTTP with the database cut (a TCP proxy gone down): 503 
     assert.equal(down.status, 503);
     assert.match(down.headers.get('content-type') ?? '', /^application\/json/);
     assertUnavailable(await down.json(), 'the database is unavailable; try again shortly');
-
     proxy.up();
-    const back = await until(async () => {
-      const res = await healthz();
-      return res.status === 200 ? res : void (await res.body?.cancel());
-    }, '/healthz to answer 200 again', 10_000);
-    assert.deepEqual(await back.json(), { status: 'ok' });
-  } finally {
-    await server.close();
-    await pool.end();
-    await proxy.close();
-  }
+  });
 });
 
 test('GET /healthz on a keep-alive connection once close() has begun: 503 in the same form, with Connection: close', async () => {
@@ -125,15 +139,8 @@ test('GET /healthz on a keep-alive connection once close() has begun: 503 in the
 });
 
 test('GET /healthz with the database not answering (a TCP proxy that drops everything): 503 within its timeout, not a hang; 200 once packets flow', async () => {
-  const proxy = await startTcpProxy(db.url);
-  const pool = await openDb({ url: proxy.url, migrate: false });
-  const server = await buildServer({ pool }, { healthTimeoutMs: 500 });
-  try {
-    await server.listen({ port: 0, host: '127.0.0.1' });
-    const { port } = server.server.address() as net.AddressInfo;
-    const healthz = () => fetch(`http://127.0.0.1:${port}/healthz`);
+  await proxiedHealthz({ healthTimeoutMs: 500 }, async (proxy, healthz) => {
     assert.equal((await healthz()).status, 200);
-
     proxy.stall();
     for (let i = 0; i < 3; i++) {
       const started = Date.now();
@@ -143,18 +150,6 @@ test('GET /healthz with the database not answering (a TCP proxy that drops every
       assertUnavailable(await res.json(), 'the database is unavailable; try again shortly');
       assert.ok(took >= 450 && took < 5000, `answered after ${took} ms`);
     }
-
     proxy.flow();
-    const back = await until(async () => {
-      const res = await healthz();
-      return res.status === 200 ? res : void (await res.body?.cancel());
-    }, '/healthz to answer 200 again', 10_000);
-    assert.deepEqual(await back.json(), { status: 'ok' });
-  } finally {
-    await server.close();
-    // The proxy first: connections opened during the stall lost their start-up messages and
-    // would wait for ever (pg has no connect timeout here), and the pool's end with them.
-    await proxy.close();
-    await pool.end();
-  }
+  });
 });
