@@ -138,7 +138,7 @@ export function detectSample(
   let hint: FileMeta['hint'] = null;
   if (format === 'csv') {
     const text = new TextDecoder(encoding).decode(sample);
-    hint = excelHint(sample, text, overrides.delimiter, wording.delimiter);
+    hint = excelHint(sample, det.bom, text, overrides.delimiter, wording.delimiter);
     // The hint says what the file's author chose: it wins over sniffing (and agrees with a
     // delimiter given, or excelHint refused the file).
     delimiter = hint ? hint.line.slice(4) : (overrides.delimiter ?? sniffDelimiter(text));
@@ -155,7 +155,7 @@ export function detectSample(
  * when its character is not a delimiter Sluice reads, or differs from the one `given`
  * (never one silently over the other).
  */
-function excelHint(sample: Buffer, text: string, given: string | undefined, wording: OptionWording): FileMeta['hint'] {
+function excelHint(sample: Buffer, bom: boolean, text: string, given: string | undefined, wording: OptionWording): FileMeta['hint'] {
   const line = excelSeparatorLine(text);
   if (line === undefined) return null;
   const d = line.slice(4);
@@ -169,7 +169,7 @@ function excelHint(sample: Buffer, text: string, given: string | undefined, word
       `invalid file: the first line ${JSON.stringify(line)} is Excel's delimiter hint, for ${delimiterName(d)}, but ${wording.given(given)}: ${wording.use(d)} or ${wording.none}, or remove that line`,
     );
   }
-  let bytes = (sample[0] === 0xef && sample[1] === 0xbb && sample[2] === 0xbf ? 3 : 0) + 'sep=;'.length;
+  let bytes = (bom ? 3 : 0) + 'sep=;'.length;
   if (sample[bytes] === 0x0d) bytes += sample[bytes + 1] === 0x0a ? 2 : 1;
   else if (sample[bytes] === 0x0a) bytes += 1;
   return { line, bytes };

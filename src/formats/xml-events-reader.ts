@@ -88,9 +88,9 @@ const HTML_DOCTYPE = /^\ufeff?\s*(<\?xml[^>]*\?>\s*)?<!doctype\s+html(\s|>)/i;
  * it does an HTTP 5xx. Every other DOCTYPE is refused (XXE, entity expansion).
  */
 export class HtmlPageError extends FeedRootError {
-  constructor(doctypeName: string) {
-    super(doctypeName);
-    this.message = `the document declares <!DOCTYPE ${doctypeName}>: an HTML page, not the event feed (an error or maintenance page?)`;
+  constructor() {
+    super('html');
+    this.message = 'the document declares <!DOCTYPE html>: an HTML page, not the event feed (an error or maintenance page?)';
   }
 }
 
@@ -126,7 +126,7 @@ export class XmlEventsReader {
     const p = this.parser;
     p.on('doctype', (doctype: string) => {
       const name = /^\s*(\S+)/.exec(doctype)?.[1] ?? '';
-      if (/^html$/i.test(name)) throw new HtmlPageError('html');
+      if (/^html$/i.test(name)) throw new HtmlPageError();
       throw new InvalidFileError('the feed declares a DOCTYPE: DTDs and entities are refused');
     });
     p.on('error', (err) => {
@@ -191,7 +191,7 @@ export class XmlEventsReader {
       this.bytes += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.byteLength;
       if (this.head !== undefined) {
         this.head += text;
-        if (HTML_DOCTYPE.test(this.head)) throw new HtmlPageError('html');
+        if (HTML_DOCTYPE.test(this.head)) throw new HtmlPageError();
         if (this.head.length < HEAD_CHARS) return;
         text = this.head;
         this.head = undefined;

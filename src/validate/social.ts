@@ -1,5 +1,4 @@
 /** Normalizers of the lead pipeline's contact fields (rules of the original system). */
-import { setMembers } from './set-members.ts';
 
 /** Twitter handle without the leading `@`. */
 export function twitterHandle(v: string): string | null {
@@ -38,7 +37,10 @@ export function stateAcronym(v: string): string | { error: string } {
   return /^[a-z]{2}$/i.test(v) ? v.toUpperCase() : { error: `state must be a 2-letter acronym: ${JSON.stringify(v)}` };
 }
 
-/** Tags: split on commas/semicolons, trimmed, empties dropped, comma-joined for staging. */
-export function tagList(v: string): string | null {
-  return setMembers(v.includes(';') ? v.replaceAll(';', ',') : v);
+/**
+ * Tags: separated by commas or semicolons; staged comma-separated, and split, trimmed and
+ * de-duplicated (setMembers) by RowMapper as every add-to-set cell is.
+ */
+export function tagList(v: string): string {
+  return v.includes(';') ? v.replaceAll(';', ',') : v;
 }
