@@ -7,7 +7,7 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { SluiceError, type ErrorCode } from '../core/errors.ts';
 import { isDatabaseUnavailable } from '../db/unavailable.ts';
 import { awaitsContinue } from './continue.ts';
-import { drainRequest } from './drain.ts';
+import { DRAIN_MAX_BYTES, drainRequest } from './drain.ts';
 
 const STATUS: Record<ErrorCode, number> = {
   invalid_input: 400,
@@ -46,7 +46,11 @@ export function handleError(err: FastifyError | Error, req: FastifyRequest, repl
   } else if (!req.raw.complete && awaitsContinue(req.raw)) {
     // Refused before its `100 Continue`: the client never sent the body (continue.ts).
     reply.header('connection', 'close');
-  } else if (!req.raw.complete && reply.getHeader('connection') !== 'close') {
+  } else if (!req.raw.complete && Number(req.headers['content-length']) > DRAIN_MAX_BYTES) {
+    // A body announced bigger than the drain would read: not read at all, the connection
+    // closed (a client writing it all before reading may then see a reset, not the answer).
+    reply.header('connection', 'close');
+  } else if (!req.raw.complete) {
     // Answered before the body was read to its end: the rest is read and dropped (bounded),
     // so the client gets this answer and the connection its next request (drain.ts).
     drainRequest(req.raw);

@@ -107,13 +107,12 @@ export function servePoolMinimum(workers: number): number {
 const UPLOAD_RETRY_AFTER_SECONDS = 5;
 
 /**
- * An upload taken: its import, and (when it was stored whole) its parts and bytes; an
- * upload a worker failed while it arrived is answered with the id alone.
+ * An upload taken: its import, and (`received`, when it was stored whole) its parts and
+ * bytes; an upload a worker failed while it arrived is answered with the id alone.
  */
 export interface Accepted {
   id: string;
-  parts?: number;
-  bytes?: number;
+  received?: { parts: number; bytes: number };
 }
 
 /** Uploads in progress, by pool (one pool per process in `serve`). */
@@ -216,8 +215,8 @@ export async function acceptUpload(
       });
       return await receive({ ...ctx, boss }, owner, { id, pipeline, partRows, maxBytes, format }, body, options);
     });
-    if (options.logReceived && accepted.parts !== undefined) {
-      logImportReceived({ id, pipeline: pipeline.name, fileName: input.fileName, parts: accepted.parts, bytes: accepted.bytes ?? 0, ms: performance.now() - t0 });
+    if (options.logReceived && accepted.received) {
+      logImportReceived({ id, pipeline: pipeline.name, fileName: input.fileName, ...accepted.received, ms: performance.now() - t0 });
     }
     return accepted;
   } catch (err) {
@@ -364,7 +363,7 @@ async function receive(
     // ends. This synchronous commit is what makes the parts durable before the 202.
     const ended = await setPartsTotal(db, id, parts, total);
     if (ended !== null) throw new UploadEnded(ended);
-    return { id, parts, bytes: total };
+    return { id, received: { parts, bytes: total } };
   } catch (err) {
     // The part in flight may have found the import over (UploadEnded) while the loop waited
     // for the body, which then failed (cut for idleness, client gone, too large): the end

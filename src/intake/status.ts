@@ -152,9 +152,8 @@ function describeImportEnd(s: ImportEnd): string {
   const secs = s.finished_at ? ` ${s.status === 'completed' ? 'in' : 'after'} ${((Date.parse(s.finished_at) - Date.parse(from)) / 1000).toFixed(2)} s` : '';
   const what = `import ${s.id} (${s.pipeline}${s.file_name ? `, ${s.file_name}` : ''}) ${s.status}${secs}`;
   if (s.status !== 'completed') return `${what}${s.error ? `: ${s.error}` : ''}`;
-  const n = groupDigits;
   const r = s.rows;
-  return `${what}: ${n(r.read)} read, ${n(r.inserted)} inserted, ${n(r.updated)} updated, ${n(r.unchanged)} unchanged, ${n(r.rejected)} rejected`;
+  return `${what}: ${groupDigits(r.read)} read, ${groupDigits(r.inserted)} inserted, ${groupDigits(r.updated)} updated, ${groupDigits(r.unchanged)} unchanged, ${groupDigits(r.rejected)} rejected`;
 }
 
 /**

@@ -6,6 +6,7 @@ import { detectSample, readRecords, readSample, type FileMeta, type FormatKind }
 import { parseEncoding } from '../../formats/sniff.ts';
 import { splitWhitespace } from '../../formats/whitespace-columns.ts';
 import { fileArgument } from '../file-argument.ts';
+import { wholeNumber } from '../../core/whole-number.ts';
 
 interface InspectFlags {
   json?: boolean;
@@ -30,8 +31,8 @@ export function registerInspect(program: Command): void {
       if (flags.encoding !== undefined && !encoding) {
         throw new InvalidInputError(`--encoding must be utf-8 or windows-1252 (or a label of either: latin1, iso-8859-1, cp1252...), got ${flags.encoding}`);
       }
-      const limit = Number(flags.rows);
-      if (!Number.isInteger(limit) || limit < 0) throw new InvalidInputError('--rows must be a whole number');
+      const limit = wholeNumber(flags.rows);
+      if (limit === undefined) throw new InvalidInputError('--rows must be a whole number');
       fileArgument(file);
       // The first bytes read once: for the format's detection, and for the fixed-width test.
       const { sample, bytes } = readSample(file);

@@ -8,6 +8,7 @@ import { logImportEnd } from '../../intake/status.ts';
 import { startWorkers, type RunningWorkers } from '../../intake/worker.ts';
 import { startBoss, type Boss } from '../../jobs/boss.ts';
 import { untilSignal } from '../until-signal.ts';
+import { wholeNumber } from '../../core/whole-number.ts';
 
 export function registerWorker(program: Command): void {
   program
@@ -15,8 +16,8 @@ export function registerWorker(program: Command): void {
     .description('take import parts from the Postgres-backed queue (run as many as you like, on any machine)')
     .option('--concurrency <n>', 'parts processed at once by this process', '2')
     .action(async (flags: { concurrency: string }) => {
-      const concurrency = Number(flags.concurrency);
-      if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidInputError('--concurrency must be a positive whole number');
+      const concurrency = wholeNumber(flags.concurrency) ?? 0;
+      if (concurrency < 1) throw new InvalidInputError('--concurrency must be a positive whole number');
       // Settings before anything is opened: a bad value is bad usage (exit 2).
       checkSettings('worker');
       const pool = await openDb({ max: intakeConnections(concurrency), keep: intakeConnections(concurrency), applicationName: 'sluice-worker' });

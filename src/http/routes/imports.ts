@@ -13,7 +13,6 @@ import { InvalidInputError, NotFoundError, SluiceError } from '../../core/errors
 import { getImport, listRejects } from '../../db/sql/imports.ts';
 import { acceptUpload, cancelImport, fetchRemote, importStatus, listImports } from '../../intake/index.ts';
 import { continueBody } from '../continue.ts';
-import { DRAIN_MAX_BYTES } from '../drain.ts';
 import { checkFileFormat, UPLOAD_IDLE_TIMEOUT_MS, withIdleTimeout, type FileFormat } from '../../intake/accept.ts';
 import { parseRatio } from '../../validate/values.ts';
 import { parseDelimiter, parseEncoding } from '../../formats/sniff.ts';
@@ -91,11 +90,8 @@ export function importsRoutes(app: FastifyInstance, ctx: AppContext, options: Im
       const withLength = { ...acceptOptions, expectedBytes: Number(req.headers['content-length']) || undefined };
       try {
         // Announced larger than the limit allows: refused before a byte of it is read or
-        // stored. A body the server would drain anyway (src/http/drain.ts) is read and
-        // dropped, so that a client writing it all before reading gets this answer; a
-        // bigger one is not read: the connection is closed.
+        // stored (what happens to the body is handleError's, as for every early answer).
         if (source !== 'url' && (withLength.expectedBytes ?? 0) > maxBytes + (source === 'multipart' ? FORM_OVERHEAD_BYTES : 0)) {
-          if (withLength.expectedBytes! > DRAIN_MAX_BYTES) reply.header('connection', 'close');
           throw new SluiceError('too_large', `upload larger than the limit of ${maxBytes} bytes (Content-Length: ${withLength.expectedBytes})`);
         }
         const { id } =
@@ -397,7 +393,8 @@ function charsetOf(contentType: string | undefined): string | undefined {
  * itself, once what it can check before the body has passed (src/http/continue.ts).
  */
 export function isFileUpload(req: FastifyRequest): boolean {
-  return req.method === 'POST' && req.url.split('?')[0] === '/imports' && !isJson(req);
+  // The route, not the raw URL (src/http/auth.ts: routes are matched by routeOptions.url).
+  return req.method === 'POST' && req.routeOptions.url === '/imports' && !isJson(req);
 }
 
 function isJson(req: FastifyRequest): boolean {
