@@ -13,6 +13,7 @@ import { startSchedule } from '../../src/pipelines/crm/service.ts';
 import type { RunOutcome } from '../../src/pipelines/crm/sync.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { JAFFLE, until } from './helpers.ts';
+import { tryLockPipeline, unlockPipeline } from '../../src/db/sql/crm.ts';
 
 let db: TestDb;
 before(async () => {
@@ -222,12 +223,12 @@ test('a run left running by a dead process is unsuccessful, ended at its last pr
   const a = await recordRun(alive.name, { status: 'running', startedAgo: 2 * MIN });
   const holder = await db.pool.connect();
   try {
-    await holder.query('SELECT pg_advisory_lock(7301030, hashtext($1))', [alive.name]);
+    assert.equal(await tryLockPipeline(holder, alive.name), true);
     const h = await firstRun(alive);
     assert.equal(h.at, a.started + HOUR, 'the slot, no follow-up');
     assert.equal(h.why, `one interval after run ${a.id} started at ${iso(a.started)}`);
   } finally {
-    await holder.query('SELECT pg_advisory_unlock(7301030, hashtext($1))', [alive.name]);
+    await unlockPipeline(holder, alive.name);
     holder.release();
   }
 });
@@ -298,7 +299,8 @@ test('restarted after a run: the next run comes at that run’s start + interval
   const s1 = await started(r1.runId);
   const { rows } = await db.pool.query<{ finished_at: Date }>('SELECT finished_at FROM crm_runs WHERE id = $1', [r1.runId]);
   // A run that outlived its 2 s interval (a loaded machine) counts from its end, as live.
-  const from = Math.max(s1, rows[0]!.finished_at.getTime() - 2000 >= s1 ? rows[0]!.finished_at.getTime() : s1);
+  const finished = rows[0]!.finished_at.getTime();
+  const from = finished - 2000 >= s1 ? finished : s1;
 
   const two = await watch(config); // the restart
   assert.equal(two.first, from + 2000, `${two.lines[0]}: run ${r1.runId} started at ${iso(s1)}`);

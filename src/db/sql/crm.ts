@@ -202,7 +202,8 @@ export async function insertRun(q: Q, r: { pipeline: string; trigger: string; de
  * own count only catches up with; finishRun settles it to the real count.
  */
 export async function updateRunProgress(q: Q, id: number, requests: number, retries429: number, summary: unknown): Promise<void> {
-  await q.query('UPDATE crm_runs SET requests = greatest(requests, $2), retries_429 = $3, summary = $4 WHERE id = $1', [
+  // Only while running, as finishRun: a run failed from outside keeps that row as it is.
+  await q.query(`UPDATE crm_runs SET requests = greatest(requests, $2), retries_429 = $3, summary = $4 WHERE id = $1 AND status = 'running'`, [
     id,
     requests,
     retries429,
@@ -260,7 +261,7 @@ export async function lastCompletedRun(
 /** The first key of a pipeline's run lock (pg_try_advisory_lock(PIPELINE_LOCK, hashtext(pipeline))). */
 const PIPELINE_LOCK = 7301030;
 
-/** A pipeline's last run as the schedule sees it at start (lastRun). */
+/** A pipeline's run as the schedule sees it at start (lastRuns). */
 export interface LastRun {
   id: number;
   status: 'running' | 'completed' | 'skipped' | 'failed';

@@ -42,8 +42,18 @@ export function retryReason(outcome: RunOutcome | undefined): string | undefined
   const failed = persons.failed + deals.failed;
   const unconfirmed = persons.unconfirmed + deals.unconfirmed;
   if (failed === 0 && unconfirmed === 0) return undefined;
+  return `run ${outcome.runId} left ${leftRecords(failed, unconfirmed)}`;
+}
+
+/** `1 failed and 2 unconfirmed records`, what a run left to settle. */
+function leftRecords(failed: number, unconfirmed: number): string {
   const what = [failed ? `${failed} failed` : '', unconfirmed ? `${unconfirmed} unconfirmed` : ''].filter(Boolean).join(' and ');
-  return `run ${outcome.runId} left ${what} record${failed + unconfirmed === 1 ? '' : 's'}`;
+  return `${what} record${failed + unconfirmed === 1 ? '' : 's'}`;
+}
+
+/** The follow-up's wait after `misses` unsuccessful runs in a row: retry_after x 2^(misses - 1) (the exponent capped so the product stays finite). */
+function backoffMs(retryAfterMs: number, misses: number): number {
+  return retryAfterMs * 2 ** Math.min(misses - 1, 40);
 }
 
 /**
@@ -51,15 +61,14 @@ export function retryReason(outcome: RunOutcome | undefined): string | undefined
  * going on in another process), as retryReason says it of an outcome. A run still marked
  * running by no live process was cut short: unsuccessful.
  */
-export function lastRunFailure(last: LastRun): string | undefined {
+function lastRunFailure(last: LastRun): string | undefined {
   if (last.status === 'failed') return `failed run ${last.id}`;
   if (last.status === 'running') return last.in_progress ? undefined : `run ${last.id}, left running by a process that stopped`;
   if (last.status !== 'completed' || last.failed + last.unconfirmed === 0) return undefined;
-  const what = [last.failed ? `${last.failed} failed` : '', last.unconfirmed ? `${last.unconfirmed} unconfirmed` : ''].filter(Boolean).join(' and ');
-  return `run ${last.id}, which left ${what} record${last.failed + last.unconfirmed === 1 ? '' : 's'}`;
+  return `run ${last.id}, which left ${leftRecords(last.failed, last.unconfirmed)}`;
 }
 
-export interface FirstRun {
+interface FirstRun {
   /** When the first run goes. */
   at: Date;
   /** The regular slot it is measured against: `at`, unless a follow-up comes first. */
@@ -92,7 +101,7 @@ export interface FirstRun {
  * (A live process measures an interval from its last slot run, not from a follow-up: after
  * a restart it counts from the last run of any kind. docs/crm.md says so.)
  */
-export function firstRun(schedule: CrmSchedule, runs: LastRun[], now: Date, guardMs = 0): FirstRun {
+function firstRun(schedule: CrmSchedule, runs: LastRun[], now: Date, guardMs = 0): FirstRun {
   const plain = nextRun(schedule, now);
   const last = runs[0];
   if (!last) return { at: plain, slot: plain, retry: false, misses: 0 };
@@ -121,7 +130,7 @@ export function firstRun(schedule: CrmSchedule, runs: LastRun[], now: Date, guar
   const guarded = (at: Date) => (at.getTime() < earliest ? new Date(earliest) : at);
   const guard = `, not before ${iso(earliest)}: what it sent may still be applied`;
   if (schedule.retryAfterMs !== undefined) {
-    const due = new Date(Math.max(now.getTime(), ended + schedule.retryAfterMs * 2 ** Math.min(misses - 1, 40)));
+    const due = new Date(Math.max(now.getTime(), ended + backoffMs(schedule.retryAfterMs, misses)));
     const followUp = guarded(due);
     const note = followUp > due ? guard : '';
     if (followUp < slot) return { at: followUp, slot, retry: true, misses, why: `follow-up of ${failure}, attempt ${misses + 1}${note}` };
@@ -215,7 +224,7 @@ export async function startSchedule(pool: Pool, config: CrmConfig, options: Sche
     misses++;
     if (schedule.retryAfterMs === undefined) return arm(slot, false); // retry_after: off
     // Exponential backoff (base, 2x, 4x ...); the exponent is capped so the product stays finite.
-    const retryAt = new Date(now.getTime() + schedule.retryAfterMs * 2 ** Math.min(misses - 1, 40));
+    const retryAt = new Date(now.getTime() + backoffMs(schedule.retryAfterMs, misses));
     if (retryAt < slot) {
       log(`crm sync ${config.name}: ${why}, retrying at ${retryAt.toISOString()} (attempt ${misses + 1})`);
       return arm(retryAt, true);

@@ -83,7 +83,7 @@ export const RESERVE_BLOCK = 20;
  * finishRun settles the column to the real count; a reservation landing after it changes
  * nothing (it only touches a running run).
  */
-export class RequestReservation {
+class RequestReservation {
   /** Attempts announced by `take()`. */
   private taken = 0;
   /** Durable: crm_runs.requests is at least this. */
