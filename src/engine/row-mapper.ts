@@ -8,6 +8,7 @@ import type { Pipeline, SourceColumn, CellResult } from './pipeline.ts';
 import { copyArray, copyData } from '../load/copy-text.ts';
 import type { RejectCollector } from '../load/rejects.ts';
 import type { ParsedBatch } from '../formats/csv-parser.ts';
+import { nfc } from '../validate/sanitize.ts';
 import { setMembers } from '../validate/set-members.ts';
 import { KeyFilter } from './key-filter.ts';
 
@@ -77,12 +78,17 @@ export function mapHeader(pipeline: Pipeline, header: string[]): ColumnMapping {
   return { keyIndexes, columnIndexes, ignored, headerLength: header.length };
 }
 
-/** The trimmed cell `fields[i]`, undefined when it is missing or blank. */
+/**
+ * The trimmed cell `fields[i]` in Unicode NFC, undefined when it is missing or blank. Every
+ * cell is composed before it is parsed or stored: a macOS export writes `São` decomposed
+ * (`a` + U+0303), which compares unequal to the same word typed elsewhere, so a tag, a name
+ * or a key would be a different value (and a re-import an update) by its byte form alone.
+ */
 function cell(fields: string[], i: number): string | undefined {
   const v = fields[i];
   if (v === undefined) return undefined;
   const t = v.trim();
-  return t === '' ? undefined : t;
+  return t === '' ? undefined : nfc(t);
 }
 
 /** The first non-blank of `fields[indexes]`, trimmed. */
@@ -247,8 +253,8 @@ export class RowMapper {
     const candidates: string[] = [];
     let firstError: string | undefined;
     for (const i of this.mapping.keyIndexes) {
-      const v = fields[i]?.trim();
-      if (!v) continue;
+      const v = cell(fields, i);
+      if (v === undefined) continue;
       const r = k.parse ? k.parse(v) : v;
       if (isError(r)) firstError ??= `${k.name}: ${r.error}`;
       else if (typeof r === 'string' && !candidates.includes(r)) candidates.push(r);

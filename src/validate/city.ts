@@ -1,5 +1,5 @@
 /** City names of the lead pipeline, as they are matched and stored in `cities`. */
-import { collapseWhitespace, nfc } from './sanitize.ts';
+import { collapseWhitespace } from './sanitize.ts';
 
 /**
  * Longest city name accepted, in UTF-16 code units (`String.length`). `cities` has a unique
@@ -12,13 +12,14 @@ import { collapseWhitespace, nfc } from './sanitize.ts';
 export const MAX_CITY_CHARS = 200;
 
 /**
- * A city cell (trimmed, non-blank): NFC, each run of whitespace one space, so the same city
- * written in NFD (macOS exports), in NFC or with a doubled space is one row of `cities`.
+ * A city cell (trimmed, non-blank, NFC: the row mapper composes every cell), each run of
+ * whitespace one space, so the same city written in NFD (macOS exports), in NFC or with a
+ * doubled space is one row of `cities`.
  * Case is kept (`SÃO PAULO` stays its own city: a product decision). Over MAX_CITY_CHARS:
  * an error (a field reject: the row imports without its place's city).
  */
 export function cityName(v: string): string | { error: string } {
-  const c = collapseWhitespace(nfc(v));
+  const c = collapseWhitespace(v);
   if (c.length > MAX_CITY_CHARS) {
     // "<class>: <value>", as every reason (see stateAcronym); the value cut, the raw row is stored whole.
     return { error: `city longer than ${MAX_CITY_CHARS} characters: ${JSON.stringify(`${c.slice(0, 40)}…`)}` };
