@@ -39,7 +39,7 @@ after(async () => {
   await db.close();
 });
 
-const COUNTS = { attempts: 1, bytes: 0, eventsSeen: 0, eventsNew: 0, eventsChanged: 0, eventsRejected: 0 };
+const COUNTS = { attempts: 1, bytes: 0, eventsSeen: 0, eventsNew: 0, eventsChanged: 0, eventsRejected: 0, eventsSuperseded: 0 };
 
 /** The backend holding sync `id`'s owner lock, if any. */
 async function ownerPid(id: number): Promise<number | undefined> {

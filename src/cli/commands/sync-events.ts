@@ -47,6 +47,7 @@ function summary(r: SyncResult) {
     events_new: r.eventsNew,
     events_changed: r.eventsChanged,
     events_rejected: r.eventsRejected,
+    events_superseded: r.eventsSuperseded,
     duration_ms: Math.round(r.durationMs),
     ...(r.error ? { error: r.error } : {}),
   };

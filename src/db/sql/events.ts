@@ -1,6 +1,6 @@
 /**
- * SQL of the provider feed (migrations/0010_events.sql): sync records, the staging table a
- * sync streams into, the set-based merge, and the /search query. Every statement is
+ * SQL of the provider feed (migrations/0010_events.sql, 0048_fetch_order.sql): sync records,
+ * the staging table a sync streams into, the set-based merge, and the /search query. Every statement is
  * parameterised; nothing from the feed or a request becomes SQL text.
  */
 import { Readable } from 'node:stream';
@@ -31,9 +31,13 @@ export interface SyncRecord {
   events_new: number;
   events_changed: number;
   events_rejected: number;
+  events_superseded: number;
   error: string | null;
   started_at: Date;
   finished_at: Date | null;
+  /** The last attempt's place in the order of fetch starts (see startFetch). */
+  fetch_seq: number | null;
+  fetch_started_at: Date | null;
 }
 
 export interface SyncCounts {
@@ -43,6 +47,8 @@ export interface SyncCounts {
   eventsNew: number;
   eventsChanged: number;
   eventsRejected: number;
+  /** Events of the fetch left as stored: a fetch that started later had already written them. */
+  eventsSuperseded: number;
 }
 
 export async function insertSync(db: Queryable, url: string, trigger: SyncTrigger): Promise<number> {
@@ -60,9 +66,10 @@ export async function finishSync(db: Queryable, id: number, status: 'completed' 
   await db.query(
     `UPDATE provider_syncs
         SET status = $2, attempts = $3, bytes = $4, events_seen = $5, events_new = $6,
-            events_changed = $7, events_rejected = $8, error = $9, finished_at = clock_timestamp()
+            events_changed = $7, events_rejected = $8, events_superseded = $9, error = $10,
+            finished_at = clock_timestamp()
       WHERE id = $1 AND status <> 'completed'`,
-    [id, status, c.attempts, c.bytes, c.eventsSeen, c.eventsNew, c.eventsChanged, c.eventsRejected, error ?? null],
+    [id, status, c.attempts, c.bytes, c.eventsSeen, c.eventsNew, c.eventsChanged, c.eventsRejected, c.eventsSuperseded, error ?? null],
   );
 }
 
@@ -145,6 +152,21 @@ export async function syncRejects(db: Queryable, syncId: number): Promise<FeedRe
   return rows;
 }
 
+/**
+ * Numbers an attempt's fetch, just before its request is sent: the next value of
+ * provider_fetch_seq (the order of fetch starts across every session of the database, unlike
+ * a clock that may be stepped back), recorded on the sync with the database's clock. Run
+ * outside the attempt's transaction (committed at once). Returns the number as text (a bigint).
+ */
+export async function startFetch(client: Client, syncId: number): Promise<string> {
+  const { rows } = await client.query<{ seq: string }>(
+    `UPDATE provider_syncs SET fetch_seq = nextval('provider_fetch_seq'), fetch_started_at = clock_timestamp()
+      WHERE id = $1 RETURNING fetch_seq::text AS seq`,
+    [syncId],
+  );
+  return rows[0]!.seq;
+}
+
 /** A staging table private to the sync's transaction (dropped at commit or rollback). */
 export async function createStage(client: Client): Promise<void> {
   await client.query(`CREATE TEMP TABLE provider_events_stage (
@@ -195,16 +217,27 @@ export interface MergeResult {
   eventsNew: number;
   /** Rows written: new, updated from the feed, and absent events whose base event changed. */
   eventsChanged: number;
+  /** Pairs of the fetch whose stored values came from a later-started fetch: left alone. */
+  eventsSuperseded: number;
 }
 
 /**
- * Merges the stage into the store, in the caller's transaction. When a pair occurs twice in
- * one feed the later occurrence wins; only rows whose values differ are written.
+ * Merges the stage of fetch number `fetchSeq` (startFetch) into the store, in the caller's
+ * transaction. When a pair occurs twice in one feed the later occurrence wins; only rows whose
+ * values differ are written.
+ *
+ * Syncs overlap (a slow provider, several serve processes, a CLI sync), and the one whose
+ * fetch started first may commit last. So a stored row is overwritten only by a fetch numbered
+ * higher than the one its values came from (its fetch_seq): strictly, and numbers are never
+ * shared. New rows are always inserted: an older fetch may list events a newer one did not
+ * (keep every event ever seen). ever_online is sticky, so an older fetch may still set it.
+ * Merges run one at a time (MERGE_LOCK): what one reads cannot change under it.
  */
-export async function mergeStage(client: Client, syncId: number): Promise<MergeResult> {
+export async function mergeStage(client: Client, syncId: number, fetchSeq: string): Promise<MergeResult> {
   await client.query('SELECT pg_advisory_xact_lock($1)', [MERGE_LOCK]);
   await client.query('ANALYZE provider_events_stage');
-  // Base events: latest values; ever_online is sticky (online in any fetch, this one included).
+  // Base events: latest values, unless a later-started fetch wrote them; ever_online is sticky
+  // (online in any fetch, this one included, whenever it started).
   await client.query(
     `WITH latest AS (
        SELECT DISTINCT ON (base_event_id) base_event_id, title, sell_mode, organizer_company_id
@@ -213,22 +246,28 @@ export async function mergeStage(client: Client, syncId: number): Promise<MergeR
        SELECT base_event_id, bool_or(sell_mode = 'online') AS online FROM provider_events_stage GROUP BY 1
      )
      INSERT INTO provider_base_events AS b
-            (base_event_id, title, sell_mode, organizer_company_id, ever_online, first_sync_id, changed_sync_id)
-     SELECT l.base_event_id, l.title, l.sell_mode, l.organizer_company_id, o.online, $1, $1
+            (base_event_id, title, sell_mode, organizer_company_id, ever_online, first_sync_id, changed_sync_id, fetch_seq)
+     SELECT l.base_event_id, l.title, l.sell_mode, l.organizer_company_id, o.online, $1, $1, $2
        FROM latest l JOIN online o USING (base_event_id)
      ON CONFLICT (base_event_id) DO UPDATE
-        SET title = excluded.title, sell_mode = excluded.sell_mode,
-            organizer_company_id = excluded.organizer_company_id,
+        SET title = CASE WHEN excluded.fetch_seq > b.fetch_seq THEN excluded.title ELSE b.title END,
+            sell_mode = CASE WHEN excluded.fetch_seq > b.fetch_seq THEN excluded.sell_mode ELSE b.sell_mode END,
+            organizer_company_id = CASE WHEN excluded.fetch_seq > b.fetch_seq
+                                        THEN excluded.organizer_company_id ELSE b.organizer_company_id END,
+            fetch_seq = greatest(b.fetch_seq, excluded.fetch_seq),
             ever_online = b.ever_online OR excluded.ever_online,
             changed_sync_id = $1, updated_at = now()
-      WHERE (b.title, b.sell_mode, b.organizer_company_id) IS DISTINCT FROM
-            (excluded.title, excluded.sell_mode, excluded.organizer_company_id)
+      WHERE (excluded.fetch_seq > b.fetch_seq
+             AND (b.title, b.sell_mode, b.organizer_company_id) IS DISTINCT FROM
+                 (excluded.title, excluded.sell_mode, excluded.organizer_company_id))
          OR (excluded.ever_online AND NOT b.ever_online)`,
-    [syncId],
+    [syncId, fetchSeq],
   );
-  // Only new or changed pairs reach the INSERT (and the costly JSON check of zones); when a pair
-  // occurs twice in the feed the later occurrence wins (anti-join on a narrow hash).
-  const { rows } = await client.query<{ new: number; changed: number }>(
+  // Only new pairs, and changed pairs whose stored values come from an earlier fetch, reach the
+  // INSERT (and the costly JSON check of zones); when a pair occurs twice in the feed the later
+  // occurrence wins (anti-join on a narrow hash). A pair skipped as superseded still gets its
+  // base event's title and online flag below, if this merge changed them.
+  const { rows } = await client.query<{ new: number; changed: number; superseded: number }>(
     `WITH latest AS (
        SELECT s.* FROM provider_events_stage s
         WHERE NOT EXISTS (SELECT 1 FROM provider_events_stage d
@@ -236,27 +275,38 @@ export async function mergeStage(client: Client, syncId: number): Promise<MergeR
      ), up AS (
        INSERT INTO provider_events AS e
               (base_event_id, event_id, id, title, ever_online, starts_at, ends_at, sell_from, sell_to,
-               sold_out, min_price, max_price, zones, content_hash, first_sync_id, changed_sync_id)
+               sold_out, min_price, max_price, zones, content_hash, first_sync_id, changed_sync_id, fetch_seq)
        SELECT s.base_event_id, s.event_id, s.id, b.title, b.ever_online, s.starts_at, s.ends_at, s.sell_from,
-              s.sell_to, s.sold_out, s.min_price, s.max_price, s.zones::json, s.content_hash, $1, $1
+              s.sell_to, s.sold_out, s.min_price, s.max_price, s.zones::json, s.content_hash, $1, $1, $2
          FROM latest s
          JOIN provider_base_events b USING (base_event_id)
          LEFT JOIN provider_events cur ON cur.base_event_id = s.base_event_id AND cur.event_id = s.event_id
-        WHERE cur.base_event_id IS NULL OR cur.content_hash <> s.content_hash
-           OR cur.title <> b.title OR cur.ever_online <> b.ever_online
+        WHERE cur.base_event_id IS NULL
+           OR (cur.fetch_seq < $2
+               AND (cur.content_hash <> s.content_hash OR cur.title <> b.title OR cur.ever_online <> b.ever_online))
        ON CONFLICT (base_event_id, event_id) DO UPDATE
           SET title = excluded.title, ever_online = excluded.ever_online, starts_at = excluded.starts_at,
               ends_at = excluded.ends_at, sell_from = excluded.sell_from, sell_to = excluded.sell_to,
               sold_out = excluded.sold_out, min_price = excluded.min_price, max_price = excluded.max_price,
-              zones = excluded.zones, content_hash = excluded.content_hash, changed_sync_id = $1, updated_at = now()
-        WHERE e.content_hash <> excluded.content_hash OR e.title <> excluded.title
-           OR e.ever_online <> excluded.ever_online
+              zones = excluded.zones, content_hash = excluded.content_hash, fetch_seq = excluded.fetch_seq,
+              changed_sync_id = $1, updated_at = now()
+        WHERE e.fetch_seq < excluded.fetch_seq
+          AND (e.content_hash <> excluded.content_hash OR e.title <> excluded.title OR e.ever_online <> excluded.ever_online)
        RETURNING xmax = 0 AS inserted
+     ), superseded AS (
+       -- Read before this statement's writes; none of them is of a superseded pair.
+       SELECT count(*)::int AS n
+         FROM (SELECT DISTINCT base_event_id, event_id FROM provider_events_stage) s
+         JOIN provider_events cur USING (base_event_id, event_id)
+        WHERE cur.fetch_seq > $2
      )
-     SELECT (count(*) FILTER (WHERE inserted))::int AS new, count(*)::int AS changed FROM up`,
-    [syncId],
+     SELECT (count(*) FILTER (WHERE inserted))::int AS new, count(*)::int AS changed,
+            (SELECT n FROM superseded) AS superseded
+       FROM up`,
+    [syncId, fetchSeq],
   );
-  // Events absent from this fetch still follow their base event's title and online flag.
+  // Events absent from this fetch, and those it left as superseded, still follow their base
+  // event's title and online flag (the base event's own values are guarded above).
   const propagated = await client.query(
     `UPDATE provider_events e
         SET title = b.title, ever_online = b.ever_online, changed_sync_id = $1, updated_at = now()
@@ -265,7 +315,7 @@ export async function mergeStage(client: Client, syncId: number): Promise<MergeR
         AND (e.title <> b.title OR e.ever_online <> b.ever_online)`,
     [syncId],
   );
-  return { eventsNew: rows[0]!.new, eventsChanged: rows[0]!.changed + (propagated.rowCount ?? 0) };
+  return { eventsNew: rows[0]!.new, eventsChanged: rows[0]!.changed + (propagated.rowCount ?? 0), eventsSuperseded: rows[0]!.superseded };
 }
 
 /** Bumps the feed version and announces it; both take effect when the transaction commits. */

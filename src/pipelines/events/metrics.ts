@@ -18,7 +18,7 @@ export const providerSyncSeconds = new client.Histogram({
 
 export const providerEvents = new client.Counter({
   name: 'sluice_provider_events_total',
-  help: 'Events read from the provider feed, by outcome (changed, unchanged, rejected)',
+  help: 'Events read from the provider feed, by outcome (changed, unchanged, rejected, superseded: left alone, a later-started fetch had written them)',
   labelNames: ['outcome'] as const,
   registers: [registry],
 });

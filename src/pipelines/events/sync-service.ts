@@ -130,7 +130,7 @@ export const providerSyncService: Service = {
     scheduler.on('sync', (r) => {
       if (r.interruptedSyncs) app.log.warn({ syncs: r.interruptedSyncs }, 'provider syncs of a stopped process marked failed');
       if (r.status === 'failed') app.log.warn({ sync: r.syncId, error: r.error }, 'provider sync failed');
-      else app.log.info({ sync: r.syncId, seen: r.eventsSeen, changed: r.eventsChanged, rejected: r.eventsRejected }, 'provider sync');
+      else app.log.info({ sync: r.syncId, seen: r.eventsSeen, changed: r.eventsChanged, rejected: r.eventsRejected, superseded: r.eventsSuperseded }, 'provider sync');
     });
     scheduler.on('skip', (reason) => app.log.debug({ reason }, 'provider sync skipped'));
     // Not routine, unlike a skip: the database was out of reach (warn is the default level).

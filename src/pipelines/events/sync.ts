@@ -21,6 +21,7 @@ import {
   insertRejects,
   mergeStage,
   stageEvents,
+  startFetch,
   type SyncCounts,
   type SyncTrigger,
 } from '../../db/sql/events.ts';
@@ -126,8 +127,12 @@ async function runSync(pool: Pool, owner: SyncOwner, options: SyncOptions, start
       providerSyncs.inc({ status: 'completed' });
       providerEvents.inc({ outcome: 'changed' }, counts.eventsChanged);
       // eventsChanged also counts absent events that followed their base event: clamp.
-      providerEvents.inc({ outcome: 'unchanged' }, Math.max(0, counts.eventsSeen - counts.eventsRejected - counts.eventsChanged));
+      providerEvents.inc(
+        { outcome: 'unchanged' },
+        Math.max(0, counts.eventsSeen - counts.eventsRejected - counts.eventsChanged - counts.eventsSuperseded),
+      );
       providerEvents.inc({ outcome: 'rejected' }, counts.eventsRejected);
+      providerEvents.inc({ outcome: 'superseded' }, counts.eventsSuperseded);
       const durationMs = performance.now() - started;
       providerSyncSeconds.observe(durationMs / 1000);
       return { syncId, status: 'completed', ...counts, ...(r.version ? { version: r.version } : {}), durationMs };
@@ -173,7 +178,7 @@ async function recordFailure(pool: Pool, syncId: number, counts: SyncCounts, mes
 }
 
 function emptyCounts(): SyncCounts {
-  return { attempts: 0, bytes: 0, eventsSeen: 0, eventsNew: 0, eventsChanged: 0, eventsRejected: 0 };
+  return { attempts: 0, bytes: 0, eventsSeen: 0, eventsNew: 0, eventsChanged: 0, eventsRejected: 0, eventsSuperseded: 0 };
 }
 
 /**
@@ -244,6 +249,9 @@ async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: numb
     }
   };
   try {
+    // Numbered before the request is sent, and committed at once (outside the attempt's
+    // transaction): the merge lets this fetch overwrite only rows from lower-numbered ones.
+    const fetchSeq = await startFetch(client, syncId);
     await client.query('BEGIN');
     await createStage(client);
     const signal = options.signal ? AbortSignal.any([options.signal, lost.signal]) : lost.signal;
@@ -255,9 +263,10 @@ async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: numb
     reader.end();
     await flush(true);
     counts.bytes = reader.bytes;
-    const merged = await mergeStage(client, syncId);
+    const merged = await mergeStage(client, syncId, fetchSeq);
     counts.eventsNew = merged.eventsNew;
     counts.eventsChanged = merged.eventsChanged;
+    counts.eventsSuperseded = merged.eventsSuperseded;
     const version = merged.eventsChanged > 0 ? await bumpFeedVersion(client) : undefined;
     await finishSync(client, syncId, 'completed', counts);
     await client.query('COMMIT');
