@@ -38,12 +38,16 @@ export function parseEncoding(label: string): Encoding | undefined {
   return ENCODING_BY_LABEL.get(label.replace(/^[\t\n\f\r ]+|[\t\n\f\r ]+$/g, '').replace(/[A-Z]/g, (c) => c.toLowerCase()));
 }
 
-/** UTF-8 (BOM or valid bytes; a sequence cut at the end of the sample is fine), else windows-1252. */
-export function detectEncoding(sample: Uint8Array): { encoding: Encoding; bom: boolean } {
+/**
+ * UTF-8 (BOM or valid bytes), else windows-1252. A sequence cut at the end of the sample is
+ * fine unless the sample is the `whole` file: then it ends there (`Bogot\xe1` with no line
+ * end after it is windows-1252, not UTF-8 failing at its last byte).
+ */
+export function detectEncoding(sample: Uint8Array, whole = false): { encoding: Encoding; bom: boolean } {
   if (sample.length >= 3 && sample[0] === 0xef && sample[1] === 0xbb && sample[2] === 0xbf) {
     return { encoding: 'utf-8', bom: true };
   }
-  return { encoding: invalidUtf8At(sample) < 0 ? 'utf-8' : 'windows-1252', bom: false };
+  return { encoding: invalidUtf8At(sample, whole) < 0 ? 'utf-8' : 'windows-1252', bom: false };
 }
 
 /**
@@ -53,8 +57,8 @@ export function detectEncoding(sample: Uint8Array): { encoding: Encoding; bom: b
  * read as "ï»¿" into the first column's name: a column the pipeline no longer recognises,
  * dropped without a word); undefined when they agree.
  */
-export function encodingContradiction(sample: Uint8Array, given: Encoding): 'not-utf-8' | 'bom' | undefined {
-  const found = detectEncoding(sample);
+export function encodingContradiction(sample: Uint8Array, given: Encoding, whole = false): 'not-utf-8' | 'bom' | undefined {
+  const found = detectEncoding(sample, whole);
   if (given === 'utf-8' && found.encoding !== 'utf-8') return 'not-utf-8';
   if (given === 'windows-1252' && found.bom) return 'bom';
   return undefined;
@@ -238,7 +242,7 @@ export function createDecoder(encoding: Encoding, offset = 0): { write(chunk: Ui
         return decoder.decode();
       } catch (err) {
         throw new InvalidFileError(
-          `invalid UTF-8 at byte offset ${offset - pending.length}: the file ends in the middle of a multi-byte character`,
+          `invalid UTF-8 at byte offset ${offset - pending.length}: the file ends in the middle of a multi-byte character (if it is Latin-1/windows-1252, import it with --encoding windows-1252)`,
           { cause: err },
         );
       }

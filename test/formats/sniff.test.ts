@@ -82,6 +82,14 @@ test('encoding: a multi-byte char cut at the end of the sample is still utf-8', 
   assert.equal(detectEncoding(Uint8Array.of(0xc3, 0x41)).encoding, 'windows-1252');
 });
 
+test('encoding: a sample that is the whole file ends there: a lead byte last is windows-1252', () => {
+  const bogota = latin1('Email,City\na@x.com,Bogotá'); // no line end: 0xE1 is the last byte
+  assert.equal(detectEncoding(bogota).encoding, 'utf-8'); // a 64 KiB sample of a longer file: maybe cut
+  assert.equal(detectEncoding(bogota, true).encoding, 'windows-1252');
+  // A whole file of valid UTF-8 stays UTF-8.
+  assert.equal(detectEncoding(utf8('a@x.com,Bogotá'), true).encoding, 'utf-8');
+});
+
 test('encoding: overlongs, surrogates and > U+10FFFF are not UTF-8', () => {
   assert.equal(detectEncoding(Uint8Array.of(0xc0, 0xaf)).encoding, 'windows-1252'); // overlong '/'
   assert.equal(detectEncoding(Uint8Array.of(0xe0, 0x80, 0xaf)).encoding, 'windows-1252'); // overlong

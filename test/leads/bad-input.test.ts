@@ -104,6 +104,14 @@ test('a Windows-1252 file is detected and converted', async () => {
   assert.deepEqual(l, { name: 'João Conceição', city: 'São Paulo' });
 });
 
+test('a Windows-1252 file ending in an accented letter, with no line end, is detected (not a cut UTF-8 sequence)', async () => {
+  const r = await importFile(write(Buffer.from('Email,Nome,City\nlat1@x.com,Ana,Bogotá', 'latin1')));
+  assert.equal(r.status, 'completed', r.error);
+  assert.equal(r.meta?.encoding, 'windows-1252');
+  const l = (await db.pool.query(`SELECT c.name AS city FROM leads l JOIN cities c ON c.id = l.city_id WHERE email = 'lat1@x.com'`)).rows[0];
+  assert.deepEqual(l, { city: 'Bogotá' });
+});
+
 test('invalid UTF-8 after a valid start fails with its byte offset', async () => {
   const head = Buffer.from(`Email,Name\n${'ok@example.com,Ana\n'.repeat(5000)}`);
   const bad = Buffer.concat([head, Buffer.from([0x62, 0x61, 0x64, 0x40, 0x78, 0x2e, 0x63, 0x6f, 0x6d, 0x2c, 0xc3, 0x28, 0x0a])]);
