@@ -101,6 +101,7 @@ export const SETTINGS: Readonly<Record<string, Setting>> = {
   SLUICE_VISITS_BATCH_BYTES: { readBy: serve, check: wholeAtLeast(1) },
   SLUICE_VISITS_FLUSH_MS: { readBy: serve, check: wholeAtLeast(0, MAX_TIMER_MS) },
   SLUICE_VISITS_MAX_PENDING: { readBy: serve, check: wholeAtLeast(1) },
+  SLUICE_VISITS_MAX_PENDING_MB: { readBy: serve, check: wholeAtLeast(1) },
   SLUICE_VISITS_FLUSHES: { readBy: serve, check: wholeAtLeast(1) },
   SLUICE_VISITS_TIMEOUT_MS: { readBy: serve, check: wholeAtLeast(1, MAX_TIMER_MS) },
   SLUICE_VISITS_APPLY_MS: { readBy: serve, check: wholeAtLeast(0, MAX_TIMER_MS) },

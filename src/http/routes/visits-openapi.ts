@@ -27,7 +27,7 @@ const accepted = (what: string) => ({
 });
 
 const unavailable =
-  'the visits were *not acknowledged* (they may or may not be stored; retry): too many visits waiting to be stored (SLUICE_VISITS_MAX_PENDING), ' +
+  'the visits were *not acknowledged* (they may or may not be stored; retry): too many visits waiting to be stored (SLUICE_VISITS_MAX_PENDING, SLUICE_VISITS_MAX_PENDING_MB), ' +
   'the flush failed (the database unavailable) or did not commit within SLUICE_VISITS_TIMEOUT_MS (default 5 s) of the arrival, ' +
   `or ${UNAVAILABLE_CLOSING}`;
 

@@ -27,6 +27,12 @@ export interface IngestOptions {
   maxBatch?: number;
   /** Most visits waiting before new requests get 503 (default SLUICE_VISITS_MAX_PENDING or 200,000). */
   maxPending?: number;
+  /**
+   * Most memory the waiting visits may hold, estimated (visitBytes), before new requests get
+   * 503 (default SLUICE_VISITS_MAX_PENDING_MB or 64 MiB). The count alone let 200,000 visits
+   * with 2,048-character paths hold about a gigabyte while the database was slow.
+   */
+  maxPendingBytes?: number;
   /** Flushes running at once (default SLUICE_VISITS_FLUSHES or 2). */
   concurrency?: number;
   /**
@@ -38,8 +44,19 @@ export interface IngestOptions {
   onFlushed?: () => void;
 }
 
+/**
+ * Estimated heap bytes of a waiting visit: its two strings at 2 bytes per character (V8 keeps
+ * non-Latin-1 text in two-byte strings; Latin-1 text takes half), plus the object and its
+ * share of the request's entry.
+ */
+export function visitBytes(v: Visit): number {
+  return 2 * (v.visitorId.length + v.pagePath.length) + 96;
+}
+
 interface Entry {
   visits: readonly Visit[];
+  /** visitBytes of its visits. */
+  bytes: number;
   at: number;
   resolve: () => void;
   reject: (err: Error) => void;
@@ -50,11 +67,13 @@ export class IngestBuffer {
   private readonly interval: number;
   private readonly maxBatch: number;
   private readonly maxPending: number;
+  private readonly maxPendingBytes: number;
   private readonly concurrency: number;
   private readonly timeoutMs: number;
   private readonly onFlushed: () => void;
   private queue: Entry[] = [];
   private queued = 0;
+  private queuedBytes = 0;
   private timer: NodeJS.Timeout | undefined;
   private readonly flushing = new Set<Promise<void>>();
   private closed = false;
@@ -64,6 +83,7 @@ export class IngestBuffer {
     this.interval = options.flushIntervalMs ?? intEnv('SLUICE_VISITS_FLUSH_MS', 50);
     this.maxBatch = options.maxBatch ?? 20_000;
     this.maxPending = options.maxPending ?? intEnv('SLUICE_VISITS_MAX_PENDING', 200_000);
+    this.maxPendingBytes = options.maxPendingBytes ?? intEnv('SLUICE_VISITS_MAX_PENDING_MB', 64) * 2 ** 20;
     this.concurrency = Math.max(1, options.concurrency ?? intEnv('SLUICE_VISITS_FLUSHES', 2));
     this.timeoutMs = options.timeoutMs ?? intEnv('SLUICE_VISITS_TIMEOUT_MS', 5000);
     this.onFlushed = options.onFlushed ?? (() => {});
@@ -80,14 +100,17 @@ export class IngestBuffer {
       visitsRejected.inc({ reason: 'closing' }, visits.length);
       return Promise.reject(new SluiceError('unavailable', 'the server is shutting down; retry on another instance'));
     }
-    if (this.queued + visits.length > this.maxPending) {
+    let bytes = 0;
+    for (const v of visits) bytes += visitBytes(v);
+    if (this.queued + visits.length > this.maxPending || this.queuedBytes + bytes > this.maxPendingBytes) {
       visitsRejected.inc({ reason: 'overloaded' }, visits.length);
       return Promise.reject(new SluiceError('unavailable', 'too many visits waiting to be stored; retry shortly'));
     }
     const done = new Promise<void>((resolve, reject) => {
-      this.queue.push({ visits, at: Date.now(), resolve, reject });
+      this.queue.push({ visits, bytes, at: Date.now(), resolve, reject });
     });
     this.queued += visits.length;
+    this.queuedBytes += bytes;
     pendingVisits.inc(visits.length);
     this.schedule();
     return done;
@@ -130,12 +153,15 @@ export class IngestBuffer {
     // Whole requests: a request is acknowledged by exactly one transaction.
     let take = 0;
     let count = 0;
+    let bytes = 0;
     while (take < this.queue.length && (take === 0 || count + this.queue[take]!.visits.length <= this.maxBatch)) {
       count += this.queue[take]!.visits.length;
+      bytes += this.queue[take]!.bytes;
       take++;
     }
     const entries = this.queue.splice(0, take);
     this.queued -= count;
+    this.queuedBytes -= bytes;
     const batch: Visit[] = entries.length === 1 ? (entries[0]!.visits as Visit[]) : entries.flatMap((e) => e.visits);
     const flush: Promise<void> = this.flushEntries(entries, batch).finally(() => {
       this.flushing.delete(flush);
