@@ -222,9 +222,11 @@ test('paced at the account rate: (almost) no 429 and close to the rate bound', a
     // Never faster than the limit allows (the first window's burst is free) ...
     const fastest = ((TOTAL - 40) / 40) * 1000;
     assert.ok(wall >= fastest * 0.95, `wall ${wall} >= ${fastest}`);
-    // ... and close to requests / rate (sources, planning and a loaded machine included).
+    // ... and not far above requests / rate. A bound, not a benchmark: a pacer that waits
+    // twice as long as it must (a request counted twice, a window too long) fails here, while
+    // a loaded machine (CI, or other suites on the same 2 cores: 1.42x at load 9) does not.
     const bound = (TOTAL / 40) * 1000;
-    assert.ok(wall <= bound * 1.3 + 1000 * slow.stats.rateLimited, `wall ${wall} near bound ${bound}`);
+    assert.ok(wall <= bound * 1.8 + 1000 * slow.stats.rateLimited, `wall ${wall} near bound ${bound}`);
   } finally {
     await slow.close();
   }

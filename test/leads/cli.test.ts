@@ -41,9 +41,10 @@ test('import --json prints one result object; exit 0 when completed', async () =
   const r = await sluice(['import', file, '--pipeline', 'leads', '--json']);
   assert.equal(r.code, 0, r.stderr);
   const out = JSON.parse(r.stdout);
-  assert.deepEqual(Object.keys(out), ['id', 'pipeline', 'status', 'rows', 'duration_ms']);
+  assert.deepEqual(Object.keys(out), ['id', 'pipeline', 'status', 'rows', 'field_rejects', 'duration_ms']);
   assert.equal(out.status, 'completed');
   assert.deepEqual(out.rows, { read: 3, inserted: 2, updated: 0, unchanged: 0, rejected: 1 });
+  assert.equal(out.field_rejects, 0);
   assert.match(r.stderr, /rows\/s/, 'progress goes to stderr');
 
   // The whole-row reject is counted; no field reject, so no line about them.
@@ -182,7 +183,7 @@ test('gen leads inserts set-based; gen csv writes the original format with exist
   assert.equal(res.rows.updated + res.rows.unchanged, 300);
 });
 
-test('field rejects (the row imported without the value) are told on stderr, with where to see them', async () => {
+test('field rejects (the row imported without the value) are told on stderr, with where to see them, and counted by --json', async () => {
   const file = write('fields.csv', 'Email,State\nfield1@example.com,Sao Paulo\nfield2@example.com,XYZ\nfield3@example.com,SP\n');
   const r = await sluice(['import', file, '--pipeline', 'leads', '--no-progress']);
   assert.equal(r.code, 0, r.stderr);
@@ -190,4 +191,9 @@ test('field rejects (the row imported without the value) are told on stderr, wit
   const id = /^import (\S+) completed/.exec(r.stdout)?.[1];
   assert.ok(id, r.stdout);
   assert.equal(r.stderr, `2 field values rejected (their rows imported without them)\nsee the rejects: sluice rejects ${id}\n`);
+  // With --json, in the object (`rejected` counts whole rows only).
+  const j = await sluice(['import', write('fields2.csv', 'Email,State\nfield4@example.com,XYZ\n'), '--pipeline', 'leads', '--json', '--no-progress']);
+  assert.equal(j.code, 0, j.stderr);
+  const out = JSON.parse(j.stdout);
+  assert.deepEqual([out.rows.rejected, out.field_rejects], [0, 1]);
 });

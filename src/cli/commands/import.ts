@@ -67,17 +67,17 @@ export function registerImport(program: Command): void {
         });
         bar?.done();
         const { id, status, rows, duration_ms, error } = result;
+        // Field rejects (an invalid state, a city too long) leave their row imported and are
+        // not in `rejected`: without them nothing said some values were dropped.
+        const fields = await fieldRejectCount(pool, id);
         if (flags.json) {
-          process.stdout.write(`${JSON.stringify({ id, pipeline: pipeline.name, status, rows, duration_ms, ...(error ? { error } : {}) })}\n`);
+          process.stdout.write(`${JSON.stringify({ id, pipeline: pipeline.name, status, rows, field_rejects: fields, duration_ms, ...(error ? { error } : {}) })}\n`);
         } else {
           process.stdout.write(
             `import ${id} ${status}: read ${rows.read}, inserted ${rows.inserted}, updated ${rows.updated}, ` +
               `unchanged ${rows.unchanged}, rejected ${rows.rejected} in ${(duration_ms / 1000).toFixed(2)}s\n`,
           );
           if (error) process.stderr.write(`error: ${error}\n`);
-          // Field rejects (an invalid state, a city too long) leave their row imported and
-          // are not in `rejected`: without this line nothing said some values were dropped.
-          const fields = await fieldRejectCount(pool, id);
           if (fields > 0) process.stderr.write(`${fields} field value${fields === 1 ? '' : 's'} rejected (${fields === 1 ? 'its row' : 'their rows'} imported without ${fields === 1 ? 'it' : 'them'})\n`);
           if (rows.rejected > 0 || fields > 0) process.stderr.write(`see the rejects: sluice rejects ${id}\n`);
         }
