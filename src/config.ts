@@ -70,6 +70,8 @@ function oneOf(...values: string[]): (v: string) => string | undefined {
 
 const serve = ['serve'] as const;
 const provider = ['serve', 'sync-events'] as const;
+/** Every command that opens the database (the others read them when they open it). */
+const database = ['serve', 'worker', 'import', 'sync-events'] as const;
 /** A timer's length in whole seconds. */
 const timerSeconds = wholeAtLeast(1, Math.floor(MAX_TIMER_MS / 1000));
 
@@ -85,6 +87,13 @@ export const SETTINGS: Readonly<Record<string, Setting>> = {
   SLUICE_PORT: { readBy: serve, check: wholeAtLeast(0, 65535) },
   // At least servePoolMinimum(SLUICE_WORKERS) as well: SLUICE_WORKERS + 8, 5 without workers (checked by serve).
   SLUICE_DB_POOL: { readBy: serve, check: wholeAtLeast(1) },
+  // Every connection's (src/db/connection.ts). A connect timeout under 100 ms would refuse
+  // healthy connections; the keepalive bounds are Linux's (TCP_KEEPIDLE and TCP_KEEPINTVL
+  // at most 32767 s, TCP_KEEPCNT 127); an idle of 0 leaves the server's and the OS's own.
+  SLUICE_DB_CONNECT_TIMEOUT_MS: { readBy: database, check: wholeAtLeast(100, MAX_TIMER_MS) },
+  SLUICE_DB_KEEPALIVE_IDLE_S: { readBy: database, check: wholeAtLeast(0, 32767) },
+  SLUICE_DB_KEEPALIVE_INTERVAL_S: { readBy: database, check: wholeAtLeast(1, 32767) },
+  SLUICE_DB_KEEPALIVE_COUNT: { readBy: database, check: wholeAtLeast(1, 127) },
   SLUICE_LOG_LEVEL: { readBy: serve, check: oneOf('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent') },
   SLUICE_MAX_UPLOAD_BYTES: { readBy: serve, check: wholeAtLeast(1) },
   // `yes` or `true` read as off without a word (only 1 allows).

@@ -6,6 +6,7 @@ import pg from 'pg';
 import { env } from '../config.ts';
 import { InvalidInputError } from '../core/errors.ts';
 import { maskUrlPasswords } from '../core/url-credentials.ts';
+import { clientClass, connectionSettings, newClient, type ConnectionSettings } from './connection.ts';
 import { ensureEmbedded } from './embedded.ts';
 import { migrate } from './migrate.ts';
 
@@ -60,7 +61,7 @@ export function withDatabase(url: string, database: string): string {
 
 /** Creates `database` if missing (race-safe: a concurrent creator wins, we carry on). */
 export async function ensureDatabase(adminUrl: string, database: string, template?: string): Promise<void> {
-  const client = new pg.Client({ connectionString: adminUrl });
+  const client = newClient({ connectionString: adminUrl });
   await client.connect();
   try {
     const { rowCount } = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
@@ -89,12 +90,20 @@ export interface OpenDbOptions {
   keep?: number;
   migrate?: boolean;
   applicationName?: string;
+  /** Connect timeout and keepalives (src/db/connection.ts); default: the SLUICE_DB_* settings. */
+  connection?: Partial<ConnectionSettings>;
 }
 
 /** A pool on the Sluice database, migrated unless `migrate: false`. */
 export async function openDb(options: OpenDbOptions = {}): Promise<Pool> {
+  // Read first: a bad SLUICE_DB_* value is refused before the embedded server starts.
+  const settings = { ...connectionSettings(), ...options.connection };
   const url = options.url ?? (await databaseUrl());
   const pool = new pg.Pool({
+    // Every connection opens within the connect timeout and has keepalives on both ends. No
+    // pool-level connectionTimeoutMillis: that would also bound the wait for a free
+    // connection of a busy pool, which is no lost connection and ends with a release.
+    Client: clientClass(settings),
     connectionString: url,
     max: options.max ?? 10,
     min: options.keep ?? 0,

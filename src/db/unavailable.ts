@@ -12,12 +12,28 @@ const UNAVAILABLE_CODES: ReadonlySet<string> = new Set([
   '08000', // connection_exception
   '08006', // connection_failure
   '08003', // connection_does_not_exist
-  '08001', // sqlclient_unable_to_establish_sqlconnection
+  '08001', // sqlclient_unable_to_establish_sqlconnection; also ConnectTimeoutError's (below)
   'ECONNRESET',
   'ECONNREFUSED',
   'ETIMEDOUT',
   'EPIPE',
 ]);
+
+/**
+ * A connection that did not open within SLUICE_DB_CONNECT_TIMEOUT_MS (src/db/connection.ts):
+ * the server out of reach (a partition dropping packets) or too busy to start a backend.
+ * Its code is the standard's SQLSTATE for a client that cannot establish a connection
+ * (08001, which PostgreSQL's JDBC driver gives a connect timeout), so it is "database
+ * unavailable" wherever a refused connection is. Its message names the host, port
+ * and database, never the password.
+ */
+export class ConnectTimeoutError extends Error {
+  readonly code = '08001';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ConnectTimeoutError';
+  }
+}
 
 /**
  * node-pg reports a connection that went away without a word from the server (closed by a

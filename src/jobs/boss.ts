@@ -7,8 +7,9 @@
  * transaction, so the notification arrives exactly when the job becomes visible; worker
  * loops LISTEN (`listenForJobs`) and fetch at once instead of waiting out a poll interval.
  */
-import pg from 'pg';
+import type pg from 'pg';
 import { PgBoss } from 'pg-boss';
+import { clientClass, connectionSettings, newClient } from '../db/connection.ts';
 import type { Client } from '../db/pool.ts';
 
 export const PART_QUEUE = 'sluice-part';
@@ -55,8 +56,18 @@ export const MERGE_EXPIRE_SECONDS = 24 * 60 * 60;
 
 /** Starts a pg-boss instance on `url` and makes sure the queues exist. */
 export async function startBoss(url: string, options: { supervise?: boolean } = {}): Promise<PgBoss> {
+  const settings = connectionSettings();
+  // pg-boss hands its options to its pg.Pool whole: its connections are DbClients too (the
+  // connect timeout, keepalives on both ends), though its types do not list `Client`.
+  const pool: { Client: typeof pg.Client } = { Client: clientClass(settings) };
   const boss = new PgBoss({
+    ...pool,
     connectionString: url,
+    // pg-pool's own timer (pg-boss's default 10 s), which also bounds the wait for a free
+    // connection of its 6: a little longer than the connect timeout, so a connect that gets
+    // no answer fails with the client's clearer ConnectTimeoutError first (within what a
+    // timer can wait: a longer one fires at once).
+    connectionTimeoutMillis: Math.min(settings.connectTimeoutMs + 1000, 2 ** 31 - 1),
     schema: 'pgboss',
     application_name: 'sluice-jobs',
     max: 6,
@@ -146,7 +157,7 @@ export function listenForJobs(url: string, onJob: (payload: string) => void, onC
   const connect = async () => {
     retry = undefined;
     if (closed) return;
-    const c = new pg.Client({ connectionString: url, application_name: 'sluice-listen' });
+    const c = newClient({ connectionString: url, application_name: 'sluice-listen' });
     let lost = false;
     const reconnect = () => {
       if (lost) return;

@@ -15,7 +15,8 @@
  * - `off`: every request reads the database (benchmarks, debugging).
  * Misses are coalesced too: after a sync, one query per distinct search refills the cache.
  */
-import pg from 'pg';
+import type pg from 'pg';
+import { newClient } from '../../db/connection.ts';
 import type { Pool } from '../../db/pool.ts';
 import { FEED_CHANNEL, feedVersion } from '../../db/sql/events.ts';
 import { searchCache } from './metrics.ts';
@@ -173,7 +174,7 @@ export class SearchCache {
 
   private async listen(): Promise<void> {
     if (this.stopped) return;
-    const client = new pg.Client({ connectionString: this.options.listenUrl, application_name: 'sluice-search-cache' });
+    const client = newClient({ connectionString: this.options.listenUrl, application_name: 'sluice-search-cache' });
     const lost = () => {
       if (this.listener !== client) return;
       // Until LISTEN is back, requests check the version themselves (strict).

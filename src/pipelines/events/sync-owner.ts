@@ -59,7 +59,8 @@ export class SyncOwner {
     const client = await this.pool.connect();
     try {
       // Not waited for: the lost connection's backend may hold the lock until the server
-      // notices the loss (a network failure: until TCP keepalive). The next attempt tries again.
+      // notices the loss (a network failure: until its keepalives give up, about a minute by
+      // default, src/db/connection.ts). The next attempt tries again.
       this.locked = await lockSyncOwner(client, this.syncId);
     } catch (err) {
       client.release(true);
