@@ -106,8 +106,10 @@ export function clientClass(settings: ConnectionSettings = connectionSettings())
 
     private async open(): Promise<pg.Client> {
       let timedOut = false;
+      let connected = false;
       // What pg's own connectionTimeoutMillis does, with an error of ours: the stream is
-      // destroyed (ending it would wait for a FIN the silent peer never acknowledges).
+      // destroyed (ending it would wait for a FIN the silent peer never acknowledges). It
+      // covers the session's SET too: a peer lost right after start-up must not hold us.
       const timer = setTimeout(() => {
         timedOut = true;
         this.connection.stream.destroy();
@@ -116,7 +118,11 @@ export function clientClass(settings: ConnectionSettings = connectionSettings())
       timer.unref();
       try {
         await super.connect();
+        connected = true;
+        if (sql) await this.query(sql);
       } catch (err) {
+        // Not handed out half set up; not waited for (a silent peer would hold us).
+        if (connected) this.end().catch(() => {});
         if (!timedOut) throw err;
         const where = this.host.startsWith('/') ? `socket ${this.host}` : `${this.host}:${this.port}`;
         throw new ConnectTimeoutError(
@@ -125,15 +131,6 @@ export function clientClass(settings: ConnectionSettings = connectionSettings())
         );
       } finally {
         clearTimeout(timer);
-      }
-      if (sql) {
-        try {
-          await this.query(sql);
-        } catch (err) {
-          // Not handed out half set up; not waited for (a silent peer would hold us).
-          this.end().catch(() => {});
-          throw err;
-        }
       }
       return this;
     }
