@@ -187,11 +187,13 @@ function copyText(v: string | number | boolean | null): string {
 }
 
 /**
- * Appends a batch of checked events to the stage with COPY: with hundreds of zones per
- * event, COPY's text parsing is many times cheaper than JSON or array-literal parameters.
+ * A batch of checked events as the stage's COPY text (one line per event, numbered from
+ * `firstSeq`), UTF-8 encoded. Pure CPU work, so the parse thread builds it
+ * (src/pipelines/events/parse-worker.ts) and `stageCopy` only sends the bytes: with hundreds
+ * of zones per event, COPY's text parsing is many times cheaper than JSON or array-literal
+ * parameters, and the escaping of the zones' JSON was a share of the sync's CPU.
  */
-export async function stageEvents(client: Client, events: FeedEvent[], firstSeq: number): Promise<void> {
-  if (events.length === 0) return;
+export function stageCopyText(events: FeedEvent[], firstSeq: number): Uint8Array {
   const lines = events.map(
     (e, i) =>
       `${[
@@ -201,7 +203,14 @@ export async function stageEvents(client: Client, events: FeedEvent[], firstSeq:
         .map(copyText)
         .join('\t')}\n`,
   );
-  await pipeline(Readable.from(lines), client.query(copyFrom('COPY provider_events_stage FROM STDIN')));
+  // TextEncoder gives a buffer of its own (never a slice of a pool): it can be transferred.
+  return new TextEncoder().encode(lines.join(''));
+}
+
+/** Appends COPY text from `stageCopyText` to the stage. */
+export async function stageCopy(client: Client, text: Uint8Array): Promise<void> {
+  if (text.byteLength === 0) return;
+  await pipeline(Readable.from([text]), client.query(copyFrom('COPY provider_events_stage FROM STDIN')));
 }
 
 export async function insertRejects(db: Queryable, syncId: number, rejects: FeedReject[]): Promise<void> {

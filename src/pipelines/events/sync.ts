@@ -11,7 +11,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, InvalidFileError } from '../../core/errors.ts';
 import { maskUrlPasswords, withoutPassword } from '../../core/url-credentials.ts';
-import type { Pool } from '../../db/pool.ts';
+import type { Client, Pool } from '../../db/pool.ts';
 import { errorCode, isDatabaseUnavailable } from '../../db/unavailable.ts';
 import {
   bumpFeedVersion,
@@ -20,15 +20,15 @@ import {
   finishSync,
   insertRejects,
   mergeStage,
-  stageEvents,
+  stageCopy,
   startFetch,
   type SyncCounts,
   type SyncTrigger,
 } from '../../db/sql/events.ts';
-import { FeedRootError, XmlEventsReader, type RawFeedEvent } from '../../formats/xml-events-reader.ts';
-import { checkFeedEvent, type FeedEvent, type FeedReject } from './feed-event.ts';
+import { FeedRootError } from '../../formats/xml-events-reader.ts';
 import { fetchFeed, ProviderError, type FetchFeedOptions } from './fetch-feed.ts';
 import { providerEvents, providerSyncs, providerSyncSeconds } from './metrics.ts';
+import { ParseThread } from './parse-thread.ts';
 import { SyncOwner } from './sync-owner.ts';
 
 export interface SyncOptions extends FetchFeedOptions {
@@ -52,15 +52,6 @@ export interface SyncResult extends SyncCounts {
   /** Syncs of stopped processes that the sweep before this one failed (see failInterruptedSyncs). */
   interruptedSyncs?: number[];
 }
-
-/** Zones per staged batch: bounds a batch's memory (~75 bytes of JSON per zone). */
-const MAX_BATCH_ZONES = 50_000;
-
-/**
- * Characters of zones JSON and titles per staged batch (16 Mi): attributes may be long (up to
- * the reader's 1 Mi characters each), and 1,000 such events would hold gigabytes.
- */
-const MAX_BATCH_CHARS = 1 << 24;
 
 /**
  * Database failures worth another attempt: a serialization failure or deadlock, and every
@@ -183,18 +174,32 @@ function emptyCounts(): SyncCounts {
 
 /**
  * One attempt in one transaction, on the owner's connection; on failure rolls back and throws
- * (with counts attached).
+ * (with counts attached). The feed is parsed, checked and turned into COPY text on a parse
+ * thread (parse-thread.ts): this thread only fetches, and writes what the parse thread sends,
+ * so a big feed does not hold the event loop (`sluice serve`'s requests) meanwhile. One batch is
+ * written while the next one is parsed; memory holds at most two batches and a few chunks.
  */
 async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: number) {
   const syncId = owner.syncId;
-  const batchSize = options.batchSize ?? 1000;
-  const client = await owner.connection();
   const counts: SyncCounts = { ...emptyCounts(), attempts: attempt };
-  let pending: FeedEvent[] = [];
-  let pendingZones = 0;
-  let pendingChars = 0;
-  let rejects: FeedReject[] = [];
-  let staged = 0;
+  // Started first: its start-up (~0.1 s) overlaps the connection, BEGIN and the request.
+  const parser = new ParseThread({
+    batchSize: options.batchSize ?? 1000,
+    onBatch: async (batch) => {
+      if (batch.copy) await stageCopy(client, batch.copy);
+      if (batch.rejects.length) {
+        counts.eventsRejected += batch.rejects.length;
+        await insertRejects(client, syncId, batch.rejects);
+      }
+    },
+  });
+  let client: Client;
+  try {
+    client = await owner.connection();
+  } catch (err) {
+    await parser.close();
+    throw err;
+  }
   let broken = false;
   // A connection dropped while we wait on the provider: the attempt fails with its error at
   // once (the fetch is aborted) instead of after the rest of a download it cannot store.
@@ -206,48 +211,6 @@ async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: numb
     lost.abort();
   };
   client.on('error', onClientError);
-  const reader = new XmlEventsReader((raw: RawFeedEvent) => {
-    counts.eventsSeen += 1;
-    const checked = checkFeedEvent(raw);
-    if (checked.ok) {
-      pending.push(checked.event);
-      pendingZones += checked.event.zones.length;
-      pendingChars += checked.event.zonesJson.length + checked.event.title.length;
-    } else rejects.push(checked.reject);
-  });
-  // Flushes what the parser produced. One batch is written while the next one is parsed
-  // (Postgres and Node work in parallel); memory holds at most two batches and a chunk.
-  let writing: Promise<void> = Promise.resolve();
-  let writeError: unknown;
-  const write = async (job: () => Promise<void>) => {
-    await writing;
-    if (writeError) throw writeError;
-    // Caught at once: a rejection nobody awaits yet would crash the process.
-    writing = job().catch((err: unknown) => {
-      writeError ??= err;
-    });
-  };
-  const flush = async (all: boolean) => {
-    if (pending.length >= batchSize || pendingZones >= MAX_BATCH_ZONES || pendingChars >= MAX_BATCH_CHARS || (all && pending.length)) {
-      const batch = pending;
-      const first = staged;
-      pending = [];
-      pendingZones = 0;
-      pendingChars = 0;
-      staged += batch.length;
-      await write(() => stageEvents(client, batch, first));
-    }
-    if (rejects.length >= batchSize || (all && rejects.length)) {
-      const batch = rejects;
-      rejects = [];
-      counts.eventsRejected += batch.length;
-      await write(() => insertRejects(client, syncId, batch));
-    }
-    if (all) {
-      await writing;
-      if (writeError) throw writeError;
-    }
-  };
   try {
     // Numbered before the request is sent, and committed at once (outside the attempt's
     // transaction): the merge lets this fetch overwrite only rows from lower-numbered ones.
@@ -257,12 +220,11 @@ async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: numb
     const signal = options.signal ? AbortSignal.any([options.signal, lost.signal]) : lost.signal;
     for await (const chunk of fetchFeed(options.url, { ...options, signal })) {
       if (clientError) throw clientError;
-      reader.write(chunk);
-      await flush(false);
+      await parser.write(chunk);
     }
-    reader.end();
-    await flush(true);
-    counts.bytes = reader.bytes;
+    const read = await parser.end();
+    counts.bytes = read.bytes;
+    counts.eventsSeen = read.eventsSeen;
     const merged = await mergeStage(client, syncId, fetchSeq);
     counts.eventsNew = merged.eventsNew;
     counts.eventsChanged = merged.eventsChanged;
@@ -272,18 +234,22 @@ async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: numb
     await client.query('COMMIT');
     return { counts, version };
   } catch (caught) {
-    await writing;
+    // Ends the thread and waits for a batch being written: ROLLBACK comes after its COPY.
+    await parser.close();
     // The lost connection is the cause, not the fetch it aborted ("sync stopped").
     const err = clientError ?? caught;
     // A connection that cannot even roll back is replaced for the next attempt.
     await client.query('ROLLBACK').catch(() => {
       broken = true;
     });
-    counts.bytes = reader.bytes;
+    counts.bytes = parser.progress.bytes;
+    counts.eventsSeen = parser.progress.eventsSeen;
     // Rejects of a failed attempt were rolled back with it: count none, report what was read.
     counts.eventsRejected = 0;
     throw Object.assign(err instanceof Error ? err : new Error(String(err)), { counts });
   } finally {
+    // MUST end the thread on every path: a thread left running keeps the process alive.
+    await parser.close();
     client.off('error', onClientError);
     if (broken) owner.markBroken();
   }
