@@ -68,8 +68,11 @@ export function sessionSql(s: ConnectionSettings): string | undefined {
     `SET tcp_keepalives_interval = ${s.keepaliveIntervalS}`,
     `SET tcp_keepalives_count = ${s.keepaliveCount}`,
     // A backend in a long statement reads nothing from its client, so it would learn of the
-    // dead connection only when it answers: this polls the socket meanwhile (Linux, PG 14+).
-    `SET client_connection_check_interval = ${s.keepaliveIntervalS * 1000}`,
+    // dead connection only when it answers: this polls the socket meanwhile. Only where the
+    // server's platform can (Linux, macOS, the BSDs): elsewhere (Windows) any value but 0 is
+    // an error, which must not refuse every connection, so it is tried on its own.
+    `DO $$ BEGIN PERFORM set_config('client_connection_check_interval', '${s.keepaliveIntervalS * 1000}', false);
+       EXCEPTION WHEN OTHERS THEN NULL; END $$`,
   ].join('; ');
 }
 
@@ -116,6 +119,11 @@ export function clientClass(settings: ConnectionSettings = connectionSettings())
       }, settings.connectTimeoutMs);
       // The socket keeps the process alive while it connects; the timer need not.
       timer.unref();
+      // A connection lost during the SET (the timer's destroy, a dropped peer) is also emitted
+      // as 'error' on this client, before any pool listens to it: without a listener that
+      // throws in the process (serve died). The failure itself reaches the catch below.
+      const swallow = () => {};
+      this.on('error', swallow);
       try {
         await super.connect();
         connected = true;
@@ -131,6 +139,7 @@ export function clientClass(settings: ConnectionSettings = connectionSettings())
         );
       } finally {
         clearTimeout(timer);
+        this.off('error', swallow);
       }
       return this;
     }

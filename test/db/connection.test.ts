@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import { inspect } from 'node:util';
 import { after, before, test, type TestContext } from 'node:test';
 import pg from 'pg';
@@ -212,5 +213,39 @@ test('a command whose database does not answer stops after SLUICE_DB_CONNECT_TIM
     assert.match(p.output(), /^sluice: could not connect to database "sluice_test_\w+" at 127\.0\.0\.1:\d+: no answer within 500 ms \(SLUICE_DB_CONNECT_TIMEOUT_MS\)$/m);
   } finally {
     await proxy.close();
+  }
+});
+
+test('a peer lost right after start-up (during the keepalive SET) fails the connect, not the process', async () => {
+  // Passes start-up and authentication, then drops everything the client sends from its
+  // first query on: the SET hangs until the connect timeout destroys the socket.
+  const server = net.createServer((c) => {
+    const target = new URL(db.url);
+    const up = net.connect(Number(target.port), target.hostname);
+    let startup = true;
+    let dropping = false;
+    c.on('data', (d: Buffer) => {
+      if (!startup && d[0] === 0x51) dropping = true; // 'Q': a simple query
+      startup = false;
+      if (!dropping) up.write(d);
+    });
+    up.on('data', (d: Buffer) => c.write(d));
+    c.on('error', () => {});
+    up.on('error', () => {});
+    c.on('close', () => up.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = new URL(db.url);
+  url.hostname = '127.0.0.1';
+  url.port = String((server.address() as net.AddressInfo).port);
+  const pool = await openDb({ url: url.toString(), max: 1, migrate: false, connection: { connectTimeoutMs: 400 } });
+  try {
+    await assert.rejects(pool.query('SELECT 1'), ConnectTimeoutError);
+    const own = newClient({ connectionString: url.toString() }, { ...CONNECTION_DEFAULTS, connectTimeoutMs: 400 });
+    await assert.rejects(own.connect(), ConnectTimeoutError);
+    assert.equal(pool.totalCount, 0, 'no connection left behind');
+  } finally {
+    await pool.end();
+    await new Promise((r) => server.close(r));
   }
 });

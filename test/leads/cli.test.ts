@@ -196,4 +196,12 @@ test('field rejects (the row imported without the value) are told on stderr, wit
   assert.equal(j.code, 0, j.stderr);
   const out = JSON.parse(j.stdout);
   assert.deepEqual([out.rows.rejected, out.field_rejects], [0, 1]);
+  // A failed import imported no row, so dropped no value of one (a whole-row reject over the
+  // ratio fails it; its other row's field reject is stored, but nothing was imported).
+  const failed = await sluice(['import', write('fields3.csv', 'Email,State\nfield5@example.com,XYZ\nnope,SP\n'), '--pipeline', 'leads', '--json', '--no-progress', '--max-reject-ratio', '0.1']);
+  assert.equal(failed.code, 1, failed.stderr);
+  const f = JSON.parse(failed.stdout);
+  assert.deepEqual([f.status, f.rows.rejected, f.field_rejects], ['failed', 1, 0]);
+  const text = await sluice(['import', path.join(dir, 'fields3.csv'), '--pipeline', 'leads', '--no-progress', '--max-reject-ratio', '0.1']);
+  assert.doesNotMatch(text.stderr, /field value/);
 });

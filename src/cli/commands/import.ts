@@ -68,8 +68,9 @@ export function registerImport(program: Command): void {
         bar?.done();
         const { id, status, rows, duration_ms, error } = result;
         // Field rejects (an invalid state, a city too long) leave their row imported and are
-        // not in `rejected`: without them nothing said some values were dropped.
-        const fields = await fieldRejectCount(pool, id);
+        // not in `rejected`: without them nothing said some values were dropped. A failed
+        // import imported no row, so dropped no value of one.
+        const fields = status === 'completed' ? await fieldRejectCount(pool, id) : 0;
         if (flags.json) {
           process.stdout.write(`${JSON.stringify({ id, pipeline: pipeline.name, status, rows, field_rejects: fields, duration_ms, ...(error ? { error } : {}) })}\n`);
         } else {
