@@ -5,6 +5,8 @@
  * sync works, and no path (success, failure, abort, lost connection) leaves a thread running.
  */
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, afterEach, before, test } from 'node:test';
 import { InvalidFileError } from '../../src/core/errors.ts';
 import { generateFeed } from '../../src/dev/feed-generator.ts';
@@ -137,6 +139,29 @@ test('a thread out of memory fails the parse with a clear error (not retried), a
   assert.ok(err, 'the parse failed');
   assert.match(err.message, /^the feed's parse thread failed: .*memory/);
   assert.equal(retryable(err), false);
+});
+
+test('a valid feed whose one event escapes to a 60 M-character batch syncs (a heap cap killed the process on it)', async (t) => {
+  // 15 zones whose names are 1,000,000 backslashes (each tag under the reader's 1 Mi
+  // characters, the event under its 16 Mi): JSON and COPY escaping make them 4 times longer.
+  const name = '\\'.repeat(1_000_000);
+  const zones = Array.from({ length: 15 }, (_, i) => `<zone zone_id="${i}" capacity="10" price="5" name="${name}" numbered="true" />`).join('\n');
+  const body = Buffer.from(
+    '<?xml version="1.0" encoding="UTF-8"?><eventList version="1.0"><output><base_event base_event_id="9001" sell_mode="online" title="Big">' +
+      '<event event_start_date="2030-06-30T21:00:00" event_end_date="2030-06-30T22:00:00" event_id="1" sell_from="2020-01-01T00:00:00" sell_to="2030-06-30T21:00:00" sold_out="false">' +
+      `${zones}</event></base_event></output></eventList>`,
+  );
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/xml' });
+    res.end(body);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise((r) => server.close(r)));
+  const r = await syncEvents(db.pool, { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`, trigger: 'cli', retries: 0 });
+  assert.equal(r.status, 'completed', r.error);
+  assert.deepEqual([r.eventsSeen, r.eventsNew, r.eventsRejected], [1, 1, 0]);
+  const { rows } = await db.pool.query(`SELECT length(zones::text) AS n FROM provider_events WHERE base_event_id = '9001'`);
+  assert.ok(rows[0].n > 30_000_000, `zones stored whole: ${rows[0].n} characters`);
 });
 
 test('a thread that dies mid-sync fails that attempt (not retried, nothing stored); the next sync completes', async () => {
