@@ -148,10 +148,29 @@ test('a fetch started earlier that only repeats what a later one wrote changes n
   answer(a.res, [base('1', 'Concert (moved)', [['10', '30'], ['12', '12']])]);
   const ra = await a.result;
   assert.equal(ra.status, 'completed');
-  assert.deepEqual([ra.eventsNew, ra.eventsChanged, ra.eventsSuperseded], [0, 0, 1]);
+  // Both of its events were stored: B, which started later, was merged first.
+  assert.deepEqual([ra.eventsNew, ra.eventsChanged, ra.eventsSuperseded], [0, 0, 2]);
   assert.equal(ra.version, undefined, 'nothing changed: no new feed version, the search cache stays valid');
   const s = await stored();
   assert.deepEqual([s['1:10'], s['1:12']], [['Concert (moved again)', 40], ['Concert (moved again)', 12]]);
+});
+
+test('a later fetch that found the stored values unchanged still wins over an older fetch merged after it', async () => {
+  // A value that went and came back (tickets returned: sold out, then not): the later fetch B
+  // confirms what is stored and writes nothing; A, older, must not put its stale values back.
+  const a = await startSync();
+  const b = await startSync();
+  answer(b.res, [base('1', 'Concert (moved again)', [['10', '40']])]);
+  const rb = await b.result;
+  assert.deepEqual([rb.eventsChanged, rb.eventsSuperseded], [0, 0]);
+  answer(a.res, [base('1', 'Concert CANCELLED', [['10', '99']])]);
+  const ra = await a.result;
+  assert.equal(ra.status, 'completed');
+  assert.deepEqual([ra.eventsChanged, ra.eventsSuperseded], [0, 1]);
+  assert.equal(ra.version, undefined);
+  assert.deepEqual((await stored())['1:10'], ['Concert (moved again)', 40]);
+  const { rows } = await db.pool.query(`SELECT title FROM provider_base_events WHERE base_event_id = '1'`);
+  assert.deepEqual(rows, [{ title: 'Concert (moved again)' }]);
 });
 
 test('overlapping syncs merged in the order their fetches started: the later fetch wins, as before', async () => {
@@ -166,7 +185,7 @@ test('overlapping syncs merged in the order their fetches started: the later fet
   assert.deepEqual((await stored())['1:10'], ['Concert', 60]);
 });
 
-test('migration 0048 on a database holding events: they are ordered before any new fetch, and the next sync updates them', async () => {
+test('migrations 0048-0049 on a database holding events: they are ordered before any new fetch, and the next sync updates them', async () => {
   const name = `${db.name}_m`;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-0048-'));
   for (const f of fs.readdirSync(migrationsDir)) if (f < '0048') fs.copyFileSync(path.join(migrationsDir, f), path.join(dir, f));
@@ -181,7 +200,7 @@ test('migration 0048 on a database holding events: they are ordered before any n
     await pool.query(`INSERT INTO provider_events (base_event_id, event_id, id, title, ever_online, starts_at, ends_at, sold_out,
                                                    min_price, max_price, zones, content_hash, first_sync_id, changed_sync_id)
                       VALUES ('1', '10', gen_random_uuid(), 'Old title', true, '2021-06-30 21:00', '2021-06-30 22:00', false, 1, 1, '[]', 'old', 1, 1)`);
-    assert.deepEqual(await migrate(pool), ['0048_fetch_order.sql']);
+    assert.deepEqual(await migrate(pool), ['0048_fetch_order.sql', '0049_provider_syncs_fetch_floor.sql']);
     const { rows } = await pool.query<{ b: number; e: number }>(
       `SELECT b.fetch_seq AS b, e.fetch_seq AS e FROM provider_base_events b JOIN provider_events e USING (base_event_id)`,
     );
