@@ -7,9 +7,10 @@
  *   from the target's sequence; a target named by its key has neither, only the record's
  *   tuple id), their lookups' ids where the referenced rows exist, and
  *   whether the merge changes the record and its child row, into an unlogged table.
- * apply (the import's transaction): creates the lookups' missing rows (if any row needs
- *   one), then writes: records and child rows updated at the tuple ids prepare found, new
- *   records inserted with their drawn ids, their child rows inserted. Nothing is probed there.
+ * apply (the import's transaction): creates the lookups' missing rows that records take (if
+ *   any; prepare knows which rows need one, lookupNeeds), then writes: records and child
+ *   rows updated at the tuple ids prepare found, new records inserted with their drawn ids,
+ *   their child rows inserted. Nothing is probed there.
  *
  * Why prepare may read outside the import's transaction: the import holds the target's merge
  * lock (merge.ts) before the first prepare, so no other Sluice merge commits meanwhile, and
@@ -18,7 +19,10 @@
  * same records meanwhile is caught by apply's row counts, which must equal prepare's.
  */
 import { keyIdentity, type Lookup, type Pipeline, type StageType } from '../engine/pipeline.ts';
-import { assignment, columnAssignment, fieldValue, ident, lookupAssignment, lookupPresent, lookupStatements } from './merge-sql.ts';
+import { assignment } from './assignment.ts';
+import { ident } from './ident.ts';
+import { lookupChange, lookupNeeds, lookupPresent, lookupStatements } from './lookup-sql.ts';
+import { columnAssignment, fieldValue } from './merge-sql.ts';
 
 export interface ChunkSql {
   /** prepare: one transaction (lookups resolved read-only, then the prepared table). */
@@ -110,16 +114,9 @@ export function chunkSql(
   // A lookup prepare did not find (present, no id) refers to a row apply creates, or
   // created for an earlier chunk: a new id, distinct from any id a record of this chunk
   // holds (their stored references are committed rows).
-  const lookupChange = (i: number) => {
-    const l = lookups[i]!;
-    const found = lookupAssignment(p, l, `x.l${i}`, 't')?.changes ?? 'false';
-    // Created: changes what a present value would (lookupAssignment with any id).
-    const created = l.merge === 'fill-if-blank' ? (lookupAssignment(p, l, '0', 't')?.changes ?? 'false') : l.merge === 'overwrite' ? 'true' : 'false';
-    return `(CASE WHEN x.l${i} IS NULL AND x.p${i} THEN ${created} ELSE ${found} END)`;
-  };
   const changes = [
     ...fields.flatMap(({ f, v, text }) => assignment(f.merge, `x.${v}`, `t.${ident(f.column)}`, text)?.changes ?? []),
-    ...lookups.map((_, i) => lookupChange(i)),
+    ...lookups.map((_, i) => lookupChange(p, i, `x.l${i}`, `x.p${i}`, 't')),
   ];
   const anyChildOf = (alias: string) => children.map(({ v }) => `${alias}${v} IS NOT NULL`).join(' OR ') || 'false';
   const anyChild = anyChildOf('x.');
@@ -132,7 +129,10 @@ export function chunkSql(
     ...resolve.sources.map((c) => `m.${ident(c)}`),
     ...children.map(({ f, v }) => `${fieldValue(f, 'm')} AS ${v}`),
   ];
-  const unresolved = lookups.map((_, i) => `(x.l${i} IS NULL AND x.p${i})`).join(' OR ') || 'false';
+  // Only a reference some record takes is created by apply (n<i>, lookupNeeds); the others
+  // are left unresolved, and no record writes them.
+  const needs = lookupNeeds(p, (i) => `x.p${i}`, found, 't');
+  const unresolved = needs.map((n, i) => `(x.l${i} IS NULL AND ${n})`).join(' OR ') || 'false';
   const child = t.child;
   const C = child ? ident(child.table) : '';
   const FK = child ? ident(child.foreignKey) : '';
@@ -140,7 +140,7 @@ export function chunkSql(
   const targetCols = ['ctid', ...(byKey ? [] : ['id']), ...new Set([...t.fields.map((f) => f.column), ...lookups.map((l) => l.column)])].map((c) => (c === 'ctid' ? c : ident(c)));
   const childCols = child ? ['ctid', ident(child.foreignKey), ...new Set(child.fields.map((f) => ident(f.column)))] : [];
   const select = `SELECT x.*, ${byKey ? 't.ctid' : 't.id'} AS tid, t.ctid AS tctid, ${child ? 'c.ctid' : 'NULL::tid'} AS cctid, ${nid} AS nid,
-        coalesce(${unresolved}, false) AS unresolved,
+        coalesce(${unresolved}, false) AS unresolved,${needs.map((n, i) => ` ${n} AS n${i},`).join('')}
         ${found} AND (${changes.join(' OR ') || 'false'}) AS changed,
         ${child ? 'c.' + FK + ' IS NOT NULL' : 'false'} AS cexists,
         ${child ? `t.id IS NOT NULL AND CASE WHEN c.${FK} IS NULL THEN (${anyChild}) ELSE (${childChanges.join(' OR ') || 'false'}) END` : 'false'} AS cchanged
@@ -176,11 +176,11 @@ export function chunkSql(
       count(*) FILTER (WHERE unresolved)::int AS unresolved
     FROM ${P}`;
 
-  // apply: references prepare did not find are created (or found: created for an earlier
-  // chunk) as in any merge, and their ids written into the prepared table.
+  // apply: references prepare did not find that records take are created (or found: created
+  // for an earlier chunk) as in any merge, and their ids written into the prepared table.
   const create = lookupStatements(p, prepared, stageTypes, 'resolve-or-create', 'm.unresolved');
   const fillLookups = lookups.length
-    ? `UPDATE ${P} m SET ${lookups.map((_, i) => `l${i} = lk._l${i}`).join(', ')} FROM sluice_lk lk WHERE m.unresolved AND ${create.on}`
+    ? `UPDATE ${P} m SET ${lookups.map((_, i) => `l${i} = coalesce(m.l${i}, lk._l${i})`).join(', ')} FROM sluice_lk lk WHERE m.unresolved AND ${create.on}`
     : undefined;
 
   const main = [

@@ -6,22 +6,21 @@
  * The statements, in order (all in one transaction, see merge.ts):
  *  1. resolve the key of rows with several key columns (first value matching a record)
  *  2. rows sharing a key are folded in place in staging, in file order per merge policy
- *  3. lookups: missing reference rows (states, cities...) created in bulk
- *  4. the upsert: a probe of the target's key index per row (into `sluice_m`), then one
- *     statement that updates the records whose merged values differ, inserts the new ones,
- *     and records every key's id and outcome in `sluice_ids`
+ *  3. lookups: existing reference rows (states, cities...) resolved in bulk
+ *  4. the upsert: a probe of the target's key index per row (into `sluice_m`); the missing
+ *     reference rows the records take created in bulk (never one a record does not take);
+ *     then one statement that updates the records whose merged values differ, inserts the
+ *     new ones, and records every key's id and outcome in `sluice_ids`
  *  5. child upsert (e.g. lead_infos fill-if-blank) for all of them
  *  6. counts: inserted / updated / unchanged rows
  */
 import { keyIdentity, type Lookup, type MergePolicy, type Pipeline, type StageType, type TargetField } from '../engine/pipeline.ts';
+import { assignment } from './assignment.ts';
+import { ident } from './ident.ts';
+import { lookupAssignment, lookupChange, lookupGroups, lookupNeeds, lookupPresent, lookupStatements } from './lookup-sql.ts';
 
-const IDENT = /^[a-z_][a-z0-9_]*$/;
-
-/** Quotes an identifier after checking it against the allowlist pattern. */
-export function ident(name: string): string {
-  if (!IDENT.test(name)) throw new Error(`invalid SQL identifier in pipeline declaration: ${JSON.stringify(name)}`);
-  return `"${name}"`;
-}
+// Imported from here across the code base.
+export { ident };
 
 const PG_TYPE: Record<StageType, string> = {
   text: 'text',
@@ -95,37 +94,6 @@ function fold(col: string, policy: MergePolicy): string {
   }
 }
 
-/**
- * The lookups that depend on each other, in groups: each lookup that depends on another, with
- * everything it depends on (a city with its state), the most dependent first.
- */
-function lookupGroups(p: Pipeline): Lookup[][] {
-  const lookups = p.target.lookups ?? [];
-  const byColumn = new Map(lookups.map((l) => [l.column, l]));
-  const depth = (l: Lookup): number => Math.max(0, ...l.match.map((m) => (m.lookup ? 1 + depth(byColumn.get(m.lookup)!) : 0)));
-  return lookups.filter((l) => depth(l) > 0).map((top) => {
-    const members = new Set<Lookup>([top]);
-    for (const l of members) for (const m of l.match) if (m.lookup) members.add(byColumn.get(m.lookup)!);
-    return [...members].sort((a, b) => depth(b) - depth(a));
-  });
-}
-
-/**
- * The SET expression and "changes the stored record" predicate of a lookup column (stored
- * in `alias`, the record). A lookup of a group (lookupGroups) that fills only when blank
- * fills with its group, as one place: only when the record has none of the group's columns.
- * Filled each on its own, a lead with a state and no city took a later import's city of
- * another state (SP with Recife), and one with a city and no state a later row's state.
- */
-export function lookupAssignment(p: Pipeline, l: Lookup, incoming: string, alias: string): { set: string; changes: string } | undefined {
-  const stored = `${alias}.${ident(l.column)}`;
-  // The widest group holding it: the whole place (a chain of three gives two groups).
-  const group = l.merge === 'fill-if-blank' ? lookupGroups(p).filter((g) => g.includes(l)).sort((a, b) => b.length - a.length)[0] : undefined;
-  if (!group) return assignment(l.merge, incoming, stored, false);
-  const none = [...new Set(group.map((g) => g.column))].map((c) => `${alias}.${ident(c)} IS NULL`).join(' AND ');
-  return { set: `CASE WHEN ${none} THEN ${incoming} ELSE ${stored} END`, changes: `(${none} AND ${incoming} IS NOT NULL)` };
-}
-
 /** assignment() for a field, lookupAssignment() for a lookup column (`a.lookup`), on the record aliased `alias`. */
 export function columnAssignment(
   p: Pipeline,
@@ -170,111 +138,6 @@ function lookupFoldGroups(p: Pipeline): Map<string, string> {
   return out;
 }
 
-/** A character JavaScript's trim() keeps (the white space it removes, as a regular-expression class). */
-const NOT_SPACE = '[^[:space:]\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]';
-
-/**
- * SET expression and "this changes the stored value" predicate for one field of an
- * UPDATE: `incoming` is the merged value, `stored` the record's.
- */
-export function assignment(merge: MergePolicy, incoming: string, stored: string, text: boolean): { set: string; changes: string } | undefined {
-  // Blank as incoming cells are (trimmed by JavaScript, then empty): NULL, or text of white
-  // space only. The pattern runs only on a value starting with a space or a non-ASCII
-  // character: a stored value starting with a visible ASCII character is never blank.
-  const isBlank = text
-    ? `(CASE WHEN ${stored} IS NULL OR ${stored} = '' THEN true WHEN ascii(${stored}) BETWEEN 33 AND 126 THEN false ELSE ${stored} !~ '${NOT_SPACE}' END)`
-    : `${stored} IS NULL`;
-  switch (merge) {
-    case 'overwrite':
-      return {
-        set: `COALESCE(${incoming}, ${stored})`,
-        changes: `(${incoming} IS NOT NULL AND ${incoming} IS DISTINCT FROM ${stored})`,
-      };
-    case 'fill-if-blank':
-      return { set: `CASE WHEN ${isBlank} AND ${incoming} IS NOT NULL THEN ${incoming} ELSE ${stored} END`, changes: `(${isBlank} AND ${incoming} IS NOT NULL)` };
-    case 'add-to-set':
-      // Staged sets are already de-duplicated (per row in Node, RowMapper; per key in the
-      // fold). array_position, not <> ALL: a stored set holding a NULL (written outside
-      // Sluice) would make every comparison NULL and keep every new member out.
-      return {
-        set: `CASE WHEN ${incoming} <@ ${stored} THEN ${stored} ELSE ${stored} || ARRAY(SELECT x FROM unnest(${incoming}) WITH ORDINALITY u(x, i) WHERE array_position(${stored}, x) IS NULL ORDER BY i) END`,
-        changes: `NOT (${incoming} <@ ${stored})`,
-      };
-    case 'keep-first':
-      return undefined;
-  }
-}
-
-/**
- * Lookups work on the few distinct source values of `source` (in `sluice_lk`), not on every
- * row: with `resolve-or-create`, create what is missing, then resolve each distinct
- * combination to its ids; with `resolve`, only find what exists (a read-only pass, see
- * chunk-sql.ts). Chained lookups (cities on state_id) use the ids resolved before them.
- * Staged text is never '' (blank is NULL), so coalesce(x, '') is a null-safe key that keeps
- * the row join (`join`, rows aliased `m`; `on`, its condition) hashable. `where` (on alias
- * `m`) limits the source rows.
- */
-export function lookupStatements(
-  p: Pipeline,
-  source: string,
-  stageTypes: Map<string, StageType>,
-  mode: 'resolve-or-create' | 'resolve',
-  where = '',
-): { statements: string[]; join: string; on: string; sources: string[] } {
-  const lookups = p.target.lookups ?? [];
-  const lkSources = lookupSources(p);
-  for (const c of lkSources) {
-    if (stageTypes.get(c) !== 'text') throw new Error(`pipeline ${p.name}: lookup source ${c} must be a text column`);
-  }
-  if (lookups.length === 0) return { statements: [], join: '', on: 'true', sources: [] };
-  const statements: string[] = [];
-  const idCols = lookups.map(() => 'NULL::bigint').join(', ');
-  // Created once per transaction, refilled per merge (a pipelined import merges chunks).
-  statements.push(`CREATE TEMP TABLE IF NOT EXISTS sluice_lk (${lkSources.map((c) => `${ident(c)} text`).join(', ')}, ${lookups.map((_, i) => `_l${i} bigint`).join(', ')}) ON COMMIT DROP`);
-  statements.push('TRUNCATE sluice_lk');
-  statements.push(`INSERT INTO sluice_lk SELECT DISTINCT ${lkSources.map(ident).join(', ')}, ${idCols} FROM ${ident(source)} m ${where ? `WHERE ${where}` : ''}`);
-  const resolved = new Map<string, number>();
-  lookups.forEach((l, i) => {
-    const L = ident(l.table);
-    const src = (m: { from?: string; lookup?: string }) => (m.from ? `lk.${ident(m.from)}` : `lk._l${resolved.get(m.lookup!)}`);
-    if (mode === 'resolve-or-create') {
-      const insertCols = [...l.match.map((m) => ident(m.column)), ...(l.create ?? []).map((c) => ident(c.column))];
-      const insertVals = [...l.match.map(src), ...(l.create ?? []).map((c) => `lk.${ident(c.from)}`)];
-      statements.push(`INSERT INTO ${L} (${insertCols.join(', ')})
-        SELECT DISTINCT ${insertVals.join(', ')} FROM sluice_lk lk WHERE ${src(l.match[0]!)} IS NOT NULL ON CONFLICT DO NOTHING`);
-    }
-    const on = l.match
-      .map((m) => (m.from ? `r.${ident(m.column)} = ${src(m)}` : `r.${ident(m.column)} IS NOT DISTINCT FROM ${src(m)}`))
-      .join(' AND ');
-    // Read-only: a reference whose own reference was not found is not found either (a
-    // NULL state_id would otherwise match the city of that name without a state).
-    const deps = mode === 'resolve'
-      ? l.match.filter((m) => m.lookup).map((m) => ` AND (lk._l${resolved.get(m.lookup!)} IS NOT NULL OR NOT ${lookupPresent(p, m.lookup!, 'lk')})`).join('')
-      : '';
-    statements.push(`UPDATE sluice_lk lk SET _l${i} = r.id FROM ${L} r WHERE ${on}${deps}`);
-    resolved.set(l.column, i);
-  });
-  const on = lkSources.map((c) => `coalesce(lk.${ident(c)}, '') = coalesce(m.${ident(c)}, '')`).join(' AND ');
-  return { statements, join: `LEFT JOIN sluice_lk lk ON ${on}`, on, sources: lkSources };
-}
-
-/** Staging columns the lookups read. */
-export function lookupSources(p: Pipeline): string[] {
-  const lookups = p.target.lookups ?? [];
-  return [...new Set(lookups.flatMap((l) => [...l.match.flatMap((m) => (m.from ? [m.from] : [])), ...(l.create ?? []).map((c) => c.from)]))];
-}
-
-/**
- * "Row `alias` gives lookup `column` a value": its first match has one. A lookup creates
- * what it does not find, so then it always resolves to an id.
- */
-export function lookupPresent(p: Pipeline, column: string, alias: string): string {
-  const l = (p.target.lookups ?? []).find((x) => x.column === column);
-  if (!l) throw new Error(`pipeline ${p.name}: no lookup for ${column}`);
-  const first = l.match[0]!;
-  return first.from ? `${alias}.${ident(first.from)} IS NOT NULL` : `(${lookupPresent(p, first.lookup!, alias)})`;
-}
-
 /** The value a field takes from staging row `alias`: cast, or split into a set. */
 export function fieldValue(f: TargetField, alias: string): string {
   return f.merge === 'add-to-set'
@@ -290,9 +153,12 @@ export interface MergeSql {
   duplicates: (known: boolean) => string;
   /** Folds the rows of the keys in $1 into one row each. */
   fold: string;
+  /** Resolves the references that exist (read-only), for the probe. */
   lookups: string[];
   /** Fills sluice_m (see the upsert). */
   probe: string[];
+  /** After the probe: creates the references its records take and fills their ids into sluice_m. */
+  createLookups: string[];
   upsert: string;
   childInsert: string | undefined;
   childSource: string | undefined;
@@ -345,7 +211,9 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     SELECT f.line, 0, f.n, f.${K}, ${outer} FROM (
       SELECT ${K}, min(line) AS line, sum(n)::int AS n, ${folded} FROM gone GROUP BY ${K}) f`;
 
-  const { statements: lookupSql, join: lookupJoin } = lookupStatements(p, stage, stageTypes, 'resolve-or-create');
+  // Existing references are resolved before the probe; the missing ones a record takes are
+  // created after it (createLookups), once the probe knows which records take them.
+  const { statements: lookupSql, join: lookupJoin, sources: lookupSourceCols } = lookupStatements(p, stage, stageTypes, 'resolve');
   const lookupValue = (i: number) => `lk._l${i}`;
 
   const isText = (col: string) => stageTypes.get(col) === 'text';
@@ -354,7 +222,11 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     ...lookups.map((l, i) => ({ column: l.column, value: lookupValue(i), merge: l.merge, text: false, lookup: l as Lookup | undefined })),
   ];
   const vals = main.map((a, i) => ({ ...a, v: `v${i}` }));
-  const changed = vals.map((a) => columnAssignment(p, a, `x.${a.v}`, 't')?.changes).filter((c): c is string => c !== undefined);
+  // Lookup i's id is in v<lookupAt + i>, its presence in p<i>.
+  const lookupAt = t.fields.length;
+  const changed = vals
+    .map((a, i) => (a.lookup ? lookupChange(p, i - lookupAt, `x.${a.v}`, `x.p${i - lookupAt}`, 't') : columnAssignment(p, a, `x.${a.v}`, 't')?.changes))
+    .filter((c): c is string => c !== undefined);
   const updSets = vals.flatMap((a) => {
     const r = columnAssignment(p, a, `m.${a.v}`, 't');
     return r ? [`${ident(a.column)} = ${r.set}`] : [];
@@ -374,8 +246,20 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
   // A target named by its key (no id column): tid is the record's tuple id, a found-marker
   // only; its records are updated by key instead, and sluice_ids holds no id for them.
   const byKey = keyIdentity(t);
-  const probeSelect = `SELECT x.*, ${byKey ? 't.ctid' : 't.id'} AS tid, (${changed.join(' OR ') || 'false'}) AS changed
-        FROM (SELECT m.${K} AS key, ${vals.map((a) => `${a.value} AS ${a.v}`).join(', ')} FROM ${S} m ${lookupJoin}) x
+  // With lookups, sluice_m also holds their source values, presence (p<i>) and need (n<i>,
+  // lookupNeeds), and whether some reference a record takes is still missing (`unresolved`).
+  const needs = lookupNeeds(p, (i) => `x.p${i}`, byKey ? 't.ctid IS NOT NULL' : 't.id IS NOT NULL', 't');
+  const lookupCols = lookups.length
+    ? [
+        ...lookups.map((l, i) => `, ${lookupPresent(p, l.column, 'm')} AS p${i}`),
+        ...lookupSourceCols.map((c) => `, m.${ident(c)}`),
+      ].join('')
+    : '';
+  const lookupFlags = lookups.length
+    ? `${needs.map((n, i) => `, ${n} AS n${i}`).join('')}, coalesce(${needs.map((n, i) => `(x.v${lookupAt + i} IS NULL AND ${n})`).join(' OR ')}, false) AS unresolved`
+    : '';
+  const probeSelect = `SELECT x.*, ${byKey ? 't.ctid' : 't.id'} AS tid, (${changed.join(' OR ') || 'false'}) AS changed${lookupFlags}
+        FROM (SELECT m.${K} AS key, ${vals.map((a) => `${a.value} AS ${a.v}`).join(', ')}${lookupCols} FROM ${S} m ${lookupJoin}) x
         LEFT JOIN LATERAL (SELECT ${byKey ? 'ctid, ' : ''}* FROM ${T} t WHERE t.${TK} = x.key LIMIT 1) t ON true`;
   // The records to update are named by id (or key) twice: in the join, and as a list the
   // target's primary key is searched with, so that no plan reads more of the target than
@@ -387,6 +271,16 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
     'TRUNCATE sluice_m',
     `INSERT INTO sluice_m ${probeSelect}`,
   ];
+  // The references records take that did not exist: created from the rows that need them,
+  // their ids written into sluice_m (a reference created for one row may be another's too).
+  const create = lookupStatements(p, 'sluice_m', stageTypes, 'resolve-or-create', 'm.unresolved');
+  const createLookups = lookups.length
+    ? [
+        ...create.statements,
+        `UPDATE sluice_m m SET ${lookups.map((_, i) => `v${lookupAt + i} = coalesce(m.v${lookupAt + i}, lk._l${i})`).join(', ')}
+           FROM sluice_lk lk WHERE m.unresolved AND ${create.on}`,
+      ]
+    : [];
   const name = byKey ? { t: `t.${TK}`, m: 'key' } : { t: 't.id', m: 'tid' };
   const upsert = `WITH upd AS (
       UPDATE ${T} t SET ${updSets.length ? `${updSets.join(', ')}, ` : ''}updated_at = now()
@@ -478,5 +372,5 @@ export function mergeSql(p: Pipeline, stage: string, stageTypes: Map<string, Sta
         ELSE m.n END), 0) AS unchanged
     FROM ${S} m LEFT JOIN sluice_ids i ON i.key = m.${K} LEFT JOIN sluice_ids_all a ON a.key = m.${K}`;
 
-  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, probe, upsert, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple };
+  return { resolveKeys, duplicates, fold: foldSql, lookups: lookupSql, probe, createLookups, upsert, childInsert, childSource, childUpsert, childInsertMissing, childFlag, counts, countsSimple };
 }

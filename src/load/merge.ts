@@ -158,7 +158,7 @@ export class MergeSession {
     }
   }
 
-  /** Lookups, then the target's probe and upsert. */
+  /** Lookups resolved, the target's probe, missing lookups created, then the upsert. */
   private upsertStatements(sql: MergeSql): Statement[] {
     return [
       { text: 'TRUNCATE sluice_ids' },
@@ -170,6 +170,10 @@ export class MergeSession {
       // uncommitted rows), and a plan that scans it per chunk, or per row, never ends.
       { text: 'SET LOCAL enable_seqscan = off' },
       ...sql.probe.map((text) => ({ name: 'probe', text })),
+      // The references the probed records take that are missing: a few distinct values.
+      ...(sql.createLookups.length
+        ? [{ text: 'SET LOCAL enable_seqscan = on' }, ...sql.createLookups.map((text) => ({ name: 'lookups', text })), { text: 'SET LOCAL enable_seqscan = off' }]
+        : []),
       // Changed records by primary key (see merge-sql.ts), never a scan of the target.
       { text: 'SET LOCAL enable_hashjoin = off' },
       { name: 'upsert', text: sql.upsert },
