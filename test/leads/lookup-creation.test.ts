@@ -12,29 +12,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, test } from 'node:test';
-import { runImport, type ImportResult } from '../../src/engine/import-runner.ts';
+import type { ImportResult } from '../../src/engine/import-runner.ts';
 import { acceptUpload } from '../../src/intake/index.ts';
-import { leads } from '../../src/pipelines/leads.ts';
+import { rng } from '../helpers/rng.ts';
+import { importText as importLeads } from './import-text.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 import { startIntake, waitForImportEnd, type Intake } from '../intake/http-helpers.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-lookups-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-let n = 0;
-/** Imports `text` in chunks of `size` rows (SLUICE_CHUNK_ROWS; undefined: adaptive). */
-async function importText(db: TestDb, text: string, size?: number): Promise<ImportResult> {
-  const file = path.join(dir, `f${++n}.csv`);
-  fs.writeFileSync(file, text);
-  if (size !== undefined) process.env.SLUICE_CHUNK_ROWS = String(size);
-  try {
-    const r = await runImport({ pool: db.pool, pipeline: leads, file });
-    assert.equal(r.status, 'completed', r.error);
-    return r;
-  } finally {
-    delete process.env.SLUICE_CHUNK_ROWS;
-  }
-}
+const importText = (db: TestDb, text: string, size?: number): Promise<ImportResult> => importLeads(dir, db, text, size);
 
 async function withDb<T>(f: (db: TestDb) => Promise<T>): Promise<T> {
   const db = await testDb();
@@ -111,24 +99,13 @@ test('a lead with no place takes the row\'s, created; a lead with a city and no 
   }
 });
 
-/** A small deterministic PRNG (mulberry32): the same rows for a seed on every run. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Existing leads: e0 with a whole place, e1 with a state only, e2 with a city only, e3 with none. */
 const SEED = 'Email,Name,City,State\ne0@x.com,E0,Rio,RJ\ne1@x.com,E1,,SP\ne2@x.com,E2,Natal,\ne3@x.com,E3,,\n';
 
 /** Rows over few emails (existing and new), cities and states (blank, and a state rejected for the field). */
 function randomRows(seed: number): string[] {
-  const rnd = random(seed);
+  const rnd = rng(seed);
   const pick = <T>(xs: T[]): T => xs[Math.floor(rnd() * xs.length)]!;
   const emails = ['e0@x.com', 'e1@x.com', 'e2@x.com', 'e3@x.com', 'n1@x.com', 'n2@x.com'];
   const cities = ['', '', 'Rio', 'Niteroi', 'Campinas', 'Rio de Janeiro', 'Natal'];

@@ -10,8 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { runImport, type ImportResult } from '../../src/engine/import-runner.ts';
-import { leads } from '../../src/pipelines/leads.ts';
+import type { ImportResult } from '../../src/engine/import-runner.ts';
+import { importText as importLeads } from './import-text.ts';
 import { testDb, type TestDb } from '../helpers/db.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-repeats-'));
@@ -30,20 +30,7 @@ const FILLER = Array.from({ length: 1_000 }, (_, i) => ({ email: `filler${i}@x.c
 /** A chunk size that merges chunks while the first batch is parsed (not too many of them: each is a merge). */
 const SPLIT = 50;
 
-let n = 0;
-/** Imports `text` into `db` in chunks of `size` rows (SLUICE_CHUNK_ROWS; undefined: adaptive). */
-async function importText(db: TestDb, text: string, size?: number): Promise<ImportResult> {
-  const file = path.join(dir, `f${++n}.csv`);
-  fs.writeFileSync(file, text);
-  if (size !== undefined) process.env.SLUICE_CHUNK_ROWS = String(size);
-  try {
-    const r = await runImport({ pool: db.pool, pipeline: leads, file });
-    assert.equal(r.status, 'completed', r.error);
-    return r;
-  } finally {
-    delete process.env.SLUICE_CHUNK_ROWS;
-  }
-}
+const importText = (db: TestDb, text: string, size?: number): Promise<ImportResult> => importLeads(dir, db, text, size);
 
 /** Every lead with its contact details and place; with `stamps`, when each was last written. */
 async function snapshot(db: TestDb, stamps = false) {

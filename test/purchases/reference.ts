@@ -4,17 +4,7 @@
  * equivalent "(sum * 10) mod 11 mod 10" form of the Receita Federal rule.
  */
 
-/** Deterministic PRNG (mulberry32) so failures reproduce. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng } from '../helpers/rng.ts';
 
 function randomDigits(next: () => number, n: number): number[] {
   for (;;) {
