@@ -125,16 +125,16 @@ export function detectSample(
     throw new InvalidFileError(`invalid file: UTF-16 text (Excel's "Unicode Text"), which Sluice does not read: save it as "CSV UTF-8" instead`);
   }
   if (looksBinary(sample)) throw new InvalidFileError('invalid file: binary content (not a text file)');
-  // The sample is the whole file: a multi-byte sequence cut at its end is cut for good.
-  const whole = bytes === sample.length;
-  const contradiction = overrides.encoding && encodingContradiction(sample, overrides.encoding, whole);
+  // Scanned once (up to 64 KiB). The sample is the whole file: a multi-byte sequence cut at
+  // its end is cut for good.
+  const det = detectEncoding(sample, bytes === sample.length);
+  const contradiction = overrides.encoding && encodingContradiction(det, overrides.encoding);
   if (contradiction === 'not-utf-8') {
     throw new InvalidFileError(`invalid file: it was ${wording.given('utf-8')}, but its first bytes are not valid UTF-8; save the file as UTF-8, or ${wording.use('windows-1252')}`);
   }
   if (contradiction === 'bom') {
     throw new InvalidFileError(`invalid file: it was ${wording.given('windows-1252')}, but it starts with a UTF-8 byte order mark; ${wording.use('utf-8')}, or ${wording.none}`);
   }
-  const det = detectEncoding(sample, whole);
   const encoding = overrides.encoding ?? det.encoding;
   let delimiter: string | null = null;
   let hint: FileMeta['hint'] = null;

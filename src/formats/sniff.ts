@@ -51,14 +51,13 @@ export function detectEncoding(sample: Uint8Array, whole = false): { encoding: E
 }
 
 /**
- * How a file's first bytes contradict the encoding a user gave for it: `not-utf-8` (given
- * utf-8, they are not valid UTF-8: the import would fail further on, or its first part
- * would), `bom` (given windows-1252, they start with a UTF-8 byte order mark, which would be
- * read as "ï»¿" into the first column's name: a column the pipeline no longer recognises,
- * dropped without a word); undefined when they agree.
+ * How a file's first bytes, as detectEncoding `found` them, contradict the encoding a user
+ * gave for it: `not-utf-8` (given utf-8, they are not valid UTF-8: the import would fail
+ * further on, or its first part would), `bom` (given windows-1252, they start with a UTF-8
+ * byte order mark, which would be read as "ï»¿" into the first column's name: a column the
+ * pipeline no longer recognises, dropped without a word); undefined when they agree.
  */
-export function encodingContradiction(sample: Uint8Array, given: Encoding, whole = false): 'not-utf-8' | 'bom' | undefined {
-  const found = detectEncoding(sample, whole);
+export function encodingContradiction(found: { encoding: Encoding; bom: boolean }, given: Encoding): 'not-utf-8' | 'bom' | undefined {
   if (given === 'utf-8' && found.encoding !== 'utf-8') return 'not-utf-8';
   if (given === 'windows-1252' && found.bom) return 'bom';
   return undefined;
