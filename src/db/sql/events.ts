@@ -249,12 +249,15 @@ export interface MergeResult {
 export async function mergeStage(client: Client, syncId: number, fetchSeq: string): Promise<MergeResult> {
   await client.query('SELECT pg_advisory_xact_lock($1)', [MERGE_LOCK]);
   await client.query('ANALYZE provider_events_stage');
-  // Every row's fetch_seq is at most this (rows are written by completed syncs' merges only).
-  const floor = (
-    await client.query<{ floor: string }>(
-      `SELECT coalesce(max(fetch_seq), 0)::text AS floor FROM provider_syncs WHERE status = 'completed'`,
+  // Whether this fetch started after every fetch merged so far ($3 below): only then does it
+  // overwrite stored values. (Every row's fetch_seq is at most that floor: rows are written
+  // by completed syncs' merges only.)
+  const newest = (
+    await client.query<{ newest: boolean }>(
+      `SELECT $1::bigint > coalesce(max(fetch_seq), 0) AS newest FROM provider_syncs WHERE status = 'completed'`,
+      [fetchSeq],
     )
-  ).rows[0]!.floor;
+  ).rows[0]!.newest;
   // Base events: latest values, unless a later-started fetch wrote them; ever_online is sticky
   // (online in any fetch, this one included, whenever it started).
   await client.query(
@@ -269,18 +272,17 @@ export async function mergeStage(client: Client, syncId: number, fetchSeq: strin
      SELECT l.base_event_id, l.title, l.sell_mode, l.organizer_company_id, o.online, $1, $1, $2
        FROM latest l JOIN online o USING (base_event_id)
      ON CONFLICT (base_event_id) DO UPDATE
-        SET title = CASE WHEN excluded.fetch_seq > greatest(b.fetch_seq, $3) THEN excluded.title ELSE b.title END,
-            sell_mode = CASE WHEN excluded.fetch_seq > greatest(b.fetch_seq, $3) THEN excluded.sell_mode ELSE b.sell_mode END,
-            organizer_company_id = CASE WHEN excluded.fetch_seq > greatest(b.fetch_seq, $3)
-                                        THEN excluded.organizer_company_id ELSE b.organizer_company_id END,
-            fetch_seq = CASE WHEN excluded.fetch_seq > greatest(b.fetch_seq, $3) THEN excluded.fetch_seq ELSE b.fetch_seq END,
+        SET title = CASE WHEN $3 THEN excluded.title ELSE b.title END,
+            sell_mode = CASE WHEN $3 THEN excluded.sell_mode ELSE b.sell_mode END,
+            organizer_company_id = CASE WHEN $3 THEN excluded.organizer_company_id ELSE b.organizer_company_id END,
+            fetch_seq = CASE WHEN $3 THEN excluded.fetch_seq ELSE b.fetch_seq END,
             ever_online = b.ever_online OR excluded.ever_online,
             changed_sync_id = $1, updated_at = now()
-      WHERE (excluded.fetch_seq > greatest(b.fetch_seq, $3)
+      WHERE ($3
              AND (b.title, b.sell_mode, b.organizer_company_id) IS DISTINCT FROM
                  (excluded.title, excluded.sell_mode, excluded.organizer_company_id))
          OR (excluded.ever_online AND NOT b.ever_online)`,
-    [syncId, fetchSeq, floor],
+    [syncId, fetchSeq, newest],
   );
   // Only new pairs, and changed pairs whose stored values come from an earlier fetch, reach the
   // INSERT (and the costly JSON check of zones); when a pair occurs twice in the feed the later
@@ -301,7 +303,7 @@ export async function mergeStage(client: Client, syncId: number, fetchSeq: strin
          JOIN provider_base_events b USING (base_event_id)
          LEFT JOIN provider_events cur ON cur.base_event_id = s.base_event_id AND cur.event_id = s.event_id
         WHERE cur.base_event_id IS NULL
-           OR (greatest(cur.fetch_seq, $3) < $2
+           OR ($3
                AND (cur.content_hash <> s.content_hash OR cur.title <> b.title OR cur.ever_online <> b.ever_online))
        ON CONFLICT (base_event_id, event_id) DO UPDATE
           SET title = excluded.title, ever_online = excluded.ever_online, starts_at = excluded.starts_at,
@@ -309,7 +311,7 @@ export async function mergeStage(client: Client, syncId: number, fetchSeq: strin
               sold_out = excluded.sold_out, min_price = excluded.min_price, max_price = excluded.max_price,
               zones = excluded.zones, content_hash = excluded.content_hash, fetch_seq = excluded.fetch_seq,
               changed_sync_id = $1, updated_at = now()
-        WHERE greatest(e.fetch_seq, $3) < excluded.fetch_seq
+        WHERE $3
           AND (e.content_hash <> excluded.content_hash OR e.title <> excluded.title OR e.ever_online <> excluded.ever_online)
        RETURNING xmax = 0 AS inserted
      ), superseded AS (
@@ -317,12 +319,12 @@ export async function mergeStage(client: Client, syncId: number, fetchSeq: strin
        SELECT count(*)::int AS n
          FROM (SELECT DISTINCT base_event_id, event_id FROM provider_events_stage) s
          JOIN provider_events cur USING (base_event_id, event_id)
-        WHERE greatest(cur.fetch_seq, $3) > $2
+        WHERE NOT $3
      )
      SELECT (count(*) FILTER (WHERE inserted))::int AS new, count(*)::int AS changed,
             (SELECT n FROM superseded) AS superseded
        FROM up`,
-    [syncId, fetchSeq, floor],
+    [syncId, fetchSeq, newest],
   );
   // Events absent from this fetch, and those it left as superseded, still follow their base
   // event's title and online flag (the base event's own values are guarded above).

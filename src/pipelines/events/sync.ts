@@ -213,7 +213,8 @@ async function attemptSync(owner: SyncOwner, options: SyncOptions, attempt: numb
   client.on('error', onClientError);
   try {
     // Numbered before the request is sent, and committed at once (outside the attempt's
-    // transaction): the merge lets this fetch overwrite only rows from lower-numbered ones.
+    // transaction): the merge lets this fetch overwrite stored values only if it started
+    // after every fetch merged before it (mergeStage).
     const fetchSeq = await startFetch(client, syncId);
     await client.query('BEGIN');
     await createStage(client);
